@@ -1,0 +1,230 @@
+"""The Conductor: validate a request, record it, run it, and resume orphans.
+
+Submission checks everything it can (names, flavor, image, host, capacity,
+instance state) before writing anything, then writes the instance, the
+operation, the hold and any encrypted secret in one transaction. A request
+that fails validation leaves the database exactly as it was.
+"""
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from dataclasses import dataclass
+
+import futurist
+from oslo_config import cfg
+from sqlalchemy import exc as sa_exc
+
+from conductor import ownership
+from conductor.runner import EventSink, LeaseKeeper, NotOwner, Runner
+from drivers import DRIVER_NAMES
+from drivers.faults import FaultPlan
+from flows import catalog, runtime
+from flows.errors import InstanceLocked, InsufficientCapacity, InvalidRequest, NotFound
+from persistence import claims, hosts, instances, operations, schema
+from persistence.models import Operation
+from persistence.secrets import SecretBox
+from persistence.session import Database
+
+LOG = logging.getLogger(__name__)
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+
+
+@dataclass(frozen=True)
+class SpawnRequest:
+    name: str
+    flavor: str
+    image: str
+    host: str | None = None
+    networks: tuple[str, ...] = ("default",)
+    admin_password: str | None = None
+
+    def __repr__(self) -> str:  # never show the password, even in a traceback
+        return (f"SpawnRequest(name={self.name!r}, flavor={self.flavor!r}, image={self.image!r}, "
+                f"host={self.host!r}, networks={self.networks!r}, admin_password=<hidden>)")
+
+
+@dataclass(frozen=True)
+class OperationStatus:
+    id: str
+    kind: str
+    instance_uuid: str | None
+    state: str
+    error: str | None
+
+    @classmethod
+    def of(cls, op: Operation) -> "OperationStatus":
+        return cls(op.id, op.kind, op.instance_uuid, op.state, op.error)
+
+
+class Conductor:
+    """An in-process conductor bound to one configuration."""
+
+    def __init__(self, conf: cfg.ConfigOpts, *, faults: FaultPlan | None = None) -> None:
+        self.conf = conf
+        self.db = Database(conf.database.connection, pool_size=conf.database.pool_size,
+                           connect_timeout=conf.database.connect_timeout)
+        self.db.check_reachable()
+        schema.ensure_current(
+            self.db, auto_upgrade=conf.conductor.auto_upgrade and self.db.dialect == "sqlite")
+        self.rt = runtime.Runtime(conf=conf, db=self.db,
+                                  secrets=SecretBox(conf.database.secret_key_file),
+                                  faults=faults or FaultPlan(conf.fake.faults))
+        runtime.install(self.rt)
+        self.owner = conf.conductor.name or ownership.my_identity()
+        self.lease_seconds = conf.conductor.lease_seconds
+        self._executor = futurist.ThreadPoolExecutor(max_workers=conf.conductor.workers)
+        self._leases = LeaseKeeper(self.rt, self.owner, self.lease_seconds).__enter__()
+        self.runner = Runner(self.rt, self.owner, lease_seconds=self.lease_seconds,
+                             executor=self._executor, leases=self._leases)
+
+    def close(self) -> None:
+        self._leases.__exit__(None, None, None)
+        self._executor.shutdown(wait=True)
+        self.db.dispose()
+
+    def __enter__(self) -> "Conductor":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- hosts --------------------------------------------------------------
+    def add_host(self, name: str, *, vcpus: int, ram_mb: int, disk_gb: int,
+                 driver: str | None = None, uri: str | None = None) -> None:
+        driver = driver or self.conf.compute_driver
+        if not NAME_RE.match(name):
+            raise InvalidRequest(f"invalid host name {name!r}: 1-63 letters, digits, '.', '_' or '-'")
+        if driver not in DRIVER_NAMES:
+            raise InvalidRequest(f"unknown driver {driver!r} (known: {', '.join(DRIVER_NAMES)})")
+        for what, value in (("vcpus", vcpus), ("ram_mb", ram_mb), ("disk_gb", disk_gb)):
+            if value <= 0:
+                raise InvalidRequest(f"{what} must be positive, got {value}")
+        with self.db.session() as s:
+            if hosts.get_host(s, name) is not None:
+                raise InvalidRequest(f"host {name!r} already exists")
+            hosts.add_host(s, name, driver, uri, vcpus, ram_mb, disk_gb)
+
+    # -- submission ---------------------------------------------------------
+    def submit_spawn(self, req: SpawnRequest) -> str:
+        if not NAME_RE.match(req.name):
+            raise InvalidRequest(
+                f"invalid instance name {req.name!r}: 1-63 letters, digits, '.', '_' or '-'")
+        kind = catalog.get("spawn")
+        op_id, inst_uuid = str(uuid.uuid4()), str(uuid.uuid4())
+        with self.db.session() as s:
+            flavor = hosts.get_flavor(s, req.flavor)
+            if flavor is None:
+                raise NotFound("flavor", req.flavor)
+            image = hosts.get_image(s, req.image)
+            if image is None:
+                raise NotFound("image", req.image)
+            if instances.find_live(s, req.name) is not None:
+                raise InvalidRequest(f"an instance named {req.name!r} already exists")
+            flavor_d = {"name": flavor.name, "vcpus": flavor.vcpus, "ram_mb": flavor.ram_mb,
+                        "root_gb": flavor.root_gb, "ephemeral_gb": flavor.ephemeral_gb,
+                        "swap_mb": flavor.swap_mb}
+            host = self._pick_host(s, req.host, flavor_d)
+            vifs = [{"id": str(uuid.uuid4()), "mac": _mac(), "network": n} for n in req.networks]
+            instances.create(s, inst_uuid, req.name, flavor.name, image.name, held_by=op_id, vifs=vifs)
+            params = {
+                "instance_uuid": inst_uuid, "name": req.name, "host": host, "flavor": flavor_d,
+                "image": {"name": image.name, "disk_format": image.disk_format,
+                          "size_mb": image.size_mb, "path": image.path},
+                "vifs": vifs,
+                "admin_password": (self.rt.secrets.store(s, op_id, req.admin_password)
+                                   if req.admin_password else None),
+            }
+            operations.create(s, op_id, "spawn", inst_uuid, params, kind.version,
+                              self.owner, self.lease_seconds)
+            try:
+                s.flush()
+            except sa_exc.IntegrityError:
+                raise InvalidRequest(f"an instance named {req.name!r} already exists") from None
+        LOG.info("submitted spawn %s of %s on %s", op_id, req.name, host)
+        return op_id
+
+    def submit_destroy(self, instance: str) -> str:
+        kind = catalog.get("destroy")
+        op_id = str(uuid.uuid4())
+        with self.db.session() as s:
+            inst = instances.find_live(s, instance)
+            if inst is None or inst.vm_state == "deleted":
+                raise NotFound("instance", instance)
+            if inst.held_by is None and inst.vm_state not in kind.accepts_vm_states:
+                raise InvalidRequest(
+                    f"cannot destroy instance {inst.name}: it is {inst.vm_state}")
+            holder = instances.take_hold(s, inst.uuid, op_id)
+            if holder is not None:
+                raise InstanceLocked(inst.name, holder)
+            params = {"instance_uuid": inst.uuid, "name": inst.name, "host": inst.host,
+                      "vifs": inst.vifs}
+            operations.create(s, op_id, "destroy", inst.uuid, params, kind.version,
+                              self.owner, self.lease_seconds)
+        LOG.info("submitted destroy %s of %s", op_id, inst.name)
+        return op_id
+
+    def _pick_host(self, s, requested: str | None, flavor: dict) -> str:
+        disk_gb = flavor["root_gb"] + flavor["ephemeral_gb"] + -(-flavor["swap_mb"] // 1024)
+        need = (flavor["vcpus"], flavor["ram_mb"], disk_gb)
+
+        def free(h):
+            return (h.vcpus - h.used_vcpus, h.ram_mb - h.used_ram_mb, h.disk_gb - h.used_disk_gb)
+
+        if requested is not None:
+            h = hosts.get_host(s, requested)
+            if h is None:
+                raise NotFound("host", requested)
+            if any(f < n for f, n in zip(free(h), need)):
+                raise InsufficientCapacity(h.name, _capacity_detail(free(h), need))
+            return h.name
+        candidates = [h for h in hosts.list_hosts(s) if all(f >= n for f, n in zip(free(h), need))]
+        if not candidates:
+            if not hosts.list_hosts(s):
+                raise InvalidRequest("no hosts registered: add one with `computeflow hosts add`")
+            raise InsufficientCapacity("(any)", "no host has room for flavor " + flavor["name"])
+        return max(candidates, key=lambda h: free(h)[1]).name
+
+    # -- running ------------------------------------------------------------
+    def run(self, op_id: str, on_event: EventSink | None = None) -> OperationStatus:
+        return OperationStatus.of(self.runner.run(op_id, on_event=on_event))
+
+    def resume(self, on_event: EventSink | None = None) -> list[OperationStatus]:
+        """Finish every operation whose owner is gone (dead process or lapsed lease)."""
+        done = []
+        with self.db.session() as s:
+            orphans = operations.resumable(s)
+        for op in orphans:
+            dead = (op.owner,) if op.owner and ownership.is_dead(op.owner) else ()
+            try:
+                final = self.runner.run(op.id, dead_owners=dead, on_event=on_event)
+            except NotOwner:
+                continue
+            done.append(OperationStatus.of(final))
+        return done
+
+    def status(self, op_id: str) -> OperationStatus:
+        with self.db.session() as s:
+            op = operations.get(s, op_id)
+            if op is None:
+                raise NotFound("operation", op_id)
+            return OperationStatus.of(op)
+
+    def leaks(self) -> dict:
+        """What the drivers and claims still hold (used by tests and `inventory`)."""
+        with self.db.session() as s:
+            host_names = [h.name for h in hosts.list_hosts(s)]
+            held = [c.operation_id for c in claims.all_claims(s)]
+        return {"claims": held,
+                "hosts": {h: self.rt.driver_for(h).inventory() for h in host_names}}
+
+
+def _capacity_detail(free: tuple[int, int, int], need: tuple[int, int, int]) -> str:
+    names = ("vCPU", "MB RAM", "GB disk")
+    return ", ".join(f"needs {n} {u}, {f} free" for f, n, u in zip(free, need, names) if f < n)
+
+
+def _mac() -> str:
+    b = uuid.uuid4().bytes
+    return "fa:16:3e:" + ":".join(f"{x:02x}" for x in b[:3])

@@ -1,0 +1,296 @@
+"""`computeflow`: the operator's command line.
+
+A user error is one line on stderr and exit status 2; an operation that ran
+and failed (reverted, or needs an operator) exits 1; tracebacks only with
+--debug. Read commands take --json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable
+
+from conductor import config, logs, render
+from conductor.api import Conductor, SpawnRequest
+from conductor.runner import StepEvent
+from drivers.faults import BadFaultSpec
+from flows.errors import OperationError
+from persistence import flowlog, hosts, instances, operations, schema
+from persistence.errors import PersistenceError
+from persistence.secrets import SecretUnavailable
+from persistence.session import Database
+
+EXIT_OK, EXIT_OP_FAILED, EXIT_USER_ERROR = 0, 1, 2
+
+
+class UserError(Exception):
+    pass
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="computeflow", description=__doc__.splitlines()[0])
+    p.add_argument("--config-file", action="append", dest="config_files", metavar="PATH",
+                   help="configuration file (repeatable); default: oslo's search path for computeflow.conf")
+    p.add_argument("--debug", action="store_true", help="log to stderr and show tracebacks")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def cmd(name: str, fn: Callable, help: str, parent=sub, json_flag: bool = False):
+        c = parent.add_parser(name, help=help, description=help)
+        c.set_defaults(func=fn)
+        if json_flag:
+            c.add_argument("--json", action="store_true", help="machine-readable output")
+        return c
+
+    db = sub.add_parser("db", help="database schema").add_subparsers(dest="db_cmd", required=True)
+    cmd("upgrade", cmd_db_upgrade, "upgrade the schema to this release's head", db)
+    cmd("version", cmd_db_version, "show the schema revision", db, json_flag=True)
+
+    hs = sub.add_parser("hosts", help="compute hosts").add_subparsers(dest="hosts_cmd", required=True)
+    c = cmd("add", cmd_hosts_add, "register a compute host", hs)
+    c.add_argument("name")
+    c.add_argument("--vcpus", type=int, required=True)
+    c.add_argument("--ram-mb", type=int, required=True)
+    c.add_argument("--disk-gb", type=int, required=True)
+    c.add_argument("--driver", help="fake or libvirt (default: compute_driver)")
+    c.add_argument("--uri", help="hypervisor URI (libvirt)")
+    cmd("list", cmd_hosts_list, "list hosts with their usage", hs, json_flag=True)
+
+    cmd("flavors", cmd_flavors, "list flavors", json_flag=True)
+    cmd("images", cmd_images, "list images", json_flag=True)
+
+    c = cmd("spawn", cmd_spawn, "create and boot an instance")
+    c.add_argument("name")
+    c.add_argument("--flavor", required=True)
+    c.add_argument("--image", required=True)
+    c.add_argument("--host")
+    c.add_argument("--network", action="append", dest="networks", metavar="NAME",
+                   help="attach an interface on this network (repeatable; default: one on 'default')")
+    pw = c.add_mutually_exclusive_group()
+    pw.add_argument("--admin-password-file", metavar="PATH",
+                    help="read the admin password from PATH ('-' for stdin)")
+    pw.add_argument("--admin-password", help="admin password (visible in `ps`; prefer the file)")
+    c.add_argument("--json", action="store_true", help="print the outcome as JSON, no progress")
+
+    c = cmd("destroy", cmd_destroy, "delete an instance (forward-only)")
+    c.add_argument("name")
+    c.add_argument("--json", action="store_true", help="print the outcome as JSON, no progress")
+
+    ins = sub.add_parser("instances", help="instances").add_subparsers(dest="inst_cmd", required=True)
+    c = cmd("list", cmd_instances_list, "list instances", ins, json_flag=True)
+    c.add_argument("--all", action="store_true", help="include deleted instances")
+    c = cmd("show", cmd_instances_show, "show one instance", ins, json_flag=True)
+    c.add_argument("name")
+
+    ops = sub.add_parser("ops", help="operations").add_subparsers(dest="ops_cmd", required=True)
+    c = cmd("list", cmd_ops_list, "list operations, newest first", ops, json_flag=True)
+    c.add_argument("--state", choices=operations.ACTIVE_STATES + operations.FINAL_STATES)
+    c.add_argument("--limit", type=int, default=50)
+    c = cmd("show", cmd_ops_show, "show an operation and its flow log", ops, json_flag=True)
+    c.add_argument("id", help="operation id (or a unique prefix of at least 4 characters)")
+    c.add_argument("--transitions", action="store_true", help="every transition, not one line per step")
+
+    cmd("resume", cmd_resume, "finish operations left by a dead conductor", json_flag=True)
+    cmd("inventory", cmd_inventory, "what each host's driver holds, and open claims", json_flag=True)
+    return p
+
+
+# -- helpers -----------------------------------------------------------------
+def _conductor(args) -> Conductor:
+    return Conductor(args.conf)
+
+
+def _database(args) -> Database:
+    """For read commands: the database, upgraded if embedded, no runtime."""
+    db = Database(args.conf.database.connection, connect_timeout=args.conf.database.connect_timeout)
+    db.check_reachable()
+    schema.ensure_current(db, auto_upgrade=args.conf.conductor.auto_upgrade and db.dialect == "sqlite")
+    return db
+
+
+def _emit(args, payload, text: str) -> None:
+    print(json.dumps(payload, indent=2, default=str) if getattr(args, "json", False) else text)
+
+
+class Progress:
+    """Prints each persisted step transition as it happens."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.t0 = time.monotonic()
+
+    def __call__(self, ev: StepEvent) -> None:
+        if self.enabled:
+            print(render.progress_line(time.monotonic() - self.t0, ev), flush=True)
+
+
+def _run_and_report(args, c: Conductor, op_id: str) -> int:
+    quiet = getattr(args, "json", False)
+    if not quiet:
+        print(f"operation {op_id}", flush=True)
+    status = c.run(op_id, on_event=Progress(not quiet))
+    with c.db.session() as s:
+        op = operations.get(s, op_id)
+        inst = instances.get(s, op.instance_uuid) if op.instance_uuid else None
+    _emit(args, render.operation_dict(op), render.outcome_text(op, inst))
+    return EXIT_OK if status.state == operations.SUCCEEDED else EXIT_OP_FAILED
+
+
+# -- commands ----------------------------------------------------------------
+def cmd_db_upgrade(args) -> int:
+    db = Database(args.conf.database.connection, connect_timeout=args.conf.database.connect_timeout)
+    db.check_reachable()
+    schema.upgrade(db)
+    print(f"database at revision {schema.current_revision(db)}")
+    return EXIT_OK
+
+
+def cmd_db_version(args) -> int:
+    db = Database(args.conf.database.connection, connect_timeout=args.conf.database.connect_timeout)
+    db.check_reachable()
+    cur, head = schema.current_revision(db), schema.head_revision()
+    _emit(args, {"current": cur, "head": head}, f"current: {cur}  head: {head}")
+    return EXIT_OK
+
+
+def cmd_hosts_add(args) -> int:
+    with _conductor(args) as c:
+        c.add_host(args.name, vcpus=args.vcpus, ram_mb=args.ram_mb, disk_gb=args.disk_gb,
+                   driver=args.driver, uri=args.uri)
+    print(f"host {args.name} added")
+    return EXIT_OK
+
+
+def cmd_hosts_list(args) -> int:
+    with _database(args).session() as s:
+        rows = hosts.list_hosts(s)
+        _emit(args, [render.host_dict(h) for h in rows], render.hosts_table(rows))
+    return EXIT_OK
+
+
+def cmd_flavors(args) -> int:
+    with _database(args).session() as s:
+        rows = hosts.list_flavors(s)
+        _emit(args, [render.columns_dict(f) for f in rows], render.flavors_table(rows))
+    return EXIT_OK
+
+
+def cmd_images(args) -> int:
+    with _database(args).session() as s:
+        rows = hosts.list_images(s)
+        _emit(args, [render.columns_dict(i) for i in rows], render.images_table(rows))
+    return EXIT_OK
+
+
+def _read_password(args) -> str | None:
+    if args.admin_password is not None:
+        return args.admin_password
+    if args.admin_password_file is None:
+        return None
+    try:
+        if args.admin_password_file == "-":
+            value = sys.stdin.readline()
+        else:
+            with open(args.admin_password_file) as f:
+                value = f.readline()
+    except OSError as e:
+        raise UserError(f"cannot read admin password file: {e.strerror}") from None
+    value = value.rstrip("\n")
+    if not value:
+        raise UserError("the admin password file is empty")
+    return value
+
+
+def cmd_spawn(args) -> int:
+    password = _read_password(args)
+    logs.remember_secret(password)
+    req = SpawnRequest(name=args.name, flavor=args.flavor, image=args.image, host=args.host,
+                       networks=tuple(args.networks or ("default",)), admin_password=password)
+    with _conductor(args) as c:
+        op_id = c.submit_spawn(req)
+        return _run_and_report(args, c, op_id)
+
+
+def cmd_destroy(args) -> int:
+    with _conductor(args) as c:
+        op_id = c.submit_destroy(args.name)
+        return _run_and_report(args, c, op_id)
+
+
+def cmd_instances_list(args) -> int:
+    with _database(args).session() as s:
+        rows = instances.list_live(s, include_deleted=args.all)
+        _emit(args, [render.instance_dict(i) for i in rows], render.instances_table(rows))
+    return EXIT_OK
+
+
+def cmd_instances_show(args) -> int:
+    with _database(args).session() as s:
+        inst = instances.find_live(s, args.name)
+        if inst is None:
+            raise UserError(f"unknown instance {args.name!r}")
+        _emit(args, render.instance_dict(inst), render.instance_text(inst))
+    return EXIT_OK
+
+
+def cmd_ops_list(args) -> int:
+    with _database(args).session() as s:
+        rows = operations.listing(s, limit=args.limit, state=args.state)
+        _emit(args, [render.operation_dict(o) for o in rows], render.operations_table(rows))
+    return EXIT_OK
+
+
+def cmd_ops_show(args) -> int:
+    with _database(args).session() as s:
+        op = operations.get(s, args.id)
+        if op is None:
+            raise UserError(f"unknown operation {args.id!r}")
+        rows = flowlog.entries(s, op.id)
+    steps = flowlog.summarize(rows)
+    payload = render.operation_dict(op) | {
+        "steps": [render.step_dict(st) for st in steps],
+        "transitions": [render.transition_dict(r) for r in rows] if args.transitions else None,
+    }
+    _emit(args, payload, render.operation_text(op, steps, rows if args.transitions else None))
+    return EXIT_OK
+
+
+def cmd_resume(args) -> int:
+    with _conductor(args) as c:
+        done = c.resume(on_event=Progress(not args.json))
+    _emit(args, [s.__dict__ for s in done],
+          "\n".join(f"{s.id} {s.kind} {s.state}" + (f": {s.error}" if s.error else "") for s in done)
+          or "nothing to resume")
+    return EXIT_OK if all(s.state == operations.SUCCEEDED for s in done) else EXIT_OP_FAILED
+
+
+def cmd_inventory(args) -> int:
+    with _conductor(args) as c:
+        leaks = c.leaks()
+    payload = {"claims": leaks["claims"],
+               "hosts": {h: inv.__dict__ for h, inv in leaks["hosts"].items()}}
+    _emit(args, payload, render.inventory_text(leaks))
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.conf = config.load(args.config_files)
+        logs.setup(args.conf.conductor.log_file, args.debug)
+        return args.func(args)
+    except (UserError, OperationError, PersistenceError, SecretUnavailable,
+            config.ConfigError, BadFaultSpec) as e:
+        if args.debug:
+            raise
+        print(f"computeflow: error: {logs.redact(str(e))}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("computeflow: interrupted; `computeflow resume` finishes what was running",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

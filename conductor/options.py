@@ -1,0 +1,51 @@
+"""Conductor options: where state lives and how operations are owned."""
+import os
+
+from oslo_config import cfg
+
+default_opts = [
+    cfg.StrOpt(
+        "state_path",
+        default=os.path.expanduser("~/.local/state/computeflow"),
+        sample_default="~/.local/state/computeflow",
+        help="Top directory for computeflow's local state: the embedded SQLite "
+        "database, the fake driver's hosts, the secret key and the log.",
+    ),
+]
+
+conductor_opts = [
+    cfg.StrOpt(
+        "name",
+        help="Name of this conductor; default: hostname:pid:process-start.",
+    ),
+    cfg.IntOpt(
+        "lease_seconds",
+        default=30,
+        min=2,
+        help="An operation whose owner has not renewed its lease for this long "
+        "may be taken over by another conductor.",
+    ),
+    cfg.IntOpt(
+        "workers",
+        default=8,
+        min=1,
+        help="Threads shared by all running flows for their parallel steps.",
+    ),
+    cfg.BoolOpt(
+        "auto_upgrade",
+        default=True,
+        help="Upgrade the database schema on start when it is SQLite (the "
+        "embedded mode). Server databases are upgraded only by "
+        "`computeflow db upgrade`.",
+    ),
+    cfg.StrOpt(
+        "log_file",
+        default="$state_path/computeflow.log",
+        help="Log file of every computeflow command.",
+    ),
+]
+
+
+def register(conf: cfg.ConfigOpts) -> None:
+    conf.register_opts(default_opts)
+    conf.register_opts(conductor_opts, group="conductor")

@@ -1,0 +1,128 @@
+"""Turning records into the CLI's text and JSON; no I/O here."""
+from __future__ import annotations
+
+import datetime as dt
+
+from conductor.runner import StepEvent
+from persistence.flowlog import StepSummary
+from persistence.models import FlowLogEntry, Host, Instance, Operation
+
+
+def table(headers: list[str], rows: list[list[object]]) -> str:
+    cells = [[("" if v is None else str(v)) for v in r] for r in rows]
+    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
+    line = lambda r: "  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip()  # noqa: E731
+    return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(r) for r in cells])
+
+
+def _ts(t: dt.datetime | None) -> str | None:
+    return t.isoformat(sep=" ", timespec="milliseconds") if t else None
+
+
+def columns_dict(obj) -> dict:
+    return {c.key: getattr(obj, c.key) for c in obj.__table__.columns}
+
+
+def progress_line(elapsed: float, ev: StepEvent) -> str:
+    tail = f"  {ev.error}" if ev.error else ""
+    return f"  [{elapsed:7.3f}s] {ev.step:<28} {ev.state}{tail}"
+
+
+# -- hosts, flavors, images --------------------------------------------------
+def host_dict(h: Host) -> dict:
+    return columns_dict(h)
+
+
+def hosts_table(rows: list[Host]) -> str:
+    return table(["NAME", "DRIVER", "VCPUS", "RAM_MB", "DISK_GB"],
+                 [[h.name, h.driver, f"{h.used_vcpus}/{h.vcpus}", f"{h.used_ram_mb}/{h.ram_mb}",
+                   f"{h.used_disk_gb}/{h.disk_gb}"] for h in rows])
+
+
+def flavors_table(rows) -> str:
+    return table(["NAME", "VCPUS", "RAM_MB", "ROOT_GB", "EPHEMERAL_GB", "SWAP_MB"],
+                 [[f.name, f.vcpus, f.ram_mb, f.root_gb, f.ephemeral_gb, f.swap_mb] for f in rows])
+
+
+def images_table(rows) -> str:
+    return table(["NAME", "FORMAT", "SIZE_MB", "PATH"],
+                 [[i.name, i.disk_format, i.size_mb, i.path] for i in rows])
+
+
+# -- instances ---------------------------------------------------------------
+def instance_dict(i: Instance) -> dict:
+    d = columns_dict(i)
+    d.pop("live_marker")
+    return d
+
+
+def instances_table(rows: list[Instance]) -> str:
+    return table(["NAME", "UUID", "HOST", "FLAVOR", "VM_STATE", "POWER", "TASK", "HELD_BY"],
+                 [[i.name, i.uuid, i.host, i.flavor, i.vm_state, i.power_state, i.task_state,
+                   i.held_by] for i in rows])
+
+
+def instance_text(i: Instance) -> str:
+    return "\n".join(f"{k:<12} {v}" for k, v in instance_dict(i).items())
+
+
+# -- operations --------------------------------------------------------------
+def operation_dict(op: Operation) -> dict:
+    return {"id": op.id, "kind": op.kind, "instance_uuid": op.instance_uuid, "state": op.state,
+            "owner": op.owner, "flow_version": op.flow_version, "error": op.error,
+            "parameters": op.parameters, "created_at": _ts(op.created_at),
+            "started_at": _ts(op.started_at), "finished_at": _ts(op.finished_at)}
+
+
+def operations_table(rows: list[Operation]) -> str:
+    return table(["ID", "KIND", "INSTANCE", "STATE", "CREATED", "ERROR"],
+                 [[o.id, o.kind, o.instance_uuid, o.state, _ts(o.created_at),
+                   (o.error or "")[:60]] for o in rows])
+
+
+def step_dict(st: StepSummary) -> dict:
+    return {"step": st.step, "state": st.state, "started_at": _ts(st.started_at),
+            "ended_at": _ts(st.ended_at), "duration_s": st.duration_s, "attempts": st.attempts,
+            "error": st.error, "traceback": st.traceback}
+
+
+def transition_dict(r: FlowLogEntry) -> dict:
+    return {"at": _ts(r.at), "step": r.step, "state": r.state, "attempt": r.attempt,
+            "result": r.result, "error": r.error}
+
+
+def operation_text(op: Operation, steps: list[StepSummary], transitions: list[FlowLogEntry] | None) -> str:
+    head = [f"operation {op.id}", f"  kind      {op.kind}", f"  instance  {op.instance_uuid}",
+            f"  state     {op.state}", f"  created   {_ts(op.created_at)}",
+            f"  finished  {_ts(op.finished_at)}"]
+    if op.error:
+        head.append(f"  error     {op.error}")
+    body = table(["STEP", "STATE", "START", "END", "DURATION", "ATTEMPTS", "ERROR"],
+                 [[s.step, s.state, _ts(s.started_at), _ts(s.ended_at),
+                   f"{s.duration_s * 1000:.1f}ms" if s.duration_s is not None else None,
+                   s.attempts, s.error] for s in steps])
+    out = "\n".join(head) + "\n\n" + body
+    if transitions is not None:
+        out += "\n\n" + table(["AT", "STEP", "STATE", "ATTEMPT", "RESULT/ERROR"],
+                              [[_ts(r.at), r.step, r.state, r.attempt, r.error or r.result]
+                               for r in transitions])
+    return out
+
+
+def outcome_text(op: Operation, inst: Instance | None) -> str:
+    line = f"{op.kind} {op.state}"
+    if inst is not None:
+        line += f": instance {inst.name} ({inst.uuid}) is {inst.vm_state}"
+        if inst.host:
+            line += f" on {inst.host}"
+    if op.error:
+        line += f"\n  error: {op.error}"
+    return line + f"\n  flow log: computeflow ops show {op.id}"
+
+
+def inventory_text(leaks: dict) -> str:
+    lines = [f"open claims: {len(leaks['claims'])}"]
+    for host, inv in leaks["hosts"].items():
+        lines.append(f"{host}: {len(inv.guests)} guests, {len(inv.disks)} disks, "
+                     f"{len(inv.ports)} ports, {len(inv.base_images)} cached base images")
+    return "\n".join(lines)

@@ -1,0 +1,79 @@
+"""Fault injection at named steps: fail, hang or kill the process.
+
+A spec is `STEP:PHASE:ACTION[:WHEN]`. Steps call `FaultPlan.checkpoint` before
+and after their side effect; a matching fault fires there. `kill` sends
+SIGKILL to this very process, which is what a crash test needs: nothing after
+it runs, no finally block, no flush.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from dataclasses import dataclass
+
+from drivers.errors import InjectedFault
+
+PHASES = ("execute", "revert")
+ACTIONS = ("fail", "fail-once", "hang", "kill")
+WHENS = ("before", "after")
+
+
+class BadFaultSpec(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Fault:
+    step: str
+    phase: str
+    action: str
+    when: str = "before"
+
+    @classmethod
+    def parse(cls, spec: str) -> "Fault":
+        parts = spec.strip().split(":")
+        if len(parts) not in (3, 4):
+            raise BadFaultSpec(f"fault {spec!r}: expected STEP:PHASE:ACTION[:WHEN]")
+        fault = cls(*parts)
+        if fault.phase not in PHASES:
+            raise BadFaultSpec(f"fault {spec!r}: phase must be one of {', '.join(PHASES)}")
+        if fault.action not in ACTIONS:
+            raise BadFaultSpec(f"fault {spec!r}: action must be one of {', '.join(ACTIONS)}")
+        if fault.when not in WHENS:
+            raise BadFaultSpec(f"fault {spec!r}: when must be one of {', '.join(WHENS)}")
+        return fault
+
+
+class FaultPlan:
+    """The faults armed in this process."""
+
+    def __init__(self, specs: list[str] | tuple[str, ...] = ()) -> None:
+        self._faults = [Fault.parse(s) for s in specs if s.strip()]
+        self._lock = threading.Lock()
+        self.release_hangs = threading.Event()
+
+    def __bool__(self) -> bool:
+        return bool(self._faults)
+
+    def arm(self, spec: str) -> None:
+        with self._lock:
+            self._faults.append(Fault.parse(spec))
+
+    def clear(self) -> None:
+        with self._lock:
+            self._faults.clear()
+
+    def checkpoint(self, step: str, phase: str, when: str) -> None:
+        with self._lock:
+            hits = [f for f in self._faults if (f.step, f.phase, f.when) == (step, phase, when)]
+            for f in hits:
+                if f.action == "fail-once":
+                    self._faults.remove(f)
+        for fault in hits:
+            if fault.action == "kill":
+                os.kill(os.getpid(), signal.SIGKILL)
+            if fault.action == "hang":
+                self.release_hangs.wait()
+            if fault.action in ("fail", "fail-once"):
+                raise InjectedFault(step, phase)

@@ -1,0 +1,41 @@
+"""Destroy: remove an instance for good.
+
+    take_hold -> (forward-only, retried) power_off -> undefine_guest
+              -> unplug_vifs -> delete_instance_files -> release_claims
+              -> mark_deleted
+
+Past take_hold nothing is ever re-created: the forward steps have no revert,
+a failing step is retried up to forward_retries times, and a crash resumes
+forward. If the retries run out, the only revert is take_hold's, which leaves
+the instance in ERROR for an operator; running destroy again finishes the job
+because every step is idempotent.
+"""
+from __future__ import annotations
+
+from taskflow import retry
+from taskflow.patterns import linear_flow
+
+from flows.steps.disks import DeleteInstanceFiles
+from flows.steps.guest import PowerOffGuest, UndefineGuest
+from flows.steps.instance import MarkDeleted, TakeHold
+from flows.steps.network import UnplugVifs
+from flows.steps.resources import ReleaseInstanceClaims
+
+VERSION = 1
+
+
+def build(*, vifs: list[dict], forward_retries: int, **_params) -> linear_flow.Flow:
+    forward = linear_flow.Flow(
+        "destroy_forward", retry=retry.Times(forward_retries, name="retry_destroy_forward")
+    ).add(
+        PowerOffGuest(),
+        UndefineGuest(),
+        UnplugVifs([v["id"] for v in vifs]),
+        DeleteInstanceFiles(),
+        ReleaseInstanceClaims(),
+        MarkDeleted(),
+    )
+    return linear_flow.Flow("destroy").add(
+        TakeHold(task_state="deleting", revert_vm_state="error"),
+        forward,
+    )

@@ -1,0 +1,48 @@
+"""Errors raised while validating or running an operation."""
+
+
+class OperationError(Exception):
+    """Base class: a clear, one-line reason an operation cannot go on."""
+
+
+class InvalidRequest(OperationError):
+    """The request is wrong (unknown flavor, duplicate name, ...); nothing was done."""
+
+
+class NotFound(InvalidRequest):
+    def __init__(self, what: str, name: str) -> None:
+        super().__init__(f"unknown {what} {name!r}")
+        self.what = what
+        self.name = name
+
+
+class InstanceLocked(OperationError):
+    def __init__(self, instance: str, holder: str) -> None:
+        super().__init__(f"instance {instance} is busy: operation {holder} holds it")
+        self.instance = instance
+        self.holder = holder
+
+
+class InsufficientCapacity(OperationError):
+    def __init__(self, host: str, detail: str) -> None:
+        super().__init__(f"host {host} lacks capacity: {detail}")
+        self.host = host
+
+
+class VifPlugTimeout(OperationError):
+    def __init__(self, instance_uuid: str, timeout: int) -> None:
+        super().__init__(f"vif-plugged events for {instance_uuid} did not arrive within {timeout}s")
+
+
+class BootTimeout(OperationError):
+    def __init__(self, instance_uuid: str, timeout: int) -> None:
+        super().__init__(f"guest {instance_uuid} did not reach running within {timeout}s")
+
+
+class FlowVersionGone(OperationError):
+    def __init__(self, op_id: str, kind: str, stored: int, current: int) -> None:
+        super().__init__(
+            f"operation {op_id} was created by {kind} flow version {stored}; this computeflow "
+            f"only has version {current}: it will not be run with different steps. Finish it "
+            f"with the computeflow release that created it, or mark it failed."
+        )

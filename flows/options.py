@@ -1,0 +1,35 @@
+"""Options that shape how flows behave."""
+from oslo_config import cfg
+
+flow_opts = [
+    cfg.BoolOpt(
+        "vif_plugging_is_fatal",
+        default=True,
+        help="Fail (and revert) a spawn whose vif-plugged events do not arrive "
+        "within vif_plugging_timeout. False: log it and boot anyway.",
+    ),
+    cfg.IntOpt(
+        "vif_plugging_timeout",
+        default=300,
+        min=0,
+        help="Seconds to wait for the network to report every vif plugged. "
+        "0 with vif_plugging_is_fatal=False: do not wait at all.",
+    ),
+    cfg.IntOpt(
+        "boot_timeout",
+        default=300,
+        min=1,
+        help="Seconds a spawned guest may take to reach the running state.",
+    ),
+    cfg.IntOpt(
+        "forward_retries",
+        default=5,
+        min=1,
+        help="Attempts of a forward-only phase (destroy) before the operation "
+        "stops and the instance is put in ERROR for an operator.",
+    ),
+]
+
+
+def register(conf: cfg.ConfigOpts) -> None:
+    conf.register_opts(flow_opts)

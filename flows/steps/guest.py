@@ -1,0 +1,101 @@
+"""The guest itself: define, start, wait for it, stop, undefine."""
+from __future__ import annotations
+
+import threading
+import time
+
+from drivers.base import Disk, DiskKind, Flavor, GuestSpec, PowerState, Vif
+from drivers.errors import GuestNotFound
+from flows import runtime
+from flows.errors import BootTimeout
+from flows.steps.base import Step
+from persistence import instances
+
+_POLL_S = 0.2
+
+
+class DefineGuest(Step):
+    """Register the guest with the hypervisor; the admin password is decrypted
+    here, in memory, and goes nowhere but the driver."""
+
+    def __init__(self, disk_kinds: list[DiskKind], vifs: list[dict], **kw) -> None:
+        requires = [f"{k.value}_disk" for k in disk_kinds]
+        super().__init__(name="define_guest", requires=requires, **kw)
+        self.vifs = vifs
+        self.disk_names = requires
+
+    def execute(self, instance_uuid: str, name: str, host: str, flavor: dict,
+                admin_password: dict | None, **disks: dict) -> None:
+        rt = runtime.current()
+        password = None
+        if admin_password is not None:
+            with rt.db.session() as s:
+                password = rt.secrets.reveal(s, admin_password)
+        spec = GuestSpec(
+            instance_uuid=instance_uuid, name=name, flavor=Flavor(**flavor),
+            disks=tuple(Disk(DiskKind(d["kind"]), d["path"], d["size_mb"], d["backing_file"],
+                             d["preallocated"]) for d in (disks[n] for n in self.disk_names)),
+            vifs=tuple(Vif(**v) for v in self.vifs),
+            admin_password=password,
+        )
+        rt.driver_for(host).define_guest(spec)
+
+    def revert(self, instance_uuid: str, host: str, **_) -> None:
+        runtime.current().driver_for(host).undefine_guest(instance_uuid)
+
+
+class PowerOn(Step):
+    def __init__(self, **kw) -> None:
+        super().__init__(name="power_on", **kw)
+
+    def execute(self, instance_uuid: str, host: str) -> None:
+        runtime.current().driver_for(host).power_on(instance_uuid)
+
+    def revert(self, instance_uuid: str, host: str, **_) -> None:
+        try:
+            runtime.current().driver_for(host).power_off(instance_uuid)
+        except GuestNotFound:
+            pass
+
+
+class WaitRunning(Step):
+    """Poll the hypervisor until the guest runs, within boot_timeout."""
+
+    def __init__(self, **kw) -> None:
+        super().__init__(name="wait_running", **kw)
+
+    def execute(self, instance_uuid: str, host: str) -> None:
+        rt = runtime.current()
+        drv, timeout = rt.driver_for(host), rt.conf.boot_timeout
+        deadline = time.monotonic() + timeout
+        pause = threading.Event()
+        while drv.get_info(instance_uuid).state is not PowerState.RUNNING:
+            if time.monotonic() > deadline:
+                raise BootTimeout(instance_uuid, timeout)
+            pause.wait(_POLL_S)
+
+
+class PowerOffGuest(Step):
+    """Forward-only: stop the guest if it still exists and runs."""
+
+    def __init__(self, **kw) -> None:
+        super().__init__(name="power_off", **kw)
+
+    def execute(self, operation_id: str, instance_uuid: str, host: str) -> None:
+        rt = runtime.current()
+        try:
+            rt.driver_for(host).power_off(instance_uuid, timeout=0)
+        except GuestNotFound:
+            pass
+        with rt.db.session() as s:
+            instances.update_if_held(s, instance_uuid, operation_id, power_state="shutdown")
+
+
+class UndefineGuest(Step):
+    """Forward-only: remove the guest's definition."""
+
+    def __init__(self, **kw) -> None:
+        super().__init__(name="undefine_guest", **kw)
+
+    def execute(self, instance_uuid: str, host: str) -> None:
+        runtime.current().driver_for(host).undefine_guest(instance_uuid)

@@ -1,0 +1,58 @@
+"""Steps on the instance record: the hold and the states users see."""
+from __future__ import annotations
+
+from flows import runtime
+from flows.errors import InstanceLocked
+from flows.steps.base import Step
+from persistence import instances
+
+
+class TakeHold(Step):
+    """Hold the instance for this operation (compare-and-swap on held_by).
+
+    Submission already took the hold in the transaction that created the
+    operation; running it again here makes a resumed flow re-assert it.
+    On revert the hold is dropped and the instance shows `revert_state`.
+    """
+
+    def __init__(self, task_state: str, revert_vm_state: str, **kw) -> None:
+        super().__init__(name="take_hold", **kw)
+        self.task_state = task_state
+        self.revert_vm_state = revert_vm_state
+
+    def execute(self, operation_id: str, instance_uuid: str) -> None:
+        with runtime.current().db.session() as s:
+            holder = instances.take_hold(s, instance_uuid, operation_id)
+            if holder is not None:
+                raise InstanceLocked(instance_uuid, holder)
+            instances.update_if_held(s, instance_uuid, operation_id, task_state=self.task_state)
+
+    def revert(self, operation_id: str, instance_uuid: str, **_) -> None:
+        with runtime.current().db.session() as s:
+            instances.release_hold(s, instance_uuid, operation_id,
+                                   vm_state=self.revert_vm_state, task_state=None)
+
+
+class MarkActive(Step):
+    """The guest runs: show ACTIVE and release the hold in one UPDATE."""
+
+    def __init__(self, **kw) -> None:
+        super().__init__(name="mark_active", **kw)
+
+    def execute(self, operation_id: str, instance_uuid: str, host: str) -> None:
+        with runtime.current().db.session() as s:
+            instances.release_hold(s, instance_uuid, operation_id, vm_state="active",
+                                   power_state="running", task_state=None, host=host)
+
+
+class MarkDeleted(Step):
+    """Destroy's last step: the record stays for history, the name is freed."""
+
+    def __init__(self, **kw) -> None:
+        super().__init__(name="mark_deleted", **kw)
+
+    def execute(self, operation_id: str, instance_uuid: str) -> None:
+        with runtime.current().db.session() as s:
+            instances.release_hold(s, instance_uuid, operation_id, vm_state="deleted",
+                                   power_state="nostate", task_state=None, host=None,
+                                   live_marker=instance_uuid)

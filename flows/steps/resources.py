@@ -1,0 +1,40 @@
+"""Resource claims on a host."""
+from __future__ import annotations
+
+from flows import runtime
+from flows.errors import InsufficientCapacity
+from flows.steps.base import Step
+from persistence import claims, instances
+
+
+class ClaimResources(Step):
+    """Claim the flavor's vCPUs, RAM and disk on the target host."""
+
+    def __init__(self, **kw) -> None:
+        super().__init__(name="claim_resources", **kw)
+
+    def execute(self, operation_id: str, instance_uuid: str, host: str, flavor: dict) -> None:
+        disk_gb = flavor["root_gb"] + flavor["ephemeral_gb"] + -(-flavor["swap_mb"] // 1024)
+        with runtime.current().db.session() as s:
+            if not claims.claim(s, operation_id, host, instance_uuid,
+                                flavor["vcpus"], flavor["ram_mb"], disk_gb):
+                raise InsufficientCapacity(
+                    host, f"{flavor['vcpus']} vCPU, {flavor['ram_mb']} MB RAM, {disk_gb} GB disk requested"
+                )
+            instances.update_if_held(s, instance_uuid, operation_id, host=host)
+
+    def revert(self, operation_id: str, instance_uuid: str, host: str, **_) -> None:
+        with runtime.current().db.session() as s:
+            claims.release(s, operation_id, host)
+            instances.update_if_held(s, instance_uuid, operation_id, host=None)
+
+
+class ReleaseInstanceClaims(Step):
+    """Forward-only: give back everything the instance holds on its host."""
+
+    def __init__(self, **kw) -> None:
+        super().__init__(name="release_claims", **kw)
+
+    def execute(self, instance_uuid: str, host: str) -> None:
+        with runtime.current().db.session() as s:
+            claims.release_for_instance(s, instance_uuid, host)

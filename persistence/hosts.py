@@ -1,0 +1,38 @@
+"""Hosts, flavors and images: the catalogue operations are checked against."""
+from __future__ import annotations
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from persistence.models import Flavor, Host, Image
+
+
+def add_host(s: Session, name: str, driver: str, uri: str | None, vcpus: int, ram_mb: int, disk_gb: int) -> Host:
+    host = Host(name=name, driver=driver, uri=uri, vcpus=vcpus, ram_mb=ram_mb, disk_gb=disk_gb,
+                used_vcpus=0, used_ram_mb=0, used_disk_gb=0)
+    s.add(host)
+    return host
+
+
+def get_host(s: Session, name: str) -> Host | None:
+    return s.get(Host, name)
+
+
+def list_hosts(s: Session) -> list[Host]:
+    return list(s.scalars(sa.select(Host).order_by(Host.name)))
+
+
+def get_flavor(s: Session, name: str) -> Flavor | None:
+    return s.get(Flavor, name)
+
+
+def list_flavors(s: Session) -> list[Flavor]:
+    return list(s.scalars(sa.select(Flavor).order_by(Flavor.vcpus, Flavor.ram_mb)))
+
+
+def get_image(s: Session, name: str) -> Image | None:
+    return s.get(Image, name)
+
+
+def list_images(s: Session) -> list[Image]:
+    return list(s.scalars(sa.select(Image).order_by(Image.name)))

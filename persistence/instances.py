@@ -1,0 +1,71 @@
+"""Instances and the hold: which operation may change an instance right now."""
+from __future__ import annotations
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from persistence.models import Instance
+
+
+def create(s: Session, uuid: str, name: str, flavor: str, image: str, held_by: str | None,
+           vifs: list[dict]) -> Instance:
+    inst = Instance(uuid=uuid, name=name, live_marker="", flavor=flavor, image=image, vifs=vifs,
+                    vm_state="building", power_state="nostate", task_state="scheduling",
+                    held_by=held_by)
+    s.add(inst)
+    return inst
+
+
+def get(s: Session, uuid: str) -> Instance | None:
+    return s.get(Instance, uuid)
+
+
+def find_live(s: Session, name_or_uuid: str) -> Instance | None:
+    """A live (not deleted) instance by name, or any instance by uuid."""
+    inst = s.scalars(
+        sa.select(Instance).where(Instance.name == name_or_uuid, Instance.live_marker == "")
+    ).first()
+    return inst or s.get(Instance, name_or_uuid)
+
+
+def list_live(s: Session, include_deleted: bool = False) -> list[Instance]:
+    q = sa.select(Instance).order_by(Instance.created_at)
+    if not include_deleted:
+        q = q.where(Instance.live_marker == "")
+    return list(s.scalars(q))
+
+
+def take_hold(s: Session, uuid: str, operation_id: str) -> str | None:
+    """Compare-and-swap the hold. Returns None on success, else the current holder."""
+    taken = s.execute(
+        sa.update(Instance)
+        .where(Instance.uuid == uuid,
+               sa.or_(Instance.held_by.is_(None), Instance.held_by == operation_id))
+        .values(held_by=operation_id)
+    ).rowcount
+    if taken == 1:
+        return None
+    holder = s.scalar(sa.select(Instance.held_by).where(Instance.uuid == uuid))
+    return holder or "<instance not found>"
+
+
+def release_hold(s: Session, uuid: str, operation_id: str, **changes) -> None:
+    """Drop the hold if this operation has it, applying `changes` in the same UPDATE."""
+    s.execute(
+        sa.update(Instance)
+        .where(Instance.uuid == uuid, Instance.held_by == operation_id)
+        .values(held_by=None, **changes)
+    )
+
+
+def update_if_held(s: Session, uuid: str, operation_id: str, **changes) -> bool:
+    """Change columns only while this operation holds the instance."""
+    return s.execute(
+        sa.update(Instance)
+        .where(Instance.uuid == uuid, Instance.held_by == operation_id)
+        .values(**changes)
+    ).rowcount == 1
+
+
+def set_power_state(s: Session, uuid: str, power_state: str) -> None:
+    s.execute(sa.update(Instance).where(Instance.uuid == uuid).values(power_state=power_state))

@@ -1,0 +1,162 @@
+"""Tables computeflow owns, plus taskflow's own tables in the same metadata.
+
+State that decides who may do what (the instance hold, host usage) is kept in
+columns that a single conditional UPDATE can change, so that races between
+conductors are settled by the database and not by Python.
+"""
+from __future__ import annotations
+
+import datetime as dt
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import mysql
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from taskflow.persistence.backends.sqlalchemy import tables as taskflow_tables
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+
+
+# Microsecond timestamps everywhere: MariaDB's DATETIME drops fractions by default.
+Timestamp = sa.DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Host(Base):
+    __tablename__ = "hosts"
+
+    name: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    driver: Mapped[str] = mapped_column(sa.String(32))
+    uri: Mapped[str | None] = mapped_column(sa.String(255))
+    vcpus: Mapped[int] = mapped_column(sa.Integer)
+    ram_mb: Mapped[int] = mapped_column(sa.Integer)
+    disk_gb: Mapped[int] = mapped_column(sa.Integer)
+    # Running totals of claims; changed only by conditional UPDATEs (claims.py).
+    used_vcpus: Mapped[int] = mapped_column(sa.Integer, default=0)
+    used_ram_mb: Mapped[int] = mapped_column(sa.Integer, default=0)
+    used_disk_gb: Mapped[int] = mapped_column(sa.Integer, default=0)
+    created_at: Mapped[dt.datetime] = mapped_column(Timestamp, default=utcnow)
+
+
+class Flavor(Base):
+    __tablename__ = "flavors"
+
+    name: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    vcpus: Mapped[int] = mapped_column(sa.Integer)
+    ram_mb: Mapped[int] = mapped_column(sa.Integer)
+    root_gb: Mapped[int] = mapped_column(sa.Integer)
+    ephemeral_gb: Mapped[int] = mapped_column(sa.Integer, default=0)
+    swap_mb: Mapped[int] = mapped_column(sa.Integer, default=0)
+
+
+class Image(Base):
+    __tablename__ = "images"
+
+    name: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    disk_format: Mapped[str] = mapped_column(sa.String(16), default="raw")
+    size_mb: Mapped[int] = mapped_column(sa.Integer)
+    path: Mapped[str | None] = mapped_column(sa.String(1024))
+    checksum: Mapped[str | None] = mapped_column(sa.String(64))
+    created_at: Mapped[dt.datetime] = mapped_column(Timestamp, default=utcnow)
+
+
+class Instance(Base):
+    __tablename__ = "instances"
+    __table_args__ = (
+        # Names are unique among live instances; a deleted row keeps its name
+        # for history, so uniqueness is checked on (name, deleted_marker).
+        sa.UniqueConstraint("name", "live_marker", name="uq_instances_live_name"),
+    )
+
+    uuid: Mapped[str] = mapped_column(sa.String(36), primary_key=True)
+    name: Mapped[str] = mapped_column(sa.String(64))
+    # '' while the instance is live, its own uuid once deleted (frees the name).
+    live_marker: Mapped[str] = mapped_column(sa.String(36), default="")
+    host: Mapped[str | None] = mapped_column(sa.String(64), sa.ForeignKey("hosts.name"))
+    flavor: Mapped[str] = mapped_column(sa.String(64))
+    image: Mapped[str] = mapped_column(sa.String(64))
+    vm_state: Mapped[str] = mapped_column(sa.String(32))
+    power_state: Mapped[str] = mapped_column(sa.String(32), default="nostate")
+    task_state: Mapped[str | None] = mapped_column(sa.String(32))
+    held_by: Mapped[str | None] = mapped_column(sa.String(36), index=True)
+    # Virtual interfaces as [{"id", "mac", "network"}], chosen at submission.
+    vifs: Mapped[list] = mapped_column(sa.JSON, default=list)
+    created_at: Mapped[dt.datetime] = mapped_column(Timestamp, default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(
+        Timestamp, default=utcnow, onupdate=utcnow
+    )
+
+
+class Claim(Base):
+    """Resources one operation holds on one host; the row is the idempotency key."""
+
+    __tablename__ = "claims"
+
+    operation_id: Mapped[str] = mapped_column(sa.String(36), primary_key=True)
+    host: Mapped[str] = mapped_column(
+        sa.String(64), sa.ForeignKey("hosts.name"), primary_key=True
+    )
+    instance_uuid: Mapped[str] = mapped_column(sa.String(36), index=True)
+    vcpus: Mapped[int] = mapped_column(sa.Integer)
+    ram_mb: Mapped[int] = mapped_column(sa.Integer)
+    disk_gb: Mapped[int] = mapped_column(sa.Integer)
+    created_at: Mapped[dt.datetime] = mapped_column(Timestamp, default=utcnow)
+
+
+class Operation(Base):
+    __tablename__ = "operations"
+    __table_args__ = (
+        sa.Index("ix_operations_state_created", "state", "created_at"),
+        sa.Index("ix_operations_created", "created_at"),
+    )
+
+    id: Mapped[str] = mapped_column(sa.String(36), primary_key=True)
+    kind: Mapped[str] = mapped_column(sa.String(32))
+    instance_uuid: Mapped[str | None] = mapped_column(sa.String(36), index=True)
+    # Parameters with every secret replaced by a reference (see secrets.py).
+    parameters: Mapped[dict] = mapped_column(sa.JSON)
+    state: Mapped[str] = mapped_column(sa.String(16))
+    owner: Mapped[str | None] = mapped_column(sa.String(128))
+    lease_expires_at: Mapped[dt.datetime | None] = mapped_column(Timestamp)
+    flow_version: Mapped[int] = mapped_column(sa.Integer)
+    flow_detail_uuid: Mapped[str | None] = mapped_column(sa.String(64))
+    error: Mapped[str | None] = mapped_column(sa.Text)
+    created_at: Mapped[dt.datetime] = mapped_column(Timestamp, default=utcnow)
+    started_at: Mapped[dt.datetime | None] = mapped_column(Timestamp)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(Timestamp)
+
+
+class FlowLogEntry(Base):
+    """One step transition, written in the same transaction as taskflow's state."""
+
+    __tablename__ = "flow_log"
+    __table_args__ = (sa.Index("ix_flow_log_flow_seq", "flow_detail_uuid", "id"),)
+
+    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True, autoincrement=True)
+    flow_detail_uuid: Mapped[str] = mapped_column(sa.String(64))
+    atom_uuid: Mapped[str] = mapped_column(sa.String(64))
+    step: Mapped[str] = mapped_column(sa.String(255))
+    state: Mapped[str] = mapped_column(sa.String(32))
+    attempt: Mapped[int] = mapped_column(sa.Integer)
+    at: Mapped[dt.datetime] = mapped_column(Timestamp, default=utcnow)
+    result: Mapped[str | None] = mapped_column(sa.Text)
+    error: Mapped[str | None] = mapped_column(sa.Text)
+    traceback: Mapped[str | None] = mapped_column(sa.Text)
+
+
+class Secret(Base):
+    """An encrypted secret parameter; deleted when its operation ends."""
+
+    __tablename__ = "secrets"
+
+    ref: Mapped[str] = mapped_column(sa.String(36), primary_key=True)
+    operation_id: Mapped[str] = mapped_column(sa.String(36), index=True)
+    ciphertext: Mapped[bytes] = mapped_column(sa.LargeBinary)
+
+
+# taskflow's logbooks / flowdetails / atomdetails, defined by taskflow itself.
+TASKFLOW_TABLES = taskflow_tables.fetch(Base.metadata)

@@ -1,0 +1,108 @@
+"""One SQLAlchemy engine per database URL, tuned for each dialect.
+
+SQLite (the embedded default) runs in WAL mode with synchronous=FULL so that a
+committed step survives power loss, and with a busy timeout so that the
+parallel engine's threads wait for each other instead of failing.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+
+import sqlalchemy as sa
+from sqlalchemy import event, exc as sa_exc
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from persistence.errors import DatabaseUnreachable
+
+
+def safe_url(url: str | sa.URL) -> str:
+    """The URL as it may be shown to a user or logged: password masked."""
+    try:
+        return sa.make_url(url).render_as_string(hide_password=True)
+    except sa_exc.ArgumentError:
+        return "<unparsable database URL>"
+
+
+def _sqlite_pragmas(dbapi_connection, _record) -> None:
+    # Let SQLAlchemy's "begin" event issue BEGIN (IMMEDIATE) instead of pysqlite.
+    dbapi_connection.isolation_level = None
+    cur = dbapi_connection.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=FULL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.close()
+
+
+def create_engine(url: str, *, pool_size: int = 10, connect_timeout: int = 5) -> Engine:
+    """Build an engine; raises DatabaseUnreachable for a malformed URL."""
+    try:
+        parsed = sa.make_url(url)
+    except sa_exc.ArgumentError as e:
+        raise DatabaseUnreachable("<unparsable database URL>", str(e)) from None
+    backend = parsed.get_backend_name()
+    kwargs: dict = {"pool_pre_ping": True}
+    if backend == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            os.makedirs(os.path.dirname(os.path.abspath(parsed.database)), exist_ok=True)
+        kwargs = {"connect_args": {"check_same_thread": False, "timeout": 30}}
+    elif backend == "postgresql":
+        kwargs.update(
+            pool_size=pool_size,
+            max_overflow=pool_size,
+            connect_args={"connect_timeout": connect_timeout},
+        )
+    elif backend in ("mysql", "mariadb"):
+        kwargs.update(
+            pool_size=pool_size,
+            max_overflow=pool_size,
+            pool_recycle=3600,
+            connect_args={"connect_timeout": connect_timeout},
+            isolation_level="READ COMMITTED",
+        )
+    else:
+        raise DatabaseUnreachable(safe_url(url), f"unsupported database type {backend!r}")
+    try:
+        engine = sa.create_engine(parsed, **kwargs)
+    except (sa_exc.ArgumentError, ImportError) as e:
+        raise DatabaseUnreachable(safe_url(url), str(e)) from None
+    if backend == "sqlite":
+        event.listen(engine, "connect", _sqlite_pragmas)
+        # pysqlite's own transaction handling defers BEGIN; take the write lock
+        # at BEGIN so read-then-write transactions cannot deadlock each other.
+        event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
+    return engine
+
+
+class Database:
+    """An engine and a session factory for one database."""
+
+    def __init__(self, url: str, *, pool_size: int = 10, connect_timeout: int = 5) -> None:
+        self.url = url
+        self.engine = create_engine(url, pool_size=pool_size, connect_timeout=connect_timeout)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    def check_reachable(self) -> None:
+        """Connect once; raise DatabaseUnreachable with the reason if we cannot."""
+        try:
+            with self.engine.connect() as conn:
+                conn.exec_driver_sql("SELECT 1")
+        except sa_exc.DBAPIError as e:
+            reason = str(e.orig).strip().splitlines()[0] if e.orig else str(e)
+            raise DatabaseUnreachable(safe_url(self.url), reason) from None
+
+    @contextlib.contextmanager
+    def session(self) -> Iterator[Session]:
+        """A session whose transaction commits on success and rolls back on error."""
+        with self._sessions() as s, s.begin():
+            yield s
+
+    def dispose(self) -> None:
+        self.engine.dispose()
