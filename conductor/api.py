@@ -12,7 +12,7 @@ import re
 import uuid
 from dataclasses import dataclass
 
-import futurist
+from concurrent import futures
 from oslo_config import cfg
 from sqlalchemy import exc as sa_exc
 
@@ -74,7 +74,8 @@ class Conductor:
         runtime.install(self.rt)
         self.owner = conf.conductor.name or ownership.my_identity()
         self.lease_seconds = conf.conductor.lease_seconds
-        self._executor = futurist.ThreadPoolExecutor(max_workers=conf.conductor.workers)
+        self._executor = futures.ThreadPoolExecutor(
+            max_workers=conf.conductor.workers, thread_name_prefix="step")
         self._leases = LeaseKeeper(self.rt, self.owner, self.lease_seconds).__enter__()
         self.runner = Runner(self.rt, self.owner, lease_seconds=self.lease_seconds,
                              executor=self._executor, leases=self._leases)

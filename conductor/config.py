@@ -35,7 +35,7 @@ def load(config_files: list[str] | None = None, overrides: dict | None = None) -
     try:
         conf(args, project="computeflow", default_config_files=None if config_files is None else [])
         for (group, key), value in (overrides or {}).items():
-            conf.set_override(key, value, group)
+            conf.set_override(key, value, None if group in (None, "DEFAULT") else group)
         _touch_all(conf)
     except (cfg.Error, ValueError) as e:
         raise ConfigError(f"configuration: {e}") from None

@@ -12,7 +12,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import futurist
+from concurrent import futures
 from taskflow import engines, exceptions as tf_exc, states
 from taskflow.persistence import models as tf_models
 from taskflow.types import notifier
@@ -22,7 +22,7 @@ from flows.errors import FlowVersionGone
 from flows.runtime import Runtime
 from persistence import operations
 from persistence.models import Operation
-from persistence.taskflow_backend import Backend
+from persistence.taskflow_backend import Backend, failure_line
 
 LOG = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ class LeaseKeeper:
 
 class Runner:
     def __init__(self, rt: Runtime, owner: str, *, lease_seconds: float,
-                 executor: futurist.Executor, leases: LeaseKeeper) -> None:
+                 executor: futures.Executor, leases: LeaseKeeper) -> None:
         self.rt = rt
         self.owner = owner
         self.lease_seconds = lease_seconds
@@ -161,20 +161,12 @@ class Runner:
         book = tf_models.LogBook(f"operation-{op.id}", uuid=op.id)
         flow_detail = tf_models.FlowDetail(op.kind, uuid=op.id)
         flow_detail.meta = {
-            "factory": {"name": kind.factory, "args": [], "kwargs": self._factory_kwargs(op)},
+            "factory": {"name": kind.factory, "args": [], "kwargs": op.parameters},
             "flow_version": kind.version,
         }
         book.add(flow_detail)
         conn.save_logbook(book)
         return flow_detail, book
-
-    def _factory_kwargs(self, op: Operation) -> dict:
-        # Only what shapes the graph; values steps read come from the store.
-        params = op.parameters
-        kwargs = {"flavor": params.get("flavor"), "vifs": params.get("vifs", [])}
-        if op.kind == "destroy":
-            kwargs["forward_retries"] = self.rt.conf.forward_retries
-        return kwargs
 
     def _flow_listener(self, op_id: str):
         def on_flow_state(state: str, details: dict) -> None:
@@ -216,5 +208,5 @@ def _atom_listener(op_id: str, sink: EventSink):
 def _describe(e: BaseException) -> str:
     """One line: the causes of a (possibly wrapped) flow failure."""
     if isinstance(e, tf_exc.WrappedFailure):
-        return "; ".join(f"{f.exception_type_names[0]}: {f.exception_str}" for f in e)
+        return "; ".join(failure_line(f) for f in e)
     return f"{type(e).__name__}: {e}"

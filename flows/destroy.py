@@ -15,6 +15,7 @@ from __future__ import annotations
 from taskflow import retry
 from taskflow.patterns import linear_flow
 
+from flows import runtime
 from flows.steps.disks import DeleteInstanceFiles
 from flows.steps.guest import PowerOffGuest, UndefineGuest
 from flows.steps.instance import MarkDeleted, TakeHold
@@ -24,17 +25,19 @@ from flows.steps.resources import ReleaseInstanceClaims
 VERSION = 1
 
 
-def build(*, vifs: list[dict], forward_retries: int, **_params) -> linear_flow.Flow:
+def build(*, host: str | None, vifs: list[dict], **_params) -> linear_flow.Flow:
+    attempts = runtime.current().conf.forward_retries
     forward = linear_flow.Flow(
-        "destroy_forward", retry=retry.Times(forward_retries, name="retry_destroy_forward")
-    ).add(
-        PowerOffGuest(),
-        UndefineGuest(),
-        UnplugVifs([v["id"] for v in vifs]),
-        DeleteInstanceFiles(),
-        ReleaseInstanceClaims(),
-        MarkDeleted(),
-    )
+        "destroy_forward", retry=retry.Times(attempts, name="retry_destroy_forward"))
+    if host is not None:  # never placed (a spawn that failed early): nothing on a hypervisor
+        forward.add(
+            PowerOffGuest(),
+            UndefineGuest(),
+            UnplugVifs([v["id"] for v in vifs]),
+            DeleteInstanceFiles(),
+            ReleaseInstanceClaims(),
+        )
+    forward.add(MarkDeleted())
     return linear_flow.Flow("destroy").add(
         TakeHold(task_state="deleting", revert_vm_state="error"),
         forward,

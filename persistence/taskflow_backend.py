@@ -32,6 +32,11 @@ def summarize(value: object, limit: int = RESULT_SUMMARY_LIMIT) -> str | None:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def failure_line(failure) -> str:
+    """`Type: message` of a taskflow Failure (iterating one yields its type names)."""
+    return f"{next(iter(failure), 'Error').rsplit('.', 1)[-1]}: {failure.exception_str}"
+
+
 class Backend(stock.SQLAlchemyBackend):
     """Backend bound to an existing engine, sharing one table set."""
 
@@ -120,7 +125,7 @@ class Connection(stock.Connection):
         failure = ad.revert_failure if state == "REVERT_FAILURE" else ad.failure
         error = traceback = result = None
         if state in ("FAILURE", "REVERT_FAILURE") and failure is not None:
-            error = f"{failure.exception_type_names[0]}: {failure.exception_str}"
+            error = failure_line(failure)
             traceback = failure.traceback_str
         elif state == "SUCCESS":
             result = summarize(ad.results)

@@ -1,35 +1,47 @@
 """The Step base class: a taskflow Task with fault-injection checkpoints."""
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+
 from taskflow import task
 
 from flows import runtime
 
 
-class Step(task.Task):
-    """A task whose execute and revert pass named checkpoints.
+def _checkpoint(step: str, phase: str, when: str) -> None:
+    faults = runtime.current().faults
+    if faults:
+        faults.checkpoint(step, phase, when)
 
-    Checkpoints sit just before and just after the step's work, which is where
-    a crash test kills the process: before the side effect, and after it but
-    before taskflow has persisted the result.
+
+def _with_checkpoints(fn: Callable, phase: str) -> Callable:
+    """Wrap execute/revert so faults fire just before and just after the work.
+
+    `after` sits inside the call, so an injected failure there is a failure of
+    a step whose side effect already happened: exactly what its revert (or
+    its re-execution after a crash) must cope with. functools.wraps keeps the
+    signature that taskflow reads to bind arguments.
     """
+    @functools.wraps(fn)
+    def wrapper(self, *args, **kwargs):
+        _checkpoint(self.name, phase, "before")
+        result = fn(self, *args, **kwargs)
+        _checkpoint(self.name, phase, "after")
+        return result
+    wrapper._checkpointed = True
+    return wrapper
 
-    def _checkpoint(self, phase: str, when: str) -> None:
-        faults = runtime.current().faults
-        if faults:
-            faults.checkpoint(self.name, phase, when)
 
-    def pre_execute(self) -> None:
-        self._checkpoint("execute", "before")
+class Step(task.Task):
+    """A task whose execute and revert pass named checkpoints (see _with_checkpoints)."""
 
-    def post_execute(self) -> None:
-        self._checkpoint("execute", "after")
-
-    def pre_revert(self) -> None:
-        self._checkpoint("revert", "before")
-
-    def post_revert(self) -> None:
-        self._checkpoint("revert", "after")
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        for phase in ("execute", "revert"):
+            fn = cls.__dict__.get(phase)
+            if fn is not None and not getattr(fn, "_checkpointed", False):
+                setattr(cls, phase, _with_checkpoints(fn, phase))
 
     def revert(self, *args, **kwargs) -> None:
         """Forward-only steps undo nothing."""

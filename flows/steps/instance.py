@@ -44,6 +44,18 @@ class MarkActive(Step):
             instances.release_hold(s, instance_uuid, operation_id, vm_state="active",
                                    power_state="running", task_state=None, host=host)
 
+    def revert(self, operation_id: str, instance_uuid: str, **_) -> None:
+        # The hold may already be released: take it back so that the earlier
+        # steps' reverts (which only touch an instance this operation holds)
+        # can run. If another operation grabbed it meanwhile, reverting under
+        # it would be wrong: fail the revert and leave it to an operator.
+        with runtime.current().db.session() as s:
+            holder = instances.take_hold(s, instance_uuid, operation_id)
+            if holder is not None:
+                raise InstanceLocked(instance_uuid, holder)
+            instances.update_if_held(s, instance_uuid, operation_id, vm_state="building",
+                                     task_state="spawning")
+
 
 class MarkDeleted(Step):
     """Destroy's last step: the record stays for history, the name is freed."""

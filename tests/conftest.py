@@ -1,0 +1,138 @@
+"""Shared fixtures: one fresh database per backend per test session, a clean
+slate per test, and conductors configured through real config files.
+
+Server databases are used for real. When one is unreachable the tests that
+need it are skipped locally, but with CI=true its absence is a failure.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from conductor import config
+from conductor.api import Conductor
+from persistence import schema
+from persistence.session import Database
+
+REPO = Path(__file__).resolve().parent.parent
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+SERVERS = {
+    "postgresql": os.environ.get("COMPUTEFLOW_TEST_PG", "postgresql+psycopg2://root@127.0.0.1:5432/test"),
+    "mysql": os.environ.get("COMPUTEFLOW_TEST_MYSQL", "mysql+pymysql://root@127.0.0.1:3306/test"),
+}
+# Rows of these tables are test data; flavors and images are seeded by migrations.
+MUTABLE_TABLES = ("flow_log", "secrets", "claims", "operations", "instances", "hosts",
+                  "atomdetails", "flowdetails", "logbooks")
+_SESSION_TAG = f"cf_test_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+
+
+def _server_database(kind: str) -> Iterator[str]:
+    """Create a private database on the server for this session; drop it after."""
+    admin_url = sa.make_url(SERVERS[kind])
+    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT",
+                             connect_args={"connect_timeout": 3})
+    try:
+        with admin.connect() as c:
+            c.exec_driver_sql(f"CREATE DATABASE {_SESSION_TAG}")
+    except sa.exc.OperationalError as e:
+        admin.dispose()
+        msg = f"{kind} server unreachable at {admin_url.render_as_string(hide_password=True)}: {e.orig}"
+        if IN_CI:
+            pytest.fail(msg + " (CI=true: a missing server is a failure)")
+        pytest.skip(msg)
+    url = admin_url.set(database=_SESSION_TAG).render_as_string(hide_password=False)
+    try:
+        yield url
+    finally:
+        if kind == "postgresql":
+            with admin.connect() as c:
+                c.exec_driver_sql(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    f"WHERE datname = '{_SESSION_TAG}' AND pid <> pg_backend_pid()")
+        with admin.connect() as c:
+            c.exec_driver_sql(f"DROP DATABASE IF EXISTS {_SESSION_TAG}")
+        admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def postgresql_url() -> Iterator[str]:
+    yield from _upgraded(_server_database("postgresql"))
+
+
+@pytest.fixture(scope="session")
+def mysql_url() -> Iterator[str]:
+    yield from _upgraded(_server_database("mysql"))
+
+
+@pytest.fixture(scope="session")
+def sqlite_url(tmp_path_factory) -> Iterator[str]:
+    yield from _upgraded(iter([f"sqlite:///{tmp_path_factory.mktemp('db')}/computeflow.sqlite"]))
+
+
+def _upgraded(urls: Iterator[str]) -> Iterator[str]:
+    for url in urls:
+        db = Database(url)
+        schema.upgrade(db)
+        db.dispose()
+        yield url
+
+
+def clean(url: str) -> None:
+    db = Database(url)
+    with db.engine.begin() as c:
+        for t in MUTABLE_TABLES:
+            c.exec_driver_sql(f"DELETE FROM {t}")
+    db.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql", "mysql"])
+def db_url(request) -> str:
+    """Each test using this runs once per database, on a clean slate."""
+    url = request.getfixturevalue(f"{request.param}_url")
+    clean(url)
+    return url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def crash_db_url(request) -> str:
+    url = request.getfixturevalue(f"{request.param}_url")
+    clean(url)
+    return url
+
+
+def write_conf(path: Path, state_path: Path, db_url: str, extra: str = "") -> Path:
+    path.write_text(
+        f"[DEFAULT]\nstate_path = {state_path}\nvif_plugging_timeout = 2\nboot_timeout = 5\n"
+        f"[database]\nconnection = {db_url}\n[conductor]\nlease_seconds = 10\n{extra}"
+    )
+    return path
+
+
+@pytest.fixture
+def conf_file(tmp_path, db_url) -> Path:
+    return write_conf(tmp_path / "computeflow.conf", tmp_path / "state", db_url)
+
+
+@pytest.fixture
+def conductor(conf_file) -> Iterator[Conductor]:
+    c = Conductor(config.load([str(conf_file)]))
+    c.add_host("h1", vcpus=16, ram_mb=32768, disk_gb=500)
+    try:
+        yield c
+    finally:
+        c.close()
+
+
+def run_cli(conf: Path, *args: str, stdin: str | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+    """Run `computeflow` in a real subprocess (as an operator would)."""
+    return subprocess.run(
+        [sys.executable, "-m", "conductor.cli", "--config-file", str(conf), *args],
+        capture_output=True, text=True, input=stdin, timeout=timeout, cwd=REPO,
+    )
