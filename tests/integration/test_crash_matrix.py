@@ -1,0 +1,83 @@
+"""Crash matrix: a real `computeflow spawn` process is SIGKILLed at every step
+boundary (before and after the step's side effect), during execute and during
+revert; a new `computeflow resume` process must converge to ACTIVE or to a
+full revert with nothing leaked. On SQLite and PostgreSQL."""
+from __future__ import annotations
+
+import signal
+
+import pytest
+import sqlalchemy as sa
+
+from conductor import config
+from conductor.api import Conductor
+from persistence import instances, operations
+from persistence.models import Claim, Host, Operation
+from tests.conftest import run_cli, write_conf
+from tests.flows.test_spawn import SPAWN_STEPS
+
+pytestmark = pytest.mark.integration
+
+EXECUTE_CASES = [(s, w) for s in SPAWN_STEPS for w in ("before", "after")]
+# mark_active fails, so every earlier step is reverted; kill inside each revert.
+REVERT_CASES = [(s, w) for s in SPAWN_STEPS for w in ("before", "after")]
+
+
+def _setup(tmp_path, url, faults: list[str]):
+    state = tmp_path / "state"
+    crash = write_conf(tmp_path / "crash.conf", state, url,
+                       f"[fake]\nfaults = {','.join(faults)}\n")
+    calm = write_conf(tmp_path / "calm.conf", state, url)
+    assert run_cli(calm, "hosts", "add", "h1", "--vcpus", "8", "--ram-mb", "16384",
+                   "--disk-gb", "100").returncode == 0
+    return crash, calm
+
+
+def _crash_then_resume(crash, calm) -> str:
+    died = run_cli(crash, "spawn", "vm1", "--flavor", "m1.small", "--image", "cirros")
+    assert died.returncode == -signal.SIGKILL, (died.returncode, died.stdout, died.stderr)
+    resumed = run_cli(calm, "resume", "--json")
+    assert resumed.returncode in (0, 1), resumed.stderr
+    with Conductor(config.load([str(calm)])) as c:
+        with c.db.session() as s:
+            (op,) = s.scalars(sa.select(Operation)).all()
+        return op.id
+
+
+def _assert_converged(calm, op_id: str, expect: str) -> None:
+    with Conductor(config.load([str(calm)])) as c:
+        with c.db.session() as s:
+            op = operations.get(s, op_id)
+            inst = instances.get(s, op.instance_uuid)
+            host = s.get(Host, "h1")
+            claims = s.scalar(sa.select(sa.func.count()).select_from(Claim))
+            assert op.state == expect, op.error
+            assert op.owner is None and inst.held_by is None
+            if expect == operations.SUCCEEDED:
+                assert (inst.vm_state, inst.power_state, inst.host) == ("active", "running", "h1")
+                assert claims == 1 and host.used_vcpus == 1
+            else:
+                assert inst.vm_state == "error"
+                assert claims == 0 and (host.used_vcpus, host.used_ram_mb, host.used_disk_gb) == (0, 0, 0)
+        inv = c.rt.driver_for("h1").inventory()
+        if expect == operations.SUCCEEDED:
+            assert (len(inv.guests), len(inv.disks), len(inv.ports)) == (1, 3, 1), inv
+        else:
+            assert inv.empty, inv
+
+
+@pytest.mark.parametrize("step,when", EXECUTE_CASES)
+def test_kill_during_execute_then_resume_finishes(tmp_path, crash_db_url, step, when):
+    crash, calm = _setup(tmp_path, crash_db_url, [f"{step}:execute:kill:{when}"])
+    op_id = _crash_then_resume(crash, calm)
+    _assert_converged(calm, op_id, operations.SUCCEEDED)
+
+
+@pytest.mark.parametrize("step,when", REVERT_CASES)
+def test_kill_during_revert_then_resume_reverts(tmp_path, crash_db_url, step, when):
+    crash, calm = _setup(tmp_path, crash_db_url,
+                         ["mark_active:execute:fail", f"{step}:revert:kill:{when}"])
+    # The resumed process must not succeed by re-running mark_active: it keeps
+    # reverting, because the flow was already REVERTING when it died.
+    op_id = _crash_then_resume(crash, calm)
+    _assert_converged(calm, op_id, operations.REVERTED)
