@@ -7,6 +7,7 @@ import drivers.options
 import flows.options
 import persistence.options
 from conductor import options
+from drivers.faults import FaultPlan
 
 
 class ConfigError(Exception):
@@ -37,6 +38,7 @@ def load(config_files: list[str] | None = None, overrides: dict | None = None) -
         for (group, key), value in (overrides or {}).items():
             conf.set_override(key, value, None if group in (None, "DEFAULT") else group)
         _touch_all(conf)
+        FaultPlan(conf.fake.faults)  # a bad fault spec is a config error, caught here
     except (cfg.Error, ValueError) as e:
         raise ConfigError(f"configuration: {e}") from None
     return conf

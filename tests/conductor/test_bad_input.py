@@ -1,0 +1,91 @@
+"""Bad input: one clear line, exit status 2, no traceback, nothing written."""
+from __future__ import annotations
+
+import pytest
+import sqlalchemy as sa
+
+from persistence.session import Database
+from tests.conftest import MUTABLE_TABLES, run_cli, write_conf
+
+
+def snapshot(url: str, state_dir) -> dict:
+    db = Database(url)
+    with db.engine.connect() as c:
+        rows = {t: sorted(map(repr, c.execute(sa.text(f"SELECT * FROM {t}")).all())) for t in MUTABLE_TABLES}
+    db.dispose()
+    fake = sorted((p.name, p.read_text()) for p in (state_dir / "fake").glob("*.json")) \
+        if (state_dir / "fake").exists() else []
+    return {"db": rows, "fake": fake}
+
+
+@pytest.fixture
+def env(tmp_path, db_url):
+    conf = write_conf(tmp_path / "c.conf", tmp_path / "state", db_url)
+    assert run_cli(conf, "hosts", "add", "small", "--vcpus", "2", "--ram-mb", "4096", "--disk-gb", "40").returncode == 0
+    assert run_cli(conf, "spawn", "taken", "--flavor", "m1.tiny", "--image", "cirros").returncode == 0
+    return conf, db_url, tmp_path / "state"
+
+
+def assert_refused(result, *fragments: str) -> None:
+    assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("computeflow: error: "), result.stderr
+    for f in fragments:
+        assert f in lines[0]
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+@pytest.mark.parametrize("args,fragments", [
+    (["spawn", "vm", "--flavor", "m9.nope", "--image", "cirros"], ["unknown flavor 'm9.nope'"]),
+    (["spawn", "vm", "--flavor", "m1.tiny", "--image", "nope"], ["unknown image 'nope'"]),
+    (["spawn", "vm", "--flavor", "m1.tiny", "--image", "cirros", "--host", "h9"], ["unknown host 'h9'"]),
+    (["spawn", "taken", "--flavor", "m1.tiny", "--image", "cirros"], ["'taken' already exists"]),
+    (["spawn", "vm", "--flavor", "m1.large", "--image", "cirros", "--host", "small"],
+     ["host small lacks capacity", "needs 4 vCPU, 1 free"]),
+    (["spawn", "vm", "--flavor", "m1.large", "--image", "cirros"], ["no host has room"]),
+    (["spawn", "bad name!", "--flavor", "m1.tiny", "--image", "cirros"], ["invalid instance name"]),
+    (["destroy", "ghost"], ["unknown instance 'ghost'"]),
+    (["hosts", "add", "small", "--vcpus", "1", "--ram-mb", "1", "--disk-gb", "1"], ["host 'small' already exists"]),
+    (["hosts", "add", "h2", "--vcpus", "0", "--ram-mb", "1", "--disk-gb", "1"], ["vcpus must be positive"]),
+    (["hosts", "add", "h2", "--vcpus", "1", "--ram-mb", "1", "--disk-gb", "1", "--driver", "xen"], ["unknown driver 'xen'"]),
+])
+def test_request_errors_change_nothing(env, args, fragments):
+    conf, url, state = env
+    before = snapshot(url, state)
+    assert_refused(run_cli(conf, *args), *fragments)
+    assert snapshot(url, state) == before
+
+
+def test_busy_instance_is_refused_naming_the_holder(env):
+    conf, url, state = env
+    db = Database(url)
+    with db.engine.begin() as c:
+        c.execute(sa.text("UPDATE instances SET held_by = 'op-123' WHERE name = 'taken'"))
+    db.dispose()
+    before = snapshot(url, state)
+    assert_refused(run_cli(conf, "destroy", "taken"), "busy", "op-123")
+    assert snapshot(url, state) == before
+
+
+@pytest.mark.parametrize("content,fragments", [
+    ("[DEFAULT\nstate_path = x\n", ["configuration"]),
+    ("[DEFAULT]\npreallocate_images = lots\n", ["preallocate_images", "lots"]),
+    ("[database]\nconnection = postgresql+psycopg2://root@127.0.0.1:1/none\n", ["cannot reach the database", "127.0.0.1:1"]),
+    ("[database]\nconnection = not a url\n", ["cannot reach the database"]),
+    ("[database]\nconnection = postgresql+psycopg2://root:hunter2@127.0.0.1:1/none\n", ["***"]),
+    ("[fake]\nfaults = define_guest:sometime:fail\n", ["fault 'define_guest:sometime:fail'"]),
+])
+def test_bad_configuration_is_one_clear_line(tmp_path, content, fragments):
+    conf = tmp_path / "bad.conf"
+    conf.write_text(f"[DEFAULT]\nstate_path = {tmp_path}/state\n[conductor]\nlog_file =\n" + content
+                    if not content.startswith("[DEFAULT") else content)
+    r = run_cli(conf, "hosts", "add", "h1", "--vcpus", "1", "--ram-mb", "1", "--disk-gb", "1")
+    assert_refused(r, *fragments)
+    assert "hunter2" not in r.stderr + r.stdout
+    assert not (tmp_path / "state" / "computeflow.sqlite").exists()
+
+
+def test_debug_shows_the_traceback(env):
+    conf, _, _ = env
+    r = run_cli(conf, "--debug", "spawn", "vm", "--flavor", "m9.nope", "--image", "cirros")
+    assert r.returncode != 0 and "Traceback" in r.stderr
