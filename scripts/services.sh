@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Make sure the database servers the tests use are installed and running on
+# 127.0.0.1: PostgreSQL (db `test`, user root, trust) and MariaDB (db `test`,
+# root without password). Idempotent; no systemd needed.
+set -euo pipefail
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+apt_install() {
+    $SUDO apt-get update -q >/dev/null
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "$@" >/dev/null
+}
+wait_port() {
+    for _ in $(seq 100); do port_open "$1" && return 0; sleep 0.2; done
+    echo "services: nothing listens on 127.0.0.1:$1 after 20 s" >&2; return 1
+}
+
+if ! port_open 5432; then
+    command -v pg_ctlcluster >/dev/null || apt_install postgresql
+    ver=$(ls /etc/postgresql | sort -n | tail -1)
+    conf=/etc/postgresql/$ver/main
+    grep -q "computeflow-tests" "$conf/pg_hba.conf" || {
+        printf '# computeflow-tests\nhost all all 127.0.0.1/32 trust\nlocal all all trust\n' \
+            | cat - "$conf/pg_hba.conf" > /tmp/pg_hba && $SUDO cp /tmp/pg_hba "$conf/pg_hba.conf"; }
+    $SUDO pg_ctlcluster --skip-systemctl-redirect "$ver" main start
+    wait_port 5432
+fi
+psql -h 127.0.0.1 -U root -d test -c 'select 1' >/dev/null 2>&1 || {
+    $SUDO -u postgres psql -qc "DO \$\$BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname='root') THEN CREATE ROLE root SUPERUSER LOGIN; END IF; END\$\$;"
+    $SUDO -u postgres createdb -O root test 2>/dev/null || true; }
+
+if ! port_open 3306; then
+    command -v mariadbd >/dev/null || apt_install mariadb-server
+    $SUDO mkdir -p /run/mysqld && $SUDO chown mysql:mysql /run/mysqld 2>/dev/null || true
+    $SUDO start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd
+    wait_port 3306
+fi
+mariadb -h 127.0.0.1 -u root -e 'CREATE DATABASE IF NOT EXISTS test' >/dev/null 2>&1 || \
+    $SUDO mariadb -e "CREATE DATABASE IF NOT EXISTS test; ALTER USER 'root'@'localhost' IDENTIFIED VIA mysql_native_password USING PASSWORD(''); FLUSH PRIVILEGES;"
+echo "services: PostgreSQL :5432 and MariaDB :3306 ready"
