@@ -21,7 +21,8 @@ from conductor.runner import EventSink, LeaseKeeper, NotOwner, Runner
 from drivers import DRIVER_NAMES
 from drivers.faults import FaultPlan
 from flows import catalog, runtime
-from flows.errors import InstanceLocked, InsufficientCapacity, InvalidRequest, NotFound
+from conductor.logs import remember_secret as logs_secret
+from flows.errors import InstanceLocked, InsufficientCapacity, InvalidRequest, InvalidState, NotFound
 from persistence import claims, hosts, instances, operations, schema
 from persistence.models import Operation
 from persistence.secrets import SecretBox
@@ -146,25 +147,47 @@ class Conductor:
         LOG.info("submitted spawn %s of %s on %s", op_id, req.name, host)
         return op_id
 
-    def submit_destroy(self, instance: str) -> str:
-        kind = catalog.get("destroy")
+    def submit(self, kind_name: str, instance: str, **params) -> str:
+        """Submit an operation on an existing instance.
+
+        Refused before anything is written when the operation or a parameter
+        is unknown or mistyped, the instance does not exist, its vm_state is
+        not one the operation accepts, or another operation holds it.
+        """
+        try:
+            kind = catalog.get(kind_name)
+        except KeyError as e:
+            raise InvalidRequest(str(e.args[0])) from None
+        if kind.accepts_vm_states is None:
+            raise InvalidRequest(f"{kind_name} does not act on an existing instance")
+        values = _validated_params(kind, params)
         op_id = str(uuid.uuid4())
         with self.db.session() as s:
             inst = instances.find_live(s, instance)
-            if inst is None or inst.vm_state == "deleted":
+            if inst is None:
                 raise NotFound("instance", instance)
-            if inst.held_by is None and inst.vm_state not in kind.accepts_vm_states:
-                raise InvalidRequest(
-                    f"cannot destroy instance {inst.name}: it is {inst.vm_state}")
+            if inst.held_by is not None:
+                raise InstanceLocked(inst.name, inst.held_by)
+            if inst.vm_state not in kind.accepts_vm_states:
+                raise InvalidState(inst.name, inst.vm_state, kind_name, kind.accepts_vm_states)
             holder = instances.take_hold(s, inst.uuid, op_id)
             if holder is not None:
                 raise InstanceLocked(inst.name, holder)
-            params = {"instance_uuid": inst.uuid, "name": inst.name, "host": inst.host,
-                      "vifs": inst.vifs}
-            operations.create(s, op_id, "destroy", inst.uuid, params, kind.version,
+            for p in kind.params:
+                if p.secret and values.get(p.name) is not None:
+                    logs_secret(values[p.name])
+                    values[p.name] = self.rt.secrets.store(s, op_id, values[p.name])
+            stored = {"operation": kind_name, "instance_uuid": inst.uuid, "name": inst.name,
+                      "host": inst.host, "vifs": inst.vifs, "prior_vm_state": inst.vm_state,
+                      "prior_power_state": inst.power_state,
+                      **values}
+            operations.create(s, op_id, kind_name, inst.uuid, stored, kind.version,
                               self.owner, self.lease_seconds)
-        LOG.info("submitted destroy %s of %s", op_id, inst.name)
+        LOG.info("submitted %s %s of %s", kind_name, op_id, inst.name)
         return op_id
+
+    def submit_destroy(self, instance: str) -> str:
+        return self.submit("destroy", instance)
 
     def _pick_host(self, s, requested: str | None, flavor: dict) -> str:
         disk_gb = flavor["root_gb"] + flavor["ephemeral_gb"] + -(-flavor["swap_mb"] // 1024)
@@ -219,6 +242,21 @@ class Conductor:
             held = [c.operation_id for c in claims.all_claims(s)]
         return {"claims": held,
                 "hosts": {h: self.rt.driver_for(h).inventory() for h in host_names}}
+
+
+def _validated_params(kind: catalog.OperationKind, params: dict) -> dict:
+    known = {p.name: p for p in kind.params}
+    unknown = set(params) - set(known)
+    if unknown:
+        raise InvalidRequest(f"{kind.name} takes no parameter {', '.join(sorted(unknown))}")
+    values = {}
+    for p in kind.params:
+        value = params.get(p.name, p.default)
+        if value is not None and not isinstance(value, p.type):
+            raise InvalidRequest(f"{kind.name}: {p.name} must be {p.type.__name__}, "
+                                 f"got {type(value).__name__}")
+        values[p.name] = value
+    return values
 
 
 def _capacity_detail(free: tuple[int, int, int], need: tuple[int, int, int]) -> str:

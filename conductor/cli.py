@@ -16,6 +16,7 @@ from conductor import config, logs, render
 from conductor.api import Conductor, SpawnRequest
 from conductor.runner import StepEvent
 from drivers.faults import BadFaultSpec
+from flows import catalog
 from flows.errors import OperationError
 from persistence import flowlog, hosts, instances, operations, schema
 from persistence.errors import PersistenceError
@@ -73,9 +74,17 @@ def build_parser() -> argparse.ArgumentParser:
     pw.add_argument("--admin-password", help="admin password (visible in `ps`; prefer the file)")
     c.add_argument("--json", action="store_true", help="print the outcome as JSON, no progress")
 
-    c = cmd("destroy", cmd_destroy, "delete an instance (forward-only)")
-    c.add_argument("name")
-    c.add_argument("--json", action="store_true", help="print the outcome as JSON, no progress")
+    for kind in catalog.instance_operations():
+        c = cmd(kind.verb, cmd_operation, kind.help)
+        c.set_defaults(kind=kind.name)
+        c.add_argument("name", help="instance name or uuid")
+        for prm in kind.params:
+            flag = "--" + prm.name.replace("_", "-")
+            if prm.type is bool:
+                c.add_argument(flag, action="store_true", dest=f"param_{prm.name}", help=prm.help)
+            else:
+                c.add_argument(flag, type=prm.type, dest=f"param_{prm.name}", help=prm.help)
+        c.add_argument("--json", action="store_true", help="print the outcome as JSON, no progress")
 
     ins = sub.add_parser("instances", help="instances").add_subparsers(dest="inst_cmd", required=True)
     c = cmd("list", cmd_instances_list, "list instances", ins, json_flag=True)
@@ -212,9 +221,11 @@ def cmd_spawn(args) -> int:
         return _run_and_report(args, c, op_id)
 
 
-def cmd_destroy(args) -> int:
+def cmd_operation(args) -> int:
+    params = {k[len("param_"):]: v for k, v in vars(args).items()
+              if k.startswith("param_") and v is not None}
     with _conductor(args) as c:
-        op_id = c.submit_destroy(args.name)
+        op_id = c.submit(args.kind, args.name, **params)
         return _run_and_report(args, c, op_id)
 
 

@@ -48,3 +48,11 @@ class InjectedFault(DriverError):
         super().__init__(f"injected failure at step {step} during {phase}")
         self.step = step
         self.phase = phase
+
+
+class SoftRebootFailed(DriverError):
+    """The guest did not restart when asked nicely; a hard reboot may follow."""
+
+    def __init__(self, instance_uuid: str, reason: str) -> None:
+        super().__init__(f"soft reboot of {instance_uuid} failed: {reason}")
+        self.instance_uuid = instance_uuid

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 
 from drivers import base
 from drivers.base import Disk, DiskKind, DiskSpec, GuestInfo, GuestSpec, Image, Inventory, PowerState, Vif
-from drivers.errors import GuestNotFound, InvalidGuestState
+from drivers.errors import GuestNotFound, InvalidGuestState, SoftRebootFailed
 
 _EMPTY_STATE = {"guests": {}, "disks": {}, "ports": {}, "base_images": {}}
 _thread_locks: dict[str, threading.Lock] = {}
@@ -229,8 +229,22 @@ class FakeDriver(base.ComputeDriver):
                          PowerState.SUSPENDED}, "power off")
 
     def reboot(self, instance_uuid: str, hard: bool) -> None:
-        self._set_power(instance_uuid, PowerState.RUNNING,
-                        {PowerState.SHUTDOWN, PowerState.CRASHED}, "reboot")
+        """Soft: the guest must be running and answer ACPI. Hard: from any state."""
+        with self.state.change() as s:
+            g = self._guest(s, instance_uuid)
+            if not hard:
+                if g["power_state"] != PowerState.RUNNING.value:
+                    raise InvalidGuestState(instance_uuid, g["power_state"], "soft reboot")
+                if g.get("ignores_acpi"):
+                    raise SoftRebootFailed(instance_uuid, "the guest ignored the ACPI request")
+            g["power_state"] = PowerState.RUNNING.value
+            g["boots"] = g.get("boots", 1) + 1
+
+    def soft_delete(self, instance_uuid: str) -> None:
+        self.power_off(instance_uuid)
+
+    def restore(self, instance_uuid: str) -> None:
+        self.power_on(instance_uuid)
 
     def pause(self, instance_uuid: str) -> None:
         self._set_power(instance_uuid, PowerState.PAUSED, {PowerState.RUNNING}, "pause")
@@ -250,6 +264,10 @@ class FakeDriver(base.ComputeDriver):
             self._guest(s, instance_uuid)["admin_password_sha256"] = _digest(password)
 
     # -- events (tests drive these to simulate a guest acting on its own) ---
+    def simulate_unresponsive_guest(self, instance_uuid: str) -> None:
+        with self.state.change() as s:
+            self._guest(s, instance_uuid)["ignores_acpi"] = True
+
     def simulate_guest_stopped(self, instance_uuid: str) -> None:
         with self.state.change() as s:
             self._guest(s, instance_uuid)["power_state"] = PowerState.SHUTDOWN.value

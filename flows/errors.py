@@ -23,6 +23,15 @@ class InstanceLocked(OperationError):
         self.holder = holder
 
 
+class InvalidState(OperationError):
+    def __init__(self, instance: str, vm_state: str, operation: str, accepts: frozenset[str]) -> None:
+        super().__init__(
+            f"cannot {operation.replace('_', ' ')} instance {instance}: it is {vm_state} "
+            f"({operation} needs {', '.join(sorted(accepts))})")
+        self.instance = instance
+        self.vm_state = vm_state
+
+
 class InsufficientCapacity(OperationError):
     def __init__(self, host: str, detail: str) -> None:
         super().__init__(f"host {host} lacks capacity: {detail}")

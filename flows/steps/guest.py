@@ -1,17 +1,19 @@
 """The guest itself: define, start, wait for it, stop, undefine."""
 from __future__ import annotations
 
+import logging
 import threading
 import time
 
 from drivers.base import Disk, DiskKind, Flavor, GuestSpec, PowerState, Vif
-from drivers.errors import GuestNotFound
+from drivers.errors import GuestNotFound, InvalidGuestState, SoftRebootFailed
 from flows import runtime
 from flows.errors import BootTimeout
 from flows.steps.base import Step
 from persistence import instances
 
 _POLL_S = 0.2
+LOG = logging.getLogger(__name__)
 
 
 class DefineGuest(Step):
@@ -99,3 +101,45 @@ class UndefineGuest(Step):
 
     def execute(self, instance_uuid: str, host: str) -> None:
         runtime.current().driver_for(host).undefine_guest(instance_uuid)
+
+
+class GuestAction(Step):
+    """One power action through the driver; its revert calls the inverse action.
+
+    The fake and libvirt drivers treat an action whose target state already
+    holds as done, so both directions are idempotent.
+    """
+
+    def __init__(self, action: str, undo: str | None, **kw) -> None:
+        super().__init__(name=f"{action}_guest", **kw)
+        self.action = action
+        self.undo = undo
+
+    def execute(self, instance_uuid: str, host: str) -> None:
+        getattr(runtime.current().driver_for(host), self.action)(instance_uuid)
+
+    def revert(self, instance_uuid: str, host: str, **_) -> None:
+        if self.undo:
+            getattr(runtime.current().driver_for(host), self.undo)(instance_uuid)
+
+
+class RebootGuest(Step):
+    """Soft reboot; if the guest does not comply, fall back to a hard one.
+
+    A reboot cannot be undone, so there is no revert: a failed reboot leaves
+    the guest as the hypervisor left it and the prior vm_state is restored.
+    """
+
+    def __init__(self, **kw) -> None:
+        super().__init__(name="reboot_guest", **kw)
+
+    def execute(self, instance_uuid: str, host: str, hard: bool = False) -> str:
+        drv = runtime.current().driver_for(host)
+        if not hard:
+            try:
+                drv.reboot(instance_uuid, hard=False)
+                return "soft"
+            except (SoftRebootFailed, InvalidGuestState) as e:
+                LOG.warning("%s; falling back to a hard reboot", e)
+        drv.reboot(instance_uuid, hard=True)
+        return "hard"

@@ -12,10 +12,11 @@ class TakeHold(Step):
 
     Submission already took the hold in the transaction that created the
     operation; running it again here makes a resumed flow re-assert it.
-    On revert the hold is dropped and the instance shows `revert_state`.
+    On revert the hold is dropped and the instance shows `revert_vm_state`,
+    or (None) the vm_state it had when the operation was submitted.
     """
 
-    def __init__(self, task_state: str, revert_vm_state: str, **kw) -> None:
+    def __init__(self, task_state: str, revert_vm_state: str | None = None, **kw) -> None:
         super().__init__(name="take_hold", **kw)
         self.task_state = task_state
         self.revert_vm_state = revert_vm_state
@@ -27,10 +28,13 @@ class TakeHold(Step):
                 raise InstanceLocked(instance_uuid, holder)
             instances.update_if_held(s, instance_uuid, operation_id, task_state=self.task_state)
 
-    def revert(self, operation_id: str, instance_uuid: str, **_) -> None:
+    def revert(self, operation_id: str, instance_uuid: str, prior_vm_state: str | None = None,
+               prior_power_state: str | None = None, **_) -> None:
+        restore = {"vm_state": self.revert_vm_state or prior_vm_state or "error"}
+        if prior_power_state is not None and self.revert_vm_state is None:
+            restore["power_state"] = prior_power_state
         with runtime.current().db.session() as s:
-            instances.release_hold(s, instance_uuid, operation_id,
-                                   vm_state=self.revert_vm_state, task_state=None)
+            instances.release_hold(s, instance_uuid, operation_id, task_state=None, **restore)
 
 
 class MarkActive(Step):
@@ -68,3 +72,27 @@ class MarkDeleted(Step):
             instances.release_hold(s, instance_uuid, operation_id, vm_state="deleted",
                                    power_state="nostate", task_state=None, host=None,
                                    live_marker=instance_uuid)
+
+
+class MarkState(Step):
+    """Show the operation's end state and release the hold in one UPDATE."""
+
+    def __init__(self, vm_state: str, power_state: str, **kw) -> None:
+        super().__init__(name="mark_done", **kw)
+        self.vm_state = vm_state
+        self.power_state = power_state
+
+    def execute(self, operation_id: str, instance_uuid: str) -> None:
+        with runtime.current().db.session() as s:
+            instances.release_hold(s, instance_uuid, operation_id, vm_state=self.vm_state,
+                                   power_state=self.power_state, task_state=None)
+
+    def revert(self, operation_id: str, instance_uuid: str, prior_vm_state: str,
+               prior_power_state: str, **_) -> None:
+        # As MarkActive.revert: take the hold back for the earlier reverts.
+        with runtime.current().db.session() as s:
+            holder = instances.take_hold(s, instance_uuid, operation_id)
+            if holder is not None:
+                raise InstanceLocked(instance_uuid, holder)
+            instances.update_if_held(s, instance_uuid, operation_id, vm_state=prior_vm_state,
+                                     power_state=prior_power_state)

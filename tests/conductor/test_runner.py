@@ -1,6 +1,7 @@
 """The runner's guards: versions, finished flows, ownership and leases."""
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import threading
 
@@ -24,7 +25,7 @@ def _flow_log_count(c, op_id: str) -> int:
 def test_older_flow_version_is_refused_not_run(conductor, monkeypatch):
     op_id = conductor.submit_spawn(SpawnRequest(name="vm1", flavor="m1.tiny", image="cirros"))
     monkeypatch.setitem(catalog.CATALOG, "spawn",
-                        catalog.OperationKind("spawn", "flows.spawn.build", 2, None))
+                        dataclasses.replace(catalog.CATALOG["spawn"], version=2))
     status = conductor.run(op_id)
     assert status.state == operations.FAILED
     assert "flow version 1" in status.error and "only has version 2" in status.error
