@@ -90,6 +90,31 @@ class _Memory:
                 self.atoms.pop(atom_uuid, None)
 
 
+class _Statements:
+    """The hot path's statements, built once: constructing a Core statement per
+    write (and computing its cache key) cost more than executing it."""
+
+    ATOM_COLUMNS = ("failure", "revert_failure", "meta", "name", "results", "revert_results",
+                    "state", "version", "intention")
+    LOG_COLUMNS = ("flow_detail_uuid", "atom_uuid", "step", "state", "attempt", "at", "result",
+                   "error", "traceback")
+
+    def __init__(self, atoms: sa.Table) -> None:
+        self.update_atom = (
+            sa.update(atoms).where(atoms.c.uuid == sa.bindparam("a_uuid"))
+            .values({c: sa.bindparam(f"a_{c}") for c in self.ATOM_COLUMNS}))
+        self.insert_log = sa.insert(_LOG).values({c: sa.bindparam(f"l_{c}") for c in self.LOG_COLUMNS})
+        self.update_atom_and_log = self.insert_log.add_cte(self.update_atom.cte("atom_update"))
+
+    @classmethod
+    def atom_params(cls, row: dict) -> dict:
+        return {"a_uuid": row["uuid"], **{f"a_{c}": row.get(c) for c in cls.ATOM_COLUMNS}}
+
+    @classmethod
+    def log_params(cls, log: dict) -> dict:
+        return {f"l_{c}": log[c] for c in cls.LOG_COLUMNS}
+
+
 class Backend(stock.SQLAlchemyBackend):
     """Backend bound to an existing engine, sharing one table set."""
 
@@ -98,6 +123,11 @@ class Backend(stock.SQLAlchemyBackend):
         self.tables = tf_tables.fetch(sa.MetaData())
         self.converter = stock._Alchemist(self.tables)
         self.memory = _Memory()
+        # PostgreSQL runs a data-modifying CTE atomically on its own, so atom
+        # writes go through an autocommit view of the same pool.
+        self.single_statement_writes = engine.dialect.name == "postgresql"
+        self.autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
+        self.statements = _Statements(self.tables.atomdetails)
 
     def get_connection(self) -> "Connection":
         return Connection(self, upgrade_lock=self._upgrade_lock)
@@ -157,8 +187,11 @@ class Connection(stock.Connection):
         if _significant(atom_detail.to_dict()) == memo.written:
             return atom_detail  # nothing but progress changed: no transaction at all
         try:
-            with self._engine.begin() as conn:
-                self._write_atom(conn, memo, atom_detail)
+            if self._backend.single_statement_writes:
+                self._write_atom_in_one_statement(memo, atom_detail)
+            else:
+                with self._engine.begin() as conn:
+                    self._write_atom(conn, memo, atom_detail)
         except sa_exc.SQLAlchemyError:
             tf_exc.raise_with_cause(
                 tf_exc.StorageFailure, f"Failed updating atom details {atom_detail.uuid}")
@@ -201,14 +234,34 @@ class Connection(stock.Connection):
         significant = _significant(row)
         if significant == memo.written:
             return  # nothing but progress changed
-        atoms = self._tables.atomdetails
-        conn.execute(sa.update(atoms).where(atoms.c.uuid == ad.uuid).values(row))
-        if ad.state != memo.state:
-            if ad.state == states.RUNNING:
-                memo.attempts += 1
-            self._log_atom(conn, memo.flow_uuid, ad, max(memo.attempts, 1))
-            memo.state = ad.state
-        memo.written = significant
+        st = self._backend.statements
+        conn.execute(st.update_atom, st.atom_params(row))
+        attempts, log = self._transition(memo, ad)
+        if log is not None:
+            conn.execute(st.insert_log, st.log_params(log))
+        memo.state, memo.attempts, memo.written = ad.state, attempts, significant
+
+    def _write_atom_in_one_statement(self, memo: _AtomMemo, ad: tf_models.AtomDetail) -> None:
+        """PostgreSQL: `WITH u AS (UPDATE atomdetails ...) INSERT INTO flow_log ...`,
+        autocommitted: one round trip instead of BEGIN, UPDATE, INSERT, COMMIT,
+        and still one atomic statement."""
+        row = ad.to_dict()
+        st = self._backend.statements
+        attempts, log = self._transition(memo, ad)
+        with self._backend.autocommit.connect() as conn:
+            if log is None:
+                conn.execute(st.update_atom, st.atom_params(row))
+            else:
+                conn.execute(st.update_atom_and_log, st.atom_params(row) | st.log_params(log))
+        memo.state, memo.attempts, memo.written = ad.state, attempts, _significant(row)
+
+    @staticmethod
+    def _transition(memo: _AtomMemo, ad: tf_models.AtomDetail) -> tuple[int, dict | None]:
+        """The attempt count after this write, and the flow-log row it needs."""
+        if ad.state == memo.state:
+            return memo.attempts, None
+        attempts = memo.attempts + 1 if ad.state == states.RUNNING else memo.attempts
+        return attempts, _log_row(memo.flow_uuid, ad, max(attempts, 1))
 
     def _update_atom_details_slowly(self, atom_detail):
         atoms = self._tables.atomdetails
@@ -224,24 +277,27 @@ class Connection(stock.Connection):
                     runs = conn.execute(sa.select(sa.func.count()).select_from(_LOG).where(
                         _LOG.c.atom_uuid == existing.uuid, _LOG.c.state == states.RUNNING)).scalar_one()
                     attempt = runs + 1 if existing.state == states.RUNNING else max(runs, 1)
-                    self._log_atom(conn, row._mapping["parent_uuid"], existing, attempt)
+                    log = _log_row(row._mapping["parent_uuid"], existing, attempt)
+                    if log is not None:
+                        conn.execute(sa.insert(_LOG).values(log))
             return existing
         except sa_exc.SQLAlchemyError:
             tf_exc.raise_with_cause(
                 tf_exc.StorageFailure, f"Failed updating atom details {atom_detail.uuid}")
 
-    @staticmethod
-    def _log_atom(conn: sa.Connection, flow_uuid: str, ad: tf_models.AtomDetail, attempt: int) -> None:
-        if ad.name.startswith(_INTERNAL_PREFIX):
-            return  # taskflow's own injector atom holds the store, not a step
-        state = ad.state or states.PENDING
-        failure = ad.revert_failure if state == states.REVERT_FAILURE else ad.failure
-        error = traceback = result = None
-        if state in (states.FAILURE, states.REVERT_FAILURE) and failure is not None:
-            error = failure_line(failure)
-            traceback = failure.traceback_str
-        elif state == states.SUCCESS:
-            result = summarize(ad.results)
-        conn.execute(sa.insert(_LOG).values(
-            flow_detail_uuid=flow_uuid, atom_uuid=ad.uuid, step=ad.name, state=state,
-            attempt=attempt, at=utcnow(), result=result, error=error, traceback=traceback))
+
+
+def _log_row(flow_uuid: str, ad: tf_models.AtomDetail, attempt: int) -> dict | None:
+    """The flow_log row for an atom's new state (None for taskflow's injector)."""
+    if ad.name.startswith(_INTERNAL_PREFIX):
+        return None  # taskflow's own injector atom holds the store, not a step
+    state = ad.state or states.PENDING
+    failure = ad.revert_failure if state == states.REVERT_FAILURE else ad.failure
+    error = traceback = result = None
+    if state in (states.FAILURE, states.REVERT_FAILURE) and failure is not None:
+        error = failure_line(failure)
+        traceback = failure.traceback_str
+    elif state == states.SUCCESS:
+        result = summarize(ad.results)
+    return dict(flow_detail_uuid=flow_uuid, atom_uuid=ad.uuid, step=ad.name, state=state,
+                attempt=attempt, at=utcnow(), result=result, error=error, traceback=traceback)
