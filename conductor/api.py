@@ -29,6 +29,7 @@ from persistence.secrets import SecretBox
 from persistence.session import Database
 
 LOG = logging.getLogger(__name__)
+MAX_CAPACITY = 2**31 - 1  # the columns are 32-bit INTEGERs on every database
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 
 
@@ -101,8 +102,8 @@ class Conductor:
         if driver not in DRIVER_NAMES:
             raise InvalidRequest(f"unknown driver {driver!r} (known: {', '.join(DRIVER_NAMES)})")
         for what, value in (("vcpus", vcpus), ("ram_mb", ram_mb), ("disk_gb", disk_gb)):
-            if value <= 0:
-                raise InvalidRequest(f"{what} must be positive, got {value}")
+            if not 0 < value <= MAX_CAPACITY:
+                raise InvalidRequest(f"{what} must be between 1 and {MAX_CAPACITY}, got {value}")
         with self.db.session() as s:
             if hosts.get_host(s, name) is not None:
                 raise InvalidRequest(f"host {name!r} already exists")

@@ -46,7 +46,8 @@ def assert_refused(result, *fragments: str) -> None:
     (["spawn", "bad name!", "--flavor", "m1.tiny", "--image", "cirros"], ["invalid instance name"]),
     (["destroy", "ghost"], ["unknown instance 'ghost'"]),
     (["hosts", "add", "small", "--vcpus", "1", "--ram-mb", "1", "--disk-gb", "1"], ["host 'small' already exists"]),
-    (["hosts", "add", "h2", "--vcpus", "0", "--ram-mb", "1", "--disk-gb", "1"], ["vcpus must be positive"]),
+    (["hosts", "add", "h2", "--vcpus", "0", "--ram-mb", "1", "--disk-gb", "1"], ["vcpus must be between 1 and"]),
+    (["hosts", "add", "h2", "--vcpus", "1", "--ram-mb", str(2**40), "--disk-gb", "1"], ["ram_mb must be between 1 and"]),
     (["hosts", "add", "h2", "--vcpus", "1", "--ram-mb", "1", "--disk-gb", "1", "--driver", "xen"], ["unknown driver 'xen'"]),
 ])
 def test_request_errors_change_nothing(env, args, fragments):
