@@ -5,7 +5,6 @@ import dataclasses
 import datetime as dt
 import threading
 
-import pytest
 import sqlalchemy as sa
 
 from conductor.api import SpawnRequest
