@@ -14,7 +14,8 @@ DRIVER_NAMES = ("fake", "libvirt")
 
 def list_opts():
     """Options for oslo-config-generator."""
-    return [("DEFAULT", options.driver_opts), ("fake", options.fake_opts)]
+    return [("DEFAULT", options.driver_opts), ("fake", options.fake_opts),
+            ("libvirt", options.libvirt_opts)]
 
 
 def load_driver(conf: cfg.ConfigOpts, host: str, driver: str, uri: str | None = None) -> ComputeDriver:
@@ -29,5 +30,26 @@ def load_driver(conf: cfg.ConfigOpts, host: str, driver: str, uri: str | None = 
             preallocate_images=conf.preallocate_images,
             default_ephemeral_format=conf.default_ephemeral_format,
             deliver_vif_events=conf.fake.deliver_vif_events,
+        )
+    if driver == "libvirt":
+        from drivers.libvirt.driver import LibvirtDriver  # imports libvirt-python: only here
+
+        opts = conf.libvirt
+        uri = uri or opts.uri
+        if not uri:
+            raise ValueError(f"libvirt host {host!r} has no URI: add it with one or set [libvirt] uri")
+        return LibvirtDriver(
+            host,
+            uri,
+            instances_path=opts.instances_path,
+            base_images_path=opts.base_images_path,
+            use_cow_images=conf.use_cow_images,
+            preallocate_images=conf.preallocate_images,
+            virt_type=opts.virt_type,
+            kernel=opts.guest_kernel,
+            initrd=opts.guest_initrd,
+            cmdline=opts.guest_cmdline,
+            default_ephemeral_format=conf.default_ephemeral_format,
+            soft_reboot_timeout=opts.soft_reboot_timeout,
         )
     raise ValueError(f"unknown compute driver {driver!r} (known: {', '.join(DRIVER_NAMES)})")

@@ -1,4 +1,4 @@
-"""Driver options: the seed contract's options plus the fake driver's own."""
+"""Driver options: the seed contract's options plus the fake and libvirt drivers' own."""
 from oslo_config import cfg
 
 driver_opts = [
@@ -49,7 +49,59 @@ fake_opts = [
     ),
 ]
 
+libvirt_opts = [
+    cfg.StrOpt(
+        "uri",
+        help="libvirt connection URI for libvirt hosts whose record has none "
+        "(a host's own URI, `computeflow hosts add --uri`, wins). E.g. "
+        "qemu:///system, or test:///default for libvirt's in-memory test driver.",
+    ),
+    cfg.StrOpt(
+        "virt_type",
+        default="qemu",
+        choices=[("qemu", "QEMU emulation (TCG): works everywhere, slower"),
+                 ("kvm", "hardware virtualisation; needs a working /dev/kvm")],
+        help="Domain type of the guests. The default is qemu because a /dev/kvm "
+        "that exists is not proof that KVM guests run (on some cloud machines "
+        "they hang). Ignored on test:/// connections, which only run type test.",
+    ),
+    cfg.StrOpt(
+        "instances_path",
+        default="$state_path/instances",
+        help="Where instance disks and console logs are kept, one directory per "
+        "computeflow host and instance. Must be readable by the QEMU processes "
+        "(libvirt-qemu under qemu:///system): every directory on the way needs o+x.",
+    ),
+    cfg.StrOpt(
+        "base_images_path",
+        default="$libvirt.instances_path/_base",
+        help="The base-image cache that copy-on-write root disks are backed by.",
+    ),
+    cfg.StrOpt(
+        "guest_kernel",
+        help="Boot guests directly from this kernel (with guest_initrd and "
+        "guest_cmdline) instead of from their root disk. For tiny test guests.",
+    ),
+    cfg.StrOpt(
+        "guest_initrd",
+        help="Initramfs for guest_kernel.",
+    ),
+    cfg.StrOpt(
+        "guest_cmdline",
+        default="console=ttyS0",
+        help="Kernel command line for guest_kernel.",
+    ),
+    cfg.IntOpt(
+        "soft_reboot_timeout",
+        default=60,
+        min=1,
+        help="Seconds a soft reboot waits for the guest to power off after the "
+        "ACPI request before giving up (the reboot operation then reboots hard).",
+    ),
+]
+
 
 def register(conf: cfg.ConfigOpts) -> None:
     conf.register_opts(driver_opts)
     conf.register_opts(fake_opts, group="fake")
+    conf.register_opts(libvirt_opts, group="libvirt")

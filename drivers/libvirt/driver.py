@@ -1,0 +1,470 @@
+"""LibvirtDriver: computeflow's driver contract on a libvirt daemon.
+
+Layout on disk, per computeflow host (several may share one machine):
+
+    {instances_path}/{host}/ports.json             port records (ports.py)
+    {instances_path}/{host}/{uuid}/disk.root       qcow2, over the base image when use_cow_images
+    {instances_path}/{host}/{uuid}/disk.ephemeral  qcow2
+    {instances_path}/{host}/{uuid}/disk.swap       qcow2
+    {instances_path}/{host}/{uuid}/console.log     the guest's serial console
+    {base_images_path}/{image}                     the base-image cache, shared
+
+A domain is named `cf-{instance uuid}`, has the instance uuid as its uuid and
+carries computeflow's <metadata> element naming the instance and the host that
+owns it; domains without it (test:///default's built-in 'test', an operator's
+own guests) are never listed, counted or touched.
+
+The driver runs on the hypervisor's machine: disks are created locally with
+qemu-img at the paths the domain XML names.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import inspect
+import os
+import shutil
+import threading
+import time
+import uuid as uuidlib
+
+import libvirt
+
+from drivers import base
+from drivers.base import (Disk, DiskKind, DiskSpec, GuestInfo, GuestSpec, HostResources, Image,
+                          Inventory, LifecycleEvent, PowerState, Vif)
+from drivers.errors import (DriverError, GuestNotFound, HypervisorUnavailable, InvalidGuestState,
+                            SoftRebootFailed)
+from drivers.libvirt import disks
+from drivers.libvirt.config import (DiskConfig, DomainConfig, InstanceMetadata, InterfaceConfig,
+                                    OsConfig, SerialConfig)
+from drivers.libvirt.guest import Guest
+from drivers.libvirt.host import Host, is_connection_error
+from drivers.libvirt.ports import PortRecords
+
+DOMAIN_PREFIX = "cf-"
+CONSOLE_LOG = "console.log"
+MAX_CONSOLE_BYTES = 100 * 1024
+DEFAULT_CMDLINE = "console=ttyS0"
+_POLL_S = 0.1
+_IGNORED_EVENTS = frozenset({libvirt.VIR_DOMAIN_EVENT_DEFINED, libvirt.VIR_DOMAIN_EVENT_UNDEFINED})
+
+
+def _translated(method):
+    """Turn libvirtError into computeflow's driver errors.
+
+    A broken connection is HypervisorUnavailable (transient; the connection
+    is reopened on the next call); a vanished domain is GuestNotFound; any
+    other failure a DriverError carrying libvirt's message.
+    """
+    has_uuid = "instance_uuid" in inspect.signature(method).parameters
+
+    @functools.wraps(method)
+    def wrapper(self: LibvirtDriver, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except libvirt.libvirtError as e:
+            if is_connection_error(e):
+                self._host.connection_failed()
+                raise HypervisorUnavailable(self.host, str(e)) from None
+            instance_uuid = kwargs.get("instance_uuid", args[0] if has_uuid and args else None)
+            if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN and instance_uuid:
+                raise GuestNotFound(instance_uuid) from None
+            raise DriverError(f"libvirt on {self.host}: {e}") from None
+    return wrapper
+
+
+class LibvirtDriver(base.ComputeDriver):
+    name = "libvirt"
+
+    def __init__(
+        self,
+        host: str,
+        uri: str,
+        *,
+        instances_path: str,
+        base_images_path: str | None = None,
+        use_cow_images: bool = True,
+        preallocate_images: str = "none",
+        virt_type: str = "qemu",
+        kernel: str | None = None,
+        initrd: str | None = None,
+        cmdline: str | None = None,
+        default_ephemeral_format: str | None = None,
+        soft_reboot_timeout: float = 60,
+    ) -> None:
+        super().__init__(host)
+        self.uri = uri
+        self.use_cow_images = use_cow_images
+        self.preallocate = preallocate_images == "space"
+        self.virt_type = virt_type
+        self.kernel, self.initrd, self.cmdline = kernel, initrd, cmdline
+        self.default_ephemeral_format = default_ephemeral_format
+        self.soft_reboot_timeout = soft_reboot_timeout
+        # Absolute: the paths go into domain XML and qcow2 headers.
+        instances_path = os.path.abspath(instances_path)
+        self.root = os.path.join(instances_path, host)
+        self.images = disks.ImageCache(os.path.abspath(base_images_path)
+                                       if base_images_path else os.path.join(instances_path, "_base"))
+        self.ports = PortRecords(os.path.join(self.root, "ports.json"))
+        self._host = Host(uri, host, on_lifecycle=self._on_lifecycle)
+        self._domain_type: str | None = None
+
+    # -- host ---------------------------------------------------------------
+    @_translated
+    def init_host(self) -> None:
+        disks.make_dir(self.root)
+        self._domain_type = self._host.domain_type(self.virt_type)
+
+    def cleanup_host(self) -> None:
+        self._host.close()
+
+    @property
+    def domain_type(self) -> str:
+        if self._domain_type is None:
+            self.init_host()
+        return self._domain_type
+
+    @_translated
+    def get_available_resource(self) -> HostResources:
+        cpus, ram_mb, hypervisor, version = self._host.resources()
+        disks.make_dir(self.root)
+        st = os.statvfs(self.root)
+        return HostResources(vcpus=cpus, ram_mb=ram_mb, disk_gb=st.f_blocks * st.f_frsize // 1024**3,
+                             hypervisor=hypervisor, hypervisor_version=version)
+
+    @_translated
+    def inventory(self) -> Inventory:
+        return Inventory(
+            guests=tuple(sorted(g.uuid for g in self._own_guests())),
+            disks=tuple(self._instance_files()),
+            ports=tuple(sorted(self.ports.read())),
+            base_images=tuple(self.images.list()),
+        )
+
+    def _instance_files(self) -> list[str]:
+        found = []
+        for dirpath, _dirs, files in os.walk(self.root):
+            if dirpath != self.root:  # the host's own files (ports) are not instance files
+                found += [os.path.join(dirpath, f) for f in files]
+        return sorted(found)
+
+    # -- queries ------------------------------------------------------------
+    def _owns(self, guest: Guest) -> bool:
+        meta = guest.instance_metadata()
+        return meta is not None and meta.host == self.host
+
+    def _own_guests(self) -> list[Guest]:
+        owned = []
+        for guest in self._host.list_guests():
+            try:
+                if self._owns(guest):
+                    owned.append(guest)
+            except libvirt.libvirtError as e:
+                if e.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:  # gone since listed
+                    raise
+        return owned
+
+    def _find(self, instance_uuid: str) -> Guest | None:
+        guest = self._host.find_guest(instance_uuid)
+        return guest if guest is not None and self._owns(guest) else None
+
+    def _guest(self, instance_uuid: str) -> Guest:
+        guest = self._find(instance_uuid)
+        if guest is None:
+            raise GuestNotFound(instance_uuid)
+        return guest
+
+    @_translated
+    def get_info(self, instance_uuid: str) -> GuestInfo:
+        return self._guest(instance_uuid).info()
+
+    @_translated
+    def list_instance_uuids(self) -> list[str]:
+        return sorted(g.uuid for g in self._own_guests())
+
+    @_translated
+    def get_console_output(self, instance_uuid: str) -> str:
+        """The tail (up to 100 KiB) of the guest's serial console file."""
+        self._guest(instance_uuid)
+        try:
+            with open(self._console_path(instance_uuid), "rb") as f:
+                f.seek(max(0, os.fstat(f.fileno()).st_size - MAX_CONSOLE_BYTES))
+                return f.read().decode("utf-8", errors="replace")
+        except FileNotFoundError:
+            return ""  # never started (or the test driver, which writes no console)
+        except OSError as e:  # libvirtd creates it 0600 root: a non-root conductor cannot read it
+            raise DriverError(f"cannot read the console of {instance_uuid}: {e}") from None
+
+    def get_instance_disk_info(self, instance_uuid: str) -> list[Disk]:
+        found = []
+        for kind in DiskKind:
+            path = self._disk_path(instance_uuid, kind)
+            if os.path.exists(path):
+                i = disks.info(path)
+                found.append(Disk(kind, path, i.virtual_size // disks.MIB, i.backing_file,
+                                  preallocated=i.actual_size >= i.virtual_size))
+        return found
+
+    # -- files --------------------------------------------------------------
+    def _instance_dir(self, instance_uuid: str) -> str:
+        try:
+            canonical = str(uuidlib.UUID(instance_uuid))
+        except ValueError:
+            raise GuestNotFound(instance_uuid) from None  # and never a path outside root
+        return os.path.join(self.root, canonical)
+
+    def _disk_path(self, instance_uuid: str, kind: DiskKind) -> str:
+        return os.path.join(self._instance_dir(instance_uuid), f"disk.{kind.value}")
+
+    def _console_path(self, instance_uuid: str) -> str:
+        return os.path.join(self._instance_dir(instance_uuid), CONSOLE_LOG)
+
+    # -- spawn's pieces -----------------------------------------------------
+    def ensure_base_image(self, image: Image) -> str:
+        return self.images.ensure(image)
+
+    def create_disk(self, instance_uuid: str, spec: DiskSpec) -> Disk:
+        """Create one qcow2 disk; if it already exists as asked, return it as it is."""
+        path = self._disk_path(instance_uuid, spec.kind)
+        backing = backing_format = None
+        if spec.kind is DiskKind.ROOT and spec.image is not None:
+            backing = self.images.path(spec.image)
+            backing_format = self.images.format(spec.image)
+            if not os.path.exists(backing):
+                raise InvalidGuestState(instance_uuid, "missing its base image",
+                                        "create the root disk of")
+            if spec.image.size_mb > spec.size_mb:
+                raise InvalidGuestState(instance_uuid, f"of a flavor whose {spec.size_mb} MB root "
+                                        f"disk is smaller than image {spec.image.name}",
+                                        "create the root disk of")
+            if not self.use_cow_images:
+                backing = None
+        fill = None
+        if spec.kind is DiskKind.SWAP:
+            fill = "swap"
+        elif spec.kind is DiskKind.EPHEMERAL:
+            fill = spec.fs_format or self.default_ephemeral_format
+        disks.make_dir(os.path.dirname(path))
+        with disks.path_lock(path):
+            if not os.path.exists(path):
+                if spec.kind is DiskKind.ROOT and spec.image is not None and backing is None:
+                    self._copy_root(path, spec, backing_format)
+                else:
+                    disks.create_qcow2(path, spec.size_mb, backing=backing,
+                                       backing_format=backing_format, preallocate=self.preallocate,
+                                       fill=fill)
+            found = disks.info(path)
+        if (found.format, found.virtual_size, found.backing_file) != (
+                "qcow2", spec.size_mb * disks.MIB, backing):
+            raise InvalidGuestState(
+                instance_uuid, f"holding a different {spec.kind.value} disk at {path} ("
+                f"{found.format}, {found.virtual_size} bytes, backing file {found.backing_file})",
+                "create a disk for")
+        return Disk(spec.kind, path, spec.size_mb, backing, self.preallocate)
+
+    def _copy_root(self, path: str, spec: DiskSpec, source_format: str) -> None:
+        """A root disk with no backing file: the base image converted, then grown."""
+        disks.remove_stale(path)
+        options = ["-o", "preallocation=falloc"] if self.preallocate else []
+        with disks.publishing(path) as tmp:
+            disks.run(["qemu-img", "convert", "-q", "-f", source_format, "-O", "qcow2", *options,
+                       self.images.path(spec.image), tmp])
+            disks.run(["qemu-img", "resize", "-q", *(["--preallocation=falloc"] if self.preallocate
+                                                     else []), tmp, f"{spec.size_mb}M"])
+
+    def delete_disk(self, instance_uuid: str, kind: DiskKind) -> None:
+        path = self._disk_path(instance_uuid, kind)
+        with disks.path_lock(path):
+            disks.remove_stale(path)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+        with contextlib.suppress(FileNotFoundError, OSError):
+            os.rmdir(os.path.dirname(path))  # only once nothing else is left in it
+
+    def delete_instance_files(self, instance_uuid: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            shutil.rmtree(self._instance_dir(instance_uuid))
+
+    def plug_vif(self, instance_uuid: str, vif: Vif) -> None:
+        with self.ports.change() as ports:
+            ports.setdefault(vif.id, {"instance": instance_uuid, "mac": vif.mac,
+                                      "network": vif.network, "tap": _tap_name(vif.id)})
+
+    def unplug_vif(self, instance_uuid: str, vif_id: str) -> None:
+        with self.ports.change() as ports:
+            ports.pop(vif_id, None)
+
+    def wait_for_vif_plugged(self, instance_uuid: str, vif_ids: list[str], timeout: float) -> bool:
+        """No network service sends events here: a port counts as plugged once recorded."""
+        deadline = time.monotonic() + timeout
+        pause = threading.Event()
+        while not set(vif_ids) <= set(self.ports.read()):
+            if time.monotonic() >= deadline:
+                return False
+            pause.wait(_POLL_S)
+        return True
+
+    @_translated
+    def define_guest(self, spec: GuestSpec) -> None:
+        """Define the domain; if one with the instance's uuid exists, keep it."""
+        existing = self._host.find_guest(spec.instance_uuid)
+        if existing is not None:
+            if not self._owns(existing):
+                raise InvalidGuestState(spec.instance_uuid, "defined by someone else", "define")
+            return
+        disks.make_dir(self._instance_dir(spec.instance_uuid))
+        self._host.define_guest(self._domain_config(spec).to_xml())
+
+    def _domain_config(self, spec: GuestSpec) -> DomainConfig:
+        if self.kernel:
+            os_config = OsConfig(kernel=self.kernel, initrd=self.initrd,
+                                 cmdline=self.cmdline or DEFAULT_CMDLINE)
+        else:
+            os_config = OsConfig(boot_dev="hd")
+        return DomainConfig(
+            type=self.domain_type,
+            name=DOMAIN_PREFIX + spec.instance_uuid,
+            uuid=spec.instance_uuid,
+            title=spec.name,
+            memory_mb=spec.flavor.ram_mb,
+            vcpus=spec.flavor.vcpus,
+            os=os_config,
+            disks=tuple(DiskConfig(d.path, f"vd{chr(ord('a') + i)}", "qcow2")
+                        for i, d in enumerate(spec.disks)),
+            interfaces=tuple(self._interface(v) for v in spec.vifs),
+            serial=SerialConfig(self._console_path(spec.instance_uuid)),
+            metadata=InstanceMetadata(spec.name, self.host, spec.flavor.name),
+        )
+
+    def _interface(self, vif: Vif) -> InterfaceConfig:
+        """On the libvirt network of the vif's name if one runs; else on a tap
+        device of its own (which libvirt creates at start, removes at stop)."""
+        if self._host.network_is_active(vif.network):
+            return InterfaceConfig("network", vif.mac, network=vif.network)
+        return InterfaceConfig("ethernet", vif.mac, target_dev=_tap_name(vif.id))
+
+    @_translated
+    def undefine_guest(self, instance_uuid: str) -> None:
+        """Remove the definition (and its console log); it must be stopped."""
+        guest = self._find(instance_uuid)
+        if guest is not None:
+            if guest.is_active():
+                raise InvalidGuestState(instance_uuid, guest.power_state().value, "undefine")
+            guest.undefine()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._console_path(instance_uuid))
+        with contextlib.suppress(FileNotFoundError, OSError):
+            os.rmdir(self._instance_dir(instance_uuid))
+
+    # -- power --------------------------------------------------------------
+    def _require(self, instance_uuid: str, guest: Guest, action: str,
+                 allowed: set[PowerState]) -> PowerState:
+        state = guest.power_state()
+        if state not in allowed:
+            raise InvalidGuestState(instance_uuid, state.value, action)
+        return state
+
+    @_translated
+    def power_on(self, instance_uuid: str) -> None:
+        guest = self._guest(instance_uuid)
+        state = self._require(instance_uuid, guest, "power on", {
+            PowerState.RUNNING, PowerState.SHUTDOWN, PowerState.CRASHED, PowerState.SUSPENDED})
+        if state is not PowerState.RUNNING:
+            self._launch(guest)
+
+    def _launch(self, guest: Guest) -> None:
+        disks.make_dir(self._instance_dir(guest.uuid))  # the console file's directory
+        try:
+            guest.launch()
+        except libvirt.libvirtError as e:
+            # Started by someone else meanwhile: the end state is what was asked.
+            if e.get_error_code() != libvirt.VIR_ERR_OPERATION_INVALID or not guest.is_active():
+                raise
+
+    @_translated
+    def power_off(self, instance_uuid: str, timeout: float = 0) -> None:
+        """Ask the guest to shut down and wait up to `timeout` s, then pull the plug."""
+        guest = self._guest(instance_uuid)
+        if not guest.is_active():
+            guest.discard_saved_state()  # a suspended guest powers off by losing its saved RAM
+            return
+        if timeout > 0 and guest.power_state() is PowerState.RUNNING:
+            guest.shutdown()
+            if self._wait_stopped(guest, timeout):
+                return
+        guest.poweroff()
+
+    def _wait_stopped(self, guest: Guest, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        pause = threading.Event()
+        while guest.is_active():
+            if time.monotonic() >= deadline:
+                return False
+            pause.wait(_POLL_S)
+        return True
+
+    @_translated
+    def reboot(self, instance_uuid: str, hard: bool) -> None:
+        """Soft: ACPI shutdown, then start again; SoftRebootFailed if the guest
+        is not off within soft_reboot_timeout. Hard: from any state, a fresh boot."""
+        guest = self._guest(instance_uuid)
+        if not hard:
+            self._require(instance_uuid, guest, "soft reboot", {PowerState.RUNNING})
+            guest.shutdown()
+            if not self._wait_stopped(guest, self.soft_reboot_timeout):
+                raise SoftRebootFailed(instance_uuid, "the guest did not shut down within "
+                                       f"{self.soft_reboot_timeout:g}s of the ACPI request")
+        else:
+            guest.poweroff()
+            guest.discard_saved_state()
+        self._launch(guest)
+
+    def soft_delete(self, instance_uuid: str) -> None:
+        self.power_off(instance_uuid)
+
+    def restore(self, instance_uuid: str) -> None:
+        self.power_on(instance_uuid)
+
+    @_translated
+    def pause(self, instance_uuid: str) -> None:
+        guest = self._guest(instance_uuid)
+        if self._require(instance_uuid, guest, "pause",
+                         {PowerState.RUNNING, PowerState.PAUSED}) is PowerState.RUNNING:
+            guest.pause()
+
+    @_translated
+    def unpause(self, instance_uuid: str) -> None:
+        guest = self._guest(instance_uuid)
+        if self._require(instance_uuid, guest, "unpause",
+                         {PowerState.RUNNING, PowerState.PAUSED}) is PowerState.PAUSED:
+            guest.unpause()
+
+    @_translated
+    def suspend(self, instance_uuid: str) -> None:
+        """Save the guest's RAM to the daemon's managed-save file and stop it."""
+        guest = self._guest(instance_uuid)
+        if self._require(instance_uuid, guest, "suspend",
+                         {PowerState.RUNNING, PowerState.SUSPENDED}) is PowerState.RUNNING:
+            guest.save_to_host()
+
+    @_translated
+    def resume(self, instance_uuid: str) -> None:
+        guest = self._guest(instance_uuid)
+        if self._require(instance_uuid, guest, "resume",
+                         {PowerState.RUNNING, PowerState.SUSPENDED}) is PowerState.SUSPENDED:
+            self._launch(guest)
+
+    # -- events -------------------------------------------------------------
+    def _on_lifecycle(self, guest: Guest, event: int, _detail: int) -> None:
+        """On the Host's dispatcher thread. The event says something changed;
+        what is reported is the guest's state now, so a late event cannot
+        report a state the guest has already left."""
+        if event in _IGNORED_EVENTS or not self._owns(guest):
+            return
+        self.emit_event(LifecycleEvent(guest.uuid, guest.power_state(), self.host))
+
+
+def _tap_name(vif_id: str) -> str:
+    return "tap" + vif_id[:11]  # interface names are at most 15 characters
+
