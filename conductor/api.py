@@ -19,11 +19,12 @@ from sqlalchemy import exc as sa_exc
 from conductor import ownership
 from conductor.runner import EventSink, LeaseKeeper, NotOwner, Runner
 from drivers import DRIVER_NAMES
+from drivers.base import ComputeDriver, LifecycleEvent
 from drivers.faults import FaultPlan
 from flows import catalog, runtime
 from conductor.logs import remember_secret as logs_secret
 from flows.errors import InstanceLocked, InsufficientCapacity, InvalidRequest, InvalidState, NotFound
-from persistence import claims, hosts, instances, operations, schema
+from persistence import claims, events, hosts, instances, operations, schema
 from persistence.models import Operation
 from persistence.secrets import SecretBox
 from persistence.session import Database
@@ -73,6 +74,7 @@ class Conductor:
         self.rt = runtime.Runtime(conf=conf, db=self.db,
                                   secrets=SecretBox(conf.database.secret_key_file),
                                   faults=faults or FaultPlan(conf.fake.faults))
+        self.rt.on_new_driver.append(self._listen_to)
         runtime.install(self.rt)
         self.owner = conf.conductor.name or ownership.my_identity()
         self.lease_seconds = conf.conductor.lease_seconds
@@ -85,6 +87,7 @@ class Conductor:
     def close(self) -> None:
         self._leases.__exit__(None, None, None)
         self._executor.shutdown(wait=True)
+        self.rt.close_drivers()  # before the database: late events must still find it
         self.db.dispose()
 
     def __enter__(self) -> "Conductor":
@@ -92,6 +95,19 @@ class Conductor:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+    # -- hypervisor events ---------------------------------------------------
+    def _listen_to(self, drv: ComputeDriver) -> None:
+        drv.register_event_listener(self._on_lifecycle_event)
+
+    def _on_lifecycle_event(self, ev: LifecycleEvent) -> None:
+        """A guest changed state by itself: record the event and, unless an
+        operation holds the instance (it owns the record then), its power state."""
+        with self.db.session() as s:
+            events.record(s, ev.instance_uuid, ev.host, "lifecycle", ev.power_state.value)
+            synced = instances.sync_power_state(s, ev.instance_uuid, ev.host, ev.power_state.value)
+        LOG.info("instance %s on %s is %s (reported by the hypervisor%s)", ev.instance_uuid,
+                 ev.host, ev.power_state.value, "" if synced else "; record held or elsewhere, kept")
 
     # -- hosts --------------------------------------------------------------
     def add_host(self, name: str, *, vcpus: int, ram_mb: int, disk_gb: int,
@@ -171,6 +187,7 @@ class Conductor:
                 raise InstanceLocked(inst.name, inst.held_by)
             if inst.vm_state not in kind.accepts_vm_states:
                 raise InvalidState(inst.name, inst.vm_state, kind_name, kind.accepts_vm_states)
+            extra = kind.prepare(s, inst, values, op_id) if kind.prepare else {}
             holder = instances.take_hold(s, inst.uuid, op_id)
             if holder is not None:
                 raise InstanceLocked(inst.name, holder)
@@ -181,7 +198,7 @@ class Conductor:
             stored = {"operation": kind_name, "instance_uuid": inst.uuid, "name": inst.name,
                       "host": inst.host, "vifs": inst.vifs, "prior_vm_state": inst.vm_state,
                       "prior_power_state": inst.power_state,
-                      **values}
+                      **values, **extra}
             operations.create(s, op_id, kind_name, inst.uuid, stored, kind.version,
                               self.owner, self.lease_seconds)
         LOG.info("submitted %s %s of %s", kind_name, op_id, inst.name)
@@ -253,6 +270,8 @@ def _validated_params(kind: catalog.OperationKind, params: dict) -> dict:
     values = {}
     for p in kind.params:
         value = params.get(p.name, p.default)
+        if value is None and p.required:
+            raise InvalidRequest(f"{kind.name} needs {p.name}")
         if value is not None and not isinstance(value, p.type):
             raise InvalidRequest(f"{kind.name}: {p.name} must be {p.type.__name__}, "
                                  f"got {type(value).__name__}")

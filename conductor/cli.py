@@ -79,11 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
         c.set_defaults(kind=kind.name)
         c.add_argument("name", help="instance name or uuid")
         for prm in kind.params:
-            flag = "--" + prm.name.replace("_", "-")
-            if prm.type is bool:
-                c.add_argument(flag, action="store_true", dest=f"param_{prm.name}", help=prm.help)
-            else:
-                c.add_argument(flag, type=prm.type, dest=f"param_{prm.name}", help=prm.help)
+            _add_param(c, prm)
         c.add_argument("--json", action="store_true", help="print the outcome as JSON, no progress")
 
     ins = sub.add_parser("instances", help="instances").add_subparsers(dest="inst_cmd", required=True)
@@ -103,6 +99,24 @@ def build_parser() -> argparse.ArgumentParser:
     cmd("resume", cmd_resume, "finish operations left by a dead conductor", json_flag=True)
     cmd("inventory", cmd_inventory, "what each host's driver holds, and open claims", json_flag=True)
     return p
+
+
+def _add_param(c: argparse.ArgumentParser, prm: catalog.Param) -> None:
+    """One catalogue parameter as a flag. A secret is read from a file (or stdin)
+    so that it never appears in `ps` or shell history."""
+    flag = "--" + prm.name.replace("_", "-")
+    metavar = prm.name.upper()
+    if prm.secret:
+        c.add_argument(flag + "-file", dest=f"secretfile_{prm.name}", metavar="PATH",
+                       required=prm.required, help=f"{prm.help} (read from PATH; '-' for stdin)")
+    elif prm.type is bool:
+        c.add_argument(flag, action="store_true", dest=f"param_{prm.name}", help=prm.help)
+    elif prm.type is list:
+        c.add_argument(flag, action="append", dest=f"param_{prm.name}", metavar=metavar,
+                       help=prm.help + " (repeatable)")
+    else:
+        c.add_argument(flag, type=prm.type, dest=f"param_{prm.name}", required=prm.required,
+                       metavar=metavar, help=prm.help)
 
 
 # -- helpers -----------------------------------------------------------------
@@ -221,9 +235,30 @@ def cmd_spawn(args) -> int:
         return _run_and_report(args, c, op_id)
 
 
+def _read_secret_file(path: str, what: str) -> str:
+    try:
+        if path == "-":
+            value = sys.stdin.read()
+        else:
+            with open(path) as f:
+                value = f.read()
+    except OSError as e:
+        raise UserError(f"cannot read the {what} file: {e.strerror}") from None
+    if not value:
+        raise UserError(f"the {what} file is empty")
+    return value
+
+
 def cmd_operation(args) -> int:
     params = {k[len("param_"):]: v for k, v in vars(args).items()
               if k.startswith("param_") and v is not None}
+    for k, path in vars(args).items():
+        if k.startswith("secretfile_") and path is not None:
+            name = k[len("secretfile_"):]
+            # A password is one line; file contents are taken whole.
+            value = _read_secret_file(path, name.replace("_", " "))
+            params[name] = value.rstrip("\n") if name.endswith("password") else value
+            logs.remember_secret(params[name])
     with _conductor(args) as c:
         op_id = c.submit(args.kind, args.name, **params)
         return _run_and_report(args, c, op_id)

@@ -128,10 +128,12 @@ class Inventory:
     disks: tuple[str, ...]
     ports: tuple[str, ...]
     base_images: tuple[str, ...] = ()
+    #: Volumes attached to a guest of this host (by volume id).
+    volumes: tuple[str, ...] = ()
 
     @property
     def empty(self) -> bool:
-        return not (self.guests or self.disks or self.ports)
+        return not (self.guests or self.disks or self.ports or self.volumes)
 
 
 EventCallback = Callable[[LifecycleEvent], None]

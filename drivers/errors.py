@@ -56,3 +56,10 @@ class SoftRebootFailed(DriverError):
     def __init__(self, instance_uuid: str, reason: str) -> None:
         super().__init__(f"soft reboot of {instance_uuid} failed: {reason}")
         self.instance_uuid = instance_uuid
+
+
+class VolumeInUse(DriverError):
+    def __init__(self, volume_id: str, holder: str) -> None:
+        super().__init__(f"volume {volume_id} is attached to instance {holder}")
+        self.volume_id = volume_id
+        self.holder = holder

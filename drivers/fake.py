@@ -17,9 +17,10 @@ from collections.abc import Iterator
 
 from drivers import base
 from drivers.base import Disk, DiskKind, DiskSpec, GuestInfo, GuestSpec, Image, Inventory, PowerState, Vif
-from drivers.errors import GuestNotFound, InvalidGuestState, SoftRebootFailed
+from drivers.errors import (GuestNotFound, ImageNotFound, InvalidGuestState, SoftRebootFailed,
+                            VolumeInUse)
 
-_EMPTY_STATE = {"guests": {}, "disks": {}, "ports": {}, "base_images": {}}
+_EMPTY_STATE = {"guests": {}, "disks": {}, "ports": {}, "base_images": {}, "volumes": {}}
 _thread_locks: dict[str, threading.Lock] = {}
 _thread_locks_guard = threading.Lock()
 
@@ -50,6 +51,8 @@ class HostStateFile:
         with _thread_lock(self.path), open(self._lock_path, "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             state = self.read()
+            for key, empty in _EMPTY_STATE.items():  # files written by older releases
+                state.setdefault(key, type(empty)())
             yield state
             tmp = f"{self.path}.{os.getpid()}.{threading.get_ident()}.tmp"
             with open(tmp, "w") as f:
@@ -99,6 +102,7 @@ class FakeDriver(base.ComputeDriver):
             disks=tuple(sorted(s["disks"])),
             ports=tuple(sorted(s["ports"])),
             base_images=tuple(sorted(s["base_images"])),
+            volumes=tuple(sorted(s.get("volumes", {}))),
         )
 
     # -- queries ------------------------------------------------------------
@@ -125,6 +129,8 @@ class FakeDriver(base.ComputeDriver):
     # -- spawn's pieces -----------------------------------------------------
     def ensure_base_image(self, image: Image) -> str:
         path = os.path.join(self._base_dir, image.name)
+        if image.path is not None and not os.path.exists(image.path):
+            raise ImageNotFound(image.name)  # e.g. a snapshot whose file is gone
         with self.state.change() as s:
             s["base_images"].setdefault(image.name, {"path": path, "size_mb": image.size_mb})
         return path
@@ -147,6 +153,7 @@ class FakeDriver(base.ComputeDriver):
             "backing": backing,
             "preallocated": self.preallocate,
             "fs_format": fs_format,
+            "image": spec.image.name if spec.image is not None else None,
         }
         with self.state.change() as s:
             if backing and spec.image.name not in s["base_images"]:
@@ -199,6 +206,9 @@ class FakeDriver(base.ComputeDriver):
             if g["power_state"] in (PowerState.RUNNING.value, PowerState.PAUSED.value):
                 raise InvalidGuestState(instance_uuid, g["power_state"], "undefine")
             del s["guests"][instance_uuid]
+            # The domain's device attachments go with it.
+            for vol in [v for v, a in s["volumes"].items() if a["instance"] == instance_uuid]:
+                del s["volumes"][vol]
 
     def delete_instance_files(self, instance_uuid: str) -> None:
         with self.state.change() as s:
@@ -258,10 +268,123 @@ class FakeDriver(base.ComputeDriver):
     def resume(self, instance_uuid: str) -> None:
         self._set_power(instance_uuid, PowerState.RUNNING, {PowerState.SUSPENDED}, "resume")
 
+    # -- rescue, rebuild, snapshot -----------------------------------------
+    def rescue(self, instance_uuid: str, rescue_image: Image) -> None:
+        """Boot from the rescue image; the original disks stay attached."""
+        with self.state.change() as s:
+            g = self._guest(s, instance_uuid)
+            if g.get("rescue") is None:
+                g["rescue"] = {"image": rescue_image.name,
+                               "disk": self._disk_path(instance_uuid, DiskKind.ROOT) + ".rescue"}
+            g["power_state"] = PowerState.RUNNING.value
+
+    def unrescue(self, instance_uuid: str) -> None:
+        """Boot from the original disk again; no-op when not rescued."""
+        with self.state.change() as s:
+            g = self._guest(s, instance_uuid)
+            if g.pop("rescue", None) is not None:
+                g["power_state"] = PowerState.RUNNING.value
+
+    def snapshot(self, instance_uuid: str, image_path: str) -> Image:
+        """Write a file describing the root disk to `image_path`, atomically."""
+        s = self.state.read()
+        self._guest(s, instance_uuid)
+        root = s["disks"].get(self._disk_path(instance_uuid, DiskKind.ROOT))
+        if root is None:
+            raise InvalidGuestState(instance_uuid, "without a root disk", "snapshot")
+        os.makedirs(os.path.dirname(image_path), exist_ok=True)
+        tmp = f"{image_path}.{os.getpid()}.{threading.get_ident()}.tmp"
+        with open(tmp, "w") as f:
+            json.dump({"instance": instance_uuid, "root": root}, f, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, image_path)
+        return Image(os.path.basename(image_path), "qcow2", root["size_mb"], image_path)
+
+    def rebuild(self, instance_uuid: str, image: Image, preserve_ephemeral: bool) -> None:
+        """Re-create the root disk from `image` (ephemeral data kept if asked) and boot."""
+        with self.state.change() as s:
+            g = self._guest(s, instance_uuid)
+            root = s["disks"].get(self._disk_path(instance_uuid, DiskKind.ROOT))
+            if root is None:
+                raise InvalidGuestState(instance_uuid, "without a root disk", "rebuild")
+            if root.get("backing") and image.name not in s["base_images"]:
+                raise InvalidGuestState(instance_uuid, "missing base image", "rebuild")
+            root["image"] = image.name
+            if root.get("backing"):
+                root["backing"] = os.path.join(self._base_dir, image.name)
+            eph = s["disks"].get(self._disk_path(instance_uuid, DiskKind.EPHEMERAL))
+            if eph is not None and not preserve_ephemeral:
+                eph["image_of_data"] = image.name  # re-created empty for this image
+            elif eph is not None:
+                eph.pop("image_of_data", None)
+            g["power_state"] = PowerState.RUNNING.value
+
+    # -- devices ------------------------------------------------------------
+    def attach_volume(self, instance_uuid: str, connection_info: dict, mountpoint: str) -> None:
+        vol = connection_info["volume_id"]
+        with self.state.change() as s:
+            self._guest(s, instance_uuid)
+            held = s["volumes"].get(vol)
+            if held is not None and held["instance"] != instance_uuid:
+                raise VolumeInUse(vol, held["instance"])
+            s["volumes"][vol] = {"instance": instance_uuid, "mountpoint": mountpoint}
+
+    def detach_volume(self, instance_uuid: str, connection_info: dict, mountpoint: str) -> None:
+        vol = connection_info["volume_id"]
+        with self.state.change() as s:
+            if s["volumes"].get(vol, {}).get("instance") == instance_uuid:
+                del s["volumes"][vol]
+
+    def swap_volume(self, instance_uuid: str, old_info: dict, new_info: dict, mountpoint: str) -> None:
+        """Replace the volume at `mountpoint`; idempotent once the new one is there."""
+        old, new = old_info["volume_id"], new_info["volume_id"]
+        with self.state.change() as s:
+            self._guest(s, instance_uuid)
+            held = s["volumes"].get(new)
+            if held is not None and held["instance"] != instance_uuid:
+                raise VolumeInUse(new, held["instance"])
+            if s["volumes"].get(old, {}).get("instance") == instance_uuid:
+                del s["volumes"][old]
+            s["volumes"][new] = {"instance": instance_uuid, "mountpoint": mountpoint}
+
+    def attach_interface(self, instance_uuid: str, vif: Vif) -> None:
+        with self.state.change() as s:
+            g = self._guest(s, instance_uuid)
+            s["ports"].setdefault(
+                vif.id, {"instance": instance_uuid, "mac": vif.mac, "network": vif.network})
+            if vif.id not in g["vifs"]:
+                g["vifs"].append(vif.id)
+
+    def detach_interface(self, instance_uuid: str, vif_id: str) -> None:
+        with self.state.change() as s:
+            g = self._guest(s, instance_uuid)
+            s["ports"].pop(vif_id, None)
+            if vif_id in g["vifs"]:
+                g["vifs"].remove(vif_id)
+
     # -- guest agent --------------------------------------------------------
     def set_admin_password(self, instance_uuid: str, password: str) -> None:
         with self.state.change() as s:
             self._guest(s, instance_uuid)["admin_password_sha256"] = _digest(password)
+
+    def inject_file(self, instance_uuid: str, path: str, contents: bytes) -> None:
+        """Keep only a digest of the contents, as for passwords."""
+        with self.state.change() as s:
+            g = self._guest(s, instance_uuid)
+            g.setdefault("files", {})[path] = hashlib.sha256(contents).hexdigest()
+
+    def change_instance_metadata(self, instance_uuid: str, changes: dict[str, str | None]) -> None:
+        with self.state.change() as s:
+            g = self._guest(s, instance_uuid)
+            meta = g.setdefault("metadata", {})
+            for key, value in changes.items():
+                if value is None:
+                    meta.pop(key, None)
+                else:
+                    meta[key] = value
+            if not meta:
+                del g["metadata"]
 
     # -- events (tests drive these to simulate a guest acting on its own) ---
     def simulate_unresponsive_guest(self, instance_uuid: str) -> None:

@@ -7,9 +7,10 @@ bumped, and an operation created by an older version is refused on resume.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from flows import destroy, power, spawn
+from flows import devices, destroy, guest_agent, power, rebuild, rescue, snapshot, spawn
 
 
 @dataclass(frozen=True)
@@ -21,6 +22,7 @@ class Param:
     default: object = None
     secret: bool = False
     help: str = ""
+    required: bool = False
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,13 @@ class OperationKind:
     params: tuple[Param, ...] = field(default=())
     #: CLI verb, when the name would clash (`resume` already means "finish orphans").
     cli_name: str | None = None
+    #: Called at submission, in the transaction that takes the hold, as
+    #: prepare(session, instance, values, operation_id) -> extra stored params.
+    #: It resolves names (images, volumes) and raises InvalidRequest/NotFound
+    #: before anything is written.
+    prepare: Callable | None = None
+    #: Driver methods the operation calls (the support matrix is built from it).
+    uses: tuple[str, ...] = ()
 
     @property
     def verb(self) -> str:
@@ -41,16 +50,32 @@ class OperationKind:
 
 
 def _power(name: str, accepts: set[str], help: str, *params: Param) -> OperationKind:
-    return OperationKind(name, "flows.power.build", power.VERSION, help, frozenset(accepts), params)
+    undo = power.TRANSITIONS[name].undo
+    uses = (name, undo) + (("get_info",) if power.TRANSITIONS[name].wait_running else ())
+    return OperationKind(name, "flows.power.build", power.VERSION, help, frozenset(accepts), params,
+                         uses=tuple(u for u in uses if u))
+
+
+def _device(name: str, help: str, *params: Param) -> OperationKind:
+    inverse = {"attach": "detach", "detach": "attach", "swap": "swap"}[name.split("_")[0]]
+    uses = (name, inverse + "_" + name.split("_", 1)[1])
+    return OperationKind(name, "flows.devices.build", devices.VERSION, help,
+                         frozenset({"active", "stopped"}), params,
+                         prepare=getattr(devices, f"prepare_{name}"), uses=tuple(dict.fromkeys(uses)))
 
 
 _RUNNING_ISH = {"active", "paused", "suspended", "error"}
 
 CATALOG: dict[str, OperationKind] = {k.name: k for k in (
-    OperationKind("spawn", "flows.spawn.build", spawn.VERSION, "create and boot an instance", None),
+    OperationKind("spawn", "flows.spawn.build", spawn.VERSION, "create and boot an instance", None,
+                  uses=("ensure_base_image", "create_disk", "delete_disk", "plug_vif", "unplug_vif",
+                        "wait_for_vif_plugged", "define_guest", "undefine_guest", "power_on",
+                        "power_off", "get_info")),
     OperationKind("destroy", "flows.destroy.build", destroy.VERSION,
                   "delete an instance (forward-only)",
-                  frozenset({"active", "stopped", "error", "paused", "suspended", "soft_deleted"})),
+                  frozenset({"active", "stopped", "error", "paused", "suspended", "soft_deleted",
+                             "rescued"}),
+                  uses=("power_off", "undefine_guest", "unplug_vif", "delete_instance_files")),
     _power("power_off", _RUNNING_ISH, "stop the guest"),
     _power("power_on", {"stopped"}, "start a stopped guest"),
     _power("reboot", {"active", "stopped", "error"},
@@ -60,9 +85,56 @@ CATALOG: dict[str, OperationKind] = {k.name: k for k in (
     _power("unpause", {"paused"}, "continue a paused guest"),
     _power("suspend", {"active"}, "save the guest's memory to disk and stop it"),
     OperationKind("resume", "flows.power.build", power.VERSION, "restore a suspended guest",
-                  frozenset({"suspended"}), cli_name="unsuspend"),
+                  frozenset({"suspended"}), cli_name="unsuspend",
+                  uses=("resume", "suspend", "get_info")),
     _power("soft_delete", {"active", "stopped", "error"}, "stop the guest, keeping it restorable"),
     _power("restore", {"soft_deleted"}, "bring back a soft-deleted instance"),
+    OperationKind("rescue", "flows.rescue.build", rescue.VERSION,
+                  "boot from a rescue image, keeping the original disks",
+                  frozenset({"active", "stopped", "error"}),
+                  (Param("image", str, help="rescue image (default: the instance's own)"),),
+                  prepare=rescue.prepare_rescue, uses=("rescue", "unrescue", "get_info")),
+    OperationKind("unrescue", "flows.rescue.build", rescue.VERSION,
+                  "boot from the original disk again", frozenset({"rescued"}),
+                  prepare=rescue.prepare_unrescue, uses=("unrescue", "rescue", "get_info")),
+    OperationKind("snapshot", "flows.snapshot.build", snapshot.VERSION,
+                  "save the root disk as a new image in the local image store",
+                  frozenset({"active", "stopped"}),
+                  (Param("image_name", str, required=True, help="name of the new image"),),
+                  prepare=snapshot.prepare, uses=("snapshot",)),
+    OperationKind("rebuild", "flows.rebuild.build", rebuild.VERSION,
+                  "re-create the root disk from an image and boot",
+                  frozenset({"active", "stopped", "error"}),
+                  (Param("image", str, required=True, help="image to rebuild from"),
+                   Param("preserve_ephemeral", bool, False, help="keep the ephemeral disk's data")),
+                  prepare=rebuild.prepare, uses=("ensure_base_image", "rebuild", "get_info")),
+    OperationKind("set_admin_password", "flows.guest_agent.build", guest_agent.VERSION,
+                  "set the guest's admin password", frozenset({"active"}),
+                  (Param("password", str, secret=True, required=True, help="the new password"),),
+                  uses=("set_admin_password",)),
+    OperationKind("inject_file", "flows.guest_agent.build", guest_agent.VERSION,
+                  "write a file into the guest", frozenset({"active"}),
+                  (Param("path", str, required=True, help="absolute path in the guest"),
+                   Param("contents", str, secret=True, required=True, help="the file's contents")),
+                  prepare=guest_agent.prepare_inject_file, uses=("inject_file",)),
+    OperationKind("change_metadata", "flows.guest_agent.build", guest_agent.VERSION,
+                  "set or remove instance metadata keys",
+                  frozenset({"active", "stopped", "paused", "suspended", "rescued"}),
+                  (Param("set", list, help="KEY=VALUE to set"),
+                   Param("unset", list, help="KEY to remove")),
+                  prepare=guest_agent.prepare_metadata, uses=("change_instance_metadata",)),
+    _device("attach_volume", "attach a volume to the guest",
+            Param("volume_id", str, required=True, help="the volume"),
+            Param("mountpoint", str, help="device name (default: the next free /dev/vdX)")),
+    _device("detach_volume", "detach a volume from the guest",
+            Param("volume_id", str, required=True, help="the volume")),
+    _device("swap_volume", "replace an attached volume by another at the same mountpoint",
+            Param("volume_id", str, required=True, help="the attached volume"),
+            Param("new_volume_id", str, required=True, help="the volume to put in its place")),
+    _device("attach_interface", "add a network interface to the guest",
+            Param("network", str, "default", help="network of the new interface")),
+    _device("detach_interface", "remove a network interface from the guest",
+            Param("port_id", str, required=True, help="the interface's id")),
 )}
 
 

@@ -21,6 +21,12 @@ flow_opts = [
         min=1,
         help="Seconds a spawned guest may take to reach the running state.",
     ),
+    cfg.StrOpt(
+        "image_store_path",
+        default="$state_path/images",
+        help="Local image store: where snapshots are written. Each snapshot is "
+        "a file here plus a row in the images table, usable by a later spawn.",
+    ),
     cfg.IntOpt(
         "forward_retries",
         default=5,

@@ -7,6 +7,7 @@ A conductor installs one at start-up; tests install their own.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from oslo_config import cfg
@@ -25,6 +26,9 @@ class Runtime:
     db: Database
     secrets: SecretBox
     faults: FaultPlan = field(default_factory=FaultPlan)
+    #: Called with each driver this process creates (the conductor registers
+    #: its lifecycle-event listener through it).
+    on_new_driver: list[Callable[[ComputeDriver], None]] = field(default_factory=list)
     _drivers: dict[str, ComputeDriver] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -39,8 +43,17 @@ class Runtime:
                         raise LookupError(f"host {host!r} is not registered")
                     drv = drivers.load_driver(self.conf, h.name, h.driver, h.uri)
                 drv.init_host()
+                for hook in self.on_new_driver:
+                    hook(drv)
                 self._drivers[host] = drv
             return drv
+
+    def close_drivers(self) -> None:
+        """Release every driver's connection (libvirt: the connection and its event thread)."""
+        with self._lock:
+            drivers_, self._drivers = list(self._drivers.values()), {}
+        for drv in drivers_:
+            drv.cleanup_host()
 
 
 _current: Runtime | None = None

@@ -36,3 +36,15 @@ def get_image(s: Session, name: str) -> Image | None:
 
 def list_images(s: Session) -> list[Image]:
     return list(s.scalars(sa.select(Image).order_by(Image.name)))
+
+
+def add_image(s: Session, name: str, disk_format: str, size_mb: int, path: str | None,
+              checksum: str | None = None) -> Image:
+    img = Image(name=name, disk_format=disk_format, size_mb=size_mb, path=path, checksum=checksum)
+    s.add(img)
+    return img
+
+
+def delete_image(s: Session, name: str, path: str) -> None:
+    """Delete an image record only if it is the one at `path` (a snapshot's own)."""
+    s.execute(sa.delete(Image).where(Image.name == name, Image.path == path))

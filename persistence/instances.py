@@ -69,3 +69,19 @@ def update_if_held(s: Session, uuid: str, operation_id: str, **changes) -> bool:
 
 def set_power_state(s: Session, uuid: str, power_state: str) -> None:
     s.execute(sa.update(Instance).where(Instance.uuid == uuid).values(power_state=power_state))
+
+
+def sync_power_state(s: Session, uuid: str, host: str, power_state: str) -> bool:
+    """Apply a power state the hypervisor reported on its own.
+
+    Only while no operation holds the instance (a running operation owns the
+    record) and only if the instance lives on the reporting host. An active
+    instance whose guest stopped by itself is shown stopped, so that it can be
+    powered on again. True if the record changed.
+    """
+    base = sa.update(Instance).where(Instance.uuid == uuid, Instance.host == host,
+                                     Instance.held_by.is_(None))
+    vm_state = Instance.vm_state
+    if power_state == "shutdown":
+        vm_state = sa.case((Instance.vm_state == "active", "stopped"), else_=Instance.vm_state)
+    return s.execute(base.values(power_state=power_state, vm_state=vm_state)).rowcount == 1

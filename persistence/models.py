@@ -85,6 +85,12 @@ class Instance(Base):
     held_by: Mapped[str | None] = mapped_column(sa.String(36), index=True)
     # Virtual interfaces as [{"id", "mac", "network"}], chosen at submission.
     vifs: Mapped[list] = mapped_column(sa.JSON, default=list)
+    # User metadata {key: value} (change_metadata); NULL reads as empty.
+    user_metadata: Mapped[dict | None] = mapped_column(sa.JSON, default=dict)
+    # What computeflow remembers between operations (the rescue image); NULL reads as empty.
+    system_metadata: Mapped[dict | None] = mapped_column(sa.JSON, default=dict)
+    # Volume attachments as [{"volume_id", "mountpoint"}]; NULL reads as empty.
+    volumes: Mapped[list | None] = mapped_column(sa.JSON, default=list)
     created_at: Mapped[dt.datetime] = mapped_column(Timestamp, default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(
         Timestamp, default=utcnow, onupdate=utcnow
@@ -146,6 +152,20 @@ class FlowLogEntry(Base):
     result: Mapped[str | None] = mapped_column(sa.Text)
     error: Mapped[str | None] = mapped_column(sa.Text)
     traceback: Mapped[str | None] = mapped_column(sa.Text)
+
+
+class InstanceEvent(Base):
+    """Something the hypervisor reported without being asked (a guest stopped)."""
+
+    __tablename__ = "instance_events"
+    __table_args__ = (sa.Index("ix_instance_events_instance", "instance_uuid", "id"),)
+
+    id: Mapped[int] = mapped_column(sa.Integer, primary_key=True, autoincrement=True)
+    instance_uuid: Mapped[str] = mapped_column(sa.String(36))
+    host: Mapped[str] = mapped_column(sa.String(64))
+    event: Mapped[str] = mapped_column(sa.String(32))
+    power_state: Mapped[str] = mapped_column(sa.String(32))
+    at: Mapped[dt.datetime] = mapped_column(Timestamp, default=utcnow)
 
 
 class Secret(Base):

@@ -5,6 +5,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 scripts/services.sh
+# The libvirt driver's tiers: qemu-img for test:///, QEMU + libvirtd + a tiny guest for real guests.
+SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
+$SUDO scripts/libvirt/install.sh
+export COMPUTEFLOW_TEST_GUEST_DIR=${COMPUTEFLOW_TEST_GUEST_DIR:-/var/tmp/computeflow-guest}
+$SUDO scripts/libvirt/build_guest.sh "$COMPUTEFLOW_TEST_GUEST_DIR"
+$SUDO scripts/libvirt/start_daemon.sh
 set +e
 .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
 rc=$?

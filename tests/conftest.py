@@ -28,8 +28,8 @@ SERVERS = {
     "mysql": os.environ.get("COMPUTEFLOW_TEST_MYSQL", "mysql+pymysql://root@127.0.0.1:3306/test"),
 }
 # Rows of these tables are test data; flavors and images are seeded by migrations.
-MUTABLE_TABLES = ("flow_log", "secrets", "claims", "operations", "instances", "hosts",
-                  "atomdetails", "flowdetails", "logbooks")
+MUTABLE_TABLES = ("flow_log", "secrets", "claims", "operations", "instance_events", "instances",
+                  "hosts", "atomdetails", "flowdetails", "logbooks")
 _SESSION_TAG = f"cf_test_{os.getpid()}_{uuid.uuid4().hex[:6]}"
 
 
@@ -89,6 +89,7 @@ def clean(url: str) -> None:
     with db.engine.begin() as c:
         for t in MUTABLE_TABLES:
             c.exec_driver_sql(f"DELETE FROM {t}")
+        c.exec_driver_sql("DELETE FROM images WHERE path IS NOT NULL")  # snapshots; seeds have none
     db.dispose()
 
 

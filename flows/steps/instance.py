@@ -96,3 +96,37 @@ class MarkState(Step):
                 raise InstanceLocked(instance_uuid, holder)
             instances.update_if_held(s, instance_uuid, operation_id, vm_state=prior_vm_state,
                                      power_state=prior_power_state)
+
+
+class FinishOperation(Step):
+    """Show the end state, write the operation's column changes and release the
+    hold, all in one UPDATE.
+
+    The column changes (`set_columns`) and their prior values (`prior_columns`)
+    were computed at submission, while the hold was taken, so neither execute
+    nor revert reads anything that a crash could have changed. A state left
+    None keeps the prior one (a snapshot does not change what the guest is).
+    """
+
+    def __init__(self, vm_state: str | None = None, power_state: str | None = None, **kw) -> None:
+        super().__init__(name="mark_done", **kw)
+        self.vm_state = vm_state
+        self.power_state = power_state
+
+    def execute(self, operation_id: str, instance_uuid: str, prior_vm_state: str,
+                prior_power_state: str, set_columns: dict | None = None) -> None:
+        with runtime.current().db.session() as s:
+            instances.release_hold(s, instance_uuid, operation_id, task_state=None,
+                                   vm_state=self.vm_state or prior_vm_state,
+                                   power_state=self.power_state or prior_power_state,
+                                   **(set_columns or {}))
+
+    def revert(self, operation_id: str, instance_uuid: str, prior_vm_state: str,
+               prior_power_state: str, prior_columns: dict | None = None, **_) -> None:
+        # As MarkActive.revert: take the hold back for the earlier reverts.
+        with runtime.current().db.session() as s:
+            holder = instances.take_hold(s, instance_uuid, operation_id)
+            if holder is not None:
+                raise InstanceLocked(instance_uuid, holder)
+            instances.update_if_held(s, instance_uuid, operation_id, vm_state=prior_vm_state,
+                                     power_state=prior_power_state, **(prior_columns or {}))

@@ -1,0 +1,59 @@
+"""Steps that change what a guest boots from: rescue, unrescue, rebuild.
+
+Each is undone by the opposite driver call. Those calls leave the guest
+running, so a revert also stops it again when it was stopped before the
+operation (`prior_power_state`, recorded at submission).
+"""
+from __future__ import annotations
+
+from drivers.base import ComputeDriver, Image, PowerState
+from flows import runtime
+from flows.steps.base import Step
+
+
+def _restore_power(drv: ComputeDriver, instance_uuid: str, prior_power_state: str | None) -> None:
+    if prior_power_state == PowerState.SHUTDOWN.value:
+        drv.power_off(instance_uuid)
+
+
+class RescueGuest(Step):
+    def __init__(self, **kw) -> None:
+        super().__init__(name="rescue_guest", **kw)
+
+    def execute(self, instance_uuid: str, host: str, rescue_image: dict) -> None:
+        runtime.current().driver_for(host).rescue(instance_uuid, Image(**rescue_image))
+
+    def revert(self, instance_uuid: str, host: str, prior_power_state: str | None = None, **_) -> None:
+        drv = runtime.current().driver_for(host)
+        drv.unrescue(instance_uuid)
+        _restore_power(drv, instance_uuid, prior_power_state)
+
+
+class UnrescueGuest(Step):
+    def __init__(self, **kw) -> None:
+        super().__init__(name="unrescue_guest", **kw)
+
+    def execute(self, instance_uuid: str, host: str) -> None:
+        runtime.current().driver_for(host).unrescue(instance_uuid)
+
+    def revert(self, instance_uuid: str, host: str, rescue_image: dict, **_) -> None:
+        runtime.current().driver_for(host).rescue(instance_uuid, Image(**rescue_image))
+
+
+class RebuildGuest(Step):
+    """Re-create the root disk from the new image; revert rebuilds from the old
+    one (the old root disk's data is gone either way, as with any rebuild)."""
+
+    def __init__(self, **kw) -> None:
+        super().__init__(name="rebuild_guest", **kw)
+
+    def execute(self, instance_uuid: str, host: str, new_image: dict,
+                preserve_ephemeral: bool = False) -> None:
+        runtime.current().driver_for(host).rebuild(instance_uuid, Image(**new_image),
+                                                   preserve_ephemeral)
+
+    def revert(self, instance_uuid: str, host: str, prior_image: dict,
+               prior_power_state: str | None = None, **_) -> None:
+        drv = runtime.current().driver_for(host)
+        drv.rebuild(instance_uuid, Image(**prior_image), preserve_ephemeral=True)
+        _restore_power(drv, instance_uuid, prior_power_state)
