@@ -22,6 +22,7 @@ from drivers import DRIVER_NAMES
 from drivers.base import ComputeDriver, LifecycleEvent
 from drivers.faults import FaultPlan
 from flows import catalog, runtime
+from flows.steps.resources import flavor_disk_gb
 from conductor.logs import remember_secret as logs_secret
 from flows.errors import InstanceLocked, InsufficientCapacity, InvalidRequest, InvalidState, NotFound
 from persistence import claims, events, hosts, instances, operations, schema
@@ -208,7 +209,7 @@ class Conductor:
         return self.submit("destroy", instance)
 
     def _pick_host(self, s, requested: str | None, flavor: dict) -> str:
-        disk_gb = flavor["root_gb"] + flavor["ephemeral_gb"] + -(-flavor["swap_mb"] // 1024)
+        disk_gb = flavor_disk_gb(flavor)
         need = (flavor["vcpus"], flavor["ram_mb"], disk_gb)
 
         def free(h):

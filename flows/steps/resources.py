@@ -7,6 +7,14 @@ from flows.steps.base import Step
 from persistence import claims, instances
 
 
+def flavor_disk_gb(flavor: dict) -> int:
+    """Disk a flavor claims: root + ephemeral + swap rounded up to whole GB.
+
+    Submission's capacity check and the claim itself must agree, so both use this.
+    """
+    return flavor["root_gb"] + flavor["ephemeral_gb"] + -(-flavor["swap_mb"] // 1024)
+
+
 class ClaimResources(Step):
     """Claim the flavor's vCPUs, RAM and disk on the target host."""
 
@@ -14,7 +22,7 @@ class ClaimResources(Step):
         super().__init__(name="claim_resources", **kw)
 
     def execute(self, operation_id: str, instance_uuid: str, host: str, flavor: dict) -> None:
-        disk_gb = flavor["root_gb"] + flavor["ephemeral_gb"] + -(-flavor["swap_mb"] // 1024)
+        disk_gb = flavor_disk_gb(flavor)
         with runtime.current().db.session() as s:
             if not claims.claim(s, operation_id, host, instance_uuid,
                                 flavor["vcpus"], flavor["ram_mb"], disk_gb):
