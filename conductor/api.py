@@ -16,8 +16,10 @@ from concurrent import futures
 from oslo_config import cfg
 from sqlalchemy import exc as sa_exc
 
-from conductor import ownership
-from conductor.runner import EventSink, LeaseKeeper, NotOwner, Runner
+from conductor import jobboard, ownership
+from conductor import moves
+from conductor.handle import OperationHandle
+from conductor.runner import EventSink, LeaseKeeper, LostOwnership, NotOwner, Runner
 from drivers import DRIVER_NAMES
 from drivers.base import ComputeDriver, LifecycleEvent
 from drivers.faults import FaultPlan
@@ -26,7 +28,7 @@ from flows.steps.resources import flavor_disk_gb
 from conductor.logs import remember_secret as logs_secret
 from flows.errors import InstanceLocked, InsufficientCapacity, InvalidRequest, InvalidState, NotFound
 from persistence import claims, events, hosts, instances, operations, schema
-from persistence.models import Operation
+from persistence.models import Operation, utcnow
 from persistence.secrets import SecretBox
 from persistence.session import Database
 
@@ -82,13 +84,36 @@ class Conductor:
         self._executor = futures.ThreadPoolExecutor(
             max_workers=conf.conductor.workers, thread_name_prefix="step")
         self._leases = LeaseKeeper(self.rt, self.owner, self.lease_seconds).__enter__()
+        self._board: jobboard.Board | None = None
+        # With a jobboard a conductor service runs the operation: submit it unowned.
+        self._submit_owner = None if conf.conductor.jobboard else self.owner
         self.runner = Runner(self.rt, self.owner, lease_seconds=self.lease_seconds,
                              executor=self._executor, leases=self._leases)
 
+    @property
+    def board(self) -> jobboard.Board:
+        """Where submissions are posted ([conductor] jobboard); opened on first use."""
+        if self._board is None:
+            self._board = jobboard.open_board(self.conf, self.owner, self.db)
+        return self._board
+
+    def _submitted(self, op_id: str) -> OperationHandle:
+        """Post the committed operation; if posting fails, a conductor's
+        reconciliation posts it (the row is the source of truth)."""
+        if self.conf.conductor.jobboard:
+            try:
+                self.board.post(op_id, utcnow())
+            except Exception as e:  # noqa: BLE001 - any board failure is recovered the same way
+                LOG.warning("operation %s recorded but not posted (%s); a conductor will post it", op_id, e)
+        return OperationHandle(op_id, self)
+
     def close(self) -> None:
+        if self._board is not None:
+            self._board.close()
         self._leases.__exit__(None, None, None)
         self._executor.shutdown(wait=True)
         self.rt.close_drivers()  # before the database: late events must still find it
+        self.runner.backend.close()
         self.db.dispose()
 
     def __enter__(self) -> "Conductor":
@@ -127,7 +152,7 @@ class Conductor:
             hosts.add_host(s, name, driver, uri, vcpus, ram_mb, disk_gb)
 
     # -- submission ---------------------------------------------------------
-    def submit_spawn(self, req: SpawnRequest) -> str:
+    def submit_spawn(self, req: SpawnRequest) -> OperationHandle:
         if not NAME_RE.match(req.name):
             raise InvalidRequest(
                 f"invalid instance name {req.name!r}: 1-63 letters, digits, '.', '_' or '-'")
@@ -157,15 +182,15 @@ class Conductor:
                                    if req.admin_password else None),
             }
             operations.create(s, op_id, "spawn", inst_uuid, params, kind.version,
-                              self.owner, self.lease_seconds)
+                              self._submit_owner, self.lease_seconds)
             try:
                 s.flush()
             except sa_exc.IntegrityError:
                 raise InvalidRequest(f"an instance named {req.name!r} already exists") from None
         LOG.info("submitted spawn %s of %s on %s", op_id, req.name, host)
-        return op_id
+        return self._submitted(op_id)
 
-    def submit(self, kind_name: str, instance: str, **params) -> str:
+    def submit(self, kind_name: str, instance: str, **params) -> OperationHandle:
         """Submit an operation on an existing instance.
 
         Refused before anything is written when the operation or a parameter
@@ -201,11 +226,11 @@ class Conductor:
                       "prior_power_state": inst.power_state,
                       **values, **extra}
             operations.create(s, op_id, kind_name, inst.uuid, stored, kind.version,
-                              self.owner, self.lease_seconds)
+                              self._submit_owner, self.lease_seconds)
         LOG.info("submitted %s %s of %s", kind_name, op_id, inst.name)
-        return op_id
+        return self._submitted(op_id)
 
-    def submit_destroy(self, instance: str) -> str:
+    def submit_destroy(self, instance: str) -> OperationHandle:
         return self.submit("destroy", instance)
 
     def _pick_host(self, s, requested: str | None, flavor: dict) -> str:
@@ -219,10 +244,13 @@ class Conductor:
             h = hosts.get_host(s, requested)
             if h is None:
                 raise NotFound("host", requested)
+            if h.down:
+                raise InvalidRequest(f"host {h.name} is down")
             if any(f < n for f, n in zip(free(h), need)):
                 raise InsufficientCapacity(h.name, _capacity_detail(free(h), need))
             return h.name
-        candidates = [h for h in hosts.list_hosts(s) if all(f >= n for f, n in zip(free(h), need))]
+        candidates = [h for h in hosts.list_hosts(s)
+                      if not h.down and all(f >= n for f, n in zip(free(h), need))]
         if not candidates:
             if not hosts.list_hosts(s):
                 raise InvalidRequest("no hosts registered: add one with `computeflow hosts add`")
@@ -242,9 +270,11 @@ class Conductor:
             dead = (op.owner,) if op.owner and ownership.is_dead(op.owner) else ()
             try:
                 final = self.runner.run(op.id, dead_owners=dead, on_event=on_event)
-            except NotOwner:
-                continue
+            except (NotOwner, LostOwnership):
+                continue  # another conductor has it
             done.append(OperationStatus.of(final))
+        for op_id in moves.auto_confirm(self):  # resizes past [conductor] resize_confirm_window
+            done.append(OperationStatus.of(self.runner.run(op_id, on_event=on_event)))
         return done
 
     def status(self, op_id: str) -> OperationStatus:

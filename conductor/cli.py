@@ -13,12 +13,16 @@ import time
 from collections.abc import Callable
 
 from conductor import config, logs, render
+from conductor import cancel, repair
+from conductor import moves
 from conductor.api import Conductor, SpawnRequest
+from conductor.handle import OperationHandle
+from conductor.jobboard import JobboardError
 from conductor.runner import StepEvent
 from drivers.faults import BadFaultSpec
-from flows import catalog
+from flows import catalog, live_migration
 from flows.errors import OperationError
-from persistence import flowlog, hosts, instances, operations, schema
+from persistence import flowlog, hosts, instances, operations, progress, schema
 from persistence.errors import PersistenceError
 from persistence.secrets import SecretUnavailable
 from persistence.session import Database
@@ -57,6 +61,16 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--driver", help="fake or libvirt (default: compute_driver)")
     c.add_argument("--uri", help="hypervisor URI (libvirt)")
     cmd("list", cmd_hosts_list, "list hosts with their usage", hs, json_flag=True)
+    c = cmd("set-down", cmd_hosts_set_down, "mark a host down: nothing is placed on it, "
+            "its instances can be evacuated", hs)
+    c.add_argument("name")
+    c = cmd("set-up", cmd_hosts_set_up, "mark a host up again, removing what evacuated "
+            "instances left on it", hs)
+    c.add_argument("name")
+    c = cmd("evacuate", cmd_hosts_evacuate, "evacuate every instance of a host marked down", hs)
+    c.add_argument("name")
+    c.add_argument("--target-host", help="destination (default: chosen per instance by capacity)")
+    c.add_argument("--json", action="store_true", help="print each outcome as JSON, no progress")
 
     cmd("flavors", cmd_flavors, "list flavors", json_flag=True)
     cmd("images", cmd_images, "list images", json_flag=True)
@@ -92,11 +106,34 @@ def build_parser() -> argparse.ArgumentParser:
     c = cmd("list", cmd_ops_list, "list operations, newest first", ops, json_flag=True)
     c.add_argument("--state", choices=operations.ACTIVE_STATES + operations.FINAL_STATES)
     c.add_argument("--limit", type=int, default=50)
+    c.add_argument("--needs-repair", action="store_true",
+                   help="only FAILED operations (a revert failed), with what each left behind")
     c = cmd("show", cmd_ops_show, "show an operation and its flow log", ops, json_flag=True)
     c.add_argument("id", help="operation id (or a unique prefix of at least 4 characters)")
     c.add_argument("--transitions", action="store_true", help="every transition, not one line per step")
+    cmd("auto-confirm", cmd_ops_auto_confirm, "confirm the resizes older than "
+        "[conductor] resize_confirm_window", ops, json_flag=True)
+
+    for what in live_migration.REQUESTS:
+        c = cmd(f"live-migration-{what.replace('_', '-')}", cmd_live_migration_request,
+                f"ask the live migration running on an instance to {what.replace('_', ' ')}")
+        c.set_defaults(request=what)
+        c.add_argument("name", help="instance name or uuid")
 
     cmd("resume", cmd_resume, "finish operations left by a dead conductor", json_flag=True)
+    c = cmd("cancel", cmd_cancel, "stop an operation at its next step and revert what it did",
+            json_flag=True)
+    c.add_argument("id", help="operation id (or a unique prefix of at least 4 characters)")
+    c.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
+                   help="wait up to SECONDS for a running operation to finish reverting")
+    c = cmd("retry-revert", cmd_ops_retry_revert, "after fixing the cause, re-run the failed "
+            "reverts of a FAILED operation (and every earlier step's)", ops, json_flag=True)
+    c.add_argument("id", help="operation id (or a unique prefix of at least 4 characters)")
+    c = cmd("mark-reverted", cmd_ops_mark_reverted, "record that a FAILED operation was cleaned "
+            "up by hand: release its hold and claims, mark it REVERTED", ops, json_flag=True)
+    c.add_argument("id", help="operation id (or a unique prefix of at least 4 characters)")
+    c.add_argument("--note", help="what was done, kept in the flow log")
+    cmd("conductor", cmd_conductor, "serve: claim and run submitted operations until SIGTERM")
     cmd("inventory", cmd_inventory, "what each host's driver holds, and open claims", json_flag=True)
     return p
 
@@ -147,12 +184,23 @@ class Progress:
         if self.enabled:
             print(render.progress_line(time.monotonic() - self.t0, ev), flush=True)
 
+    def on_progress(self, op_id: str, step: str, text: str) -> None:
+        """A long step's progress (persistence/progress.py), e.g. a live migration's."""
+        self(StepEvent(op_id, step, f"{progress.PROGRESS} {text}"))
+
 
 def _run_and_report(args, c: Conductor, op_id: str) -> int:
     quiet = getattr(args, "json", False)
     if not quiet:
         print(f"operation {op_id}", flush=True)
-    status = c.run(op_id, on_event=Progress(not quiet))
+    if c.conf.conductor.jobboard:  # a conductor service runs it
+        return _wait_and_report(args, c, op_id)
+    shown = Progress(not quiet)
+    progress.add_listener(shown.on_progress)
+    try:
+        status = c.run(op_id, on_event=shown)
+    finally:
+        progress.remove_listener(shown.on_progress)
     with c.db.session() as s:
         op = operations.get(s, op_id)
         inst = instances.get(s, op.instance_uuid) if op.instance_uuid else None
@@ -190,6 +238,37 @@ def cmd_hosts_list(args) -> int:
         rows = hosts.list_hosts(s)
         _emit(args, [render.host_dict(h) for h in rows], render.hosts_table(rows))
     return EXIT_OK
+
+
+def cmd_hosts_set_down(args) -> int:
+    with _conductor(args) as c:
+        moves.set_host_down(c, args.name)
+    print(f"host {args.name} is down: evacuate its instances with "
+          f"`computeflow hosts evacuate {args.name}`")
+    return EXIT_OK
+
+
+def cmd_hosts_set_up(args) -> int:
+    with _conductor(args) as c:
+        cleaned = moves.set_host_up(c, args.name)
+    print(f"host {args.name} is up" + (f"; removed leftovers of {', '.join(cleaned)}" if cleaned else ""))
+    return EXIT_OK
+
+
+def cmd_hosts_evacuate(args) -> int:
+    with _conductor(args) as c:
+        ids = moves.evacuate_host(c, args.name, args.target_host)
+        if not ids:
+            print(f"nothing to evacuate on {args.name}")
+        return max([_run_and_report(args, c, op_id) for op_id in ids], default=EXIT_OK)
+
+
+def cmd_ops_auto_confirm(args) -> int:
+    with _conductor(args) as c:
+        ids = moves.auto_confirm(c)
+        if not ids and not args.json:
+            print("no resize to confirm")
+        return max([_run_and_report(args, c, op_id) for op_id in ids], default=EXIT_OK)
 
 
 def cmd_flavors(args) -> int:
@@ -281,6 +360,8 @@ def cmd_instances_show(args) -> int:
 
 
 def cmd_ops_list(args) -> int:
+    if args.needs_repair:
+        return cmd_ops_needs_repair(args)
     with _database(args).session() as s:
         rows = operations.listing(s, limit=args.limit, state=args.state)
         _emit(args, [render.operation_dict(o) for o in rows], render.operations_table(rows))
@@ -298,13 +379,26 @@ def cmd_ops_show(args) -> int:
         "steps": [render.step_dict(st) for st in steps],
         "transitions": [render.transition_dict(r) for r in rows] if args.transitions else None,
     }
-    _emit(args, payload, render.operation_text(op, steps, rows if args.transitions else None))
+    notes = render.progress_notes(rows)
+    payload["progress"] = [render.transition_dict(r) for r in notes]
+    _emit(args, payload, render.operation_text(op, steps, rows if args.transitions else None,
+                                               notes))
+    return EXIT_OK
+
+
+def cmd_live_migration_request(args) -> int:
+    with _database(args).session() as s:
+        op_id = live_migration.request(s, args.name, args.request)
+    print(f"{args.request.replace('_', '-')} requested for live migration {op_id}; it acts at "
+          f"the migration's next poll (see computeflow ops show {op_id} --transitions)")
     return EXIT_OK
 
 
 def cmd_resume(args) -> int:
+    shown = Progress(not args.json)
+    progress.add_listener(shown.on_progress)
     with _conductor(args) as c:
-        done = c.resume(on_event=Progress(not args.json))
+        done = c.resume(on_event=shown)
     _emit(args, [s.__dict__ for s in done],
           "\n".join(f"{s.id} {s.kind} {s.state}" + (f": {s.error}" if s.error else "") for s in done)
           or "nothing to resume")
@@ -320,6 +414,89 @@ def cmd_inventory(args) -> int:
     return EXIT_OK
 
 
+def _wait_and_report(args, c: Conductor, op_id: str) -> int:
+    """Scale-out: the operation is on the jobboard; wait for a conductor to end it."""
+    if not getattr(args, "json", False):
+        print(f"queued on {c.conf.conductor.jobboard}; waiting for a conductor", flush=True)
+    status = OperationHandle(op_id, c).wait()
+    with c.db.session() as s:
+        op = operations.get(s, op_id)
+        inst = instances.get(s, op.instance_uuid) if op.instance_uuid else None
+    _emit(args, render.operation_dict(op), render.outcome_text(op, inst))
+    return EXIT_OK if status.state == operations.SUCCEEDED else EXIT_OP_FAILED
+
+
+def cmd_conductor(args) -> int:
+    from conductor import service  # the service's imports are only needed here
+    with _conductor(args) as c:
+        return service.serve(c)
+
+
+# -- cancel and repair (conductor/cancel.py, conductor/repair.py) -------------
+def cmd_cancel(args) -> int:
+    with _conductor(args) as c:
+        res = cancel.cancel(c, args.id, cancel.operator(), wait=args.wait)
+    o = res.outcome
+    if res.ended:
+        text = f"operation {o.op_id} ({o.kind}) {res.state}" + (f": {res.error}" if res.error else "")
+    else:
+        text = (f"cancel of operation {o.op_id} ({o.kind}) requested: its owner {o.owner} stops "
+                f"it at its next step and reverts it (it is {res.state}; "
+                f"see `computeflow ops show {o.op_id}`)")
+    _emit(args, {"id": o.op_id, "kind": o.kind, "state": res.state, "error": res.error,
+                 "owner": o.owner, "ended": res.ended}, text)
+    return EXIT_OK
+
+
+def _repair_dict(item: repair.RepairItem) -> dict:
+    return render.operation_dict(item.op) | {"left_behind": [
+        {"step": lb.step, "state": lb.state, "error": lb.error, "resources": lb.resources}
+        for lb in item.left_behind]}
+
+
+def _repair_text(item: repair.RepairItem) -> str:
+    op = item.op
+    lines = [f"{op.id} {op.kind} {op.state}: {op.error}"]
+    if item.left_behind:
+        lines.append("  left behind (newest first):")
+        lines += [f"    {lb.line()}" for lb in item.left_behind]
+    lines.append(f"  fix the cause, then `computeflow ops retry-revert {op.id}`; or clean up "
+                 f"by hand and `computeflow ops mark-reverted {op.id}`")
+    return "\n".join(lines)
+
+
+def cmd_ops_needs_repair(args) -> int:
+    with _conductor(args) as c:
+        items = repair.needing_repair(c, args.limit)
+    _emit(args, [_repair_dict(i) for i in items],
+          "\n".join(_repair_text(i) for i in items) or "no operation needs repair")
+    return EXIT_OK
+
+
+def cmd_ops_retry_revert(args) -> int:
+    quiet = getattr(args, "json", False)
+    with _conductor(args) as c:
+        status = repair.retry_revert(c, args.id, cancel.operator(), on_event=Progress(not quiet))
+        with c.db.session() as s:
+            op = operations.get(s, status.id)
+            item = repair.RepairItem(op, repair.left_behind(s, op) if op.state == operations.FAILED
+                                     else [])
+    _emit(args, _repair_dict(item), _repair_text(item) if op.state == operations.FAILED
+          else f"operation {op.id} ({op.kind}) {op.state}: {op.error}")
+    return EXIT_OK if op.state == operations.REVERTED else EXIT_OP_FAILED
+
+
+def cmd_ops_mark_reverted(args) -> int:
+    with _conductor(args) as c:
+        item = repair.mark_reverted(c, args.id, cancel.operator(), args.note)
+    text = f"operation {item.op.id} ({item.op.kind}) marked REVERTED: {item.op.error}"
+    if item.left_behind:
+        text += "\n  the flow log said these were left behind (you cleaned them up):\n" + \
+            "\n".join(f"    {lb.line()}" for lb in item.left_behind)
+    _emit(args, _repair_dict(item), text)
+    return EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -327,7 +504,7 @@ def main(argv: list[str] | None = None) -> int:
         logs.setup(args.conf.conductor.log_file, args.debug)
         return args.func(args)
     except (UserError, OperationError, PersistenceError, SecretUnavailable,
-            config.ConfigError, BadFaultSpec) as e:
+            config.ConfigError, BadFaultSpec, JobboardError) as e:
         if args.debug:
             raise
         print(f"computeflow: error: {logs.redact(str(e))}", file=sys.stderr)

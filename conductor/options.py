@@ -3,6 +3,10 @@ import os
 
 from oslo_config import cfg
 
+from conductor.jobboard import jobboard_opts
+from flows.steps.attempts import step_opts
+from conductor.moves import moves_opts
+
 default_opts = [
     cfg.StrOpt(
         "state_path",
@@ -44,6 +48,9 @@ conductor_opts = [
         help="Log file of every computeflow command.",
     ),
 ]
+conductor_opts += jobboard_opts  # read by conductor/jobboard.py and conductor/service.py
+conductor_opts += step_opts  # read by flows/steps/attempts.py (every step's deadline and retries)
+conductor_opts += moves_opts  # read by conductor/moves.py (auto-confirm of resizes)
 
 
 def register(conf: cfg.ConfigOpts) -> None:

@@ -6,6 +6,7 @@ import datetime as dt
 from conductor.runner import StepEvent
 from persistence.flowlog import StepSummary
 from persistence.models import FlowLogEntry, Host, Instance, Operation
+from persistence.progress import PROGRESS, REQUESTS
 
 
 def table(headers: list[str], rows: list[list[object]]) -> str:
@@ -35,7 +36,7 @@ def host_dict(h: Host) -> dict:
 
 def hosts_table(rows: list[Host]) -> str:
     return table(["NAME", "DRIVER", "VCPUS", "RAM_MB", "DISK_GB"],
-                 [[h.name, h.driver, f"{h.used_vcpus}/{h.vcpus}", f"{h.used_ram_mb}/{h.ram_mb}",
+                 [[h.name + (" (down)" if h.down else ""), h.driver, f"{h.used_vcpus}/{h.vcpus}", f"{h.used_ram_mb}/{h.ram_mb}",
                    f"{h.used_disk_gb}/{h.disk_gb}"] for h in rows])
 
 
@@ -91,7 +92,15 @@ def transition_dict(r: FlowLogEntry) -> dict:
             "result": r.result, "error": r.error}
 
 
-def operation_text(op: Operation, steps: list[StepSummary], transitions: list[FlowLogEntry] | None) -> str:
+def progress_notes(rows: list[FlowLogEntry]) -> list[FlowLogEntry]:
+    """Each step's latest progress row and every request made to it."""
+    notes = [r for r in rows if r.state in REQUESTS]
+    latest = {r.step: r for r in rows if r.state == PROGRESS}
+    return sorted(notes + list(latest.values()), key=lambda r: r.id)
+
+
+def operation_text(op: Operation, steps: list[StepSummary], transitions: list[FlowLogEntry] | None,
+                   notes: list[FlowLogEntry] = ()) -> str:
     head = [f"operation {op.id}", f"  kind      {op.kind}", f"  instance  {op.instance_uuid}",
             f"  state     {op.state}", f"  created   {_ts(op.created_at)}",
             f"  finished  {_ts(op.finished_at)}"]
@@ -102,6 +111,8 @@ def operation_text(op: Operation, steps: list[StepSummary], transitions: list[Fl
                    f"{s.duration_s * 1000:.1f}ms" if s.duration_s is not None else None,
                    s.attempts, s.error] for s in steps])
     out = "\n".join(head) + "\n\n" + body
+    for r in notes:
+        out += f"\n  {r.step} {r.state} {r.result} at {_ts(r.at)}"
     if transitions is not None:
         out += "\n\n" + table(["AT", "STEP", "STATE", "ATTEMPT", "RESULT/ERROR"],
                               [[_ts(r.at), r.step, r.state, r.attempt, r.error or r.result]

@@ -17,12 +17,14 @@ from taskflow import engines, exceptions as tf_exc, states
 from taskflow.persistence import models as tf_models
 from taskflow.types import notifier
 
+from conductor import cancel as _cancel  # noqa: F401 - tells persistence the forward-only kinds
 from flows import catalog
 from flows.errors import FlowVersionGone
 from flows.runtime import Runtime
+from flows.steps import cancellation
 from persistence import operations
 from persistence.models import Operation
-from persistence.taskflow_backend import Backend, failure_line
+from persistence.taskflow_backend import Backend, Fenced, failure_line
 
 LOG = logging.getLogger(__name__)
 
@@ -45,8 +47,22 @@ class NotOwner(Exception):
         super().__init__(f"operation {op_id} is owned by a live conductor (or already finished)")
 
 
+class LostOwnership(Exception):
+    """Another conductor took the operation over while this one ran it (fencing)."""
+
+    def __init__(self, op_id: str, epoch: int) -> None:
+        super().__init__(f"operation {op_id}: lost ownership (epoch {epoch} superseded); "
+                         "its new owner finishes it")
+        self.op_id, self.epoch = op_id, epoch
+
+
 class LeaseKeeper:
-    """One thread renewing the leases of every operation this process runs."""
+    """One thread renewing the leases of every operation this process runs.
+
+    In the same transaction it reads the cancel requests of those operations
+    and flags them in flows.steps.cancellation, where each step looks before
+    it executes: cancelling costs no read per step.
+    """
 
     def __init__(self, rt: Runtime, owner: str, lease_seconds: float) -> None:
         self.rt, self.owner, self.lease_seconds = rt, owner, lease_seconds
@@ -66,12 +82,18 @@ class LeaseKeeper:
             self._thread.join()
 
     def track(self, op_id: str) -> None:
+        # One read per run, not per step: the epoch this run took (for fenced
+        # retry rows) and a cancel requested before it started.
+        with self.rt.db.session() as s:
+            epoch, cancelled_by = operations.run_context(s, op_id) or (None, None)
+        cancellation.enter(op_id, self.owner, epoch, cancelled_by)
         with self._lock:
             self._running.add(op_id)
 
     def untrack(self, op_id: str) -> None:
         with self._lock:
             self._running.discard(op_id)
+        cancellation.leave(op_id)
 
     def _loop(self) -> None:
         while not self._stop.wait(self.lease_seconds / 3):
@@ -80,6 +102,11 @@ class LeaseKeeper:
             try:
                 with self.rt.db.session() as s:
                     operations.renew_leases(s, self.owner, ids, self.lease_seconds)
+                    cancels = operations.cancel_requests(s, self.owner, ids)
+                for op_id, by in cancels.items():
+                    if cancellation.request(op_id, by):
+                        LOG.info("operation %s: cancel requested by %s; stopping at the next step",
+                                 op_id, by)
             except Exception:  # a lost database must not kill the keeper
                 LOG.exception("renewing leases failed; will retry")
 
@@ -98,21 +125,29 @@ class Runner:
             on_event: EventSink | None = None) -> Operation:
         """Run (or resume) an operation; returns its final record."""
         with self.rt.db.session() as s:
-            if not operations.take_ownership(s, op_id, self.owner, self.lease_seconds, dead_owners):
+            epoch = operations.take_ownership(s, op_id, self.owner, self.lease_seconds, dead_owners)
+            if epoch is None:
                 raise NotOwner(op_id)
             op = operations.get(s, op_id)
         self.leases.track(op_id)
+        self.backend.fence(op_id, epoch)
         try:
-            return self._run_owned(op, on_event)
+            return self._run_owned(op, epoch, on_event)
+        except Exception as e:
+            if _fenced(e) is None:
+                raise
+            LOG.warning("operation %s: taken over by another conductor; stopping", op_id)
+            raise LostOwnership(op_id, epoch) from e
         finally:
+            self.backend.unfence(op_id)
             self.leases.untrack(op_id)
 
-    def _run_owned(self, op: Operation, on_event: EventSink | None) -> Operation:
+    def _run_owned(self, op: Operation, epoch: int, on_event: EventSink | None) -> Operation:
         kind = catalog.get(op.kind)
         if op.flow_version != kind.version:
             err = FlowVersionGone(op.id, op.kind, op.flow_version, kind.version)
             LOG.error("%s", err)
-            self._finish(op.id, operations.FAILED, str(err))
+            self._finish(op.id, epoch, operations.FAILED, str(err))
             return self._reload(op.id)
 
         flow_detail, book = self._flow_detail(op, kind)
@@ -120,7 +155,7 @@ class Runner:
             # Ended before the outcome was recorded (crash in between). Running it
             # again would reset it and execute every step anew: record instead.
             LOG.info("operation %s: flow already ended %s; recording it", op.id, flow_detail.state)
-            self._record_outcome(op.id, flow_detail.state, op.error)
+            self._record_outcome(op.id, epoch, flow_detail.state, op.error)
             return self._reload(op.id)
 
         flow = engines.flow_from_detail(flow_detail)
@@ -129,22 +164,25 @@ class Runner:
             store=self._store(op), engine="parallel", executor=self.executor,
             defer_reverts=True,
         )
-        engine.notifier.register(notifier.Notifier.ANY, self._flow_listener(op.id))
+        engine.notifier.register(notifier.Notifier.ANY, self._flow_listener(op.id, epoch))
         if on_event is not None:
             engine.atom_notifier.register(notifier.Notifier.ANY, _atom_listener(op.id, on_event))
         with self.rt.db.session() as s:
             if op.state == operations.PENDING:
-                operations.mark(s, op.id, operations.RUNNING, owner=self.owner,
+                operations.mark(s, op.id, operations.RUNNING, owner=self.owner, epoch=epoch,
                                 flow_detail_uuid=flow_detail.uuid)
+        self.backend.log_interrupted_atoms(flow_detail)
         error = None
         try:
             engine.run()
         except tf_exc.StorageFailure:
             raise  # the database is gone: leave the operation for a resume
         except Exception as e:  # the flow failed; what matters is where it ended
+            if _fenced(e) is not None:
+                raise
             error = _describe(e)
             LOG.info("operation %s failed: %s", op.id, error)
-        self._record_outcome(op.id, engine.storage.get_flow_state(), error)
+        self._record_outcome(op.id, epoch, engine.storage.get_flow_state(), error)
         return self._reload(op.id)
 
     def _store(self, op: Operation) -> dict:
@@ -168,25 +206,26 @@ class Runner:
         conn.save_logbook(book)
         return flow_detail, book
 
-    def _flow_listener(self, op_id: str):
+    def _flow_listener(self, op_id: str, epoch: int):
         def on_flow_state(state: str, details: dict) -> None:
             if state == states.REVERTING:
                 with self.rt.db.session() as s:
-                    operations.mark(s, op_id, operations.REVERTING, owner=self.owner)
+                    operations.mark(s, op_id, operations.REVERTING, owner=self.owner, epoch=epoch)
         return on_flow_state
 
-    def _record_outcome(self, op_id: str, flow_state: str, error: str | None) -> None:
+    def _record_outcome(self, op_id: str, epoch: int, flow_state: str, error: str | None) -> None:
         if flow_state == states.SUCCESS:
-            self._finish(op_id, operations.SUCCEEDED, None)
+            self._finish(op_id, epoch, operations.SUCCEEDED, None)
         elif flow_state == states.REVERTED:
-            self._finish(op_id, operations.REVERTED, error or "reverted")
+            self._finish(op_id, epoch, operations.REVERTED, error or "reverted")
         else:
-            self._finish(op_id, operations.FAILED,
+            self._finish(op_id, epoch, operations.FAILED,
                          error or f"flow ended {flow_state}; needs an operator")
 
-    def _finish(self, op_id: str, state: str, error: str | None) -> None:
+    def _finish(self, op_id: str, epoch: int, state: str, error: str | None) -> None:
         with self.rt.db.session() as s:
-            operations.mark(s, op_id, state, owner=self.owner, error=error)
+            if not operations.mark(s, op_id, state, owner=self.owner, epoch=epoch, error=error):
+                raise Fenced(op_id, epoch)  # taken over: the new owner records the outcome
             self.rt.secrets.purge(s, op_id)
 
     def _reload(self, op_id: str) -> Operation:
@@ -203,6 +242,19 @@ def _atom_listener(op_id: str, sink: EventSink):
             error = result.exception_str
         sink(StepEvent(op_id, name, state, error))
     return on_atom_state
+
+
+def _fenced(e: BaseException) -> Fenced | None:
+    """The Fenced error behind a (possibly wrapped) engine failure, if any."""
+    seen = 0
+    while e is not None and seen < 10:
+        if isinstance(e, Fenced):
+            return e
+        if isinstance(e, tf_exc.WrappedFailure):  # several atoms failed at once
+            return next((f.exception for f in e if f.check(Fenced)), None)
+        e = getattr(e, "cause", None) or e.__cause__
+        seen += 1
+    return None
 
 
 def _describe(e: BaseException) -> str:

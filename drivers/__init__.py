@@ -30,6 +30,8 @@ def load_driver(conf: cfg.ConfigOpts, host: str, driver: str, uri: str | None = 
             preallocate_images=conf.preallocate_images,
             default_ephemeral_format=conf.default_ephemeral_format,
             deliver_vif_events=conf.fake.deliver_vif_events,
+            shared_storage_peers=next((tuple(g.split("+")) for g in conf.fake.shared_storage
+                                       if host in g.split("+")), ()),
         )
     if driver == "libvirt":
         from drivers.libvirt.driver import LibvirtDriver  # imports libvirt-python: only here

@@ -17,10 +17,13 @@ from collections.abc import Iterator
 
 from drivers import base
 from drivers.base import Disk, DiskKind, DiskSpec, GuestInfo, GuestSpec, Image, Inventory, PowerState, Vif
-from drivers.errors import (GuestNotFound, ImageNotFound, InvalidGuestState, SoftRebootFailed,
-                            VolumeInUse)
+from drivers.errors import (DriverError, GuestNotFound, ImageNotFound, InvalidGuestState,
+                            SoftRebootFailed, VolumeInUse)
 
-_EMPTY_STATE = {"guests": {}, "disks": {}, "ports": {}, "base_images": {}, "volumes": {}}
+_EMPTY_STATE = {"guests": {}, "disks": {}, "ports": {}, "base_images": {}, "volumes": {},
+                # cold migration: a source's copy kept for a revert, a destination's copy
+                # waiting for finish_migration (see migrate_disk_and_power_off)
+                "migrating": {}, "incoming": {}}
 _thread_locks: dict[str, threading.Lock] = {}
 _thread_locks_guard = threading.Lock()
 
@@ -81,6 +84,7 @@ class FakeDriver(base.ComputeDriver):
         preallocate_images: str = "none",
         default_ephemeral_format: str | None = None,
         deliver_vif_events: bool = True,
+        shared_storage_peers: tuple[str, ...] = (),
     ) -> None:
         super().__init__(host)
         self.state = HostStateFile(state_dir, host)
@@ -89,6 +93,11 @@ class FakeDriver(base.ComputeDriver):
         self.default_ephemeral_format = default_ephemeral_format
         self.deliver_vif_events = deliver_vif_events
         self._instances_dir = os.path.join(state_dir, host, "instances")
+        #: Hosts that see this host's instance storage (a shared pool of disks).
+        self.shared_storage_peers = tuple(p for p in shared_storage_peers if p != host)
+        if self.shared_storage_peers:
+            pool = "+".join(sorted({host, *self.shared_storage_peers}))
+            self._instances_dir = os.path.join(state_dir, "_shared", pool, "instances")
         self._base_dir = os.path.join(state_dir, host, "_base")
 
     # -- host ---------------------------------------------------------------
@@ -98,9 +107,9 @@ class FakeDriver(base.ComputeDriver):
     def inventory(self) -> Inventory:
         s = self.state.read()
         return Inventory(
-            guests=tuple(sorted(s["guests"])),
-            disks=tuple(sorted(s["disks"])),
-            ports=tuple(sorted(s["ports"])),
+            guests=tuple(sorted(s["guests"])) + _set_aside(s, "guest"),
+            disks=tuple(sorted(s["disks"])) + _set_aside(s, "disks"),
+            ports=tuple(sorted(s["ports"])) + _set_aside(s, "ports"),
             base_images=tuple(sorted(s["base_images"])),
             volumes=tuple(sorted(s.get("volumes", {}))),
         )
@@ -155,6 +164,9 @@ class FakeDriver(base.ComputeDriver):
             "fs_format": fs_format,
             "image": spec.image.name if spec.image is not None else None,
         }
+        shared = self._shared_disk(path)
+        if shared is not None:  # already on the storage this host shares: use it as it is
+            record, backing = shared, None
         with self.state.change() as s:
             if backing and spec.image.name not in s["base_images"]:
                 raise InvalidGuestState(instance_uuid, "missing base image", "create a COW disk")
@@ -320,6 +332,130 @@ class FakeDriver(base.ComputeDriver):
                 eph.pop("image_of_data", None)
             g["power_state"] = PowerState.RUNNING.value
 
+    # -- cold migration (resize, migrate) and shared storage -----------------
+    def _host_state(self, host: str) -> HostStateFile:
+        """Another fake host's state file: every fake host lives in one state_dir."""
+        return HostStateFile(os.path.dirname(self.state.path), host)
+
+    def migrate_disk_and_power_off(self, instance_uuid: str, dest_host: str,
+                                   flavor: base.Flavor) -> list[Disk]:
+        """Stop the guest here and copy its disks to `dest_host`.
+
+        The guest, disks, ports and volume attachments are set aside in this
+        host's `migrating` (kept for a revert until confirm_migration); the
+        copy waits in the destination's `incoming` for finish_migration. The
+        source is changed first and names the destination, so a re-run after
+        a crash, and finish_revert_migration, find the copy.
+        """
+        with self.state.change() as s:
+            m = s["migrating"].get(instance_uuid)
+            if m is None:
+                g = self._guest(s, instance_uuid)
+                g["power_state"] = PowerState.SHUTDOWN.value
+                m = {"dest": dest_host, "guest": s["guests"].pop(instance_uuid),
+                     **{k: _take(s[k], instance_uuid) for k in ("disks", "ports", "volumes")}}
+                root = next((d for d in m["disks"].values() if d["kind"] == "root"), None)
+                image = root and root.get("image")
+                m["base_images"] = {image: s["base_images"][image]} if image in s["base_images"] else {}
+                s["migrating"][instance_uuid] = m
+        with self._host_state(m["dest"]).change() as d:
+            if instance_uuid not in d["guests"]:
+                d["incoming"].setdefault(instance_uuid, {
+                    "source": self.host, "guest": m["guest"], "disks": m["disks"],
+                    "volumes": m["volumes"], "base_images": m["base_images"]})
+        return [_disk(p, d) for p, d in m["disks"].items()]
+
+    def finish_migration(self, instance_uuid: str, disks: list[Disk], flavor: base.Flavor,
+                         power_on: bool) -> None:
+        """Set up the incoming copy here: disks sized for `flavor` (a root disk
+        never shrinks), the guest defined with it, and started if asked."""
+        with self.state.change() as s:
+            g = s["guests"].get(instance_uuid)
+            incoming = s["incoming"].pop(instance_uuid, None)
+            if g is None:
+                if incoming is None:
+                    raise InvalidGuestState(instance_uuid, f"not migrating to {self.host}",
+                                            "finish the migration of")
+                by_kind = {d["kind"]: d for d in incoming["disks"].values()}
+                sizes = {"root": max(flavor.root_gb * 1024, by_kind.get("root", {}).get("size_mb", 0)),
+                         "ephemeral": flavor.ephemeral_gb * 1024, "swap": flavor.swap_mb}
+                paths = []
+                for kind, size in sizes.items():
+                    if not size:
+                        continue
+                    rec = dict(by_kind.get(kind) or {
+                        "instance": instance_uuid, "kind": kind, "backing": None, "image": None,
+                        "preallocated": self.preallocate, "fs_format": None})
+                    rec["size_mb"] = size
+                    if rec.get("backing"):
+                        rec["backing"] = os.path.join(self._base_dir, rec["image"])
+                    path = self._disk_path(instance_uuid, DiskKind(kind))
+                    s["disks"][path] = rec
+                    paths.append(path)
+                for image, cached in incoming["base_images"].items():
+                    s["base_images"].setdefault(
+                        image, {**cached, "path": os.path.join(self._base_dir, image)})
+                g = {**incoming["guest"], "vcpus": flavor.vcpus, "memory_mb": flavor.ram_mb,
+                     "disks": paths, "power_state": PowerState.SHUTDOWN.value}
+                s["guests"][instance_uuid] = g
+                s["volumes"].update(incoming["volumes"])
+            if power_on:
+                g["power_state"] = PowerState.RUNNING.value
+
+    def confirm_migration(self, instance_uuid: str) -> None:
+        """Delete the source copy kept for a revert; no-op once gone."""
+        with self.state.change() as s:
+            s["migrating"].pop(instance_uuid, None)
+
+    def finish_revert_migration(self, instance_uuid: str, power_on: bool) -> None:
+        """Put the source copy back (dropping a copy still waiting at the
+        destination) and start the guest if asked. The destination's own
+        guest must be gone first when it is this very host."""
+        m = self.state.read()["migrating"].get(instance_uuid)
+        if m is not None:
+            with self._host_state(m["dest"]).change() as d:
+                d["incoming"].pop(instance_uuid, None)
+        with self.state.change() as s:
+            m = s["migrating"].get(instance_uuid)
+            if m is not None:
+                if instance_uuid in s["guests"]:
+                    raise InvalidGuestState(instance_uuid, "still defined by the migration here",
+                                            "revert the migration of")
+                del s["migrating"][instance_uuid]
+                s["guests"][instance_uuid] = m["guest"]
+                for k in ("disks", "ports", "volumes"):
+                    s[k].update(m[k])
+            g = s["guests"].get(instance_uuid)
+            if power_on and g is not None:
+                g["power_state"] = PowerState.RUNNING.value
+
+    def _storage_dir(self) -> str:
+        return os.path.dirname(self._instances_dir)
+
+    def check_instance_shared_storage_local(self, instance_uuid: str) -> dict:
+        """Leave a marker file where this host keeps instance disks."""
+        os.makedirs(self._storage_dir(), exist_ok=True)
+        name = f".shared-check-{instance_uuid}"
+        with open(os.path.join(self._storage_dir(), name), "a"):
+            pass
+        return {"filename": name}
+
+    def check_instance_shared_storage_remote(self, data: dict) -> bool:
+        """Does this host see the other host's marker? Then their storage is shared."""
+        return os.path.exists(os.path.join(self._storage_dir(), data["filename"]))
+
+    def check_instance_shared_storage_cleanup(self, data: dict) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(self._storage_dir(), data["filename"]))
+
+    def _shared_disk(self, path: str) -> dict | None:
+        """A disk another host of this storage pool already has at `path`."""
+        for peer in self.shared_storage_peers:
+            rec = self._host_state(peer).read()["disks"].get(path)
+            if rec is not None:
+                return dict(rec)
+        return None
+
     # -- devices ------------------------------------------------------------
     def attach_volume(self, instance_uuid: str, connection_info: dict, mountpoint: str) -> None:
         vol = connection_info["volume_id"]
@@ -386,6 +522,141 @@ class FakeDriver(base.ComputeDriver):
             if not meta:
                 del g["metadata"]
 
+    # -- live migration -----------------------------------------------------
+    # A fake migration lives in the process that runs it, as a real one lives
+    # in its hypervisor: each poll advances it by `live_migration_step_pct`
+    # (never past a guest's `stall_at`, set by simulate_memory_churn), and
+    # abort / force-complete requests are seen at the next poll. A killed
+    # process loses the job; running live_migration again starts it afresh,
+    # or finishes a switch-over that the kill interrupted.
+    live_migration_step_pct = 25
+    live_migration_poll_s = 0.02
+
+    def _peer(self, host: str) -> HostStateFile:
+        """The state file of another fake host (all share one state_dir)."""
+        return HostStateFile(os.path.dirname(self.state.path), host)
+
+    def _requests(self) -> dict[str, str]:
+        """Abort / force-complete requests for migrations this process runs."""
+        return self.__dict__.setdefault("_migration_requests", {})
+
+    def check_can_live_migrate_destination(self, instance_uuid: str, block_migration: bool) -> dict:
+        return {"dest_host": self.host, "block_migration": block_migration}
+
+    def check_can_live_migrate_destination_cleanup(self, dest_check: dict) -> None:
+        """The fake's destination check leaves nothing behind."""
+
+    def check_can_live_migrate_source(self, instance_uuid: str, dest_check: dict) -> dict:
+        g = self._guest(self.state.read(), instance_uuid)
+        if dest_check["dest_host"] == self.host:
+            raise InvalidGuestState(instance_uuid, f"already on {self.host}", "live-migrate")
+        if g["power_state"] not in (PowerState.RUNNING.value, PowerState.PAUSED.value):
+            raise InvalidGuestState(instance_uuid, g["power_state"], "live-migrate")
+        return {**dest_check, "source_host": self.host}
+
+    def pre_live_migration(self, instance_uuid: str, migrate_data: dict) -> dict:
+        """Make the instance's disks (over this host's base images) and ports here."""
+        src = self._peer(migrate_data["source_host"]).read()
+        with self.state.change() as s:
+            for d in [d for d in src["disks"].values() if d["instance"] == instance_uuid]:
+                rec = dict(d)
+                if d.get("backing"):
+                    rec["backing"] = os.path.join(self._base_dir, d["image"])
+                    s["base_images"].setdefault(d["image"], {"path": rec["backing"],
+                                                             "size_mb": d["size_mb"]})
+                s["disks"].setdefault(self._disk_path(instance_uuid, DiskKind(d["kind"])), rec)
+            for vif, port in src["ports"].items():
+                if port["instance"] == instance_uuid:
+                    s["ports"].setdefault(vif, dict(port))
+        return migrate_data
+
+    def live_migration(self, instance_uuid: str, dest_host: str, migrate_data: dict,
+                       progress=None) -> None:
+        dest = self._peer(dest_host)
+        if instance_uuid in dest.read()["guests"]:
+            self._leave_source(instance_uuid)  # switched over already (maybe before a kill)
+            return
+        pause = threading.Event()
+        pct = 0
+        self._requests().pop(instance_uuid, None)
+        while pct < 100:
+            g = self._guest(self.state.read(), instance_uuid)
+            request = self._requests().pop(instance_uuid, None)
+            if request == "abort":
+                raise DriverError(f"live migration of {instance_uuid} aborted")
+            if request == "force":
+                pct = 100
+            else:
+                pct = min(100, pct + self.live_migration_step_pct, g.get("stall_at", 100))
+            if progress is not None:
+                progress(pct)
+            if pct < 100:
+                pause.wait(self.live_migration_poll_s)
+        record = dict(g)
+        # The disks pre_live_migration made there, in the guest's order.
+        made = {os.path.basename(p): p for p, d in dest.read()["disks"].items()
+                if d["instance"] == instance_uuid}
+        record["disks"] = [made.get(os.path.basename(p), p) for p in g["disks"]]
+        volumes = {v: a for v, a in self.state.read()["volumes"].items()
+                   if a["instance"] == instance_uuid}
+        with dest.change() as d:
+            d["guests"].setdefault(instance_uuid, record)
+            d["volumes"].update(volumes)
+        self._leave_source(instance_uuid)
+
+    def _leave_source(self, instance_uuid: str) -> None:
+        with self.state.change() as s:
+            s["guests"].pop(instance_uuid, None)
+            for vol in [v for v, a in s["volumes"].items() if a["instance"] == instance_uuid]:
+                del s["volumes"][vol]
+
+    def live_migration_abort(self, instance_uuid: str) -> None:
+        """Ask the running migration to stop at its next poll; no-op without one."""
+        self._requests()[instance_uuid] = "abort"
+
+    def live_migration_force_complete(self, instance_uuid: str) -> None:
+        """Let the running migration switch over at its next poll."""
+        self._requests()[instance_uuid] = "force"
+
+    def rollback_live_migration_at_destination(self, instance_uuid: str, destroy_disks: bool) -> None:
+        """Remove what pre_live_migration (or a migration) left on this host."""
+        with self.state.change() as s:
+            s["guests"].pop(instance_uuid, None)
+            for vif in [v for v, p in s["ports"].items() if p["instance"] == instance_uuid]:
+                del s["ports"][vif]
+            for vol in [v for v, a in s["volumes"].items() if a["instance"] == instance_uuid]:
+                del s["volumes"][vol]
+            if destroy_disks:
+                for path in [p for p, d in s["disks"].items() if d["instance"] == instance_uuid]:
+                    del s["disks"][path]
+
+    def post_live_migration(self, instance_uuid: str, migrate_data: dict) -> None:
+        """Disconnect the source from the instance's volumes (they moved with the guest)."""
+        self._leave_source(instance_uuid)
+
+    def post_live_migration_at_source(self, instance_uuid: str) -> None:
+        """The guest runs elsewhere: drop its disks and ports here."""
+        with self.state.change() as s:
+            if instance_uuid in s["guests"]:
+                raise InvalidGuestState(instance_uuid, f"still defined on {self.host}",
+                                        "clean up the migration source of")
+            for vif in [v for v, p in s["ports"].items() if p["instance"] == instance_uuid]:
+                del s["ports"][vif]
+            for path in [p for p, d in s["disks"].items() if d["instance"] == instance_uuid]:
+                del s["disks"][path]
+
+    def post_live_migration_at_destination(self, instance_uuid: str) -> None:
+        """The guest must be here and running (or paused, as it was)."""
+        g = self._guest(self.state.read(), instance_uuid)
+        if g["power_state"] not in (PowerState.RUNNING.value, PowerState.PAUSED.value):
+            raise InvalidGuestState(instance_uuid, g["power_state"], "finish the migration of")
+
+    def simulate_memory_churn(self, instance_uuid: str, stall_at: int) -> None:
+        """The guest dirties memory faster than it is copied: a live migration
+        stops progressing at `stall_at` percent until aborted or forced."""
+        with self.state.change() as s:
+            self._guest(s, instance_uuid)["stall_at"] = stall_at
+
     # -- events (tests drive these to simulate a guest acting on its own) ---
     def simulate_unresponsive_guest(self, instance_uuid: str) -> None:
         with self.state.change() as s:
@@ -395,6 +666,26 @@ class FakeDriver(base.ComputeDriver):
         with self.state.change() as s:
             self._guest(s, instance_uuid)["power_state"] = PowerState.SHUTDOWN.value
         self.emit_event(base.LifecycleEvent(instance_uuid, PowerState.SHUTDOWN, self.host))
+
+
+def _take(section: dict, instance_uuid: str) -> dict:
+    """Remove and return an instance's entries of a state section."""
+    mine = {k: v for k, v in section.items() if v["instance"] == instance_uuid}
+    for k in mine:
+        del section[k]
+    return mine
+
+
+def _set_aside(state: dict, what: str) -> tuple[str, ...]:
+    """What migrations hold outside the live sections, for inventory()."""
+    found = []
+    for uuid, m in state["migrating"].items():
+        found += [f"{uuid} (resize source)"] if what == "guest" else \
+            [f"{k} (resize source)" for k in m[what]]
+    for uuid, m in state["incoming"].items():
+        found += [f"{uuid} (incoming)"] if what == "guest" else \
+            [f"{k} (incoming)" for k in m.get(what, {})]
+    return tuple(sorted(found))
 
 
 def _digest(secret: str | None) -> str | None:

@@ -1,9 +1,10 @@
 """Fault injection at named steps: fail, hang or kill the process.
 
-A spec is `STEP:PHASE:ACTION[:WHEN]`. Steps call `FaultPlan.checkpoint` before
-and after their side effect; a matching fault fires there. `kill` sends
-SIGKILL to this very process, which is what a crash test needs: nothing after
-it runs, no finally block, no flush.
+A spec is `STEP:PHASE:ACTION[:WHEN]`; `fail-transient-N` fails N times with
+a transient error (which steps retry with backoff), then lets the step pass.
+Steps call `FaultPlan.checkpoint` before and after their side effect; a
+matching fault fires there. `kill` sends SIGKILL to this very process, which
+is what a crash test needs: nothing after it runs, no finally block, no flush.
 """
 from __future__ import annotations
 
@@ -12,10 +13,11 @@ import signal
 import threading
 from dataclasses import dataclass
 
-from drivers.errors import InjectedFault
+from drivers.errors import InjectedFault, InjectedTransientFault
 
 PHASES = ("execute", "revert")
-ACTIONS = ("fail", "fail-once", "hang", "kill")
+ACTIONS = ("fail", "fail-once", "fail-transient-N", "hang", "kill")
+TRANSIENT = "fail-transient-"
 WHENS = ("before", "after")
 
 
@@ -38,11 +40,17 @@ class Fault:
         fault = cls(*parts)
         if fault.phase not in PHASES:
             raise BadFaultSpec(f"fault {spec!r}: phase must be one of {', '.join(PHASES)}")
-        if fault.action not in ACTIONS:
+        if fault.action not in ACTIONS and fault.transient_count is None:
             raise BadFaultSpec(f"fault {spec!r}: action must be one of {', '.join(ACTIONS)}")
         if fault.when not in WHENS:
             raise BadFaultSpec(f"fault {spec!r}: when must be one of {', '.join(WHENS)}")
         return fault
+
+    @property
+    def transient_count(self) -> int | None:
+        """N of `fail-transient-N` (N >= 1), else None."""
+        n = self.action[len(TRANSIENT):] if self.action.startswith(TRANSIENT) else ""
+        return int(n) if n.isdigit() and int(n) >= 1 else None
 
 
 class FaultPlan:
@@ -52,6 +60,7 @@ class FaultPlan:
         self._faults = [Fault.parse(s) for s in specs if s.strip()]
         self._lock = threading.Lock()
         self.release_hangs = threading.Event()
+        self._transient_left: dict[Fault, int] = {}
 
     def __bool__(self) -> bool:
         return bool(self._faults)
@@ -63,6 +72,7 @@ class FaultPlan:
     def clear(self) -> None:
         with self._lock:
             self._faults.clear()
+            self._transient_left.clear()
 
     def checkpoint(self, step: str, phase: str, when: str) -> None:
         with self._lock:
@@ -70,6 +80,13 @@ class FaultPlan:
             for f in hits:
                 if f.action == "fail-once":
                     self._faults.remove(f)
+            transient = []
+            for f in hits:
+                if f.transient_count is not None:
+                    left = self._transient_left.setdefault(f, f.transient_count)
+                    if left > 0:
+                        self._transient_left[f] = left - 1
+                        transient.append(left - 1)
         for fault in hits:
             if fault.action == "kill":
                 os.kill(os.getpid(), signal.SIGKILL)
@@ -77,3 +94,5 @@ class FaultPlan:
                 self.release_hangs.wait()
             if fault.action in ("fail", "fail-once"):
                 raise InjectedFault(step, phase)
+        if transient:
+            raise InjectedTransientFault(step, phase, transient[0])

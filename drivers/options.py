@@ -41,6 +41,13 @@ fake_opts = [
         "or revert, ACTION fail, fail-once, hang or kill, WHEN before (default) "
         "or after the step's side effect. For tests and demos only.",
     ),
+    cfg.ListOpt(
+        "shared_storage",
+        default=[],
+        help="Groups of fake hosts that share instance storage, each as "
+        "host1+host2[+...]. Their disks live in one pool, so an evacuation "
+        "between them keeps the disks instead of re-creating them.",
+    ),
     cfg.BoolOpt(
         "deliver_vif_events",
         default=True,

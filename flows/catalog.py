@@ -10,7 +10,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from flows import devices, destroy, guest_agent, power, rebuild, rescue, snapshot, spawn
+from flows import evacuate, resize
+
+from flows import (devices, destroy, guest_agent, live_migration, power, rebuild, rescue, snapshot,
+                   spawn)
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,10 @@ def _device(name: str, help: str, *params: Param) -> OperationKind:
 
 
 _RUNNING_ISH = {"active", "paused", "suspended", "error"}
+_TARGET_HOST = Param("target_host", str, help="destination host (default: the one with most free RAM)")
+_COLD_MIGRATION = ("migrate_disk_and_power_off", "finish_migration", "finish_revert_migration",
+                   "plug_vif", "unplug_vif", "power_off", "undefine_guest", "delete_instance_files",
+                   "get_info")
 
 CATALOG: dict[str, OperationKind] = {k.name: k for k in (
     OperationKind("spawn", "flows.spawn.build", spawn.VERSION, "create and boot an instance", None,
@@ -108,6 +115,34 @@ CATALOG: dict[str, OperationKind] = {k.name: k for k in (
                   (Param("image", str, required=True, help="image to rebuild from"),
                    Param("preserve_ephemeral", bool, False, help="keep the ephemeral disk's data")),
                   prepare=rebuild.prepare, uses=("ensure_base_image", "rebuild", "get_info")),
+    OperationKind("resize", "flows.resize.build", resize.VERSION,
+                  "move to another flavor (and host); waits in resized for confirm or revert",
+                  frozenset({"active", "stopped"}),
+                  (Param("flavor", str, required=True, help="the new flavor"),
+                   _TARGET_HOST),
+                  prepare=resize.prepare_resize, uses=_COLD_MIGRATION),
+    OperationKind("migrate", "flows.resize.build", resize.VERSION,
+                  "move to another host, stopped (cold); waits in resized for confirm or revert",
+                  frozenset({"active", "stopped"}), (_TARGET_HOST,),
+                  prepare=resize.prepare_migrate, uses=_COLD_MIGRATION),
+    OperationKind("confirm_resize", "flows.resize.build", resize.VERSION,
+                  "keep a resize or migration: delete the source copy (forward-only)",
+                  frozenset({"resized", "error"}), prepare=resize.prepare_confirm,
+                  uses=("confirm_migration",)),
+    OperationKind("revert_resize", "flows.resize.build", resize.VERSION,
+                  "undo a resize or migration: back to the source host and old flavor "
+                  "(forward-only)",
+                  frozenset({"resized", "error"}), prepare=resize.prepare_revert,
+                  uses=("power_off", "undefine_guest", "delete_instance_files", "unplug_vif",
+                        "finish_revert_migration")),
+    OperationKind("evacuate", "flows.evacuate.build", evacuate.VERSION,
+                  "rebuild an instance of a host marked down on another host",
+                  frozenset({"active", "stopped", "error"}), (_TARGET_HOST,),
+                  prepare=evacuate.prepare,
+                  uses=("check_instance_shared_storage_local", "check_instance_shared_storage_remote",
+                        "check_instance_shared_storage_cleanup", "ensure_base_image", "create_disk",
+                        "delete_disk", "plug_vif", "unplug_vif", "define_guest", "undefine_guest",
+                        "power_on", "power_off", "get_info")),
     OperationKind("set_admin_password", "flows.guest_agent.build", guest_agent.VERSION,
                   "set the guest's admin password", frozenset({"active"}),
                   (Param("password", str, secret=True, required=True, help="the new password"),),
@@ -135,6 +170,11 @@ CATALOG: dict[str, OperationKind] = {k.name: k for k in (
             Param("network", str, "default", help="network of the new interface")),
     _device("detach_interface", "remove a network interface from the guest",
             Param("port_id", str, required=True, help="the interface's id")),
+    OperationKind("live_migration", "flows.live_migration.build", live_migration.VERSION,
+                  "move a running instance to another host without stopping it",
+                  frozenset({"active", "paused"}),
+                  (Param("target_host", str, required=True, help="host to move it to"),),
+                  prepare=live_migration.prepare, uses=live_migration.USES),
 )}
 
 

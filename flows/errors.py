@@ -55,3 +55,9 @@ class FlowVersionGone(OperationError):
             f"only has version {current}: it will not be run with different steps. Finish it "
             f"with the computeflow release that created it, or mark it failed."
         )
+
+
+class LiveMigrationAborted(OperationError):
+    def __init__(self, instance_uuid: str) -> None:
+        super().__init__(f"live migration of {instance_uuid} aborted on request")
+        self.instance_uuid = instance_uuid

@@ -27,6 +27,13 @@ flow_opts = [
         help="Local image store: where snapshots are written. Each snapshot is "
         "a file here plus a row in the images table, usable by a later spawn.",
     ),
+    cfg.BoolOpt(
+        "allow_resize_to_same_host",
+        default=False,
+        help="Let a resize stay on the instance's own host when it has room "
+        "(it then holds the old and the new flavor until confirm or revert). "
+        "A migration always goes to another host.",
+    ),
     cfg.IntOpt(
         "forward_retries",
         default=5,

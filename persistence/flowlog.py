@@ -8,6 +8,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from persistence.models import FlowLogEntry
+from persistence.progress import ANNOTATIONS
 
 _TERMINAL = {"SUCCESS", "FAILURE", "REVERTED", "REVERT_FAILURE", "IGNORE"}
 
@@ -43,7 +44,7 @@ def summarize(rows: list[FlowLogEntry]) -> list[StepSummary]:
     order: list[str] = []
     acc: dict[str, dict] = {}
     for r in rows:
-        if r.step == "(flow)":
+        if r.step == "(flow)" or r.state in ANNOTATIONS:  # progress and requests: not moves
             continue
         a = acc.get(r.step)
         if a is None:

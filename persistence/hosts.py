@@ -22,6 +22,11 @@ def list_hosts(s: Session) -> list[Host]:
     return list(s.scalars(sa.select(Host).order_by(Host.name)))
 
 
+def set_down(s: Session, name: str, down: bool) -> bool:
+    """Mark a host down (or up again); False if there is no such host."""
+    return s.execute(sa.update(Host).where(Host.name == name).values(down=down)).rowcount == 1
+
+
 def get_flavor(s: Session, name: str) -> Flavor | None:
     return s.get(Flavor, name)
 

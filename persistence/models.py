@@ -39,6 +39,8 @@ class Host(Base):
     used_vcpus: Mapped[int] = mapped_column(sa.Integer, default=0)
     used_ram_mb: Mapped[int] = mapped_column(sa.Integer, default=0)
     used_disk_gb: Mapped[int] = mapped_column(sa.Integer, default=0)
+    # Marked down by an operator: nothing is placed here; its instances may be evacuated.
+    down: Mapped[bool] = mapped_column(sa.Boolean, default=False, server_default=sa.false())
     created_at: Mapped[dt.datetime] = mapped_column(Timestamp, default=utcnow)
 
 
@@ -128,12 +130,17 @@ class Operation(Base):
     state: Mapped[str] = mapped_column(sa.String(16))
     owner: Mapped[str | None] = mapped_column(sa.String(128))
     lease_expires_at: Mapped[dt.datetime | None] = mapped_column(Timestamp)
+    #: Bumped by every take-over; flow-state writes are conditional on it (fencing).
+    epoch: Mapped[int] = mapped_column(sa.Integer, default=0, server_default="0")
     flow_version: Mapped[int] = mapped_column(sa.Integer)
     flow_detail_uuid: Mapped[str | None] = mapped_column(sa.String(64))
     error: Mapped[str | None] = mapped_column(sa.Text)
     created_at: Mapped[dt.datetime] = mapped_column(Timestamp, default=utcnow)
     started_at: Mapped[dt.datetime | None] = mapped_column(Timestamp)
     finished_at: Mapped[dt.datetime | None] = mapped_column(Timestamp)
+    # Set by `computeflow cancel` / the API; the owner's lease keeper picks it up.
+    cancel_requested_by: Mapped[str | None] = mapped_column(sa.String(255))
+    cancel_requested_at: Mapped[dt.datetime | None] = mapped_column(Timestamp)
 
 
 class FlowLogEntry(Base):
@@ -152,6 +159,8 @@ class FlowLogEntry(Base):
     result: Mapped[str | None] = mapped_column(sa.Text)
     error: Mapped[str | None] = mapped_column(sa.Text)
     traceback: Mapped[str | None] = mapped_column(sa.Text)
+    #: The writer's ownership epoch (None: written outside a conductor's run).
+    epoch: Mapped[int | None] = mapped_column(sa.Integer)
 
 
 class InstanceEvent(Base):

@@ -7,11 +7,15 @@ or whose owner is known to be dead. Taking over is one conditional UPDATE.
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
+from taskflow import states as _tf_states
 
-from persistence.models import Operation, utcnow
+from persistence import claims, instances
+from persistence.errors import PersistenceError
+from persistence.models import TASKFLOW_TABLES, Claim, FlowLogEntry, Operation, Secret, utcnow
 
 PENDING, RUNNING, REVERTING = "PENDING", "RUNNING", "REVERTING"
 SUCCEEDED, REVERTED, FAILED = "SUCCEEDED", "REVERTED", "FAILED"
@@ -38,8 +42,13 @@ def get(s: Session, op_id: str) -> Operation | None:
 
 
 def take_ownership(s: Session, op_id: str, owner: str, lease_seconds: float,
-                   dead_owners: tuple[str, ...] = ()) -> bool:
-    """Become the owner if the operation is free, ours, expired, or its owner is dead."""
+                   dead_owners: tuple[str, ...] = ()) -> int | None:
+    """Become the owner if the operation is free, ours, expired, or its owner is
+    dead; returns the new ownership epoch (None: not taken).
+
+    Every take bumps the epoch, so writes fenced on the previous one (a paused
+    or partitioned former owner) are refused from the moment this commits.
+    """
     now = utcnow()
     free = sa.or_(
         Operation.owner.is_(None),
@@ -47,11 +56,16 @@ def take_ownership(s: Session, op_id: str, owner: str, lease_seconds: float,
         Operation.lease_expires_at < now,
         Operation.owner.in_(dead_owners) if dead_owners else sa.false(),
     )
-    return s.execute(
+    taken = s.execute(
         sa.update(Operation)
         .where(Operation.id == op_id, Operation.state.in_(ACTIVE_STATES), free)
-        .values(owner=owner, lease_expires_at=now + dt.timedelta(seconds=lease_seconds))
+        .values(owner=owner, lease_expires_at=now + dt.timedelta(seconds=lease_seconds),
+                epoch=Operation.epoch + 1)
     ).rowcount == 1
+    if not taken:
+        return None
+    # Our own row, updated in this transaction: no one can change it before commit.
+    return s.scalar(sa.select(Operation.epoch).where(Operation.id == op_id))
 
 
 def renew_leases(s: Session, owner: str, op_ids: list[str], lease_seconds: float) -> None:
@@ -64,8 +78,12 @@ def renew_leases(s: Session, owner: str, op_ids: list[str], lease_seconds: float
 
 
 def mark(s: Session, op_id: str, state: str, *, owner: str | None = None, error: str | None = None,
-         flow_detail_uuid: str | None = None) -> None:
-    """Record a state change; final states release ownership."""
+         flow_detail_uuid: str | None = None, epoch: int | None = None) -> bool:
+    """Record a state change; final states release ownership.
+
+    With `owner` (and `epoch`), only while the caller still owns the operation
+    (under that epoch); returns whether the change was recorded.
+    """
     values: dict = {"state": state}
     now = utcnow()
     if state == RUNNING:
@@ -79,7 +97,9 @@ def mark(s: Session, op_id: str, state: str, *, owner: str | None = None, error:
     q = sa.update(Operation).where(Operation.id == op_id)
     if owner is not None:
         q = q.where(Operation.owner == owner)
-    s.execute(q.values(**values))
+    if epoch is not None:
+        q = q.where(Operation.epoch == epoch)
+    return s.execute(q.values(**values)).rowcount == 1
 
 
 def resumable(s: Session) -> list[Operation]:
@@ -97,3 +117,233 @@ def listing(s: Session, *, limit: int = 50, state: str | None = None,
     if instance_uuid:
         q = q.where(Operation.instance_uuid == instance_uuid)
     return list(s.scalars(q))
+
+
+# -- cancellation and operator repair (policy: conductor/cancel.py, conductor/repair.py) --
+
+#: Kinds that cannot be cancelled once running: they are forward-only past
+#: their hold. persistence imports no flows, so conductor/cancel.py fills this
+#: from the catalogue when it is imported (every conductor imports it).
+FORWARD_ONLY_KINDS: set[str] = set()
+#: flow_log rows recording what an operator did (step "(flow)": not a step move).
+CANCEL_REQUESTED, REVERT_RETRIED, MARKED_REVERTED = "CANCEL_REQUESTED", "REVERT_RETRIED", "MARKED_REVERTED"
+
+
+class Refused(PersistenceError):
+    """A cancel or repair request that cannot be honoured, and why (one line)."""
+
+
+@dataclass(frozen=True)
+class CancelOutcome:
+    op_id: str
+    kind: str
+    #: REVERTED when it was cancelled right away (pending, no live owner);
+    #: otherwise its current state, its owner stopping it at the next step boundary.
+    state: str
+    owner: str | None
+
+    @property
+    def done(self) -> bool:
+        return self.state == REVERTED
+
+
+def request_cancel(s: Session, op_id: str, by: str = "api", *,
+                   dead_owners: tuple[str, ...] = ()) -> CancelOutcome:
+    """Cancel an operation: at once if it is pending and no live conductor
+    owns it, else by recording the request for its owner's lease keeper.
+
+    Refused (`Refused`) for an unknown or ended operation, and for a
+    forward-only one (destroy) that a conductor runs or is about to run.
+    """
+    op = get(s, op_id)
+    if op is None:
+        raise Refused(f"unknown operation {op_id!r}")
+    if op.state in FINAL_STATES:
+        raise Refused(f"operation {op.id} already ended {op.state}: nothing to cancel")
+    forward_only = op.kind in FORWARD_ONLY_KINDS
+    if forward_only and op.state != PENDING:
+        raise Refused(f"operation {op.id} ({op.kind}) is forward-only and already running: it "
+                      "cannot be cancelled and will finish (or stop in ERROR for an operator)")
+    if op.state != PENDING and forward_phase_started(s, op.id):
+        raise Refused(f"operation {op.id} ({op.kind}) is past its point of no return (its "
+                      "forward-only phase started): it cannot be cancelled and will finish")
+    now = utcnow()
+    if op.state == PENDING and _cancel_pending(s, op, by, now, dead_owners):
+        return CancelOutcome(op.id, op.kind, REVERTED, None)
+    if forward_only:
+        raise Refused(f"operation {op.id} ({op.kind}) is forward-only and conductor {op.owner} "
+                      "is starting it: it cannot be cancelled")
+    recorded = s.execute(
+        sa.update(Operation)
+        .where(Operation.id == op.id, Operation.state.in_(ACTIVE_STATES),
+               Operation.cancel_requested_by.is_(None))
+        .values(cancel_requested_by=by, cancel_requested_at=now)
+    ).rowcount == 1
+    s.refresh(op)
+    if op.state in FINAL_STATES:
+        raise Refused(f"operation {op.id} ended {op.state} meanwhile: nothing to cancel")
+    if recorded:
+        _annotate(s, op.id, CANCEL_REQUESTED, f"by {by}")
+    return CancelOutcome(op.id, op.kind, op.state, op.owner)
+
+
+def _cancel_pending(s: Session, op: Operation, by: str, now: dt.datetime,
+                    dead_owners: tuple[str, ...]) -> bool:
+    """End a pending operation that no live conductor owns, without running a
+    step: one conditional UPDATE (bumping the epoch fences a runner that had
+    claimed it and stalled), then the hold and secrets it took at submission."""
+    free = sa.or_(Operation.owner.is_(None), Operation.lease_expires_at < now,
+                  Operation.owner.in_(dead_owners) if dead_owners else sa.false())
+    ended = s.execute(
+        sa.update(Operation)
+        .where(Operation.id == op.id, Operation.state == PENDING, free)
+        .values(state=REVERTED, error=f"cancelled by {by} before it ran", finished_at=now,
+                owner=None, lease_expires_at=None, epoch=Operation.epoch + 1,
+                cancel_requested_by=by, cancel_requested_at=now)
+    ).rowcount == 1
+    if not ended:
+        return False
+    if op.instance_uuid:
+        params = op.parameters or {}
+        restore = ({"vm_state": params["prior_vm_state"],
+                    "power_state": params.get("prior_power_state") or "nostate"}
+                   if params.get("prior_vm_state") else {"vm_state": "error"})  # a spawn: as reverted
+        instances.release_hold(s, op.instance_uuid, op.id, task_state=None, **restore)
+    s.execute(sa.delete(Secret).where(Secret.operation_id == op.id))
+    _annotate(s, op.id, CANCEL_REQUESTED, f"by {by}; cancelled before it ran")
+    return True
+
+
+def cancel_requests(s: Session, owner: str, op_ids: list[str]) -> dict[str, str]:
+    """{operation id: who asked} for the operations this owner runs that were asked to stop."""
+    if not op_ids:
+        return {}
+    return dict(s.execute(
+        sa.select(Operation.id, Operation.cancel_requested_by)
+        .where(Operation.id.in_(op_ids), Operation.owner == owner,
+               Operation.cancel_requested_by.is_not(None))
+    ).all())
+
+
+def run_context(s: Session, op_id: str) -> tuple[int, str | None] | None:
+    """(epoch, cancel requested by) of an operation, read when a run starts."""
+    row = s.execute(sa.select(Operation.epoch, Operation.cancel_requested_by)
+                    .where(Operation.id == op_id)).first()
+    return (row[0], row[1]) if row else None
+
+
+def needing_repair(s: Session, limit: int = 50) -> list[Operation]:
+    """FAILED operations, newest first: each needs an operator (a revert failed)."""
+    return listing(s, limit=limit, state=FAILED)
+
+
+def failed_reverts(s: Session, op: Operation) -> list[str]:
+    """Names of the steps of this operation whose revert failed."""
+    ad = TASKFLOW_TABLES.atomdetails
+    return list(s.scalars(sa.select(ad.c.name).where(
+        ad.c.parent_uuid == (op.flow_detail_uuid or op.id), ad.c.state == _tf_states.REVERT_FAILURE)))
+
+
+def reopen_for_revert(s: Session, op_id: str, owner: str, lease_seconds: float, by: str) -> Operation:
+    """Make a FAILED operation's failed reverts runnable again, in one transaction.
+
+    taskflow, asked to run a flow whose revert failed, marks it REVERTED
+    without reverting the steps before the failed one. So the failed atoms are
+    put back to FAILURE (their execute failure kept, intention REVERT), the
+    flow to RUNNING and the operation to REVERTING, owned by `owner`: running
+    it then reverts the failed steps and every earlier one, through the same
+    runner (leases, fencing, flow log) as any other run.
+    """
+    op = get(s, op_id)
+    if op is None:
+        raise Refused(f"unknown operation {op_id!r}")
+    if op.state != FAILED:
+        raise Refused(f"operation {op.id} is {op.state}, not FAILED: nothing to retry")
+    fd_uuid = op.flow_detail_uuid or op.id
+    if not failed_reverts(s, op):
+        raise Refused(f"operation {op.id} has no failed revert to retry ({op.error}); after "
+                      "cleaning up by hand, record it with `computeflow ops mark-reverted`")
+    now = utcnow()
+    if s.execute(sa.update(Operation).where(Operation.id == op.id, Operation.state == FAILED)
+                 .values(state=REVERTING, owner=owner, finished_at=None,
+                         lease_expires_at=now + dt.timedelta(seconds=lease_seconds))).rowcount != 1:
+        raise Refused(f"operation {op.id} changed meanwhile (another operator?): look again")
+    ad, fd = TASKFLOW_TABLES.atomdetails, TASKFLOW_TABLES.flowdetails
+    s.execute(sa.update(ad)
+              .where(ad.c.parent_uuid == fd_uuid, ad.c.state == _tf_states.REVERT_FAILURE)
+              .values(state=_tf_states.FAILURE, intention=_tf_states.REVERT, revert_failure=None))
+    s.execute(sa.update(fd).where(fd.c.uuid == fd_uuid).values(state=_tf_states.RUNNING, updated_at=now))
+    _annotate(s, fd_uuid, REVERT_RETRIED, f"by {by}")
+    s.flush()
+    s.refresh(op)
+    return op
+
+
+def mark_reverted(s: Session, op_id: str, by: str, note: str | None = None) -> Operation:
+    """Record that an operator cleaned up a FAILED operation by hand: release
+    its hold and claims, end it REVERTED, and say who and when in the flow log."""
+    op = get(s, op_id)
+    if op is None:
+        raise Refused(f"unknown operation {op_id!r}")
+    if op.state != FAILED:
+        raise Refused(f"operation {op.id} is {op.state}, not FAILED: only a failed operation "
+                      "is marked reverted")
+    now = utcnow()
+    text = f"cleaned up by hand, recorded by {by} at {now.isoformat(timespec='seconds')}Z"
+    if s.execute(sa.update(Operation).where(Operation.id == op.id, Operation.state == FAILED)
+                 .values(state=REVERTED, finished_at=now, owner=None, lease_expires_at=None,
+                         error=f"{op.error or 'failed'}; {text}")).rowcount != 1:
+        raise Refused(f"operation {op.id} changed meanwhile (another operator?): look again")
+    if op.instance_uuid:
+        instances.release_hold(s, op.instance_uuid, op.id, task_state=None, vm_state="error")
+    for c in s.scalars(sa.select(Claim).where(Claim.operation_id == op.id)).all():
+        claims.release(s, op.id, c.host)
+    fd = TASKFLOW_TABLES.flowdetails
+    s.execute(sa.update(fd).where(fd.c.uuid == (op.flow_detail_uuid or op.id))
+              .values(state=_tf_states.REVERTED, updated_at=now))
+    s.execute(sa.delete(Secret).where(Secret.operation_id == op.id))
+    _annotate(s, op.flow_detail_uuid or op.id, MARKED_REVERTED, text + (f": {note}" if note else ""))
+    s.flush()
+    s.refresh(op)
+    return op
+
+
+def _annotate(s: Session, fd_uuid: str, state: str, text: str) -> None:
+    """An operator's action as a "(flow)" row of the flow log (not a step move)."""
+    s.add(FlowLogEntry(flow_detail_uuid=fd_uuid, atom_uuid=fd_uuid, step="(flow)", state=state,
+                       attempt=0, at=utcnow(), result=text))
+
+
+def log_attempt(s: Session, op_id: str, owner: str, epoch: int | None, step: str, state: str, *,
+                error: str | None = None, traceback: str | None = None,
+                result: str | None = None) -> bool:
+    """A flow-log row for one retry of a step (RETRYING after a transient
+    failure, RUNNING when the next attempt starts), numbered after the step's
+    earlier runs. Written only while `owner` (at `epoch`) still owns the
+    operation: the row is locked first, so a takeover waits for this commit.
+    Returns False, writing nothing, when the operation was taken over."""
+    owned = sa.select(Operation.id).where(Operation.id == op_id, Operation.owner == owner)
+    if epoch is not None:
+        owned = owned.where(Operation.epoch == epoch)
+    if s.execute(owned.with_for_update()).first() is None:
+        return False
+    runs = s.execute(
+        sa.select(sa.func.count(), sa.func.max(FlowLogEntry.atom_uuid))
+        .where(FlowLogEntry.flow_detail_uuid == op_id, FlowLogEntry.step == step,
+               FlowLogEntry.state == _tf_states.RUNNING)).one()
+    attempt = runs[0] + 1 if state == _tf_states.RUNNING else max(runs[0], 1)
+    s.add(FlowLogEntry(flow_detail_uuid=op_id, atom_uuid=runs[1] or "", step=step, state=state,
+                       attempt=attempt, at=utcnow(), error=error, traceback=traceback,
+                       result=result, epoch=epoch))
+    return True
+
+
+def forward_phase_started(s: Session, op_id: str) -> bool:
+    """Whether the operation entered a forward-only phase: by convention a
+    subflow under a retry controller named `retry_<...>_forward` (destroy,
+    live migration's post-switch-over phase). Past it there is no revert, so
+    a cancel no longer applies. Read only when a cancel is being decided."""
+    return s.scalar(sa.select(FlowLogEntry.id).where(
+        FlowLogEntry.flow_detail_uuid == op_id,
+        FlowLogEntry.step.like("retry\\_%\\_forward", escape="\\"),
+        FlowLogEntry.state.in_((_tf_states.RUNNING, _tf_states.SUCCESS))).limit(1)) is not None

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Make sure the database servers the tests use are installed and running on
 # 127.0.0.1: PostgreSQL (db `test`, user root, trust) and MariaDB (db `test`,
-# root without password). Idempotent; no systemd needed.
+# root without password) and Redis (jobboard, no persistence). Idempotent; no systemd needed.
 set -euo pipefail
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
@@ -37,4 +37,11 @@ if ! port_open 3306; then
 fi
 mariadb -h 127.0.0.1 -u root -e 'CREATE DATABASE IF NOT EXISTS test' >/dev/null 2>&1 || \
     $SUDO mariadb -e "CREATE DATABASE IF NOT EXISTS test; ALTER USER 'root'@'localhost' IDENTIFIED VIA mysql_native_password USING PASSWORD(''); FLUSH PRIVILEGES;"
-echo "services: PostgreSQL :5432 and MariaDB :3306 ready"
+if ! port_open 6379; then  # the scale-out conductors' jobboard
+    command -v redis-server >/dev/null || apt_install redis-server
+    $SUDO mkdir -p /var/lib/redis /var/log/redis
+    port_open 6379 || $SUDO redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no \
+        --dir /var/lib/redis --logfile /var/log/redis/ci.log
+    wait_port 6379
+fi
+echo "services: PostgreSQL :5432, MariaDB :3306 and Redis :6379 ready"

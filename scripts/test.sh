@@ -11,9 +11,15 @@ $SUDO scripts/libvirt/install.sh
 export COMPUTEFLOW_TEST_GUEST_DIR=${COMPUTEFLOW_TEST_GUEST_DIR:-/var/tmp/computeflow-guest}
 $SUDO scripts/libvirt/build_guest.sh "$COMPUTEFLOW_TEST_GUEST_DIR"
 $SUDO scripts/libvirt/start_daemon.sh
+$SUDO scripts/libvirt/start_second_daemon.sh  # the live-migration tier's destination
 set +e
-.venv/bin/python -m pytest -q -p no:cacheprovider "$@"
+.venv/bin/python -m pytest -q -p no:cacheprovider -m "not disruptive" "$@"
 rc=$?
+# Last and alone: tests that restart PostgreSQL and Redis under running conductors.
+if [ $# -eq 0 ] && [ $rc -ne 5 ]; then
+    .venv/bin/python -m pytest -q -p no:cacheprovider -m disruptive
+    rc2=$?; [ $rc -eq 0 ] && rc=$rc2
+fi
 set -e
 if [ $rc -eq 5 ]; then echo "test.sh: pytest collected no tests" >&2; exit 1; fi
 exit $rc

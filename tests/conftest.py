@@ -36,7 +36,7 @@ _SESSION_TAG = f"cf_test_{os.getpid()}_{uuid.uuid4().hex[:6]}"
 def _server_database(kind: str) -> Iterator[str]:
     """Create a private database on the server for this session; drop it after."""
     admin_url = sa.make_url(SERVERS[kind])
-    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT",
+    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT", pool_pre_ping=True,
                              connect_args={"connect_timeout": 3})
     try:
         with admin.connect() as c:
@@ -137,3 +137,32 @@ def run_cli(conf: Path, *args: str, stdin: str | None = None, timeout: float = 6
         [sys.executable, "-m", "conductor.cli", "--config-file", str(conf), *args],
         capture_output=True, text=True, input=stdin, timeout=timeout, cwd=REPO,
     )
+
+
+REDIS = os.environ.get("COMPUTEFLOW_TEST_REDIS", "redis://127.0.0.1:6379")
+
+
+@pytest.fixture
+def redis_url() -> Iterator[str]:
+    """A Redis jobboard URL with a key namespace private to this test (deleted after)."""
+    import redis
+
+    client = redis.Redis.from_url(REDIS, socket_connect_timeout=3)
+    try:
+        client.ping()
+    except redis.exceptions.ConnectionError as e:
+        client.close()
+        msg = f"Redis unreachable at {REDIS}: {e}"
+        if IN_CI:
+            pytest.fail(msg + " (CI=true: a missing server is a failure)")
+        pytest.skip(msg)
+    namespace = f"cf_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    try:
+        yield f"{REDIS}?namespace={namespace}"
+    finally:
+        try:
+            for key in client.scan_iter(f"{namespace}:*"):
+                client.delete(key)
+        except redis.exceptions.ConnectionError:
+            pass  # a disruptive test left Redis down; its keys died with it
+        client.close()

@@ -43,9 +43,19 @@ class DiskFileInfo:
     backing_format: str | None
 
 
+#: Run each command under `setpriv --pdeathsig KILL` (util-linux): if the conductor is
+#: killed, its qemu-img / mkswap / cp dies with it instead of writing a temporary
+#: file after the resuming process has cleaned up. The signal follows the calling
+#: thread, which waits for the command, so it only fires when the process dies.
+_DIE_WITH_CALLER = ["setpriv", "--pdeathsig", "KILL", "--"] if shutil.which("setpriv") else []
+
+
 def run(command: list[str]) -> str:
+    if shutil.which(command[0]) is None:
+        raise DiskCommandFailed(command, f"{command[0]} is not installed (Debian: qemu-utils)")
     try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+        done = subprocess.run([*_DIE_WITH_CALLER, *command], capture_output=True, text=True,
+                              timeout=600)
     except FileNotFoundError:
         raise DiskCommandFailed(command, f"{command[0]} is not installed (Debian: qemu-utils)") from None
     except subprocess.TimeoutExpired:
@@ -86,8 +96,10 @@ def path_lock(path: str) -> threading.Lock:
 
 def remove_stale(final: str) -> None:
     """Remove what interrupted attempts at `final` left behind: temporary files
-    of dead processes, and of this one (whose threads hold `path_lock(final)`)."""
-    for stale in glob.glob(glob.escape(final) + ".*.tmp"):
+    (`*.tmp`, and the `*.tmp.raw` a formatted disk is built in) of dead processes,
+    and of this one (whose threads hold `path_lock(final)`)."""
+    pattern = glob.escape(final)
+    for stale in glob.glob(pattern + ".*.tmp") + glob.glob(pattern + ".*.tmp.*"):
         try:
             pid = int(stale[len(final) + 1:].split(".", 1)[0])
         except ValueError:
@@ -228,3 +240,29 @@ def _size(path: str) -> int | None:
         return os.path.getsize(path)
     except FileNotFoundError:
         return None
+
+
+def export_flat(source: str, final: str, *, force_share: bool = False) -> DiskFileInfo:
+    """Write `source` (with its whole backing chain) to `final` as a self-contained
+    qcow2, built under a temporary name. `force_share`: read while a QEMU
+    process holds the image's lock (the caller makes sure it is not writing)."""
+    make_dir(os.path.dirname(final))
+    with path_lock(final):
+        remove_stale(final)
+        with publishing(final) as tmp:
+            run(["qemu-img", "convert", "-q", *(["-U"] if force_share else []),
+                 "-O", "qcow2", source, tmp])
+    return info(final)
+
+
+def copy_file(source: str, final: str) -> None:
+    """Copy one file (a disk, sparse as it is) to `final`, built under a temporary
+    name; an existing `final` of the same size is taken as an earlier, complete copy
+    (files only ever appear under their final name complete)."""
+    if _size(final) is not None and _size(final) == _size(source):
+        return
+    make_dir(os.path.dirname(final))
+    with path_lock(final):
+        remove_stale(final)
+        with publishing(final) as tmp:
+            run(["cp", "--sparse=always", "--preserve=mode", source, tmp])

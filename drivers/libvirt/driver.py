@@ -34,8 +34,9 @@ from drivers import base
 from drivers.base import (Disk, DiskKind, DiskSpec, GuestInfo, GuestSpec, HostResources, Image,
                           Inventory, LifecycleEvent, PowerState, Vif)
 from drivers.errors import (DriverError, GuestNotFound, HypervisorUnavailable, InvalidGuestState,
-                            SoftRebootFailed)
-from drivers.libvirt import disks
+                            RootDiskTooSmall, SoftRebootFailed)
+from drivers.libvirt import disks, resize, snapshot
+from drivers.libvirt import migration
 from drivers.libvirt.config import (DiskConfig, DomainConfig, InstanceMetadata, InterfaceConfig,
                                     OsConfig, SerialConfig)
 from drivers.libvirt.guest import Guest
@@ -235,9 +236,8 @@ class LibvirtDriver(base.ComputeDriver):
                 raise InvalidGuestState(instance_uuid, "missing its base image",
                                         "create the root disk of")
             if spec.image.size_mb > spec.size_mb:
-                raise InvalidGuestState(instance_uuid, f"of a flavor whose {spec.size_mb} MB root "
-                                        f"disk is smaller than image {spec.image.name}",
-                                        "create the root disk of")
+                raise RootDiskTooSmall(instance_uuid, spec.size_mb, spec.image.name,
+                                       spec.image.size_mb)
             if not self.use_cow_images:
                 backing = None
         fill = None
@@ -316,12 +316,14 @@ class LibvirtDriver(base.ComputeDriver):
         disks.make_dir(self._instance_dir(spec.instance_uuid))
         self._host.define_guest(self._domain_config(spec).to_xml())
 
-    def _domain_config(self, spec: GuestSpec) -> DomainConfig:
+    def _boot_config(self) -> OsConfig:
         if self.kernel:
-            os_config = OsConfig(kernel=self.kernel, initrd=self.initrd,
-                                 cmdline=self.cmdline or DEFAULT_CMDLINE)
-        else:
-            os_config = OsConfig(boot_dev="hd")
+            return OsConfig(kernel=self.kernel, initrd=self.initrd,
+                            cmdline=self.cmdline or DEFAULT_CMDLINE)
+        return OsConfig(boot_dev="hd")
+
+    def _domain_config(self, spec: GuestSpec) -> DomainConfig:
+        os_config = self._boot_config()
         return DomainConfig(
             type=self.domain_type,
             name=DOMAIN_PREFIX + spec.instance_uuid,
@@ -454,6 +456,79 @@ class LibvirtDriver(base.ComputeDriver):
         if self._require(instance_uuid, guest, "resume",
                          {PowerState.RUNNING, PowerState.SUSPENDED}) is PowerState.SUSPENDED:
             self._launch(guest)
+
+    # -- snapshot (snapshot.py) ----------------------------------------------
+    @_translated
+    def snapshot(self, instance_uuid: str, image_path: str) -> Image:
+        """The root disk, flattened to a qcow2 at `image_path`; a running guest is
+        paused for the copy (see snapshot.py)."""
+        return snapshot.export_root_disk(self._guest(instance_uuid), self._instance_dir(instance_uuid),
+                                         self._disk_path(instance_uuid, DiskKind.ROOT), image_path)
+
+    # -- cold resize and migration (resize.py) -------------------------------
+    @_translated
+    def migrate_disk_and_power_off(self, instance_uuid: str, dest_host: str,
+                                   flavor: base.Flavor) -> list[Disk]:
+        """Stop the guest and copy its disks to `{instances_path}/{dest_host}/{uuid}`."""
+        return resize.migrate_disk_and_power_off(self, instance_uuid, dest_host, flavor)
+
+    @_translated
+    def finish_migration(self, instance_uuid: str, disks: list[Disk], flavor: base.Flavor,
+                         power_on: bool) -> None:
+        """Define (and start) the guest here from the copied disks, at the new flavor."""
+        resize.finish_migration(self, instance_uuid, disks, flavor, power_on)
+
+    @_translated
+    def confirm_migration(self, instance_uuid: str) -> None:
+        resize.confirm_migration(self, instance_uuid)
+
+    @_translated
+    def finish_revert_migration(self, instance_uuid: str, power_on: bool) -> None:
+        resize.finish_revert_migration(self, instance_uuid, power_on)
+
+    # -- live migration (drivers/libvirt/migration.py) ----------------------
+    @_translated
+    def check_can_live_migrate_destination(self, instance_uuid: str, block_migration: bool) -> dict:
+        return migration.check_destination(self, block_migration)
+
+    def check_can_live_migrate_destination_cleanup(self, dest_check: dict) -> None:
+        """The destination check leaves nothing behind."""
+
+    @_translated
+    def check_can_live_migrate_source(self, instance_uuid: str, dest_check: dict) -> dict:
+        return migration.check_source(self, instance_uuid, dest_check)
+
+    @_translated
+    def pre_live_migration(self, instance_uuid: str, migrate_data: dict) -> dict:
+        return migration.pre_migration(self, instance_uuid, migrate_data)
+
+    @_translated
+    def live_migration(self, instance_uuid: str, dest_host: str, migrate_data: dict,
+                       progress=None) -> None:
+        migration.migrate(self, instance_uuid, dest_host, migrate_data, progress)
+
+    @_translated
+    def live_migration_abort(self, instance_uuid: str) -> None:
+        migration.abort(self, instance_uuid)
+
+    @_translated
+    def live_migration_force_complete(self, instance_uuid: str) -> None:
+        migration.force_complete(self, instance_uuid)
+
+    @_translated
+    def rollback_live_migration_at_destination(self, instance_uuid: str, destroy_disks: bool) -> None:
+        migration.rollback_at_destination(self, instance_uuid, destroy_disks)
+
+    def post_live_migration(self, instance_uuid: str, migrate_data: dict) -> None:
+        """No volumes to disconnect: instance disks are files copied by the migration."""
+
+    @_translated
+    def post_live_migration_at_source(self, instance_uuid: str) -> None:
+        migration.post_at_source(self, instance_uuid)
+
+    @_translated
+    def post_live_migration_at_destination(self, instance_uuid: str) -> None:
+        migration.post_at_destination(self, instance_uuid)
 
     # -- events -------------------------------------------------------------
     def _on_lifecycle(self, guest: Guest, event: int, _detail: int) -> None:

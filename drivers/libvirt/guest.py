@@ -42,7 +42,11 @@ class Guest:
     # -- what it is ---------------------------------------------------------
     def config(self) -> DomainConfig:
         """The persistent definition, parsed."""
-        return DomainConfig.from_xml(self._domain.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
+        return DomainConfig.from_xml(self.definition_xml())
+
+    def definition_xml(self) -> str:
+        """The persistent definition as libvirt holds it (to define it again later)."""
+        return self._domain.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
 
     def instance_metadata(self) -> InstanceMetadata | None:
         """computeflow's metadata element, or None for a domain computeflow did not define."""

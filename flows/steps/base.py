@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Callable
 
 from taskflow import task
 
 from flows import runtime
+from flows.steps import attempts
 
 
 def _checkpoint(step: str, phase: str, when: str) -> None:
@@ -22,19 +24,45 @@ def _with_checkpoints(fn: Callable, phase: str) -> Callable:
     a step whose side effect already happened: exactly what its revert (or
     its re-execution after a crash) must cope with. functools.wraps keeps the
     signature that taskflow reads to bind arguments.
+
+    The work then runs through `attempts.run`: cancel check, deadline and
+    retries of transient errors. Those need the operation id, so a step that
+    does not ask for `operation_id` gets it as an optional argument of the
+    wrapper (taskflow passes optional arguments found in the store) that is
+    not handed on.
     """
+    sig = inspect.signature(fn)
+    wants_op = "operation_id" in sig.parameters
+
     @functools.wraps(fn)
     def wrapper(self, *args, **kwargs):
-        _checkpoint(self.name, phase, "before")
-        result = fn(self, *args, **kwargs)
-        _checkpoint(self.name, phase, "after")
-        return result
+        op_id = kwargs.get("operation_id") if wants_op else kwargs.pop("operation_id", None)
+
+        def work():
+            _checkpoint(self.name, phase, "before")
+            result = fn(self, *args, **kwargs)
+            _checkpoint(self.name, phase, "after")
+            return result
+        return attempts.run(self, phase, op_id, work)
     wrapper._checkpointed = True
+    if not wants_op:
+        wrapper.__signature__ = _with_operation_id(sig)
     return wrapper
+
+
+def _with_operation_id(sig: inspect.Signature) -> inspect.Signature:
+    params = list(sig.parameters.values())
+    extra = inspect.Parameter("operation_id", inspect.Parameter.KEYWORD_ONLY, default=None)
+    at = next((i for i, p in enumerate(params) if p.kind is inspect.Parameter.VAR_KEYWORD), len(params))
+    return sig.replace(parameters=params[:at] + [extra] + params[at:])
 
 
 class Step(task.Task):
     """A task whose execute and revert pass named checkpoints (see _with_checkpoints)."""
+
+    #: Deadline of one attempt of execute or revert, in seconds; None: the
+    #: [conductor] step_timeout option, 0: none (see flows/steps/attempts.py).
+    step_timeout: float | None = None
 
     def __init_subclass__(cls, **kwargs) -> None:
         super().__init_subclass__(**kwargs)

@@ -309,9 +309,12 @@ def test_missing_guest_is_guest_not_found(drv, call):
 
 def test_unimplemented_methods_stay_not_supported(drv):
     with pytest.raises(NotSupported):
-        drv.live_migration(U1, "h2", {})
-    with pytest.raises(NotSupported):
         drv.attach_volume(U1, {"volume_id": "v"}, "/dev/vdb")
+
+
+def test_live_migration_without_the_destinations_data_is_a_clear_error(drv):
+    with pytest.raises(DriverError, match="pre_live_migration on the destination provides it"):
+        drv.live_migration(U1, "h2", {})
 
 
 def test_console_output_is_the_console_files_tail(drv):

@@ -1,0 +1,276 @@
+"""`computeflow conductor`: the long-running service that claims and runs jobs.
+
+One loop claims one job at a time (exactly one dispatch per claim) while fewer
+than `max_operations` run; each claimed operation runs on its own thread
+through the same Runner as the embedded mode. A heartbeat thread keeps every
+claim alive independently of how long a step takes; a claim found lost
+suspends that operation's engine (the database's fencing stops any write the
+engine still tries). Holding the claim is what entitles a conductor to take
+the operation over from a previous owner.
+
+SIGTERM (or SIGINT): stop claiming, suspend every engine (taskflow finishes
+the running steps and persists them), release ownership and claims, exit 0;
+another conductor resumes the operations where they stopped.
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+import signal
+import threading
+import time
+from concurrent import futures
+
+from sqlalchemy import exc as sa_exc
+from taskflow import exceptions as tf_exc, states
+
+from conductor import jobboard, ownership
+from conductor.api import Conductor
+from conductor.jobboard import Board, Claim
+from conductor.runner import LostOwnership, NotOwner, Runner
+from flows import catalog
+from persistence import operations
+from persistence.errors import PersistenceError
+
+LOG = logging.getLogger(__name__)
+UNLOADABLE = "not loadable here:"  # the reason follows, so `ops list` shows it
+_DB_ERRORS = (tf_exc.StorageFailure, PersistenceError, sa_exc.SQLAlchemyError, OSError)
+
+
+class _ServiceRunner(Runner):
+    """The Runner, plus what a service needs: each engine is registered so that
+    it can be suspended, and a suspended flow leaves its operation free."""
+
+    def __init__(self, *args, service: "ConductorService", **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.service = service
+
+    # (*rest: the runner passes the ownership epoch too once fencing is in.)
+    def _flow_listener(self, op_id: str, *rest):
+        inner = super()._flow_listener(op_id, *rest)
+
+        def on_flow_state(state: str, details: dict) -> None:
+            if state == states.RUNNING:
+                engine = details["engine"]
+                self.service._engines[op_id] = engine
+                claim = self.service._claims.get(op_id)
+                if self.service.stopping or (claim is not None and claim.lost.is_set()):
+                    engine.suspend()
+            inner(state, details)
+        return on_flow_state
+
+    def _record_outcome(self, op_id: str, *rest) -> None:
+        flow_state = rest[-2]  # (..., flow_state, error)
+        if flow_state == states.SUSPENDED:
+            LOG.info("operation %s suspended at a step boundary; left for the next conductor", op_id)
+            jobboard.release_ownership(self.rt.db, op_id, self.owner)
+            return
+        super()._record_outcome(op_id, *rest)
+
+
+class ConductorService:
+    def __init__(self, conductor: Conductor, board: Board) -> None:
+        opts = conductor.conf.conductor
+        self.c, self.board, self.who = conductor, board, conductor.owner
+        self.max_operations, self.poll, self.expiry = opts.max_operations, opts.poll_interval, opts.claim_expiry
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._claims: dict[str, Claim] = {}
+        self._engines: dict[str, object] = {}
+        self._skip_until: dict[str, float] = {}
+        self._pool = futures.ThreadPoolExecutor(self.max_operations, thread_name_prefix="operation")
+        self.runner = _ServiceRunner(conductor.rt, self.who, lease_seconds=conductor.lease_seconds,
+                                     executor=conductor._executor, leases=conductor._leases,
+                                     service=self)
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def stop(self, *_signal) -> None:
+        """Signal-safe: ask the loop to wind down."""
+        self._stop.set()
+        self._wake.set()
+
+    # -- the loop ------------------------------------------------------------
+    def serve(self) -> int:
+        if threading.current_thread() is threading.main_thread():  # tests serve from a thread
+            signal.signal(signal.SIGTERM, self.stop)
+            signal.signal(signal.SIGINT, self.stop)
+        beat = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
+        beat.start()
+        LOG.info("conductor %s serving (%s, up to %d operations)", self.who,
+                 "embedded" if self.board.embedded else self.c.conf.conductor.jobboard,
+                 self.max_operations)
+        last_reconcile = 0.0
+        while not self.stopping:
+            self._wake.clear()
+            try:
+                now = time.monotonic()
+                if not self.board.embedded and now - last_reconcile > self.expiry / 2:
+                    last_reconcile = now
+                    self._reconcile()
+                if len(self._claims) < self.max_operations and self._claim_one():
+                    continue
+            except Exception:  # the loop must outlive any outage: a dead loop strands its claims
+                LOG.exception("conductor loop error; retrying")
+                self._stop.wait(min(self.expiry / 3, 2.0))
+            self._wake.wait(self.poll)
+        self._shutdown()
+        beat.join()
+        return 0
+
+    def _claim_one(self) -> bool:
+        now = time.monotonic()
+        skip = set(self._claims) | {k for k, t in self._skip_until.items() if t > now}
+        try:
+            claim = self.board.claim_next(skip)
+        except (tf_exc.JobFailure, *_DB_ERRORS) as e:
+            LOG.warning("cannot reach the jobboard or database: %s; retrying", e)
+            self._stop.wait(min(self.expiry / 3, 2.0))
+            return False
+        if claim is None:
+            return False
+        self._claims[claim.op_id] = claim
+        fut = self._pool.submit(self._work, claim)
+        fut.add_done_callback(lambda _f: self._wake.set())
+        return True
+
+    def _reconcile(self) -> None:
+        """Post every active operation nobody holds (its job was lost with a
+        Redis restart, or its submitter died before posting)."""
+        try:
+            for op_id, created in jobboard.orphans(self.c.db):
+                if op_id not in self._claims:
+                    self.board.post(op_id, created)
+        except (tf_exc.JobFailure, *_DB_ERRORS) as e:
+            LOG.warning("reconciling the jobboard failed: %s", e)
+
+    def _heartbeat_loop(self) -> None:
+        while not self._stop.wait(self.expiry / 3):
+            self._beat()
+        self._beat()
+
+    def _beat(self) -> None:
+        for claim in list(self._claims.values()):
+            try:
+                mine = self.board.heartbeat(claim)
+            except Exception as e:  # unknown is not lost: keep running, fencing protects
+                LOG.warning("heartbeat for operation %s failed: %s", claim.op_id, e)
+                continue
+            if not mine and not claim.lost.is_set():
+                claim.lost.set()
+                LOG.error("lost the claim on operation %s; suspending it", claim.op_id)
+                self._suspend(claim.op_id)
+
+    def _suspend(self, op_id: str) -> None:
+        engine = self._engines.get(op_id)
+        if engine is not None:
+            try:
+                engine.suspend()
+            except Exception as e:  # e.g. fenced: the write of SUSPENDING is refused
+                LOG.info("suspending operation %s: %s", op_id, e)
+
+    def _shutdown(self) -> None:
+        LOG.info("conductor %s stopping: suspending %d operations", self.who, len(self._engines))
+        for op_id in list(self._engines):
+            self._suspend(op_id)
+        self._pool.shutdown(wait=True)
+        self.board.close()
+
+    # -- one claimed job --------------------------------------------------------
+    def _work(self, claim: Claim) -> None:
+        try:
+            self._dispatch(claim)
+        except Exception:
+            LOG.exception("operation %s: unexpected error; job released", claim.op_id)
+            self._release(claim)
+        finally:
+            self._engines.pop(claim.op_id, None)
+            self._claims.pop(claim.op_id, None)
+
+    def _dispatch(self, claim: Claim) -> None:
+        if self.stopping:
+            self._release(claim)
+            return
+        try:
+            with self.c.db.session() as s:
+                op = s.get(operations.Operation, claim.op_id)
+        except _DB_ERRORS as e:
+            LOG.warning("operation %s: database unreachable (%s); job released", claim.op_id, e)
+            self._release(claim)
+            return
+        if op is None:
+            LOG.warning("job names operation %s, which does not exist: kept, not run", claim.op_id)
+            self._skip_until[claim.op_id] = float("inf")
+            self._release(claim)
+            return
+        if op.state in operations.FINAL_STATES:
+            LOG.info("operation %s already ended %s: job consumed, nothing run", op.id, op.state)
+            self.board.consume(claim)
+            return
+        reason = unloadable(op)
+        if reason:
+            text = f"{UNLOADABLE} {reason} (job kept on the jobboard; conductor {self.who})"
+            LOG.error("operation %s %s", op.id, text)
+            jobboard.mark_unloadable(self.c.db, op.id, text)
+            self._skip_until[op.id] = time.monotonic() + 10 * self.expiry
+            self._release(claim)
+            return
+        if op.error and op.error.startswith(UNLOADABLE):
+            jobboard.mark_unloadable(self.c.db, op.id, None)
+        self._run(claim, op)
+
+    def _run(self, claim: Claim, op: operations.Operation) -> None:
+        # Holding the claim entitles us to take over from the previous owner;
+        # without a jobboard only a provably dead owner is taken over.
+        prev = op.owner if op.owner and op.owner != self.who else None
+        dead = (prev,) if prev and (not self.board.embedded or ownership.is_dead(prev)) else ()
+        try:
+            final = self.runner.run(op.id, dead_owners=dead)
+        except NotOwner:
+            LOG.info("operation %s is owned elsewhere; job released", op.id)
+            self._skip_until[op.id] = time.monotonic() + self.expiry
+            self._release(claim)
+            return
+        except LostOwnership as e:
+            LOG.warning("operation %s: %s; another conductor has it", op.id, e)
+            self._release(claim)
+            return
+        except _DB_ERRORS as e:
+            LOG.warning("operation %s paused: database unreachable (%s); job released", op.id, e)
+            self._release(claim)
+            return
+        if final.state in operations.FINAL_STATES:
+            LOG.info("operation %s %s", op.id, final.state)
+            self.board.consume(claim)
+        else:
+            self._release(claim)
+
+    def _release(self, claim: Claim) -> None:
+        try:
+            self.board.release(claim)
+        except tf_exc.JobFailure as e:
+            LOG.warning("releasing operation %s failed (its claim expires anyway): %s", claim.op_id, e)
+
+
+def unloadable(op: operations.Operation) -> str | None:
+    """Why this conductor cannot run the operation's flow (e.g. mid rolling
+    upgrade), or None. Such jobs are kept for a conductor that can."""
+    try:
+        kind = catalog.get(op.kind)
+    except KeyError:
+        return f"unknown operation kind {op.kind!r}"
+    if op.flow_version > kind.version:
+        return f"flow version {op.flow_version} is newer than this conductor's {kind.version}"
+    module, _, name = kind.factory.rpartition(".")
+    try:
+        getattr(importlib.import_module(module), name)
+    except Exception as e:  # ImportError, AttributeError, or the module's own failure
+        return f"flow factory {kind.factory} cannot be imported: {type(e).__name__}: {e}"
+    return None
+
+
+def serve(conductor: Conductor) -> int:
+    board = jobboard.open_board(conductor.conf, conductor.owner, conductor.db)
+    return ConductorService(conductor, board).serve()

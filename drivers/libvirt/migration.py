@@ -1,0 +1,252 @@
+"""Live migration between two libvirt daemons, for LibvirtDriver.
+
+The migration is peer-to-peer (`virDomainMigrateToURI3` with
+VIR_MIGRATE_PEER2PEER): the source daemon drives it and talks to the
+destination daemon itself, so the job belongs to libvirt, not to our process.
+A conductor killed mid-migration therefore does not kill the migration; the
+re-run step finds the job on the source domain and waits for it (or finds
+the guest already on the destination). See docs/live-migration.md.
+
+Instance storage is not shared (each computeflow host has its own
+`{instances_path}/{host}`): pre_live_migration creates empty disks of the
+same size over the same base image on the destination, and the migration
+copies the top layers with VIR_MIGRATE_NON_SHARED_INC. The destination's
+domain XML is the source's with the host's instance directory and the
+owning host in computeflow's metadata swapped, and interface target names
+dropped (both daemons share the machine's network namespace: a tap name
+cannot be used twice at once).
+
+The destination URI is handed over in the migrate data (the destination
+driver's own URI): it must be reachable by the source *daemon*.
+"""
+from __future__ import annotations
+
+import os
+import re
+import threading
+import xml.etree.ElementTree as ET
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import libvirt
+
+from drivers.base import DiskKind, PowerState
+from drivers.errors import DriverError, GuestNotFound, InvalidGuestState
+from drivers.libvirt import disks
+from drivers.libvirt.ports import PortRecords
+
+if TYPE_CHECKING:
+    from drivers.libvirt.driver import LibvirtDriver
+
+FLAGS = (libvirt.VIR_MIGRATE_LIVE | libvirt.VIR_MIGRATE_PEER2PEER | libvirt.VIR_MIGRATE_UNSAFE
+         | libvirt.VIR_MIGRATE_PERSIST_DEST | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE
+         | libvirt.VIR_MIGRATE_NON_SHARED_INC)
+MIGRATION_ADDRESS = "127.0.0.1"  # both daemons on one machine; see docs/live-migration.md
+POLL_S = 0.5
+#: Downtime (ms) allowed after force-complete: the switch-over happens at once.
+FORCE_DOWNTIME_MS = 30_000
+
+
+def host_uuid(drv: LibvirtDriver) -> str:
+    caps = ET.fromstring(drv._host.get_connection().getCapabilities())
+    return caps.findtext("host/uuid") or ""
+
+
+def check_destination(drv: LibvirtDriver, block_migration: bool) -> dict:
+    return {"dest_host": drv.host, "dest_uri": drv.uri, "dest_root": drv.root,
+            "dest_host_uuid": host_uuid(drv), "block_migration": block_migration}
+
+
+def check_source(drv: LibvirtDriver, instance_uuid: str, dest_check: dict) -> dict:
+    guest = drv._guest(instance_uuid)
+    state = guest.power_state()
+    if state not in (PowerState.RUNNING, PowerState.PAUSED):
+        raise InvalidGuestState(instance_uuid, state.value, "live-migrate")
+    if dest_check["dest_host_uuid"] == host_uuid(drv):
+        raise InvalidGuestState(instance_uuid, f"on the same libvirt daemon as host "
+                                f"{dest_check['dest_host']}", "live-migrate")
+    found = []
+    for kind in DiskKind:
+        path = drv._disk_path(instance_uuid, kind)
+        try:
+            i = disks.info(path)
+        except DriverError:
+            continue  # no such disk
+        found.append({"kind": kind.value, "size_mb": i.virtual_size // disks.MIB,
+                      "backing": i.backing_file, "backing_format": i.backing_format})
+    return {**dest_check, "source_host": drv.host, "source_uri": drv.uri,
+            "source_root": drv.root, "disks": found}
+
+
+def pre_migration(drv: LibvirtDriver, instance_uuid: str, migrate_data: dict) -> dict:
+    """Empty disks of the same size and backing file, and the port records, here."""
+    for d in migrate_data["disks"]:
+        path = drv._disk_path(instance_uuid, DiskKind(d["kind"]))
+        disks.make_dir(drv._instance_dir(instance_uuid))
+        with disks.path_lock(path):
+            if not os.path.exists(path):
+                disks.create_qcow2(path, d["size_mb"], backing=d["backing"],
+                                   backing_format=d["backing_format"])
+    src_ports = _peer_ports(migrate_data["source_root"])
+    with drv.ports.change() as ports:
+        for vif, rec in src_ports.items():
+            if rec.get("instance") == instance_uuid:
+                ports.setdefault(vif, dict(rec))
+    return migrate_data
+
+
+def _peer_ports(root: str) -> dict:
+    return PortRecords(os.path.join(root, "ports.json")).read()
+
+
+def destination_xml(xml: str, migrate_data: dict) -> str:
+    """The source's migratable XML, made the destination's."""
+    src_root, dest_root = migrate_data["source_root"], migrate_data["dest_root"]
+    xml = xml.replace(src_root + "/", dest_root + "/")
+    xml = re.sub(r"(<(?:\w+:)?host>)" + re.escape(migrate_data["source_host"]) + r"(</(?:\w+:)?host>)",
+                 lambda m: m.group(1) + migrate_data["dest_host"] + m.group(2), xml)
+    # interface target names: generated anew on the destination
+    return re.sub(r"(<interface\b.*?)<target dev=['\"][^'\"]*['\"]\s*/>(.*?</interface>)",
+                  r"\1\2", xml, flags=re.S)
+
+
+def _dest_guest(instance_uuid: str, conn: libvirt.virConnect):
+    try:
+        return conn.lookupByUUIDString(instance_uuid)
+    except libvirt.libvirtError as e:
+        if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+            return None
+        raise
+
+
+def _job_running(dom: libvirt.virDomain) -> bool:
+    try:
+        return dom.jobInfo()[0] not in (libvirt.VIR_DOMAIN_JOB_NONE,
+                                        libvirt.VIR_DOMAIN_JOB_COMPLETED,
+                                        libvirt.VIR_DOMAIN_JOB_FAILED,
+                                        libvirt.VIR_DOMAIN_JOB_CANCELLED)
+    except libvirt.libvirtError as e:
+        if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+            return False
+        raise
+
+
+def _percent(dom: libvirt.virDomain) -> int | None:
+    try:
+        st = dom.jobStats()
+    except libvirt.libvirtError:
+        return None  # the job just ended (or the domain left)
+    total = st.get("data_total", 0) + st.get("disk_total", 0)
+    done = st.get("data_processed", 0) + st.get("disk_processed", 0)
+    return min(99, int(100 * done / total)) if total else None
+
+
+def migrate(drv: LibvirtDriver, instance_uuid: str, dest_host: str, migrate_data: dict,
+            progress: Callable[[int], None] | None) -> None:
+    """Migrate, or re-attach to the migration job the source still runs, or
+    recognise one that completed; report progress every POLL_S seconds."""
+    if "dest_uri" not in migrate_data:
+        raise DriverError(f"cannot live-migrate instance {instance_uuid}: the migration data has no "
+                          "destination connection (dest_uri); pre_live_migration on the "
+                          "destination provides it")
+    dest_conn = libvirt.open(migrate_data["dest_uri"])
+    try:
+        guest = drv._find(instance_uuid)
+        if guest is None:
+            if _dest_guest(instance_uuid, dest_conn) is not None:
+                return  # done before (the step runs again after a crash)
+            raise GuestNotFound(instance_uuid)
+        dom = guest._domain
+        failure: list[BaseException] = []
+        worker = None
+        if not _job_running(dom):
+            xml = destination_xml(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_MIGRATABLE), migrate_data)
+            params = {libvirt.VIR_MIGRATE_PARAM_URI: f"tcp://{MIGRATION_ADDRESS}",
+                      libvirt.VIR_MIGRATE_PARAM_LISTEN_ADDRESS: MIGRATION_ADDRESS,
+                      libvirt.VIR_MIGRATE_PARAM_DEST_XML: xml,
+                      libvirt.VIR_MIGRATE_PARAM_PERSIST_XML: xml}
+
+            def run() -> None:
+                try:
+                    dom.migrateToURI3(migrate_data["dest_uri"], params, FLAGS)
+                except BaseException as e:  # handed to the watching thread
+                    failure.append(e)
+
+            worker = threading.Thread(target=run, name=f"migrate-{instance_uuid[:8]}", daemon=True)
+            worker.start()
+        pause = threading.Event()
+        # Watch the job (ours, or one a killed conductor started) until it ends.
+        while (worker.is_alive() if worker is not None else _job_running(dom)):
+            pct = _percent(dom)
+            if progress is not None and pct is not None:
+                progress(pct)
+            pause.wait(POLL_S)
+        if worker is not None:
+            worker.join()
+        moved = _dest_guest(instance_uuid, dest_conn)
+        if moved is not None and moved.isActive() and drv._find(instance_uuid) is None:
+            if progress is not None:
+                progress(100)
+            return
+        if failure:
+            raise failure[0]
+        raise DriverError(f"live migration of {instance_uuid} to {dest_host} ended without "
+                          "moving the guest")
+    finally:
+        dest_conn.close()
+
+
+def abort(drv: LibvirtDriver, instance_uuid: str) -> None:
+    guest = drv._find(instance_uuid)
+    if guest is not None and _job_running(guest._domain):
+        try:
+            guest._domain.abortJob()
+        except libvirt.libvirtError as e:
+            if e.get_error_code() != libvirt.VIR_ERR_OPERATION_INVALID:  # no job any more
+                raise
+
+
+def force_complete(drv: LibvirtDriver, instance_uuid: str) -> None:
+    guest = drv._find(instance_uuid)
+    if guest is not None and _job_running(guest._domain):
+        guest._domain.migrateSetMaxDowntime(FORCE_DOWNTIME_MS, 0)
+
+
+def rollback_at_destination(drv: LibvirtDriver, instance_uuid: str, destroy_disks: bool) -> None:
+    """Remove what pre_migration (or a failed incoming migration) left here."""
+    guest = drv._find(instance_uuid)
+    if guest is not None:
+        if guest.is_active():
+            guest.poweroff()
+        guest.undefine()
+    with drv.ports.change() as ports:
+        for vif in [v for v, p in ports.items() if p.get("instance") == instance_uuid]:
+            del ports[vif]
+    if destroy_disks:
+        drv.delete_instance_files(instance_uuid)
+
+
+def post_at_source(drv: LibvirtDriver, instance_uuid: str) -> None:
+    """The guest runs elsewhere: its definition (if any is left), files and ports go."""
+    guest = drv._find(instance_uuid)
+    if guest is not None:
+        if guest.is_active():
+            raise InvalidGuestState(instance_uuid, "still running on the source",
+                                    "clean up the migration source of")
+        guest.undefine()
+    with drv.ports.change() as ports:
+        for vif in [v for v, p in ports.items() if p.get("instance") == instance_uuid]:
+            del ports[vif]
+    drv.delete_instance_files(instance_uuid)
+
+
+def post_at_destination(drv: LibvirtDriver, instance_uuid: str) -> None:
+    """The guest runs here and survives a restart of its daemon (persistent)."""
+    guest = drv._guest(instance_uuid)
+    dom = guest._domain
+    if not dom.isActive():
+        raise InvalidGuestState(instance_uuid, guest.power_state().value,
+                                "finish the migration of")
+    if not dom.isPersistent():
+        drv._host.define_guest(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_MIGRATABLE))
+

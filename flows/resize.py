@@ -1,0 +1,189 @@
+"""Resize and cold migration, then confirm or revert.
+
+    resize / migrate: take_hold -> claim_destination -> migrate_disk_and_power_off
+                      -> plug_vif_N (destination) -> finish_migration
+                      [-> wait_running] -> mark_done (RESIZED)
+    confirm_resize:   take_hold -> (forward-only) confirm_migration
+                      -> release_source_claims -> mark_done (ACTIVE/STOPPED)
+    revert_resize:    take_hold -> (forward-only) destroy_on_destination
+                      -> unplug_vifs (destination) -> finish_revert_migration
+                      -> release_destination_claim -> mark_done (as before the resize)
+
+A resize ends SUCCEEDED with the instance in RESIZED: nothing waits, the
+instance record itself says what confirm or revert need
+(system_metadata["migration"]: source host, old and new flavor, the claims of
+both sides, the state before). Confirm and revert are forward-only: once the
+source copy is deleted (or the destination one), going back is impossible, so
+each step is retried on its own and a crash resumes forward. A migration
+record marked by a confirm is refused a revert, and the other way round.
+
+`migrate` is a resize to the same flavor on another host.
+"""
+from __future__ import annotations
+
+from sqlalchemy.orm import Session
+from taskflow import retry
+from taskflow.patterns import linear_flow
+
+from flows import prepare as p, runtime
+from flows.errors import InsufficientCapacity, InvalidRequest, NotFound
+from flows.steps.guest import WaitRunning
+from flows.steps.instance import FinishOperation, TakeHold
+from flows.steps.migration import (ClaimDestination, ConfirmMigration, DestroyOnDestination,
+                                   FinishMigration, FinishRevertMigration, MarkResized,
+                                   MigrateDiskAndPowerOff, ReleaseClaims)
+from flows.steps.network import PlugVif, UnplugVifs
+from flows.steps.resources import flavor_disk_gb
+from persistence import claims, hosts
+from persistence.models import Instance
+
+VERSION = 1
+_AT_DEST = {"host": "dest_host"}
+
+
+# -- submission ----------------------------------------------------------------
+def prepare_resize(s: Session, inst: Instance, values: dict, op_id: str) -> dict:
+    old, new = p.flavor_dict(s, inst.flavor), p.flavor_dict(s, values["flavor"])
+    if new["name"] == old["name"]:
+        raise InvalidRequest(f"instance {inst.name} already has flavor {old['name']} "
+                             "(to move it, migrate)")
+    if new["root_gb"] < old["root_gb"]:
+        raise InvalidRequest(f"flavor {new['name']} would shrink the root disk of {inst.name} "
+                             f"from {old['root_gb']} to {new['root_gb']} GB")
+    same_ok = runtime.current().conf.allow_resize_to_same_host
+    dest = pick_destination(s, inst, new, values.get("target_host"), same_host_ok=same_ok)
+    return _move(s, inst, op_id, "resize", dest, old, new)
+
+
+def prepare_migrate(s: Session, inst: Instance, values: dict, op_id: str) -> dict:
+    flavor = p.flavor_dict(s, inst.flavor)
+    dest = pick_destination(s, inst, flavor, values.get("target_host"), same_host_ok=False)
+    return _move(s, inst, op_id, "migrate", dest, flavor, flavor)
+
+
+def pick_destination(s: Session, inst: Instance, flavor: dict, requested: str | None, *,
+                     same_host_ok: bool, exclude_source: bool = False) -> str:
+    """A host that is up and has room for `flavor` (the most free RAM wins).
+
+    Only a first check: the claim step's conditional UPDATE is what decides.
+    """
+    need = (flavor["vcpus"], flavor["ram_mb"], flavor_disk_gb(flavor))
+
+    def fits(h) -> bool:
+        free = (h.vcpus - h.used_vcpus, h.ram_mb - h.used_ram_mb, h.disk_gb - h.used_disk_gb)
+        return all(f >= n for f, n in zip(free, need))
+
+    allowed_here = same_host_ok and not exclude_source
+    if requested is not None:
+        h = hosts.get_host(s, requested)
+        if h is None:
+            raise NotFound("host", requested)
+        if h.down:
+            raise InvalidRequest(f"host {h.name} is down")
+        if h.name == inst.host and not allowed_here:
+            raise InvalidRequest(f"instance {inst.name} is already on {h.name}: choose another host"
+                                 + ("" if exclude_source else
+                                    " (or set allow_resize_to_same_host)"))
+        if not fits(h):
+            raise InsufficientCapacity(h.name, f"no room for flavor {flavor['name']}")
+        return h.name
+    candidates = [h for h in hosts.list_hosts(s) if not h.down and fits(h)
+                  and (h.name != inst.host or allowed_here)]
+    if not candidates:
+        where = "any host" if allowed_here else f"any host but {inst.host}"
+        raise InsufficientCapacity("(any)", f"no room for flavor {flavor['name']} on {where}")
+    # Another host first: a resize in place doubles the instance's claim on it.
+    return max(candidates, key=lambda h: (h.name != inst.host, h.ram_mb - h.used_ram_mb)).name
+
+
+def source_claims(s: Session, inst: Instance, host: str) -> list[list]:
+    """The instance's claims on `host`, as rows a step can release or restore."""
+    return [[c.operation_id, c.host, c.vcpus, c.ram_mb, c.disk_gb]
+            for c in claims.claims_for_instance(s, inst.uuid) if c.host == host]
+
+
+def _move(s: Session, inst: Instance, op_id: str, kind: str, dest: str, old: dict,
+          new: dict) -> dict:
+    migration = {
+        "kind": kind, "operation": op_id, "source_host": inst.host, "dest_host": dest,
+        "old_flavor": old, "new_flavor": new,
+        "source_claims": source_claims(s, inst, inst.host),
+        "dest_claims": [[op_id, dest, new["vcpus"], new["ram_mb"], flavor_disk_gb(new)]],
+        "vm_state": inst.vm_state, "power_state": inst.power_state,
+    }
+    meta = p.system_metadata(inst) | {"migration": migration}
+    return {"dest_host": dest, "new_flavor": new, "power_on": inst.power_state == "running",
+            **p.columns(inst, host=dest, flavor=new["name"], system_metadata=meta)}
+
+
+def prepare_confirm(s: Session, inst: Instance, values: dict, op_id: str) -> dict:
+    return _settle(inst, "confirm", "confirming")
+
+
+def prepare_revert(s: Session, inst: Instance, values: dict, op_id: str) -> dict:
+    return _settle(inst, "revert", "reverting")
+
+
+def _settle(inst: Instance, verb: str, status: str) -> dict:
+    """What confirm or revert needs, from the migration record. The record is
+    marked with `status` in the submission's transaction: a confirm that
+    failed half-way must never be followed by a revert (the source copy may
+    be gone), nor a revert by a confirm."""
+    meta = p.system_metadata(inst)
+    mig = meta.get("migration")
+    if mig is None:
+        raise InvalidRequest(f"instance {inst.name} has no resize to {verb}")
+    if mig.get("status") not in (None, status):
+        started = {"confirming": "confirm", "reverting": "revert"}[mig["status"]]
+        raise InvalidRequest(f"instance {inst.name}: a {started} of its resize was started and "
+                             f"did not finish; run {started}-resize again instead")
+    rest = {k: v for k, v in meta.items() if k != "migration"}
+    if verb == "confirm":
+        end = ("active" if inst.power_state == "running" else "stopped", inst.power_state)
+        columns = p.columns(inst, system_metadata=rest)
+    else:
+        end = (mig["vm_state"], mig["power_state"])
+        columns = p.columns(inst, system_metadata=rest, host=mig["source_host"],
+                            flavor=mig["old_flavor"]["name"])
+    inst.system_metadata = meta | {"migration": {**mig, "status": status}}
+    return {"source_host": mig["source_host"], "dest_host": mig["dest_host"],
+            "source_claims": mig["source_claims"], "dest_claims": mig["dest_claims"],
+            "power_on": mig["power_state"] == "running", "end_state": list(end), **columns}
+
+
+# -- flows -----------------------------------------------------------------------
+def build(*, operation: str, vifs: list[dict] | None = None, power_on: bool = False,
+          end_state: list[str] | None = None, **_params) -> linear_flow.Flow:
+    vifs = vifs or []
+    if operation in ("resize", "migrate"):
+        flow = linear_flow.Flow(operation).add(
+            TakeHold(task_state="resize_migrating"),
+            ClaimDestination(),
+            MigrateDiskAndPowerOff(),
+            *[PlugVif(i, vif, rebind=_AT_DEST) for i, vif in enumerate(vifs)],
+            FinishMigration(),
+        )
+        if power_on:
+            flow.add(WaitRunning(rebind=_AT_DEST))
+        return flow.add(MarkResized())
+    if operation == "confirm_resize":
+        return _forward_only(operation, "resize_confirming", end_state,
+                             ConfirmMigration(),
+                             ReleaseClaims("release_source_claims", "source_claims"))
+    return _forward_only(operation, "resize_reverting", end_state,
+                         DestroyOnDestination(),
+                         UnplugVifs([v["id"] for v in vifs], rebind=_AT_DEST),
+                         FinishRevertMigration(),
+                         ReleaseClaims("release_destination_claim", "dest_claims"))
+
+
+def _forward_only(name: str, task_state: str, end_state: list[str] | None, *steps) -> linear_flow.Flow:
+    """take_hold, then each step retried on its own (never re-running an
+    earlier one: after a revert in place, destroying "the destination" again
+    would destroy the restored guest), then mark_done."""
+    attempts = runtime.current().conf.forward_retries
+    flow = linear_flow.Flow(name).add(TakeHold(task_state=task_state, revert_vm_state="error"))
+    for step in (*steps, FinishOperation(*end_state)):
+        flow.add(linear_flow.Flow(f"{step.name}_retried",
+                                  retry=retry.Times(attempts, name=f"retry_{step.name}")).add(step))
+    return flow

@@ -1,0 +1,81 @@
+"""Which operations this process is running, and which were asked to stop.
+
+Checking the database before every step would put a read on the hot path, so
+the conductor's lease keeper (which already writes every lease_seconds/3)
+reads the cancel requests of the operations it renews in the same transaction
+and sets a flag here. A step checks the flag, a dictionary lookup, before its
+execute and raises `Cancelled`: taskflow then reverts what the operation did,
+exactly as after any other failure. A cancel therefore takes effect at the
+next step boundary after the keeper saw it (at most lease_seconds/3 later).
+
+The record also carries the run's owner and epoch, which a step's retries use
+to write their attempt rows only while this process still owns the operation.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+from flows.errors import OperationError
+
+
+class Cancelled(OperationError):
+    """Raised by a step of an operation someone asked to cancel."""
+
+    def __init__(self, op_id: str, by: str) -> None:
+        super().__init__(f"cancelled by {by}")
+        self.op_id = op_id
+        self.by = by
+
+
+@dataclass
+class Run:
+    """One operation running in this process."""
+
+    op_id: str
+    owner: str
+    epoch: int | None
+    cancelled_by: str | None = None
+    #: The flow entered a forward-only phase: a cancel no longer applies.
+    past_no_return: bool = False
+    #: Set when a cancel arrives: a step sleeping between retries wakes up.
+    wake: threading.Event = field(default_factory=threading.Event)
+
+
+_runs: dict[str, Run] = {}
+_lock = threading.Lock()
+
+
+def enter(op_id: str, owner: str, epoch: int | None, cancelled_by: str | None = None) -> Run:
+    run = Run(op_id, owner, epoch)
+    with _lock:
+        _runs[op_id] = run
+    if cancelled_by:
+        request(op_id, cancelled_by)
+    return run
+
+
+def leave(op_id: str) -> None:
+    with _lock:
+        _runs.pop(op_id, None)
+
+
+def get(op_id: str | None) -> Run | None:
+    return _runs.get(op_id) if op_id else None
+
+
+def request(op_id: str, by: str) -> bool:
+    """Flag an operation running here as cancelled; True if this call flagged it."""
+    run = _runs.get(op_id)
+    if run is None or run.cancelled_by is not None:
+        return False
+    run.cancelled_by = by
+    run.wake.set()
+    return True
+
+
+def check(op_id: str | None) -> None:
+    """Raise Cancelled if the operation was asked to stop (no I/O)."""
+    run = _runs.get(op_id) if op_id else None
+    if run is not None and run.cancelled_by is not None and not run.past_no_return:
+        raise Cancelled(op_id, run.cancelled_by)
