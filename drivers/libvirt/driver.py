@@ -168,7 +168,12 @@ class LibvirtDriver(base.ComputeDriver):
 
     def _find(self, instance_uuid: str) -> Guest | None:
         guest = self._host.find_guest(instance_uuid)
-        return guest if guest is not None and self._owns(guest) else None
+        try:
+            return guest if guest is not None and self._owns(guest) else None
+        except libvirt.libvirtError as e:
+            if e.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
+                raise
+            return None  # gone since found (a migration that just completed, say)
 
     def _guest(self, instance_uuid: str) -> Guest:
         guest = self._find(instance_uuid)

@@ -156,44 +156,63 @@ def migrate(drv: LibvirtDriver, instance_uuid: str, dest_host: str, migrate_data
             if _dest_guest(instance_uuid, dest_conn) is not None:
                 return  # done before (the step runs again after a crash)
             raise GuestNotFound(instance_uuid)
-        dom = guest._domain
-        failure: list[BaseException] = []
-        worker = None
-        if not _job_running(dom):
-            xml = destination_xml(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_MIGRATABLE), migrate_data)
-            params = {libvirt.VIR_MIGRATE_PARAM_URI: f"tcp://{MIGRATION_ADDRESS}",
-                      libvirt.VIR_MIGRATE_PARAM_LISTEN_ADDRESS: MIGRATION_ADDRESS,
-                      libvirt.VIR_MIGRATE_PARAM_DEST_XML: xml,
-                      libvirt.VIR_MIGRATE_PARAM_PERSIST_XML: xml}
-
-            def run() -> None:
-                try:
-                    dom.migrateToURI3(migrate_data["dest_uri"], params, FLAGS)
-                except BaseException as e:  # handed to the watching thread
-                    failure.append(e)
-
-            worker = threading.Thread(target=run, name=f"migrate-{instance_uuid[:8]}", daemon=True)
-            worker.start()
-        pause = threading.Event()
-        # Watch the job (ours, or one a killed conductor started) until it ends.
-        while (worker.is_alive() if worker is not None else _job_running(dom)):
-            pct = _percent(dom)
-            if progress is not None and pct is not None:
-                progress(pct)
-            pause.wait(POLL_S)
-        if worker is not None:
-            worker.join()
-        moved = _dest_guest(instance_uuid, dest_conn)
-        if moved is not None and moved.isActive() and drv._find(instance_uuid) is None:
+        try:
+            _run_or_watch(guest._domain, migrate_data, progress)
+        except libvirt.libvirtError:
+            # The job a killed conductor left may complete between our look at
+            # the source and the next call on its domain, which is then gone:
+            # the guest's whereabouts decide, not the error.
+            if not _arrived(drv, instance_uuid, dest_conn):
+                raise
+        if _arrived(drv, instance_uuid, dest_conn):
             if progress is not None:
                 progress(100)
             return
-        if failure:
-            raise failure[0]
         raise DriverError(f"live migration of {instance_uuid} to {dest_host} ended without "
                           "moving the guest")
     finally:
         dest_conn.close()
+
+
+def _arrived(drv: LibvirtDriver, instance_uuid: str, dest_conn: libvirt.virConnect) -> bool:
+    """The guest runs on the destination and is gone from the source."""
+    moved = _dest_guest(instance_uuid, dest_conn)
+    return moved is not None and moved.isActive() and drv._find(instance_uuid) is None
+
+
+def _run_or_watch(dom: libvirt.virDomain, migrate_data: dict,
+                  progress: Callable[[int], None] | None) -> None:
+    """Start the migration unless the source already runs its job, then watch
+    the job until it ends. A failed migration is re-raised unless the guest
+    arrived anyway (the caller looks)."""
+    failure: list[BaseException] = []
+    worker = None
+    if not _job_running(dom):
+        xml = destination_xml(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_MIGRATABLE), migrate_data)
+        params = {libvirt.VIR_MIGRATE_PARAM_URI: f"tcp://{MIGRATION_ADDRESS}",
+                  libvirt.VIR_MIGRATE_PARAM_LISTEN_ADDRESS: MIGRATION_ADDRESS,
+                  libvirt.VIR_MIGRATE_PARAM_DEST_XML: xml,
+                  libvirt.VIR_MIGRATE_PARAM_PERSIST_XML: xml}
+
+        def run() -> None:
+            try:
+                dom.migrateToURI3(migrate_data["dest_uri"], params, FLAGS)
+            except BaseException as e:  # handed to the watching thread
+                failure.append(e)
+
+        worker = threading.Thread(target=run, name=f"migrate-{dom.UUIDString()[:8]}", daemon=True)
+        worker.start()
+    pause = threading.Event()
+    # Watch the job (ours, or one a killed conductor started) until it ends.
+    while (worker.is_alive() if worker is not None else _job_running(dom)):
+        pct = _percent(dom)
+        if progress is not None and pct is not None:
+            progress(pct)
+        pause.wait(POLL_S)
+    if worker is not None:
+        worker.join()
+    if failure:
+        raise failure[0]
 
 
 def abort(drv: LibvirtDriver, instance_uuid: str) -> None:
