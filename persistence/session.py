@@ -26,6 +26,37 @@ def safe_url(url: str | sa.URL) -> str:
         return "<unparsable database URL>"
 
 
+# Errors that mean "the server is not there right now", not "the statement is
+# wrong": PostgreSQL's connection-exception (08) and operator-intervention (57P)
+# classes; MySQL/MariaDB client errors for a refused, gone or lost connection.
+_LOST_SQLSTATE_PREFIXES = ("08", "57P")
+_LOST_MYSQL_ERRORS = frozenset({2003, 2006, 2013, 2055})
+_LOST_PG_MESSAGES = ("server closed the connection", "connection refused",
+                     "could not connect", "terminating connection", "the database system is",
+                     "connection already closed")
+
+
+def connection_lost(e: BaseException) -> bool:
+    """Whether `e` is the database being unreachable (restart, failover, a
+    dropped connection) rather than a fault of the statement: a write that
+    failed so may be done again once the server is back."""
+    if not isinstance(e, sa_exc.DBAPIError):
+        return False
+    if e.connection_invalidated:
+        return True
+    orig = e.orig
+    code = getattr(orig, "pgcode", None)
+    if code:
+        return code.startswith(_LOST_SQLSTATE_PREFIXES)
+    args = getattr(orig, "args", ())
+    if args and isinstance(args[0], int):
+        return args[0] in _LOST_MYSQL_ERRORS
+    if isinstance(e, (sa_exc.OperationalError, sa_exc.InterfaceError)) and type(orig).__module__.startswith("psycopg"):
+        message = str(orig).lower()
+        return any(m in message for m in _LOST_PG_MESSAGES)
+    return False
+
+
 def _sqlite_pragmas(dbapi_connection, _record) -> None:
     # Let SQLAlchemy's "begin" event issue BEGIN (IMMEDIATE) instead of pysqlite.
     dbapi_connection.isolation_level = None

@@ -24,6 +24,17 @@ the step at once. Each retry is two flow-log rows (RETRYING with the error,
 then RUNNING with the next attempt number), written only while this process
 still owns the operation. A cancel request wakes a step sleeping between
 retries.
+
+Database outages. A step that writes to the database itself (a hold, a
+claim, a record) and finds the server gone (persistence.session.
+connection_lost: a restart or failover, not a bad statement) is tried again,
+every step being idempotent, for up to `database_outage_tolerance` seconds
+from the first such failure: a PostgreSQL restart takes a few seconds, which
+the driver-error retries (three attempts, ~3 s) would not outlast, and
+reverting a healthy operation because the database blinked is a surprise.
+The retry rows are written when the database answers again; if it does not,
+they are skipped (a warning in the log) and fencing still applies at the
+step's next state write.
 """
 from __future__ import annotations
 
@@ -42,6 +53,7 @@ from flows import runtime
 from flows.errors import OperationError
 from flows.steps import cancellation
 from persistence import operations
+from persistence.session import connection_lost
 
 LOG = logging.getLogger(__name__)
 
@@ -76,7 +88,20 @@ step_opts = [
         min=0,
         help="Upper bound of the delay between two retries, in seconds.",
     ),
+    cfg.FloatOpt(
+        "database_outage_tolerance",
+        default=60.0,
+        min=0,
+        help="Seconds a step whose own database write finds the server "
+        "unreachable (restart, failover) keeps retrying before it fails and the "
+        "operation reverts. 0: fail at once.",
+    ),
 ]
+
+# Delay between two attempts during a database outage: short at first (a
+# dropped pooled connection is fixed by the next checkout), then capped.
+_OUTAGE_FIRST_DELAY = 0.25
+_OUTAGE_MAX_DELAY = 2.0
 
 
 class StepTimedOut(OperationError):
@@ -93,13 +118,14 @@ class Policy:
     attempts: int
     base_delay: float
     max_delay: float
+    outage_tolerance: float
 
     @classmethod
     def of(cls, step: task.Task) -> "Policy":
         c = runtime.current().conf.conductor
         own = getattr(step, "step_timeout", None)
         return cls(c.step_timeout if own is None else own, c.step_retry_attempts,
-                   c.step_retry_base_delay, c.step_retry_max_delay)
+                   c.step_retry_base_delay, c.step_retry_max_delay, c.database_outage_tolerance)
 
     def delay(self, failed_attempt: int) -> float:
         return min(self.max_delay, self.base_delay * 2 ** (failed_attempt - 1))
@@ -113,20 +139,36 @@ def run(step: task.Task, phase: str, op_id: str | None, work: Callable[[], objec
     policy = Policy.of(step)
     if phase == "revert":
         _await_abandoned_execute(step, policy.timeout)
-    attempt = 1
+    attempt = 1  # every attempt, as the flow log numbers them
+    transient_failures = outage_failures = 0
+    outage_ends: float | None = None  # deadline of the database outage being ridden out
     while True:
         try:
             return _call(step, phase, work, policy.timeout)
         except Exception as e:
-            if not getattr(e, "transient", False) or attempt >= policy.attempts:
+            if connection_lost(e):
+                outage_failures += 1
+                now = time.monotonic()
+                outage_ends = outage_ends if outage_ends is not None else now + policy.outage_tolerance
+                if now >= outage_ends:
+                    raise
+                delay = min(_OUTAGE_MAX_DELAY, _OUTAGE_FIRST_DELAY * 2 ** (outage_failures - 1),
+                            outage_ends - now)
+                note = f"database unreachable; attempt {attempt + 1} in {delay:.3g}s"
+                # The driver's message only: SQLAlchemy's text adds the statement and its parameters.
+                error = f"{type(e).__name__}: {str(e.orig).strip().splitlines()[0]}"
+                trace = "".join(tb.format_tb(e.__traceback__)) + error
+            elif getattr(e, "transient", False) and transient_failures + 1 < policy.attempts:
+                transient_failures += 1
+                delay = policy.delay(transient_failures)
+                note = (f"transient; attempt {transient_failures + 1} of {policy.attempts} "
+                        f"in {delay:.3g}s")
+                error = f"{type(e).__name__}: {e}"
+                trace = "".join(tb.format_exception(e))
+            else:
                 raise
-            delay = policy.delay(attempt)
-            LOG.warning("step %s %s attempt %d failed (transient): %s; retrying in %.3gs",
-                        step.name, phase, attempt, e, delay)
-            if not _log(run_, step.name, "RETRYING", error=f"{type(e).__name__}: {e}",
-                        traceback="".join(tb.format_exception(e)),
-                        result=f"transient; attempt {attempt + 1} of {policy.attempts} "
-                               f"in {delay:.3g}s"):
+            LOG.warning("step %s %s attempt %d failed (%s): %s", step.name, phase, attempt, note, error)
+            if not _log(run_, step.name, "RETRYING", error=error, traceback=trace, result=note):
                 raise  # taken over: the new owner runs the step; stop calling the driver
             if run_ is not None:
                 run_.wake.wait(delay)
@@ -227,8 +269,19 @@ def _await_abandoned_execute(step: task.Task, timeout: float) -> None:
 
 
 def _log(run_: cancellation.Run | None, step: str, state: str, **row) -> bool:
-    """A retry row in the flow log; False if this process no longer owns the operation."""
+    """A retry row in the flow log; False if this process no longer owns the operation.
+
+    With the database unreachable the row is skipped (True): ownership is
+    checked again, fenced, by the step's next state write.
+    """
     if run_ is None:
         return True  # run outside a conductor (a test's engine): nothing to fence or log
-    with runtime.current().db.session() as s:
-        return operations.log_attempt(s, run_.op_id, run_.owner, run_.epoch, step, state, **row)
+    try:
+        with runtime.current().db.session() as s:
+            return operations.log_attempt(s, run_.op_id, run_.owner, run_.epoch, step, state, **row)
+    except Exception as e:
+        if not connection_lost(e):
+            raise
+        LOG.warning("operation %s: %s row of step %s not logged, database unreachable: %s",
+                    run_.op_id, state, step, e)
+        return True

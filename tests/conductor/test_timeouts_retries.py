@@ -96,7 +96,7 @@ def test_transient_revert_error_is_retried_too(fast):
 
 
 def test_backoff_doubles_up_to_the_cap():
-    p = Policy(timeout=0, attempts=6, base_delay=0.01, max_delay=0.05)
+    p = Policy(timeout=0, attempts=6, base_delay=0.01, max_delay=0.05, outage_tolerance=0)
     assert [p.delay(n) for n in range(1, 6)] == [0.01, 0.02, 0.04, 0.05, 0.05]
 
 

@@ -47,6 +47,10 @@ class Cluster:
         self.procs.append(p)
         return p
 
+    def err(self, name: str) -> str:
+        path = self.tmp / f"{name}.err"
+        return path.read_text() if path.exists() else ""
+
     def log(self, name: str) -> str:
         path = self.tmp / f"{name}.log"
         return path.read_text() if path.exists() else ""
