@@ -166,3 +166,25 @@ def redis_url() -> Iterator[str]:
         except redis.exceptions.ConnectionError:
             pass  # a disruptive test left Redis down; its keys died with it
         client.close()
+
+
+# -- how long the real-hypervisor tiers took (printed at the end of every run) --
+_LIBVIRT_TIERS = "tests/drivers/libvirt/"
+_tier_seconds: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report) -> None:
+    """Sum setup + call + teardown per file of the libvirt tiers that use real
+    daemons (marker `integration`): their total has a budget (docs/libvirt.md)."""
+    if report.nodeid.startswith(_LIBVIRT_TIERS) and "integration" in report.keywords:
+        path = report.nodeid.split("::", 1)[0]
+        _tier_seconds[path] = _tier_seconds.get(path, 0.0) + report.duration
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    if not _tier_seconds:
+        return
+    terminalreporter.section("real-guest and live-migration tiers (libvirt, seconds)")
+    for path, seconds in sorted(_tier_seconds.items()):
+        terminalreporter.write_line(f"{seconds:8.1f}  {path}")
+    terminalreporter.write_line(f"{sum(_tier_seconds.values()):8.1f}  total")
