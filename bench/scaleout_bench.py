@@ -1,7 +1,8 @@
-"""Scale-out throughput and takeover time: conductor processes on PostgreSQL + Redis.
+"""Scale-out throughput and takeover time: conductor processes on PostgreSQL + a jobboard.
 
     .venv/bin/python bench/scaleout_bench.py [--ops 1000] [--conductors 1,2,3]
                                              [--max-operations 4] [--claim-expiry 5] [--takeovers 3]
+                                             [--jobboard redis|zookeeper|etcd]
 
 For each conductor count, N spawns (m1.tiny, fake driver) are submitted to
 the jobboard, then that many `computeflow conductor` processes drain it; the
@@ -12,8 +13,8 @@ one idles; the time until the second one's first write (epoch 2) is measured
 against the claim expiry.
 
 Uses a private database on the PostgreSQL server (COMPUTEFLOW_TEST_PG) and a
-private key namespace on Redis (COMPUTEFLOW_TEST_REDIS); both are removed at
-the end.
+private namespace on the jobboard server (COMPUTEFLOW_TEST_REDIS, _ZOOKEEPER,
+_ETCD); both are removed at the end.
 """
 from __future__ import annotations
 
@@ -41,6 +42,34 @@ from persistence.session import Database  # noqa: E402
 
 PG = os.environ.get("COMPUTEFLOW_TEST_PG", "postgresql+psycopg2://root@127.0.0.1:5432/test")
 REDIS = os.environ.get("COMPUTEFLOW_TEST_REDIS", "redis://127.0.0.1:6379")
+ZOOKEEPER = os.environ.get("COMPUTEFLOW_TEST_ZOOKEEPER", "127.0.0.1:2181")
+ETCD = os.environ.get("COMPUTEFLOW_TEST_ETCD", "127.0.0.1:2379")
+
+
+def board_url(kind: str, namespace: str) -> str:
+    return {"redis": f"{REDIS}?namespace={namespace}",
+            "zookeeper": f"zookeeper://{ZOOKEEPER}?path=/{namespace}",
+            "etcd": f"etcd://{ETCD}?path=/{namespace}"}[kind]
+
+
+def forget_board(kind: str, namespace: str) -> None:
+    """Delete what the run left on the jobboard server."""
+    if kind == "redis":
+        rds = redis.Redis.from_url(REDIS)
+        for key in rds.scan_iter(f"{namespace}:*"):
+            rds.delete(key)
+        rds.close()
+    elif kind == "zookeeper":
+        from kazoo.client import KazooClient
+        zk = KazooClient(hosts=ZOOKEEPER)
+        zk.start(timeout=5)
+        zk.delete(f"/{namespace}", recursive=True) if zk.exists(f"/{namespace}") else None
+        zk.stop()
+        zk.close()
+    else:
+        import etcd3gw
+        host, port = ETCD.split(":")
+        etcd3gw.client(host=host, port=int(port)).delete_prefix(f"/{namespace}")
 TABLES = ("flow_log", "secrets", "claims", "operations", "instance_events", "instances", "hosts",
           "atomdetails", "flowdetails", "logbooks")
 
@@ -48,7 +77,7 @@ TABLES = ("flow_log", "secrets", "claims", "operations", "instance_events", "ins
 class Bench:
     def __init__(self, args, tmp: Path, db_url: str, namespace: str) -> None:
         self.args, self.tmp, self.db_url = args, tmp, db_url
-        self.board_url = f"{REDIS}?namespace={namespace}"
+        self.board_url = board_url(args.jobboard, namespace)
         self.procs: list[subprocess.Popen] = []
 
     def conf(self, name: str, extra: str = "") -> Path:
@@ -209,13 +238,13 @@ def main() -> None:
     ap.add_argument("--claim-expiry", type=int, default=5)
     ap.add_argument("--takeovers", type=int, default=3)
     ap.add_argument("--chaos-ops", type=int, default=1000, help="0: skip the kill/restart run")
+    ap.add_argument("--jobboard", choices=("redis", "zookeeper", "etcd"), default="redis")
     args = ap.parse_args()
     name = f"cf_bench_{os.getpid()}_{uuid.uuid4().hex[:6]}"
     admin = sa.create_engine(PG, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.exec_driver_sql(f"CREATE DATABASE {name}")
     db_url = sa.make_url(PG).set(database=name).render_as_string(hide_password=False)
-    rds = redis.Redis.from_url(REDIS)
     try:
         db = Database(db_url)
         schema.upgrade(db)
@@ -234,7 +263,7 @@ def main() -> None:
                 b.stop_all()
         base = rows[0][1]
         print(f"\nthroughput, {args.ops} spawns, max_operations={args.max_operations}, "
-              f"PostgreSQL + Redis, fake driver")
+              f"PostgreSQL + {args.jobboard}, fake driver")
         print(f"{'conductors':>10} {'ops/s':>8} {'seconds':>8} {'ratio':>6}")
         for k, rate, secs, _ in rows:
             print(f"{k:>10} {rate:>8.1f} {secs:>8.1f} {rate / base:>6.2f}")
@@ -246,9 +275,7 @@ def main() -> None:
             print("\n3 conductors killed and restarted at random: "
                   + ", ".join(f"{k} {v}" for k, v in mayhem.items()))
     finally:
-        for key in rds.scan_iter(f"{name}:*"):
-            rds.delete(key)
-        rds.close()
+        forget_board(args.jobboard, name)
         with admin.connect() as conn:
             conn.exec_driver_sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                                  f"WHERE datname = '{name}' AND pid <> pg_backend_pid()")

@@ -20,7 +20,10 @@ and its creation time (no parameters, no secrets). Two boards:
 
   On Redis a job's key is the operation id, so posting is idempotent: a job
   lost with a Redis restart is simply posted again (`post`), by its running
-  owner's heartbeat or by any conductor's reconciliation.
+  owner's heartbeat or by any conductor's reconciliation. On etcd a claim is
+  a key under a lease of `claim_expiry` seconds that the heartbeat refreshes;
+  on ZooKeeper an ephemeral node that lives as long as the conductor's
+  session, whose timeout is `claim_expiry`.
 """
 from __future__ import annotations
 
@@ -103,6 +106,11 @@ class Board(abc.ABC):
     def post(self, op_id: str, created_at: dt.datetime) -> None:
         """Offer an operation to conductors (idempotent where the backend allows)."""
 
+    def post_missing(self, ops: list[tuple[str, dt.datetime]]) -> None:
+        """Post each (operation id, created_at) that has no job yet."""
+        for op_id, created_at in ops:
+            self.post(op_id, created_at)
+
     @abc.abstractmethod
     def claim_next(self, skip: set[str]) -> Claim | None:
         """Claim the oldest waiting operation not in `skip`, or None."""
@@ -170,10 +178,17 @@ class TaskflowBoard(Board):
         self._claim_takes_expiry = not board.__class__.__name__.startswith("ZookeeperJobBoard")
 
     def post(self, op_id: str, created_at: dt.datetime) -> None:
-        if any(j.details.get("operation_id") == op_id for j in self._jobs()):
+        self.post_missing([(op_id, created_at)])
+
+    def post_missing(self, ops: list[tuple[str, dt.datetime]]) -> None:
+        """One listing for all: on ZooKeeper and etcd listing reads every job."""
+        if not ops:
             return
-        with _redis_errors():
-            self.board.post(JOB_NAME, details=_details(op_id, created_at))
+        posted = {j.details.get("operation_id") for j in self._jobs()}
+        for op_id, created_at in ops:
+            if op_id not in posted:
+                with _redis_errors():
+                    self.board.post(JOB_NAME, details=_details(op_id, created_at))
 
     def _jobs(self) -> list:
         with _redis_errors():
@@ -233,10 +248,15 @@ class TaskflowBoard(Board):
                     for j in sorted(self._jobs(), key=_age)]
 
     def close(self) -> None:
-        try:
-            self.board.close()
-        except Exception:  # closing a board whose server is gone must not fail shutdown
-            LOG.debug("closing the jobboard failed", exc_info=True)
+        _close_quietly(self.board)
+
+
+def _close_quietly(board) -> None:
+    """Close a taskflow board; closing one whose server is gone must not fail shutdown."""
+    try:
+        board.close()
+    except Exception:  # noqa: BLE001
+        LOG.debug("closing the jobboard failed", exc_info=True)
 
 
 # Compare-and-extend: a claim's expiry is extended only while we own it.
@@ -254,6 +274,9 @@ class RedisBoard(TaskflowBoard):
     def __init__(self, board: impl_redis.RedisJobBoard, who: str, claim_expiry: float) -> None:
         super().__init__(board, who, claim_expiry)
         self._extend = board._client.register_script(_EXTEND_IF_OWNER)
+
+    def post_missing(self, ops: list[tuple[str, dt.datetime]]) -> None:
+        Board.post_missing(self, ops)  # posting is idempotent here, one round trip each
 
     def post(self, op_id: str, created_at: dt.datetime) -> None:
         b = self.board
@@ -338,13 +361,33 @@ def open_board(conf: cfg.ConfigOpts, who: str, db: Database) -> Board:
         board = impl_redis.RedisJobBoard("computeflow", board_conf)
     else:
         from taskflow.jobs import backends
-        board = backends.fetch("computeflow", url)
+        board = backends.fetch("computeflow", _server_conf(scheme, url, board_conf,
+                                                           conf.conductor.claim_expiry))
     try:
         board.connect()
     except (tf_exc.JobFailure, tf_exc.TaskFlowException, OSError) as e:
+        _close_quietly(board)  # a ZooKeeper client would go on retrying in its threads
         raise JobboardError(f"[conductor] jobboard {url}: cannot connect: {e}") from None
     expiry = conf.conductor.claim_expiry
     return RedisBoard(board, who, expiry) if scheme == "redis" else TaskflowBoard(board, who, expiry)
+
+
+def _server_conf(scheme: str, url: str, board_conf: dict, claim_expiry: float) -> dict:
+    """taskflow 6.5's ZooKeeper and etcd boards ignore the host in their URL
+    (they read `hosts`, resp. `host` and `port`, and fall back to localhost):
+    name the server explicitly. On ZooKeeper a claim is an ephemeral node that
+    lives as long as the client's session, so the session timeout is the
+    claim expiry there."""
+    where = parse.urlsplit(url)
+    conf = {k: v for k, v in board_conf.items() if k not in ("hostname", "port")}
+    conf["board"] = scheme
+    if scheme == "zookeeper":
+        conf.setdefault("hosts", where.netloc or "localhost:2181")
+        conf.setdefault("timeout", float(claim_expiry))
+    else:
+        conf.setdefault("host", where.hostname or "localhost")
+        conf.setdefault("port", where.port or 2379)
+    return conf
 
 
 def mark_unloadable(db: Database, op_id: str, reason: str | None) -> None:

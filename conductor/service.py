@@ -140,9 +140,8 @@ class ConductorService:
         """Post every active operation nobody holds (its job was lost with a
         Redis restart, or its submitter died before posting)."""
         try:
-            for op_id, created in jobboard.orphans(self.c.db):
-                if op_id not in self._claims:
-                    self.board.post(op_id, created)
+            self.board.post_missing([(op_id, created) for op_id, created in jobboard.orphans(self.c.db)
+                                     if op_id not in self._claims])
         except (tf_exc.JobFailure, *_DB_ERRORS) as e:
             LOG.warning("reconciling the jobboard failed: %s", e)
 

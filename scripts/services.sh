@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Make sure the database servers the tests use are installed and running on
 # 127.0.0.1: PostgreSQL (db `test`, user root, trust) and MariaDB (db `test`,
-# root without password) and Redis (jobboard, no persistence). Idempotent; no systemd needed.
+# root without password), Redis (jobboard, no persistence), and ZooKeeper
+# (:2181) and etcd (:2379), the other two jobboards taskflow offers.
+# Idempotent; no systemd needed.
 set -euo pipefail
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
@@ -44,4 +46,21 @@ if ! port_open 6379; then  # the scale-out conductors' jobboard
         --dir /var/lib/redis --logfile /var/log/redis/ci.log
     wait_port 6379
 fi
-echo "services: PostgreSQL :5432, MariaDB :3306 and Redis :6379 ready"
+if ! port_open 2181; then  # ZooKeeper jobboard (taskflow's impl_zookeeper, client kazoo)
+    [ -x /usr/share/zookeeper/bin/zkServer.sh ] || apt_install zookeeper default-jre-headless
+    $SUDO mkdir -p /var/tmp/computeflow-zookeeper /var/log/zookeeper
+    printf 'tickTime=2000\ndataDir=/var/tmp/computeflow-zookeeper\nclientPort=2181\nclientPortAddress=127.0.0.1\nadmin.enableServer=false\n4lw.commands.whitelist=srvr,envi,ruok\n' \
+        > /var/tmp/computeflow-zookeeper/zoo.cfg
+    $SUDO env ZOOCFGDIR=/var/tmp/computeflow-zookeeper ZOO_LOG_DIR=/var/log/zookeeper \
+        /usr/share/zookeeper/bin/zkServer.sh start /var/tmp/computeflow-zookeeper/zoo.cfg >/dev/null 2>&1
+    wait_port 2181
+fi
+if ! port_open 2379; then  # etcd jobboard (taskflow's impl_etcd, client etcd3gw over the v3 HTTP gateway)
+    command -v etcd >/dev/null || apt_install etcd-server
+    $SUDO mkdir -p /var/tmp/computeflow-etcd
+    $SUDO start-stop-daemon --start --oknodo --background --exec "$(command -v etcd)" -- \
+        --data-dir /var/tmp/computeflow-etcd/data --listen-client-urls http://127.0.0.1:2379 \
+        --advertise-client-urls http://127.0.0.1:2379 --listen-peer-urls http://127.0.0.1:2380
+    wait_port 2379
+fi
+echo "services: PostgreSQL :5432, MariaDB :3306, Redis :6379, ZooKeeper :2181 and etcd :2379 ready"

@@ -168,6 +168,61 @@ def redis_url() -> Iterator[str]:
         client.close()
 
 
+ZOOKEEPER = os.environ.get("COMPUTEFLOW_TEST_ZOOKEEPER", "127.0.0.1:2181")
+ETCD = os.environ.get("COMPUTEFLOW_TEST_ETCD", "127.0.0.1:2379")
+
+
+def _unreachable(what: str, error: Exception) -> None:
+    msg = f"{what}: {error}"
+    if IN_CI:
+        pytest.fail(msg + " (CI=true: a missing server is a failure)")
+    pytest.skip(msg)
+
+
+@pytest.fixture
+def zookeeper_url() -> Iterator[str]:
+    """A ZooKeeper jobboard URL under a path private to this test (deleted after)."""
+    from kazoo.client import KazooClient
+
+    client = KazooClient(hosts=ZOOKEEPER, timeout=5)
+    try:
+        client.start(timeout=5)
+    except Exception as e:  # noqa: BLE001 - kazoo's timeout or socket error
+        client.close()
+        _unreachable(f"ZooKeeper unreachable at {ZOOKEEPER}", e)
+    path = f"/cf_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    try:
+        yield f"zookeeper://{ZOOKEEPER}?path={path}"
+    finally:
+        client.delete(path, recursive=True) if client.exists(path) else None
+        client.stop()
+        client.close()
+
+
+@pytest.fixture
+def etcd_url() -> Iterator[str]:
+    """An etcd jobboard URL under a key prefix private to this test (deleted after)."""
+    import etcd3gw
+
+    host, port = ETCD.split(":")
+    client = etcd3gw.client(host=host, port=int(port), timeout=5)
+    try:
+        client.status()
+    except Exception as e:  # noqa: BLE001 - etcd3gw's connection errors
+        _unreachable(f"etcd unreachable at {ETCD}", e)
+    path = f"/cf_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    try:
+        yield f"etcd://{ETCD}?path={path}"
+    finally:
+        client.delete_prefix(path)
+
+
+@pytest.fixture(params=["redis", "zookeeper", "etcd"])
+def board_url(request) -> str:
+    """Each test using this runs once per jobboard server taskflow offers."""
+    return request.getfixturevalue(f"{request.param}_url")
+
+
 # -- how long the real-hypervisor tiers took (printed at the end of every run) --
 _LIBVIRT_TIERS = "tests/drivers/libvirt/"
 _tier_seconds: dict[str, float] = {}

@@ -1,5 +1,5 @@
-"""The jobboard layer against a real Redis (and PostgreSQL for the service):
-oldest first, idempotent posts, expiring claims kept by a heartbeat, claims
+"""The jobboard layer against a real Redis, ZooKeeper and etcd (and PostgreSQL
+for the service): oldest first, idempotent posts, expiring claims kept by a heartbeat, claims
 re-taken after Redis lost them, unloadable jobs kept and reported, ended
 operations consumed without running, the operation handle."""
 from __future__ import annotations
@@ -36,12 +36,24 @@ def eventually(check: Callable[[], object], timeout: float = 20.0, what: str = "
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
-def _board(url: str, who: str, expiry: float = 30) -> jobboard.RedisBoard:
+_opened: list[jobboard.Board] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_boards() -> Iterator[None]:
+    """ZooKeeper and etcd clients run threads of their own: close every board."""
+    yield
+    while _opened:
+        _opened.pop().close()
+
+
+def _board(url: str, who: str, expiry: float = 30) -> jobboard.TaskflowBoard:
     conf = config.new_conf()
     conf([], project="computeflow", default_config_files=[])
     conf.set_override("jobboard", url, "conductor")
     board = jobboard.open_board(conf, who, db=None)
     board.expiry = expiry  # below the option's minimum: tests want sub-second claims
+    _opened.append(board)
     return board
 
 
@@ -50,8 +62,8 @@ def _raw(url: str) -> tuple[redis.Redis, str]:
     return redis.Redis.from_url(base), ns
 
 
-def test_jobs_are_claimed_oldest_operation_first(redis_url):
-    board = _board(redis_url, "c1")
+def test_jobs_are_claimed_oldest_operation_first(board_url):
+    board = _board(board_url, "c1")
     ids = {age: str(uuid.uuid4()) for age in (5, 1, 3)}  # posted newest... oldest... middle
     for age, op_id in ids.items():
         board.post(op_id, T0 + dt.timedelta(minutes=age))
@@ -60,33 +72,37 @@ def test_jobs_are_claimed_oldest_operation_first(redis_url):
     assert board.claim_next(set()) is None  # all claimed: exactly one job per claim
 
 
-def test_posting_is_idempotent_per_operation(redis_url):
-    board = _board(redis_url, "c1")
+def test_posting_is_idempotent_per_operation(board_url):
+    board = _board(board_url, "c1")
     op_id = str(uuid.uuid4())
     for _ in range(3):
         board.post(op_id, T0)
     assert [i for i, _ in board.waiting()] == [op_id]
 
 
-def test_claim_expires_without_heartbeat_and_survives_with_it(redis_url):
-    a, b = _board(redis_url, "a", expiry=0.5), _board(redis_url, "b", expiry=0.5)
+@pytest.mark.parametrize("kind, expiry", [("redis", 0.5), ("etcd", 2)])  # etcd leases: whole seconds
+def test_claim_expires_without_heartbeat_and_survives_with_it(request, kind, expiry):
+    """(ZooKeeper's claims live as long as the owner's session: the SIGKILL and
+    SIGSTOP takeovers of tests/integration/test_scaleout.py show its expiry.)"""
+    url = request.getfixturevalue(f"{kind}_url")
+    a, b = _board(url, "a", expiry=expiry), _board(url, "b", expiry=expiry)
     a.post("op-1", T0)
     claim = a.claim_next(set())
     assert b.claim_next(set()) is None
     stop = threading.Event()
 
     def beat():
-        while not stop.wait(0.1):
+        while not stop.wait(expiry / 5):
             assert a.heartbeat(claim)
     t = threading.Thread(target=beat)
     t.start()
     try:
-        time.sleep(1.5)  # three expiries: only the heartbeat keeps the claim (this is the test)
+        time.sleep(3 * expiry)  # three expiries: only the heartbeat keeps the claim (this is the test)
         assert b.claim_next(set()) is None
     finally:
         stop.set()
         t.join()
-    taken = eventually(lambda: b.claim_next(set()), 5, "the claim to expire")
+    taken = eventually(lambda: b.claim_next(set()), 5 + 2 * expiry, "the claim to expire")
     assert taken.op_id == "op-1"
     assert a.heartbeat(claim) is False  # a's claim is b's now: a must stop
 
@@ -104,22 +120,26 @@ def test_heartbeat_reposts_and_reclaims_after_redis_lost_everything(redis_url):
     assert board.board.find_owner(claim.job) == "a"
 
 
-def test_unknown_scheme_and_missing_client_library_are_clear_errors(tmp_path):
+def test_unknown_scheme_unreachable_server_and_missing_client_library_are_clear_errors(monkeypatch):
     conf = config.new_conf()
     conf([], project="computeflow", default_config_files=[])
     conf.set_override("jobboard", "amqp://localhost", "conductor")
     with pytest.raises(jobboard.JobboardError, match="unknown scheme 'amqp'"):
         jobboard.open_board(conf, "c", None)
-    conf.set_override("jobboard", "redis://127.0.0.1:1", "conductor")
-    with pytest.raises(jobboard.JobboardError, match="cannot connect"):
-        jobboard.open_board(conf, "c", None)
-    for scheme, module in (("zookeeper", "kazoo"), ("etcd", "etcd3gw")):
+    # Nothing listens on port 1. (taskflow's own ZooKeeper and etcd boards would
+    # ignore the URL's host and port and reach a server on localhost instead.)
+    conf.set_override("claim_expiry", 2, "conductor")  # ZooKeeper: give up connecting sooner
+    for scheme in ("redis", "zookeeper", "etcd"):
         conf.set_override("jobboard", f"{scheme}://127.0.0.1:1", "conductor")
-        try:
-            __import__(module)
-        except ImportError:
-            with pytest.raises(jobboard.JobboardError, match=f"needs the Python package '{module}'"):
-                jobboard.open_board(conf, "c", None)
+        with pytest.raises(jobboard.JobboardError, match=f"{scheme}://127.0.0.1:1: cannot connect"):
+            jobboard.open_board(conf, "c", None)
+    real_find_spec = jobboard.importlib.util.find_spec
+    for scheme, module in (("zookeeper", "kazoo"), ("etcd", "etcd3gw")):
+        monkeypatch.setattr(jobboard.importlib.util, "find_spec",
+                            lambda name, *a, m=module: None if name == m else real_find_spec(name, *a))
+        conf.set_override("jobboard", f"{scheme}://127.0.0.1:1", "conductor")
+        with pytest.raises(jobboard.JobboardError, match=f"needs the Python package '{module}'"):
+            jobboard.open_board(conf, "c", None)
 
 
 # -- the service, in-process -----------------------------------------------------

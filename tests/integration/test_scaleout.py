@@ -76,15 +76,26 @@ class Cluster:
         self.c.close()
 
 
-@pytest.fixture
-def cluster(tmp_path, postgresql_url, redis_url):
-    clean(postgresql_url)
-    cl = Cluster(tmp_path, postgresql_url, redis_url)
+def _cluster(tmp_path, db_url: str, board_url: str):
+    clean(db_url)
+    cl = Cluster(tmp_path, db_url, board_url)
     cl.c.add_host("h1", vcpus=4096, ram_mb=4096 * 1024, disk_gb=100000)
     try:
         yield cl
     finally:
         cl.close()
+
+
+@pytest.fixture
+def cluster(tmp_path, postgresql_url, redis_url):
+    """Conductors on Redis, the scale-out default."""
+    yield from _cluster(tmp_path, postgresql_url, redis_url)
+
+
+@pytest.fixture
+def any_board_cluster(tmp_path, postgresql_url, board_url):
+    """Conductors on each of Redis, ZooKeeper and etcd in turn."""
+    yield from _cluster(tmp_path, postgresql_url, board_url)
 
 
 def assert_consistent(cl: Cluster, op_ids: list[str]) -> None:
@@ -109,7 +120,8 @@ def assert_consistent(cl: Cluster, op_ids: list[str]) -> None:
     assert len(inv.guests) == len(op_ids)
 
 
-def test_sigkilled_conductors_operation_is_taken_over_and_completed(cluster):
+def test_sigkilled_conductors_operation_is_taken_over_and_completed(any_board_cluster):
+    cluster = any_board_cluster
     a = cluster.start("a", "[fake]\nfaults = power_on:execute:hang\n")
     op_id = cluster.c.submit_spawn(SpawnRequest(name="vm1", flavor="m1.tiny", image="cirros"))
     eventually(lambda: cluster.reached(op_id, "power_on"), 60, "conductor a to reach power_on")
@@ -143,7 +155,8 @@ def test_sigterm_finishes_the_step_releases_and_exits_0(cluster):
     assert_consistent(cluster, [op_id])
 
 
-def test_stopped_conductor_is_fenced_after_takeover(cluster):
+def test_stopped_conductor_is_fenced_after_takeover(any_board_cluster):
+    cluster = any_board_cluster
     a = cluster.start("a", SLOW_VIF.format(t=2 * EXPIRY))
     op_id = cluster.c.submit_spawn(SpawnRequest(name="vm1", flavor="m1.tiny", image="cirros"))
     eventually(lambda: cluster.reached(op_id, "wait_vif_plugged"), 60, "the slow step to start")
