@@ -26,6 +26,11 @@ on `operations.epoch` still being that epoch, checked under a share lock in
 the same statement or transaction as the write, so a take-over either happens
 before the write (and the write is refused with `Fenced`) or waits for it.
 Every flow-log row records the epoch of its writer.
+
+One module (~540 lines) on purpose: the memo of what was written, the
+write paths and the fencing are one invariant (a row is written once, under
+the right epoch, with its log row); split, each part would need the others'
+private state.
 """
 from __future__ import annotations
 

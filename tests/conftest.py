@@ -33,6 +33,15 @@ MUTABLE_TABLES = ("flow_log", "secrets", "claims", "operations", "instance_event
 _SESSION_TAG = f"cf_test_{os.getpid()}_{uuid.uuid4().hex[:6]}"
 
 
+def _unreachable(what: str, error: object) -> None:
+    """A server the test needs is missing: skipped on a developer's machine
+    (scripts/test.sh starts them all), a failure under CI=true."""
+    msg = f"{what}: {error}"
+    if IN_CI:
+        pytest.fail(msg + " (CI=true: a missing server is a failure)")
+    pytest.skip(msg)
+
+
 def _server_database(kind: str) -> Iterator[str]:
     """Create a private database on the server for this session; drop it after."""
     admin_url = sa.make_url(SERVERS[kind])
@@ -43,10 +52,8 @@ def _server_database(kind: str) -> Iterator[str]:
             c.exec_driver_sql(f"CREATE DATABASE {_SESSION_TAG}")
     except sa.exc.OperationalError as e:
         admin.dispose()
-        msg = f"{kind} server unreachable at {admin_url.render_as_string(hide_password=True)}: {e.orig}"
-        if IN_CI:
-            pytest.fail(msg + " (CI=true: a missing server is a failure)")
-        pytest.skip(msg)
+        _unreachable(f"{kind} server unreachable at {admin_url.render_as_string(hide_password=True)}",
+                     e.orig)
     url = admin_url.set(database=_SESSION_TAG).render_as_string(hide_password=False)
     try:
         yield url
@@ -152,10 +159,7 @@ def redis_url() -> Iterator[str]:
         client.ping()
     except redis.exceptions.ConnectionError as e:
         client.close()
-        msg = f"Redis unreachable at {REDIS}: {e}"
-        if IN_CI:
-            pytest.fail(msg + " (CI=true: a missing server is a failure)")
-        pytest.skip(msg)
+        _unreachable(f"Redis unreachable at {REDIS}", e)
     namespace = f"cf_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
     try:
         yield f"{REDIS}?namespace={namespace}"
@@ -170,13 +174,6 @@ def redis_url() -> Iterator[str]:
 
 ZOOKEEPER = os.environ.get("COMPUTEFLOW_TEST_ZOOKEEPER", "127.0.0.1:2181")
 ETCD = os.environ.get("COMPUTEFLOW_TEST_ETCD", "127.0.0.1:2379")
-
-
-def _unreachable(what: str, error: Exception) -> None:
-    msg = f"{what}: {error}"
-    if IN_CI:
-        pytest.fail(msg + " (CI=true: a missing server is a failure)")
-    pytest.skip(msg)
 
 
 @pytest.fixture

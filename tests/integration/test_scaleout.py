@@ -48,11 +48,13 @@ class Cluster:
         return p
 
     def err(self, name: str) -> str:
-        path = self.tmp / f"{name}.err"
-        return path.read_text() if path.exists() else ""
+        return self._read(f"{name}.err")
 
     def log(self, name: str) -> str:
-        path = self.tmp / f"{name}.log"
+        return self._read(f"{name}.log")
+
+    def _read(self, file: str) -> str:
+        path = self.tmp / file
         return path.read_text() if path.exists() else ""
 
     def rows(self, op_id: str) -> list[FlowLogEntry]:
