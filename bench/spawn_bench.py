@@ -53,31 +53,36 @@ class Row:
 
 
 class Counter:
-    """Statements and commits issued on an engine (and on the backend's own
-    autocommit pool, where every statement is its own commit)."""
+    """Statements and commits issued on an engine, plus the batches our
+    backend sends on PostgreSQL straight to psycopg2 (each one round trip and
+    one commit, whatever the number of statements in it)."""
 
-    def __init__(self, engine: sa.Engine, *autocommit: sa.Engine | None) -> None:
+    def __init__(self, engine: sa.Engine, backend: object = None) -> None:
+        self.batches = getattr(backend, "batches", None)
         self.statements = self.commits = 0
+        self._batches_at_reset = self._sent()
         event.listen(engine, "before_cursor_execute", self._stmt)
-        for pool in autocommit:
-            if pool is not None:
-                event.listen(pool, "before_cursor_execute", self._autocommitted)
         event.listen(engine, "commit", self._commit)
+
+    def _sent(self) -> int:
+        return self.batches.round_trips if self.batches is not None else 0
 
     def _stmt(self, conn, *a) -> None:
         self.statements += 1
         if conn.get_execution_options().get("isolation_level") == "AUTOCOMMIT":
             self.commits += 1  # each autocommitted statement is its own commit
 
-    def _autocommitted(self, conn, *a) -> None:
-        self.statements += 1
-        self.commits += 1
-
     def _commit(self, *a) -> None:
         self.commits += 1
 
+    def totals(self) -> tuple[int, int]:
+        """(round trips, commits) since the last reset."""
+        sent = self._sent() - self._batches_at_reset
+        return self.statements + sent, self.commits + sent
+
     def reset(self) -> None:
         self.statements = self.commits = 0
+        self._batches_at_reset = self._sent()
 
 
 def timed(n: int, fn: Callable[[int], None], warmup: int = 3) -> float:
@@ -129,7 +134,7 @@ def conductor_for(url: str, in_memory: bool = False) -> tuple[Conductor, str]:
 
 def bench_spawn(label: str, url: str, n: int, in_memory: bool = False) -> Row:
     c, host = conductor_for(url, in_memory)
-    counter = Counter(c.db.engine)
+    counter = Counter(c.db.engine, c.runner.backend)
 
     def one(i: int) -> None:
         op = c.submit_spawn(SpawnRequest(f"{host}-{i}", "m1.small", "cirros", host=host))
@@ -140,7 +145,8 @@ def bench_spawn(label: str, url: str, n: int, in_memory: bool = False) -> Row:
         one(-1 - i)
     counter.reset()
     ms = timed(n, one, warmup=0)
-    row = Row(label, ms, counter.statements / n, counter.commits / n)
+    statements, commits = counter.totals()
+    row = Row(label, ms, statements / n, commits / n)
     c.close()
     return row
 
@@ -176,8 +182,7 @@ def bench_trivial_interleaved(paths: list[tuple[str, object, sa.Engine | None, i
     its fastest round: on a shared machine, load that comes and goes then
     hits every path alike instead of whichever happened to run at the time."""
     runners = [trivial_runner(backend) for _, backend, _, _ in paths]
-    counters = [Counter(engine, getattr(backend, "autocommit", None),
-                        getattr(backend, "autocommit_lazy", None)) if engine is not None else None
+    counters = [Counter(engine, backend) if engine is not None else None
                 for _, backend, engine, _ in paths]
     for one in runners:
         for _ in range(3):
@@ -192,7 +197,8 @@ def bench_trivial_interleaved(paths: list[tuple[str, object, sa.Engine | None, i
     rows = []
     for (label, _, _, n), ms, c in zip(paths, best, counters):
         total = n * rounds
-        rows.append(Row(label, ms, c and c.statements / total, c and c.commits / total))
+        statements, commits = c.totals() if c else (None, None)
+        rows.append(Row(label, ms, c and statements / total, c and commits / total))
     return rows
 
 
@@ -258,7 +264,7 @@ def main() -> None:
     mysql = fresh_database(args.mysql, "cf_bench")
 
     def table(rows: list[Row], base: Row) -> None:
-        print(f"\n{'path':<54} {'ms/flow':>8} {'flows/s':>8} {'x base':>7} {'stmts':>6} {'commits':>7}")
+        print(f"\n{'path':<54} {'ms/flow':>8} {'flows/s':>8} {'x base':>7} {'trips':>6} {'commits':>7}")
         for r in rows:
             extra = (f"{r.statements:6.0f} {r.commits:7.0f}" if r.statements is not None else "")
             print(f"{r.path:<54} {r.ms:8.1f} {1000 / r.ms:8.1f} {base.ms / r.ms:7.2f} {extra}")

@@ -16,24 +16,26 @@ It is taskflow's SQLAlchemy backend with the hot path rewritten:
 * Every state transition appends a `flow_log` row in the *same transaction*
   as the state it describes, so the operator's log can never disagree with
   the state a resumed flow starts from.
-
-The result: one transaction (UPDATE + INSERT) per step transition, i.e. two
-commits per RUNNING/SUCCESS pair.
+* Records of work already done wait for the next write that must be durable
+  (see `_DEFERRABLE_ATOM_STATES`): a step's SUCCESS is committed with the next
+  step's RUNNING, in one transaction, so a serial flow costs one commit per
+  step. On PostgreSQL that transaction is one round trip (`pg_batch`).
 
 Fencing: a runner that owns an operation registers the ownership epoch it
 took (`Backend.fence`). From then on every write of that flow is conditional
 on `operations.epoch` still being that epoch, checked under a share lock in
-the same statement or transaction as the write, so a take-over either happens
-before the write (and the write is refused with `Fenced`) or waits for it.
-Every flow-log row records the epoch of its writer.
+the same transaction as the write, so a take-over either happens before the
+write (and the write is refused with `Fenced`) or waits for it. Every
+flow-log row records the epoch of its writer.
 
-One module (~540 lines) on purpose: the memo of what was written, the
-write paths and the fencing are one invariant (a row is written once, under
-the right epoch, with its log row); split, each part would need the others'
-private state.
+One module (~560 lines) on purpose: the memo of what was written, the
+deferred writes, the write paths and the fencing are one invariant (a row is
+written once, under the right epoch, with its log row, before anything that
+depends on it); split, each part would need the others' private state.
 """
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections.abc import Callable
@@ -47,24 +49,40 @@ from taskflow.persistence.backends import impl_sqlalchemy as stock
 from taskflow.persistence.backends.sqlalchemy import tables as tf_tables
 
 from persistence.models import FlowLogEntry, Operation, utcnow
+from persistence.pg_batch import FENCED_SQLSTATE, BatchRenderer
 
 RESULT_SUMMARY_LIMIT = 300
 _INTERNAL_PREFIX = "_TaskFlow_"
 _PROGRESS_KEYS = frozenset({"progress", "progress_details"})
 _INTERRUPTED = frozenset({states.RUNNING, states.REVERTING})
-# Transitions that record work already done. On PostgreSQL they commit without
-# waiting for the WAL flush: the WAL is one sequential stream, and the next
-# synchronous commit (the next step's RUNNING, the flow's own state, the
-# operation's outcome), which always comes before any further side effect,
-# flushes them with it. A crash that loses one loses only a suffix of the
-# history, and the step it recorded runs again, as after any crash between
-# a side effect and its record. RUNNING and REVERTING, which must be durable
-# before their side effect, always wait for the flush. SQLite in WAL mode
-# works the same way with `synchronous=NORMAL` for these commits.
-_LAZY_STATES = frozenset({states.SUCCESS, states.REVERTED})
+# Transitions that record work already done. They need not be durable before
+# anything happens in the world; they must be durable before anything that
+# depends on them: the next step's RUNNING, the flow's end. So, when no other
+# step of the flow is in flight, such a write waits in memory (`_Memory.pending`)
+# and is committed in the transaction of the flow's next write, which always
+# comes before any further side effect. A crash before then loses only a
+# suffix of the history, and the step it recorded runs again, as after any
+# crash between a side effect and its record. RUNNING and REVERTING, which
+# must be durable before their side effect, always commit (and flush) at once.
+_DEFERRABLE_ATOM_STATES = frozenset({states.SUCCESS, states.REVERTED})
+# A flow's own writes that record no outcome: its new atoms and RUNNING.
+_DEFERRABLE_FLOW_STATES = frozenset({None, states.PENDING, states.RESUMING, states.RUNNING})
+# When another step of the flow is still in flight (a parallel branch), a
+# record of done work is written at once, but lazily: on PostgreSQL it commits
+# without waiting for the WAL flush, on SQLite (WAL mode) with
+# `synchronous=NORMAL`. The WAL is one sequential stream, so the next
+# synchronous commit, which comes before any further side effect, flushes it.
+_LAZY_STATES = _DEFERRABLE_ATOM_STATES
+# A flow's happy or reverted end records work done too (its last step's record
+# commits with it); whoever acts on the end commits durably after reading it
+# (the runner records the operation's outcome), which flushes it.
+_LAZY_FLOW_STATES = frozenset({states.SUCCESS, states.REVERTED})
 _FLOW_ENDED = frozenset({states.SUCCESS, states.REVERTED, states.FAILURE, states.REVERT_FAILURE})
 _LOG = FlowLogEntry.__table__
 _OPS = Operation.__table__
+
+#: One statement of a write: a `_Statements` name and its parameters.
+Op = tuple[str, dict]
 
 
 class Fenced(tf_exc.TaskFlowException):
@@ -130,14 +148,20 @@ class _AtomMemo:
 
 
 class _Memory:
-    """What the backend knows about atoms of flows in progress in this process."""
+    """What the backend knows about flows in progress in this process: what
+    each atom's row holds (or will hold once `pending` is committed), the
+    writes waiting for the flow's next commit, and the fences."""
 
     def __init__(self) -> None:
         self.atoms: dict[str, _AtomMemo] = {}
         self.flows: dict[str, set[str]] = {}
         self.flow_states: dict[str, str | None] = {}
+        #: flow uuid -> writes to commit before (and with) the flow's next one.
+        self.pending: dict[str, list[Op]] = {}
         #: flow uuid -> the ownership epoch every write of that flow must match.
         self.fences: dict[str, int] = {}
+        #: flow uuid -> held while that flow's pending writes are taken or sent.
+        self.flow_locks: dict[str, threading.Lock] = {}
         self.lock = threading.Lock()
 
     def remember(self, flow_uuid: str, ad: tf_models.AtomDetail, attempts: int = 0) -> None:
@@ -145,35 +169,25 @@ class _Memory:
             self.atoms[ad.uuid] = _AtomMemo(flow_uuid, ad.state, attempts, _significant(ad.to_dict()))
             self.flows.setdefault(flow_uuid, set()).add(ad.uuid)
 
+    def flow_lock(self, flow_uuid: str) -> threading.Lock:
+        with self.lock:
+            return self.flow_locks.setdefault(flow_uuid, threading.Lock())
+
+    def others_in_flight(self, memo: _AtomMemo) -> bool:
+        """Whether another atom of this atom's flow is RUNNING or REVERTING."""
+        atoms = self.atoms
+        return any(other is not memo and other.state in _INTERRUPTED
+                   for other in (atoms.get(u) for u in self.flows.get(memo.flow_uuid, ()))
+                   if other is not None)
+
     def forget_flow(self, flow_uuid: str) -> None:
+        """Drop what is known of a flow, its unsent writes included."""
         with self.lock:
             self.flow_states.pop(flow_uuid, None)
+            self.pending.pop(flow_uuid, None)
+            self.flow_locks.pop(flow_uuid, None)
             for atom_uuid in self.flows.pop(flow_uuid, ()):
                 self.atoms.pop(atom_uuid, None)
-
-
-class _MemoUndo:
-    """What one write transaction changed in the remembered atom state."""
-
-    def __init__(self, memory: _Memory) -> None:
-        self.memory = memory
-        self.kept: dict[str, tuple[_AtomMemo, tuple]] = {}
-        self.new: list[str] = []
-
-    def keep(self, memo: _AtomMemo) -> None:
-        self.kept.setdefault(id(memo), (memo, (memo.state, memo.attempts, memo.written)))
-
-    def added(self, atom_uuid: str) -> None:
-        self.new.append(atom_uuid)
-
-    def restore(self) -> None:
-        for memo, (state, attempts, written) in self.kept.values():
-            memo.state, memo.attempts, memo.written = state, attempts, written
-        with self.memory.lock:
-            for atom_uuid in self.new:
-                memo = self.memory.atoms.pop(atom_uuid, None)
-                if memo is not None:
-                    self.memory.flows.get(memo.flow_uuid, set()).discard(atom_uuid)
 
 
 class _Statements:
@@ -182,39 +196,78 @@ class _Statements:
 
     ATOM_COLUMNS = ("failure", "revert_failure", "meta", "name", "results", "revert_results",
                     "state", "version", "intention")
+    NEW_ATOM_COLUMNS = ("uuid", "parent_uuid", "atom_type", "created_at", *ATOM_COLUMNS)
     LOG_COLUMNS = ("flow_detail_uuid", "atom_uuid", "step", "state", "attempt", "at", "result",
                    "error", "traceback", "epoch")
 
-    def __init__(self, atoms: sa.Table) -> None:
+    #: Statements of every step transition, prepared once per connection (PostgreSQL).
+    PER_STEP = ("update_atom", "insert_log", "update_flow")
+    NEW_FLOW_COLUMNS = ("uuid", "parent_uuid", "name", "state", "meta", "created_at")
+    NEW_BOOK_COLUMNS = ("uuid", "name", "meta", "created_at", "updated_at")
+
+    def __init__(self, tables) -> None:
+        atoms, flows = tables.atomdetails, tables.flowdetails
+        self.insert_book = sa.insert(tables.logbooks).inline()  # inline: no RETURNING
+        self.insert_flow = sa.insert(flows).inline()
         self.update_atom = (
             sa.update(atoms).where(atoms.c.uuid == sa.bindparam("a_uuid"))
-            .values({c: sa.bindparam(f"a_{c}") for c in self.ATOM_COLUMNS}))
-        self.insert_log = sa.insert(_LOG).values({c: sa.bindparam(f"l_{c}") for c in self.LOG_COLUMNS})
-        self.update_atom_and_log = self.insert_log.add_cte(self.update_atom.cte("atom_update"))
-        # Fenced variants (PostgreSQL): the UPDATE happens only while the
-        # operation's epoch is the writer's, read under a share lock so that a
-        # concurrent take-over waits for this statement (or it sees the new
-        # epoch and writes nothing). The log row is inserted per updated atom,
-        # so both rowcounts say whether the write happened.
+            .values({"updated_at": sa.bindparam("a_updated_at"),
+                     **{c: sa.bindparam(f"a_{c}") for c in self.ATOM_COLUMNS}}))
+        self.insert_atom = sa.insert(atoms).inline()
+        self.insert_log = sa.insert(_LOG).inline().values({c: sa.bindparam(f"l_{c}") for c in self.LOG_COLUMNS})
+        self.update_flow = (
+            sa.update(flows).where(flows.c.uuid == sa.bindparam("f_uuid"))
+            .values(state=sa.bindparam("f_state"), meta=sa.bindparam("f_meta"),
+                    name=sa.bindparam("f_name"), updated_at=sa.bindparam("f_updated_at")))
+        # Inside a write transaction (SQLite, MariaDB): the operation's epoch,
+        # read under a share lock so that a concurrent take-over waits for the
+        # transaction (PostgreSQL: `computeflow_assert_epoch`, migration 0006).
         self.epoch_is_current = (
             sa.select(_OPS.c.id)
             .where(_OPS.c.id == sa.bindparam("f_op"), _OPS.c.epoch == sa.bindparam("f_epoch"))
             .with_for_update(read=True))
-        fenced_update = self.update_atom.where(self.epoch_is_current.exists())
-        self.update_atom_fenced = fenced_update
-        updated = fenced_update.returning(atoms.c.uuid).cte("atom_update")
-        log_values = sa.select(*[sa.bindparam(f"l_{c}", type_=_LOG.c[c].type)
-                                 for c in self.LOG_COLUMNS]).select_from(updated)
-        self.update_atom_and_log_fenced = (
-            sa.insert(_LOG).from_select(self.LOG_COLUMNS, log_values).add_cte(updated))
+
+    def for_batches(self) -> dict[str, tuple[sa.sql.ClauseElement, list[str] | None]]:
+        """What `pg_batch.BatchRenderer` compiles: each write statement and,
+        for the plain INSERT, the columns it binds."""
+        return {"insert_book": (self.insert_book, list(self.NEW_BOOK_COLUMNS)),
+                "insert_flow": (self.insert_flow, list(self.NEW_FLOW_COLUMNS)),
+                "update_atom": (self.update_atom, None),
+                "insert_atom": (self.insert_atom, list(self.NEW_ATOM_COLUMNS)),
+                "insert_log": (self.insert_log, None),
+                "update_flow": (self.update_flow, None)}
 
     @classmethod
-    def atom_params(cls, row: dict) -> dict:
-        return {"a_uuid": row["uuid"], **{f"a_{c}": row.get(c) for c in cls.ATOM_COLUMNS}}
+    def update_atom_op(cls, row: dict) -> Op:
+        return "update_atom", {"a_uuid": row["uuid"], "a_updated_at": utcnow(),
+                               **{f"a_{c}": row.get(c) for c in cls.ATOM_COLUMNS}}
 
     @classmethod
-    def log_params(cls, log: dict) -> dict:
-        return {f"l_{c}": log[c] for c in cls.LOG_COLUMNS}
+    def insert_atom_op(cls, flow_uuid: str, ad: tf_models.AtomDetail) -> Op:
+        row = dict(ad.to_dict(), parent_uuid=flow_uuid, atom_type=tf_models.atom_detail_type(ad),
+                   created_at=utcnow())
+        return "insert_atom", {c: row.get(c) for c in cls.NEW_ATOM_COLUMNS}
+
+    @classmethod
+    def insert_book_ops(cls, book: tf_models.LogBook) -> list[Op]:
+        """A new logbook with its flows and their atoms."""
+        row = dict(book.to_dict(), created_at=book.created_at or utcnow())
+        ops: list[Op] = [("insert_book", {c: row.get(c) for c in cls.NEW_BOOK_COLUMNS})]
+        for fd in book:
+            row = dict(fd.to_dict(), parent_uuid=book.uuid, created_at=utcnow())
+            ops.append(("insert_flow", {c: row.get(c) for c in cls.NEW_FLOW_COLUMNS}))
+        for fd in book:  # after every flow: consecutive atom rows make one INSERT
+            ops.extend(cls.insert_atom_op(fd.uuid, ad) for ad in fd)
+        return ops
+
+    @classmethod
+    def insert_log_op(cls, log: dict) -> Op:
+        return "insert_log", {f"l_{c}": log.get(c) for c in cls.LOG_COLUMNS}
+
+    @staticmethod
+    def update_flow_op(fd: tf_models.FlowDetail) -> Op:
+        return "update_flow", {"f_uuid": fd.uuid, "f_state": fd.state, "f_meta": fd.meta,
+                               "f_name": fd.name, "f_updated_at": utcnow()}
 
 
 class Backend(stock.SQLAlchemyBackend):
@@ -225,13 +278,18 @@ class Backend(stock.SQLAlchemyBackend):
         self.tables = tf_tables.fetch(sa.MetaData())
         self.converter = stock._Alchemist(self.tables)
         self.memory = _Memory()
-        # PostgreSQL runs a data-modifying CTE atomically on its own, so atom
-        # writes are single autocommitted statements on a pool of their own.
-        self.single_statement_writes = engine.dialect.name == "postgresql"
-        self.autocommit = _autocommit_engine(engine) if self.single_statement_writes else None
-        self.autocommit_lazy = (_autocommit_engine(engine, synchronous_commit=False)
-                                if self.single_statement_writes else None)
-        self.statements = _Statements(self.tables.atomdetails)
+        self.statements = _Statements(self.tables)
+        # PostgreSQL runs a multi-statement query as one implicit transaction,
+        # so a write batch is one autocommitted round trip on a pool of its own.
+        self.batches = None
+        self.autocommit = self.autocommit_lazy = None
+        if engine.dialect.name == "postgresql":
+            self.batches = BatchRenderer(engine.dialect, self.statements.for_batches(),
+                                         prepared=_Statements.PER_STEP)
+            self.autocommit = _autocommit_engine(engine)
+            self.autocommit_lazy = _autocommit_engine(engine, synchronous_commit=False)
+            for pool in (self.autocommit, self.autocommit_lazy):
+                sa.event.listen(pool, "connect", lambda dbapi_conn, _: self.batches.prepare(dbapi_conn))
 
     def get_connection(self) -> "Connection":
         return Connection(self, upgrade_lock=self._upgrade_lock)
@@ -244,27 +302,37 @@ class Backend(stock.SQLAlchemyBackend):
         it (its state does not change), so without this row the log would not
         show that the step ran twice.
         """
-        rows = []
+        ops, memos = [], []
         for ad in flow_detail:
             memo = self.memory.atoms.get(ad.uuid)
             if memo is None or ad.state not in _INTERRUPTED or ad.name.startswith(_INTERNAL_PREFIX):
                 continue
-            memo.attempts += 1
-            rows.append(dict(flow_detail_uuid=flow_detail.uuid, atom_uuid=ad.uuid, step=ad.name,
-                             state=ad.state, attempt=memo.attempts, at=utcnow(),
-                             result="interrupted: running it again",
-                             epoch=self.memory.fences.get(flow_detail.uuid)))
-        if rows:
-            with self.engine.begin() as conn:
-                self.get_connection()._check_fence(conn, flow_detail.uuid)
-                conn.execute(sa.insert(_LOG), rows)
+            memos.append(memo)
+            ops.append(_Statements.insert_log_op(dict(
+                flow_detail_uuid=flow_detail.uuid, atom_uuid=ad.uuid, step=ad.name,
+                state=ad.state, attempt=memo.attempts + 1, at=utcnow(),
+                result="interrupted: running it again",
+                epoch=self.memory.fences.get(flow_detail.uuid))))
+        if ops:
+            self.get_connection().send(flow_detail.uuid, ops)
+            for memo in memos:
+                memo.attempts += 1
+
+    def flush(self, flow_uuid: str) -> None:
+        """Commit the flow's deferred writes now, if it has any."""
+        if self.memory.pending.get(flow_uuid):
+            self.get_connection().send(flow_uuid, [])
 
     def fence(self, flow_uuid: str, epoch: int) -> None:
         """From now on, write this flow only while its operation's epoch is `epoch`."""
         self.memory.fences[flow_uuid] = epoch
 
     def unfence(self, flow_uuid: str) -> None:
+        """The runner stopped running this flow: forget it, with any write it
+        did not get to commit (as if the process had stopped there; the next
+        owner loads the flow afresh)."""
         self.memory.fences.pop(flow_uuid, None)
+        self.memory.forget_flow(flow_uuid)
 
     def close(self) -> None:
         super().close()
@@ -278,15 +346,16 @@ def _autocommit_engine(engine: sa.Engine, synchronous_commit: bool = True) -> sa
 
     Switching a shared pool's connection to autocommit and back costs a
     `SET SESSION CHARACTERISTICS` round trip each way, and the pre-ping a
-    SELECT 1 per checkout: together three extra round trips per one-statement
-    write. A write on a connection the server dropped fails with a disconnect
-    error instead, and is retried once on a fresh connection (see
-    `Connection._write_atom_in_one_statement`).
+    SELECT 1 per checkout: together three extra round trips per batch. A batch
+    on a connection the server dropped fails with a disconnect error instead,
+    and is retried on a fresh connection (see `Connection.send`).
 
     With `synchronous_commit=False` a commit returns before its WAL record is
     flushed (see `_LAZY_STATES` for when that is safe).
     """
-    connect_args = {} if synchronous_commit else {"options": "-c synchronous_commit=off"}
+    connect_args = {"application_name": "computeflow-flow-writes"}
+    if not synchronous_commit:
+        connect_args["options"] = "-c synchronous_commit=off"
     return sa.create_engine(engine.url, isolation_level="AUTOCOMMIT", pool_pre_ping=False,
                             pool_size=4, max_overflow=12, connect_args=connect_args)
 
@@ -305,8 +374,21 @@ class Connection(stock.Connection):
         """Schema is owned by computeflow's migrations (persistence.schema)."""
 
     # -- loading: remember every atom of the flows we hand out -----------------
+    # Deferred writes of a flow are committed before it is read or saved again,
+    # so this process always reads what it wrote.
     def save_logbook(self, book):
-        saved = super().save_logbook(book)
+        """A new logbook is inserted blindly, flows and atoms with it, in one
+        transaction (one round trip on PostgreSQL); only if it exists already
+        does taskflow's read-and-merge path run."""
+        for fd in book:
+            self._backend.flush(fd.uuid)
+        try:
+            self._execute(_Statements.insert_book_ops(book), None, lazy=False)
+            saved = book
+        except sa_exc.IntegrityError:
+            saved = super().save_logbook(book)
+        except sa_exc.SQLAlchemyError:
+            tf_exc.raise_with_cause(tf_exc.StorageFailure, f"Failed saving logbook '{book.uuid}'")
         for fd in saved:
             self._memory.flow_states[fd.uuid] = fd.state
             for ad in fd:
@@ -314,6 +396,8 @@ class Connection(stock.Connection):
         return saved
 
     def get_logbook(self, book_uuid, lazy=False):
+        for flow_uuid in [u for u in self._memory.pending if self._memory.pending.get(u)]:
+            self._backend.flush(flow_uuid)  # any flow of this book; few are ever pending
         book = super().get_logbook(book_uuid, lazy=lazy)
         if not lazy:
             for fd in book:
@@ -321,6 +405,7 @@ class Connection(stock.Connection):
         return book
 
     def get_flow_details(self, fd_uuid, lazy=False):
+        self._backend.flush(fd_uuid)
         fd = super().get_flow_details(fd_uuid, lazy=lazy)
         if not lazy:
             self._remember_loaded(fd)
@@ -342,144 +427,143 @@ class Connection(stock.Connection):
         memo = self._memory.atoms.get(atom_detail.uuid)
         if memo is None:  # not loaded through us (e.g. a tool editing one atom)
             return self._update_atom_details_slowly(atom_detail)
-        if _significant(atom_detail.to_dict()) == memo.written:
-            return atom_detail  # nothing but progress changed: no transaction at all
-        try:
-            if self._backend.single_statement_writes:
-                self._write_atom_in_one_statement(memo, atom_detail)
-            else:
-                def write(conn: sa.Connection, undo: _MemoUndo) -> None:
-                    self._check_fence(conn, memo.flow_uuid)
-                    self._write_atom(conn, memo, atom_detail, undo)
-                self._transaction(write, lazy=atom_detail.state in _LAZY_STATES)
-        except sa_exc.SQLAlchemyError:
-            tf_exc.raise_with_cause(
-                tf_exc.StorageFailure, f"Failed updating atom details {atom_detail.uuid}")
+        change = self._atom_change(memo, atom_detail)
+        if change is None:
+            return atom_detail  # nothing but progress changed: no write at all
+        ops, remember = change
+        deferrable = (atom_detail.state in _DEFERRABLE_ATOM_STATES
+                      and not self._memory.others_in_flight(memo))
+        self._write(memo.flow_uuid, ops, deferrable, lazy=atom_detail.state in _LAZY_STATES)
+        remember()
         return atom_detail
 
     def update_flow_details(self, flow_detail):
-        flows = self._tables.flowdetails
-
-        def write(conn: sa.Connection, undo: _MemoUndo) -> None:
-            changed = conn.execute(
-                sa.update(flows).where(flows.c.uuid == flow_detail.uuid).values(
-                    state=flow_detail.state, meta=flow_detail.meta, name=flow_detail.name,
-                    updated_at=utcnow())
-            ).rowcount
-            if not changed:
-                raise tf_exc.NotFound(f"No flow details found with uuid '{flow_detail.uuid}'")
-            self._check_fence(conn, flow_detail.uuid)
-            previous = self._memory.flow_states.get(flow_detail.uuid)
-            new_atoms = []
-            for ad in flow_detail:
-                memo = self._memory.atoms.get(ad.uuid)
-                if memo is None:
-                    new_atoms.append(dict(ad.to_dict(), parent_uuid=flow_detail.uuid,
-                                          atom_type=tf_models.atom_detail_type(ad)))
-                else:
-                    self._write_atom(conn, memo, ad, undo)
-            if new_atoms:  # one multi-row INSERT, not one per atom
-                conn.execute(sa.insert(self._tables.atomdetails), new_atoms)
-                for ad in flow_detail:
-                    if ad.uuid not in self._memory.atoms:
-                        self._memory.remember(flow_detail.uuid, ad)
-                        undo.added(ad.uuid)
-            if flow_detail.state and flow_detail.state != previous:
-                conn.execute(sa.insert(_LOG).values(
-                    flow_detail_uuid=flow_detail.uuid, atom_uuid=flow_detail.uuid,
-                    step="(flow)", state=flow_detail.state, attempt=0, at=utcnow(),
-                    epoch=self._memory.fences.get(flow_detail.uuid)))
-
-        try:
-            self._transaction(write)
-        except sa_exc.SQLAlchemyError:
-            tf_exc.raise_with_cause(
-                tf_exc.StorageFailure, f"Failed updating flow details {flow_detail.uuid}")
+        ops: list[Op] = []
+        remembers: list[Callable[[], None]] = []
+        deferrable = flow_detail.state in _DEFERRABLE_FLOW_STATES
+        new_atoms = []
+        for ad in flow_detail:
+            memo = self._memory.atoms.get(ad.uuid)
+            if memo is None:
+                ops.append(_Statements.insert_atom_op(flow_detail.uuid, ad))
+                new_atoms.append(ad)
+                continue
+            change = self._atom_change(memo, ad)
+            if change is not None:
+                ops.extend(change[0])
+                remembers.append(change[1])
+                deferrable = deferrable and ad.state in _DEFERRABLE_ATOM_STATES
+        if flow_detail.state and flow_detail.state != self._memory.flow_states.get(flow_detail.uuid):
+            ops.append(_Statements.insert_log_op(dict(
+                flow_detail_uuid=flow_detail.uuid, atom_uuid=flow_detail.uuid, step="(flow)",
+                state=flow_detail.state, attempt=0, at=utcnow(),
+                epoch=self._memory.fences.get(flow_detail.uuid))))
+        ops.append(_Statements.update_flow_op(flow_detail))  # last: its row count is the batch's
+        changed = self._write(flow_detail.uuid, ops, deferrable,
+                              lazy=flow_detail.state in _LAZY_FLOW_STATES)
+        if changed == 0:
+            raise tf_exc.NotFound(f"No flow details found with uuid '{flow_detail.uuid}'")
+        for remember in remembers:
+            remember()
+        for ad in new_atoms:
+            self._memory.remember(flow_detail.uuid, ad)
         if flow_detail.state in _FLOW_ENDED:
             self._memory.forget_flow(flow_detail.uuid)
         else:
             self._memory.flow_states[flow_detail.uuid] = flow_detail.state
         return flow_detail
 
-    def _transaction(self, body: Callable[[sa.Connection, "_MemoUndo"], None],
-                     lazy: bool = False) -> None:
-        """Run `body` in a transaction, retried on deadlocks, serialization
-        failures and dropped connections; what a failed attempt changed in the
-        remembered atom state is put back first, so the retry writes it again.
-
-        `lazy` (SQLite): commit without syncing the WAL file; the next
-        synchronous commit syncs it (see _LAZY_STATES).
-        """
-        lazy = lazy and self._engine.dialect.name == "sqlite"
-        for attempt in range(_TRANSIENT_ATTEMPTS):
-            undo = _MemoUndo(self._memory)
-            try:
-                with self._engine.connect() as conn:
-                    if lazy:  # outside the transaction: SQLite refuses it inside
-                        conn.connection.driver_connection.execute("PRAGMA synchronous=NORMAL")
-                    try:
-                        with conn.begin():
-                            body(conn, undo)
-                    finally:
-                        if lazy:
-                            conn.connection.driver_connection.execute("PRAGMA synchronous=FULL")
-                return
-            except sa_exc.DBAPIError as e:
-                undo.restore()
-                if attempt + 1 == _TRANSIENT_ATTEMPTS or not _transient(e):
-                    raise
-                time.sleep(_backoff(attempt))
-            except BaseException:
-                undo.restore()
-                raise
-
-    def _write_atom(self, conn: sa.Connection, memo: _AtomMemo, ad: tf_models.AtomDetail,
-                    undo: "_MemoUndo") -> None:
+    def _atom_change(self, memo: _AtomMemo, ad: tf_models.AtomDetail
+                     ) -> tuple[list[Op], Callable[[], None]] | None:
+        """The statements that bring the atom's row (and log) to `ad`, and how
+        to update the memo once they are committed; None if nothing changed."""
         row = ad.to_dict()
         significant = _significant(row)
         if significant == memo.written:
-            return  # nothing but progress changed
-        undo.keep(memo)
-        st = self._backend.statements
-        conn.execute(st.update_atom, st.atom_params(row))
+            return None
         attempts, log = self._transition(memo, ad)
+        ops = [_Statements.update_atom_op(row)]
         if log is not None:
-            conn.execute(st.insert_log, st.log_params(log))
-        memo.state, memo.attempts, memo.written = ad.state, attempts, significant
+            ops.append(_Statements.insert_log_op(log))
 
-    def _write_atom_in_one_statement(self, memo: _AtomMemo, ad: tf_models.AtomDetail) -> None:
-        """PostgreSQL: `WITH u AS (UPDATE atomdetails ...) INSERT INTO flow_log ...`,
-        autocommitted: one round trip instead of BEGIN, UPDATE, INSERT, COMMIT,
-        and still one atomic statement."""
-        row = ad.to_dict()
-        st = self._backend.statements
-        attempts, log = self._transition(memo, ad)
-        params = st.atom_params(row)
-        epoch = self._memory.fences.get(memo.flow_uuid)
-        if epoch is None:
-            stmt = st.update_atom if log is None else st.update_atom_and_log
-        else:
-            stmt = st.update_atom_fenced if log is None else st.update_atom_and_log_fenced
-            params.update(f_op=memo.flow_uuid, f_epoch=epoch)
-        if log is not None:
-            params.update(st.log_params(log))
-        pool = (self._backend.autocommit_lazy if ad.state in _LAZY_STATES
-                else self._backend.autocommit)
+        def remember() -> None:
+            memo.state, memo.attempts, memo.written = ad.state, attempts, significant
+        return ops, remember
+
+    def _write(self, flow_uuid: str, ops: list[Op], deferrable: bool,
+               lazy: bool = False) -> int | None:
+        """Defer `ops` to the flow's next commit, or commit them now with the
+        flow's deferred writes; the row count of the last statement (None if
+        deferred)."""
+        if deferrable:
+            with self._memory.flow_lock(flow_uuid):
+                self._memory.pending.setdefault(flow_uuid, []).extend(ops)
+            return None
+        try:
+            return self.send(flow_uuid, ops, lazy=lazy)
+        except sa_exc.SQLAlchemyError:
+            tf_exc.raise_with_cause(tf_exc.StorageFailure, f"Failed writing flow {flow_uuid}")
+
+    def send(self, flow_uuid: str, ops: list[Op], lazy: bool = False) -> int:
+        """Commit the flow's deferred writes and then `ops`, in one transaction
+        under the flow's fence. The deferred writes are dropped from memory only
+        once committed. Returns the row count of the last statement."""
+        with self._memory.flow_lock(flow_uuid):
+            pending = self._memory.pending.get(flow_uuid, [])
+            taken = len(pending)
+            rowcount = self._execute(pending + ops, flow_uuid, lazy)
+            del pending[:taken]
+            return rowcount
+
+    def _execute(self, batch: list[Op], flow_uuid: str | None, lazy: bool) -> int:
+        """Run `batch` as one transaction (fenced if `flow_uuid` has a fence),
+        retried on deadlocks, serialization failures and dropped connections."""
+        epoch = self._memory.fences.get(flow_uuid) if flow_uuid else None
         for attempt in range(_TRANSIENT_ATTEMPTS):
             try:
-                with pool.connect() as conn:
-                    written = conn.execute(stmt, params).rowcount
-                break
+                if self._backend.batches is not None:
+                    return self._send_batch(flow_uuid, epoch, batch, lazy)
+                return self._send_transaction(flow_uuid, batch, lazy)
             except sa_exc.DBAPIError as e:
-                # The pool does not pre-ping: a connection the server dropped
-                # (a database restart) fails here first, and is retried like a
-                # deadlock or a serialization failure.
+                if getattr(e.orig, "pgcode", None) == FENCED_SQLSTATE:
+                    raise Fenced(flow_uuid, epoch) from None
                 if attempt + 1 == _TRANSIENT_ATTEMPTS or not _transient(e):
                     raise
                 time.sleep(_backoff(attempt))
-        if epoch is not None and written != 1:
-            raise Fenced(memo.flow_uuid, epoch)
-        memo.state, memo.attempts, memo.written = ad.state, attempts, _significant(row)
+        raise AssertionError("unreachable")
+
+    def _send_batch(self, flow_uuid: str | None, epoch: int | None, batch: list[Op], lazy: bool) -> int:
+        """PostgreSQL: the whole batch as one autocommitted multi-statement
+        query (`pg_batch`), behind `computeflow_assert_epoch` when fenced. The
+        pool does not pre-ping: a connection the server dropped (a restart)
+        fails here and the caller retries on a fresh one."""
+        pool = self._backend.autocommit_lazy if lazy else self._backend.autocommit
+        fence = None if epoch is None else (flow_uuid, epoch)
+        return self._backend.batches.send(pool, batch, fence)
+
+    def _send_transaction(self, flow_uuid: str | None, batch: list[Op], lazy: bool) -> int:
+        """SQLite, MariaDB: BEGIN, fence check, the statements, COMMIT.
+
+        `lazy` (SQLite): commit without syncing the WAL file; the next
+        synchronous commit syncs it (see _LAZY_STATES)."""
+        lazy = lazy and self._engine.dialect.name == "sqlite"
+        st = self._backend.statements
+        rowcount = 0
+        with self._engine.connect() as conn:
+            if lazy:  # outside the transaction: SQLite refuses it inside
+                conn.connection.driver_connection.execute("PRAGMA synchronous=NORMAL")
+            try:
+                with conn.begin():
+                    if flow_uuid:
+                        self._check_fence(conn, flow_uuid)
+                    for name, group in itertools.groupby(batch, key=lambda op: op[0]):
+                        rows = [params for _, params in group]  # several: one executemany
+                        rowcount = conn.execute(getattr(st, name),
+                                                rows if len(rows) > 1 else rows[0]).rowcount
+            finally:
+                if lazy:
+                    conn.connection.driver_connection.execute("PRAGMA synchronous=FULL")
+        return rowcount
 
     def _check_fence(self, conn: sa.Connection, flow_uuid: str) -> None:
         """Inside a write transaction: refuse if the operation was taken over.
