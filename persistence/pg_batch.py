@@ -141,7 +141,10 @@ class BatchRenderer:
                     lost = pool.dialect.is_disconnect(e, raw.driver_connection, cursor)
                     if lost:
                         raw.invalidate(e)
-                    raise sa_exc.DBAPIError.instance(sql, None, e, psycopg2.Error,
+                    # Named, not quoted: the rendered SQL holds every value
+                    # (step results included), and error texts reach logs.
+                    what = "computeflow write batch: " + ", ".join(name for name, _ in ops)
+                    raise sa_exc.DBAPIError.instance(what, None, e, psycopg2.Error,
                                                      connection_invalidated=lost) from e
             raise AssertionError("unreachable")
         finally:

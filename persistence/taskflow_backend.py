@@ -396,9 +396,12 @@ class Connection(stock.Connection):
         return saved
 
     def get_logbook(self, book_uuid, lazy=False):
-        for flow_uuid in [u for u in self._memory.pending if self._memory.pending.get(u)]:
-            self._backend.flush(flow_uuid)  # any flow of this book; few are ever pending
         book = super().get_logbook(book_uuid, lazy=lazy)
+        unsent = [fd.uuid for fd in book if self._memory.pending.get(fd.uuid)]
+        if unsent:  # rare: read while one of its flows is between two steps
+            for flow_uuid in unsent:
+                self._backend.flush(flow_uuid)
+            book = super().get_logbook(book_uuid, lazy=lazy)
         if not lazy:
             for fd in book:
                 self._remember_loaded(fd)
