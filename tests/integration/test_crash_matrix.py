@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from conductor import config
 from conductor.api import Conductor
 from persistence import instances, operations
-from persistence.models import Claim, Host, Operation
+from persistence.models import Claim, FlowLogEntry, Host, Operation
 from tests.conftest import run_cli, write_conf
 from tests.flows.test_spawn import SPAWN_STEPS
 
@@ -81,3 +81,54 @@ def test_kill_during_revert_then_resume_reverts(tmp_path, crash_db_url, step, wh
     # reverting, because the flow was already REVERTING when it died.
     op_id = _crash_then_resume(crash, calm)
     _assert_converged(calm, op_id, operations.REVERTED)
+
+
+def _runs(calm, op_id: str) -> dict[tuple[str, str], int]:
+    """How many flow-log rows each (step, state) has."""
+    with Conductor(config.load([str(calm)])) as c:
+        with c.db.session() as s:
+            rows = s.execute(sa.select(FlowLogEntry.step, FlowLogEntry.state, sa.func.count())
+                             .where(FlowLogEntry.flow_detail_uuid == op_id)
+                             .group_by(FlowLogEntry.step, FlowLogEntry.state)).all()
+    return {(step, state): n for step, state, n in rows}
+
+
+def _only_operation(calm) -> str:
+    with Conductor(config.load([str(calm)])) as c:
+        with c.db.session() as s:
+            return s.scalars(sa.select(Operation.id)).one()
+
+
+@pytest.mark.parametrize("step", ["claim_resources", "define_guest", "mark_active"])
+def test_a_finished_step_is_durable_before_the_next_one_starts(tmp_path, crash_db_url, step):
+    """The backend defers a step's SUCCESS to the next step's RUNNING commit:
+    killed at the very start of the next step, the SUCCESS is on disk, and the
+    resumed run does not execute the finished step again."""
+    before = SPAWN_STEPS[SPAWN_STEPS.index(step) - 1]
+    crash, calm = _setup(tmp_path, crash_db_url, [f"{step}:execute:kill:before"])
+    died = run_cli(crash, "spawn", "vm1", "--flavor", "m1.small", "--image", "cirros")
+    assert died.returncode == -signal.SIGKILL, (died.returncode, died.stderr)
+    op_id = _only_operation(calm)
+    at_kill = _runs(calm, op_id)
+    assert at_kill[(before, "SUCCESS")] == 1 and at_kill[(step, "RUNNING")] == 1, at_kill
+    assert run_cli(calm, "resume", "--json").returncode == 0
+    _assert_converged(calm, op_id, operations.SUCCEEDED)
+    after = _runs(calm, op_id)
+    assert after[(before, "RUNNING")] == 1 and after[(step, "RUNNING")] == 2, after
+
+
+@pytest.mark.parametrize("step", ["take_hold", "define_guest", "power_on"])  # linear parts
+def test_a_finished_revert_is_durable_before_the_next_one_starts(tmp_path, crash_db_url, step):
+    """Same for reverts: REVERTED rides on the next step's REVERTING commit."""
+    reverted_before = SPAWN_STEPS[SPAWN_STEPS.index(step) + 1]
+    crash, calm = _setup(tmp_path, crash_db_url,
+                         ["mark_active:execute:fail", f"{step}:revert:kill:before"])
+    died = run_cli(crash, "spawn", "vm1", "--flavor", "m1.small", "--image", "cirros")
+    assert died.returncode == -signal.SIGKILL, (died.returncode, died.stderr)
+    op_id = _only_operation(calm)
+    at_kill = _runs(calm, op_id)
+    assert at_kill[(reverted_before, "REVERTED")] == 1 and at_kill[(step, "REVERTING")] == 1, at_kill
+    assert run_cli(calm, "resume", "--json").returncode in (0, 1)
+    _assert_converged(calm, op_id, operations.REVERTED)
+    after = _runs(calm, op_id)
+    assert after[(reverted_before, "REVERTING")] == 1 and after[(step, "REVERTING")] == 2, after
