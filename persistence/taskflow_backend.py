@@ -28,7 +28,7 @@ the same transaction as the write, so a take-over either happens before the
 write (and the write is refused with `Fenced`) or waits for it. Every
 flow-log row records the epoch of its writer.
 
-One module (~560 lines) on purpose: the memo of what was written, the
+One module (~630 lines) on purpose: the memo of what was written, the
 deferred writes, the write paths and the fencing are one invariant (a row is
 written once, under the right epoch, with its log row, before anything that
 depends on it); split, each part would need the others' private state.
@@ -514,6 +514,8 @@ class Connection(stock.Connection):
         with self._memory.flow_lock(flow_uuid):
             pending = self._memory.pending.get(flow_uuid, [])
             taken = len(pending)
+            if not taken and not ops:
+                return 0  # flushed meanwhile by another thread
             rowcount = self._execute(pending + ops, flow_uuid, lazy)
             del pending[:taken]
             return rowcount
