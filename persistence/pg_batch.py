@@ -40,6 +40,7 @@ _NOT_PREPARED_SQLSTATE = "26000"
 _ASSERT_EPOCH = "SELECT computeflow_assert_epoch(%(op)s, %(epoch)s)"
 _PLACEHOLDER = re.compile(r"%\((\w+)\)s")
 
+#: One statement of a write: the name of a compiled statement and its parameters.
 Op = tuple[str, Mapping[str, Any]]
 
 

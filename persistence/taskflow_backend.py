@@ -49,7 +49,7 @@ from taskflow.persistence.backends import impl_sqlalchemy as stock
 from taskflow.persistence.backends.sqlalchemy import tables as tf_tables
 
 from persistence.models import FlowLogEntry, Operation, utcnow
-from persistence.pg_batch import FENCED_SQLSTATE, BatchRenderer
+from persistence.pg_batch import FENCED_SQLSTATE, BatchRenderer, Op
 
 RESULT_SUMMARY_LIMIT = 300
 _INTERNAL_PREFIX = "_TaskFlow_"
@@ -80,9 +80,6 @@ _LAZY_FLOW_STATES = frozenset({states.SUCCESS, states.REVERTED})
 _FLOW_ENDED = frozenset({states.SUCCESS, states.REVERTED, states.FAILURE, states.REVERT_FAILURE})
 _LOG = FlowLogEntry.__table__
 _OPS = Operation.__table__
-
-#: One statement of a write: a `_Statements` name and its parameters.
-Op = tuple[str, dict]
 
 
 class Fenced(tf_exc.TaskFlowException):
