@@ -18,7 +18,6 @@ Usage: .venv/bin/python bench/spawn_bench.py [-n 40] [--pg URL] [--mysql URL]
 from __future__ import annotations
 
 import argparse
-import collections
 import os
 import platform
 import tempfile
