@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 
 from conductor import config, logs, render
-from conductor import cancel, repair
+from conductor import cancel, reconcile, repair
 from conductor import moves
 from conductor.api import Conductor, SpawnRequest
 from conductor.handle import OperationHandle
@@ -138,6 +138,11 @@ def build_parser() -> argparse.ArgumentParser:
             "up by hand: release its hold and claims, mark it REVERTED", ops, json_flag=True)
     c.add_argument("id", help="operation id (or a unique prefix of at least 4 characters)")
     c.add_argument("--note", help="what was done, kept in the flow log")
+    c = cmd("reconcile", cmd_reconcile, "compare the database with what each host holds; "
+            "a dry run unless --apply", json_flag=True)
+    c.add_argument("--host", help="only this host (and the records of its claims)")
+    c.add_argument("--apply", action="store_true",
+                   help="carry the fixes out, as reconcile operations (see `ops list`)")
     cmd("conductor", cmd_conductor, "serve: claim and run submitted operations until SIGTERM")
     cmd("inventory", cmd_inventory, "what each host's driver holds, and open claims", json_flag=True)
     return p
@@ -416,6 +421,28 @@ def cmd_inventory(args) -> int:
     payload = {"claims": leaks["claims"],
                "hosts": {h: inv.__dict__ for h, inv in leaks["hosts"].items()}}
     _emit(args, payload, render.inventory_text(leaks))
+    return EXIT_OK
+
+
+def cmd_reconcile(args) -> int:
+    with _conductor(args) as c:
+        if args.host is not None:
+            with c.db.session() as s:
+                if hosts.get_host(s, args.host) is None:
+                    raise UserError(f"unknown host {args.host!r}")
+        before = reconcile.audit(c, args.host)
+        applied = reconcile.apply(c, before) if args.apply else []
+        after = reconcile.audit(c, args.host) if args.apply else None
+    if args.json:
+        payload = before.to_dict() | {"applied": [a.__dict__ for a in applied]}
+        if after is not None:
+            payload["after"] = after.to_dict()
+        print(json.dumps(payload, indent=2, default=str))
+    else:
+        print(render.reconcile_text(before, applied, after))
+    if after is not None:
+        failed = any(a.state != operations.SUCCEEDED for a in applied) or after.actionable
+        return EXIT_OP_FAILED if failed else EXIT_OK
     return EXIT_OK
 
 

@@ -137,3 +137,29 @@ def inventory_text(leaks: dict) -> str:
         lines.append(f"{host}: {len(inv.guests)} guests, {len(inv.disks)} disks, "
                      f"{len(inv.ports)} ports, {len(inv.base_images)} cached base images")
     return "\n".join(lines)
+
+
+# -- reconcile ---------------------------------------------------------------
+def reconcile_text(before, applied: list, after) -> str:
+    """The audit's findings, one per line; with --apply, what each operation
+    did and what is left."""
+    fixable = len(before.actionable)
+    head = (f"reconcile: {len(before.hosts)} host(s) probed ({', '.join(before.hosts) or 'none'}), "
+            f"{before.instances} live instance(s): {len(before.findings)} finding(s), "
+            f"{fixable} to fix")
+    lines = [head]
+    lines += [f"  skipped {h}: {why}" for h, why in sorted(before.skipped_hosts.items())]
+    lines += ["  " + f.line() for f in before.findings]
+    if after is None:
+        if fixable:
+            lines.append("dry run: nothing was changed; `computeflow reconcile --apply` fixes "
+                         f"the {fixable} finding(s) marked with an action")
+        return "\n".join(lines)
+    lines.append(f"applied: {len(applied)} operation(s)")
+    for a in applied:
+        tail = f": {a.error}" if a.error else ""
+        lines.append(f"  {a.operation_id} {a.state} {', '.join(a.actions)}{tail}")
+    left = len(after.findings) - len(after.actionable)
+    lines.append(f"after: {len(after.actionable)} finding(s) to fix, {left} left alone")
+    lines += ["  " + f.line() for f in after.findings]
+    return "\n".join(lines)

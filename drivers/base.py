@@ -136,6 +136,52 @@ class Inventory:
         return not (self.guests or self.disks or self.ports or self.volumes)
 
 
+class Held(str, enum.Enum):
+    """What a host can hold for an instance (HostReport)."""
+
+    GUEST = "guest"
+    DISK = "disk"
+    PORT = "port"
+    VOLUME = "volume"
+    #: A resize/migration source copy kept for a revert until confirm_migration.
+    KEPT_COPY = "kept-copy"
+    #: A resize/migration copy that arrived and waits for finish_migration.
+    INCOMING_COPY = "incoming-copy"
+
+
+@dataclass(frozen=True)
+class HeldResource:
+    """One thing a host holds, and the instance it provably belongs to.
+
+    `instance_uuid` is None when the resource does not carry computeflow's
+    marks (a domain without our metadata, a file outside an instance
+    directory): reconciliation reports such a resource and never touches it.
+    """
+
+    kind: Held
+    id: str
+    instance_uuid: str | None
+    #: Guests only: the power state the hypervisor reports.
+    power_state: PowerState | None = None
+    #: What an operator recognises it by (domain name, mountpoint, ...).
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class HostReport:
+    """Everything a host holds, by instance: what reconciliation compares with
+    the database (drivers.base.ComputeDriver.host_report)."""
+
+    host: str
+    resources: tuple[HeldResource, ...]
+
+    def by_instance(self) -> dict[str | None, list[HeldResource]]:
+        found: dict[str | None, list[HeldResource]] = {}
+        for r in self.resources:
+            found.setdefault(r.instance_uuid, []).append(r)
+        return found
+
+
 EventCallback = Callable[[LifecycleEvent], None]
 
 
@@ -190,6 +236,13 @@ class ComputeDriver:
     def inventory(self) -> Inventory:
         """Every guest, disk and port this driver holds on its host."""
         self._unsupported("inventory")
+
+    def host_report(self) -> HostReport:
+        """Every guest (with its power state), disk, port, volume attachment and
+        kept or incoming migration copy on this host, each with the instance it
+        belongs to; read-only. Things not made by computeflow are listed with
+        no instance (see HeldResource)."""
+        self._unsupported("host_report")
 
     # -- queries ------------------------------------------------------------
     def get_info(self, instance_uuid: str) -> GuestInfo:

@@ -119,6 +119,26 @@ class FakeDriver(base.ComputeDriver):
             volumes=tuple(sorted(s.get("volumes", {}))),
         )
 
+    def host_report(self) -> base.HostReport:
+        """One read of the state file; every record carries its instance."""
+        s = self.state.read()
+        H = base.Held
+        found = [base.HeldResource(H.GUEST, uuid, uuid, PowerState(g["power_state"]),
+                                   g.get("name", "")) for uuid, g in s["guests"].items()]
+        found += [base.HeldResource(H.DISK, path, d["instance"], detail=d["kind"])
+                  for path, d in s["disks"].items()]
+        found += [base.HeldResource(H.PORT, vif, p["instance"], detail=p.get("network", ""))
+                  for vif, p in s["ports"].items()]
+        found += [base.HeldResource(H.VOLUME, vol, a["instance"], detail=a.get("mountpoint", ""))
+                  for vol, a in s.get("volumes", {}).items()]
+        found += [base.HeldResource(H.KEPT_COPY, uuid, uuid, detail=f"for {m['dest']}")
+                  for uuid, m in s["migrating"].items()]
+        found += [base.HeldResource(H.INCOMING_COPY, uuid, uuid, detail=f"from {m['source']}")
+                  for uuid, m in s["incoming"].items()]
+        found += [base.HeldResource(H.GUEST, name, None, PowerState(g["power_state"]), name)
+                  for name, g in s.get("foreign_guests", {}).items()]
+        return base.HostReport(self.host, tuple(found))
+
     # -- queries ------------------------------------------------------------
     def _guest(self, state: dict, instance_uuid: str) -> dict:
         try:
@@ -228,9 +248,12 @@ class FakeDriver(base.ComputeDriver):
                 del s["volumes"][vol]
 
     def delete_instance_files(self, instance_uuid: str) -> None:
+        """The instance's disks here, and a migration copy still waiting for
+        finish_migration (its files are in this host's instances path too)."""
         with self.state.change() as s:
             for path in [p for p, d in s["disks"].items() if d["instance"] == instance_uuid]:
                 del s["disks"][path]
+            s["incoming"].pop(instance_uuid, None)
 
     def instance_on_disk(self, instance_uuid: str) -> bool:
         return False
@@ -661,6 +684,18 @@ class FakeDriver(base.ComputeDriver):
         stops progressing at `stall_at` percent until aborted or forced."""
         with self.state.change() as s:
             self._guest(s, instance_uuid)["stall_at"] = stall_at
+
+    # -- drift (tests and demos plant what an operator's hand would leave) ---
+    def simulate_foreign_guest(self, name: str) -> None:
+        """A guest someone else defined on this host, without computeflow's marks."""
+        with self.state.change() as s:
+            s.setdefault("foreign_guests", {})[name] = {"power_state": PowerState.RUNNING.value}
+
+    def simulate_undefine_by_hand(self, instance_uuid: str) -> None:
+        """`virsh undefine` behind computeflow's back: the guest goes, its disks
+        and ports stay."""
+        with self.state.change() as s:
+            s["guests"].pop(instance_uuid, None)
 
     # -- events (tests drive these to simulate a guest acting on its own) ---
     def simulate_unresponsive_guest(self, instance_uuid: str) -> None:

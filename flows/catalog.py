@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from flows import evacuate, resize
+from flows import evacuate, reconcile, resize
 
 from flows import (devices, destroy, guest_agent, live_migration, power, rebuild, rescue, snapshot,
                    spawn)
@@ -46,6 +46,8 @@ class OperationKind:
     prepare: Callable | None = None
     #: Driver methods the operation calls (the support matrix is built from it).
     uses: tuple[str, ...] = ()
+    #: Past its hold it only goes forward: a cancel is refused once it runs.
+    forward_only: bool = False
 
     @property
     def verb(self) -> str:
@@ -170,6 +172,12 @@ CATALOG: dict[str, OperationKind] = {k.name: k for k in (
             Param("network", str, "default", help="network of the new interface")),
     _device("detach_interface", "remove a network interface from the guest",
             Param("port_id", str, required=True, help="the interface's id")),
+    OperationKind("reconcile", "flows.reconcile.build", reconcile.VERSION,
+                  "bring hosts and database back in agreement (computeflow reconcile --apply; "
+                  "forward-only)", None, forward_only=True,
+                  uses=("host_report", "get_info", "power_off", "undefine_guest", "plug_vif",
+                        "unplug_vif", "detach_volume", "confirm_migration",
+                        "finish_revert_migration", "delete_instance_files")),
     OperationKind("live_migration", "flows.live_migration.build", live_migration.VERSION,
                   "move a running instance to another host without stopping it",
                   frozenset({"active", "paused"}),

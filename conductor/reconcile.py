@@ -1,0 +1,452 @@
+"""Reconciliation: compare the database with what each host really holds.
+
+`audit` reads the database (live instances with their host, vifs, volumes and
+any resize in flight; claims; holds; running operations) and every host's
+`host_report()`, and returns one `Finding` per disagreement, each with the
+action that would fix it. It changes nothing (the dry run). `apply` turns the
+findings' actions into `reconcile` operations (flows/reconcile.py), grouped
+per instance, run like any other operation: persisted, visible in `ops list`,
+crash-safe; and it resumes operations whose owner died.
+
+What is never touched:
+- an instance an operation holds (running, or FAILED and waiting for an
+  operator): its operation owns it; the finding says so;
+- a resource without computeflow's marks (drivers report it with no
+  instance): reported, left alone;
+- a host marked down (its leftovers go when it comes back: `hosts set-up`).
+
+Policy, in the order an operator would reason:
+- a guest, disk, port, volume attachment or copy of no live instance is an
+  orphan: removed from that host;
+- a live instance's guest or copy on a host where the database does not place
+  it is a stray copy: removed, but only if the instance's own guest is where
+  the database says (else the finding says the guest is misplaced, for an
+  operator);
+- a live instance without its guest: if the host keeps its resize source
+  copy (a failed move cleaned up by hand), the copy is restored, stopped;
+  otherwise the instance is shown in error;
+- a power state that differs from the hypervisor's is recorded (the
+  hypervisor is the truth for what runs, as in Nova's power-state sync);
+- ports and volume attachments follow the instance's record;
+- a claim no running operation and no instance there needs is released; a
+  hold of an ended operation is dropped; usage counters that differ from the
+  sum of the claims are recounted.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import uuid as uuidlib
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+
+import sqlalchemy as sa
+
+from conductor import ownership
+from drivers.base import Held, HeldResource, HostReport, PowerState
+from flows import catalog
+from flows.steps.reconcile import HOLDING_ACTIONS, expected_hosts
+from persistence import claims, hosts, instances, operations
+from persistence.models import Claim, Instance, Operation, utcnow
+
+LOG = logging.getLogger(__name__)
+
+#: vm_states of an instance that must have a guest on its host.
+_HAS_GUEST = frozenset({"active", "stopped", "paused", "suspended", "rescued", "soft_deleted",
+                        "resized"})
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One disagreement between the database and a host, and its fix."""
+
+    what: str
+    host: str | None
+    subject: str
+    why: str
+    instance_uuid: str | None = None
+    instance_name: str | None = None
+    #: The action that fixes it (flows/steps/reconcile.ACTIONS, or "resume");
+    #: None: reported only (not computeflow's, or an operator's decision).
+    action: dict | None = None
+    fix: str = "left alone"
+
+    def line(self) -> str:
+        who = f" ({self.instance_name})" if self.instance_name else ""
+        return (f"{self.host or '-':<10} {self.what:<18} {self.subject}{who}: {self.why}"
+                f" -> {self.fix}")
+
+
+@dataclass
+class Audit:
+    findings: list[Finding] = field(default_factory=list)
+    hosts: list[str] = field(default_factory=list)
+    instances: int = 0
+    skipped_hosts: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def actionable(self) -> list[Finding]:
+        return [f for f in self.findings if f.action is not None]
+
+    def to_dict(self) -> dict:
+        return {"hosts": self.hosts, "instances": self.instances,
+                "skipped_hosts": self.skipped_hosts,
+                "findings": [asdict(f) for f in self.findings]}
+
+
+@dataclass(frozen=True)
+class _Db:
+    """The database's side, read in one session."""
+
+    live: dict[str, Instance]
+    names: dict[str, tuple[str, str]]  # uuid -> (name, vm_state), deleted ones too
+    active_ops: list[Operation]
+    op_states: dict[str, str]
+    all_claims: list[Claim]
+    host_rows: list
+
+
+def audit(conductor, host: str | None = None) -> Audit:
+    """Every disagreement (see module docstring); reads only."""
+    db = _read_db(conductor, host)
+    result = Audit(instances=len(db.live))
+    reports: dict[str, HostReport] = {}
+    for h in db.host_rows:
+        if host is not None and h.name != host:
+            continue
+        if h.down:
+            result.skipped_hosts[h.name] = "marked down (`hosts set-up` cleans it when back)"
+            continue
+        try:
+            reports[h.name] = conductor.rt.driver_for(h.name).host_report()
+        except Exception as e:  # noqa: BLE001 - an unreachable host is a finding, not a crash
+            result.skipped_hosts[h.name] = f"not probed: {type(e).__name__}: {e}"
+            result.findings.append(Finding("host-unreachable", h.name, h.name, str(e)))
+    result.hosts = sorted(reports)
+    busy = _busy_instances(db)
+    result.findings += _operation_findings(db)
+    for uuid, inst in db.live.items():
+        result.findings += _instance_findings(inst, reports, busy.get(uuid), db)
+    result.findings += _orphan_findings(reports, db, busy)
+    result.findings += _record_findings(db, host)
+    return result
+
+
+def _read_db(conductor, host: str | None) -> _Db:
+    with conductor.db.session() as s:
+        live = {i.uuid: i for i in instances.list_live(s)}
+        names = {u: (n, v) for u, n, v in s.execute(
+            sa.select(Instance.uuid, Instance.name, Instance.vm_state))}
+        active = operations.resumable(s)
+        held_by = {i.held_by for i in live.values() if i.held_by}
+        all_claims = claims.all_claims(s)
+        wanted = held_by | {c.operation_id for c in all_claims}
+        op_states = dict(s.execute(sa.select(Operation.id, Operation.state)
+                                   .where(Operation.id.in_(wanted))).all()) if wanted else {}
+        host_rows = hosts.list_hosts(s)
+        for obj in [*live.values(), *active, *all_claims, *host_rows]:
+            s.expunge(obj)
+    return _Db(live, names, active, op_states, all_claims, host_rows)
+
+
+def _busy_instances(db: _Db) -> dict[str, str]:
+    """uuid -> why reconciliation leaves it alone (an operation owns it)."""
+    busy = {op.instance_uuid: f"operation {op.id} ({op.kind}) is {op.state}"
+            for op in db.active_ops if op.instance_uuid}
+    for uuid, inst in db.live.items():
+        if inst.held_by and uuid not in busy:
+            state = db.op_states.get(inst.held_by)
+            if state == operations.FAILED:
+                busy[uuid] = (f"operation {inst.held_by} FAILED and holds it: repair it first "
+                              f"(`ops retry-revert` or `ops mark-reverted`)")
+    return busy
+
+
+def _operation_findings(db: _Db) -> list[Finding]:
+    now = utcnow()
+    found = []
+    for op in db.active_ops:
+        dead = op.owner is not None and ownership.is_dead(op.owner)
+        lapsed = op.lease_expires_at is not None and op.lease_expires_at < now
+        if op.owner is None or not (dead or lapsed):
+            continue  # pending for a board, or a live owner runs it
+        why = (f"{op.kind} {op.state}; its owner {op.owner} is "
+               + ("dead" if dead else f"silent since its lease ended {_ago(now, op.lease_expires_at)}"))
+        found.append(Finding("orphaned-operation", None, op.id, why, op.instance_uuid,
+                             action={"action": "resume", "operation_id": op.id},
+                             fix=f"resume it (`computeflow resume {op.id}`)"))
+    return found
+
+
+def _ago(now: dt.datetime, then: dt.datetime) -> str:
+    return f"{int((now - then).total_seconds())}s ago"
+
+
+def _instance_findings(inst: Instance, reports: dict[str, HostReport], busy: str | None,
+                       db: _Db) -> list[Finding]:
+    """Where the database places a live instance against where its things are."""
+    held = {h: [r for r in rep.resources if r.instance_uuid == inst.uuid]
+            for h, rep in reports.items()}
+    held = {h: rs for h, rs in held.items() if rs}
+    name, uuid = inst.name, inst.uuid
+    if busy is not None:  # its operation owns it; a FAILED one needs an operator first
+        if db.op_states.get(inst.held_by) != operations.FAILED:
+            return []
+        return [Finding("needs-repair", inst.host, uuid, f"not compared: {busy}", uuid, name,
+                        fix="left for an operator")]
+    found: list[Finding] = []
+    if inst.held_by:
+        state = db.op_states.get(inst.held_by, "missing")
+        found.append(Finding("stale-hold", None, uuid,
+                             f"held by operation {inst.held_by}, which is {state}", uuid, name,
+                             {"action": "release_stale_hold", "host": None, "instance_uuid": uuid,
+                              "held_by": inst.held_by}, "release the hold"))
+    expected = expected_hosts(inst)
+    home = inst.host
+    mig = (inst.system_metadata or {}).get("migration")
+    home_rs = held.get(home, []) if home in reports else None
+    guest_here = next((r for r in home_rs or [] if r.kind is Held.GUEST), None)
+    guests_elsewhere = [h for h, rs in held.items() if h != home
+                        and any(r.kind is Held.GUEST for r in rs)]
+
+    def act(action: str, host: str, **extra) -> dict:
+        return {"action": action, "host": host, "instance_uuid": uuid, **extra}
+
+    if home_rs is not None:
+        kept = any(r.kind is Held.KEPT_COPY for r in home_rs)
+        if guest_here is None and inst.vm_state in _HAS_GUEST | {"error"}:
+            if kept and not mig:
+                found.append(Finding("guest-missing", home, uuid, "no guest, but its resize "
+                                     "source copy is here (a failed move cleaned up by hand)",
+                                     uuid, name, act("restore_kept_copy", home),
+                                     "restore the kept copy, stopped"))
+            elif guests_elsewhere:
+                found.append(Finding("guest-misplaced", home, uuid, "no guest here, but "
+                                     f"{', '.join(guests_elsewhere)} has one", uuid, name,
+                                     fix="left for an operator: which copy is the instance?"))
+            elif inst.vm_state != "error" or inst.power_state != PowerState.NOSTATE.value:
+                found.append(Finding("guest-missing", home, uuid, f"{inst.vm_state} in the "
+                                     "database, no guest on any host", uuid, name,
+                                     act("mark_guest_missing", home), "show it in error"))
+            else:
+                found.append(Finding("guest-missing", home, uuid, "in error without a guest",
+                                     uuid, name, fix="left for an operator: destroy or rebuild it"))
+        if guest_here is not None and guest_here.power_state is not None \
+                and guest_here.power_state.value != inst.power_state:
+            found.append(Finding("power-drift", home, uuid, f"database says {inst.power_state}, "
+                                 f"hypervisor says {guest_here.power_state.value}", uuid, name,
+                                 act("record_power_state", home),
+                                 f"record {guest_here.power_state.value}"))
+        if guest_here is not None:  # (a kept copy, once restored, brings its own back)
+            found += _port_findings(inst, home, home_rs, act)
+            found += _volume_findings(inst, home, home_rs, act)
+        if kept and mig and mig.get("source_host") != home:
+            found.append(Finding("stale-copy", home, uuid, "a resize source copy is kept here, "
+                                 "but the resize keeps its source elsewhere", uuid, name,
+                                 act("discard_kept_copy", home), "delete the kept copy"))
+    for h, rs in held.items():
+        if h == home:
+            continue
+        if h in expected:  # the other side of a resize waiting for confirm or revert
+            if mig and h == mig.get("source_host") and h != mig.get("dest_host"):
+                strays = [r for r in rs if r.kind is Held.GUEST]
+                for r in strays:
+                    found.append(Finding("stray-guest", h, uuid, "the resize source should be "
+                                         "a kept copy, not a defined guest", uuid, name,
+                                         fix="left for an operator"))
+            continue
+        if guest_here is None:
+            found.append(Finding("stray-copy", h, uuid, f"{_kinds(rs)} on a host the database "
+                                 f"does not place it on, and no guest on {home}", uuid, name,
+                                 fix="left for an operator: it may be the only copy"))
+            continue
+        found.append(Finding("stray-copy", h, uuid, f"{_kinds(rs)} on a host the database does "
+                             f"not place it on (it runs on {home})", uuid, name,
+                             act("remove_from_host", h), f"remove them from {h}"))
+    return found
+
+
+def _kinds(rs: Iterable[HeldResource]) -> str:
+    counts: dict[str, int] = {}
+    for r in rs:
+        counts[r.kind.value] = counts.get(r.kind.value, 0) + 1
+    return ", ".join(f"{n} {k}{'s' if n > 1 else ''}" for k, n in counts.items())
+
+
+def _port_findings(inst: Instance, host: str, rs: list[HeldResource], act) -> list[Finding]:
+    want = {v["id"]: v for v in inst.vifs or []}
+    have = {r.id for r in rs if r.kind is Held.PORT}
+    found = [Finding("port-missing", host, vid, "the instance's interface is not plugged",
+                     inst.uuid, inst.name, act("plug_port", host, vif=v), "plug it")
+             for vid, v in want.items() if vid not in have]
+    found += [Finding("orphan-port", host, vid, "plugged for the instance, not in its record",
+                      inst.uuid, inst.name, act("unplug_port", host, vif_id=vid), "unplug it")
+              for vid in sorted(have - set(want))]
+    return found
+
+
+def _volume_findings(inst: Instance, host: str, rs: list[HeldResource], act) -> list[Finding]:
+    want = {v["volume_id"] for v in inst.volumes or []}
+    have = {r.id: r for r in rs if r.kind is Held.VOLUME}
+    found = [Finding("orphan-volume", host, vol, "attached to the guest, not in its record",
+                     inst.uuid, inst.name,
+                     act("detach_volume", host, volume_id=vol, mountpoint=r.detail), "detach it")
+             for vol, r in sorted(have.items()) if vol not in want]
+    found += [Finding("volume-missing", host, vol, "in the record, not attached", inst.uuid,
+                      inst.name, fix="left for an operator: detach-volume, then attach-volume")
+              for vol in sorted(want - set(have))]
+    return found
+
+
+def _orphan_findings(reports: dict[str, HostReport], db: _Db,
+                     busy: dict[str, str]) -> list[Finding]:
+    """What hosts hold for no live instance (or for no instance computeflow made)."""
+    found = []
+    in_flight = {op.instance_uuid for op in db.active_ops if op.instance_uuid}
+    for h, rep in sorted(reports.items()):
+        for uuid, rs in sorted(rep.by_instance().items(), key=lambda kv: kv[0] or ""):
+            if uuid is None:
+                found += [Finding(f"foreign-{r.kind.value}", h, r.id, "not made by computeflow "
+                                  "(no computeflow marks)", fix="left alone") for r in rs]
+                continue
+            if uuid in db.live or uuid in in_flight or uuid in busy:
+                continue
+            name, vm_state = db.names.get(uuid, (None, None))
+            why = (f"instance {vm_state}" if vm_state else "no instance has this uuid")
+            action = {"action": "remove_from_host", "host": h, "instance_uuid": uuid}
+            for i, r in enumerate(sorted(rs, key=lambda r: (r.kind.value, r.id))):
+                found.append(Finding(f"orphan-{r.kind.value}", h, r.id, why, uuid, name,
+                                     action if i == 0 else None,
+                                     f"remove everything of {uuid[:8]} from {h}" if i == 0
+                                     else "removed with it"))
+    return found
+
+
+def _record_findings(db: _Db, host: str | None) -> list[Finding]:
+    """Claims, and usage counters against the claims."""
+    found = []
+    sums: dict[str, list[int]] = {}
+    for c in db.all_claims:
+        sums.setdefault(c.host, [0, 0, 0])
+        for i, v in enumerate((c.vcpus, c.ram_mb, c.disk_gb)):
+            sums[c.host][i] += v
+        if host is not None and c.host != host:
+            continue
+        op_state = db.op_states.get(c.operation_id)
+        if op_state in operations.ACTIVE_STATES:
+            continue
+        inst = db.live.get(c.instance_uuid)
+        if inst is not None and c.host in expected_hosts(inst):
+            continue
+        why = (f"instance {inst.name} is not on {c.host}" if inst is not None
+               else "its instance is gone")
+        found.append(Finding("stale-claim", c.host, f"claim {c.operation_id[:8]}",
+                             f"{why}; operation {op_state or 'missing'}", c.instance_uuid,
+                             inst.name if inst else None,
+                             {"action": "release_stale_claim", "host": c.host,
+                              "claim_operation": c.operation_id, "claim_host": c.host},
+                             f"release {c.vcpus} vCPU, {c.ram_mb} MB, {c.disk_gb} GB"))
+    for h in db.host_rows:
+        if host is not None and h.name != host:
+            continue
+        want = sums.get(h.name, [0, 0, 0])
+        have = [h.used_vcpus, h.used_ram_mb, h.used_disk_gb]
+        if have != want:
+            found.append(Finding("usage-drift", h.name, "usage", f"counters {have}, claims sum "
+                                 f"to {want} (vCPU, MB, GB)", action={
+                                     "action": "recount_usage", "host": h.name},
+                                 fix="recount from the claims"))
+    return found
+
+
+# -- apply ---------------------------------------------------------------------
+@dataclass(frozen=True)
+class Plan:
+    """The actions of one reconcile operation."""
+
+    instance_uuid: str | None
+    holds_instance: bool
+    actions: list[dict]
+
+
+def plans(result: Audit) -> tuple[list[Plan], list[str]]:
+    """Group the findings' actions into operations; returns (plans, operations
+    to resume). An instance's actions go together (one hold); orphans one
+    operation per uuid; record fixes (claims, holds, usage) one operation, with
+    usage recounts last."""
+    by_instance: dict[str, list[dict]] = {}
+    records: list[dict] = []
+    resume: list[str] = []
+    for f in result.actionable:
+        a = f.action
+        if a["action"] == "resume":
+            resume.append(a["operation_id"])
+        elif a["action"] in ("release_stale_claim", "release_stale_hold", "recount_usage"):
+            records.append(a)
+        else:
+            by_instance.setdefault(a["instance_uuid"], []).append(a)
+    out = []
+    for uuid, actions in by_instance.items():
+        holding = any(a["action"] in HOLDING_ACTIONS for a in actions)
+        out.append(Plan(uuid, holding, actions))
+    if records:
+        records.sort(key=lambda a: a["action"] == "recount_usage")
+        out.append(Plan(None, False, records))
+    return out, resume
+
+
+def submit(conductor, plan: Plan):
+    """Record one plan as a `reconcile` operation (taking the instance's hold
+    when its actions change the record); None if the instance became busy."""
+    kind = catalog.get("reconcile")
+    op_id = str(uuidlib.uuid4())
+    params: dict = {"operation": "reconcile", "instance_uuid": plan.instance_uuid,
+                    "holds_instance": plan.holds_instance, "actions": plan.actions}
+    with conductor.db.session() as s:
+        if plan.holds_instance:
+            inst = instances.get(s, plan.instance_uuid)
+            if inst is None or inst.held_by is not None:
+                return None
+            if instances.take_hold(s, inst.uuid, op_id) is not None:
+                return None
+            params |= {"name": inst.name, "host": inst.host, "prior_vm_state": inst.vm_state,
+                       "prior_power_state": inst.power_state}
+        operations.create(s, op_id, "reconcile", plan.instance_uuid, params, kind.version,
+                          conductor._submit_owner, conductor.lease_seconds)
+    return conductor._submitted(op_id)
+
+
+@dataclass(frozen=True)
+class Applied:
+    operation_id: str
+    instance_uuid: str | None
+    state: str
+    error: str | None
+    actions: list[str]
+
+
+def apply(conductor, result: Audit) -> list[Applied]:
+    """Carry out the audit's actions: resume orphaned operations, then run one
+    reconcile operation per plan (through the jobboard when one is set)."""
+    done: list[Applied] = []
+    todo, to_resume = plans(result)
+    for op_id in to_resume:
+        with conductor.db.session() as s:
+            op = operations.get(s, op_id)
+        dead = (op.owner,) if op and op.owner and ownership.is_dead(op.owner) else ()
+        try:
+            final = conductor.runner.run(op_id, dead_owners=dead)
+        except Exception as e:  # noqa: BLE001 - taken by another conductor meanwhile
+            LOG.info("resume of %s skipped: %s", op_id, e)
+            continue
+        done.append(Applied(op_id, final.instance_uuid, final.state, final.error, ["resume"]))
+    for plan in todo:
+        handle = submit(conductor, plan)
+        names = [a["action"] + (f"@{a['host']}" if a.get("host") else "") for a in plan.actions]
+        if handle is None:
+            done.append(Applied("-", plan.instance_uuid, "SKIPPED",
+                                "the instance became busy; run reconcile again", names))
+            continue
+        status = handle.wait()
+        done.append(Applied(handle.id, plan.instance_uuid, status.state, status.error, names))
+    return done
