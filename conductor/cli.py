@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 
 from conductor import config, logs, render
-from conductor import cancel, reconcile, repair
+from conductor import cancel, reconcile, recovery, repair
 from conductor import moves
 from conductor.api import Conductor, SpawnRequest
 from conductor.handle import OperationHandle
@@ -125,7 +125,13 @@ def build_parser() -> argparse.ArgumentParser:
         c.set_defaults(request=what)
         c.add_argument("name", help="instance name or uuid")
 
-    cmd("resume", cmd_resume, "finish operations left by a dead conductor", json_flag=True)
+    c = cmd("resume", cmd_resume, "finish operations left by a dead conductor", json_flag=True)
+    c.add_argument("id", nargs="?", help="only this operation (id or a unique prefix)")
+    c.add_argument("--dry-run", action="store_true",
+                   help="print, per unfinished operation, its owner, where it stopped, what the "
+                        "hypervisor shows and what resume would do; change nothing")
+    c.add_argument("--direction", choices=(recovery.FORWARD, recovery.REVERT),
+                   help="with an operation: go this way where both are safe")
     c = cmd("cancel", cmd_cancel, "stop an operation at its next step and revert what it did",
             json_flag=True)
     c.add_argument("id", help="operation id (or a unique prefix of at least 4 characters)")
@@ -405,10 +411,22 @@ def cmd_live_migration_request(args) -> int:
 
 
 def cmd_resume(args) -> int:
+    if args.direction and not args.id:
+        raise UserError("--direction needs an operation: `computeflow resume OP --direction ...`")
+    if args.dry_run:
+        with _conductor(args) as c:
+            found = recovery.plans(c, args.id)
+        _emit(args, [p.__dict__ | {"probes": [q.__dict__ for q in p.probes]} for p in found],
+              "\n".join(p.text() for p in found) or "nothing to resume")
+        return EXIT_OK
     shown = Progress(not args.json)
     progress.add_listener(shown.on_progress)
     with _conductor(args) as c:
-        done = c.resume(on_event=shown)
+        if args.id:
+            done = [recovery.resume_one(c, args.id, args.direction, cancel.operator(),
+                                        on_event=shown)]
+        else:
+            done = c.resume(on_event=shown)
     _emit(args, [s.__dict__ for s in done],
           "\n".join(f"{s.id} {s.kind} {s.state}" + (f": {s.error}" if s.error else "") for s in done)
           or "nothing to resume")

@@ -48,6 +48,10 @@ class OperationKind:
     uses: tuple[str, ...] = ()
     #: Past its hold it only goes forward: a cancel is refused once it runs.
     forward_only: bool = False
+    #: What a resume does with an operation interrupted going forward when the
+    #: hypervisor does not show the interrupted step done ("forward": run it
+    #: again and go on; "revert": undo what was done). conductor/recovery.py.
+    resume_direction: str = "forward"
 
     @property
     def verb(self) -> str:

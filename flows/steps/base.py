@@ -57,12 +57,22 @@ def _with_operation_id(sig: inspect.Signature) -> inspect.Signature:
     return sig.replace(parameters=params[:at] + [extra] + params[at:])
 
 
+#: probe_guest values beyond a power state: the guest exists / does not.
+GUEST_DEFINED, GUEST_ABSENT = "defined", "absent"
+
+
 class Step(task.Task):
     """A task whose execute and revert pass named checkpoints (see _with_checkpoints)."""
 
     #: Deadline of one attempt of execute or revert, in seconds; None: the
     #: [conductor] step_timeout option, 0: none (see flows/steps/attempts.py).
     step_timeout: float | None = None
+    #: How recovery asks the hypervisor whether this step's effect is there
+    #: (conductor/recovery.py): the guest's power state on the host named by
+    #: `probe_host_arg` once the step is done, or GUEST_DEFINED / GUEST_ABSENT;
+    #: None: the step is not probed.
+    probe_guest: str | None = None
+    probe_host_arg: str = "host"
 
     def __init_subclass__(cls, **kwargs) -> None:
         super().__init_subclass__(**kwargs)

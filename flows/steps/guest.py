@@ -9,16 +9,22 @@ from drivers.base import Disk, DiskKind, Flavor, GuestSpec, PowerState, Vif
 from drivers.errors import GuestNotFound, InvalidGuestState, SoftRebootFailed
 from flows import runtime
 from flows.errors import BootTimeout
-from flows.steps.base import Step
+from flows.steps.base import GUEST_ABSENT, GUEST_DEFINED, Step
 from persistence import instances
 
 _POLL_S = 0.2
+#: The guest's power state once a power action is done (probed by recovery).
+_POWER_AFTER = {"power_on": "running", "power_off": "shutdown", "pause": "paused",
+                "unpause": "running", "suspend": "suspended", "resume": "running",
+                "soft_delete": "shutdown", "restore": "running"}
 LOG = logging.getLogger(__name__)
 
 
 class DefineGuest(Step):
     """Register the guest with the hypervisor; the admin password is decrypted
     here, in memory, and goes nowhere but the driver."""
+
+    probe_guest = GUEST_DEFINED
 
     def __init__(self, disk_kinds: list[DiskKind], vifs: list[dict], **kw) -> None:
         requires = [f"{k.value}_disk" for k in disk_kinds]
@@ -47,6 +53,8 @@ class DefineGuest(Step):
 
 
 class PowerOn(Step):
+    probe_guest = PowerState.RUNNING.value
+
     def __init__(self, **kw) -> None:
         super().__init__(name="power_on", **kw)
 
@@ -80,6 +88,8 @@ class WaitRunning(Step):
 class PowerOffGuest(Step):
     """Forward-only: stop the guest if it still exists and runs."""
 
+    probe_guest = PowerState.SHUTDOWN.value
+
     def __init__(self, **kw) -> None:
         super().__init__(name="power_off", **kw)
 
@@ -95,6 +105,8 @@ class PowerOffGuest(Step):
 
 class UndefineGuest(Step):
     """Forward-only: remove the guest's definition."""
+
+    probe_guest = GUEST_ABSENT
 
     def __init__(self, **kw) -> None:
         super().__init__(name="undefine_guest", **kw)
@@ -114,6 +126,7 @@ class GuestAction(Step):
         super().__init__(name=f"{action}_guest", **kw)
         self.action = action
         self.undo = undo
+        self.probe_guest = _POWER_AFTER.get(action)
 
     def execute(self, instance_uuid: str, host: str) -> None:
         getattr(runtime.current().driver_for(host), self.action)(instance_uuid)

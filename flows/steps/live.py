@@ -151,6 +151,11 @@ class LiveMigrate(Step):
     starts again (see docs/live-migration.md).
     """
 
+    #: Done when the guest runs on the destination (a crash may come after the
+    #: switch-over): recovery then goes forward whatever the default.
+    probe_guest = "running"
+    probe_host_arg = "destination"
+
     def __init__(self, **kw) -> None:
         super().__init__(name=STEP, **kw)
 
