@@ -14,6 +14,7 @@ from conductor.api import Conductor
 from persistence import instances, operations
 from persistence.models import Claim, FlowLogEntry, Host, Operation
 from tests.conftest import run_cli, write_conf
+from tests.integration import resume_plan
 from tests.flows.test_spawn import SPAWN_STEPS
 
 pytestmark = pytest.mark.integration
@@ -36,8 +37,10 @@ def _setup(tmp_path, url, faults: list[str]):
 def _crash_then_resume(crash, calm) -> str:
     died = run_cli(crash, "spawn", "vm1", "--flavor", "m1.small", "--image", "cirros")
     assert died.returncode == -signal.SIGKILL, (died.returncode, died.stdout, died.stderr)
+    planned = resume_plan.dry_run(calm)
     resumed = run_cli(calm, "resume", "--json")
     assert resumed.returncode in (0, 1), resumed.stderr
+    resume_plan.assert_followed(calm, planned)
     with Conductor(config.load([str(calm)])) as c:
         with c.db.session() as s:
             (op,) = s.scalars(sa.select(Operation)).all()

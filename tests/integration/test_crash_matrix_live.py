@@ -18,6 +18,7 @@ from conductor import config
 from conductor.api import Conductor, SpawnRequest
 from persistence import claims, instances, operations
 from tests.conftest import run_cli, write_conf
+from tests.integration import resume_plan
 from tests.flows import catalogue
 from tests.flows.test_live_migration import STEPS
 
@@ -52,8 +53,10 @@ def _crash_and_resume(tmp_path, calm, url, faults: list[str]):
                        f"[fake]\nfaults = {','.join(faults)}\n")
     died = run_cli(crash, "live-migration", "vm1", "--target-host", "h2")
     assert died.returncode == -signal.SIGKILL, (died.stdout, died.stderr)
+    planned = resume_plan.dry_run(calm)
     resumed = run_cli(calm, "resume")
     assert resumed.returncode in (0, 1), resumed.stderr
+    resume_plan.assert_followed(calm, planned)
     c = Conductor(config.load([str(calm)]))
     with c.db.session() as s:
         (op,) = operations.listing(s, limit=1)
