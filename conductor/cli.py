@@ -539,11 +539,20 @@ def cmd_ops_retry_revert(args) -> int:
 def cmd_ops_mark_reverted(args) -> int:
     with _conductor(args) as c:
         item = repair.mark_reverted(c, args.id, cancel.operator(), args.note)
+        # What the hosts still hold of the instance, after the hand cleanup.
+        still = [f for f in reconcile.audit(c).findings
+                 if item.op.instance_uuid and f.instance_uuid == item.op.instance_uuid]
     text = f"operation {item.op.id} ({item.op.kind}) marked REVERTED: {item.op.error}"
     if item.left_behind:
-        text += "\n  the flow log said these were left behind (you cleaned them up):\n" + \
+        text += "\n  the flow log said these were left behind:\n" + \
             "\n".join(f"    {lb.line()}" for lb in item.left_behind)
-    _emit(args, _repair_dict(item), text)
+    if still:
+        text += ("\n  the hosts and the database still disagree about the instance "
+                 "(`computeflow reconcile --apply` fixes those with an action):\n"
+                 + "\n".join(f"    {f.line()}" for f in still))
+    else:
+        text += "\n  the hosts agree with the database about the instance: nothing is left"
+    _emit(args, _repair_dict(item) | {"still_disagree": [f.__dict__ for f in still]}, text)
     return EXIT_OK
 
 

@@ -1,8 +1,13 @@
 """Destroy: remove an instance for good.
 
     take_hold -> (forward-only, retried) power_off -> undefine_guest
-              -> unplug_vifs -> delete_instance_files -> release_claims
-              -> mark_deleted
+              -> unplug_vifs -> delete_instance_files -> remove_other_copies
+              -> release_claims -> mark_deleted
+
+remove_other_copies removes what a resize left: the source copy kept for a
+revert (on the instance's host or on the migration's other host) and, after a
+failed move repaired by hand, anything of the instance on the other hosts its
+migration record names. Destroy leaves nothing the database knows of.
 
 Past take_hold nothing is ever re-created: the forward steps have no revert,
 a failing step is retried up to forward_retries times, and a crash resumes
@@ -19,10 +24,11 @@ from flows import runtime
 from flows.steps.disks import DeleteInstanceFiles
 from flows.steps.guest import PowerOffGuest, UndefineGuest
 from flows.steps.instance import MarkDeleted, TakeHold
+from flows.steps.migration import RemoveOtherCopies
 from flows.steps.network import UnplugVifs
 from flows.steps.resources import ReleaseInstanceClaims
 
-VERSION = 1
+VERSION = 2
 
 
 def build(*, host: str | None, vifs: list[dict], **_params) -> linear_flow.Flow:
@@ -35,6 +41,7 @@ def build(*, host: str | None, vifs: list[dict], **_params) -> linear_flow.Flow:
             UndefineGuest(),
             UnplugVifs([v["id"] for v in vifs]),
             DeleteInstanceFiles(),
+            RemoveOtherCopies(),
             ReleaseInstanceClaims(),
         )
     forward.add(MarkDeleted())
@@ -42,3 +49,10 @@ def build(*, host: str | None, vifs: list[dict], **_params) -> linear_flow.Flow:
         TakeHold(task_state="deleting", revert_vm_state="error"),
         forward,
     )
+
+
+def prepare(s, inst, values: dict, op_id: str) -> dict:
+    """The other hosts a migration record names (the copies destroy removes)."""
+    mig = (inst.system_metadata or {}).get("migration") or {}
+    return {"copy_hosts": sorted({h for h in (mig.get("source_host"), mig.get("dest_host"))
+                                  if h and h != inst.host})}

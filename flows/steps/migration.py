@@ -8,8 +8,10 @@ it undoes from the instance uuid, never from a stored result.
 """
 from __future__ import annotations
 
-from drivers.base import Disk, DiskKind, DiskSpec, Flavor
-from drivers.errors import GuestNotFound
+import contextlib
+
+from drivers.base import Disk, DiskKind, DiskSpec, Flavor, Held
+from drivers.errors import GuestNotFound, NotSupported
 from flows import runtime
 from flows.errors import InsufficientCapacity
 from flows.steps.base import Step
@@ -83,6 +85,42 @@ class FinishMigration(Step):
 
     def revert(self, instance_uuid: str, dest_host: str, **_) -> None:
         destroy_guest(dest_host, instance_uuid)
+
+
+def remove_everything(host: str, instance_uuid: str) -> None:
+    """Remove every trace of an instance on one host, whatever state a move or
+    a repair left it in: the guest (stopped first), its ports and volume
+    attachments, a kept or incoming migration copy, and its files."""
+    drv = runtime.current().driver_for(host)
+    with contextlib.suppress(GuestNotFound):
+        drv.power_off(instance_uuid, timeout=0)
+    drv.undefine_guest(instance_uuid)
+    mine = [r for r in drv.host_report().resources if r.instance_uuid == instance_uuid]
+    for r in mine:
+        if r.kind is Held.PORT:
+            drv.unplug_vif(instance_uuid, r.id)
+        elif r.kind is Held.VOLUME:
+            drv.detach_volume(instance_uuid, {"volume_id": r.id}, r.detail)
+    if any(r.kind is Held.KEPT_COPY for r in mine):
+        drv.confirm_migration(instance_uuid)
+    drv.delete_instance_files(instance_uuid)
+
+
+class RemoveOtherCopies(Step):
+    """Forward-only (destroy): what a resize or a failed move left of the
+    instance besides its guest: a copy kept on its own host, and everything
+    on the other hosts its migration record names."""
+
+    def __init__(self, **kw) -> None:
+        super().__init__(name="remove_other_copies", **kw)
+
+    def execute(self, instance_uuid: str, host: str, copy_hosts: list[str] | None = None) -> None:
+        drv = runtime.current().driver_for(host)
+        with contextlib.suppress(NotSupported):
+            drv.confirm_migration(instance_uuid)
+        for other in copy_hosts or []:
+            if other != host:
+                remove_everything(other, instance_uuid)
 
 
 def destroy_guest(host: str, instance_uuid: str) -> None:

@@ -17,11 +17,12 @@ import contextlib
 
 import sqlalchemy as sa
 
-from drivers.base import Held, PowerState, Vif
+from drivers.base import PowerState, Vif
 from drivers.errors import GuestNotFound
 from flows import runtime
 from flows.errors import InvalidRequest
 from flows.steps.base import Step
+from flows.steps.migration import remove_everything
 from persistence import claims, events, instances, operations
 from persistence.models import Claim, Host, Instance, Operation
 
@@ -79,19 +80,7 @@ class RemoveFromHost(ReconcileStep):
             if inst is not None and inst.live_marker == "" and self.host in expected_hosts(inst):
                 raise InvalidRequest(f"instance {inst.name} now lives on {self.host}: "
                                      "its resources there are not removed")
-        drv = self.driver()
-        with contextlib.suppress(GuestNotFound):
-            drv.power_off(uuid, timeout=0)
-        drv.undefine_guest(uuid)
-        mine = [r for r in drv.host_report().resources if r.instance_uuid == uuid]
-        for r in mine:
-            if r.kind is Held.PORT:
-                drv.unplug_vif(uuid, r.id)
-            elif r.kind is Held.VOLUME:
-                drv.detach_volume(uuid, {"volume_id": r.id}, r.detail)
-        if any(r.kind is Held.KEPT_COPY for r in mine):
-            drv.confirm_migration(uuid)
-        drv.delete_instance_files(uuid)
+        remove_everything(self.host, uuid)
 
 
 class UnplugPort(ReconcileStep):

@@ -38,11 +38,13 @@ class ClaimResources(Step):
 
 
 class ReleaseInstanceClaims(Step):
-    """Forward-only: give back everything the instance holds on its host."""
+    """Forward-only: give back everything the instance holds on its host and
+    on the other hosts a resize left copies on (destroy's copy_hosts)."""
 
     def __init__(self, **kw) -> None:
         super().__init__(name="release_claims", **kw)
 
-    def execute(self, instance_uuid: str, host: str) -> None:
+    def execute(self, instance_uuid: str, host: str, copy_hosts: list[str] | None = None) -> None:
         with runtime.current().db.session() as s:
-            claims.release_for_instance(s, instance_uuid, host)
+            for h in {host, *(copy_hosts or [])}:
+                claims.release_for_instance(s, instance_uuid, h)

@@ -177,3 +177,23 @@ def test_apply_killed_at_a_step_and_run_again_converges(tmp_path, sqlite_only, s
             assert open_ops == []
             assert s.scalar(sa.select(sa.func.count()).select_from(Claim)) == 2
         assert c2.rt.driver_for("h2").inventory().empty
+
+
+@pytest.mark.integration
+def test_mark_reverted_says_what_the_hosts_still_hold(tmp_path, sqlite_only):
+    state = tmp_path / "state"
+    calm = write_conf(tmp_path / "calm.conf", state, sqlite_only)
+    faulty = write_conf(tmp_path / "faulty.conf", state, sqlite_only, "[fake]\nfaults = "
+                        "finish_migration:execute:fail:after,migrate_disk_and_power_off:revert:fail\n")
+    for h in ("h1", "h2"):
+        assert run_cli(calm, "hosts", "add", h, "--vcpus", "8", "--ram-mb", "16384",
+                       "--disk-gb", "100").returncode == 0
+    assert run_cli(calm, "spawn", "db1", "--flavor", "m1.small", "--image", "cirros",
+                   "--host", "h1").returncode == 0
+    failed = run_cli(faulty, "resize", "db1", "--flavor", "m1.large", "--target-host", "h2")
+    assert failed.returncode == 1, failed.stdout + failed.stderr
+    op_id = json.loads(run_cli(calm, "ops", "list", "--json").stdout)[0]["id"]
+    marked = run_cli(calm, "ops", "mark-reverted", op_id)
+    assert marked.returncode == 0, marked.stderr
+    assert "still disagree" in marked.stdout
+    assert "h1         guest-missing" in marked.stdout and "restore the kept copy" in marked.stdout

@@ -23,7 +23,8 @@ def test_destroy_removes_everything(conductor):
 
 
 @pytest.mark.parametrize("step", ["power_off", "undefine_guest", "unplug_vifs",
-                                  "delete_instance_files", "release_claims", "mark_deleted"])
+                                  "delete_instance_files", "remove_other_copies",
+                                  "release_claims", "mark_deleted"])
 def test_transient_failure_is_retried_forward(conductor, step):
     spawn(conductor)
     conductor.rt.faults.arm(f"{step}:execute:fail-once")
@@ -58,3 +59,38 @@ def test_second_operation_on_a_held_instance_is_refused(conductor):
         conductor.submit_destroy("vm1")
     assert first in str(e.value)
     assert conductor.run(first).state == operations.SUCCEEDED
+
+
+def test_destroy_after_a_failed_resize_repaired_by_hand_leaves_nothing(conductor):
+    """The resize's revert failed, an operator marked it reverted: the guest
+    exists only as the resize source copy. Destroy removes that copy too."""
+    from conductor import repair
+    conductor.add_host("h2", vcpus=16, ram_mb=32768, disk_gb=500)
+    spawn(conductor)
+    for f in ("finish_migration:execute:fail:after", "migrate_disk_and_power_off:revert:fail"):
+        conductor.rt.faults.arm(f)
+    op = conductor.submit("resize", "vm1", flavor="m1.large", target_host="h2")
+    assert conductor.run(op).state == operations.FAILED
+    conductor.rt.faults.clear()
+    repair.mark_reverted(conductor, op, "test")
+    assert not conductor.rt.driver_for("h1").inventory().empty  # the kept copy
+    assert conductor.run(conductor.submit_destroy("vm1")).state == operations.SUCCEEDED
+    leaks = conductor.leaks()
+    assert leaks["claims"] == [] and all(inv.empty for inv in leaks["hosts"].values()), leaks
+
+
+def test_destroy_of_a_resize_stuck_in_error_removes_both_sides(conductor):
+    """A confirm that failed for good leaves the instance in error with its
+    copy on both hosts and both claims: destroy removes all of it."""
+    conductor.add_host("h2", vcpus=16, ram_mb=32768, disk_gb=500)
+    spawn(conductor)
+    assert conductor.run(conductor.submit("resize", "vm1", flavor="m1.large",
+                                          target_host="h2")).state == operations.SUCCEEDED
+    conductor.rt.faults.arm("confirm_migration:execute:fail")
+    assert conductor.run(conductor.submit("confirm_resize", "vm1")).state == operations.REVERTED
+    conductor.rt.faults.clear()
+    with conductor.db.session() as s:
+        assert instances.find_live(s, "vm1").vm_state == "error"
+    assert conductor.run(conductor.submit_destroy("vm1")).state == operations.SUCCEEDED
+    leaks = conductor.leaks()
+    assert leaks["claims"] == [] and all(inv.empty for inv in leaks["hosts"].values()), leaks
