@@ -147,6 +147,59 @@ class LibvirtDriver(base.ComputeDriver):
             base_images=tuple(self.images.list()),
         )
 
+    @_translated
+    def host_report(self) -> base.HostReport:
+        """Own guests with their power state; `cf-` domains without computeflow's
+        metadata (someone else's, listed with no instance); the files under this
+        host's directory by the instance directory they are in (anything else
+        there is listed with no instance); kept (`{uuid}.resize`) and incoming
+        (a copied domain.xml with no guest defined yet) copies; port records."""
+        H = base.Held
+        found: list[base.HeldResource] = []
+        own: set[str] = set()
+        for guest in self._host.list_guests():
+            try:
+                meta = guest.instance_metadata()
+                if meta is not None and meta.host == self.host:
+                    found.append(base.HeldResource(H.GUEST, guest.uuid, guest.uuid,
+                                                   guest.power_state(), guest.name))
+                    own.add(guest.uuid)
+                elif meta is None and guest.name.startswith(DOMAIN_PREFIX):
+                    found.append(base.HeldResource(H.GUEST, guest.name, None,
+                                                   guest.power_state(), guest.name))
+            except libvirt.libvirtError as e:
+                if e.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:  # gone since listed
+                    raise
+        found += self._file_resources(own)
+        found += [base.HeldResource(H.PORT, vif, p.get("instance"), detail=p.get("network", ""))
+                  for vif, p in sorted(self.ports.read().items())]
+        return base.HostReport(self.host, tuple(found))
+
+    def _file_resources(self, own_guests: set[str]) -> list[base.HeldResource]:
+        H = base.Held
+        found: list[base.HeldResource] = []
+        try:
+            entries = sorted(os.listdir(self.root))
+        except FileNotFoundError:
+            return found
+        own_files = {os.path.basename(self.ports.path), os.path.basename(self.ports.path) + ".lock"}
+        for entry in entries:
+            path = os.path.join(self.root, entry)
+            uuid, kept = _instance_dir_uuid(entry)
+            if not os.path.isdir(path) or uuid is None:
+                if entry not in own_files and not entry.startswith(os.path.basename(self.ports.path)):
+                    found.append(base.HeldResource(H.DISK, path, None, detail="not computeflow's"))
+                continue
+            if kept:
+                found.append(base.HeldResource(H.KEPT_COPY, uuid, uuid, detail=path))
+                continue
+            files = sorted(f for f in os.listdir(path))
+            if resize.DOMAIN_XML in files and uuid not in own_guests:
+                found.append(base.HeldResource(H.INCOMING_COPY, uuid, uuid, detail=path))
+            found += [base.HeldResource(H.DISK, os.path.join(path, f), uuid, detail=f)
+                      for f in files]
+        return found
+
     def _instance_files(self) -> list[str]:
         found = []
         for dirpath, _dirs, files in os.walk(self.root):
@@ -547,6 +600,18 @@ class LibvirtDriver(base.ComputeDriver):
         if event in _IGNORED_EVENTS or not self._owns(guest):
             return
         self.emit_event(LifecycleEvent(guest.uuid, guest.power_state(), self.host))
+
+
+def _instance_dir_uuid(entry: str) -> tuple[str | None, bool]:
+    """(instance uuid, is a kept resize copy) of a directory name under a
+    host's root; (None, False) if it is not an instance directory."""
+    kept = entry.endswith(resize.RESIZE_SUFFIX)
+    name = entry[:-len(resize.RESIZE_SUFFIX)] if kept else entry
+    try:
+        canonical = str(uuidlib.UUID(name))
+    except ValueError:
+        return None, False
+    return (canonical, kept) if canonical == name else (None, False)
 
 
 def _tap_name(vif_id: str) -> str:
