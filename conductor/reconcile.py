@@ -125,8 +125,9 @@ def audit(conductor, host: str | None = None) -> Audit:
     result.hosts = sorted(reports)
     busy = _busy_instances(db)
     result.findings += _operation_findings(db)
+    indexed = {h: rep.by_instance() for h, rep in reports.items()}  # one pass per host
     for uuid, inst in db.live.items():
-        result.findings += _instance_findings(inst, reports, busy.get(uuid), db)
+        result.findings += _instance_findings(inst, reports, indexed, busy.get(uuid), db)
     result.findings += _orphan_findings(reports, db, busy)
     result.findings += _record_findings(db, host)
     return result
@@ -182,12 +183,11 @@ def _ago(now: dt.datetime, then: dt.datetime) -> str:
     return f"{int((now - then).total_seconds())}s ago"
 
 
-def _instance_findings(inst: Instance, reports: dict[str, HostReport], busy: str | None,
-                       db: _Db) -> list[Finding]:
+def _instance_findings(inst: Instance, reports: dict[str, HostReport],
+                       indexed: dict[str, dict[str | None, list[HeldResource]]],
+                       busy: str | None, db: _Db) -> list[Finding]:
     """Where the database places a live instance against where its things are."""
-    held = {h: [r for r in rep.resources if r.instance_uuid == inst.uuid]
-            for h, rep in reports.items()}
-    held = {h: rs for h, rs in held.items() if rs}
+    held = {h: by[inst.uuid] for h, by in indexed.items() if inst.uuid in by}
     name, uuid = inst.name, inst.uuid
     if busy is not None:  # its operation owns it; a FAILED one needs an operator first
         if db.op_states.get(inst.held_by) != operations.FAILED:
