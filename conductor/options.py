@@ -42,6 +42,21 @@ conductor_opts = [
         "embedded mode). Server databases are upgraded only by "
         "`computeflow db upgrade`.",
     ),
+    cfg.IntOpt(
+        "reconcile_interval",
+        default=600,
+        min=0,
+        help="Seconds between two audits of the hosts against the database by "
+        "`computeflow conductor` (as Nova's power-state sync); 0: never. New "
+        "findings are logged and recorded as instance events.",
+    ),
+    cfg.ListOpt(
+        "reconcile_apply",
+        default=[],
+        help="Finding kinds whose fix `computeflow conductor` carries out by "
+        "itself after an audit (e.g. power-drift,orphan-guest,stale-claim); "
+        "empty: report only. See docs/reconcile.md for the kinds.",
+    ),
     cfg.StrOpt(
         "log_file",
         default="$state_path/computeflow.log",

@@ -51,6 +51,10 @@ from persistence.models import Claim, Instance, Operation, utcnow
 
 LOG = logging.getLogger(__name__)
 
+#: Finding kinds that come with an action ([conductor] reconcile_apply may name them).
+FIXABLE = ("orphan-guest", "orphan-disk", "orphan-port", "orphan-volume", "orphan-kept-copy",
+           "orphan-incoming-copy", "stray-copy", "guest-missing", "power-drift", "port-missing",
+           "stale-copy", "stale-claim", "stale-hold", "usage-drift", "orphaned-operation")
 #: vm_states of an instance that must have a guest on its host.
 _HAS_GUEST = frozenset({"active", "stopped", "paused", "suspended", "rescued", "soft_deleted",
                         "resized"})

@@ -26,6 +26,7 @@ from taskflow import exceptions as tf_exc, states
 
 from conductor import jobboard, ownership
 from conductor.api import Conductor
+from conductor.drift_watch import DriftWatch, check_apply_kinds
 from conductor.jobboard import Board, Claim
 from conductor.runner import LostOwnership, NotOwner, Runner
 from flows import catalog
@@ -79,6 +80,7 @@ class ConductorService:
         self._engines: dict[str, object] = {}
         self._skip_until: dict[str, float] = {}
         self._pool = futures.ThreadPoolExecutor(self.max_operations, thread_name_prefix="operation")
+        self.drift = DriftWatch(conductor, opts.reconcile_interval, opts.reconcile_apply)
         self.runner = _ServiceRunner(conductor.rt, self.who, lease_seconds=conductor.lease_seconds,
                                      executor=conductor._executor, leases=conductor._leases,
                                      service=self)
@@ -99,6 +101,9 @@ class ConductorService:
             signal.signal(signal.SIGINT, self.stop)
         beat = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
         beat.start()
+        watch = threading.Thread(target=self.drift.run, args=(self._stop,), name="drift-watch",
+                                 daemon=True)
+        watch.start()
         LOG.info("conductor %s serving (%s, up to %d operations)", self.who,
                  "embedded" if self.board.embedded else self.c.conf.conductor.jobboard,
                  self.max_operations)
@@ -118,6 +123,7 @@ class ConductorService:
             self._wake.wait(self.poll)
         self._shutdown()
         beat.join()
+        watch.join()
         return 0
 
     def _claim_one(self) -> bool:
@@ -271,5 +277,6 @@ def unloadable(op: operations.Operation) -> str | None:
 
 
 def serve(conductor: Conductor) -> int:
+    check_apply_kinds(conductor.conf.conductor.reconcile_apply)  # before anything is opened
     board = jobboard.open_board(conductor.conf, conductor.owner, conductor.db)
     return ConductorService(conductor, board).serve()
