@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -388,7 +389,7 @@ def cmd_ops_show(args) -> int:
     with _database(args).session() as s:
         op = operations.get(s, args.id)
         if op is None:
-            raise UserError(f"unknown operation {args.id!r}")
+            raise UserError(operations.not_found(s, args.id))
         rows = flowlog.entries(s, op.id)
     steps = flowlog.summarize(rows)
     payload = render.operation_dict(op) | {
@@ -572,6 +573,10 @@ def main(argv: list[str] | None = None) -> int:
         print("computeflow: interrupted; `computeflow resume` finishes what was running",
               file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `computeflow ops list | head`: the reader left; not an error
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so the interpreter's final flush stays quiet
+        return 141
 
 
 if __name__ == "__main__":

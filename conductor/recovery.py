@@ -97,7 +97,7 @@ def plans(conductor, op_id: str | None = None) -> list[ResumePlan]:
         if op_id is not None:
             op = operations.get(s, op_id)
             if op is None:
-                raise operations.Refused(f"unknown operation {op_id!r}")
+                raise operations.Refused(operations.not_found(s, op_id))
             if op.state not in operations.ACTIVE_STATES:
                 raise operations.Refused(f"operation {op.id} already ended {op.state}: "
                                          "nothing to resume")

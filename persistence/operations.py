@@ -41,6 +41,19 @@ def get(s: Session, op_id: str) -> Operation | None:
     return op
 
 
+def not_found(s: Session, op_id: str) -> str:
+    """Why `get` found nothing for `op_id`, in one line an operator can act on."""
+    if len(op_id) < 4:
+        return f"operation id {op_id!r} is too short: give at least 4 characters"
+    if len(op_id) < 36:
+        matches = list(s.scalars(sa.select(Operation.id).where(Operation.id.startswith(op_id))
+                                 .order_by(Operation.id).limit(4)))
+        if len(matches) > 1:
+            return (f"operation id prefix {op_id!r} is ambiguous: it matches "
+                    f"{', '.join(matches[:3])}{', ...' if len(matches) > 3 else ''}")
+    return f"unknown operation {op_id!r}"
+
+
 def take_ownership(s: Session, op_id: str, owner: str, lease_seconds: float,
                    dead_owners: tuple[str, ...] = ()) -> int | None:
     """Become the owner if the operation is free, ours, expired, or its owner is
@@ -157,7 +170,7 @@ def request_cancel(s: Session, op_id: str, by: str = "api", *,
     """
     op = get(s, op_id)
     if op is None:
-        raise Refused(f"unknown operation {op_id!r}")
+        raise Refused(not_found(s, op_id))
     if op.state in FINAL_STATES:
         raise Refused(f"operation {op.id} already ended {op.state}: nothing to cancel")
     forward_only = op.kind in FORWARD_ONLY_KINDS
@@ -256,7 +269,7 @@ def reopen_for_revert(s: Session, op_id: str, owner: str, lease_seconds: float, 
     """
     op = get(s, op_id)
     if op is None:
-        raise Refused(f"unknown operation {op_id!r}")
+        raise Refused(not_found(s, op_id))
     if op.state != FAILED:
         raise Refused(f"operation {op.id} is {op.state}, not FAILED: nothing to retry")
     fd_uuid = op.flow_detail_uuid or op.id
@@ -284,7 +297,7 @@ def mark_reverted(s: Session, op_id: str, by: str, note: str | None = None) -> O
     its hold and claims, end it REVERTED, and say who and when in the flow log."""
     op = get(s, op_id)
     if op is None:
-        raise Refused(f"unknown operation {op_id!r}")
+        raise Refused(not_found(s, op_id))
     if op.state != FAILED:
         raise Refused(f"operation {op.id} is {op.state}, not FAILED: only a failed operation "
                       "is marked reverted")
