@@ -11,12 +11,13 @@ import uuid
 import pytest
 import sqlalchemy as sa
 
-from conductor import config, reconcile, repair
+from conductor import config, reconcile
 from conductor.api import Conductor, SpawnRequest
 from drivers.base import Vif
 from persistence import instances, operations
 from persistence.models import Base, Claim, Host, Operation
 from tests.conftest import run_cli, write_conf
+from tests.flows.test_destroy import failed_resize_marked_reverted
 
 ORPHAN = "0b3c1c9e-1111-4222-8333-444455556666"
 
@@ -102,14 +103,8 @@ def test_a_failed_resize_repaired_by_hand_ends_clean(conductor):
     """The story from the issue: the resize's revert fails, the operator marks it
     reverted, the instance's guest exists only as the resize source copy.
     Reconcile restores it; destroy then leaves nothing on any host."""
-    conductor.add_host("h2", vcpus=16, ram_mb=32768, disk_gb=500)
     uuid_ = _spawn(conductor, "db1")
-    for f in ("finish_migration:execute:fail:after", "migrate_disk_and_power_off:revert:fail"):
-        conductor.rt.faults.arm(f)
-    op = conductor.submit("resize", "db1", flavor="m1.large", target_host="h2")
-    assert conductor.run(op).state == operations.FAILED
-    conductor.rt.faults.clear()
-    repair.mark_reverted(conductor, op, "test")
+    failed_resize_marked_reverted(conductor, "db1")
     found = reconcile.audit(conductor)
     assert [(f.what, f.action["action"] if f.action else None) for f in found.findings] == [
         ("guest-missing", "restore_kept_copy")], [f.line() for f in found.findings]

@@ -61,18 +61,23 @@ def test_second_operation_on_a_held_instance_is_refused(conductor):
     assert conductor.run(first).state == operations.SUCCEEDED
 
 
-def test_destroy_after_a_failed_resize_repaired_by_hand_leaves_nothing(conductor):
-    """The resize's revert failed, an operator marked it reverted: the guest
-    exists only as the resize source copy. Destroy removes that copy too."""
+def failed_resize_marked_reverted(conductor, name: str) -> None:
+    """A resize of `name` (on h1) to h2 whose revert failed, then marked
+    reverted by an operator: its guest exists only as the resize source copy."""
     from conductor import repair
     conductor.add_host("h2", vcpus=16, ram_mb=32768, disk_gb=500)
-    spawn(conductor)
     for f in ("finish_migration:execute:fail:after", "migrate_disk_and_power_off:revert:fail"):
         conductor.rt.faults.arm(f)
-    op = conductor.submit("resize", "vm1", flavor="m1.large", target_host="h2")
+    op = conductor.submit("resize", name, flavor="m1.large", target_host="h2")
     assert conductor.run(op).state == operations.FAILED
     conductor.rt.faults.clear()
     repair.mark_reverted(conductor, op, "test")
+
+
+def test_destroy_after_a_failed_resize_repaired_by_hand_leaves_nothing(conductor):
+    """Destroy removes the resize source copy too."""
+    spawn(conductor)
+    failed_resize_marked_reverted(conductor, "vm1")
     assert not conductor.rt.driver_for("h1").inventory().empty  # the kept copy
     assert conductor.run(conductor.submit_destroy("vm1")).state == operations.SUCCEEDED
     leaks = conductor.leaks()
