@@ -262,17 +262,19 @@ class Conductor:
         return OperationStatus.of(self.runner.run(op_id, on_event=on_event))
 
     def resume(self, on_event: EventSink | None = None) -> list[OperationStatus]:
-        """Finish every operation whose owner is gone (dead process or lapsed lease)."""
+        """Finish every operation whose owner is gone (dead process or lapsed
+        lease), each in the direction its recovery plan chooses (recovery.py)."""
+        from conductor import recovery  # it imports this module's users
+
+        recovery.default_directions(self.conf)  # a bad setting fails before anything runs
         done = []
         with self.db.session() as s:
             orphans = operations.resumable(s)
         for op in orphans:
-            dead = (op.owner,) if op.owner and ownership.is_dead(op.owner) else ()
             try:
-                final = self.runner.run(op.id, dead_owners=dead, on_event=on_event)
-            except (NotOwner, LostOwnership):
-                continue  # another conductor has it
-            done.append(OperationStatus.of(final))
+                done.append(recovery.resume_one(self, op.id, None, self.owner, on_event))
+            except (NotOwner, LostOwnership, operations.Refused):
+                continue  # another conductor has it, or it ended meanwhile
         for op_id in moves.auto_confirm(self):  # resizes past [conductor] resize_confirm_window
             done.append(OperationStatus.of(self.runner.run(op_id, on_event=on_event)))
         return done

@@ -57,6 +57,16 @@ conductor_opts = [
         "itself after an audit (e.g. power-drift,orphan-guest,stale-claim); "
         "empty: report only. See docs/reconcile.md for the kinds.",
     ),
+    cfg.DictOpt(
+        "resume_direction",
+        default={},
+        help="Per operation kind, what a resume does with an operation interrupted "
+        "going forward when the hypervisor does not show the interrupted step "
+        "done: forward (run it again, go on) or revert (undo what was done), "
+        "e.g. spawn:revert. Kinds not named keep the catalogue's default "
+        "(forward). A flow already reverting, or forward-only past its hold, "
+        "has one direction only.",
+    ),
     cfg.StrOpt(
         "log_file",
         default="$state_path/computeflow.log",

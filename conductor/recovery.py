@@ -11,7 +11,8 @@ the direction:
   power state on a host once it is done, see Step.probe_guest): a step whose
   effect is already there makes the resume go forward (re-running it is a
   no-op); else the catalogue's per-kind default (OperationKind.resume_direction).
-Where both directions are safe, an operator may choose (`resume OP
+`[conductor] resume_direction` (e.g. `spawn:revert`) overrides that default
+per kind. Where both directions are safe, an operator may choose (`resume OP
 --direction`): reverting is then asked for as a cancel, which the resumed run
 honours at its first step.
 """
@@ -25,6 +26,7 @@ from oslo_utils import importutils
 from taskflow import task as tf_task
 
 from conductor import ownership, repair
+from conductor.config import ConfigError
 from drivers.base import PowerState
 from drivers.errors import GuestNotFound
 from flows import catalog
@@ -148,13 +150,26 @@ def plan(conductor, op: Operation, states: dict[str, str], forward_started: bool
                "is a no-op, then the rest")
         return ResumePlan(**base, direction=FORWARD, steps=forward_steps, why=why,
                           probes=probes, choosable=True)
-    direction = kind.resume_direction
-    why = (f"the catalogue's default for {op.kind}"
+    configured = default_directions(conductor.conf)
+    direction = configured.get(op.kind, kind.resume_direction)
+    why = ((f"the configured direction for {op.kind} ([conductor] resume_direction)"
+            if op.kind in configured else f"the catalogue's default for {op.kind}")
            + ("; the interrupted step runs again from the start (every step is idempotent)"
               if direction == FORWARD else "; what was done is undone"))
     return ResumePlan(**base, direction=direction,
                       steps=forward_steps if direction == FORWARD else revert_steps,
                       why=why, probes=probes, choosable=True)
+
+
+def default_directions(conf) -> dict[str, str]:
+    """[conductor] resume_direction, checked: known kinds, forward or revert."""
+    configured = dict(conf.conductor.resume_direction or {})
+    for kind, direction in configured.items():
+        if kind not in catalog.CATALOG or direction not in (FORWARD, REVERT):
+            raise ConfigError(f"configuration: [conductor] resume_direction: {kind}:{direction} "
+                              f"(a kind of {', '.join(sorted(catalog.CATALOG))}, "
+                              "then forward or revert)")
+    return configured
 
 
 def _task_order(op: Operation) -> list[str]:
@@ -212,7 +227,8 @@ def resume_one(conductor, op_id: str, direction: str | None, by: str, on_event=N
     dead = (p.owner,) if p.owner and ownership.is_dead(p.owner) else ()
     if chosen == REVERT and p.choosable:  # not reverting yet: ask for it as a cancel
         with conductor.db.session() as s:
-            outcome = operations.request_cancel(s, p.op_id, f"{by} (resume --direction revert)",
+            why = "resume --direction revert" if direction else f"resume: {p.why}"
+            outcome = operations.request_cancel(s, p.op_id, f"{by} ({why})"[:255],
                                                 dead_owners=dead)
         if outcome.done:
             return conductor.status(p.op_id)

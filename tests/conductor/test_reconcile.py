@@ -192,3 +192,42 @@ def test_mark_reverted_says_what_the_hosts_still_hold(tmp_path, sqlite_only):
     assert marked.returncode == 0, marked.stderr
     assert "still disagree" in marked.stdout
     assert "h1         guest-missing" in marked.stdout and "restore the kept copy" in marked.stdout
+
+
+# -- resume decided from the hypervisor and the configured direction -------------
+@pytest.mark.integration
+@pytest.mark.parametrize("killed_after,expect", [("define_guest", "revert"),
+                                                  ("power_on", "forward")])
+def test_configured_revert_unless_the_hypervisor_shows_the_step_done(
+        tmp_path, sqlite_only, killed_after, expect):
+    """spawn:revert is configured. Killed while power_on had not started the
+    guest, resume reverts; killed after it did (the probe shows it running),
+    resume goes forward whatever the configuration."""
+    state = tmp_path / "state"
+    calm = write_conf(tmp_path / "calm.conf", state, sqlite_only,
+                      "resume_direction = spawn:revert\n")
+    step = {"define_guest": "power_on:execute:kill:before",
+            "power_on": "power_on:execute:kill:after"}[killed_after]
+    crash = write_conf(tmp_path / "crash.conf", state, sqlite_only, f"[fake]\nfaults = {step}\n")
+    assert run_cli(calm, "hosts", "add", "h1", "--vcpus", "8", "--ram-mb", "16384",
+                   "--disk-gb", "100").returncode == 0
+    died = run_cli(crash, "spawn", "vm1", "--flavor", "m1.small", "--image", "cirros")
+    assert died.returncode == -signal.SIGKILL, died.stderr
+    (plan,) = json.loads(run_cli(calm, "resume", "--dry-run", "--json").stdout)
+    assert plan["direction"] == expect, plan
+    if expect == "revert":
+        assert "configured" in plan["why"] and plan["probes"][0]["done"] is False, plan
+    else:
+        assert plan["probes"][0]["done"] is True, plan
+    resumed = run_cli(calm, "resume", "--json")
+    (outcome,) = json.loads(resumed.stdout)
+    assert outcome["state"] == ("REVERTED" if expect == "revert" else "SUCCEEDED"), outcome
+    inv = json.loads(run_cli(calm, "inventory", "--json").stdout)
+    assert (inv["hosts"]["h1"]["guests"] == []) == (expect == "revert"), inv
+
+
+def test_a_bad_resume_direction_is_a_configuration_error(tmp_path, sqlite_only):
+    conf = write_conf(tmp_path / "c.conf", tmp_path / "state", sqlite_only,
+                      "resume_direction = spawn:sideways\n")
+    out = run_cli(conf, "resume")
+    assert out.returncode == 2 and "resume_direction: spawn:sideways" in out.stderr, out.stderr
