@@ -111,21 +111,28 @@ class _Db:
 
 
 def audit(conductor, host: str | None = None) -> Audit:
-    """Every disagreement (see module docstring); reads only."""
-    db = _read_db(conductor, host)
-    result = Audit(instances=len(db.live))
+    """Every disagreement (see module docstring); reads only.
+
+    The hosts are read before the database: an operation that starts while
+    the hosts are read is then seen in flight by the database read (its
+    instance busy), instead of its new resources looking like strays."""
+    with conductor.db.session() as s:
+        host_rows = [(h.name, h.down) for h in hosts.list_hosts(s)]
+    result = Audit()
     reports: dict[str, HostReport] = {}
-    for h in db.host_rows:
-        if host is not None and h.name != host:
+    for name, down in host_rows:
+        if host is not None and name != host:
             continue
-        if h.down:
-            result.skipped_hosts[h.name] = "marked down (`hosts set-up` cleans it when back)"
+        if down:
+            result.skipped_hosts[name] = "marked down (`hosts set-up` cleans it when back)"
             continue
         try:
-            reports[h.name] = conductor.rt.driver_for(h.name).host_report()
+            reports[name] = conductor.rt.driver_for(name).host_report()
         except Exception as e:  # noqa: BLE001 - an unreachable host is a finding, not a crash
-            result.skipped_hosts[h.name] = f"not probed: {type(e).__name__}: {e}"
-            result.findings.append(Finding("host-unreachable", h.name, h.name, str(e)))
+            result.skipped_hosts[name] = f"not probed: {type(e).__name__}: {e}"
+            result.findings.append(Finding("host-unreachable", name, name, str(e)))
+    db = _read_db(conductor, host)
+    result.instances = len(db.live)
     result.hosts = sorted(reports)
     busy = _busy_instances(db)
     result.findings += _operation_findings(db)
@@ -259,6 +266,12 @@ def _instance_findings(inst: Instance, reports: dict[str, HostReport],
                                          "a kept copy, not a defined guest", uuid, name,
                                          fix="left for an operator"))
             continue
+        if home_rs is None:
+            found.append(Finding("stray-copy", h, uuid, f"{_kinds(rs)} on a host the database "
+                                 f"does not place it on; its host {home} was not probed "
+                                 "(--host, down or unreachable)", uuid, name,
+                                 fix="left alone until its host is probed"))
+            continue
         if guest_here is None:
             found.append(Finding("stray-copy", h, uuid, f"{_kinds(rs)} on a host the database "
                                  f"does not place it on, and no guest on {home}", uuid, name,
@@ -266,7 +279,7 @@ def _instance_findings(inst: Instance, reports: dict[str, HostReport],
             continue
         found.append(Finding("stray-copy", h, uuid, f"{_kinds(rs)} on a host the database does "
                              f"not place it on (it runs on {home})", uuid, name,
-                             act("remove_from_host", h), f"remove them from {h}"))
+                             act("remove_from_host", h, live=True), f"remove them from {h}"))
     return found
 
 
@@ -391,7 +404,9 @@ def plans(result: Audit) -> tuple[list[Plan], list[str]]:
             by_instance.setdefault(a["instance_uuid"], []).append(a)
     out = []
     for uuid, actions in by_instance.items():
-        holding = any(a["action"] in HOLDING_ACTIONS for a in actions)
+        # A live instance's stray copy is removed under its hold too: no
+        # operation (a migration towards that host) may start meanwhile.
+        holding = any(a["action"] in HOLDING_ACTIONS or a.get("live") for a in actions)
         out.append(Plan(uuid, holding, actions))
     if records:
         records.sort(key=lambda a: a["action"] == "recount_usage")

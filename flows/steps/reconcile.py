@@ -80,6 +80,9 @@ class RemoveFromHost(ReconcileStep):
             if inst is not None and inst.live_marker == "" and self.host in expected_hosts(inst):
                 raise InvalidRequest(f"instance {inst.name} now lives on {self.host}: "
                                      "its resources there are not removed")
+            if inst is not None and inst.held_by not in (None, operation_id):
+                raise InvalidRequest(f"instance {inst.name} is held by operation "
+                                     f"{inst.held_by}: its resources are not removed")
         remove_everything(self.host, uuid)
 
 

@@ -231,3 +231,31 @@ def test_a_bad_resume_direction_is_a_configuration_error(tmp_path, sqlite_only):
                       "resume_direction = spawn:sideways\n")
     out = run_cli(conf, "resume")
     assert out.returncode == 2 and "resume_direction: spawn:sideways" in out.stderr, out.stderr
+
+
+def test_a_stray_copy_is_not_removed_once_an_operation_holds_the_instance(conductor):
+    """The audit saw vm1's disk on h2 as a stray; before --apply a live
+    migration to h2 took vm1. The removal runs under vm1's hold, so it is
+    skipped and the migration keeps what it made there."""
+    from drivers.base import DiskKind, DiskSpec
+    conductor.add_host("h2", vcpus=16, ram_mb=32768, disk_gb=500)
+    uuid_ = _spawn(conductor, "vm1")
+    conductor.rt.driver_for("h2").create_disk(uuid_, DiskSpec(DiskKind.EPHEMERAL, 1024))
+    found = reconcile.audit(conductor)
+    assert [(f.what, f.host, f.action["action"]) for f in found.actionable] == [
+        ("stray-copy", "h2", "remove_from_host")]
+    migration = conductor.submit("live_migration", "vm1", target_host="h2")
+    (skipped,) = reconcile.apply(conductor, found)
+    assert skipped.state == "SKIPPED" and "busy" in skipped.error
+    assert conductor.rt.driver_for("h2").inventory().disks  # untouched
+    assert conductor.run(migration).state == operations.SUCCEEDED
+    assert reconcile.audit(conductor).findings == []
+
+
+def test_a_stray_copy_whose_home_was_not_probed_is_left_alone(conductor):
+    from drivers.base import DiskKind, DiskSpec
+    conductor.add_host("h2", vcpus=16, ram_mb=32768, disk_gb=500)
+    uuid_ = _spawn(conductor, "vm1")
+    conductor.rt.driver_for("h2").create_disk(uuid_, DiskSpec(DiskKind.EPHEMERAL, 1024))
+    (f,) = reconcile.audit(conductor, host="h2").findings
+    assert f.what == "stray-copy" and f.action is None and "h1 was not probed" in f.why
