@@ -248,6 +248,10 @@ def _instance_findings(inst: Instance, reports: dict[str, HostReport],
                                  f"hypervisor says {guest_here.power_state.value}", uuid, name,
                                  act("record_power_state", home),
                                  f"record {guest_here.power_state.value}"))
+        if guest_here is not None and not any(_is_root_disk(r) for r in home_rs):
+            found.append(Finding("root-disk-missing", home, uuid, "the guest is defined, its "
+                                 "root disk is gone", uuid, name,
+                                 fix="left for an operator: rebuild it (or restore the disk)"))
         if guest_here is not None:  # (a kept copy, once restored, brings its own back)
             found += _port_findings(inst, home, home_rs, act)
             found += _volume_findings(inst, home, home_rs, act)
@@ -281,6 +285,11 @@ def _instance_findings(inst: Instance, reports: dict[str, HostReport],
                              f"not place it on (it runs on {home})", uuid, name,
                              act("remove_from_host", h, live=True), f"remove them from {h}"))
     return found
+
+
+def _is_root_disk(r: HeldResource) -> bool:
+    """Drivers name a disk by its kind (fake) or its file, disk.<kind> (libvirt)."""
+    return r.kind is Held.DISK and r.detail.removeprefix("disk.") == "root"
 
 
 def _kinds(rs: Iterable[HeldResource]) -> str:

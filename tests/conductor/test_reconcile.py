@@ -259,3 +259,12 @@ def test_a_stray_copy_whose_home_was_not_probed_is_left_alone(conductor):
     conductor.rt.driver_for("h2").create_disk(uuid_, DiskSpec(DiskKind.EPHEMERAL, 1024))
     (f,) = reconcile.audit(conductor, host="h2").findings
     assert f.what == "stray-copy" and f.action is None and "h1 was not probed" in f.why
+
+
+def test_a_guest_whose_root_disk_is_gone_is_reported(conductor):
+    uuid_ = _spawn(conductor, "vm1")
+    with conductor.rt.driver_for("h1").state.change() as st:
+        del st["disks"][next(p for p, d in st["disks"].items()
+                             if d["instance"] == uuid_ and d["kind"] == "root")]
+    (f,) = reconcile.audit(conductor).findings
+    assert (f.what, f.instance_uuid, f.action) == ("root-disk-missing", uuid_, None)
