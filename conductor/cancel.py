@@ -9,8 +9,9 @@ done and the operation ends REVERTED, "cancelled by ...". When the owner is
 gone (dead process, lapsed lease), the canceller takes the operation over
 and performs that revert itself.
 
-Forward-only operations (destroy; confirm-style flows) cannot be cancelled
-once running: past their hold they only go forward.
+Forward-only operations (destroy, confirm-resize, revert-resize, reconcile:
+`forward_only` in the catalogue) cannot be cancelled once running: past
+their hold they only go forward.
 """
 from __future__ import annotations
 
@@ -25,14 +26,9 @@ from persistence import operations
 
 
 def forward_only_kinds() -> set[str]:
-    """Kinds that only go forward once past their hold.
-
-    The catalogue has no flag for it yet: a kind is forward-only if it says
-    so (`forward_only`), runs the destroy flow, or confirms something.
-    """
-    return {k.name for k in catalog.CATALOG.values()
-            if getattr(k, "forward_only", False) or k.factory == "flows.destroy.build"
-            or k.name.startswith("confirm")}
+    """Kinds that only go forward once past their hold: a field of the
+    catalogue (OperationKind.forward_only), never guessed from names."""
+    return {k.name for k in catalog.CATALOG.values() if k.forward_only}
 
 
 # persistence imports no flows: tell it which kinds refuse a cancel once running.

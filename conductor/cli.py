@@ -494,9 +494,12 @@ def cmd_cancel(args) -> int:
         text = (f"cancel of operation {o.op_id} ({o.kind}) requested: its owner {o.owner} stops "
                 f"it at its next step and reverts it (it is {res.state}; "
                 f"see `computeflow ops show {o.op_id}`)")
+    expired = args.wait > 0 and not res.ended
+    if expired:
+        text += f"\ncomputeflow: still {res.state} after --wait {args.wait:g} s"
     _emit(args, {"id": o.op_id, "kind": o.kind, "state": res.state, "error": res.error,
                  "owner": o.owner, "ended": res.ended}, text)
-    return EXIT_OK
+    return EXIT_OP_FAILED if expired else EXIT_OK
 
 
 def _repair_dict(item: repair.RepairItem) -> dict:

@@ -115,6 +115,34 @@ def test_running_destroy_is_forward_only(conductor):
         assert operations.get(s, op_id).cancel_requested_by is None
 
 
+@pytest.mark.parametrize("kind", ["confirm_resize", "revert_resize"])
+def test_running_confirm_or_revert_of_a_resize_is_forward_only(conductor, kind):
+    """Forward-only is a field of the catalogue: a revert-resize cancelled
+    half-way would leave the destination destroyed and the source not back."""
+    conductor.add_host("h2", vcpus=16, ram_mb=32768, disk_gb=500)
+    spawn(conductor)
+    assert conductor.run(conductor.submit("resize", "vm1", flavor="m1.large",
+                                          target_host="h2")).state == operations.SUCCEEDED
+    op_id = conductor.submit(kind, "vm1")
+    _set(conductor, op_id, state=operations.RUNNING)
+    with pytest.raises(operations.Refused, match="forward-only and already running"):
+        cancel.cancel(conductor, op_id, "alice@test")
+    _set(conductor, op_id, state=operations.PENDING)
+    assert conductor.run(op_id).state == operations.SUCCEEDED
+
+
+def test_cancel_wait_that_expires_exits_non_zero(conductor, conf_file):
+    """The owner (on another machine, lease valid) does not stop in time."""
+    from persistence.models import utcnow
+    spawn(conductor)
+    op_id = conductor.submit("reboot", "vm1")
+    _set(conductor, op_id, state=operations.RUNNING, owner="elsewhere:1:1",
+         lease_expires_at=utcnow() + dt.timedelta(hours=1))
+    out = run_cli(conf_file, "cancel", op_id, "--wait", "0.3")
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "still RUNNING after --wait 0.3 s" in out.stdout
+
+
 # -- real processes --------------------------------------------------------------
 def _conf(tmp_path, url: str, extra: str = ""):
     return write_conf(tmp_path / "computeflow.conf", tmp_path / "state", url, extra)
