@@ -17,7 +17,7 @@ own guests) are never listed, counted or touched.
 The driver runs on the hypervisor's machine: disks are created locally with
 qemu-img at the paths the domain XML names.
 
-One module (~550 lines) on purpose: it is the contract's method list, each a
+One module (~620 lines) on purpose: it is the contract's method list, each a
 short composition of host.py, guest.py, config.py, disks.py, ports.py and
 migration.py, where the libvirt work itself lives.
 """
