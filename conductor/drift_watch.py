@@ -25,12 +25,17 @@ LOG = logging.getLogger(__name__)
 _EVENT_LEN = 32  # instance_events.event
 
 
+#: The service resumes orphaned operations itself, through its jobboard claims
+#: (heartbeats, suspension at shutdown): the watch never does.
+APPLICABLE = tuple(k for k in reconcile.FIXABLE if k != "orphaned-operation")
+
+
 def check_apply_kinds(apply_kinds: list[str]) -> None:
     """A typo in [conductor] reconcile_apply is a configuration error, named."""
-    unknown = sorted(set(apply_kinds) - set(reconcile.FIXABLE))
+    unknown = sorted(set(apply_kinds) - set(APPLICABLE))
     if unknown:
         raise ConfigError(f"configuration: [conductor] reconcile_apply: unknown finding kind(s) "
-                          f"{', '.join(unknown)} (fixable: {', '.join(reconcile.FIXABLE)})")
+                          f"{', '.join(unknown)} (fixable: {', '.join(APPLICABLE)})")
 
 
 class DriftWatch:
@@ -46,13 +51,13 @@ class DriftWatch:
             return
         while not stop.wait(self.interval):
             try:
-                self.pass_once()
+                self.pass_once(stop)
             except Exception:  # an unreachable database or host must not end the watch
                 LOG.exception("periodic reconciliation failed; trying again in %ss", self.interval)
 
-    def pass_once(self) -> list[reconcile.Finding]:
-        """One audit: report what is new, say what is gone, fix what may be fixed.
-        Returns the new findings."""
+    def pass_once(self, stop: threading.Event | None = None) -> list[reconcile.Finding]:
+        """One audit: report what is new, say what is gone, fix what may be fixed
+        (waiting for the fixes only until `stop` is set). Returns the new findings."""
         result = reconcile.audit(self.c)
         now = {_key(f): f for f in result.findings}
         new = [f for k, f in now.items() if k not in self._reported]
@@ -64,7 +69,8 @@ class DriftWatch:
         self._reported = now
         chosen = [f for f in result.actionable if f.what in self.apply_kinds]
         if chosen:
-            done = reconcile.apply(self.c, reconcile.Audit(findings=chosen, hosts=result.hosts))
+            done = reconcile.apply(self.c, reconcile.Audit(findings=chosen, hosts=result.hosts),
+                                   stop)
             for a in done:
                 LOG.info("reconcile: %s %s %s%s", a.operation_id, a.state, ", ".join(a.actions),
                          f": {a.error}" if a.error else "")

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import threading
 import uuid as uuidlib
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
@@ -43,6 +44,7 @@ from dataclasses import asdict, dataclass, field
 import sqlalchemy as sa
 
 from conductor import ownership
+from conductor.handle import OperationTimeout
 from drivers.base import Held, HeldResource, HostReport, PowerState
 from flows import catalog
 from flows.steps.reconcile import HOLDING_ACTIONS, expected_hosts
@@ -453,7 +455,7 @@ class Applied:
     actions: list[str]
 
 
-def apply(conductor, result: Audit) -> list[Applied]:
+def apply(conductor, result: Audit, stop: threading.Event | None = None) -> list[Applied]:
     """Carry out the audit's actions: resume orphaned operations, then run one
     reconcile operation per plan (through the jobboard when one is set)."""
     done: list[Applied] = []
@@ -475,6 +477,23 @@ def apply(conductor, result: Audit) -> list[Applied]:
             done.append(Applied("-", plan.instance_uuid, "SKIPPED",
                                 "the instance became busy; run reconcile again", names))
             continue
-        status = handle.wait()
+        status = _wait(handle, stop)
+        if status is None:
+            done.append(Applied(handle.id, plan.instance_uuid, "LEFT", "this conductor is "
+                                "stopping; the jobboard gives it to another", names))
+            continue
         done.append(Applied(handle.id, plan.instance_uuid, status.state, status.error, names))
     return done
+
+
+def _wait(handle, stop: threading.Event | None):
+    """The operation's final status; None if `stop` is set first (a conductor
+    service shutting down must not wait for another conductor's run)."""
+    if stop is None:
+        return handle.wait()
+    while not stop.is_set():
+        try:
+            return handle.wait(timeout=1.0)
+        except OperationTimeout:
+            continue
+    return None

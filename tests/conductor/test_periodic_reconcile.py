@@ -1,6 +1,7 @@
 """Periodic reconciliation in `computeflow conductor`: findings are reported
 once (log and instance event), nothing changes unless the configuration lets
-a kind be fixed, a typo in that list is a configuration error."""
+a kind be fixed, a failed audit does not end the watch, a typo in that list is
+a configuration error."""
 from __future__ import annotations
 
 import logging
@@ -9,7 +10,7 @@ import threading
 import pytest
 import sqlalchemy as sa
 
-from conductor import config
+from conductor import config, drift_watch, reconcile
 from conductor.api import SpawnRequest
 from conductor.drift_watch import DriftWatch
 from persistence import events, instances, operations
@@ -39,6 +40,9 @@ def test_report_only_by_default_and_each_finding_once(conductor, caplog):
         assert [f.what for f in watch.pass_once()] == ["power-drift"]
         assert watch.pass_once() == []  # already reported
     assert _events(conductor, uuid) == ["drift:power-drift"]
+    with conductor.db.session() as s:
+        (ev,) = events.for_instance(s, uuid)
+        assert (ev.host, ev.power_state) == ("h1", "nostate")
     warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warned) == 1 and "power-drift" in warned[0]
     with conductor.db.session() as s:
@@ -61,13 +65,45 @@ def test_allowed_kinds_are_fixed_as_operations(conductor, caplog):
     assert any("resolved" in r.getMessage() for r in caplog.records)
 
 
-def test_the_watch_stops_at_once_when_asked(conductor):
+class _Ticks:
+    """A stop Event whose wait() returns at once: False `n` times, then True."""
+
+    def __init__(self, n: int) -> None:
+        self.n, self.timeouts = n, []
+
+    def wait(self, timeout: float) -> bool:
+        self.timeouts.append(timeout)
+        return len(self.timeouts) > self.n
+
+
+def test_a_failed_audit_is_logged_and_the_watch_goes_on(monkeypatch, caplog):
+    audits = []
+
+    def audit(c):
+        audits.append(c)
+        if len(audits) == 1:
+            raise RuntimeError("database unreachable")
+        return reconcile.Audit()
+    monkeypatch.setattr(drift_watch.reconcile, "audit", audit)
+    ticks = _Ticks(2)
+    with caplog.at_level(logging.INFO, logger="conductor.drift_watch"):
+        DriftWatch(None, 600, []).run(ticks)
+    assert len(audits) == 2 and ticks.timeouts == [600, 600, 600]
+    (failed,) = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert "periodic reconciliation failed" in failed.getMessage()
+    assert "database unreachable" in str(failed.exc_info[1])
+
+
+def test_the_watch_stops_at_once_when_asked_and_never_runs_at_interval_0():
     stop = threading.Event()
     stop.set()
-    t = threading.Thread(target=DriftWatch(conductor, 600, []).run, args=(stop,))
+    t = threading.Thread(target=DriftWatch(None, 600, []).run, args=(stop,))
     t.start()
     t.join(timeout=5)
     assert not t.is_alive()
+    ticks = _Ticks(10)
+    DriftWatch(None, 0, ["power-drift"]).run(ticks)  # disabled: returns without waiting
+    assert ticks.timeouts == []
 
 
 def test_a_typo_in_reconcile_apply_is_a_configuration_error(tmp_path, sqlite_url):
@@ -78,3 +114,29 @@ def test_a_typo_in_reconcile_apply_is_a_configuration_error(tmp_path, sqlite_url
     assert "orphan-gost" in out.stderr and "Traceback" not in out.stderr
     with pytest.raises(config.ConfigError):
         DriftWatch(None, 600, ["nope"])
+
+
+class _SlowHandle:
+    """An operation another conductor runs: still going after each wait slice."""
+
+    def __init__(self, slices_before_end: int) -> None:
+        self.left = slices_before_end
+
+    def wait(self, timeout=None):
+        from conductor.handle import OperationTimeout
+        if self.left:
+            self.left -= 1
+            raise OperationTimeout("op", "RUNNING", timeout)
+        return "ended"
+
+
+def test_a_stopping_service_does_not_wait_for_a_fix_another_conductor_runs():
+    stop = threading.Event()
+    assert reconcile._wait(_SlowHandle(2), stop) == "ended"  # waited over 3 slices
+    stop.set()
+    assert reconcile._wait(_SlowHandle(100), stop) is None  # left at once
+
+
+def test_the_service_never_resumes_orphans_from_the_watch():
+    with pytest.raises(config.ConfigError, match="orphaned-operation"):
+        DriftWatch(None, 600, ["orphaned-operation"])
