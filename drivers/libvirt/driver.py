@@ -17,7 +17,7 @@ own guests) are never listed, counted or touched.
 The driver runs on the hypervisor's machine: disks are created locally with
 qemu-img at the paths the domain XML names.
 
-One module (~620 lines) on purpose: it is the contract's method list, each a
+One module (~630 lines) on purpose: it is the contract's method list, each a
 short composition of host.py, guest.py, config.py, disks.py, ports.py and
 migration.py, where the libvirt work itself lives.
 """
@@ -182,18 +182,21 @@ class LibvirtDriver(base.ComputeDriver):
             entries = sorted(os.listdir(self.root))
         except FileNotFoundError:
             return found
-        own_files = {os.path.basename(self.ports.path), os.path.basename(self.ports.path) + ".lock"}
+        ports = os.path.basename(self.ports.path)
         for entry in entries:
             path = os.path.join(self.root, entry)
             uuid, kept = _instance_dir_uuid(entry)
             if not os.path.isdir(path) or uuid is None:
-                if entry not in own_files and not entry.startswith(os.path.basename(self.ports.path)):
+                if not _is_ports_file(entry, ports):
                     found.append(base.HeldResource(H.DISK, path, None, detail="not computeflow's"))
                 continue
             if kept:
                 found.append(base.HeldResource(H.KEPT_COPY, uuid, uuid, detail=path))
                 continue
-            files = sorted(f for f in os.listdir(path))
+            try:
+                files = sorted(os.listdir(path))
+            except FileNotFoundError:  # removed or renamed to .resize since listed
+                continue
             if resize.DOMAIN_XML in files and uuid not in own_guests:
                 found.append(base.HeldResource(H.INCOMING_COPY, uuid, uuid, detail=path))
             found += [base.HeldResource(H.DISK, os.path.join(path, f), uuid, detail=f)
@@ -612,6 +615,12 @@ def _instance_dir_uuid(entry: str) -> tuple[str | None, bool]:
     except ValueError:
         return None, False
     return (canonical, kept) if canonical == name else (None, False)
+
+
+def _is_ports_file(entry: str, ports: str) -> bool:
+    """The port records, their lock, or a temporary file of a write (disks.tmp_name)."""
+    return entry in (ports, ports + ".lock") or (
+        entry.startswith(ports + ".") and entry.endswith(".tmp"))
 
 
 def _tap_name(vif_id: str) -> str:

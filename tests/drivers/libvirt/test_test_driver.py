@@ -15,6 +15,7 @@ import json
 import os
 import subprocess
 import sys
+import uuid
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -23,7 +24,8 @@ import pytest
 
 from conductor.api import SpawnRequest
 from drivers import load_driver
-from drivers.base import DiskKind, DiskSpec, Flavor, GuestSpec, Image, PowerState, Vif
+from drivers.base import (DiskKind, DiskSpec, Flavor, GuestSpec, Held, HeldResource, Image,
+                          PowerState, Vif)
 from drivers.errors import (DriverError, GuestNotFound, HypervisorUnavailable, ImageNotFound,
                             InvalidGuestState, NotSupported, SoftRebootFailed)
 from drivers.libvirt import disks
@@ -182,6 +184,49 @@ def test_inventory_counts_only_this_hosts_guests(drv, tmp_path, conn):
     finally:
         remove_owned_domains(other)
         other.cleanup_host()
+
+
+def test_host_report_attributes_what_it_can_prove_and_lists_the_rest_as_no_ones(drv, conn):
+    """Own guest (live power state), disk and port by instance; kept and incoming
+    copies by directory; a cf- domain without our metadata, a stray file and a
+    directory that is not an instance's with no instance; another host's domain,
+    test:///default's own and the port records' own files not at all."""
+    build(drv)
+    drv.pause(U1)
+    root = drv.root
+    kept, incoming = str(uuid.uuid4()), str(uuid.uuid4())
+    os.makedirs(f"{root}/{kept}.resize")
+    Path(f"{root}/{kept}.resize/disk.root").touch()  # inside the kept copy: not a disk of its own
+    os.makedirs(f"{root}/{incoming}")
+    Path(f"{root}/{incoming}/domain.xml").touch()  # copied here, no guest defined yet
+    Path(f"{root}/stray.img").touch()
+    os.makedirs(f"{root}/notauuid")
+    Path(f"{root}/notauuid/x").touch()
+    Path(f"{root}/ports.json.1.2.tmp").touch()  # an interrupted write of the port records
+    foreign = DomainConfig("test", f"cf-{drv.host}-by-hand", str(uuid.uuid4()), 64, 1)
+    other_uuid = str(uuid.uuid4())
+    theirs = foreign.replace(name="cf-" + other_uuid, uuid=other_uuid,
+                             metadata=InstanceMetadata("vm2", "other-host"))
+    planted = [conn.defineXML(c.to_xml()) for c in (foreign, theirs)]
+    try:
+        report = drv.host_report()
+    finally:
+        for dom in planted:
+            dom.undefine()
+    none = "not computeflow's"
+    assert report.host == drv.host
+    assert sorted(report.resources, key=repr) == sorted([
+        HeldResource(Held.GUEST, U1, U1, PowerState.PAUSED, "cf-" + U1),
+        HeldResource(Held.DISK, drv._disk_path(U1, DiskKind.ROOT), U1, detail="disk.root"),
+        HeldResource(Held.PORT, VIF.id, U1, detail="default"),
+        HeldResource(Held.KEPT_COPY, kept, kept, detail=f"{root}/{kept}.resize"),
+        HeldResource(Held.INCOMING_COPY, incoming, incoming, detail=f"{root}/{incoming}"),
+        HeldResource(Held.DISK, f"{root}/{incoming}/domain.xml", incoming, detail="domain.xml"),
+        HeldResource(Held.GUEST, foreign.name, None, PowerState.SHUTDOWN, foreign.name),
+        HeldResource(Held.DISK, f"{root}/stray.img", None, detail=none),
+        HeldResource(Held.DISK, f"{root}/notauuid", None, detail=none),
+    ], key=repr)
+    assert os.path.exists(f"{root}/ports.json.lock")  # there, and not listed
 
 
 def test_define_keeps_an_existing_domain(drv):
