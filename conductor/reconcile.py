@@ -140,8 +140,8 @@ def audit(conductor, host: str | None = None) -> Audit:
     result.findings += _operation_findings(db)
     indexed = {h: rep.by_instance() for h, rep in reports.items()}  # one pass per host
     for uuid, inst in db.live.items():
-        result.findings += _instance_findings(inst, reports, indexed, busy.get(uuid), db)
-    result.findings += _orphan_findings(reports, db, busy)
+        result.findings += _instance_findings(inst, indexed, busy.get(uuid), db)
+    result.findings += _orphan_findings(indexed, db, busy)
     result.findings += _record_findings(db, host)
     return result
 
@@ -196,8 +196,7 @@ def _ago(now: dt.datetime, then: dt.datetime) -> str:
     return f"{int((now - then).total_seconds())}s ago"
 
 
-def _instance_findings(inst: Instance, reports: dict[str, HostReport],
-                       indexed: dict[str, dict[str | None, list[HeldResource]]],
+def _instance_findings(inst: Instance, indexed: dict[str, dict[str | None, list[HeldResource]]],
                        busy: str | None, db: _Db) -> list[Finding]:
     """Where the database places a live instance against where its things are."""
     held = {h: by[inst.uuid] for h, by in indexed.items() if inst.uuid in by}
@@ -217,7 +216,7 @@ def _instance_findings(inst: Instance, reports: dict[str, HostReport],
     expected = expected_hosts(inst)
     home = inst.host
     mig = (inst.system_metadata or {}).get("migration")
-    home_rs = held.get(home, []) if home in reports else None
+    home_rs = held.get(home, []) if home in indexed else None
     guest_here = next((r for r in home_rs or [] if r.kind is Held.GUEST), None)
     guests_elsewhere = [h for h, rs in held.items() if h != home
                         and any(r.kind is Held.GUEST for r in rs)]
@@ -326,13 +325,13 @@ def _volume_findings(inst: Instance, host: str, rs: list[HeldResource], act) -> 
     return found
 
 
-def _orphan_findings(reports: dict[str, HostReport], db: _Db,
+def _orphan_findings(indexed: dict[str, dict[str | None, list[HeldResource]]], db: _Db,
                      busy: dict[str, str]) -> list[Finding]:
     """What hosts hold for no live instance (or for no instance computeflow made)."""
     found = []
     in_flight = {op.instance_uuid for op in db.active_ops if op.instance_uuid}
-    for h, rep in sorted(reports.items()):
-        for uuid, rs in sorted(rep.by_instance().items(), key=lambda kv: kv[0] or ""):
+    for h, by_uuid in sorted(indexed.items()):
+        for uuid, rs in sorted(by_uuid.items(), key=lambda kv: kv[0] or ""):
             if uuid is None:
                 found += [Finding(f"foreign-{r.kind.value}", h, r.id, "not made by computeflow "
                                   "(no computeflow marks)", fix="left alone") for r in rs]

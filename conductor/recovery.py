@@ -122,7 +122,8 @@ def _atom_states(s, op: Operation) -> dict[str, str]:
 def plan(conductor, op: Operation, states: dict[str, str], forward_started: bool) -> ResumePlan:
     status = owner_status(op)
     kind = catalog.get(op.kind)
-    order = _task_order(op)
+    flow = _flow(op)  # rebuilt once: the step order and the probes both come from it
+    order = _task_order(flow)
     stopped = [n for n in order if states.get(n) in ("RUNNING", "REVERTING")]
     base = dict(op_id=op.id, kind=op.kind, state=op.state, owner=op.owner, owner_status=status,
                 stopped_at=stopped)
@@ -143,7 +144,7 @@ def plan(conductor, op: Operation, states: dict[str, str], forward_started: bool
     if kind.forward_only or forward_started:
         return ResumePlan(**base, direction=FORWARD, steps=forward_steps,
                           why="it is past its point of no return (forward-only)")
-    probes = _probe(conductor, op, [n for n in stopped if states.get(n) == "RUNNING"])
+    probes = _probe(conductor, op, flow, [n for n in stopped if states.get(n) == "RUNNING"])
     done = [p for p in probes if p.done]
     if done:
         why = (f"the hypervisor shows {', '.join(p.step for p in done)} done: running it again "
@@ -172,9 +173,8 @@ def default_directions(conf) -> dict[str, str]:
     return configured
 
 
-def _task_order(op: Operation) -> list[str]:
-    """The operation's steps in flow order (the flow rebuilt by its factory)."""
-    flow = _flow(op)
+def _task_order(flow) -> list[str]:
+    """The operation's steps in flow order (its flow rebuilt by its factory)."""
     return [a.name for a in repair._atoms(flow) if isinstance(a, tf_task.Task)] if flow else []
 
 
@@ -186,8 +186,7 @@ def _flow(op: Operation):
         return None
 
 
-def _probe(conductor, op: Operation, running: list[str]) -> list[Probe]:
-    flow = _flow(op)
+def _probe(conductor, op: Operation, flow, running: list[str]) -> list[Probe]:
     if flow is None or not running:
         return []
     store = {"operation_id": op.id, **(op.parameters or {})}

@@ -186,8 +186,7 @@ class ReleaseStaleClaim(ReconcileStep):
             if op is not None and op.state in operations.ACTIVE_STATES:
                 raise InvalidRequest(f"claim of {op_id} on {host}: its operation is running again")
             inst = instances.get(s, c.instance_uuid)
-            if inst is not None and inst.live_marker == "" and host in expected_hosts(inst) \
-                    and self.action.get("reason") != "duplicate":
+            if inst is not None and inst.live_marker == "" and host in expected_hosts(inst):
                 raise InvalidRequest(f"claim of {op_id} on {host}: instance {inst.name} needs it")
             claims.release(s, op_id, host)
 
