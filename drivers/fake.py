@@ -5,7 +5,7 @@ written to a temporary file, fsynced and renamed into place: a process killed
 at any instant leaves either the old or the new state, never a torn one. That
 is what lets the crash tests ask `inventory()` whether anything leaked.
 
-One module (~700 lines) on purpose: it implements the whole driver contract
+One module (~740 lines) on purpose: it implements the whole driver contract
 against one state file, and every method is a few lines over the same locked
 read-modify-write; split by operation, each part would reach into the same
 private state helpers.
