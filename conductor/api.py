@@ -210,13 +210,13 @@ class Conductor:
             if inst is None:
                 raise NotFound("instance", instance)
             if inst.held_by is not None:
-                raise InstanceLocked(inst.name, inst.held_by)
+                raise _busy(s, inst.name, inst.held_by)
             if inst.vm_state not in kind.accepts_vm_states:
                 raise InvalidState(inst.name, inst.vm_state, kind_name, kind.accepts_vm_states)
             extra = kind.prepare(s, inst, values, op_id) if kind.prepare else {}
             holder = instances.take_hold(s, inst.uuid, op_id)
             if holder is not None:
-                raise InstanceLocked(inst.name, holder)
+                raise _busy(s, inst.name, holder)
             for p in kind.params:
                 if p.secret and values.get(p.name) is not None:
                     logs_secret(values[p.name])
@@ -320,3 +320,9 @@ def _capacity_detail(free: tuple[int, int, int], need: tuple[int, int, int]) -> 
 def _mac() -> str:
     b = uuid.uuid4().bytes
     return "fa:16:3e:" + ":".join(f"{x:02x}" for x in b[:3])
+
+
+def _busy(s, instance: str, holder: str) -> InstanceLocked:
+    """The refusal for a held instance, saying whether its holder runs or needs repair."""
+    op = operations.get(s, holder)
+    return InstanceLocked(instance, holder, op.state if op is not None else None)

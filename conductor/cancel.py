@@ -12,6 +12,11 @@ and performs that revert itself.
 Forward-only operations (destroy, confirm-resize, revert-resize, reconcile:
 `forward_only` in the catalogue) cannot be cancelled once running: past
 their hold they only go forward.
+
+`terminate` is for an owner that is alive but stuck (a hypervisor call that
+hangs until `step_timeout`): the operation is taken from it (the epoch
+bump fences whatever it still writes; its hung call is abandoned) and run
+here, reverted when a cancel may still apply, else finished forward.
 """
 from __future__ import annotations
 
@@ -78,3 +83,39 @@ def cancel(conductor, op_id: str, by: str, *, wait: float = 0.0) -> CancelResult
         if state in operations.FINAL_STATES or time.monotonic() >= deadline:
             return CancelResult(outcome, state, error)
         time.sleep(0.1)
+
+
+@dataclass(frozen=True)
+class TerminateResult:
+    op_id: str
+    kind: str
+    former_owner: str | None
+    #: Whether it was reverted (cancellable) or finished forward (past its point of no return).
+    direction: str
+    state: str
+    error: str | None
+
+
+def terminate(conductor, op_id: str, by: str, on_event=None) -> TerminateResult:
+    """Take `op_id` from its owner, whatever that owner's state, and end it
+    from this process (see the module docstring). Raises operations.Refused."""
+    with conductor.db.session() as s:
+        op = operations.get(s, op_id)
+        if op is None:
+            raise operations.Refused(operations.not_found(s, op_id))
+        if op.state in operations.FINAL_STATES:
+            raise operations.Refused(f"operation {op.id} already ended {op.state}: "
+                                     "nothing to terminate")
+        started = op.state != operations.PENDING
+        forward = started and (op.kind in forward_only_kinds()
+                               or operations.forward_phase_started(s, op.id))
+        if not forward and op.cancel_requested_by is None:
+            outcome = operations.request_cancel(s, op.id, f"{by} (terminate)")
+            if outcome.done:  # pending and nobody's: ended without running a step
+                return TerminateResult(op.id, op.kind, op.owner, "revert", outcome.state,
+                                       f"cancelled by {by} (terminate) before it ran")
+        former = operations.seize(s, op.id, conductor.owner, conductor.lease_seconds, by)
+        op_id, kind = op.id, op.kind
+    ended = conductor.runner.run(op_id, on_event=on_event)
+    return TerminateResult(op_id, kind, former, "forward" if forward else "revert",
+                           ended.state, ended.error)

@@ -19,12 +19,12 @@ import time
 from collections.abc import Callable
 
 from conductor import config, logs, render
-from conductor import cancel, reconcile, recovery, repair
+from conductor import cancel, liveness, reconcile, recovery, repair
 from conductor import moves
 from conductor.api import Conductor, SpawnRequest
 from conductor.handle import OperationHandle
 from conductor.jobboard import JobboardError
-from conductor.runner import StepEvent
+from conductor.runner import LostOwnership, StepEvent
 from drivers.faults import BadFaultSpec
 from flows import catalog, live_migration
 from flows.errors import OperationError
@@ -34,6 +34,8 @@ from persistence.secrets import SecretUnavailable
 from persistence.session import Database
 
 EXIT_OK, EXIT_OP_FAILED, EXIT_USER_ERROR = 0, 1, 2
+#: The operation's revert failed: the instance is held in `error` until an operator repairs it.
+EXIT_NEEDS_REPAIR = 3
 
 
 class UserError(Exception):
@@ -138,6 +140,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("id", help="operation id (or a unique prefix of at least 4 characters)")
     c.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
                    help="wait up to SECONDS for a running operation to finish reverting")
+    c = cmd("terminate", cmd_terminate, "take an operation from its owner even if that owner is "
+            "alive but stuck (fenced: whatever it still does is refused) and end it here: "
+            "reverted, or finished if it is past its point of no return", json_flag=True)
+    c.add_argument("id", help="operation id (or a unique prefix of at least 4 characters)")
     c = cmd("retry-revert", cmd_ops_retry_revert, "after fixing the cause, re-run the failed "
             "reverts of a FAILED operation (and every earlier step's)", ops, json_flag=True)
     c.add_argument("id", help="operation id (or a unique prefix of at least 4 characters)")
@@ -201,9 +207,10 @@ class Progress:
         if self.enabled:
             print(render.progress_line(time.monotonic() - self.t0, ev), flush=True)
 
-    def on_progress(self, op_id: str, step: str, text: str) -> None:
-        """A long step's progress (persistence/progress.py), e.g. a live migration's."""
-        self(StepEvent(op_id, step, f"{progress.PROGRESS} {text}"))
+    def on_progress(self, op_id: str, step: str, state: str, text: str) -> None:
+        """A long step's progress (persistence/progress.py), e.g. a live migration's,
+        or a step's retry: RETRYING with the error, then RUNNING with the attempt."""
+        self(StepEvent(op_id, step, f"{state} {text}".rstrip()))
 
 
 def _run_and_report(args, c: Conductor, op_id: str) -> int:
@@ -215,14 +222,25 @@ def _run_and_report(args, c: Conductor, op_id: str) -> int:
     shown = Progress(not quiet)
     progress.add_listener(shown.on_progress)
     try:
-        status = c.run(op_id, on_event=shown)
+        c.run(op_id, on_event=shown)
     finally:
         progress.remove_listener(shown.on_progress)
+    return _report_outcome(args, c, op_id)
+
+
+def _report_outcome(args, c: Conductor, op_id: str) -> int:
+    """The ended operation in one paragraph; its exit status (0, 1, or 3: needs repair)."""
     with c.db.session() as s:
         op = operations.get(s, op_id)
         inst = instances.get(s, op.instance_uuid) if op.instance_uuid else None
-    _emit(args, render.operation_dict(op), render.outcome_text(op, inst))
-    return EXIT_OK if status.state == operations.SUCCEEDED else EXIT_OP_FAILED
+        left = repair.left_behind(s, op) if op.state == operations.FAILED else []
+    _emit(args, render.operation_dict(op), render.outcome_text(op, inst, left))
+    return exit_status(op.state)
+
+
+def exit_status(state: str) -> int:
+    return {operations.SUCCEEDED: EXIT_OK, operations.FAILED: EXIT_NEEDS_REPAIR}.get(
+        state, EXIT_OP_FAILED)
 
 
 # -- commands ----------------------------------------------------------------
@@ -392,14 +410,18 @@ def cmd_ops_show(args) -> int:
             raise UserError(operations.not_found(s, args.id))
         rows = flowlog.entries(s, op.id)
     steps = flowlog.summarize(rows)
+    live = liveness.facts(op, steps, args.conf.conductor.step_timeout)
     payload = render.operation_dict(op) | {
+        "hosts": render.operation_hosts(op),
+        "live": live.to_dict(), "cancel_requested_by": op.cancel_requested_by,
+        "lease_expires_at": render._ts(op.lease_expires_at),
         "steps": [render.step_dict(st) for st in steps],
         "transitions": [render.transition_dict(r) for r in rows] if args.transitions else None,
     }
     notes = render.progress_notes(rows)
     payload["progress"] = [render.transition_dict(r) for r in notes]
     _emit(args, payload, render.operation_text(op, steps, rows if args.transitions else None,
-                                               notes))
+                                               notes, live))
     return EXIT_OK
 
 
@@ -428,10 +450,19 @@ def cmd_resume(args) -> int:
                                         on_event=shown)]
         else:
             done = c.resume(on_event=shown)
+        running = [] if done else _running_elsewhere(c)
     _emit(args, [s.__dict__ for s in done],
           "\n".join(f"{s.id} {s.kind} {s.state}" + (f": {s.error}" if s.error else "") for s in done)
-          or "nothing to resume")
-    return EXIT_OK if all(s.state == operations.SUCCEEDED for s in done) else EXIT_OP_FAILED
+          or "nothing to resume" + "".join(f"\n  {line}" for line in running))
+    return max((exit_status(s.state) for s in done), default=EXIT_OK)
+
+
+def _running_elsewhere(c: Conductor) -> list[str]:
+    """The unfinished operations a live owner runs: why a resume did nothing with them."""
+    with c.db.session() as s:
+        ops = operations.resumable(s)
+    return [f"{o.id} {o.kind} {o.state}: its owner {o.owner} is alive and running it"
+            for o in ops if recovery.owner_status(o) == "alive"]
 
 
 def cmd_inventory(args) -> int:
@@ -469,12 +500,8 @@ def _wait_and_report(args, c: Conductor, op_id: str) -> int:
     """Scale-out: the operation is on the jobboard; wait for a conductor to end it."""
     if not getattr(args, "json", False):
         print(f"queued on {c.conf.conductor.jobboard}; waiting for a conductor", flush=True)
-    status = OperationHandle(op_id, c).wait()
-    with c.db.session() as s:
-        op = operations.get(s, op_id)
-        inst = instances.get(s, op.instance_uuid) if op.instance_uuid else None
-    _emit(args, render.operation_dict(op), render.outcome_text(op, inst))
-    return EXIT_OK if status.state == operations.SUCCEEDED else EXIT_OP_FAILED
+    OperationHandle(op_id, c).wait()
+    return _report_outcome(args, c, op_id)
 
 
 def cmd_conductor(args) -> int:
@@ -500,6 +527,21 @@ def cmd_cancel(args) -> int:
     _emit(args, {"id": o.op_id, "kind": o.kind, "state": res.state, "error": res.error,
                  "owner": o.owner, "ended": res.ended}, text)
     return EXIT_OP_FAILED if expired else EXIT_OK
+
+
+def cmd_terminate(args) -> int:
+    shown = Progress(not args.json)
+    progress.add_listener(shown.on_progress)
+    with _conductor(args) as c:
+        try:
+            res = cancel.terminate(c, args.id, cancel.operator(), on_event=shown)
+        finally:
+            progress.remove_listener(shown.on_progress)
+        if not args.json:
+            print(f"operation {res.op_id} ({res.kind}) taken from {res.former_owner or 'no owner'}"
+                  f" and {'reverted' if res.direction == 'revert' else 'finished'} here; anything "
+                  "its former owner still does is refused (fenced)", flush=True)
+        return _report_outcome(args, c, res.op_id)
 
 
 def _repair_dict(item: repair.RepairItem) -> dict:
@@ -529,14 +571,21 @@ def cmd_ops_needs_repair(args) -> int:
 
 def cmd_ops_retry_revert(args) -> int:
     quiet = getattr(args, "json", False)
+    shown = Progress(not quiet)
+    progress.add_listener(shown.on_progress)
     with _conductor(args) as c:
-        status = repair.retry_revert(c, args.id, cancel.operator(), on_event=Progress(not quiet))
+        try:
+            status = repair.retry_revert(c, args.id, cancel.operator(), on_event=shown)
+        finally:
+            progress.remove_listener(shown.on_progress)
         with c.db.session() as s:
             op = operations.get(s, status.id)
             item = repair.RepairItem(op, repair.left_behind(s, op) if op.state == operations.FAILED
                                      else [])
     _emit(args, _repair_dict(item), _repair_text(item) if op.state == operations.FAILED
           else f"operation {op.id} ({op.kind}) {op.state}: {op.error}")
+    if op.state == operations.FAILED:
+        return EXIT_NEEDS_REPAIR
     return EXIT_OK if op.state == operations.REVERTED else EXIT_OP_FAILED
 
 
@@ -572,6 +621,11 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"computeflow: error: {logs.redact(str(e))}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except LostOwnership as e:  # terminated from another shell, or taken over after a stall
+        print(f"computeflow: operation {e.op_id} was taken over by another process (terminate, "
+              f"or a conductor after this one's lease lapsed); it ends there: "
+              f"`computeflow ops show {e.op_id}`", file=sys.stderr)
+        return EXIT_OP_FAILED
     except KeyboardInterrupt:
         print("computeflow: interrupted; `computeflow resume` finishes what was running",
               file=sys.stderr)

@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import datetime as dt
 
-from conductor.runner import StepEvent
+from conductor.runner import REVERT_FAILED_MARK, StepEvent
 from persistence.flowlog import StepSummary
 from persistence.models import FlowLogEntry, Host, Instance, Operation
 from persistence.progress import PROGRESS, REQUESTS
+from persistence.secrets import is_reference
 
 
 def table(headers: list[str], rows: list[list[object]]) -> str:
@@ -84,7 +85,8 @@ def operations_table(rows: list[Operation]) -> str:
 def step_dict(st: StepSummary) -> dict:
     return {"step": st.step, "state": st.state, "started_at": _ts(st.started_at),
             "ended_at": _ts(st.ended_at), "duration_s": st.duration_s, "attempts": st.attempts,
-            "error": st.error, "traceback": st.traceback}
+            "execute_s": st.execute_s, "revert_s": st.revert_s,
+            "revert_attempts": st.revert_attempts, "error": st.error, "traceback": st.traceback}
 
 
 def transition_dict(r: FlowLogEntry) -> dict:
@@ -99,18 +101,69 @@ def progress_notes(rows: list[FlowLogEntry]) -> list[FlowLogEntry]:
     return sorted(notes + list(latest.values()), key=lambda r: r.id)
 
 
+#: Parameters that say where an operation acts (shown as its hosts).
+HOST_KEYS = ("host", "target_host", "source_host", "dest_host", "copy_hosts")
+#: Parameters recorded for the flow's own use, not asked for by anyone.
+_INTERNAL_KEYS = {"operation", "instance_uuid", "name", "vifs", "prior_vm_state",
+                  "prior_power_state", *HOST_KEYS}
+
+
+def operation_hosts(op: Operation) -> list[str]:
+    found: list[str] = []
+    for key in HOST_KEYS:
+        value = (op.parameters or {}).get(key)
+        for h in value if isinstance(value, list) else [value]:
+            if isinstance(h, str) and h and h not in found:
+                found.append(h)
+    return found
+
+
+def shown_parameters(op: Operation) -> dict:
+    """What was asked for; a secret shows as `(secret)`, never its reference."""
+    def shown(v):
+        if is_reference(v):
+            return "(secret)"
+        return v["name"] if isinstance(v, dict) and "name" in v else v  # a flavor, an image
+    return {k: shown(v) for k, v in (op.parameters or {}).items()
+            if k not in _INTERNAL_KEYS and v is not None}
+
+
+def _span(seconds: float | None, attempts: int) -> str | None:
+    if seconds is None and attempts == 0:
+        return None
+    text = f"{seconds * 1000:.1f}ms" if seconds is not None else "-"
+    return text + (f" ({attempts} tries)" if attempts > 1 else "")
+
+
+def steps_table(steps: list[StepSummary]) -> str:
+    """One line per step; EXECUTE and REVERT are each phase's own time (the
+    waits between attempts not counted) and its number of tries."""
+    return table(["STEP", "STATE", "STARTED", "EXECUTE", "REVERT", "ERROR"],
+                 [[s.step, s.state, _ts(s.started_at), _span(s.execute_s, s.attempts),
+                   _span(s.revert_s, s.revert_attempts),
+                   f"recovered from: {s.error}" if s.error and s.state == "SUCCESS" else s.error]
+                  for s in steps])
+
+
 def operation_text(op: Operation, steps: list[StepSummary], transitions: list[FlowLogEntry] | None,
-                   notes: list[FlowLogEntry] = ()) -> str:
-    head = [f"operation {op.id}", f"  kind      {op.kind}", f"  instance  {op.instance_uuid}",
-            f"  state     {op.state}", f"  created   {_ts(op.created_at)}",
-            f"  finished  {_ts(op.finished_at)}"]
+                   notes: list[FlowLogEntry] = (), live: "LiveFacts | None" = None) -> str:
+    head = [f"operation {op.id}", f"  kind      {op.kind}",
+            f"  instance  {op.parameters.get('name') if op.parameters else None} "
+            f"({op.instance_uuid})" if op.instance_uuid else "  instance  -",
+            f"  state     {op.state}" + (f" ({live.situation})" if live and live.situation else "")]
+    hosts_ = operation_hosts(op)
+    if hosts_:
+        head.append(f"  hosts     {', '.join(hosts_)}")
+    params = shown_parameters(op)
+    if params:
+        head.append("  params    " + " ".join(f"{k}={v}" for k, v in params.items()))
+    head += [f"  created   {_ts(op.created_at)}", f"  started   {_ts(op.started_at)}",
+             f"  finished  {_ts(op.finished_at)}"]
+    if live is not None:
+        head += [f"  {line}" for line in live.lines]
     if op.error:
         head.append(f"  error     {op.error}")
-    body = table(["STEP", "STATE", "START", "END", "DURATION", "ATTEMPTS", "ERROR"],
-                 [[s.step, s.state, _ts(s.started_at), _ts(s.ended_at),
-                   f"{s.duration_s * 1000:.1f}ms" if s.duration_s is not None else None,
-                   s.attempts, s.error] for s in steps])
-    out = "\n".join(head) + "\n\n" + body
+    out = "\n".join(head) + "\n\n" + steps_table(steps)
     for r in notes:
         out += f"\n  {r.step} {r.state} {r.result} at {_ts(r.at)}"
     if transitions is not None:
@@ -120,14 +173,30 @@ def operation_text(op: Operation, steps: list[StepSummary], transitions: list[Fl
     return out
 
 
-def outcome_text(op: Operation, inst: Instance | None) -> str:
-    line = f"{op.kind} {op.state}"
+def outcome_text(op: Operation, inst: Instance | None, left_behind: list = ()) -> str:
+    """How an operation ended; one that needs repair says what it left and
+    the commands that repair it."""
+    line = f"{op.kind} {op.state}" + (" and needs repair" if op.state == "FAILED" else "")
     if inst is not None:
-        line += f": instance {inst.name} ({inst.uuid}) is {inst.vm_state}"
+        is_ = "is in" if inst.vm_state == "error" else "is"
+        line += f": instance {inst.name} ({inst.uuid}) {is_} {inst.vm_state}"
         if inst.host:
             line += f" on {inst.host}"
-    if op.error:
+        if inst.held_by == op.id:
+            line += ", held by this operation"
+    cause, _, revert_failure = (op.error or "").partition(REVERT_FAILED_MARK)
+    if op.state == "FAILED" and revert_failure:
+        if cause.rstrip("; "):
+            line += f"\n  cause: {cause.rstrip('; ')}"
+        line += f"\n  revert failed: {revert_failure.strip()}"
+    elif op.error:
         line += f"\n  error: {op.error}"
+    if left_behind:
+        line += "\n  left behind (newest first):" + "".join(
+            f"\n    {lb.line()}" for lb in left_behind)
+    if op.state == "FAILED":
+        line += (f"\n  next: fix the cause, then `computeflow ops retry-revert {op.id}`; or clean "
+                 f"up by hand, then `computeflow ops mark-reverted {op.id}`")
     return line + f"\n  flow log: computeflow ops show {op.id}"
 
 

@@ -103,6 +103,13 @@ class LeaseKeeper:
                 with self.rt.db.session() as s:
                     operations.renew_leases(s, self.owner, ids, self.lease_seconds)
                     cancels = operations.cancel_requests(s, self.owner, ids)
+                    still_ours = operations.owned(s, self.owner, ids)
+                for op_id in set(ids) - still_ours:
+                    with self._lock:
+                        running = op_id in self._running
+                    if running and cancellation.lose(op_id):
+                        LOG.warning("operation %s was taken from this process (terminate?); "
+                                    "a step waiting for the hypervisor gives up", op_id)
                 for op_id, by in cancels.items():
                     if cancellation.request(op_id, by):
                         LOG.info("operation %s: cancel requested by %s; stopping at the next step",
@@ -164,7 +171,8 @@ class Runner:
             store=self._store(op), engine="parallel", executor=self.executor,
             defer_reverts=True,
         )
-        engine.notifier.register(notifier.Notifier.ANY, self._flow_listener(op.id, epoch))
+        watch = RevertWatch(self, op, epoch, _retried_names(flow))
+        engine.atom_notifier.register(notifier.Notifier.ANY, watch)
         if on_event is not None:
             engine.atom_notifier.register(notifier.Notifier.ANY, _atom_listener(op.id, on_event))
         with self.rt.db.session() as s:
@@ -182,7 +190,10 @@ class Runner:
                 raise
             error = _describe(e)
             LOG.info("operation %s failed: %s", op.id, error)
-        self._record_outcome(op.id, epoch, engine.storage.get_flow_state(), error)
+        flow_state = engine.storage.get_flow_state()
+        if flow_state not in (states.SUCCESS, states.REVERTED):
+            error = _needs_repair_error(watch.cause or op.error, error)
+        self._record_outcome(op.id, epoch, flow_state, error)
         return self._reload(op.id)
 
     def _store(self, op: Operation) -> dict:
@@ -206,13 +217,6 @@ class Runner:
         conn.save_logbook(book)
         return flow_detail, book
 
-    def _flow_listener(self, op_id: str, epoch: int):
-        def on_flow_state(state: str, details: dict) -> None:
-            if state == states.REVERTING:
-                with self.rt.db.session() as s:
-                    operations.mark(s, op_id, operations.REVERTING, owner=self.owner, epoch=epoch)
-        return on_flow_state
-
     def _record_outcome(self, op_id: str, epoch: int, flow_state: str, error: str | None) -> None:
         if flow_state == states.SUCCESS:
             self._finish(op_id, epoch, operations.SUCCEEDED, None)
@@ -227,6 +231,14 @@ class Runner:
             if not operations.mark(s, op_id, state, owner=self.owner, epoch=epoch, error=error):
                 raise Fenced(op_id, epoch)  # taken over: the new owner records the outcome
             self.rt.secrets.purge(s, op_id)
+            if state == operations.FAILED:
+                # It keeps its hold (nothing else may touch what the failed revert
+                # left), and no longer looks busy with an operation in progress.
+                operations.show_instance_failed(s, op_id)
+
+    def mark_reverting(self, op_id: str, epoch: int, cause: str | None) -> None:
+        with self.rt.db.session() as s:
+            operations.mark_reverting(s, op_id, self.owner, epoch, cause)
 
     def _reload(self, op_id: str) -> Operation:
         with self.rt.db.session() as s:
@@ -242,6 +254,58 @@ def _atom_listener(op_id: str, sink: EventSink):
             error = result.exception_str
         sink(StepEvent(op_id, name, state, error))
     return on_atom_state
+
+
+class RevertWatch:
+    """Marks the operation REVERTING, with the failure that caused it, when
+    its flow starts undoing steps (taskflow 6.5 announces no flow-level
+    REVERTING). A step reverted by a retry controller that will run it again
+    is not the operation reverting; the controller giving up is."""
+
+    def __init__(self, runner: Runner, op: Operation, epoch: int, retried: frozenset[str]) -> None:
+        self.runner, self.op_id, self.epoch, self.retried = runner, op.id, epoch, retried
+        self.marked = op.state == operations.REVERTING
+        #: The latest step failure this run saw: what the revert is about.
+        self.cause: str | None = None
+
+    def __call__(self, state: str, details: dict) -> None:
+        name = details.get("task_name") or details.get("retry_name")
+        if state == states.FAILURE and details.get("task_name"):
+            result = details.get("result")
+            if hasattr(result, "exception_str"):
+                self.cause = f"{name}: {failure_line(result)}"
+        elif state == states.REVERTING and not self.marked and name not in self.retried:
+            self.marked = True
+            self.runner.mark_reverting(self.op_id, self.epoch, self.cause)
+
+
+def _retried_names(flow) -> frozenset[str]:
+    """Names of the atoms inside subflows run by a retry controller."""
+    names: set[str] = set()
+
+    def walk(node, under_retry: bool) -> None:
+        for child in node:
+            if hasattr(child, "iter_links"):  # a subflow
+                walk(child, under_retry or getattr(child, "retry", None) is not None)
+            elif under_retry:
+                names.add(child.name)
+    walk(flow, getattr(flow, "retry", None) is not None)
+    return frozenset(names)
+
+
+def _needs_repair_error(cause: str | None, revert_error: str | None) -> str:
+    """Both failures of an operation whose revert failed: why it reverted, then why the
+    revert stopped (taskflow reports only the latter)."""
+    revert_error = revert_error or "the revert did not finish"
+    if cause and REVERT_FAILED_MARK in cause:  # a retried revert failed again
+        cause = cause.split(REVERT_FAILED_MARK)[0].rstrip("; ") or None
+    if cause and cause != revert_error:
+        return f"{cause}; {REVERT_FAILED_MARK} {revert_error}"
+    return f"{REVERT_FAILED_MARK} {revert_error}"
+
+
+#: Separates an operation's cause from its revert's failure in its error text.
+REVERT_FAILED_MARK = "then the revert failed:"
 
 
 def _fenced(e: BaseException) -> Fenced | None:

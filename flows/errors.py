@@ -17,10 +17,17 @@ class NotFound(InvalidRequest):
 
 
 class InstanceLocked(OperationError):
-    def __init__(self, instance: str, holder: str) -> None:
-        super().__init__(f"instance {instance} is busy: operation {holder} holds it")
+    def __init__(self, instance: str, holder: str, holder_state: str | None = None) -> None:
+        why = ""
+        if holder_state == "FAILED":
+            why = (f" (it FAILED and needs repair: `computeflow ops show {holder}`, then "
+                   f"`ops retry-revert` or `ops mark-reverted`)")
+        elif holder_state is not None:
+            why = f" (it is {holder_state})"
+        super().__init__(f"instance {instance} is busy: operation {holder} holds it{why}")
         self.instance = instance
         self.holder = holder
+        self.holder_state = holder_state
 
 
 class InvalidState(OperationError):

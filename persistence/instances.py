@@ -58,6 +58,12 @@ def release_hold(s: Session, uuid: str, operation_id: str, **changes) -> None:
     )
 
 
+def show_failed(s: Session, operation_id: str) -> None:
+    """The instance this (FAILED) operation holds shows `error`, no task."""
+    s.execute(sa.update(Instance).where(Instance.held_by == operation_id)
+              .values(vm_state="error", task_state=None))
+
+
 def update_if_held(s: Session, uuid: str, operation_id: str, **changes) -> bool:
     """Change columns only while this operation holds the instance."""
     return s.execute(

@@ -90,6 +90,14 @@ def renew_leases(s: Session, owner: str, op_ids: list[str], lease_seconds: float
         )
 
 
+def owned(s: Session, owner: str, op_ids: list[str]) -> set[str]:
+    """Which of these operations `owner` still owns (the rest were taken over or ended)."""
+    if not op_ids:
+        return set()
+    return set(s.scalars(sa.select(Operation.id).where(Operation.id.in_(op_ids),
+                                                       Operation.owner == owner)))
+
+
 def mark(s: Session, op_id: str, state: str, *, owner: str | None = None, error: str | None = None,
          flow_detail_uuid: str | None = None, epoch: int | None = None) -> bool:
     """Record a state change; final states release ownership.
@@ -113,6 +121,23 @@ def mark(s: Session, op_id: str, state: str, *, owner: str | None = None, error:
     if epoch is not None:
         q = q.where(Operation.epoch == epoch)
     return s.execute(q.values(**values)).rowcount == 1
+
+
+def mark_reverting(s: Session, op_id: str, owner: str, epoch: int, cause: str | None) -> bool:
+    """The owner's flow started undoing its steps because of `cause` (kept if
+    an error is already recorded: a resumed revert keeps the first cause)."""
+    values: dict = {"state": REVERTING}
+    if cause is not None:
+        values["error"] = sa.func.coalesce(Operation.error, cause)
+    return s.execute(sa.update(Operation).where(
+        Operation.id == op_id, Operation.owner == owner, Operation.epoch == epoch)
+        .values(**values)).rowcount == 1
+
+
+def show_instance_failed(s: Session, op_id: str) -> None:
+    """The instance of an operation that ended FAILED shows `error`, still held
+    by it: the operation's error is the instance's fault until it is repaired."""
+    instances.show_failed(s, op_id)
 
 
 def resumable(s: Session) -> list[Operation]:
@@ -140,6 +165,7 @@ def listing(s: Session, *, limit: int = 50, state: str | None = None,
 FORWARD_ONLY_KINDS: set[str] = set()
 #: flow_log rows recording what an operator did (step "(flow)": not a step move).
 CANCEL_REQUESTED, REVERT_RETRIED, MARKED_REVERTED = "CANCEL_REQUESTED", "REVERT_RETRIED", "MARKED_REVERTED"
+TERMINATED = "TERMINATED"
 
 
 class Refused(PersistenceError):
@@ -198,6 +224,26 @@ def request_cancel(s: Session, op_id: str, by: str = "api", *,
     if recorded:
         _annotate(s, op.id, CANCEL_REQUESTED, f"by {by}")
     return CancelOutcome(op.id, op.kind, op.state, op.owner)
+
+
+def seize(s: Session, op_id: str, owner: str, lease_seconds: float, by: str) -> str | None:
+    """Take an unfinished operation from its owner, alive or not (`computeflow
+    terminate`): the epoch is bumped, so every later write of the former owner
+    (a hung step that returns one day) is refused. Returns the former owner."""
+    op = get(s, op_id)
+    if op is None:
+        raise Refused(not_found(s, op_id))
+    if op.state in FINAL_STATES:
+        raise Refused(f"operation {op.id} already ended {op.state}: nothing to terminate")
+    former = op.owner
+    if s.execute(sa.update(Operation)
+                 .where(Operation.id == op.id, Operation.state.in_(ACTIVE_STATES))
+                 .values(owner=owner, epoch=Operation.epoch + 1,
+                         lease_expires_at=utcnow() + dt.timedelta(seconds=lease_seconds))
+                 ).rowcount != 1:
+        raise Refused(f"operation {op.id} ended meanwhile: nothing to terminate")
+    _annotate(s, op.id, TERMINATED, f"by {by}; former owner {former or '-'} fenced")
+    return former
 
 
 def _cancel_pending(s: Session, op: Operation, by: str, now: dt.datetime,

@@ -29,7 +29,7 @@ REQUESTS = (ABORT_REQUESTED, FORCE_COMPLETE_REQUESTED)
 #: Flow-log states that annotate a step instead of moving it.
 ANNOTATIONS = frozenset({PROGRESS, *REQUESTS})
 
-ProgressListener = Callable[[str, str, str], None]  # (operation_id, step, text)
+ProgressListener = Callable[[str, str, str, str], None]  # (operation_id, step, state, text)
 _listeners: list[ProgressListener] = []
 _lock = threading.Lock()
 
@@ -83,9 +83,10 @@ def remove_listener(fn: ProgressListener) -> None:
             _listeners.remove(fn)
 
 
-def notify(operation_id: str, step: str, text: str) -> None:
-    """Tell this process's listeners about a committed progress row."""
+def notify(operation_id: str, step: str, text: str, state: str = PROGRESS) -> None:
+    """Tell this process's listeners about a committed progress row, or a
+    step's retry (RETRYING, then RUNNING: flows/steps/attempts.py)."""
     with _lock:
         listeners = list(_listeners)
     for fn in listeners:
-        fn(operation_id, step, text)
+        fn(operation_id, step, state, text)

@@ -52,7 +52,7 @@ from taskflow import task
 from flows import runtime
 from flows.errors import OperationError
 from flows.steps import cancellation
-from persistence import operations
+from persistence import operations, progress
 from persistence.session import connection_lost
 
 LOG = logging.getLogger(__name__)
@@ -144,7 +144,7 @@ def run(step: task.Task, phase: str, op_id: str | None, work: Callable[[], objec
     outage_ends: float | None = None  # deadline of the database outage being ridden out
     while True:
         try:
-            return _call(step, phase, work, policy.timeout)
+            return _call(step, phase, work, policy.timeout, op_id)
         except Exception as e:
             if connection_lost(e):
                 outage_failures += 1
@@ -177,7 +177,7 @@ def run(step: task.Task, phase: str, op_id: str | None, work: Callable[[], objec
             if phase == "execute":
                 _check_cancel(run_, op_id)
             attempt += 1
-            if not _log(run_, step.name, "RUNNING"):
+            if not _log(run_, step.name, "RUNNING", note=f"attempt {attempt}"):
                 raise
 
 
@@ -230,7 +230,8 @@ def _check_cancel(run_: cancellation.Run | None, op_id: str | None) -> None:
                     op_id, run_.cancelled_by)
 
 
-def _call(step: task.Task, phase: str, work: Callable[[], object], timeout: float) -> object:
+def _call(step: task.Task, phase: str, work: Callable[[], object], timeout: float,
+          op_id: str | None = None) -> object:
     if not timeout:
         return work()
     box: dict[str, object] = {}
@@ -245,7 +246,7 @@ def _call(step: task.Task, phase: str, work: Callable[[], object], timeout: floa
             done.set()
 
     worker = _Worker.submit(f"{step.name}-{phase}", target)
-    if not done.wait(timeout):
+    if not _wait_unless_taken_over(done, timeout, cancellation.get(op_id), step.name):
         if phase == "execute":
             step._abandoned_execute = done  # its revert waits for it
         LOG.error("step %s %s exceeded %gs; the call is abandoned (still running in thread %s)",
@@ -254,6 +255,29 @@ def _call(step: task.Task, phase: str, work: Callable[[], object], timeout: floa
     if "error" in box:
         raise box["error"]  # type: ignore[misc]
     return box.get("result")
+
+
+#: How often a step waiting for its call looks whether its operation was taken over.
+_TAKEOVER_CHECK_EVERY = 1.0
+
+
+def _wait_unless_taken_over(done: threading.Event, timeout: float,
+                            run_: cancellation.Run | None, step: str) -> bool:
+    """Wait up to `timeout` for the call; False on timeout. If the operation is
+    taken from this process meanwhile (terminate), the call is abandoned at once."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        if run_ is None:
+            return done.wait(max(left, 0))
+        if done.wait(max(0, min(left, _TAKEOVER_CHECK_EVERY))):
+            return True
+        if run_.lost:
+            LOG.error("operation %s taken over while step %s ran; its call is abandoned",
+                      run_.op_id, step)
+            raise cancellation.TakenOver(run_.op_id, step)
+        if left <= _TAKEOVER_CHECK_EVERY:
+            return False
 
 
 def _await_abandoned_execute(step: task.Task, timeout: float) -> None:
@@ -268,7 +292,7 @@ def _await_abandoned_execute(step: task.Task, timeout: float) -> None:
     step._abandoned_execute = None
 
 
-def _log(run_: cancellation.Run | None, step: str, state: str, **row) -> bool:
+def _log(run_: cancellation.Run | None, step: str, state: str, note: str = "", **row) -> bool:
     """A retry row in the flow log; False if this process no longer owns the operation.
 
     With the database unreachable the row is skipped (True): ownership is
@@ -278,7 +302,12 @@ def _log(run_: cancellation.Run | None, step: str, state: str, **row) -> bool:
         return True  # run outside a conductor (a test's engine): nothing to fence or log
     try:
         with runtime.current().db.session() as s:
-            return operations.log_attempt(s, run_.op_id, run_.owner, run_.epoch, step, state, **row)
+            logged = operations.log_attempt(s, run_.op_id, run_.owner, run_.epoch, step, state,
+                                            **row)
+        if logged:  # live output shows retries, as the flow log does
+            text = f"{row.get('error')} ({row.get('result')})" if state == "RETRYING" else note
+            progress.notify(run_.op_id, step, text, state)
+        return logged
     except Exception as e:
         if not connection_lost(e):
             raise

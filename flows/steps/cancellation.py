@@ -28,6 +28,16 @@ class Cancelled(OperationError):
         self.by = by
 
 
+class TakenOver(OperationError):
+    """Raised in a step whose operation another process took (`computeflow
+    terminate`): the call it waited for is abandoned, nothing more is done here."""
+
+    def __init__(self, op_id: str, step: str) -> None:
+        super().__init__(f"operation {op_id} was taken over by another process while step "
+                         f"{step} ran; its call is abandoned here")
+        self.op_id = op_id
+
+
 @dataclass
 class Run:
     """One operation running in this process."""
@@ -38,6 +48,8 @@ class Run:
     cancelled_by: str | None = None
     #: The flow entered a forward-only phase: a cancel no longer applies.
     past_no_return: bool = False
+    #: Another process took the operation (its lease renewal found it gone).
+    lost: bool = False
     #: Set when a cancel arrives: a step sleeping between retries wakes up.
     wake: threading.Event = field(default_factory=threading.Event)
 
@@ -70,6 +82,16 @@ def request(op_id: str, by: str) -> bool:
     if run is None or run.cancelled_by is not None:
         return False
     run.cancelled_by = by
+    run.wake.set()
+    return True
+
+
+def lose(op_id: str) -> bool:
+    """Flag an operation running here as taken over; True if this call flagged it."""
+    run = _runs.get(op_id)
+    if run is None or run.lost:
+        return False
+    run.lost = True
     run.wake.set()
     return True
 
