@@ -36,8 +36,29 @@ def forward_only_kinds() -> set[str]:
     return {k.name for k in catalog.CATALOG.values() if k.forward_only}
 
 
-# persistence imports no flows: tell it which kinds refuse a cancel once running.
-operations.FORWARD_ONLY_KINDS.update(forward_only_kinds())
+def request(s, op_id: str, by: str, dead_owners: tuple[str, ...] = ()) -> operations.CancelOutcome:
+    """Record a cancel (persistence.operations.request_cancel) under the
+    catalogue's rules for the operation's kind: forward-only kinds, and the
+    step past which a kind only goes forward."""
+    op = operations.get(s, op_id)
+    if op is None:
+        raise operations.Refused(operations.not_found(s, op_id))
+    return operations.request_cancel(s, op.id, by, dead_owners=dead_owners,
+                                     **cancel_policy(op.kind))
+
+
+def cancel_policy(kind: str) -> dict:
+    k = catalog.CATALOG.get(kind)
+    return {"forward_only": bool(k and k.forward_only),
+            "no_return_step": k.no_return_step if k else None}
+
+
+def past_no_return(s, op) -> bool:
+    """Whether a started operation only goes forward now."""
+    policy = cancel_policy(op.kind)
+    return op.state != operations.PENDING and (
+        policy["forward_only"] or operations.forward_phase_started(s, op.id,
+                                                                   policy["no_return_step"]))
 
 
 def operator() -> str:
@@ -69,7 +90,7 @@ def cancel(conductor, op_id: str, by: str, *, wait: float = 0.0) -> CancelResult
     with conductor.db.session() as s:
         op = operations.get(s, op_id)
         dead = (op.owner,) if op is not None and op.owner and ownership.is_dead(op.owner) else ()
-        outcome = operations.request_cancel(s, op_id, by, dead_owners=dead)
+        outcome = request(s, op_id, by, dead)
     if not outcome.done:
         try:  # the owner is gone: take it over; its first step sees the request
             conductor.runner.run(outcome.op_id, dead_owners=dead)
@@ -106,11 +127,9 @@ def terminate(conductor, op_id: str, by: str, on_event=None) -> TerminateResult:
         if op.state in operations.FINAL_STATES:
             raise operations.Refused(f"operation {op.id} already ended {op.state}: "
                                      "nothing to terminate")
-        started = op.state != operations.PENDING
-        forward = started and (op.kind in forward_only_kinds()
-                               or operations.forward_phase_started(s, op.id))
+        forward = past_no_return(s, op)
         if not forward and op.cancel_requested_by is None:
-            outcome = operations.request_cancel(s, op.id, f"{by} (terminate)")
+            outcome = request(s, op.id, f"{by} (terminate)")
             if outcome.done:  # pending and nobody's: ended without running a step
                 return TerminateResult(op.id, op.kind, op.owner, "revert", outcome.state,
                                        f"cancelled by {by} (terminate) before it ran")

@@ -56,10 +56,6 @@ class OperationHandle(str):
 
     def cancel(self) -> object:
         """Ask for the operation to stop at its next step boundary and revert."""
-        request_cancel = getattr(operations, "request_cancel", None)
-        if request_cancel is None:
-            raise NotImplementedError(
-                "cancelling operations is not available in this build: "
-                "persistence.operations.request_cancel is missing")
+        from conductor import cancel  # cancel -> ownership; handle stays light for importers
         with self._conductor.db.session() as s:
-            return request_cancel(s, self.id)
+            return cancel.request(s, self.id, "api")

@@ -25,7 +25,7 @@ import sqlalchemy as sa
 from oslo_utils import importutils
 from taskflow import task as tf_task
 
-from conductor import ownership, repair
+from conductor import cancel, ownership, repair
 from conductor.config import ConfigError
 from drivers.base import PowerState
 from drivers.errors import GuestNotFound
@@ -107,7 +107,7 @@ def plans(conductor, op_id: str | None = None) -> list[ResumePlan]:
         else:
             ops = operations.resumable(s)
         states = {o.id: _atom_states(s, o) for o in ops}
-        forward_started = {o.id: operations.forward_phase_started(s, o.id) for o in ops}
+        forward_started = {o.id: cancel.past_no_return(s, o) for o in ops}
         for o in ops:
             s.expunge(o)
     return [plan(conductor, o, states[o.id], forward_started[o.id]) for o in ops]
@@ -227,8 +227,7 @@ def resume_one(conductor, op_id: str, direction: str | None, by: str, on_event=N
     if chosen == REVERT and p.choosable:  # not reverting yet: ask for it as a cancel
         with conductor.db.session() as s:
             why = "resume --direction revert" if direction else f"resume: {p.why}"
-            outcome = operations.request_cancel(s, p.op_id, f"{by} ({why})"[:255],
-                                                dead_owners=dead)
+            outcome = cancel.request(s, p.op_id, f"{by} ({why})"[:255], dead)
         if outcome.done:
             return conductor.status(p.op_id)
     from conductor.api import OperationStatus  # the api imports this module's users

@@ -39,7 +39,8 @@ class LeftBehind:
     resources: dict[str, str] = field(default_factory=dict)
 
     def line(self) -> str:
-        named = " ".join(f"{k}={v}" for k, v in self.resources.items())
+        # The operation's own instance goes without saying (JSON keeps it).
+        named = " ".join(f"{k}={v}" for k, v in self.resources.items() if k != "instance_uuid")
         why = ("revert failed" if self.state == "REVERT_FAILURE"
                else f"{self.state.lower()}, not reverted")
         return f"{self.step}: {why}" + (f" [{named}]" if named else "") + (

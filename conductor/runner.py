@@ -17,7 +17,6 @@ from taskflow import engines, exceptions as tf_exc, states
 from taskflow.persistence import models as tf_models
 from taskflow.types import notifier
 
-from conductor import cancel as _cancel  # noqa: F401 - tells persistence the forward-only kinds
 from flows import catalog
 from flows.errors import FlowVersionGone
 from flows.runtime import Runtime
@@ -81,12 +80,12 @@ class LeaseKeeper:
         if self._thread:
             self._thread.join()
 
-    def track(self, op_id: str) -> None:
+    def track(self, op_id: str, no_return_step: str | None = None) -> None:
         # One read per run, not per step: the epoch this run took (for fenced
         # retry rows) and a cancel requested before it started.
         with self.rt.db.session() as s:
             epoch, cancelled_by = operations.run_context(s, op_id) or (None, None)
-        cancellation.enter(op_id, self.owner, epoch, cancelled_by)
+        cancellation.enter(op_id, self.owner, epoch, cancelled_by, no_return_step)
         with self._lock:
             self._running.add(op_id)
 
@@ -136,7 +135,8 @@ class Runner:
             if epoch is None:
                 raise NotOwner(op_id)
             op = operations.get(s, op_id)
-        self.leases.track(op_id)
+        kind = catalog.CATALOG.get(op.kind)
+        self.leases.track(op_id, kind.no_return_step if kind else None)
         self.backend.fence(op_id, epoch)
         try:
             return self._run_owned(op, epoch, on_event)

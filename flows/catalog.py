@@ -52,6 +52,10 @@ class OperationKind:
     #: hypervisor does not show the interrupted step done ("forward": run it
     #: again and go on; "revert": undo what was done). conductor/recovery.py.
     resume_direction: str = "forward"
+    #: The atom whose start is the operation's point of no return (a flow
+    #: that may be cancelled until then, e.g. live migration's switch-over):
+    #: from its first RUNNING row on, a cancel no longer applies.
+    no_return_step: str | None = None
 
     @property
     def verb(self) -> str:
@@ -89,6 +93,7 @@ CATALOG: dict[str, OperationKind] = {k.name: k for k in (
                   frozenset({"active", "stopped", "error", "paused", "suspended", "soft_deleted",
                              "rescued"}),
                   prepare=destroy.prepare, forward_only=True,
+                  no_return_step=destroy.NO_RETURN_STEP,
                   uses=("power_off", "undefine_guest", "unplug_vif", "delete_instance_files",
                         "confirm_migration", "host_report")),
     _power("power_off", _RUNNING_ISH, "stop the guest"),
@@ -180,7 +185,7 @@ CATALOG: dict[str, OperationKind] = {k.name: k for k in (
             Param("port_id", str, required=True, help="the interface's id")),
     OperationKind("reconcile", "flows.reconcile.build", reconcile.VERSION,
                   "bring hosts and database back in agreement (computeflow reconcile --apply; "
-                  "forward-only)", None, forward_only=True,
+                  "forward-only)", None, forward_only=True, no_return_step=reconcile.NO_RETURN_STEP,
                   uses=("host_report", "get_info", "power_off", "undefine_guest", "plug_vif",
                         "unplug_vif", "detach_volume", "confirm_migration",
                         "finish_revert_migration", "delete_instance_files")),
@@ -188,7 +193,8 @@ CATALOG: dict[str, OperationKind] = {k.name: k for k in (
                   "move a running instance to another host without stopping it",
                   frozenset({"active", "paused"}),
                   (Param("target_host", str, required=True, help="host to move it to"),),
-                  prepare=live_migration.prepare, uses=live_migration.USES),
+                  prepare=live_migration.prepare, uses=live_migration.USES,
+                  no_return_step=live_migration.NO_RETURN_STEP),
 )}
 
 

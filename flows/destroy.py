@@ -31,10 +31,14 @@ from flows.steps.resources import ReleaseInstanceClaims
 VERSION = 2
 
 
+#: The retry controller of the forward-only phase (the catalogue's `no_return_step`).
+NO_RETURN_STEP = "retry_destroy_forward"
+
+
 def build(*, host: str | None, vifs: list[dict], **_params) -> linear_flow.Flow:
     attempts = runtime.current().conf.forward_retries
     forward = linear_flow.Flow(
-        "destroy_forward", retry=retry.Times(attempts, name="retry_destroy_forward"))
+        "destroy_forward", retry=retry.Times(attempts, name=NO_RETURN_STEP))
     if host is not None:  # never placed (a spawn that failed early): nothing on a hypervisor
         forward.add(
             PowerOffGuest(),

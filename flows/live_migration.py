@@ -58,10 +58,15 @@ def prepare(s: Session, inst: Instance, values: dict, op_id: str) -> dict:
     return {"flavor": flavor, "destination": dest}
 
 
+#: The retry controller of the post-switch-over phase: once it runs, the
+#: migration only goes forward (the catalogue's `no_return_step`).
+NO_RETURN_STEP = "retry_live_migration_forward"
+
+
 def build(**_params) -> linear_flow.Flow:
     attempts = runtime.current().conf.forward_retries
     forward = linear_flow.Flow("live_migration_forward",
-                               retry=retry.Times(attempts, name="retry_live_migration_forward"))
+                               retry=retry.Times(attempts, name=NO_RETURN_STEP))
     forward.add(
         SwitchOver(),
         DriverCall("post_live_migration", on="source", with_data=True),

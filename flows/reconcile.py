@@ -32,10 +32,14 @@ def step_names(actions: list[dict]) -> list[str]:
     return names
 
 
+#: The retry controller of the forward-only phase (the catalogue's `no_return_step`).
+NO_RETURN_STEP = "retry_reconcile_forward"
+
+
 def build(*, actions: list[dict], holds_instance: bool = False, **_params) -> linear_flow.Flow:
     attempts = runtime.current().conf.forward_retries
     forward = linear_flow.Flow("reconcile_forward",
-                               retry=retry.Times(attempts, name="retry_reconcile_forward"))
+                               retry=retry.Times(attempts, name=NO_RETURN_STEP))
     for name, action in zip(step_names(actions), actions):
         forward.add(ACTIONS[action["action"]](name, action))
     flow = linear_flow.Flow("reconcile")

@@ -159,10 +159,6 @@ def listing(s: Session, *, limit: int = 50, state: str | None = None,
 
 # -- cancellation and operator repair (policy: conductor/cancel.py, conductor/repair.py) --
 
-#: Kinds that cannot be cancelled once running: they are forward-only past
-#: their hold. persistence imports no flows, so conductor/cancel.py fills this
-#: from the catalogue when it is imported (every conductor imports it).
-FORWARD_ONLY_KINDS: set[str] = set()
 #: flow_log rows recording what an operator did (step "(flow)": not a step move).
 CANCEL_REQUESTED, REVERT_RETRIED, MARKED_REVERTED = "CANCEL_REQUESTED", "REVERT_RETRIED", "MARKED_REVERTED"
 TERMINATED = "TERMINATED"
@@ -187,23 +183,25 @@ class CancelOutcome:
 
 
 def request_cancel(s: Session, op_id: str, by: str = "api", *,
-                   dead_owners: tuple[str, ...] = ()) -> CancelOutcome:
+                   dead_owners: tuple[str, ...] = (), forward_only: bool = False,
+                   no_return_step: str | None = None) -> CancelOutcome:
     """Cancel an operation: at once if it is pending and no live conductor
     owns it, else by recording the request for its owner's lease keeper.
 
-    Refused (`Refused`) for an unknown or ended operation, and for a
-    forward-only one (destroy) that a conductor runs or is about to run.
+    Refused (`Refused`) for an ended operation, for a `forward_only` one
+    (destroy) that a conductor runs or is about to run, and for one whose
+    `no_return_step` started. Which kinds are which is the catalogue's to
+    say (conductor/cancel.py passes it); persistence imports no flows.
     """
     op = get(s, op_id)
     if op is None:
         raise Refused(not_found(s, op_id))
     if op.state in FINAL_STATES:
         raise Refused(f"operation {op.id} already ended {op.state}: nothing to cancel")
-    forward_only = op.kind in FORWARD_ONLY_KINDS
     if forward_only and op.state != PENDING:
         raise Refused(f"operation {op.id} ({op.kind}) is forward-only and already running: it "
                       "cannot be cancelled and will finish (or stop in ERROR for an operator)")
-    if op.state != PENDING and forward_phase_started(s, op.id):
+    if op.state != PENDING and forward_phase_started(s, op.id, no_return_step):
         raise Refused(f"operation {op.id} ({op.kind}) is past its point of no return (its "
                       "forward-only phase started): it cannot be cancelled and will finish")
     now = utcnow()
@@ -397,12 +395,12 @@ def log_attempt(s: Session, op_id: str, owner: str, epoch: int | None, step: str
     return True
 
 
-def forward_phase_started(s: Session, op_id: str) -> bool:
-    """Whether the operation entered a forward-only phase: by convention a
-    subflow under a retry controller named `retry_<...>_forward` (destroy,
-    live migration's post-switch-over phase). Past it there is no revert, so
-    a cancel no longer applies. Read only when a cancel is being decided."""
+def forward_phase_started(s: Session, op_id: str, no_return_step: str | None) -> bool:
+    """Whether the operation passed its point of no return: its
+    `no_return_step` (the catalogue's, e.g. live migration's post-switch-over
+    retry controller) started. Read only when a cancel is being decided."""
+    if no_return_step is None:
+        return False
     return s.scalar(sa.select(FlowLogEntry.id).where(
-        FlowLogEntry.flow_detail_uuid == op_id,
-        FlowLogEntry.step.like("retry\\_%\\_forward", escape="\\"),
+        FlowLogEntry.flow_detail_uuid == op_id, FlowLogEntry.step == no_return_step,
         FlowLogEntry.state.in_((_tf_states.RUNNING, _tf_states.SUCCESS))).limit(1)) is not None

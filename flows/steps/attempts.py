@@ -223,7 +223,7 @@ def _check_cancel(run_: cancellation.Run | None, op_id: str | None) -> None:
         cancellation.check(op_id)
     except cancellation.Cancelled:
         with runtime.current().db.session() as s:
-            if not operations.forward_phase_started(s, op_id):
+            if not operations.forward_phase_started(s, op_id, run_.no_return_step):
                 raise
         run_.past_no_return = True
         LOG.warning("operation %s: cancel by %s ignored: its forward-only phase has started",

@@ -46,6 +46,8 @@ class Run:
     owner: str
     epoch: int | None
     cancelled_by: str | None = None
+    #: The step past which this operation's kind only goes forward (the catalogue's).
+    no_return_step: str | None = None
     #: The flow entered a forward-only phase: a cancel no longer applies.
     past_no_return: bool = False
     #: Another process took the operation (its lease renewal found it gone).
@@ -58,8 +60,9 @@ _runs: dict[str, Run] = {}
 _lock = threading.Lock()
 
 
-def enter(op_id: str, owner: str, epoch: int | None, cancelled_by: str | None = None) -> Run:
-    run = Run(op_id, owner, epoch)
+def enter(op_id: str, owner: str, epoch: int | None, cancelled_by: str | None = None,
+          no_return_step: str | None = None) -> Run:
+    run = Run(op_id, owner, epoch, no_return_step=no_return_step)
     with _lock:
         _runs[op_id] = run
     if cancelled_by:

@@ -236,4 +236,4 @@ def test_cancel_flagged_inside_a_forward_only_phase_is_ignored(conductor, caplog
     with conductor.db.session() as s:
         with pytest.raises(operations.Refused, match="already ended"):
             operations.request_cancel(s, op_id, "alice@test")
-        assert operations.forward_phase_started(s, op_id)
+        assert operations.forward_phase_started(s, op_id, "retry_destroy_forward")

@@ -124,7 +124,7 @@ def test_cli_repair_after_a_failed_revert(tmp_path, crash_db_url):
     conf = _conf(tmp_path, crash_db_url, f"[fake]\nfaults = {', '.join(REVERT_FAILS)}\n")
     _with_host(conf)
     r = run_cli(conf, "spawn", "vm1", "--flavor", "m1.small", "--image", "cirros", "--json")
-    assert r.returncode == 1, r.stderr
+    assert r.returncode == 3, r.stderr  # needs repair
     op_id = json.loads(r.stdout)["id"]
 
     listed = json.loads(run_cli(conf, "ops", "list", "--needs-repair", "--json").stdout)
@@ -151,7 +151,7 @@ def test_cli_hung_call_then_retry_revert_from_another_process(tmp_path, crash_db
     conf = _conf(tmp_path, crash_db_url, "step_timeout = 3\n[fake]\nfaults = power_on:execute:hang\n")
     _with_host(conf)
     r = run_cli(conf, "spawn", "vm1", "--flavor", "m1.small", "--image", "cirros", "--json")
-    assert r.returncode == 1, r.stderr
+    assert r.returncode == 3, r.stderr  # needs repair
     op = json.loads(r.stdout)
     assert op["state"] == "FAILED"
     r = run_cli(conf, "ops", "retry-revert", op["id"], "--json")
