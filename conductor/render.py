@@ -25,9 +25,14 @@ def columns_dict(obj) -> dict:
     return {c.key: getattr(obj, c.key) for c in obj.__table__.columns}
 
 
+#: Wide enough for the longest step name of the catalogue
+#: (retry_migrate_disk_and_power_off), so live columns stay aligned.
+STEP_COLUMN = 34
+
+
 def progress_line(elapsed: float, ev: StepEvent) -> str:
     tail = f"  {ev.error}" if ev.error else ""
-    return f"  [{elapsed:7.3f}s] {ev.step:<28} {ev.state}{tail}"
+    return f"  [{elapsed:7.3f}s] {ev.step:<{STEP_COLUMN}} {ev.state}{tail}"
 
 
 # -- hosts, flavors, images --------------------------------------------------
