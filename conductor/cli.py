@@ -12,6 +12,7 @@ table an operator reads to learn the CLI.
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import os
 import sys
@@ -30,6 +31,7 @@ from flows import catalog, live_migration
 from flows.errors import OperationError
 from persistence import flowlog, hosts, instances, operations, progress, schema
 from persistence.errors import PersistenceError
+from persistence.models import utcnow
 from persistence.secrets import SecretUnavailable
 from persistence.session import Database
 
@@ -109,9 +111,19 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("name")
 
     ops = sub.add_parser("ops", help="operations").add_subparsers(dest="ops_cmd", required=True)
-    c = cmd("list", cmd_ops_list, "list operations, newest first", ops, json_flag=True)
+    c = cmd("list", cmd_ops_list, "list operations, newest first (filters combine)", ops,
+            json_flag=True)
     c.add_argument("--state", choices=operations.ACTIVE_STATES + operations.FINAL_STATES)
-    c.add_argument("--limit", type=int, default=50)
+    c.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
+    c.add_argument("--instance", metavar="NAME", help="an instance's name (deleted instances "
+                   "that had it too) or uuid")
+    c.add_argument("--kind", help="operation kind, e.g. resize or live_migration")
+    c.add_argument("--host", help="the instance is on HOST or the operation named it "
+                   "(placement, source or target)")
+    c.add_argument("--since", metavar="TIME", help="created at or after TIME (ISO-8601; UTC "
+                   "unless it has an offset; a date alone is its midnight)")
+    c.add_argument("--until", metavar="TIME", help="created at or before TIME (as --since)")
+    c.add_argument("--error", metavar="TEXT", help="the error contains TEXT (any case)")
     c.add_argument("--needs-repair", action="store_true",
                    help="only FAILED operations (a revert failed), with what each left behind")
     c = cmd("show", cmd_ops_show, "show an operation and its flow log", ops, json_flag=True)
@@ -376,12 +388,46 @@ def cmd_instances_show(args) -> int:
     return EXIT_OK
 
 
+def _utc_time(value: str | None, flag: str) -> dt.datetime | None:
+    """An ISO-8601 time as naive UTC (how times are stored); no offset means UTC."""
+    if value is None:
+        return None
+    try:
+        t = dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise UserError(f"{flag} {value!r} is not an ISO-8601 time "
+                        "(e.g. 2026-12-04T05:43:03Z or 2026-12-04)") from None
+    return t.astimezone(dt.timezone.utc).replace(tzinfo=None) if t.tzinfo else t
+
+
+def _history_filter(args, s) -> operations.HistoryFilter:
+    """`ops list`'s filters, each checked: a typo is an error, not an empty list."""
+    f = operations.HistoryFilter(
+        instance=args.instance, kind=args.kind, state=args.state, host=args.host,
+        since=_utc_time(args.since, "--since"), until=_utc_time(args.until, "--until"),
+        error=args.error)
+    if f.kind is not None:
+        try:
+            catalog.get(f.kind)
+        except KeyError as e:
+            raise UserError(str(e.args[0])) from None
+    if f.host is not None and hosts.get_host(s, f.host) is None:
+        raise UserError(f"unknown host {f.host!r}")
+    if f.instance is not None and not instances.ever_named(s, f.instance):
+        raise UserError(f"unknown instance {f.instance!r} (never had that name or uuid)")
+    return f
+
+
 def cmd_ops_list(args) -> int:
+    if args.limit < 1:
+        raise UserError(f"--limit must be at least 1 (got {args.limit})")
     if args.needs_repair:
         return cmd_ops_needs_repair(args)
     with _database(args).session() as s:
-        rows = operations.listing(s, limit=args.limit, state=args.state)
-        _emit(args, [render.operation_dict(o) for o in rows], render.operations_table(rows))
+        rows = operations.history(s, _history_filter(args, s), limit=args.limit)
+        now = utcnow()
+        _emit(args, [render.history_dict(o, name, now) for o, name in rows],
+              render.history_table(rows, now))
     return EXIT_OK
 
 

@@ -20,6 +20,29 @@ def _ts(t: dt.datetime | None) -> str | None:
     return t.isoformat(sep=" ", timespec="milliseconds") if t else None
 
 
+def fmt_time(t: dt.datetime | None) -> str | None:
+    """A stored time for an operator: UTC to the second, marked Z
+    (`2026-12-04 05:43:03Z`). Stored times are naive UTC; an aware one is
+    converted. The one convention for every list and show."""
+    if t is None:
+        return None
+    if t.tzinfo is not None:
+        t = t.astimezone(dt.timezone.utc)
+    return t.strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def fmt_duration(seconds: float | None) -> str | None:
+    """`0.42s`, `12.3s`, `4m05s`, `2h03m`: short enough for a table column."""
+    if seconds is None:
+        return None
+    if seconds < 60:
+        return f"{seconds:.2f}s" if seconds < 10 else f"{seconds:.1f}s"
+    whole = int(seconds)
+    if whole < 3600:
+        return f"{whole // 60}m{whole % 60:02d}s"
+    return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
+
+
 def columns_dict(obj) -> dict:
     return {c.key: getattr(obj, c.key) for c in obj.__table__.columns}
 
@@ -75,10 +98,27 @@ def operation_dict(op: Operation) -> dict:
             "started_at": _ts(op.started_at), "finished_at": _ts(op.finished_at)}
 
 
-def operations_table(rows: list[Operation]) -> str:
-    return table(["ID", "KIND", "INSTANCE", "STATE", "CREATED", "ERROR"],
-                 [[o.id, o.kind, o.instance_uuid, o.state, _ts(o.created_at),
-                   (o.error or "")[:60]] for o in rows])
+def op_duration_s(op: Operation, now: dt.datetime) -> float | None:
+    """Finished minus started; for an operation still going, its time so far."""
+    if op.started_at is None:
+        return None
+    return round(((op.finished_at or now) - op.started_at).total_seconds(), 3)
+
+
+def history_dict(op: Operation, instance_name: str | None, now: dt.datetime) -> dict:
+    return operation_dict(op) | {"instance_name": instance_name,
+                                 "duration_s": op_duration_s(op, now)}
+
+
+def history_table(rows: list[tuple[Operation, str | None]], now: dt.datetime) -> str:
+    """`ops list`: instance names, UTC times, and how long each took (or has
+    been running: `(running)`)."""
+    def duration(op: Operation) -> str | None:
+        text = fmt_duration(op_duration_s(op, now))
+        return f"{text} (running)" if text and op.finished_at is None else text
+    return table(["ID", "KIND", "INSTANCE", "STATE", "CREATED", "DURATION", "ERROR"],
+                 [[o.id, o.kind, name or o.instance_uuid, o.state, fmt_time(o.created_at),
+                   duration(o), (o.error or "")[:60]] for o, name in rows])
 
 
 def step_dict(st: StepSummary) -> dict:
