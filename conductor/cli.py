@@ -29,7 +29,7 @@ from conductor.runner import StepEvent
 from drivers.faults import BadFaultSpec
 from flows import catalog, live_migration
 from flows.errors import OperationError
-from persistence import flowlog, hosts, instances, operations, progress, schema
+from persistence import events, flowlog, hosts, instances, operations, progress, schema
 from persistence.errors import PersistenceError
 from persistence.models import utcnow
 from persistence.secrets import SecretUnavailable
@@ -109,6 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--all", action="store_true", help="include deleted instances")
     c = cmd("show", cmd_instances_show, "show one instance", ins, json_flag=True)
     c.add_argument("name")
+    c = cmd("events", cmd_instances_events, "what the hypervisor reported about an instance "
+            "unasked (a guest that stopped), oldest first", ins, json_flag=True)
+    c.add_argument("name", help="instance name or uuid")
 
     ops = sub.add_parser("ops", help="operations").add_subparsers(dest="ops_cmd", required=True)
     c = cmd("list", cmd_ops_list, "list operations, newest first (filters combine)", ops,
@@ -372,10 +375,16 @@ def cmd_operation(args) -> int:
         return _run_and_report(args, c, op_id)
 
 
+def _down_hosts(s) -> set[str]:
+    return {h.name for h in hosts.list_hosts(s) if h.down}
+
+
 def cmd_instances_list(args) -> int:
     with _database(args).session() as s:
         rows = instances.list_live(s, include_deleted=args.all)
-        _emit(args, [render.instance_dict(i) for i in rows], render.instances_table(rows))
+        down = _down_hosts(s)
+        _emit(args, [render.instance_dict(i) | {"host_down": i.host in down} for i in rows],
+              render.instances_table(rows, down))
     return EXIT_OK
 
 
@@ -384,7 +393,21 @@ def cmd_instances_show(args) -> int:
         inst = instances.find_live(s, args.name)
         if inst is None:
             raise UserError(f"unknown instance {args.name!r}")
-        _emit(args, render.instance_dict(inst), render.instance_text(inst))
+        last = operations.last_for_instance(s, inst.uuid)
+        down = inst.host in _down_hosts(s)
+        _emit(args, render.instance_show_dict(inst, last, down),
+              render.instance_text(inst, last, down))
+    return EXIT_OK
+
+
+def cmd_instances_events(args) -> int:
+    with _database(args).session() as s:
+        inst = instances.find_live(s, args.name)
+        if inst is None:
+            raise UserError(f"unknown instance {args.name!r}")
+        rows = events.for_instance(s, inst.uuid)
+        _emit(args, [render.event_dict(e) for e in rows],
+              render.events_table(rows) if rows else f"no events recorded for {inst.name}")
     return EXIT_OK
 
 

@@ -5,7 +5,7 @@ import datetime as dt
 
 from conductor.runner import StepEvent
 from persistence.flowlog import StepSummary
-from persistence.models import FlowLogEntry, Host, Instance, Operation
+from persistence.models import FlowLogEntry, Host, Instance, InstanceEvent, Operation
 from persistence.progress import PROGRESS, REQUESTS
 
 
@@ -80,14 +80,69 @@ def instance_dict(i: Instance) -> dict:
     return d
 
 
-def instances_table(rows: list[Instance]) -> str:
+def instances_table(rows: list[Instance], down_hosts: set[str] = frozenset()) -> str:
+    """A host marked down shows as `h1 (down)` (as in `hosts list`): its
+    instances' POWER is the last state known, not a current one."""
     return table(["NAME", "UUID", "HOST", "FLAVOR", "VM_STATE", "POWER", "TASK", "HELD_BY"],
-                 [[i.name, i.uuid, i.host, i.flavor, i.vm_state, i.power_state, i.task_state,
-                   i.held_by] for i in rows])
+                 [[i.name, i.uuid, _host(i, down_hosts), i.flavor, i.vm_state, i.power_state,
+                   i.task_state, i.held_by] for i in rows])
 
 
-def instance_text(i: Instance) -> str:
-    return "\n".join(f"{k:<12} {v}" for k, v in instance_dict(i).items())
+def _host(i: Instance, down_hosts: set[str]) -> str | None:
+    return f"{i.host} (down)" if i.host in down_hosts else i.host
+
+
+def _last_op_dict(op: Operation | None) -> dict | None:
+    return {"id": op.id, "kind": op.kind, "state": op.state} if op else None
+
+
+def _fault(op: Operation | None) -> str | None:
+    """Why the instance may be broken: the error of its last operation, if that FAILED."""
+    return op.error if op is not None and op.state == "FAILED" else None
+
+
+def instance_show_dict(i: Instance, last_op: Operation | None, host_down: bool) -> dict:
+    return instance_dict(i) | {"host_down": host_down, "last_operation": _last_op_dict(last_op),
+                               "fault": _fault(last_op)}
+
+
+def _field(key: str, values: list[str]) -> list[str]:
+    """One value per line, continuation lines aligned under the first."""
+    return [f"{key if n == 0 else '':<16}{v}" for n, v in enumerate(values or ["(none)"])]
+
+
+def instance_text(i: Instance, last_op: Operation | None, host_down: bool) -> str:
+    power = i.power_state + (f" (last known: host {i.host} is down)" if host_down else "")
+    lines = [f"{k:<16}{'-' if v is None else v}" for k, v in (
+        ("uuid", i.uuid), ("name", i.name), ("host", _host(i, {i.host} if host_down else set())),
+        ("flavor", i.flavor), ("image", i.image), ("vm_state", i.vm_state),
+        ("power_state", power), ("task_state", i.task_state), ("held_by", i.held_by),
+        ("last_op", last_op and f"{last_op.id} {last_op.kind} {last_op.state}"))]
+    if _fault(last_op):
+        lines.append(f"{'fault':<16}{_fault(last_op)}")
+    lines += _field("vifs", [f"{v.get('id')}  {v.get('mac')}  {v.get('network')}"
+                             for v in i.vifs or []])
+    lines += _field("volumes", [f"{v.get('volume_id')}  {v.get('mountpoint')}"
+                                for v in i.volumes or []])
+    for key, meta in (("user_metadata", i.user_metadata), ("system_metadata", i.system_metadata)):
+        lines += _field(key, [f"{k}={v}" for k, v in sorted((meta or {}).items())])
+    lines += [f"{'created_at':<16}{fmt_time(i.created_at)}",
+              f"{'updated_at':<16}{fmt_time(i.updated_at)}"]
+    return "\n".join(lines)
+
+
+def iso_time(t: dt.datetime | None) -> str | None:
+    """A stored (naive UTC) time for JSON: ISO-8601 with Z."""
+    return t.isoformat() + "Z" if t else None
+
+
+def event_dict(e: InstanceEvent) -> dict:
+    return {"at": iso_time(e.at), "host": e.host, "event": e.event, "power_state": e.power_state}
+
+
+def events_table(rows: list[InstanceEvent]) -> str:
+    return table(["AT", "HOST", "EVENT", "POWER_STATE"],
+                 [[fmt_time(e.at), e.host, e.event, e.power_state] for e in rows])
 
 
 # -- operations --------------------------------------------------------------
