@@ -36,6 +36,8 @@ from persistence.secrets import SecretUnavailable
 from persistence.session import Database
 
 EXIT_OK, EXIT_OP_FAILED, EXIT_USER_ERROR = 0, 1, 2
+#: The flow log's name for the flow itself (persistence/flowlog.py skips it too).
+FLOW_STEP = "(flow)"
 
 
 class UserError(Exception):
@@ -206,14 +208,18 @@ def _emit(args, payload, text: str) -> None:
 
 
 class Progress:
-    """Prints each persisted step transition as it happens."""
+    """Prints each persisted step transition as it happens.
+
+    Only steps: the flow's own state changes (step `(flow)` in the flow log:
+    RESUMING, SUSPENDED, ...) are bookkeeping an operator cannot act on, and
+    the outcome line says how the flow ended."""
 
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
         self.t0 = time.monotonic()
 
     def __call__(self, ev: StepEvent) -> None:
-        if self.enabled:
+        if self.enabled and ev.step != FLOW_STEP:
             print(render.progress_line(time.monotonic() - self.t0, ev), flush=True)
 
     def on_progress(self, op_id: str, step: str, text: str) -> None:
