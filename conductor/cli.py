@@ -113,7 +113,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("name")
     c = cmd("events", cmd_instances_events, "what the hypervisor reported about an instance "
             "unasked (a guest that stopped), oldest first", ins, json_flag=True)
-    c.add_argument("name", help="instance name or uuid")
+    c.add_argument("name", help="instance name or uuid; a name no live instance has is "
+                   "the most recently deleted instance that had it")
+    c.add_argument("--deleted", action="store_true",
+                   help="the most recently deleted instance of that name, even if a live one has it")
 
     ops = sub.add_parser("ops", help="operations").add_subparsers(dest="ops_cmd", required=True)
     c = cmd("list", cmd_ops_list, "list operations, newest first (filters combine)", ops,
@@ -408,7 +411,8 @@ def cmd_instances_show(args) -> int:
 
 def cmd_instances_events(args) -> int:
     with _database(args).session() as s:
-        inst = instances.find_live(s, args.name)
+        inst = None if args.deleted else instances.find_live(s, args.name)
+        inst = inst or instances.find_deleted(s, args.name)
         if inst is None:
             raise UserError(f"unknown instance {args.name!r}")
         rows = events.for_instance(s, inst.uuid)
@@ -451,6 +455,10 @@ def cmd_ops_list(args) -> int:
     if args.limit < 1:
         raise UserError(f"--limit must be at least 1 (got {args.limit})")
     if args.needs_repair:
+        given = [f"--{k}" for k in ("instance", "kind", "state", "host", "since", "until", "error")
+                 if getattr(args, k) is not None]
+        if given:
+            raise UserError(f"--needs-repair takes no filter but --limit (got {', '.join(given)})")
         return cmd_ops_needs_repair(args)
     with _database(args).session() as s:
         rows = operations.history(s, _history_filter(args, s), limit=args.limit)

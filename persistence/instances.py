@@ -34,6 +34,12 @@ def ever_named(s: Session, name_or_uuid: str) -> bool:
         sa.or_(Instance.name == name_or_uuid, Instance.uuid == name_or_uuid)).limit(1)) is not None
 
 
+def find_deleted(s: Session, name: str) -> Instance | None:
+    """The most recently deleted instance that had this name."""
+    return s.scalars(sa.select(Instance).where(Instance.name == name, Instance.live_marker != "")
+                     .order_by(Instance.updated_at.desc()).limit(1)).first()
+
+
 def list_live(s: Session, include_deleted: bool = False) -> list[Instance]:
     q = sa.select(Instance).order_by(Instance.created_at)
     if not include_deleted:

@@ -120,7 +120,8 @@ def test_malformed_filters_are_one_line_errors(conductor, conf_file):
             (("--until", "2026-13-01"), "--until '2026-13-01' is not an ISO-8601 time"),
             (("--kind", "reboo"), "unknown operation 'reboo'"),
             (("--host", "h9"), "unknown host 'h9'"),
-            (("--instance", "nobody"), "unknown instance 'nobody'")):
+            (("--instance", "nobody"), "unknown instance 'nobody'"),
+            (("--needs-repair", "--kind", "spawn"), "--needs-repair takes no filter but --limit")):
         out = run_cli(conf_file, "ops", "list", *args)
         assert out.returncode == 2, (args, out.stdout)
         assert out.stdout == "" and len(out.stderr.splitlines()) == 1, (args, out.stderr)

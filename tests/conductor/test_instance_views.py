@@ -100,3 +100,19 @@ def test_events_lists_what_the_hypervisor_reported(conductor, conf_file):
     assert none.returncode == 0 and none.stdout.strip() == "no events recorded for vm2"
     bad = run_cli(conf_file, "instances", "events", "nobody")
     assert bad.returncode == 2 and bad.stderr.strip() == "computeflow: error: unknown instance 'nobody'"
+
+
+def test_events_of_a_deleted_instance_by_its_name(conductor, conf_file):
+    spawn(conductor)
+    with conductor.db.session() as s:
+        uuid1 = instances.find_live(s, "vm1").uuid
+    conductor.rt.driver_for("h1").simulate_guest_stopped(uuid1)
+    assert conductor.run(conductor.submit("destroy", "vm1")).state == operations.SUCCEEDED
+    gone = run_cli(conf_file, "instances", "events", "vm1")  # no live vm1: the deleted one
+    assert gone.returncode == 0 and "shutdown" in gone.stdout, gone.stdout + gone.stderr
+    spawn(conductor)  # a new vm1, with no events of its own
+    assert run_cli(conf_file, "instances", "events", "vm1").stdout.strip() == \
+        "no events recorded for vm1"
+    listed = json.loads(run_cli(conf_file, "instances", "events", "vm1", "--deleted",
+                                "--json").stdout)
+    assert [(e["host"], e["power_state"]) for e in listed] == [("h1", "shutdown")]
