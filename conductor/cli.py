@@ -433,22 +433,26 @@ def _utc_time(value: str | None, flag: str) -> dt.datetime | None:
     return t.astimezone(dt.timezone.utc).replace(tzinfo=None) if t.tzinfo else t
 
 
-def _history_filter(args, s) -> operations.HistoryFilter:
-    """`ops list`'s filters, each checked: a typo is an error, not an empty list."""
-    f = operations.HistoryFilter(
+def _history_filter(args) -> operations.HistoryFilter:
+    """`ops list`'s filters, each checked that needs no database: a typo is an
+    error, not an empty list."""
+    if args.kind is not None:
+        try:
+            catalog.get(args.kind)
+        except KeyError as e:
+            raise UserError(str(e.args[0])) from None
+    return operations.HistoryFilter(
         instance=args.instance, kind=args.kind, state=args.state, host=args.host,
         since=_utc_time(args.since, "--since"), until=_utc_time(args.until, "--until"),
         error=args.error)
-    if f.kind is not None:
-        try:
-            catalog.get(f.kind)
-        except KeyError as e:
-            raise UserError(str(e.args[0])) from None
+
+
+def _check_names(s, f: operations.HistoryFilter) -> None:
+    """The host and instance a filter names exist (an instance: ever, deleted too)."""
     if f.host is not None and hosts.get_host(s, f.host) is None:
         raise UserError(f"unknown host {f.host!r}")
     if f.instance is not None and not instances.ever_named(s, f.instance):
         raise UserError(f"unknown instance {f.instance!r} (never had that name or uuid)")
-    return f
 
 
 def cmd_ops_list(args) -> int:
@@ -460,8 +464,10 @@ def cmd_ops_list(args) -> int:
         if given:
             raise UserError(f"--needs-repair takes no filter but --limit (got {', '.join(given)})")
         return cmd_ops_needs_repair(args)
+    f = _history_filter(args)
     with _database(args).session() as s:
-        rows = operations.history(s, _history_filter(args, s), limit=args.limit)
+        _check_names(s, f)
+        rows = operations.history(s, f, limit=args.limit)
         now = utcnow()
         _emit(args, [render.history_dict(o, name, now) for o, name in rows],
               render.history_table(rows, now))

@@ -6,6 +6,7 @@ import datetime as dt
 from conductor.runner import StepEvent
 from persistence.flowlog import StepSummary
 from persistence.models import FlowLogEntry, Host, Instance, InstanceEvent, Operation
+from persistence.operations import FAILED
 from persistence.progress import PROGRESS, REQUESTS
 
 
@@ -98,7 +99,7 @@ def _last_op_dict(op: Operation | None) -> dict | None:
 
 def _fault(op: Operation | None) -> str | None:
     """Why the instance may be broken: the error of its last operation, if that FAILED."""
-    return op.error if op is not None and op.state == "FAILED" else None
+    return op.error if op is not None and op.state == FAILED else None
 
 
 def instance_show_dict(i: Instance, last_op: Operation | None, host_down: bool) -> dict:
