@@ -12,6 +12,7 @@ table an operator reads to learn the CLI.
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import os
 import sys
@@ -28,14 +29,17 @@ from conductor.runner import LostOwnership, StepEvent
 from drivers.faults import BadFaultSpec
 from flows import catalog, live_migration
 from flows.errors import OperationError
-from persistence import flowlog, hosts, instances, operations, progress, schema
+from persistence import events, flowlog, hosts, instances, operations, progress, schema
 from persistence.errors import PersistenceError
+from persistence.models import utcnow
 from persistence.secrets import SecretUnavailable
 from persistence.session import Database
 
 EXIT_OK, EXIT_OP_FAILED, EXIT_USER_ERROR = 0, 1, 2
 #: The operation's revert failed: the instance is held in `error` until an operator repairs it.
 EXIT_NEEDS_REPAIR = 3
+#: The flow log's name for the flow itself (persistence/flowlog.py skips it too).
+FLOW_STEP = "(flow)"
 
 
 class UserError(Exception):
@@ -109,11 +113,27 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--all", action="store_true", help="include deleted instances")
     c = cmd("show", cmd_instances_show, "show one instance", ins, json_flag=True)
     c.add_argument("name")
+    c = cmd("events", cmd_instances_events, "what the hypervisor reported about an instance "
+            "unasked (a guest that stopped), oldest first", ins, json_flag=True)
+    c.add_argument("name", help="instance name or uuid; a name no live instance has is "
+                   "the most recently deleted instance that had it")
+    c.add_argument("--deleted", action="store_true",
+                   help="the most recently deleted instance of that name, even if a live one has it")
 
     ops = sub.add_parser("ops", help="operations").add_subparsers(dest="ops_cmd", required=True)
-    c = cmd("list", cmd_ops_list, "list operations, newest first", ops, json_flag=True)
+    c = cmd("list", cmd_ops_list, "list operations, newest first (filters combine)", ops,
+            json_flag=True)
     c.add_argument("--state", choices=operations.ACTIVE_STATES + operations.FINAL_STATES)
-    c.add_argument("--limit", type=int, default=50)
+    c.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
+    c.add_argument("--instance", metavar="NAME", help="an instance's name (deleted instances "
+                   "that had it too) or uuid")
+    c.add_argument("--kind", help="operation kind, e.g. resize or live_migration")
+    c.add_argument("--host", help="the instance is on HOST or the operation named it "
+                   "(placement, source or target)")
+    c.add_argument("--since", metavar="TIME", help="created at or after TIME (ISO-8601; UTC "
+                   "unless it has an offset; a date alone is its midnight)")
+    c.add_argument("--until", metavar="TIME", help="created at or before TIME (as --since)")
+    c.add_argument("--error", metavar="TEXT", help="the error contains TEXT (any case)")
     c.add_argument("--needs-repair", action="store_true",
                    help="only FAILED operations (a revert failed), with what each left behind")
     c = cmd("show", cmd_ops_show, "show an operation and its flow log", ops, json_flag=True)
@@ -197,14 +217,18 @@ def _emit(args, payload, text: str) -> None:
 
 
 class Progress:
-    """Prints each persisted step transition as it happens."""
+    """Prints each persisted step transition as it happens.
+
+    Only steps: the flow's own state changes (step `(flow)` in the flow log:
+    RESUMING, SUSPENDED, ...) are bookkeeping an operator cannot act on, and
+    the outcome line says how the flow ended."""
 
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
         self.t0 = time.monotonic()
 
     def __call__(self, ev: StepEvent) -> None:
-        if self.enabled:
+        if self.enabled and ev.step != FLOW_STEP:
             print(render.progress_line(time.monotonic() - self.t0, ev), flush=True)
 
     def on_progress(self, op_id: str, step: str, state: str, text: str) -> None:
@@ -378,10 +402,16 @@ def cmd_operation(args) -> int:
         return _run_and_report(args, c, op_id)
 
 
+def _down_hosts(s) -> set[str]:
+    return {h.name for h in hosts.list_hosts(s) if h.down}
+
+
 def cmd_instances_list(args) -> int:
     with _database(args).session() as s:
         rows = instances.list_live(s, include_deleted=args.all)
-        _emit(args, [render.instance_dict(i) for i in rows], render.instances_table(rows))
+        down = _down_hosts(s)
+        _emit(args, [render.instance_dict(i) | {"host_down": i.host in down} for i in rows],
+              render.instances_table(rows, down))
     return EXIT_OK
 
 
@@ -390,16 +420,75 @@ def cmd_instances_show(args) -> int:
         inst = instances.find_live(s, args.name)
         if inst is None:
             raise UserError(f"unknown instance {args.name!r}")
-        _emit(args, render.instance_dict(inst), render.instance_text(inst))
+        last = operations.last_for_instance(s, inst.uuid)
+        down = inst.host in _down_hosts(s)
+        _emit(args, render.instance_show_dict(inst, last, down),
+              render.instance_text(inst, last, down))
     return EXIT_OK
 
 
-def cmd_ops_list(args) -> int:
-    if args.needs_repair:
-        return cmd_ops_needs_repair(args)
+def cmd_instances_events(args) -> int:
     with _database(args).session() as s:
-        rows = operations.listing(s, limit=args.limit, state=args.state)
-        _emit(args, [render.operation_dict(o) for o in rows], render.operations_table(rows))
+        inst = None if args.deleted else instances.find_live(s, args.name)
+        inst = inst or instances.find_deleted(s, args.name)
+        if inst is None:
+            raise UserError(f"unknown instance {args.name!r}")
+        rows = events.for_instance(s, inst.uuid)
+        _emit(args, [render.event_dict(e) for e in rows],
+              render.events_table(rows) if rows else f"no events recorded for {inst.name}")
+    return EXIT_OK
+
+
+def _utc_time(value: str | None, flag: str) -> dt.datetime | None:
+    """An ISO-8601 time as naive UTC (how times are stored); no offset means UTC."""
+    if value is None:
+        return None
+    try:
+        t = dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise UserError(f"{flag} {value!r} is not an ISO-8601 time "
+                        "(e.g. 2026-12-04T05:43:03Z or 2026-12-04)") from None
+    return t.astimezone(dt.timezone.utc).replace(tzinfo=None) if t.tzinfo else t
+
+
+def _history_filter(args) -> operations.HistoryFilter:
+    """`ops list`'s filters, each checked that needs no database: a typo is an
+    error, not an empty list."""
+    if args.kind is not None:
+        try:
+            catalog.get(args.kind)
+        except KeyError as e:
+            raise UserError(str(e.args[0])) from None
+    return operations.HistoryFilter(
+        instance=args.instance, kind=args.kind, state=args.state, host=args.host,
+        since=_utc_time(args.since, "--since"), until=_utc_time(args.until, "--until"),
+        error=args.error)
+
+
+def _check_names(s, f: operations.HistoryFilter) -> None:
+    """The host and instance a filter names exist (an instance: ever, deleted too)."""
+    if f.host is not None and hosts.get_host(s, f.host) is None:
+        raise UserError(f"unknown host {f.host!r}")
+    if f.instance is not None and not instances.ever_named(s, f.instance):
+        raise UserError(f"unknown instance {f.instance!r} (never had that name or uuid)")
+
+
+def cmd_ops_list(args) -> int:
+    if args.limit < 1:
+        raise UserError(f"--limit must be at least 1 (got {args.limit})")
+    if args.needs_repair:
+        given = [f"--{k}" for k in ("instance", "kind", "state", "host", "since", "until", "error")
+                 if getattr(args, k) is not None]
+        if given:
+            raise UserError(f"--needs-repair takes no filter but --limit (got {', '.join(given)})")
+        return cmd_ops_needs_repair(args)
+    f = _history_filter(args)
+    with _database(args).session() as s:
+        _check_names(s, f)
+        rows = operations.history(s, f, limit=args.limit)
+        now = utcnow()
+        _emit(args, [render.history_dict(o, name, now) for o, name in rows],
+              render.history_table(rows, now))
     return EXIT_OK
 
 

@@ -5,7 +5,8 @@ import datetime as dt
 
 from conductor.runner import REVERT_FAILED_MARK, StepEvent
 from persistence.flowlog import StepSummary
-from persistence.models import FlowLogEntry, Host, Instance, Operation
+from persistence.models import FlowLogEntry, Host, Instance, InstanceEvent, Operation
+from persistence.operations import FAILED
 from persistence.progress import PROGRESS, REQUESTS
 from persistence.secrets import is_reference
 
@@ -19,6 +20,38 @@ def table(headers: list[str], rows: list[list[object]]) -> str:
 
 def _ts(t: dt.datetime | None) -> str | None:
     return t.isoformat(sep=" ", timespec="milliseconds") if t else None
+
+
+def fmt_time(t: dt.datetime | None) -> str | None:
+    """A stored time for an operator: UTC to the second, marked Z
+    (`2026-12-04 05:43:03Z`). Stored times are naive UTC; an aware one is
+    converted. The one convention for every list and show."""
+    if t is None:
+        return None
+    if t.tzinfo is not None:
+        t = t.astimezone(dt.timezone.utc)
+    return t.strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def fmt_time_ms(t: dt.datetime | None) -> str | None:
+    """fmt_time to the millisecond, for step times (steps take milliseconds)."""
+    if t is None:
+        return None
+    if t.tzinfo is not None:
+        t = t.astimezone(dt.timezone.utc)
+    return t.strftime("%Y-%m-%d %H:%M:%S.") + f"{t.microsecond // 1000:03d}Z"
+
+
+def fmt_duration(seconds: float | None) -> str | None:
+    """`0.42s`, `12.3s`, `4m05s`, `2h03m`: short enough for a table column."""
+    if seconds is None:
+        return None
+    if seconds < 60:
+        return f"{seconds:.2f}s" if seconds < 10 else f"{seconds:.1f}s"
+    whole = int(seconds)
+    if whole < 3600:
+        return f"{whole // 60}m{whole % 60:02d}s"
+    return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
 
 
 def columns_dict(obj) -> dict:
@@ -63,14 +96,69 @@ def instance_dict(i: Instance) -> dict:
     return d
 
 
-def instances_table(rows: list[Instance]) -> str:
+def instances_table(rows: list[Instance], down_hosts: set[str] = frozenset()) -> str:
+    """A host marked down shows as `h1 (down)` (as in `hosts list`): its
+    instances' POWER is the last state known, not a current one."""
     return table(["NAME", "UUID", "HOST", "FLAVOR", "VM_STATE", "POWER", "TASK", "HELD_BY"],
-                 [[i.name, i.uuid, i.host, i.flavor, i.vm_state, i.power_state, i.task_state,
-                   i.held_by] for i in rows])
+                 [[i.name, i.uuid, _host(i, down_hosts), i.flavor, i.vm_state, i.power_state,
+                   i.task_state, i.held_by] for i in rows])
 
 
-def instance_text(i: Instance) -> str:
-    return "\n".join(f"{k:<12} {v}" for k, v in instance_dict(i).items())
+def _host(i: Instance, down_hosts: set[str]) -> str | None:
+    return f"{i.host} (down)" if i.host in down_hosts else i.host
+
+
+def _last_op_dict(op: Operation | None) -> dict | None:
+    return {"id": op.id, "kind": op.kind, "state": op.state} if op else None
+
+
+def _fault(op: Operation | None) -> str | None:
+    """Why the instance may be broken: the error of its last operation, if that FAILED."""
+    return op.error if op is not None and op.state == FAILED else None
+
+
+def instance_show_dict(i: Instance, last_op: Operation | None, host_down: bool) -> dict:
+    return instance_dict(i) | {"host_down": host_down, "last_operation": _last_op_dict(last_op),
+                               "fault": _fault(last_op)}
+
+
+def _field(key: str, values: list[str]) -> list[str]:
+    """One value per line, continuation lines aligned under the first."""
+    return [f"{key if n == 0 else '':<16}{v}" for n, v in enumerate(values or ["(none)"])]
+
+
+def instance_text(i: Instance, last_op: Operation | None, host_down: bool) -> str:
+    power = i.power_state + (f" (last known: host {i.host} is down)" if host_down else "")
+    lines = [f"{k:<16}{'-' if v is None else v}" for k, v in (
+        ("uuid", i.uuid), ("name", i.name), ("host", _host(i, {i.host} if host_down else set())),
+        ("flavor", i.flavor), ("image", i.image), ("vm_state", i.vm_state),
+        ("power_state", power), ("task_state", i.task_state), ("held_by", i.held_by),
+        ("last_op", last_op and f"{last_op.id} {last_op.kind} {last_op.state}"))]
+    if _fault(last_op):
+        lines.append(f"{'fault':<16}{_fault(last_op)}")
+    lines += _field("vifs", [f"{v.get('id')}  {v.get('mac')}  {v.get('network')}"
+                             for v in i.vifs or []])
+    lines += _field("volumes", [f"{v.get('volume_id')}  {v.get('mountpoint')}"
+                                for v in i.volumes or []])
+    for key, meta in (("user_metadata", i.user_metadata), ("system_metadata", i.system_metadata)):
+        lines += _field(key, [f"{k}={v}" for k, v in sorted((meta or {}).items())])
+    lines += [f"{'created_at':<16}{fmt_time(i.created_at)}",
+              f"{'updated_at':<16}{fmt_time(i.updated_at)}"]
+    return "\n".join(lines)
+
+
+def iso_time(t: dt.datetime | None) -> str | None:
+    """A stored (naive UTC) time for JSON: ISO-8601 with Z."""
+    return t.isoformat() + "Z" if t else None
+
+
+def event_dict(e: InstanceEvent) -> dict:
+    return {"at": iso_time(e.at), "host": e.host, "event": e.event, "power_state": e.power_state}
+
+
+def events_table(rows: list[InstanceEvent]) -> str:
+    return table(["AT", "HOST", "EVENT", "POWER_STATE"],
+                 [[fmt_time(e.at), e.host, e.event, e.power_state] for e in rows])
 
 
 # -- operations --------------------------------------------------------------
@@ -81,10 +169,27 @@ def operation_dict(op: Operation) -> dict:
             "started_at": _ts(op.started_at), "finished_at": _ts(op.finished_at)}
 
 
-def operations_table(rows: list[Operation]) -> str:
-    return table(["ID", "KIND", "INSTANCE", "STATE", "CREATED", "ERROR"],
-                 [[o.id, o.kind, o.instance_uuid, o.state, _ts(o.created_at),
-                   (o.error or "")[:60]] for o in rows])
+def op_duration_s(op: Operation, now: dt.datetime) -> float | None:
+    """Finished minus started; for an operation still going, its time so far."""
+    if op.started_at is None:
+        return None
+    return round(((op.finished_at or now) - op.started_at).total_seconds(), 3)
+
+
+def history_dict(op: Operation, instance_name: str | None, now: dt.datetime) -> dict:
+    return operation_dict(op) | {"instance_name": instance_name,
+                                 "duration_s": op_duration_s(op, now)}
+
+
+def history_table(rows: list[tuple[Operation, str | None]], now: dt.datetime) -> str:
+    """`ops list`: instance names, UTC times, and how long each took (or has
+    been running: `(running)`)."""
+    def duration(op: Operation) -> str | None:
+        text = fmt_duration(op_duration_s(op, now))
+        return f"{text} (running)" if text and op.finished_at is None else text
+    return table(["ID", "KIND", "INSTANCE", "STATE", "CREATED", "DURATION", "ERROR"],
+                 [[o.id, o.kind, name or o.instance_uuid, o.state, fmt_time(o.created_at),
+                   duration(o), (o.error or "")[:60]] for o, name in rows])
 
 
 def step_dict(st: StepSummary) -> dict:
@@ -144,7 +249,7 @@ def steps_table(steps: list[StepSummary]) -> str:
     """One line per step; EXECUTE and REVERT are each phase's own time (the
     waits between attempts not counted) and its number of tries."""
     return table(["STEP", "STATE", "STARTED", "EXECUTE", "REVERT", "ERROR"],
-                 [[s.step, s.state, _ts(s.started_at), _span(s.execute_s, s.attempts),
+                 [[s.step, s.state, fmt_time_ms(s.started_at), _span(s.execute_s, s.attempts),
                    _span(s.revert_s, s.revert_attempts),
                    f"recovered from: {s.error}" if s.error and s.state == "SUCCESS" else s.error]
                   for s in steps])
@@ -162,18 +267,19 @@ def operation_text(op: Operation, steps: list[StepSummary], transitions: list[Fl
     params = shown_parameters(op)
     if params:
         head.append("  params    " + " ".join(f"{k}={v}" for k, v in params.items()))
-    head += [f"  created   {_ts(op.created_at)}", f"  started   {_ts(op.started_at)}",
-             f"  finished  {_ts(op.finished_at)}"]
+    head += [f"  created   {fmt_time_ms(op.created_at)}",
+             f"  started   {fmt_time_ms(op.started_at)}",
+             f"  finished  {fmt_time_ms(op.finished_at)}"]
     if live is not None:
         head += [f"  {line}" for line in live.lines]
     if op.error:
         head.append(f"  error     {op.error}")
     out = "\n".join(head) + "\n\n" + steps_table(steps)
     for r in notes:
-        out += f"\n  {r.step} {r.state} {r.result} at {_ts(r.at)}"
+        out += f"\n  {r.step} {r.state} {r.result} at {fmt_time_ms(r.at)}"
     if transitions is not None:
         out += "\n\n" + table(["AT", "STEP", "STATE", "ATTEMPT", "RESULT/ERROR"],
-                              [[_ts(r.at), r.step, r.state, r.attempt, r.error or r.result]
+                              [[fmt_time_ms(r.at), r.step, r.state, r.attempt, r.error or r.result]
                                for r in transitions])
     return out
 

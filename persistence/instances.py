@@ -28,6 +28,18 @@ def find_live(s: Session, name_or_uuid: str) -> Instance | None:
     return inst or s.get(Instance, name_or_uuid)
 
 
+def ever_named(s: Session, name_or_uuid: str) -> bool:
+    """Whether any instance, deleted or live, has this name or uuid."""
+    return s.scalar(sa.select(Instance.uuid).where(
+        sa.or_(Instance.name == name_or_uuid, Instance.uuid == name_or_uuid)).limit(1)) is not None
+
+
+def find_deleted(s: Session, name: str) -> Instance | None:
+    """The most recently deleted instance that had this name."""
+    return s.scalars(sa.select(Instance).where(Instance.name == name, Instance.live_marker != "")
+                     .order_by(Instance.updated_at.desc()).limit(1)).first()
+
+
 def list_live(s: Session, include_deleted: bool = False) -> list[Instance]:
     q = sa.select(Instance).order_by(Instance.created_at)
     if not include_deleted:
