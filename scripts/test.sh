@@ -13,7 +13,7 @@ $SUDO scripts/libvirt/build_guest.sh "$COMPUTEFLOW_TEST_GUEST_DIR"
 $SUDO scripts/libvirt/start_daemon.sh
 $SUDO scripts/libvirt/start_second_daemon.sh  # the live-migration tier's destination
 set +e
-.venv/bin/python -m pytest -q -p no:cacheprovider -m "not disruptive" "$@"
+.venv/bin/python -m pytest -q -p no:cacheprovider --durations=25 -m "not disruptive" "$@"
 rc=$?
 # Last and alone: tests that restart PostgreSQL and Redis under running conductors.
 if [ $# -eq 0 ] && [ $rc -ne 5 ]; then
