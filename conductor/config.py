@@ -8,6 +8,7 @@ import flows.options
 import persistence.options
 from conductor import options
 from drivers.faults import FaultPlan
+from drivers.latency import LatencyModel
 
 
 class ConfigError(Exception):
@@ -39,6 +40,7 @@ def load(config_files: list[str] | None = None, overrides: dict | None = None) -
             conf.set_override(key, value, None if group in (None, "DEFAULT") else group)
         _touch_all(conf)
         FaultPlan(conf.fake.faults)  # a bad fault spec is a config error, caught here
+        LatencyModel.parse(conf.fake.latency, conf.fake.latency_distribution)  # likewise
     except (cfg.Error, ValueError) as e:
         raise ConfigError(f"configuration: {e}") from None
     return conf

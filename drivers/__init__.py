@@ -22,8 +22,9 @@ def load_driver(conf: cfg.ConfigOpts, host: str, driver: str, uri: str | None = 
     """Instantiate the named driver for one host, honouring the seed options."""
     if driver == "fake":
         from drivers.fake import FakeDriver
+        from drivers.latency import LatencyModel
 
-        return FakeDriver(
+        fake = FakeDriver(
             host,
             conf.fake.state_dir,
             use_cow_images=conf.use_cow_images,
@@ -33,6 +34,9 @@ def load_driver(conf: cfg.ConfigOpts, host: str, driver: str, uri: str | None = 
             shared_storage_peers=next((tuple(g.split("+")) for g in conf.fake.shared_storage
                                        if host in g.split("+")), ()),
         )
+        model = LatencyModel.parse(conf.fake.latency, conf.fake.latency_distribution,
+                                   conf.fake.latency_seed)
+        return model.apply(fake) if model else fake
     if driver == "libvirt":
         from drivers.libvirt.driver import LibvirtDriver  # imports libvirt-python: only here
 

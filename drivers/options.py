@@ -48,6 +48,27 @@ fake_opts = [
         "host1+host2[+...]. Their disks live in one pool, so an evacuation "
         "between them keeps the disks instead of re-creating them.",
     ),
+    cfg.ListOpt(
+        "latency",
+        default=[],
+        help="Simulated hypervisor time per driver call, each METHOD:SECONDS (a "
+        "method of the driver contract, or * for every call not named), e.g. "
+        "*:0.05,spawn:2,wait_for_vif_plugged:20. Empty: calls answer at once. "
+        "For benchmarks and demos (drivers/latency.py).",
+    ),
+    cfg.StrOpt(
+        "latency_distribution",
+        default="fixed",
+        choices=[("fixed", "every call takes its mean"),
+                 ("uniform", "uniform between 0 and twice the mean"),
+                 ("exponential", "exponential around the mean: a long tail")],
+        help="How each call's delay is drawn around its [fake] latency.",
+    ),
+    cfg.IntOpt(
+        "latency_seed",
+        default=0,
+        help="Seed of the latency draws (with the host name): the same seed, the same delays.",
+    ),
     cfg.BoolOpt(
         "deliver_vif_events",
         default=True,
