@@ -349,18 +349,7 @@ def _read_password(args) -> str | None:
         return args.admin_password
     if args.admin_password_file is None:
         return None
-    try:
-        if args.admin_password_file == "-":
-            value = sys.stdin.readline()
-        else:
-            with open(args.admin_password_file) as f:
-                value = f.readline()
-    except OSError as e:
-        raise UserError(f"cannot read admin password file: {e.strerror}") from None
-    value = value.rstrip("\n")
-    if not value:
-        raise UserError("the admin password file is empty")
-    return value
+    return _read_secret_file(args.admin_password_file, "admin password", one_line=True)
 
 
 def cmd_spawn(args) -> int:
@@ -373,15 +362,19 @@ def cmd_spawn(args) -> int:
         return _run_and_report(args, c, op_id)
 
 
-def _read_secret_file(path: str, what: str) -> str:
+def _read_secret_file(path: str, what: str, one_line: bool = False) -> str:
+    """A secret from a file or '-' (stdin), never from argv. A password is its
+    file's first line; file contents are taken whole."""
     try:
         if path == "-":
-            value = sys.stdin.read()
+            value = sys.stdin.readline() if one_line else sys.stdin.read()
         else:
             with open(path) as f:
-                value = f.read()
+                value = f.readline() if one_line else f.read()
     except OSError as e:
         raise UserError(f"cannot read the {what} file: {e.strerror}") from None
+    if one_line:
+        value = value.rstrip("\n")
     if not value:
         raise UserError(f"the {what} file is empty")
     return value
@@ -393,9 +386,8 @@ def cmd_operation(args) -> int:
     for k, path in vars(args).items():
         if k.startswith("secretfile_") and path is not None:
             name = k[len("secretfile_"):]
-            # A password is one line; file contents are taken whole.
-            value = _read_secret_file(path, name.replace("_", " "))
-            params[name] = value.rstrip("\n") if name.endswith("password") else value
+            params[name] = _read_secret_file(path, name.replace("_", " "),
+                                             one_line=name.endswith("password"))
             logs.remember_secret(params[name])
     with _conductor(args) as c:
         op_id = c.submit(args.kind, args.name, **params)

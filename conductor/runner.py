@@ -171,6 +171,7 @@ class Runner:
             store=self._store(op), engine="parallel", executor=self.executor,
             defer_reverts=True,
         )
+        engine.notifier.register(notifier.Notifier.ANY, self._flow_listener(op.id, epoch))
         watch = RevertWatch(self, op, epoch, _retried_names(flow))
         engine.atom_notifier.register(notifier.Notifier.ANY, watch)
         if on_event is not None:
@@ -216,6 +217,14 @@ class Runner:
         book.add(flow_detail)
         conn.save_logbook(book)
         return flow_detail, book
+
+    def _flow_listener(self, op_id: str, epoch: int):
+        """Flow-level transitions. Nothing to record here (taskflow 6.5 announces
+        no REVERTING: RevertWatch marks it); the conductor service hooks in to
+        register each engine so it can suspend it (service.py)."""
+        def on_flow_state(state: str, details: dict) -> None:
+            return None
+        return on_flow_state
 
     def _record_outcome(self, op_id: str, epoch: int, flow_state: str, error: str | None) -> None:
         if flow_state == states.SUCCESS:

@@ -46,7 +46,6 @@ class _ServiceRunner(Runner):
         super().__init__(*args, **kwargs)
         self.service = service
 
-    # (*rest: the runner passes the ownership epoch too once fencing is in.)
     def _flow_listener(self, op_id: str, *rest):
         inner = super()._flow_listener(op_id, *rest)
 

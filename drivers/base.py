@@ -1,6 +1,6 @@
 """The hypervisor driver contract.
 
-It covers the menu of Nova's ComputeDriver (see shared/seed/driver.py), cut
+It covers the menu of OpenStack Nova's ComputeDriver (nova/virt/driver.py), cut
 into the small, individually reversible calls that computeflow's steps make:
 where Nova has one `spawn`, we have create_disk, plug_vif, define_guest and
 power_on, each idempotent, so a step that ran twice (it was RUNNING when the
