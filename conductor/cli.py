@@ -236,6 +236,14 @@ class Progress:
         or a step's retry: RETRYING with the error, then RUNNING with the attempt."""
         self(StepEvent(op_id, step, f"{state} {text}".rstrip()))
 
+    def __enter__(self) -> "Progress":
+        """While in the block, progress rows and retries of this process are shown too."""
+        progress.add_listener(self.on_progress)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        progress.remove_listener(self.on_progress)
+
 
 def _run_and_report(args, c: Conductor, op_id: str) -> int:
     quiet = getattr(args, "json", False)
@@ -243,12 +251,8 @@ def _run_and_report(args, c: Conductor, op_id: str) -> int:
         print(f"operation {op_id}", flush=True)
     if c.conf.conductor.jobboard:  # a conductor service runs it
         return _wait_and_report(args, c, op_id)
-    shown = Progress(not quiet)
-    progress.add_listener(shown.on_progress)
-    try:
+    with Progress(not quiet) as shown:
         c.run(op_id, on_event=shown)
-    finally:
-        progress.remove_listener(shown.on_progress)
     return _report_outcome(args, c, op_id)
 
 
@@ -523,9 +527,7 @@ def cmd_resume(args) -> int:
         _emit(args, [p.__dict__ | {"probes": [q.__dict__ for q in p.probes]} for p in found],
               "\n".join(p.text() for p in found) or "nothing to resume")
         return EXIT_OK
-    shown = Progress(not args.json)
-    progress.add_listener(shown.on_progress)
-    with _conductor(args) as c:
+    with _conductor(args) as c, Progress(not args.json) as shown:
         if args.id:
             done = [recovery.resume_one(c, args.id, args.direction, cancel.operator(),
                                         on_event=shown)]
@@ -611,13 +613,9 @@ def cmd_cancel(args) -> int:
 
 
 def cmd_terminate(args) -> int:
-    shown = Progress(not args.json)
-    progress.add_listener(shown.on_progress)
     with _conductor(args) as c:
-        try:
+        with Progress(not args.json) as shown:
             res = cancel.terminate(c, args.id, cancel.operator(), on_event=shown)
-        finally:
-            progress.remove_listener(shown.on_progress)
         if not args.json:
             print(f"operation {res.op_id} ({res.kind}) taken from {res.former_owner or 'no owner'}"
                   f" and {'reverted' if res.direction == 'revert' else 'finished'} here; anything "
@@ -652,13 +650,9 @@ def cmd_ops_needs_repair(args) -> int:
 
 def cmd_ops_retry_revert(args) -> int:
     quiet = getattr(args, "json", False)
-    shown = Progress(not quiet)
-    progress.add_listener(shown.on_progress)
     with _conductor(args) as c:
-        try:
+        with Progress(not quiet) as shown:
             status = repair.retry_revert(c, args.id, cancel.operator(), on_event=shown)
-        finally:
-            progress.remove_listener(shown.on_progress)
         with c.db.session() as s:
             op = operations.get(s, status.id)
             item = repair.RepairItem(op, repair.left_behind(s, op) if op.state == operations.FAILED
