@@ -50,37 +50,6 @@ from persistence.session import Database
 
 LOG = logging.getLogger(__name__)
 
-jobboard_opts = [
-    cfg.StrOpt(
-        "jobboard",
-        default="",
-        sample_default="",
-        help="Jobboard URL for scale-out conductors: redis://HOST:PORT[?namespace=NS] "
-        "(the scale-out default, e.g. redis://127.0.0.1:6379), zookeeper://HOST:PORT or "
-        "etcd://HOST:PORT (through taskflow's backends, when their client library is "
-        "installed). Empty: the embedded mode, no server; submissions run in the "
-        "submitting process and `computeflow conductor` works from the database.",
-    ),
-    cfg.IntOpt(
-        "claim_expiry",
-        default=30,
-        min=2,
-        help="Seconds a conductor's claim on a job lives without a heartbeat; a dead "
-        "conductor's operations are taken over after about this long.",
-    ),
-    cfg.IntOpt(
-        "max_operations",
-        default=4,
-        min=1,
-        help="Operations one `computeflow conductor` runs at the same time.",
-    ),
-    cfg.FloatOpt(
-        "poll_interval",
-        default=0.5,
-        min=0.01,
-        help="Seconds an idle conductor waits before looking for jobs again.",
-    ),
-]
 
 JOB_NAME = "computeflow-operation"
 _SCHEMES = {"redis": None, "zookeeper": "kazoo", "etcd": "etcd3gw"}

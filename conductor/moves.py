@@ -11,7 +11,6 @@ import datetime as dt
 import logging
 from typing import TYPE_CHECKING
 
-from oslo_config import cfg
 
 from flows.errors import InstanceLocked, InvalidState, NotFound, OperationError
 from flows.steps.migration import destroy_guest
@@ -22,17 +21,6 @@ if TYPE_CHECKING:
     from conductor.api import Conductor
 
 LOG = logging.getLogger(__name__)
-
-moves_opts = [
-    cfg.IntOpt(
-        "resize_confirm_window",
-        default=0,
-        min=0,
-        help="Seconds after which a resize or migration still waiting in "
-        "RESIZED is confirmed automatically, by `computeflow resume` (each "
-        "conductor pass) and `computeflow ops auto-confirm`. 0: never.",
-    ),
-]
 
 
 def set_host_down(c: "Conductor", name: str) -> None:

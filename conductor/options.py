@@ -3,9 +3,7 @@ import os
 
 from oslo_config import cfg
 
-from conductor.jobboard import jobboard_opts
-from flows.steps.attempts import step_opts
-from conductor.moves import moves_opts
+from flows.options import step_opts
 
 default_opts = [
     cfg.StrOpt(
@@ -73,9 +71,55 @@ conductor_opts = [
         help="Log file of every computeflow command.",
     ),
 ]
-conductor_opts += jobboard_opts  # read by conductor/jobboard.py and conductor/service.py
+
+# Read by conductor/jobboard.py and conductor/service.py.
+jobboard_opts = [
+    cfg.StrOpt(
+        "jobboard",
+        default="",
+        sample_default="",
+        help="Jobboard URL for scale-out conductors: redis://HOST:PORT[?namespace=NS] "
+        "(the scale-out default, e.g. redis://127.0.0.1:6379), zookeeper://HOST:PORT or "
+        "etcd://HOST:PORT (through taskflow's backends, when their client library is "
+        "installed). Empty: the embedded mode, no server; submissions run in the "
+        "submitting process and `computeflow conductor` works from the database.",
+    ),
+    cfg.IntOpt(
+        "claim_expiry",
+        default=30,
+        min=2,
+        help="Seconds a conductor's claim on a job lives without a heartbeat; a dead "
+        "conductor's operations are taken over after about this long.",
+    ),
+    cfg.IntOpt(
+        "max_operations",
+        default=4,
+        min=1,
+        help="Operations one `computeflow conductor` runs at the same time.",
+    ),
+    cfg.FloatOpt(
+        "poll_interval",
+        default=0.5,
+        min=0.01,
+        help="Seconds an idle conductor waits before looking for jobs again.",
+    ),
+]
+
+# Read by conductor/moves.py (auto-confirm of resizes).
+moves_opts = [
+    cfg.IntOpt(
+        "resize_confirm_window",
+        default=0,
+        min=0,
+        help="Seconds after which a resize or migration still waiting in "
+        "RESIZED is confirmed automatically, by `computeflow resume` (each "
+        "conductor pass) and `computeflow ops auto-confirm`. 0: never.",
+    ),
+]
+
+conductor_opts += jobboard_opts
 conductor_opts += step_opts  # read by flows/steps/attempts.py (every step's deadline and retries)
-conductor_opts += moves_opts  # read by conductor/moves.py (auto-confirm of resizes)
+conductor_opts += moves_opts
 
 
 def register(conf: cfg.ConfigOpts) -> None:

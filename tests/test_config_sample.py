@@ -28,3 +28,14 @@ def test_every_package_exposes_its_options():
     names = {o.name for pkg in (drivers, flows) for _, opts in pkg.list_opts() for o in opts}
     assert {"compute_driver", "use_cow_images", "preallocate_images", "vif_plugging_timeout",
             "vif_plugging_is_fatal", "default_ephemeral_format"} <= names
+
+
+def test_options_import_no_client_library():
+    """Options are collected without importing what reads them: a light
+    `import conductor.ownership` pulls in no jobboard client and no taskflow."""
+    code = ("import sys, conductor.ownership; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('redis', 'kazoo', 'etcd3gw', 'taskflow', 'sqlalchemy')))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "[]", out.stdout

@@ -46,7 +46,6 @@ import traceback as tb
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from oslo_config import cfg
 from taskflow import task
 
 from flows import runtime
@@ -57,46 +56,6 @@ from persistence.session import connection_lost
 
 LOG = logging.getLogger(__name__)
 
-step_opts = [
-    cfg.FloatOpt(
-        "step_timeout",
-        default=3600.0,
-        min=0,
-        help="Seconds one attempt of a step's execute or revert may take; a "
-        "step past it fails (and the operation reverts). 0: no deadline. Must "
-        "exceed vif_plugging_timeout and boot_timeout, which steps wait for, "
-        "and the longest legitimate driver call (a live migration or snapshot "
-        "of a large guest); a step class may set its own `step_timeout`.",
-    ),
-    cfg.IntOpt(
-        "step_retry_attempts",
-        default=3,
-        min=1,
-        help="Attempts of a step whose driver error is transient (e.g. the "
-        "hypervisor is unavailable) before the step fails. 1: no retry.",
-    ),
-    cfg.FloatOpt(
-        "step_retry_base_delay",
-        default=1.0,
-        min=0,
-        help="Seconds before the first retry of a transient error; doubled "
-        "before each further retry.",
-    ),
-    cfg.FloatOpt(
-        "step_retry_max_delay",
-        default=30.0,
-        min=0,
-        help="Upper bound of the delay between two retries, in seconds.",
-    ),
-    cfg.FloatOpt(
-        "database_outage_tolerance",
-        default=60.0,
-        min=0,
-        help="Seconds a step whose own database write finds the server "
-        "unreachable (restart, failover) keeps retrying before it fails and the "
-        "operation reverts. 0: fail at once.",
-    ),
-]
 
 # Delay between two attempts during a database outage: short at first (a
 # dropped pooled connection is fixed by the next checkout), then capped.
