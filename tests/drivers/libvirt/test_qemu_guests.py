@@ -24,6 +24,7 @@ import pytest
 from conductor.api import SpawnRequest
 from drivers.base import PowerState
 from persistence import instances, operations
+from tests.conftest import _unreachable
 from tests.drivers.libvirt.conftest import SCRIPTS, SYSTEM_URI, poll
 
 pytestmark = pytest.mark.integration
@@ -218,8 +219,9 @@ def _daemon_pid() -> int | None:
 def test_driver_reconnects_after_the_daemon_restarts(qemu_conductor):
     """libvirtd restarts under a running guest: the driver reconnects, the guest
     runs on, and its events still arrive."""
-    if os.path.isdir("/run/systemd/system"):
-        pytest.skip("libvirtd is systemd's here; this test restarts the daemon start_daemon.sh runs")
+    if os.path.isdir("/run/systemd/system"):  # not the daemon scripts/libvirt/ starts
+        _unreachable("libvirtd restart", "libvirtd is systemd's here; this test restarts the "
+                     "daemon scripts/libvirt/start_daemon.sh runs")
     pid = _daemon_pid()
     assert pid is not None, "no libvirtd pid in /run/libvirtd.pid"
     c = qemu_conductor
