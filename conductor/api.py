@@ -16,7 +16,7 @@ from concurrent import futures
 from oslo_config import cfg
 from sqlalchemy import exc as sa_exc
 
-from conductor import jobboard, ownership
+from conductor import config, jobboard, ownership
 from conductor import moves
 from conductor.handle import OperationHandle
 from conductor.runner import EventSink, LeaseKeeper, LostOwnership, NotOwner, Runner
@@ -30,7 +30,6 @@ from flows.errors import InstanceLocked, InsufficientCapacity, InvalidRequest, I
 from persistence import claims, events, hosts, instances, operations, schema
 from persistence.models import Operation, utcnow
 from persistence.secrets import SecretBox
-from persistence.session import Database
 
 LOG = logging.getLogger(__name__)
 MAX_CAPACITY = 2**31 - 1  # the columns are 32-bit INTEGERs on every database
@@ -69,9 +68,7 @@ class Conductor:
 
     def __init__(self, conf: cfg.ConfigOpts, *, faults: FaultPlan | None = None) -> None:
         self.conf = conf
-        self.db = Database(conf.database.connection, pool_size=conf.database.pool_size,
-                           connect_timeout=conf.database.connect_timeout)
-        self.db.check_reachable()
+        self.db = config.open_database(conf)
         schema.ensure_current(
             self.db, auto_upgrade=conf.conductor.auto_upgrade and self.db.dialect == "sqlite")
         self.rt = runtime.Runtime(conf=conf, db=self.db,

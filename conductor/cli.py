@@ -31,7 +31,7 @@ from flows.errors import OperationError
 from persistence import flowlog, hosts, instances, operations, progress, schema
 from persistence.errors import PersistenceError
 from persistence.secrets import SecretUnavailable
-from persistence.session import Database
+from persistence.session import Database, safe_url, sqlite_file
 
 EXIT_OK, EXIT_OP_FAILED, EXIT_USER_ERROR = 0, 1, 2
 
@@ -180,8 +180,7 @@ def _conductor(args) -> Conductor:
 
 def _database(args) -> Database:
     """For read commands: the database, upgraded if embedded, no runtime."""
-    db = Database(args.conf.database.connection, connect_timeout=args.conf.database.connect_timeout)
-    db.check_reachable()
+    db = config.open_database(args.conf)
     schema.ensure_current(db, auto_upgrade=args.conf.conductor.auto_upgrade and db.dialect == "sqlite")
     return db
 
@@ -227,16 +226,19 @@ def _run_and_report(args, c: Conductor, op_id: str) -> int:
 
 # -- commands ----------------------------------------------------------------
 def cmd_db_upgrade(args) -> int:
-    db = Database(args.conf.database.connection, connect_timeout=args.conf.database.connect_timeout)
-    db.check_reachable()
+    """The one command that creates a SQLite database other than the embedded default."""
+    path = sqlite_file(args.conf.database.connection)
+    new = path is not None and not os.path.exists(path)
+    db = config.open_database(args.conf, create=True)
     schema.upgrade(db)
+    if new:
+        print(f"created {safe_url(args.conf.database.connection)}")
     print(f"database at revision {schema.current_revision(db)}")
     return EXIT_OK
 
 
 def cmd_db_version(args) -> int:
-    db = Database(args.conf.database.connection, connect_timeout=args.conf.database.connect_timeout)
-    db.check_reachable()
+    db = config.open_database(args.conf)
     cur, head = schema.current_revision(db), schema.head_revision()
     _emit(args, {"current": cur, "head": head}, f"current: {cur}  head: {head}")
     return EXIT_OK

@@ -8,6 +8,7 @@ import flows.options
 import persistence.options
 from conductor import options
 from drivers.faults import FaultPlan
+from persistence.session import Database, sqlite_file
 
 
 class ConfigError(Exception):
@@ -50,3 +51,21 @@ def _touch_all(conf: cfg.ConfigOpts) -> None:
         if isinstance(value, cfg.ConfigOpts.GroupAttr):
             for sub in value:
                 getattr(value, sub)
+
+
+def embedded_database(conf: cfg.ConfigOpts) -> bool:
+    """Whether [database] connection is the embedded default, the SQLite file
+    under state_path: the only database created implicitly on first use. Any
+    other missing file is likelier a typo; `computeflow db upgrade` creates it."""
+    return sqlite_file(conf.database.connection) == \
+        sqlite_file(f"sqlite:///{conf.state_path}/computeflow.sqlite")
+
+
+def open_database(conf: cfg.ConfigOpts, *, create: bool | None = None) -> Database:
+    """The configured database, reachable (DatabaseUnreachable, DatabaseMissing
+    otherwise); create: None means only the embedded default is created."""
+    db = Database(conf.database.connection, pool_size=conf.database.pool_size,
+                  connect_timeout=conf.database.connect_timeout,
+                  create=embedded_database(conf) if create is None else create)
+    db.check_reachable()
+    return db

@@ -90,3 +90,33 @@ def test_debug_shows_the_traceback(env):
     conf, _, _ = env
     r = run_cli(conf, "--debug", "spawn", "vm", "--flavor", "m9.nope", "--image", "cirros")
     assert r.returncode != 0 and "Traceback" in r.stderr
+
+
+@pytest.mark.parametrize("command", [["ops", "list"], ["instances", "list"], ["db", "version"],
+                                     ["hosts", "add", "h1", "--vcpus", "1", "--ram-mb", "1",
+                                      "--disk-gb", "1"]])
+@pytest.mark.parametrize("where", ["nonexistent/dir/x.sqlite", "x.sqlite"])
+def test_a_missing_sqlite_database_is_not_created_behind_the_operators_back(tmp_path, command, where):
+    url = f"sqlite:///{tmp_path}/{where}"
+    conf = tmp_path / "c.conf"
+    conf.write_text(f"[DEFAULT]\nstate_path = {tmp_path}/state\n[database]\nconnection = {url}\n")
+    assert_refused(run_cli(conf, *command), f"no database at {url}", "computeflow db upgrade")
+    assert not (tmp_path / where.split("/")[0]).exists()
+
+
+def test_db_upgrade_creates_a_database_the_configuration_names(tmp_path):
+    url = f"sqlite:///{tmp_path}/new/dir/x.sqlite"
+    conf = tmp_path / "c.conf"
+    conf.write_text(f"[DEFAULT]\nstate_path = {tmp_path}/state\n[database]\nconnection = {url}\n")
+    r = run_cli(conf, "db", "upgrade")
+    assert r.returncode == 0 and f"created {url}" in r.stdout, (r.stdout, r.stderr)
+    r = run_cli(conf, "ops", "list")
+    assert r.returncode == 0, r.stderr
+
+
+def test_the_embedded_default_database_is_created_on_first_use(tmp_path):
+    conf = tmp_path / "c.conf"
+    conf.write_text(f"[DEFAULT]\nstate_path = {tmp_path}/state\n")
+    r = run_cli(conf, "ops", "list")
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "state" / "computeflow.sqlite").exists()
