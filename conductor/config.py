@@ -1,7 +1,7 @@
 """Building the configuration: every package's options on one ConfigOpts."""
 from __future__ import annotations
 
-from oslo_config import cfg
+from oslo_config import cfg, types
 
 import drivers.options
 import flows.options
@@ -38,19 +38,71 @@ def load(config_files: list[str] | None = None, overrides: dict | None = None) -
         conf(args, project="computeflow", default_config_files=None if config_files is None else [])
         for (group, key), value in (overrides or {}).items():
             conf.set_override(key, value, None if group in (None, "DEFAULT") else group)
-        _touch_all(conf)
+        _touch_all(conf, list(conf.config_file or []))
         FaultPlan(conf.fake.faults)  # a bad fault spec is a config error, caught here
     except (cfg.Error, ValueError) as e:
         raise ConfigError(f"configuration: {e}") from None
     return conf
 
 
-def _touch_all(conf: cfg.ConfigOpts) -> None:
+def _touch_all(conf: cfg.ConfigOpts, files: list[str]) -> None:
+    """Read every option, so that a bad value fails here, named in the
+    operator's terms (oslo's own message shows its internal location objects)."""
     for name in conf:
-        value = conf[name]
+        try:
+            value = conf[name]
+        except cfg.ConfigFileValueError:
+            raise ConfigError(_bad_value(conf, None, name, files)) from None
         if isinstance(value, cfg.ConfigOpts.GroupAttr):
             for sub in value:
-                getattr(value, sub)
+                try:
+                    getattr(value, sub)
+                except cfg.ConfigFileValueError:
+                    raise ConfigError(_bad_value(conf, name, sub, files)) from None
+
+
+def _bad_value(conf: cfg.ConfigOpts, group: str | None, name: str, files: list[str]) -> str:
+    """`configuration: [group] name = 'value' in FILE: expected ...`, one line."""
+    section = group or "DEFAULT"
+    where, raw = "", None
+    for f in reversed(files):  # the last file that sets it wins, as in oslo
+        sections: dict = {}
+        try:
+            cfg.ConfigParser(f, sections).parse()
+        except (OSError, cfg.ParseError):
+            continue
+        values = sections.get(section, {}).get(name)
+        if values:
+            where, raw = f" in {f}", values[-1]
+            break
+    opt = conf._get_opt_info(name, group)["opt"]  # noqa: SLF001 - oslo has no public getter
+    shown = "" if raw is None else f" = {raw!r}"
+    return f"configuration: [{section}] {name}{shown}{where}: expected {expected(opt.type)}"
+
+
+def expected(t: types.ConfigType) -> str:
+    """What an option of type `t` accepts, in words."""
+    choices = getattr(t, "choices", None)
+    if choices:
+        names = [c[0] if isinstance(c, tuple) else c for c in choices]
+        return "one of " + ", ".join(str(c) for c in names)
+    if isinstance(t, types.Boolean):
+        return "true or false"
+    if isinstance(t, (types.Integer, types.Float)):
+        kind = "an integer" if isinstance(t, types.Integer) else "a number"
+        low, high = getattr(t, "min", None), getattr(t, "max", None)
+        if low is not None and high is not None:
+            return f"{kind} between {low} and {high}"
+        if low is not None:
+            return f"{kind} >= {low}"
+        return f"{kind} <= {high}" if high is not None else kind
+    if isinstance(t, types.Dict):
+        return "KEY:VALUE pairs separated by commas"
+    if isinstance(t, types.List):
+        return "a comma-separated list"
+    if isinstance(t, types.String) and t.regex is not None:
+        return f"a string matching {t.regex.pattern}"
+    return f"a {t.type_name}" if getattr(t, "type_name", None) else "a valid value"
 
 
 def embedded_database(conf: cfg.ConfigOpts) -> bool:

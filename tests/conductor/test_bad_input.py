@@ -120,3 +120,18 @@ def test_the_embedded_default_database_is_created_on_first_use(tmp_path):
     r = run_cli(conf, "ops", "list")
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "state" / "computeflow.sqlite").exists()
+
+
+@pytest.mark.parametrize("content,expected", [
+    ("[conductor]\nworkers = abc\n", "[conductor] workers = 'abc'"),
+    ("[conductor]\nworkers = 0\n", "[conductor] workers = '0'"),
+    ("[fake]\ndeliver_vif_events = maybe\n", "[fake] deliver_vif_events = 'maybe'"),
+    ("[DEFAULT]\npreallocate_images = lots\n", "[DEFAULT] preallocate_images = 'lots'"),
+])
+def test_a_bad_option_value_names_section_option_value_and_what_is_expected(tmp_path, content,
+                                                                           expected):
+    conf = tmp_path / "bad.conf"
+    conf.write_text(f"[DEFAULT]\nstate_path = {tmp_path}/state\n" + content)
+    r = run_cli(conf, "ops", "list")
+    assert_refused(r, expected, "expected ", str(conf))
+    assert "LocationInfo" not in r.stderr and "Locations." not in r.stderr
