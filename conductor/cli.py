@@ -185,6 +185,13 @@ def _database(args) -> Database:
     return db
 
 
+def _warn_idle_faults(args, kind: str) -> None:
+    """Armed faults that cannot fire in this operation are likelier a mistake than intended."""
+    warning = config.idle_faults_warning(args.conf, kind)
+    if warning:
+        print(f"computeflow: warning: {warning}", file=sys.stderr, flush=True)
+
+
 def _emit(args, payload, text: str) -> None:
     print(json.dumps(payload, indent=2, default=str) if getattr(args, "json", False) else text)
 
@@ -275,6 +282,7 @@ def cmd_hosts_set_up(args) -> int:
 
 
 def cmd_hosts_evacuate(args) -> int:
+    _warn_idle_faults(args, "evacuate")
     with _conductor(args) as c:
         ids = moves.evacuate_host(c, args.name, args.target_host)
         if not ids:
@@ -328,6 +336,7 @@ def cmd_spawn(args) -> int:
     logs.remember_secret(password)
     req = SpawnRequest(name=args.name, flavor=args.flavor, image=args.image, host=args.host,
                        networks=tuple(args.networks or ("default",)), admin_password=password)
+    _warn_idle_faults(args, "spawn")
     with _conductor(args) as c:
         op_id = c.submit_spawn(req)
         return _run_and_report(args, c, op_id)
@@ -357,6 +366,7 @@ def cmd_operation(args) -> int:
             value = _read_secret_file(path, name.replace("_", " "))
             params[name] = value.rstrip("\n") if name.endswith("password") else value
             logs.remember_secret(params[name])
+    _warn_idle_faults(args, args.kind)
     with _conductor(args) as c:
         op_id = c.submit(args.kind, args.name, **params)
         return _run_and_report(args, c, op_id)

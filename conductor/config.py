@@ -1,13 +1,16 @@
 """Building the configuration: every package's options on one ConfigOpts."""
 from __future__ import annotations
 
+import difflib
+
 from oslo_config import cfg, types
 
 import drivers.options
 import flows.options
 import persistence.options
 from conductor import options
-from drivers.faults import FaultPlan
+from drivers.faults import Fault, FaultPlan
+from flows import catalog
 from persistence.session import Database, sqlite_file
 
 
@@ -40,9 +43,36 @@ def load(config_files: list[str] | None = None, overrides: dict | None = None) -
             conf.set_override(key, value, None if group in (None, "DEFAULT") else group)
         _touch_all(conf, list(conf.config_file or []))
         FaultPlan(conf.fake.faults)  # a bad fault spec is a config error, caught here
+        _check_fault_steps(conf.fake.faults)
     except (cfg.Error, ValueError) as e:
         raise ConfigError(f"configuration: {e}") from None
     return conf
+
+
+def _check_fault_steps(specs: list[str]) -> None:
+    """A fault at a step no operation has would never fire: refuse it, with
+    the step names it is closest to (drivers/ cannot know the flows' steps)."""
+    for spec in specs:
+        if not spec.strip():
+            continue
+        step = Fault.parse(spec).step
+        if catalog.kinds_with_step(step):
+            continue
+        close = difflib.get_close_matches(step, catalog.step_names(), n=4, cutoff=0.6)
+        hint = f"; did you mean {', '.join(close)}?" if close else \
+            "; `computeflow ops show` lists an operation's steps"
+        raise ConfigError(f"configuration: [fake] faults: fault {spec.strip()!r}: no operation "
+                          f"has a step {step!r}{hint}")
+
+
+def idle_faults_warning(conf: cfg.ConfigOpts, kind: str) -> str | None:
+    """One line when faults are armed but none names a step of `kind`'s flow
+    (e.g. power_on:... armed for a power-on, whose step is power_on_guest)."""
+    steps = [Fault.parse(s).step for s in conf.fake.faults if s.strip()]
+    if not steps or any(kind in catalog.kinds_with_step(step) for step in steps):
+        return None
+    return (f"no fault in [fake] faults ({', '.join(steps)}) names a step of {kind}, so none "
+            f"fires; its steps: {', '.join(catalog.get(kind).steps)}")
 
 
 def _touch_all(conf: cfg.ConfigOpts, files: list[str]) -> None:

@@ -135,3 +135,35 @@ def test_a_bad_option_value_names_section_option_value_and_what_is_expected(tmp_
     r = run_cli(conf, "ops", "list")
     assert_refused(r, expected, "expected ", str(conf))
     assert "LocationInfo" not in r.stderr and "Locations." not in r.stderr
+
+
+@pytest.mark.parametrize("spec,fragments", [
+    ("nosuchstep:execute:fail", ["fault 'nosuchstep:execute:fail'", "no operation has a step "
+                                 "'nosuchstep'"]),
+    ("defne_guest:execute:fail", ["no operation has a step 'defne_guest'", "define_guest"]),
+    ("plug_vif_x:execute:fail", ["no operation has a step 'plug_vif_x'", "plug_vif_<n>"]),
+])
+def test_a_fault_at_a_step_no_operation_has_is_refused(tmp_path, spec, fragments):
+    conf = tmp_path / "c.conf"
+    conf.write_text(f"[DEFAULT]\nstate_path = {tmp_path}/state\n[fake]\nfaults = {spec}\n")
+    assert_refused(run_cli(conf, "ops", "list"), *fragments)
+    assert not (tmp_path / "state" / "computeflow.sqlite").exists()
+
+
+def test_faults_that_cannot_fire_in_the_operation_are_one_warning(tmp_path):
+    def spawn(faults: str, name: str):
+        conf = tmp_path / "c.conf"
+        conf.write_text(f"[DEFAULT]\nstate_path = {tmp_path}/state\n[fake]\nfaults = {faults}\n")
+        return run_cli(conf, "spawn", name, "--flavor", "m1.tiny", "--image", "cirros")
+
+    conf = tmp_path / "h.conf"
+    conf.write_text(f"[DEFAULT]\nstate_path = {tmp_path}/state\n")
+    assert run_cli(conf, "hosts", "add", "h1", "--vcpus", "8", "--ram-mb", "8192",
+                   "--disk-gb", "80").returncode == 0
+    r = spawn("power_on_guest:execute:fail, snapshot_guest:execute:fail", "vm1")
+    assert r.returncode == 0, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("computeflow: warning: "), r.stderr
+    assert "power_on_guest" in lines[0] and "spawn" in lines[0]
+    r = spawn("power_on:execute:fail", "vm2")  # spawn's own power_on step: it fires
+    assert r.returncode == 1 and "warning" not in r.stderr, (r.stdout, r.stderr)
