@@ -167,3 +167,29 @@ def test_faults_that_cannot_fire_in_the_operation_are_one_warning(tmp_path):
     assert "power_on_guest" in lines[0] and "spawn" in lines[0]
     r = spawn("power_on:execute:fail", "vm2")  # spawn's own power_on step: it fires
     assert r.returncode == 1 and "warning" not in r.stderr, (r.stdout, r.stderr)
+
+
+@pytest.mark.parametrize("args", [
+    ["spawn", "vm", "--flavor", "m1.tiny", "--image", "cirros", "--host", "h2"],
+    ["migrate", "taken", "--target-host", "h2"],
+    ["live-migration", "taken", "--target-host", "h2"],
+])
+def test_every_placement_refuses_a_destination_marked_down_the_same_way(env, args):
+    conf, url, state = env
+    assert run_cli(conf, "hosts", "add", "h2", "--vcpus", "8", "--ram-mb", "8192",
+                   "--disk-gb", "80").returncode == 0
+    assert run_cli(conf, "hosts", "set-down", "h2").returncode == 0
+    before = snapshot(url, state)
+    assert_refused(run_cli(conf, *args), "host h2 is down")
+    assert snapshot(url, state) == before
+
+
+@pytest.mark.parametrize("args", [
+    ["migrate", "taken", "--target-host", "small"],
+    ["live-migration", "taken", "--target-host", "small"],
+])
+def test_every_move_refuses_the_source_host_the_same_way(env, args):
+    conf, url, state = env
+    before = snapshot(url, state)
+    assert_refused(run_cli(conf, *args), "instance taken is already on small: choose another host")
+    assert snapshot(url, state) == before
