@@ -4,7 +4,7 @@ A user error is one line on stderr and exit status 2; an operation that ran
 and failed (reverted, or needs an operator) exits 1; tracebacks only with
 --debug. Read commands take --json.
 
-One module (~590 lines) on purpose: each verb is a short parser entry and a
+One module (~600 lines) on purpose: each verb is a short parser entry and a
 short handler that calls conductor/api.py, cancel.py or repair.py, and
 rendering lives in render.py; splitting the verbs would scatter the one
 table an operator reads to learn the CLI.
