@@ -29,7 +29,7 @@ def main() -> None:
     args = ap.parse_args()
     state = tempfile.mkdtemp(prefix="cf-mem-")
     conf = config.load([], overrides={("DEFAULT", "state_path"): state,
-                                      ("database", "connection"): args.db or f"sqlite:///{state}/m.sqlite"})
+                                      ("database", "connection"): args.db or f"sqlite:///{state}/computeflow.sqlite"})
     c = Conductor(conf)
     c.add_host("mem", vcpus=64, ram_mb=1 << 20, disk_gb=1 << 16)
     pairs = args.ops // 2

@@ -16,21 +16,19 @@ from concurrent import futures
 from oslo_config import cfg
 from sqlalchemy import exc as sa_exc
 
-from conductor import jobboard, ownership
+from conductor import config, jobboard, ownership
 from conductor import moves
 from conductor.handle import OperationHandle
 from conductor.runner import EventSink, LeaseKeeper, LostOwnership, NotOwner, Runner
 from drivers import DRIVER_NAMES
 from drivers.base import ComputeDriver, LifecycleEvent
 from drivers.faults import FaultPlan
-from flows import catalog, runtime
-from flows.steps.resources import flavor_disk_gb
+from flows import catalog, placement, runtime
 from conductor.logs import remember_secret as logs_secret
-from flows.errors import InstanceLocked, InsufficientCapacity, InvalidRequest, InvalidState, NotFound
+from flows.errors import InstanceLocked, InvalidRequest, InvalidState, NotFound
 from persistence import claims, events, hosts, instances, operations, schema
 from persistence.models import Operation, utcnow
 from persistence.secrets import SecretBox
-from persistence.session import Database
 
 LOG = logging.getLogger(__name__)
 MAX_CAPACITY = 2**31 - 1  # the columns are 32-bit INTEGERs on every database
@@ -69,9 +67,7 @@ class Conductor:
 
     def __init__(self, conf: cfg.ConfigOpts, *, faults: FaultPlan | None = None) -> None:
         self.conf = conf
-        self.db = Database(conf.database.connection, pool_size=conf.database.pool_size,
-                           connect_timeout=conf.database.connect_timeout)
-        self.db.check_reachable()
+        self.db = config.open_database(conf)
         schema.ensure_current(
             self.db, auto_upgrade=conf.conductor.auto_upgrade and self.db.dialect == "sqlite")
         self.rt = runtime.Runtime(conf=conf, db=self.db,
@@ -170,7 +166,7 @@ class Conductor:
             flavor_d = {"name": flavor.name, "vcpus": flavor.vcpus, "ram_mb": flavor.ram_mb,
                         "root_gb": flavor.root_gb, "ephemeral_gb": flavor.ephemeral_gb,
                         "swap_mb": flavor.swap_mb}
-            host = self._pick_host(s, req.host, flavor_d)
+            host = placement.place(s, flavor_d, req.host)
             vifs = [{"id": str(uuid.uuid4()), "mac": _mac(), "network": n} for n in req.networks]
             instances.create(s, inst_uuid, req.name, flavor.name, image.name, held_by=op_id, vifs=vifs)
             params = {
@@ -233,30 +229,6 @@ class Conductor:
     def submit_destroy(self, instance: str) -> OperationHandle:
         return self.submit("destroy", instance)
 
-    def _pick_host(self, s, requested: str | None, flavor: dict) -> str:
-        disk_gb = flavor_disk_gb(flavor)
-        need = (flavor["vcpus"], flavor["ram_mb"], disk_gb)
-
-        def free(h):
-            return (h.vcpus - h.used_vcpus, h.ram_mb - h.used_ram_mb, h.disk_gb - h.used_disk_gb)
-
-        if requested is not None:
-            h = hosts.get_host(s, requested)
-            if h is None:
-                raise NotFound("host", requested)
-            if h.down:
-                raise InvalidRequest(f"host {h.name} is down")
-            if any(f < n for f, n in zip(free(h), need)):
-                raise InsufficientCapacity(h.name, _capacity_detail(free(h), need))
-            return h.name
-        candidates = [h for h in hosts.list_hosts(s)
-                      if not h.down and all(f >= n for f, n in zip(free(h), need))]
-        if not candidates:
-            if not hosts.list_hosts(s):
-                raise InvalidRequest("no hosts registered: add one with `computeflow hosts add`")
-            raise InsufficientCapacity("(any)", "no host has room for flavor " + flavor["name"])
-        return max(candidates, key=lambda h: free(h)[1]).name
-
     # -- running ------------------------------------------------------------
     def run(self, op_id: str, on_event: EventSink | None = None) -> OperationStatus:
         return OperationStatus.of(self.runner.run(op_id, on_event=on_event))
@@ -310,11 +282,6 @@ def _validated_params(kind: catalog.OperationKind, params: dict) -> dict:
                                  f"got {type(value).__name__}")
         values[p.name] = value
     return values
-
-
-def _capacity_detail(free: tuple[int, int, int], need: tuple[int, int, int]) -> str:
-    names = ("vCPU", "MB RAM", "GB disk")
-    return ", ".join(f"needs {n} {u}, {f} free" for f, n, u in zip(free, need, names) if f < n)
 
 
 def _mac() -> str:

@@ -33,7 +33,7 @@ from persistence import events, flowlog, hosts, instances, operations, progress,
 from persistence.errors import PersistenceError
 from persistence.models import utcnow
 from persistence.secrets import SecretUnavailable
-from persistence.session import Database
+from persistence.session import Database, safe_url, sqlite_file
 
 EXIT_OK, EXIT_OP_FAILED, EXIT_USER_ERROR = 0, 1, 2
 #: The operation's revert failed: the instance is held in `error` until an operator repairs it.
@@ -206,10 +206,16 @@ def _conductor(args) -> Conductor:
 
 def _database(args) -> Database:
     """For read commands: the database, upgraded if embedded, no runtime."""
-    db = Database(args.conf.database.connection, connect_timeout=args.conf.database.connect_timeout)
-    db.check_reachable()
+    db = config.open_database(args.conf)
     schema.ensure_current(db, auto_upgrade=args.conf.conductor.auto_upgrade and db.dialect == "sqlite")
     return db
+
+
+def _warn_idle_faults(args, kind: str) -> None:
+    """Armed faults that cannot fire in this operation are likelier a mistake than intended."""
+    warning = config.idle_faults_warning(args.conf, kind)
+    if warning:
+        print(f"computeflow: warning: {warning}", file=sys.stderr, flush=True)
 
 
 def _emit(args, payload, text: str) -> None:
@@ -273,16 +279,19 @@ def exit_status(state: str) -> int:
 
 # -- commands ----------------------------------------------------------------
 def cmd_db_upgrade(args) -> int:
-    db = Database(args.conf.database.connection, connect_timeout=args.conf.database.connect_timeout)
-    db.check_reachable()
+    """The one command that creates a SQLite database other than the embedded default."""
+    path = sqlite_file(args.conf.database.connection)
+    new = path is not None and not os.path.exists(path)
+    db = config.open_database(args.conf, create=True)
     schema.upgrade(db)
+    if new:
+        print(f"created {safe_url(args.conf.database.connection)}")
     print(f"database at revision {schema.current_revision(db)}")
     return EXIT_OK
 
 
 def cmd_db_version(args) -> int:
-    db = Database(args.conf.database.connection, connect_timeout=args.conf.database.connect_timeout)
-    db.check_reachable()
+    db = config.open_database(args.conf)
     cur, head = schema.current_revision(db), schema.head_revision()
     _emit(args, {"current": cur, "head": head}, f"current: {cur}  head: {head}")
     return EXIT_OK
@@ -319,6 +328,7 @@ def cmd_hosts_set_up(args) -> int:
 
 
 def cmd_hosts_evacuate(args) -> int:
+    _warn_idle_faults(args, "evacuate")
     with _conductor(args) as c:
         ids = moves.evacuate_host(c, args.name, args.target_host)
         if not ids:
@@ -361,6 +371,7 @@ def cmd_spawn(args) -> int:
     logs.remember_secret(password)
     req = SpawnRequest(name=args.name, flavor=args.flavor, image=args.image, host=args.host,
                        networks=tuple(args.networks or ("default",)), admin_password=password)
+    _warn_idle_faults(args, "spawn")
     with _conductor(args) as c:
         op_id = c.submit_spawn(req)
         return _run_and_report(args, c, op_id)
@@ -393,6 +404,7 @@ def cmd_operation(args) -> int:
             params[name] = _read_secret_file(path, name.replace("_", " "),
                                              one_line=name.endswith("password"))
             logs.remember_secret(params[name])
+    _warn_idle_faults(args, args.kind)
     with _conductor(args) as c:
         op_id = c.submit(args.kind, args.name, **params)
         return _run_and_report(args, c, op_id)

@@ -20,9 +20,10 @@ from taskflow.patterns import linear_flow
 
 import drivers
 from drivers.errors import DriverError
-from flows import prepare as p, runtime
+from flows import placement, prepare as p, runtime
 from flows.errors import InvalidRequest
-from flows.resize import pick_destination, source_claims
+from flows.placement import Move
+from flows.resize import source_claims
 from flows.spawn import disk_plan
 from flows.steps.disks import CreateDisk, EnsureBaseImage
 from flows.steps.guest import DefineGuest, PowerOn, WaitRunning
@@ -43,8 +44,7 @@ def prepare(s: Session, inst: Instance, values: dict, op_id: str) -> dict:
             f"cannot evacuate instance {inst.name}: its host {inst.host} is not marked down "
             f"(computeflow hosts set-down {inst.host})")
     flavor = p.flavor_dict(s, inst.flavor)
-    dest = pick_destination(s, inst, flavor, values.get("target_host"), same_host_ok=False,
-                            exclude_source=True)
+    dest = placement.place(s, flavor, values.get("target_host"), Move(inst.name, inst.host))
     return {"dest_host": dest, "new_flavor": flavor, "flavor": flavor,
             "image": p.image_dict(s, inst.image), "admin_password": None,
             "shared_storage": _shared_storage(s, inst, dest),

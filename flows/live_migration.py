@@ -21,13 +21,13 @@ from sqlalchemy.orm import Session
 from taskflow import retry
 from taskflow.patterns import linear_flow
 
-from flows import prepare as p, runtime
-from flows.errors import InsufficientCapacity, InvalidRequest, NotFound
+from flows import placement, prepare as p, runtime
+from flows.errors import InvalidRequest, NotFound
+from flows.placement import Move
 from flows.steps.live import (STEP, CheckLiveMigration, ClaimOnDestination, DriverCall,
                               HoldForMigration, LiveMigrate, MarkMigrated, PreLiveMigration,
                               ReleaseSourceClaims, SwitchOver)
-from flows.steps.resources import flavor_disk_gb
-from persistence import hosts, instances, operations, progress
+from persistence import instances, operations, progress
 from persistence.models import Instance
 
 VERSION = 1
@@ -40,21 +40,11 @@ REQUESTS = {"abort": progress.ABORT_REQUESTED, "force_complete": progress.FORCE_
 
 
 def prepare(s: Session, inst: Instance, values: dict, op_id: str) -> dict:
-    """Refuse a missing or full destination, or the instance's own host."""
-    dest = values["target_host"]
-    h = hosts.get_host(s, dest)
-    if h is None:
-        raise NotFound("host", dest)
+    """Refuse an unknown, down or full destination, or the instance's own host."""
     if inst.host is None:
         raise InvalidRequest(f"instance {inst.name} has no host to migrate from")
-    if dest == inst.host:
-        raise InvalidRequest(f"instance {inst.name} already runs on {dest}")
     flavor = p.flavor_dict(s, inst.flavor)
-    need = (flavor["vcpus"], flavor["ram_mb"], flavor_disk_gb(flavor))
-    free = (h.vcpus - h.used_vcpus, h.ram_mb - h.used_ram_mb, h.disk_gb - h.used_disk_gb)
-    if any(f < n for f, n in zip(free, need)):
-        raise InsufficientCapacity(dest, f"{need[0]} vCPU, {need[1]} MB RAM, {need[2]} GB disk "
-                                   f"requested; {free[0]}, {free[1]}, {free[2]} free")
+    dest = placement.check(s, values["target_host"], flavor, Move(inst.name, inst.host))
     return {"flavor": flavor, "destination": dest}
 
 

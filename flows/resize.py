@@ -25,8 +25,9 @@ from sqlalchemy.orm import Session
 from taskflow import retry
 from taskflow.patterns import linear_flow
 
-from flows import prepare as p, runtime
-from flows.errors import InsufficientCapacity, InvalidRequest, NotFound
+from flows import placement, prepare as p, runtime
+from flows.errors import InvalidRequest
+from flows.placement import Move
 from flows.steps.guest import WaitRunning
 from flows.steps.instance import FinishOperation, TakeHold
 from flows.steps.migration import (ClaimDestination, ConfirmMigration, DestroyOnDestination,
@@ -34,7 +35,7 @@ from flows.steps.migration import (ClaimDestination, ConfirmMigration, DestroyOn
                                    MigrateDiskAndPowerOff, ReleaseClaims)
 from flows.steps.network import PlugVif, UnplugVifs
 from flows.steps.resources import flavor_disk_gb
-from persistence import claims, hosts
+from persistence import claims
 from persistence.models import Instance
 
 VERSION = 1
@@ -51,49 +52,15 @@ def prepare_resize(s: Session, inst: Instance, values: dict, op_id: str) -> dict
         raise InvalidRequest(f"flavor {new['name']} would shrink the root disk of {inst.name} "
                              f"from {old['root_gb']} to {new['root_gb']} GB")
     same_ok = runtime.current().conf.allow_resize_to_same_host
-    dest = pick_destination(s, inst, new, values.get("target_host"), same_host_ok=same_ok)
+    dest = placement.place(s, new, values.get("target_host"),
+                           Move(inst.name, inst.host, same_ok, " (or set allow_resize_to_same_host)"))
     return _move(s, inst, op_id, "resize", dest, old, new)
 
 
 def prepare_migrate(s: Session, inst: Instance, values: dict, op_id: str) -> dict:
     flavor = p.flavor_dict(s, inst.flavor)
-    dest = pick_destination(s, inst, flavor, values.get("target_host"), same_host_ok=False)
+    dest = placement.place(s, flavor, values.get("target_host"), Move(inst.name, inst.host))
     return _move(s, inst, op_id, "migrate", dest, flavor, flavor)
-
-
-def pick_destination(s: Session, inst: Instance, flavor: dict, requested: str | None, *,
-                     same_host_ok: bool, exclude_source: bool = False) -> str:
-    """A host that is up and has room for `flavor` (the most free RAM wins).
-
-    Only a first check: the claim step's conditional UPDATE is what decides.
-    """
-    need = (flavor["vcpus"], flavor["ram_mb"], flavor_disk_gb(flavor))
-
-    def fits(h) -> bool:
-        free = (h.vcpus - h.used_vcpus, h.ram_mb - h.used_ram_mb, h.disk_gb - h.used_disk_gb)
-        return all(f >= n for f, n in zip(free, need))
-
-    allowed_here = same_host_ok and not exclude_source
-    if requested is not None:
-        h = hosts.get_host(s, requested)
-        if h is None:
-            raise NotFound("host", requested)
-        if h.down:
-            raise InvalidRequest(f"host {h.name} is down")
-        if h.name == inst.host and not allowed_here:
-            raise InvalidRequest(f"instance {inst.name} is already on {h.name}: choose another host"
-                                 + ("" if exclude_source else
-                                    " (or set allow_resize_to_same_host)"))
-        if not fits(h):
-            raise InsufficientCapacity(h.name, f"no room for flavor {flavor['name']}")
-        return h.name
-    candidates = [h for h in hosts.list_hosts(s) if not h.down and fits(h)
-                  and (h.name != inst.host or allowed_here)]
-    if not candidates:
-        where = "any host" if allowed_here else f"any host but {inst.host}"
-        raise InsufficientCapacity("(any)", f"no room for flavor {flavor['name']} on {where}")
-    # Another host first: a resize in place doubles the instance's claim on it.
-    return max(candidates, key=lambda h: (h.name != inst.host, h.ram_mb - h.used_ram_mb)).name
 
 
 def source_claims(s: Session, inst: Instance, host: str) -> list[list]:

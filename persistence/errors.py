@@ -12,6 +12,16 @@ class DatabaseUnreachable(PersistenceError):
         self.reason = reason
 
 
+class DatabaseMissing(PersistenceError):
+    """A SQLite file the configuration names is not there: a typo must not
+    become a new, empty database, so only `computeflow db upgrade` creates it."""
+
+    def __init__(self, url: str, missing: str) -> None:
+        super().__init__(f"no database at {url} ({missing} does not exist): check [database] "
+                         "connection, or create it with `computeflow db upgrade`")
+        self.url = url
+
+
 class SchemaOutOfDate(PersistenceError):
     def __init__(self, current: str | None, head: str) -> None:
         super().__init__(

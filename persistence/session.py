@@ -15,7 +15,7 @@ from sqlalchemy import event, exc as sa_exc
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from persistence.errors import DatabaseUnreachable
+from persistence.errors import DatabaseMissing, DatabaseUnreachable
 
 
 def safe_url(url: str | sa.URL) -> str:
@@ -68,8 +68,34 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cur.close()
 
 
-def create_engine(url: str, *, pool_size: int = 10, connect_timeout: int = 5) -> Engine:
-    """Build an engine; raises DatabaseUnreachable for a malformed URL."""
+def sqlite_file(url: str) -> str | None:
+    """The absolute path of a SQLite URL's file; None for anything else
+    (another database, an in-memory one, an unparsable URL)."""
+    try:
+        parsed = sa.make_url(url)
+    except sa_exc.ArgumentError:
+        return None
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return os.path.abspath(parsed.database)
+
+
+def _missing_part(path: str) -> str | None:
+    """What is missing of a SQLite file's path (its directory or itself), or None."""
+    directory = os.path.dirname(path)
+    if not os.path.isdir(directory):
+        return f"directory {directory}"
+    return None if os.path.exists(path) else f"file {path}"
+
+
+def create_engine(url: str, *, pool_size: int = 10, connect_timeout: int = 5,
+                  create: bool = True) -> Engine:
+    """Build an engine; raises DatabaseUnreachable for a malformed URL.
+
+    create: a missing SQLite file (and its directory) is created on first
+    connect; with create=False it is DatabaseMissing instead, before anything
+    is written.
+    """
     try:
         parsed = sa.make_url(url)
     except sa_exc.ArgumentError as e:
@@ -77,8 +103,12 @@ def create_engine(url: str, *, pool_size: int = 10, connect_timeout: int = 5) ->
     backend = parsed.get_backend_name()
     kwargs: dict = {"pool_pre_ping": True}
     if backend == "sqlite":
-        if parsed.database and parsed.database != ":memory:":
-            os.makedirs(os.path.dirname(os.path.abspath(parsed.database)), exist_ok=True)
+        path = sqlite_file(url)
+        if path is not None:
+            if create:
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+            elif (missing := _missing_part(path)) is not None:
+                raise DatabaseMissing(safe_url(url), missing)
         kwargs = {"connect_args": {"check_same_thread": False, "timeout": 30}}
     elif backend == "postgresql":
         kwargs.update(
@@ -111,9 +141,11 @@ def create_engine(url: str, *, pool_size: int = 10, connect_timeout: int = 5) ->
 class Database:
     """An engine and a session factory for one database."""
 
-    def __init__(self, url: str, *, pool_size: int = 10, connect_timeout: int = 5) -> None:
+    def __init__(self, url: str, *, pool_size: int = 10, connect_timeout: int = 5,
+                 create: bool = True) -> None:
         self.url = url
-        self.engine = create_engine(url, pool_size=pool_size, connect_timeout=connect_timeout)
+        self.engine = create_engine(url, pool_size=pool_size, connect_timeout=connect_timeout,
+                                    create=create)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     @property

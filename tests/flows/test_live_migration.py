@@ -193,7 +193,7 @@ def test_requests_without_a_running_migration_are_refused(conductor):
 @sqlite_only
 @pytest.mark.parametrize("params,error,match", [
     ({"target_host": "nope"}, NotFound, "unknown host 'nope'"),
-    ({"target_host": "h1"}, InvalidRequest, "vm1 already runs on h1"),
+    ({"target_host": "h1"}, InvalidRequest, "instance vm1 is already on h1: choose another host"),
     ({"target_host": "tiny"}, InsufficientCapacity, "host tiny lacks capacity"),
     ({}, InvalidRequest, "live_migration needs target_host"),
 ])

@@ -258,5 +258,5 @@ def test_bad_requests_are_refused_before_anything_is_written(two_hosts, op, para
 @sqlite_only
 def test_migrate_without_room_anywhere_is_refused(conductor):
     prepare(conductor, Case("migrate"))
-    with pytest.raises(InsufficientCapacity, match="on any host but h1"):
+    with pytest.raises(InsufficientCapacity, match="no host but h1 has room for flavor m1.small"):
         conductor.submit("migrate", "vm1")

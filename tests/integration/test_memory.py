@@ -17,12 +17,15 @@ SCRIPT = r"""
 import gc, json, sys, tempfile
 from conductor import config
 from conductor.api import Conductor, SpawnRequest
+from persistence import schema
+from persistence.session import Database
 
 def rss_mb():
     with open("/proc/self/status") as f:
         return next(int(l.split()[1]) for l in f if l.startswith("VmRSS")) / 1024
 
 url, n = sys.argv[1], int(sys.argv[2])
+schema.upgrade(Database(url))  # as `computeflow db upgrade`: only the embedded default is implicit
 conf = config.load([], overrides={("DEFAULT", "state_path"): tempfile.mkdtemp(),
                                   ("database", "connection"): url})
 c = Conductor(conf)

@@ -1,0 +1,48 @@
+"""The catalogue's step names are the names of the steps its flows build: a
+fault spec ([fake] faults) is checked against them, so they must not drift."""
+from __future__ import annotations
+
+import importlib
+import re
+
+import pytest
+
+from flows import catalog
+from flows.steps.reconcile import ACTIONS
+from tests.flows.catalogue import _atoms
+
+sqlite_only = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+FLAVOR = {"name": "m", "vcpus": 1, "ram_mb": 64, "root_gb": 1, "ephemeral_gb": 1, "swap_mb": 16}
+VIFS = [{"id": f"p{i}", "mac": f"fa:16:3e:00:00:0{i}", "network": "default"} for i in range(3)]
+
+
+def built_step_names(kind: catalog.OperationKind) -> set[str]:
+    """Every step name of the kind's flow, over the shapes its parameters give it."""
+    module, fn = kind.factory.rsplit(".", 1)
+    build = getattr(importlib.import_module(module), fn)
+    names = set()
+    for shared in (True, False):
+        for power_on in (True, False):
+            flow = build(operation=kind.name, flavor=FLAVOR, vifs=VIFS, host="h1",
+                         end_state=["active", "running"], shared_storage=shared,
+                         power_on=power_on, holds_instance=True,
+                         actions=[{"action": a, "host": "h1"} for a in ACTIONS] * 3)
+            names |= {atom.name for atom in _atoms(flow)}
+    return names
+
+
+@sqlite_only
+@pytest.mark.parametrize("kind", list(catalog.CATALOG))
+def test_the_catalogue_names_every_step_of_each_flow_and_no_other(conductor, kind):
+    declared = catalog.get(kind).steps
+    built = built_step_names(catalog.get(kind))
+    assert {n for n in built if not any(catalog.step_matches(p, n) for p in declared)} == set()
+    assert {p for p in declared if not any(catalog.step_matches(p, n) for n in built)} == set()
+
+
+def test_indexed_step_names_match_their_pattern():
+    assert catalog.kinds_with_step("plug_vif_7") == ["spawn", "resize", "migrate", "evacuate"]
+    assert catalog.kinds_with_step("plug_vif_x") == []
+    assert catalog.kinds_with_step("power_on_guest") == ["power_on"]
+    assert "power_on" not in catalog.kinds_with_step("power_on")
+    assert all(re.fullmatch(r"[a-z_]+(_N)?", p) for k in catalog.CATALOG.values() for p in k.steps)
