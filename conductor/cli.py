@@ -4,46 +4,36 @@ A user error is one line on stderr and exit status 2; an operation that ran
 and was rolled back exits 1, one whose revert failed exits 3 (needs repair);
 tracebacks only with --debug. Read commands take --json.
 
-One module (~720 lines) on purpose: each verb is a short parser entry and a
-short handler that calls conductor/api.py, cancel.py or repair.py, and
-rendering lives in render.py; splitting the verbs would scatter the one
-table an operator reads to learn the CLI.
+The parser (one table an operator reads to learn the CLI), the simple verbs
+and `main`; the history views live in cli_history.py, resume/cancel/terminate
+and repair in cli_repair.py, what they all share in cli_support.py.
 """
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
 import sys
-import time
 from collections.abc import Callable
 
-from conductor import config, logs, render
-from conductor import cancel, liveness, reconcile, recovery, repair
-from conductor import moves
-from conductor.api import Conductor, SpawnRequest
-from conductor.handle import OperationHandle
+from conductor import config, logs, moves, reconcile, recovery, render
+from conductor.api import SpawnRequest
+from conductor.cli_history import (cmd_instances_events, cmd_instances_list, cmd_instances_show,
+                                   cmd_ops_list, cmd_ops_show)
+from conductor.cli_repair import (cmd_cancel, cmd_ops_mark_reverted, cmd_ops_retry_revert,
+                                  cmd_resume, cmd_terminate)
+from conductor.cli_support import (EXIT_OK, EXIT_OP_FAILED, EXIT_USER_ERROR, UserError,
+                                   conductor_of, database_of, emit, read_secret_file,
+                                   run_and_report, warn_idle_faults)
 from conductor.jobboard import JobboardError
-from conductor.runner import LostOwnership, StepEvent
+from conductor.runner import LostOwnership
 from drivers.faults import BadFaultSpec
 from flows import catalog, live_migration
 from flows.errors import OperationError
-from persistence import events, flowlog, hosts, instances, operations, progress, schema
+from persistence import hosts, operations, schema
 from persistence.errors import PersistenceError
-from persistence.models import utcnow
 from persistence.secrets import SecretUnavailable
-from persistence.session import Database, safe_url, sqlite_file
-
-EXIT_OK, EXIT_OP_FAILED, EXIT_USER_ERROR = 0, 1, 2
-#: The operation's revert failed: the instance is held in `error` until an operator repairs it.
-EXIT_NEEDS_REPAIR = 3
-#: The flow log's name for the flow itself (persistence/flowlog.py skips it too).
-FLOW_STEP = "(flow)"
-
-
-class UserError(Exception):
-    pass
+from persistence.session import safe_url, sqlite_file
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -200,84 +190,6 @@ def _add_param(c: argparse.ArgumentParser, prm: catalog.Param) -> None:
 
 
 # -- helpers -----------------------------------------------------------------
-def _conductor(args) -> Conductor:
-    return Conductor(args.conf)
-
-
-def _database(args) -> Database:
-    """For read commands: the database, upgraded if embedded, no runtime."""
-    db = config.open_database(args.conf)
-    schema.ensure_current(db, auto_upgrade=args.conf.conductor.auto_upgrade and db.dialect == "sqlite")
-    return db
-
-
-def _warn_idle_faults(args, kind: str) -> None:
-    """Armed faults that cannot fire in this operation are likelier a mistake than intended."""
-    warning = config.idle_faults_warning(args.conf, kind)
-    if warning:
-        print(f"computeflow: warning: {warning}", file=sys.stderr, flush=True)
-
-
-def _emit(args, payload, text: str) -> None:
-    print(json.dumps(payload, indent=2, default=str) if getattr(args, "json", False) else text)
-
-
-class Progress:
-    """Prints each persisted step transition as it happens.
-
-    Only steps: the flow's own state changes (step `(flow)` in the flow log:
-    RESUMING, SUSPENDED, ...) are bookkeeping an operator cannot act on, and
-    the outcome line says how the flow ended."""
-
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled
-        self.t0 = time.monotonic()
-
-    def __call__(self, ev: StepEvent) -> None:
-        if self.enabled and ev.step != FLOW_STEP:
-            print(render.progress_line(time.monotonic() - self.t0, ev), flush=True)
-
-    def on_progress(self, op_id: str, step: str, state: str, text: str) -> None:
-        """A long step's progress (persistence/progress.py), e.g. a live migration's,
-        or a step's retry: RETRYING with the error, then RUNNING with the attempt."""
-        self(StepEvent(op_id, step, f"{state} {text}".rstrip()))
-
-    def __enter__(self) -> "Progress":
-        """While in the block, progress rows and retries of this process are shown too."""
-        progress.add_listener(self.on_progress)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        progress.remove_listener(self.on_progress)
-
-
-def _run_and_report(args, c: Conductor, op_id: str) -> int:
-    quiet = getattr(args, "json", False)
-    if not quiet:
-        print(f"operation {op_id}", flush=True)
-    if c.conf.conductor.jobboard:  # a conductor service runs it
-        return _wait_and_report(args, c, op_id)
-    with Progress(not quiet) as shown:
-        c.run(op_id, on_event=shown)
-    return _report_outcome(args, c, op_id)
-
-
-def _report_outcome(args, c: Conductor, op_id: str) -> int:
-    """The ended operation in one paragraph; its exit status (0, 1, or 3: needs repair)."""
-    with c.db.session() as s:
-        op = operations.get(s, op_id)
-        inst = instances.get(s, op.instance_uuid) if op.instance_uuid else None
-        left = repair.left_behind(s, op) if op.state == operations.FAILED else []
-    _emit(args, render.operation_dict(op), render.outcome_text(op, inst, left))
-    return exit_status(op.state)
-
-
-def exit_status(state: str) -> int:
-    return {operations.SUCCEEDED: EXIT_OK, operations.FAILED: EXIT_NEEDS_REPAIR}.get(
-        state, EXIT_OP_FAILED)
-
-
-# -- commands ----------------------------------------------------------------
 def cmd_db_upgrade(args) -> int:
     """The one command that creates a SQLite database other than the embedded default."""
     path = sqlite_file(args.conf.database.connection)
@@ -293,12 +205,12 @@ def cmd_db_upgrade(args) -> int:
 def cmd_db_version(args) -> int:
     db = config.open_database(args.conf)
     cur, head = schema.current_revision(db), schema.head_revision()
-    _emit(args, {"current": cur, "head": head}, f"current: {cur}  head: {head}")
+    emit(args, {"current": cur, "head": head}, f"current: {cur}  head: {head}")
     return EXIT_OK
 
 
 def cmd_hosts_add(args) -> int:
-    with _conductor(args) as c:
+    with conductor_of(args) as c:
         c.add_host(args.name, vcpus=args.vcpus, ram_mb=args.ram_mb, disk_gb=args.disk_gb,
                    driver=args.driver, uri=args.uri)
     print(f"host {args.name} added")
@@ -306,14 +218,14 @@ def cmd_hosts_add(args) -> int:
 
 
 def cmd_hosts_list(args) -> int:
-    with _database(args).session() as s:
+    with database_of(args).session() as s:
         rows = hosts.list_hosts(s)
-        _emit(args, [render.host_dict(h) for h in rows], render.hosts_table(rows))
+        emit(args, [render.host_dict(h) for h in rows], render.hosts_table(rows))
     return EXIT_OK
 
 
 def cmd_hosts_set_down(args) -> int:
-    with _conductor(args) as c:
+    with conductor_of(args) as c:
         moves.set_host_down(c, args.name)
     print(f"host {args.name} is down: evacuate its instances with "
           f"`computeflow hosts evacuate {args.name}`")
@@ -321,40 +233,40 @@ def cmd_hosts_set_down(args) -> int:
 
 
 def cmd_hosts_set_up(args) -> int:
-    with _conductor(args) as c:
+    with conductor_of(args) as c:
         cleaned = moves.set_host_up(c, args.name)
     print(f"host {args.name} is up" + (f"; removed leftovers of {', '.join(cleaned)}" if cleaned else ""))
     return EXIT_OK
 
 
 def cmd_hosts_evacuate(args) -> int:
-    _warn_idle_faults(args, "evacuate")
-    with _conductor(args) as c:
+    warn_idle_faults(args, "evacuate")
+    with conductor_of(args) as c:
         ids = moves.evacuate_host(c, args.name, args.target_host)
         if not ids:
             print(f"nothing to evacuate on {args.name}")
-        return max([_run_and_report(args, c, op_id) for op_id in ids], default=EXIT_OK)
+        return max([run_and_report(args, c, op_id) for op_id in ids], default=EXIT_OK)
 
 
 def cmd_ops_auto_confirm(args) -> int:
-    with _conductor(args) as c:
+    with conductor_of(args) as c:
         ids = moves.auto_confirm(c)
         if not ids and not args.json:
             print("no resize to confirm")
-        return max([_run_and_report(args, c, op_id) for op_id in ids], default=EXIT_OK)
+        return max([run_and_report(args, c, op_id) for op_id in ids], default=EXIT_OK)
 
 
 def cmd_flavors(args) -> int:
-    with _database(args).session() as s:
+    with database_of(args).session() as s:
         rows = hosts.list_flavors(s)
-        _emit(args, [render.columns_dict(f) for f in rows], render.flavors_table(rows))
+        emit(args, [render.columns_dict(f) for f in rows], render.flavors_table(rows))
     return EXIT_OK
 
 
 def cmd_images(args) -> int:
-    with _database(args).session() as s:
+    with database_of(args).session() as s:
         rows = hosts.list_images(s)
-        _emit(args, [render.columns_dict(i) for i in rows], render.images_table(rows))
+        emit(args, [render.columns_dict(i) for i in rows], render.images_table(rows))
     return EXIT_OK
 
 
@@ -363,7 +275,7 @@ def _read_password(args) -> str | None:
         return args.admin_password
     if args.admin_password_file is None:
         return None
-    return _read_secret_file(args.admin_password_file, "admin password", one_line=True)
+    return read_secret_file(args.admin_password_file, "admin password", one_line=True)
 
 
 def cmd_spawn(args) -> int:
@@ -371,28 +283,10 @@ def cmd_spawn(args) -> int:
     logs.remember_secret(password)
     req = SpawnRequest(name=args.name, flavor=args.flavor, image=args.image, host=args.host,
                        networks=tuple(args.networks or ("default",)), admin_password=password)
-    _warn_idle_faults(args, "spawn")
-    with _conductor(args) as c:
+    warn_idle_faults(args, "spawn")
+    with conductor_of(args) as c:
         op_id = c.submit_spawn(req)
-        return _run_and_report(args, c, op_id)
-
-
-def _read_secret_file(path: str, what: str, one_line: bool = False) -> str:
-    """A secret from a file or '-' (stdin), never from argv. A password is its
-    file's first line; file contents are taken whole."""
-    try:
-        if path == "-":
-            value = sys.stdin.readline() if one_line else sys.stdin.read()
-        else:
-            with open(path) as f:
-                value = f.readline() if one_line else f.read()
-    except OSError as e:
-        raise UserError(f"cannot read the {what} file: {e.strerror}") from None
-    if one_line:
-        value = value.rstrip("\n")
-    if not value:
-        raise UserError(f"the {what} file is empty")
-    return value
+        return run_and_report(args, c, op_id)
 
 
 def cmd_operation(args) -> int:
@@ -401,176 +295,34 @@ def cmd_operation(args) -> int:
     for k, path in vars(args).items():
         if k.startswith("secretfile_") and path is not None:
             name = k[len("secretfile_"):]
-            params[name] = _read_secret_file(path, name.replace("_", " "),
-                                             one_line=name.endswith("password"))
+            params[name] = read_secret_file(path, name.replace("_", " "),
+                                            one_line=name.endswith("password"))
             logs.remember_secret(params[name])
-    _warn_idle_faults(args, args.kind)
-    with _conductor(args) as c:
+    warn_idle_faults(args, args.kind)
+    with conductor_of(args) as c:
         op_id = c.submit(args.kind, args.name, **params)
-        return _run_and_report(args, c, op_id)
-
-
-def _down_hosts(s) -> set[str]:
-    return {h.name for h in hosts.list_hosts(s) if h.down}
-
-
-def cmd_instances_list(args) -> int:
-    with _database(args).session() as s:
-        rows = instances.list_live(s, include_deleted=args.all)
-        down = _down_hosts(s)
-        _emit(args, [render.instance_dict(i) | {"host_down": i.host in down} for i in rows],
-              render.instances_table(rows, down))
-    return EXIT_OK
-
-
-def cmd_instances_show(args) -> int:
-    with _database(args).session() as s:
-        inst = instances.find_live(s, args.name)
-        if inst is None:
-            raise UserError(f"unknown instance {args.name!r}")
-        last = operations.last_for_instance(s, inst.uuid)
-        down = inst.host in _down_hosts(s)
-        _emit(args, render.instance_show_dict(inst, last, down),
-              render.instance_text(inst, last, down))
-    return EXIT_OK
-
-
-def cmd_instances_events(args) -> int:
-    with _database(args).session() as s:
-        inst = None if args.deleted else instances.find_live(s, args.name)
-        inst = inst or instances.find_deleted(s, args.name)
-        if inst is None:
-            raise UserError(f"unknown instance {args.name!r}")
-        rows = events.for_instance(s, inst.uuid)
-        _emit(args, [render.event_dict(e) for e in rows],
-              render.events_table(rows) if rows else f"no events recorded for {inst.name}")
-    return EXIT_OK
-
-
-def _utc_time(value: str | None, flag: str) -> dt.datetime | None:
-    """An ISO-8601 time as naive UTC (how times are stored); no offset means UTC."""
-    if value is None:
-        return None
-    try:
-        t = dt.datetime.fromisoformat(value)
-    except ValueError:
-        raise UserError(f"{flag} {value!r} is not an ISO-8601 time "
-                        "(e.g. 2026-12-04T05:43:03Z or 2026-12-04)") from None
-    return t.astimezone(dt.timezone.utc).replace(tzinfo=None) if t.tzinfo else t
-
-
-def _history_filter(args) -> operations.HistoryFilter:
-    """`ops list`'s filters, each checked that needs no database: a typo is an
-    error, not an empty list."""
-    if args.kind is not None:
-        try:
-            catalog.get(args.kind)
-        except KeyError as e:
-            raise UserError(str(e.args[0])) from None
-    return operations.HistoryFilter(
-        instance=args.instance, kind=args.kind, state=args.state, host=args.host,
-        since=_utc_time(args.since, "--since"), until=_utc_time(args.until, "--until"),
-        error=args.error)
-
-
-def _check_names(s, f: operations.HistoryFilter) -> None:
-    """The host and instance a filter names exist (an instance: ever, deleted too)."""
-    if f.host is not None and hosts.get_host(s, f.host) is None:
-        raise UserError(f"unknown host {f.host!r}")
-    if f.instance is not None and not instances.ever_named(s, f.instance):
-        raise UserError(f"unknown instance {f.instance!r} (never had that name or uuid)")
-
-
-def cmd_ops_list(args) -> int:
-    if args.limit < 1:
-        raise UserError(f"--limit must be at least 1 (got {args.limit})")
-    if args.needs_repair:
-        given = [f"--{k}" for k in ("instance", "kind", "state", "host", "since", "until", "error")
-                 if getattr(args, k) is not None]
-        if given:
-            raise UserError(f"--needs-repair takes no filter but --limit (got {', '.join(given)})")
-        return cmd_ops_needs_repair(args)
-    f = _history_filter(args)
-    with _database(args).session() as s:
-        _check_names(s, f)
-        rows = operations.history(s, f, limit=args.limit)
-        now = utcnow()
-        _emit(args, [render.history_dict(o, name, now) for o, name in rows],
-              render.history_table(rows, now))
-    return EXIT_OK
-
-
-def cmd_ops_show(args) -> int:
-    with _database(args).session() as s:
-        op = operations.get(s, args.id)
-        if op is None:
-            raise UserError(operations.not_found(s, args.id))
-        rows = flowlog.entries(s, op.id)
-    steps = flowlog.summarize(rows)
-    live = liveness.facts(op, steps, args.conf.conductor.step_timeout)
-    payload = render.operation_dict(op) | {
-        "hosts": render.operation_hosts(op),
-        "live": live.to_dict(), "cancel_requested_by": op.cancel_requested_by,
-        "lease_expires_at": render._ts(op.lease_expires_at),
-        "steps": [render.step_dict(st) for st in steps],
-        "transitions": [render.transition_dict(r) for r in rows] if args.transitions else None,
-    }
-    notes = render.progress_notes(rows)
-    payload["progress"] = [render.transition_dict(r) for r in notes]
-    _emit(args, payload, render.operation_text(op, steps, rows if args.transitions else None,
-                                               notes, live))
-    return EXIT_OK
+        return run_and_report(args, c, op_id)
 
 
 def cmd_live_migration_request(args) -> int:
-    with _database(args).session() as s:
+    with database_of(args).session() as s:
         op_id = live_migration.request(s, args.name, args.request)
     print(f"{args.request.replace('_', '-')} requested for live migration {op_id}; it acts at "
           f"the migration's next poll (see computeflow ops show {op_id} --transitions)")
     return EXIT_OK
 
 
-def cmd_resume(args) -> int:
-    if args.direction and not args.id:
-        raise UserError("--direction needs an operation: `computeflow resume OP --direction ...`")
-    if args.dry_run:
-        with _conductor(args) as c:
-            found = recovery.plans(c, args.id)
-        _emit(args, [p.__dict__ | {"probes": [q.__dict__ for q in p.probes]} for p in found],
-              "\n".join(p.text() for p in found) or "nothing to resume")
-        return EXIT_OK
-    with _conductor(args) as c, Progress(not args.json) as shown:
-        if args.id:
-            done = [recovery.resume_one(c, args.id, args.direction, cancel.operator(),
-                                        on_event=shown)]
-        else:
-            done = c.resume(on_event=shown)
-        running = [] if done else _running_elsewhere(c)
-    _emit(args, [s.__dict__ for s in done],
-          "\n".join(f"{s.id} {s.kind} {s.state}" + (f": {s.error}" if s.error else "") for s in done)
-          or "nothing to resume" + "".join(f"\n  {line}" for line in running))
-    return max((exit_status(s.state) for s in done), default=EXIT_OK)
-
-
-def _running_elsewhere(c: Conductor) -> list[str]:
-    """The unfinished operations a live owner runs: why a resume did nothing with them."""
-    with c.db.session() as s:
-        ops = operations.resumable(s)
-    return [f"{o.id} {o.kind} {o.state}: its owner {o.owner} is alive and running it"
-            for o in ops if recovery.owner_status(o) == "alive"]
-
-
 def cmd_inventory(args) -> int:
-    with _conductor(args) as c:
+    with conductor_of(args) as c:
         leaks = c.leaks()
     payload = {"claims": leaks["claims"],
                "hosts": {h: inv.__dict__ for h, inv in leaks["hosts"].items()}}
-    _emit(args, payload, render.inventory_text(leaks))
+    emit(args, payload, render.inventory_text(leaks))
     return EXIT_OK
 
 
 def cmd_reconcile(args) -> int:
-    with _conductor(args) as c:
+    with conductor_of(args) as c:
         if args.host is not None:
             with c.db.session() as s:
                 if hosts.get_host(s, args.host) is None:
@@ -591,111 +343,13 @@ def cmd_reconcile(args) -> int:
     return EXIT_OK
 
 
-def _wait_and_report(args, c: Conductor, op_id: str) -> int:
-    """Scale-out: the operation is on the jobboard; wait for a conductor to end it."""
-    if not getattr(args, "json", False):
-        print(f"queued on {c.conf.conductor.jobboard}; waiting for a conductor", flush=True)
-    OperationHandle(op_id, c).wait()
-    return _report_outcome(args, c, op_id)
-
-
 def cmd_conductor(args) -> int:
     from conductor import service  # the service's imports are only needed here
-    with _conductor(args) as c:
+    with conductor_of(args) as c:
         return service.serve(c)
 
 
 # -- cancel and repair (conductor/cancel.py, conductor/repair.py) -------------
-def cmd_cancel(args) -> int:
-    with _conductor(args) as c:
-        res = cancel.cancel(c, args.id, cancel.operator(), wait=args.wait)
-    o = res.outcome
-    if res.ended:
-        text = f"operation {o.op_id} ({o.kind}) {res.state}" + (f": {res.error}" if res.error else "")
-    else:
-        text = (f"cancel of operation {o.op_id} ({o.kind}) requested: its owner {o.owner} stops "
-                f"it at its next step and reverts it (it is {res.state}; "
-                f"see `computeflow ops show {o.op_id}`)")
-    expired = args.wait > 0 and not res.ended
-    if expired:
-        text += f"\ncomputeflow: still {res.state} after --wait {args.wait:g} s"
-    _emit(args, {"id": o.op_id, "kind": o.kind, "state": res.state, "error": res.error,
-                 "owner": o.owner, "ended": res.ended}, text)
-    return EXIT_OP_FAILED if expired else EXIT_OK
-
-
-def cmd_terminate(args) -> int:
-    with _conductor(args) as c:
-        with Progress(not args.json) as shown:
-            res = cancel.terminate(c, args.id, cancel.operator(), on_event=shown)
-        if not args.json:
-            print(f"operation {res.op_id} ({res.kind}) taken from {res.former_owner or 'no owner'}"
-                  f" and {'reverted' if res.direction == 'revert' else 'finished'} here; anything "
-                  "its former owner still does is refused (fenced)", flush=True)
-        return _report_outcome(args, c, res.op_id)
-
-
-def _repair_dict(item: repair.RepairItem) -> dict:
-    return render.operation_dict(item.op) | {"left_behind": [
-        {"step": lb.step, "state": lb.state, "error": lb.error, "resources": lb.resources}
-        for lb in item.left_behind]}
-
-
-def _repair_text(item: repair.RepairItem) -> str:
-    op = item.op
-    lines = [f"{op.id} {op.kind} {op.state}: {op.error}"]
-    if item.left_behind:
-        lines.append("  left behind (newest first):")
-        lines += [f"    {lb.line()}" for lb in item.left_behind]
-    lines.append(f"  fix the cause, then `computeflow ops retry-revert {op.id}`; or clean up "
-                 f"by hand and `computeflow ops mark-reverted {op.id}`")
-    return "\n".join(lines)
-
-
-def cmd_ops_needs_repair(args) -> int:
-    with _conductor(args) as c:
-        items = repair.needing_repair(c, args.limit)
-    _emit(args, [_repair_dict(i) for i in items],
-          "\n".join(_repair_text(i) for i in items) or "no operation needs repair")
-    return EXIT_OK
-
-
-def cmd_ops_retry_revert(args) -> int:
-    quiet = getattr(args, "json", False)
-    with _conductor(args) as c:
-        with Progress(not quiet) as shown:
-            status = repair.retry_revert(c, args.id, cancel.operator(), on_event=shown)
-        with c.db.session() as s:
-            op = operations.get(s, status.id)
-            item = repair.RepairItem(op, repair.left_behind(s, op) if op.state == operations.FAILED
-                                     else [])
-    _emit(args, _repair_dict(item), _repair_text(item) if op.state == operations.FAILED
-          else f"operation {op.id} ({op.kind}) {op.state}: {op.error}")
-    if op.state == operations.FAILED:
-        return EXIT_NEEDS_REPAIR
-    return EXIT_OK if op.state == operations.REVERTED else EXIT_OP_FAILED
-
-
-def cmd_ops_mark_reverted(args) -> int:
-    with _conductor(args) as c:
-        item = repair.mark_reverted(c, args.id, cancel.operator(), args.note)
-        # What the hosts still hold of the instance, after the hand cleanup.
-        still = [f for f in reconcile.audit(c).findings
-                 if item.op.instance_uuid and f.instance_uuid == item.op.instance_uuid]
-    text = f"operation {item.op.id} ({item.op.kind}) marked REVERTED: {item.op.error}"
-    if item.left_behind:
-        text += "\n  the flow log said these were left behind:\n" + \
-            "\n".join(f"    {lb.line()}" for lb in item.left_behind)
-    if still:
-        text += ("\n  the hosts and the database still disagree about the instance "
-                 "(`computeflow reconcile --apply` fixes those with an action):\n"
-                 + "\n".join(f"    {f.line()}" for f in still))
-    else:
-        text += "\n  the hosts agree with the database about the instance: nothing is left"
-    _emit(args, _repair_dict(item) | {"still_disagree": [f.__dict__ for f in still]}, text)
-    return EXIT_OK
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:

@@ -2,7 +2,7 @@
 print): step moves only, never the flow's own state changes."""
 from __future__ import annotations
 
-from conductor.cli import Progress
+from conductor.cli_support import Progress
 from conductor.runner import StepEvent
 
 
