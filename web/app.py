@@ -1,0 +1,50 @@
+"""The Starlette application: API routes, pages, static files, and the
+JSON error every refused API request gets."""
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+from oslo_config import cfg
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import RedirectResponse
+from starlette.routing import Mount
+from starlette.staticfiles import StaticFiles
+
+from web import api, pages
+from web.context import ApiError, WebState, json_response
+
+STATIC = Path(__file__).resolve().parent / "static"
+
+
+async def _api_error(request: Request, err: ApiError):
+    if err.status == 401 and not request.url.path.startswith("/api/"):
+        return RedirectResponse("/login", 303)
+    return json_response({"error": err.message}, err.status)
+
+
+async def _not_found(request: Request, exc):
+    if request.url.path.startswith("/api/"):
+        status = getattr(exc, "status_code", 404)
+        return json_response({"error": getattr(exc, "detail", "not found")}, status)
+    from starlette.responses import PlainTextResponse
+
+    return PlainTextResponse(str(getattr(exc, "detail", "not found")),
+                             getattr(exc, "status_code", 404))
+
+
+def build_app(conf: cfg.ConfigOpts) -> Starlette:
+    ws = WebState.open(conf)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        yield
+        ws.close()
+
+    app = Starlette(
+        routes=api.routes + pages.routes + [Mount("/static", StaticFiles(directory=STATIC))],
+        exception_handlers={ApiError: _api_error, 404: _not_found, 405: _not_found},
+        lifespan=lifespan)
+    app.state.web = ws
+    return app
