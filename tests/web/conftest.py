@@ -1,0 +1,115 @@
+"""A real `computeflow serve` subprocess over a database holding a failed and
+a succeeded spawn, both made through the CLI as an operator would."""
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, clean, run_cli, write_conf
+from web.auth import hash_token
+
+TOKENS = {"reader": "reader-token-1", "operator": "operator-token-1", "admin": "admin-token-1"}
+WEB_CONF = "[web]\ntokens = " + ",".join(f"{r}:{hash_token(t)}" for r, t in TOKENS.items()) + "\n"
+FAIL_AT = "wait_running"
+
+
+@dataclass
+class Site:
+    base: str
+    db_url: str
+    conf: Path
+    log: Path
+    failed_op: str  # spawn of vm1, failed at FAIL_AT and reverted
+    ok_op: str  # spawn of vm2, succeeded
+
+    def call(self, method: str, path: str, token: str | None = "reader", body=None,
+             raw: bytes | None = None) -> tuple[int, object]:
+        """(status, decoded JSON) of one API request; token: a role name, a literal, or None."""
+        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+        req = urllib.request.Request(self.base + path, data=data, method=method)
+        if token is not None:
+            req.add_header("Authorization", f"Bearer {TOKENS.get(token, token)}")
+        try:
+            with urllib.request.urlopen(req, timeout=10) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read())
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serving(conf: Path, log: Path, deadline_s: float = 20) -> Iterator[str]:
+    """`computeflow serve` on a free port; yields its base URL once it answers."""
+    port = _free_port()
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "conductor.cli", "--config-file", str(conf), "serve",
+             "--port", str(port)], stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + deadline_s
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"computeflow serve exited {proc.returncode}: {log.read_text()}")
+            try:
+                with urllib.request.urlopen(base + "/api/v1/health", timeout=1):
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    pytest.fail(f"computeflow serve did not answer in {deadline_s}s: "
+                                f"{log.read_text()}")
+                time.sleep(0.05)  # polling interval, not synchronisation
+        yield base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _spawn(conf: Path, name: str) -> str:
+    res = run_cli(conf, "spawn", name, "--flavor", "m1.small", "--image", "cirros")
+    first = res.stdout.splitlines()[0] if res.stdout else ""
+    assert first.startswith("operation "), res.stderr
+    return first.split()[1]
+
+
+@contextlib.contextmanager
+def site_on(db_url: str, tmp: Path) -> Iterator[Site]:
+    clean(db_url)
+    state = tmp / "state"
+    failing = write_conf(tmp / "failing.conf", state, db_url,
+                         f"[fake]\nfaults = {FAIL_AT}:execute:fail\n")
+    conf = write_conf(tmp / "computeflow.conf", state, db_url, WEB_CONF)
+    assert run_cli(conf, "hosts", "add", "h1", "--vcpus", "8", "--ram-mb", "16384",
+                   "--disk-gb", "200").returncode == 0
+    failed_op = _spawn(failing, "vm1")
+    ok_op = _spawn(conf, "vm2")
+    log = tmp / "serve.log"
+    with serving(conf, log) as base:
+        yield Site(base, db_url, conf, log, failed_op, ok_op)
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def site(request, tmp_path_factory) -> Iterator[Site]:
+    url = request.getfixturevalue(f"{request.param}_url")
+    with site_on(url, tmp_path_factory.mktemp(f"web-{request.param}")) as s:
+        yield s
