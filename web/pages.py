@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import html
-from urllib.parse import urlencode
+from urllib.parse import parse_qs, urlencode
 
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
@@ -30,6 +30,15 @@ def _page(title: str, body: str, role: str | None = None, csrf: str = "") -> HTM
         f'computeflow</title><link rel="stylesheet" href="/static/style.css"></head><body>'
         f'<header><a href="/operations">computeflow</a> {who}</header><main>{body}</main>'
         f'<script src="/static/app.js"></script></body></html>')
+
+
+async def _form(request: Request) -> dict[str, str]:
+    """An urlencoded form's fields (the pages post nothing else; no multipart)."""
+    if request.headers.get("content-type", "").split(";")[0].strip() != \
+            "application/x-www-form-urlencoded":
+        raise ApiError(400, "expected a form (application/x-www-form-urlencoded)")
+    body = (await request.body()).decode("utf-8", "replace")
+    return {k: v[0] for k, v in parse_qs(body, keep_blank_values=True).items()}
 
 
 def _viewer(request: Request) -> str | None:
@@ -55,7 +64,7 @@ def login_form(request: Request, error: str = "") -> HTMLResponse:
 async def login(request: Request) -> Response:
     if request.method == "GET":
         return login_form(request)
-    form = await request.form()
+    form = await _form(request)
     token = str(form.get("token", ""))
     if state(request).tokens.role_of(token) is None:
         return HTMLResponse(login_form(request, "unknown token").body, 401)
@@ -69,7 +78,7 @@ async def login(request: Request) -> Response:
 
 
 async def logout(request: Request) -> Response:
-    form = await request.form()
+    form = await _form(request)
     if not auth.csrf_ok(request.cookies.get(auth.CSRF_COOKIE), form.get(auth.CSRF_FIELD)):
         raise ApiError(403, "missing or wrong CSRF token")
     resp = RedirectResponse("/login", 303)
@@ -223,7 +232,7 @@ def operation_page(request: Request) -> Response:
 
 
 async def cancel_from_page(request: Request) -> Response:
-    form = await request.form()
+    form = await _form(request)
     role = require(request, auth.OPERATOR, form.get(auth.CSRF_FIELD))
     from starlette.concurrency import run_in_threadpool
     from web.api import do_cancel

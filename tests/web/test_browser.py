@@ -1,0 +1,80 @@
+"""The dashboard in a real headless Chromium (Debian's chromium + chromedriver):
+log in with a token, open a failed spawn, see its failed step in the failure
+colour. Without the browser the test skips locally and fails under CI=true."""
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from tests.conftest import IN_CI
+from tests.web.conftest import FAIL_AT, TOKENS, Site, site_on
+
+pytestmark = pytest.mark.integration
+CHROMIUM = os.environ.get("COMPUTEFLOW_TEST_CHROMIUM", "/usr/bin/chromium")
+CHROMEDRIVER = os.environ.get("COMPUTEFLOW_TEST_CHROMEDRIVER", "/usr/bin/chromedriver")
+FAILED_RGB = "rgba(198, 40, 40, 1)"  # --failed in web/static/style.css (#c62828)
+
+
+@pytest.fixture
+def browser():
+    missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not os.access(p, os.X_OK)]
+    if missing:
+        msg = f"{', '.join(missing)} missing: scripts/web/install.sh installs Debian's chromium"
+        if IN_CI:
+            pytest.fail(msg + " (CI=true: a missing browser is a failure)")
+        pytest.skip(msg)
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                "--window-size=1280,1000"):
+        opts.add_argument(arg)
+    driver = webdriver.Chrome(options=opts, service=Service(executable_path=CHROMEDRIVER))
+    driver.set_page_load_timeout(15)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+@pytest.fixture
+def sqlite_site(sqlite_url, tmp_path) -> Iterator[Site]:
+    with site_on(sqlite_url, tmp_path) as s:
+        yield s
+
+
+def test_login_then_failed_step_in_failure_colour(browser, sqlite_site: Site):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    wait = WebDriverWait(browser, 10)
+    page = f"{sqlite_site.base}/operations/{sqlite_site.failed_op}"
+    browser.get(page)
+    wait.until(ec.presence_of_element_located((By.ID, "token")))  # not logged in: the form
+    assert "/login" in browser.current_url
+    browser.find_element(By.ID, "token").send_keys(TOKENS["reader"])
+    browser.find_element(By.ID, "login").click()
+    wait.until(ec.presence_of_element_located((By.ID, "steps")))
+    assert browser.current_url == page
+    # The token cookie is HttpOnly: the page's scripts cannot read it.
+    assert "cf_token" not in browser.execute_script("return document.cookie")
+
+    def colour(step: str) -> str:
+        cell = browser.find_element(By.CSS_SELECTOR, f'tr[data-step="{step}"] td.state')
+        return cell.value_of_css_property("background-color")
+
+    assert browser.find_element(By.ID, "op-state").text == "REVERTED"
+    assert colour(FAIL_AT) == FAILED_RGB
+    assert colour("power_on") != FAILED_RGB  # reverted, not failed
+    bar = browser.find_element(By.CSS_SELECTOR, "#timeline rect.exec.failed")
+    assert bar.value_of_css_property("fill") == "rgb(198, 40, 40)"
+    # A reader gets no cancel button; the list page links to the operation.
+    assert not browser.find_elements(By.ID, "cancel")
+    browser.get(f"{sqlite_site.base}/operations?state=REVERTED")
+    links = browser.find_elements(By.CSS_SELECTOR, "#operations tbody a")
+    assert [a.get_attribute("href") for a in links] == [page]
