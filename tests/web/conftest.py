@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, clean, run_cli, write_conf
+from tests.conftest import IN_CI, REPO, clean, run_cli, write_conf
 from web.auth import hash_token
 
 TOKENS = {"reader": "reader-token-1", "operator": "operator-token-1", "admin": "admin-token-1"}
@@ -93,7 +94,9 @@ def _spawn(conf: Path, name: str) -> str:
 
 
 @contextlib.contextmanager
-def site_on(db_url: str, tmp: Path) -> Iterator[Site]:
+def site_on(db_url: str, tmp: Path, server_extra: str = "") -> Iterator[Site]:
+    """The two spawns made by the CLI, then `computeflow serve`; `server_extra`:
+    more configuration for the server only (it runs what the API submits)."""
     clean(db_url)
     state = tmp / "state"
     failing = write_conf(tmp / "failing.conf", state, db_url,
@@ -104,6 +107,8 @@ def site_on(db_url: str, tmp: Path) -> Iterator[Site]:
     failed_op = _spawn(failing, "vm1")
     ok_op = _spawn(conf, "vm2")
     log = tmp / "serve.log"
+    if server_extra:
+        conf = write_conf(tmp / "serve.conf", state, db_url, WEB_CONF + server_extra)
     with serving(conf, log) as base:
         yield Site(base, db_url, conf, log, failed_op, ok_op)
 
@@ -113,3 +118,46 @@ def site(request, tmp_path_factory) -> Iterator[Site]:
     url = request.getfixturevalue(f"{request.param}_url")
     with site_on(url, tmp_path_factory.mktemp(f"web-{request.param}")) as s:
         yield s
+
+
+# -- the browser tier: Debian's chromium and chromedriver (scripts/web/install.sh) --
+CHROMIUM = os.environ.get("COMPUTEFLOW_TEST_CHROMIUM", "/usr/bin/chromium")
+CHROMEDRIVER = os.environ.get("COMPUTEFLOW_TEST_CHROMEDRIVER", "/usr/bin/chromedriver")
+
+
+@pytest.fixture
+def browser():
+    missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not os.access(p, os.X_OK)]
+    if missing:
+        msg = f"{', '.join(missing)} missing: scripts/web/install.sh installs Debian's chromium"
+        if IN_CI:
+            pytest.fail(msg + " (CI=true: a missing browser is a failure)")
+        pytest.skip(msg)
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                "--window-size=1280,1000"):
+        opts.add_argument(arg)
+    driver = webdriver.Chrome(options=opts, service=Service(executable_path=CHROMEDRIVER))
+    driver.set_page_load_timeout(15)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def login(driver, site: Site, role: str, page: str) -> None:
+    """Open `page`, be sent to the login form, log in as `role`, land on `page`."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver.get(page)
+    WebDriverWait(driver, 10).until(ec.presence_of_element_located((By.ID, "token")))
+    assert "/login" in driver.current_url
+    driver.find_element(By.ID, "token").send_keys(TOKENS[role])
+    driver.find_element(By.ID, "login").click()
+    WebDriverWait(driver, 10).until(lambda d: d.current_url == page)

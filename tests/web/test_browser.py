@@ -3,42 +3,14 @@ log in with a token, open a failed spawn, see its failed step in the failure
 colour. Without the browser the test skips locally and fails under CI=true."""
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 
 import pytest
 
-from tests.conftest import IN_CI
 from tests.web.conftest import FAIL_AT, TOKENS, Site, site_on
 
 pytestmark = pytest.mark.integration
-CHROMIUM = os.environ.get("COMPUTEFLOW_TEST_CHROMIUM", "/usr/bin/chromium")
-CHROMEDRIVER = os.environ.get("COMPUTEFLOW_TEST_CHROMEDRIVER", "/usr/bin/chromedriver")
 FAILED_RGB = "rgba(198, 40, 40, 1)"  # --failed in web/static/style.css (#c62828)
-
-
-@pytest.fixture
-def browser():
-    missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not os.access(p, os.X_OK)]
-    if missing:
-        msg = f"{', '.join(missing)} missing: scripts/web/install.sh installs Debian's chromium"
-        if IN_CI:
-            pytest.fail(msg + " (CI=true: a missing browser is a failure)")
-        pytest.skip(msg)
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                "--window-size=1280,1000"):
-        opts.add_argument(arg)
-    driver = webdriver.Chrome(options=opts, service=Service(executable_path=CHROMEDRIVER))
-    driver.set_page_load_timeout(15)
-    try:
-        yield driver
-    finally:
-        driver.quit()
 
 
 @pytest.fixture
