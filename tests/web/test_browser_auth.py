@@ -82,3 +82,16 @@ def test_browser_posts_need_the_csrf_token(one_site: Site):
     reader = _login(one_site, "reader")
     resp, body = _request(one_site, "POST", path, cookies=reader, form={"csrf": reader["cf_csrf"]})
     assert resp.status == 403 and "operator" in body
+
+
+def test_operations_page_filters_and_pages(one_site: Site):
+    cookies = _login(one_site, "reader")
+    resp, body = _request(one_site, "GET", "/operations?kind=spawn&limit=1", cookies=cookies)
+    assert resp.status == 200 and one_site.ok_op[:8] in body and one_site.failed_op[:8] not in body
+    assert 'rel="next"' in body and 'rel="prev"' not in body
+    resp, body = _request(one_site, "GET", "/operations?kind=spawn&limit=1&offset=1",
+                          cookies=cookies)
+    assert one_site.failed_op[:8] in body and one_site.ok_op[:8] not in body
+    assert 'rel="prev"' in body and 'rel="next"' not in body
+    resp, body = _request(one_site, "GET", "/operations?state=BOGUS", cookies=cookies)
+    assert resp.status == 200 and "unknown state" in body  # the form stays, with the error
