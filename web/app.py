@@ -8,7 +8,7 @@ from pathlib import Path
 from oslo_config import cfg
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import RedirectResponse
+from starlette.responses import HTMLResponse, RedirectResponse
 from starlette.routing import Mount
 from starlette.staticfiles import StaticFiles
 
@@ -19,9 +19,15 @@ STATIC = Path(__file__).resolve().parent / "static"
 
 
 async def _api_error(request: Request, err: ApiError):
-    if err.status == 401 and not request.url.path.startswith("/api/"):
+    """JSON for the API; for a page, the login form (401) or a short HTML page."""
+    if request.url.path.startswith("/api/"):
+        return json_response({"error": err.message}, err.status)
+    if err.status == 401:
         return RedirectResponse("/login", 303)
-    return json_response({"error": err.message}, err.status)
+    back = request.headers.get("referer", "/operations")
+    body = pages.message_page(err.message, back if back.startswith(str(request.base_url)) or
+                              back.startswith("/") else "/operations")
+    return HTMLResponse(body, err.status)
 
 
 async def _not_found(request: Request, exc):

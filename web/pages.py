@@ -41,6 +41,12 @@ async def _form(request: Request) -> dict[str, str]:
     return {k: v[0] for k, v in parse_qs(body, keep_blank_values=True).items()}
 
 
+def message_page(message: str, back: str) -> bytes:
+    """A refused page action (403, 409, ...): the reason and the way back."""
+    return _page("refused", f'<p class="error" id="message">{e(message)}</p>'
+                 f'<p><a href="{e(back)}">back</a></p>').body
+
+
 def _viewer(request: Request) -> str | None:
     role, _ = caller_role(request)
     return role

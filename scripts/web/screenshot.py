@@ -9,9 +9,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from persistence import schema  # noqa: E402
-from persistence.session import Database  # noqa: E402
-from tests.web.conftest import CHROMEDRIVER, CHROMIUM, TOKENS, login, site_on  # noqa: E402
+from tests.web.conftest import CHROMEDRIVER, CHROMIUM, TOKENS, fresh_sqlite, login, site_on  # noqa: E402
 
 OUT = Path("docs/web-operation.png")
 
@@ -21,11 +19,7 @@ def main() -> int:
     from selenium.webdriver.chrome.service import Service
 
     with tempfile.TemporaryDirectory() as tmp:
-        url = f"sqlite:///{tmp}/computeflow.sqlite"
-        db = Database(url)
-        schema.upgrade(db)
-        db.dispose()
-        with site_on(url, Path(tmp)) as site:
+        with site_on(fresh_sqlite(Path(tmp)), Path(tmp)) as site:
             opts = webdriver.ChromeOptions()
             opts.binary_location = CHROMIUM
             for arg in ("--headless=new", "--no-sandbox", "--disable-gpu",

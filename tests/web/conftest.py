@@ -93,6 +93,18 @@ def _spawn(conf: Path, name: str) -> str:
     return first.split()[1]
 
 
+def fresh_sqlite(tmp: Path) -> str:
+    """A new SQLite database of its own, at the current schema."""
+    from persistence import schema
+    from persistence.session import Database
+
+    url = f"sqlite:///{tmp}/computeflow.sqlite"
+    db = Database(url)
+    schema.upgrade(db)
+    db.dispose()
+    return url
+
+
 @contextlib.contextmanager
 def site_on(db_url: str, tmp: Path, server_extra: str = "") -> Iterator[Site]:
     """The two spawns made by the CLI, then `computeflow serve`; `server_extra`:
@@ -113,10 +125,21 @@ def site_on(db_url: str, tmp: Path, server_extra: str = "") -> Iterator[Site]:
         yield Site(base, db_url, conf, log, failed_op, ok_op)
 
 
+@pytest.fixture(scope="package")
+def sqlite_site(sqlite_url, tmp_path_factory) -> Iterator[Site]:
+    """One server on SQLite for the API, page and browser tests (each server
+    start costs two CLI spawns and ~4 s); tests only add operations to it."""
+    with site_on(sqlite_url, tmp_path_factory.mktemp("web-sqlite")) as s:
+        yield s
+
+
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def site(request, tmp_path_factory) -> Iterator[Site]:
-    url = request.getfixturevalue(f"{request.param}_url")
-    with site_on(url, tmp_path_factory.mktemp(f"web-{request.param}")) as s:
+    if request.param == "sqlite":
+        yield request.getfixturevalue("sqlite_site")
+        return
+    with site_on(request.getfixturevalue("postgresql_url"),
+                 tmp_path_factory.mktemp("web-postgresql")) as s:
         yield s
 
 

@@ -3,20 +3,12 @@ log in with a token, open a failed spawn, see its failed step in the failure
 colour. Without the browser the test skips locally and fails under CI=true."""
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
-from tests.web.conftest import FAIL_AT, TOKENS, Site, site_on
+from tests.web.conftest import FAIL_AT, TOKENS, Site
 
 pytestmark = pytest.mark.integration
 FAILED_RGB = "rgba(198, 40, 40, 1)"  # --failed in web/static/style.css (#c62828)
-
-
-@pytest.fixture
-def sqlite_site(sqlite_url, tmp_path) -> Iterator[Site]:
-    with site_on(sqlite_url, tmp_path) as s:
-        yield s
 
 
 def test_login_then_failed_step_in_failure_colour(browser, sqlite_site: Site):

@@ -38,60 +38,52 @@ def _login(site: Site, role: str) -> dict[str, str]:
     return {c.split("=", 1)[0]: c.split("=", 1)[1].split(";")[0] for c in set_cookies}
 
 
-@pytest.fixture(scope="module")
-def one_site(request, tmp_path_factory):
-    from tests.web.conftest import site_on
-
-    with site_on(request.getfixturevalue("sqlite_url"), tmp_path_factory.mktemp("web-auth")) as s:
-        yield s
-
-
-def test_login_sets_cookies_and_pages_need_them(one_site: Site):
-    resp, _ = _request(one_site, "GET", "/operations")
+def test_login_sets_cookies_and_pages_need_them(sqlite_site: Site):
+    resp, _ = _request(sqlite_site, "GET", "/operations")
     assert resp.status == 303 and resp.getheader("location").startswith("/login")
-    resp, body = _request(one_site, "POST", "/login", form={"token": "wrong", "next": "/"})
+    resp, body = _request(sqlite_site, "POST", "/login", form={"token": "wrong", "next": "/"})
     assert resp.status == 401 and not resp.headers.get_all("set-cookie") and "unknown token" in body
-    cookies = _login(one_site, "reader")
-    resp, body = _request(one_site, "GET", "/operations", cookies=cookies)
-    assert resp.status == 200 and one_site.failed_op[:8] in body
-    resp, body = _request(one_site, "GET", f"/api/v1/operations/{one_site.failed_op}",
+    cookies = _login(sqlite_site, "reader")
+    resp, body = _request(sqlite_site, "GET", "/operations", cookies=cookies)
+    assert resp.status == 200 and sqlite_site.failed_op[:8] in body
+    resp, body = _request(sqlite_site, "GET", f"/api/v1/operations/{sqlite_site.failed_op}",
                           cookies=cookies)
     assert resp.status == 200  # the page's live refresh reads the API with the cookie
-    resp, _ = _request(one_site, "POST", "/login",
+    resp, _ = _request(sqlite_site, "POST", "/login",
                        form={"token": TOKENS["reader"], "next": "//evil.example/"})
     assert resp.getheader("location") == "/operations"  # never an open redirect
 
 
-def test_browser_posts_need_the_csrf_token(one_site: Site):
-    cookies = _login(one_site, "operator")
-    path = f"/operations/{one_site.ok_op}/cancel"
+def test_browser_posts_need_the_csrf_token(sqlite_site: Site):
+    cookies = _login(sqlite_site, "operator")
+    path = f"/operations/{sqlite_site.ok_op}/cancel"
     for form in ({}, {"csrf": "forged"}):
-        resp, body = _request(one_site, "POST", path, cookies=cookies, form=form)
+        resp, body = _request(sqlite_site, "POST", path, cookies=cookies, form=form)
         assert resp.status == 403 and "CSRF" in body
-    resp, body = _request(one_site, "POST", f"/api/v1/operations/{one_site.ok_op}/cancel",
+    resp, body = _request(sqlite_site, "POST", f"/api/v1/operations/{sqlite_site.ok_op}/cancel",
                           cookies=cookies)
     assert resp.status == 403 and "CSRF" in body
     # With the token the request gets through to the cancel itself (it has ended: 409).
-    resp, body = _request(one_site, "POST", path, cookies=cookies,
+    resp, body = _request(sqlite_site, "POST", path, cookies=cookies,
                           form={"csrf": cookies["cf_csrf"]})
-    assert resp.status == 409 and "SUCCEEDED" in body
-    resp, body = _request(one_site, "POST", f"/api/v1/operations/{one_site.ok_op}/cancel",
+    assert resp.status == 409 and "SUCCEEDED" in body and 'id="message"' in body  # a page
+    resp, body = _request(sqlite_site, "POST", f"/api/v1/operations/{sqlite_site.ok_op}/cancel",
                           cookies=cookies, headers={"X-CSRF-Token": cookies["cf_csrf"]})
     assert resp.status == 409
     # A reader with the right CSRF token is still only a reader.
-    reader = _login(one_site, "reader")
-    resp, body = _request(one_site, "POST", path, cookies=reader, form={"csrf": reader["cf_csrf"]})
+    reader = _login(sqlite_site, "reader")
+    resp, body = _request(sqlite_site, "POST", path, cookies=reader, form={"csrf": reader["cf_csrf"]})
     assert resp.status == 403 and "operator" in body
 
 
-def test_operations_page_filters_and_pages(one_site: Site):
-    cookies = _login(one_site, "reader")
-    resp, body = _request(one_site, "GET", "/operations?kind=spawn&limit=1", cookies=cookies)
-    assert resp.status == 200 and one_site.ok_op[:8] in body and one_site.failed_op[:8] not in body
+def test_operations_page_filters_and_pages(sqlite_site: Site):
+    cookies = _login(sqlite_site, "reader")
+    resp, body = _request(sqlite_site, "GET", "/operations?kind=spawn&limit=1", cookies=cookies)
+    assert resp.status == 200 and sqlite_site.ok_op[:8] in body and sqlite_site.failed_op[:8] not in body
     assert 'rel="next"' in body and 'rel="prev"' not in body
-    resp, body = _request(one_site, "GET", "/operations?kind=spawn&limit=1&offset=1",
+    resp, body = _request(sqlite_site, "GET", "/operations?kind=spawn&limit=1&offset=1",
                           cookies=cookies)
-    assert one_site.failed_op[:8] in body and one_site.ok_op[:8] not in body
+    assert sqlite_site.failed_op[:8] in body and sqlite_site.ok_op[:8] not in body
     assert 'rel="prev"' in body and 'rel="next"' not in body
-    resp, body = _request(one_site, "GET", "/operations?state=BOGUS", cookies=cookies)
+    resp, body = _request(sqlite_site, "GET", "/operations?state=BOGUS", cookies=cookies)
     assert resp.status == 200 and "unknown state" in body  # the form stays, with the error

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from tests.web.conftest import FAIL_AT, Site, login, site_on
+from tests.web.conftest import FAIL_AT, Site, fresh_sqlite, login, site_on
 
 pytestmark = pytest.mark.integration
 SLOW = (f"[fake]\nfaults = {FAIL_AT}:execute:fail-transient-100000\n"
@@ -19,9 +19,10 @@ SLOW = (f"[fake]\nfaults = {FAIL_AT}:execute:fail-transient-100000\n"
 
 
 @pytest.fixture(scope="module")
-def slow_site(request, tmp_path_factory):
-    with site_on(request.getfixturevalue("sqlite_url"), tmp_path_factory.mktemp("web-live"),
-                 SLOW) as s:
+def slow_site(tmp_path_factory):
+    """Its own SQLite file: the shared site's database stays intact."""
+    tmp = tmp_path_factory.mktemp("web-live")
+    with site_on(fresh_sqlite(tmp), tmp, SLOW) as s:
         yield s
 
 
