@@ -3,6 +3,7 @@ JSON error every refused API request gets."""
 from __future__ import annotations
 
 import contextlib
+import logging
 from pathlib import Path
 
 from oslo_config import cfg
@@ -12,9 +13,11 @@ from starlette.responses import HTMLResponse, RedirectResponse
 from starlette.routing import Mount
 from starlette.staticfiles import StaticFiles
 
+from conductor.logs import redact
 from web import api, pages
 from web.context import ApiError, WebState, json_response
 
+LOG = logging.getLogger(__name__)
 STATIC = Path(__file__).resolve().parent / "static"
 
 
@@ -40,6 +43,15 @@ async def _not_found(request: Request, exc):
                              getattr(exc, "status_code", 404))
 
 
+async def _internal(request: Request, exc: Exception):
+    """A bug or a lost database: logged here, one line for the client."""
+    LOG.error("%s %s failed: %s", request.method, request.url.path, redact(str(exc)))
+    if request.url.path.startswith("/api/"):
+        return json_response({"error": f"internal error: {type(exc).__name__}"}, 500)
+    return HTMLResponse(pages.message_page(f"internal error: {type(exc).__name__}",
+                                           "/operations"), 500)
+
+
 def build_app(conf: cfg.ConfigOpts) -> Starlette:
     ws = WebState.open(conf)
 
@@ -50,7 +62,8 @@ def build_app(conf: cfg.ConfigOpts) -> Starlette:
 
     app = Starlette(
         routes=api.routes + pages.routes + [Mount("/static", StaticFiles(directory=STATIC))],
-        exception_handlers={ApiError: _api_error, 404: _not_found, 405: _not_found},
+        exception_handlers={ApiError: _api_error, 404: _not_found, 405: _not_found,
+                            Exception: _internal},
         lifespan=lifespan)
     app.state.web = ws
     return app
