@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import http.client
+import re
 from urllib.parse import urlencode, urlsplit
 
 import pytest
@@ -85,5 +86,10 @@ def test_operations_page_filters_and_pages(sqlite_site: Site):
                           cookies=cookies)
     assert sqlite_site.failed_op[:8] in body and sqlite_site.ok_op[:8] not in body
     assert 'rel="prev"' in body and 'rel="next"' not in body
+    # Nothing is fetched from the internet: every asset is the server's own.
+    assert "//" not in "".join(re.findall(r'(?:src|href)="([^"]*)"', body))
+    for asset in ("/static/app.js", "/static/style.css"):
+        resp, text = _request(sqlite_site, "GET", asset)
+        assert resp.status == 200 and "http" not in text
     resp, body = _request(sqlite_site, "GET", "/operations?state=BOGUS", cookies=cookies)
     assert resp.status == 200 and "unknown state" in body  # the form stays, with the error
