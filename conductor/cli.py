@@ -168,6 +168,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="carry the fixes out, as reconcile operations (see `ops list`)")
     cmd("conductor", cmd_conductor, "serve: claim and run submitted operations until SIGTERM")
     cmd("inventory", cmd_inventory, "what each host's driver holds, and open claims", json_flag=True)
+    c = cmd("serve", cmd_serve, "serve the REST API (/api/v1) and the web dashboard (web/)")
+    c.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    c.add_argument("--port", type=int, default=8080, help="port (default 8080)")
+    c.add_argument("--hash-token", action="store_true",
+                   help="print the SHA-256 of the token read from stdin, for [web] tokens; serve nothing")
     return p
 
 
@@ -347,6 +352,17 @@ def cmd_conductor(args) -> int:
     from conductor import service  # the service's imports are only needed here
     with conductor_of(args) as c:
         return service.serve(c)
+
+
+def cmd_serve(args) -> int:
+    from web import auth, options as web_options, server  # only `serve` needs the web stack
+    if args.hash_token:
+        return server.hash_token_from_stdin()
+    web_options.register(args.conf)
+    try:
+        return server.serve(args.conf, args.host, args.port)
+    except auth.BadTokenConfig as e:
+        raise UserError(str(e)) from None
 
 
 # -- cancel and repair (conductor/cancel.py, conductor/repair.py) -------------

@@ -12,6 +12,7 @@ export COMPUTEFLOW_TEST_GUEST_DIR=${COMPUTEFLOW_TEST_GUEST_DIR:-/var/tmp/compute
 $SUDO scripts/libvirt/build_guest.sh "$COMPUTEFLOW_TEST_GUEST_DIR"
 $SUDO scripts/libvirt/start_daemon.sh
 $SUDO scripts/libvirt/start_second_daemon.sh  # the live-migration tier's destination
+scripts/web/install.sh  # headless Chromium + chromedriver for tests/web's browser test
 set +e
 .venv/bin/python -m pytest -q -p no:cacheprovider --durations=25 -m "not disruptive" "$@"
 rc=$?

@@ -22,9 +22,10 @@ def test_every_package_exposes_its_options():
     import drivers
     import flows
     import persistence
+    import web
 
-    groups = {g for pkg in (conductor, drivers, flows, persistence) for g, _ in pkg.list_opts()}
-    assert {"DEFAULT", "database", "conductor", "fake"} <= groups
+    groups = {g for pkg in (conductor, drivers, flows, persistence, web) for g, _ in pkg.list_opts()}
+    assert {"DEFAULT", "database", "conductor", "fake", "web"} <= groups
     names = {o.name for pkg in (drivers, flows) for _, opts in pkg.list_opts() for o in opts}
     assert {"compute_driver", "use_cow_images", "preallocate_images", "vif_plugging_timeout",
             "vif_plugging_is_fatal", "default_ephemeral_format"} <= names

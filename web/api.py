@@ -1,0 +1,185 @@
+"""The JSON REST API, /api/v1. Reads need the reader role, actions operator.
+
+Every error is one JSON object `{"error": "..."}` with its status (400 bad
+input, 401 no or unknown token, 403 role too low, 404 unknown id, 409 the
+instance or operation is not in a state that allows it), and a refused
+request writes nothing. Secret parameters travel only in a POST body and are
+never logged or echoed.
+"""
+from __future__ import annotations
+
+import json
+import logging
+
+from starlette.requests import Request
+from starlette.routing import Route
+
+from conductor import cancel as cancel_mod
+from conductor.api import SpawnRequest
+from conductor.logs import remember_secret
+from flows import catalog
+from flows.errors import InstanceLocked, InvalidRequest, InvalidState, NotFound, OperationError
+from persistence import operations
+from web import auth, views
+from web.context import ApiError, json_response, require, state
+from web.openapi import OPENAPI
+
+LOG = logging.getLogger(__name__)
+
+
+def health(request: Request):
+    return json_response({"status": "ok"})
+
+
+def openapi(request: Request):
+    return json_response(OPENAPI)
+
+
+def list_operations(request: Request):
+    require(request, auth.READER)
+    f, limit, offset = views.history_query(request.query_params)
+    with state(request).db.session() as s:
+        return json_response(views.history_page(s, f, limit, offset))
+
+
+def show_operation(request: Request):
+    require(request, auth.READER)
+    with state(request).db.session() as s:
+        return json_response(views.operation_detail(s, request.path_params["op_id"],
+                                                    state(request).conf.conductor.step_timeout))
+
+
+def list_instances(request: Request):
+    require(request, auth.READER)
+    deleted = request.query_params.get("deleted", "false").lower()
+    if deleted not in ("true", "false"):
+        raise ApiError(400, f"deleted must be true or false (got {deleted!r})")
+    with state(request).db.session() as s:
+        return json_response({"instances": views.instances_list(s, deleted == "true")})
+
+
+def list_hosts(request: Request):
+    require(request, auth.READER)
+    with state(request).db.session() as s:
+        return json_response({"hosts": views.hosts_list(s)})
+
+
+def do_cancel(request: Request, op_id: str, role: str) -> dict:
+    """Cancel as `computeflow cancel` does (no wait); shared with the page's button.
+
+    An operation this server runs itself (submitted here, our conductor owns
+    it) only gets the request recorded: its running thread stops it at the
+    next step. cancel.cancel would take it over as its own owner and run the
+    flow a second time beside that thread."""
+    ws = state(request)
+    by = f"web ({role}) {cancel_mod.operator()}"
+    with ws.db.session() as s:
+        op = operations.get(s, op_id)
+        if op is None:
+            raise ApiError(404, operations.not_found(s, op_id))
+        ours = ws.runs_here(op.owner)
+        if ours:
+            try:
+                o = cancel_mod.request(s, op.id, by)
+            except operations.Refused as e:
+                raise ApiError(409, str(e)) from None
+            return {"id": o.op_id, "kind": o.kind, "state": o.state, "error": op.error,
+                    "owner": o.owner, "ended": o.state in operations.FINAL_STATES}
+    try:
+        res = cancel_mod.cancel(ws.conductor(), op.id, by)
+    except operations.Refused as e:
+        raise ApiError(409, str(e)) from None
+    o = res.outcome
+    return {"id": o.op_id, "kind": o.kind, "state": res.state, "error": res.error,
+            "owner": o.owner, "ended": res.ended}
+
+
+async def cancel_operation(request: Request):
+    role = require(request, auth.OPERATOR)
+    from starlette.concurrency import run_in_threadpool
+
+    return json_response(await run_in_threadpool(do_cancel, request, request.path_params["op_id"],
+                                                 role), 202)
+
+
+def _submit(request: Request, body: dict) -> str:
+    """Validate and record the operation (nothing written on a refusal), then
+    run it here unless a jobboard's conductors run it."""
+    ws = state(request)
+    kind_name, instance, params = body.get("kind"), body.get("instance"), body.get("parameters", {})
+    if not isinstance(kind_name, str) or not isinstance(instance, str) or not isinstance(params, dict):
+        raise ApiError(400, 'body must be {"kind": str, "instance": str, "parameters": {...}}')
+    unknown = set(body) - {"kind", "instance", "parameters"}
+    if unknown:
+        raise ApiError(400, f"unknown field(s): {', '.join(sorted(unknown))}")
+    try:
+        kind = catalog.get(kind_name)
+    except KeyError as e:
+        raise ApiError(400, str(e.args[0])) from None
+    for p in kind.params if kind_name != "spawn" else ():
+        if p.secret and isinstance(params.get(p.name), str):
+            remember_secret(params[p.name])
+    c = ws.conductor()
+    try:
+        if kind_name == "spawn":
+            allowed = {"flavor", "image", "host", "networks", "admin_password"}
+            if set(params) - allowed:
+                raise ApiError(400, f"spawn takes no parameter {', '.join(sorted(set(params) - allowed))}")
+            if not all(isinstance(params.get(k), str) for k in ("flavor", "image")):
+                raise ApiError(400, "spawn needs flavor and image (strings)")
+            password = params.get("admin_password")
+            if password is not None:
+                if not isinstance(password, str):
+                    raise ApiError(400, "spawn: admin_password must be str")
+                remember_secret(password)
+            networks = params.get("networks") or ["default"]
+            if not isinstance(networks, list) or not all(isinstance(n, str) for n in networks):
+                raise ApiError(400, "spawn: networks must be a list of strings")
+            handle = c.submit_spawn(SpawnRequest(
+                name=instance, flavor=params["flavor"], image=params["image"],
+                host=params.get("host"), networks=tuple(networks), admin_password=password))
+        else:
+            handle = c.submit(kind_name, instance, **params)
+    except (InstanceLocked, InvalidState) as e:
+        raise ApiError(409, str(e)) from None
+    except NotFound as e:
+        raise ApiError(404 if "instance" in str(e) and kind_name != "spawn" else 400, str(e)) from None
+    except (InvalidRequest, OperationError) as e:
+        raise ApiError(400, str(e)) from None
+    op_id = handle.id
+    if not ws.conf.conductor.jobboard:
+        ws.runs.submit(_run_logged, c, op_id)
+    return op_id
+
+
+def _run_logged(c, op_id: str) -> None:
+    try:
+        c.run(op_id)
+    except Exception:  # noqa: BLE001 - the outcome is in the database; say it here too
+        LOG.exception("operation %s", op_id)
+
+
+async def submit_operation(request: Request):
+    require(request, auth.OPERATOR)
+    try:
+        body = json.loads(await request.body() or b"null")
+    except (ValueError, UnicodeDecodeError):
+        raise ApiError(400, "the body is not JSON") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, 'body must be {"kind": str, "instance": str, "parameters": {...}}')
+    from starlette.concurrency import run_in_threadpool
+
+    op_id = await run_in_threadpool(_submit, request, body)
+    return json_response({"id": op_id, "href": f"/api/v1/operations/{op_id}"}, 202)
+
+
+routes = [
+    Route("/api/v1/health", health),
+    Route("/api/v1/openapi.json", openapi),
+    Route("/api/v1/operations", list_operations, methods=["GET"]),
+    Route("/api/v1/operations", submit_operation, methods=["POST"]),
+    Route("/api/v1/operations/{op_id}", show_operation),
+    Route("/api/v1/operations/{op_id}/cancel", cancel_operation, methods=["POST"]),
+    Route("/api/v1/instances", list_instances),
+    Route("/api/v1/hosts", list_hosts),
+]

@@ -1,0 +1,69 @@
+"""The Starlette application: API routes, pages, static files, and the
+JSON error every refused API request gets."""
+from __future__ import annotations
+
+import contextlib
+import logging
+from pathlib import Path
+
+from oslo_config import cfg
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse
+from starlette.routing import Mount
+from starlette.staticfiles import StaticFiles
+
+from conductor.logs import redact
+from web import api, pages
+from web.context import ApiError, WebState, json_response
+
+LOG = logging.getLogger(__name__)
+STATIC = Path(__file__).resolve().parent / "static"
+
+
+async def _api_error(request: Request, err: ApiError):
+    """JSON for the API; for a page, the login form (401) or a short HTML page."""
+    if request.url.path.startswith("/api/"):
+        return json_response({"error": err.message}, err.status)
+    if err.status == 401:
+        return RedirectResponse("/login", 303)
+    back = request.headers.get("referer", "/operations")
+    body = pages.message_page(err.message, back if back.startswith(str(request.base_url)) or
+                              back.startswith("/") else "/operations")
+    return HTMLResponse(body, err.status)
+
+
+async def _not_found(request: Request, exc):
+    if request.url.path.startswith("/api/"):
+        status = getattr(exc, "status_code", 404)
+        return json_response({"error": getattr(exc, "detail", "not found")}, status)
+    from starlette.responses import PlainTextResponse
+
+    return PlainTextResponse(str(getattr(exc, "detail", "not found")),
+                             getattr(exc, "status_code", 404))
+
+
+async def _internal(request: Request, exc: Exception):
+    """A bug or a lost database: logged here, one line for the client."""
+    LOG.error("%s %s failed: %s", request.method, request.url.path, redact(str(exc)))
+    if request.url.path.startswith("/api/"):
+        return json_response({"error": f"internal error: {type(exc).__name__}"}, 500)
+    return HTMLResponse(pages.message_page(f"internal error: {type(exc).__name__}",
+                                           "/operations"), 500)
+
+
+def build_app(conf: cfg.ConfigOpts) -> Starlette:
+    ws = WebState.open(conf)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        yield
+        ws.close()
+
+    app = Starlette(
+        routes=api.routes + pages.routes + [Mount("/static", StaticFiles(directory=STATIC))],
+        exception_handlers={ApiError: _api_error, 404: _not_found, 405: _not_found,
+                            Exception: _internal},
+        lifespan=lifespan)
+    app.state.web = ws
+    return app

@@ -1,0 +1,262 @@
+"""The dashboard's HTML pages, rendered on the server from views.py's dicts.
+
+Plain HTML, one stylesheet and one small script from web/static/ (nothing is
+fetched from the internet). A page without a valid cookie sends the browser
+to the login form.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import html
+from urllib.parse import parse_qs, urlencode
+
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.routing import Route
+
+from web import auth, views
+from web.context import ApiError, caller_role, require, state
+
+e = html.escape
+ACTIVE = {"PENDING", "RUNNING", "REVERTING"}
+
+
+def _page(title: str, body: str, role: str | None = None, csrf: str = "") -> HTMLResponse:
+    who = (f'<form method="post" action="/logout" class="who">{role} '
+           f'<input type="hidden" name="csrf" value="{e(csrf)}"><button>log out</button></form>'
+           if role else "")
+    return HTMLResponse(
+        f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{e(title)} - '
+        f'computeflow</title><link rel="stylesheet" href="/static/style.css"></head><body>'
+        f'<header><a href="/operations">computeflow</a> {who}</header><main>{body}</main>'
+        f'<script src="/static/app.js"></script></body></html>')
+
+
+async def _form(request: Request) -> dict[str, str]:
+    """An urlencoded form's fields (the pages post nothing else; no multipart)."""
+    if request.headers.get("content-type", "").split(";")[0].strip() != \
+            "application/x-www-form-urlencoded":
+        raise ApiError(400, "expected a form (application/x-www-form-urlencoded)")
+    body = (await request.body()).decode("utf-8", "replace")
+    return {k: v[0] for k, v in parse_qs(body, keep_blank_values=True).items()}
+
+
+def message_page(message: str, back: str) -> bytes:
+    """A refused page action (403, 409, ...): the reason and the way back."""
+    return _page("refused", f'<p class="error" id="message">{e(message)}</p>'
+                 f'<p><a href="{e(back)}">back</a></p>').body
+
+
+def _viewer(request: Request) -> str | None:
+    role, _ = caller_role(request)
+    return role
+
+
+def _to_login(request: Request) -> RedirectResponse:
+    return RedirectResponse("/login?" + urlencode({"next": request.url.path}), 303)
+
+
+# -- login -------------------------------------------------------------------
+def login_form(request: Request, error: str = "") -> HTMLResponse:
+    nxt = request.query_params.get("next", "/operations")
+    msg = f'<p class="error">{e(error)}</p>' if error else ""
+    return _page("log in", f'<h1>Log in</h1>{msg}<form method="post" action="/login">'
+                 f'<input type="hidden" name="next" value="{e(nxt)}">'
+                 '<label>Token <input type="password" name="token" id="token" autofocus '
+                 'autocomplete="current-password"></label> <button id="login">Log in</button>'
+                 '</form>')
+
+
+async def login(request: Request) -> Response:
+    if request.method == "GET":
+        return login_form(request)
+    form = await _form(request)
+    token = str(form.get("token", ""))
+    if state(request).tokens.role_of(token) is None:
+        return HTMLResponse(login_form(request, "unknown token").body, 401)
+    nxt = str(form.get("next", "/operations"))
+    if not nxt.startswith("/") or nxt.startswith("//"):
+        nxt = "/operations"  # never an open redirect
+    resp = RedirectResponse(nxt, 303)
+    resp.set_cookie(auth.TOKEN_COOKIE, token.strip(), httponly=True, samesite="strict", path="/")
+    resp.set_cookie(auth.CSRF_COOKIE, auth.new_csrf(), httponly=False, samesite="strict", path="/")
+    return resp
+
+
+async def logout(request: Request) -> Response:
+    form = await _form(request)
+    if not auth.csrf_ok(request.cookies.get(auth.CSRF_COOKIE), form.get(auth.CSRF_FIELD)):
+        raise ApiError(403, "missing or wrong CSRF token")
+    resp = RedirectResponse("/login", 303)
+    resp.delete_cookie(auth.TOKEN_COOKIE, path="/")
+    resp.delete_cookie(auth.CSRF_COOKIE, path="/")
+    return resp
+
+
+# -- the operations list ---------------------------------------------------------
+def _filters_form(params) -> str:
+    fields = "".join(
+        f'<label>{k} <input name="{k}" value="{e(params.get(k, ""))}"></label> '
+        for k in views.FILTERS)
+    return (f'<form method="get" action="/operations" class="filters">{fields}'
+            f'<label>limit <input name="limit" size="4" value="{e(params.get("limit", "50"))}">'
+            '</label> <button>filter</button></form>')
+
+
+def operations_page(request: Request) -> Response:
+    role = _viewer(request)
+    if role is None:
+        return _to_login(request)
+    params = request.query_params
+    try:
+        f, limit, offset = views.history_query(params)
+        with state(request).db.session() as s:
+            page = views.history_page(s, f, limit, offset)
+    except ApiError as err:
+        return _page("operations", f'<h1>Operations</h1>{_filters_form(params)}'
+                     f'<p class="error">{e(err.message)}</p>', role,
+                     request.cookies.get(auth.CSRF_COOKIE, ""))
+    rows = "".join(
+        f'<tr class="op-{o["state"].lower()}"><td><a href="/operations/{o["id"]}">{o["id"][:8]}'
+        f'</a></td><td>{e(o["kind"])}</td><td>{e(o["instance_name"] or "")}</td>'
+        f'<td class="state">{o["state"]}</td><td>{e(o["created_at"] or "")}</td>'
+        f'<td>{"" if o["duration_s"] is None else o["duration_s"]}</td>'
+        f'<td>{e((o["error"] or "")[:80])}</td></tr>' for o in page["operations"])
+    keep = {k: v for k, v in params.items() if k != "offset" and v}
+    nav = []
+    if offset > 0:
+        nav.append(f'<a href="/operations?{urlencode(keep | {"offset": max(0, offset - limit)})}"'
+                   ' rel="prev">newer</a>')
+    if page["more"]:
+        nav.append(f'<a href="/operations?{urlencode(keep | {"offset": offset + limit})}" '
+                   'rel="next">older</a>')
+    body = (f'<h1>Operations</h1>{_filters_form(params)}<table id="operations"><thead><tr>'
+            '<th>id</th><th>kind</th><th>instance</th><th>state</th><th>created (UTC)</th>'
+            f'<th>seconds</th><th>error</th></tr></thead><tbody>{rows}</tbody></table>'
+            f'<nav>{" ".join(nav)}</nav>')
+    return _page("operations", body, role, request.cookies.get(auth.CSRF_COOKIE, ""))
+
+
+# -- one operation -----------------------------------------------------------------
+def _t(value: str | None) -> dt.datetime | None:
+    return dt.datetime.fromisoformat(value) if value else None
+
+
+def timeline_svg(op: dict) -> str:
+    """One row per step: its execute span (filled) and revert span (hatched),
+    placed on the operation's time axis. Spans are drawn from the step's start
+    and its phase times; retries' waits are not work and are not drawn."""
+    steps = op["steps"]
+    starts = [_t(st["started_at"]) for st in steps if st["started_at"]]
+    if not starts:
+        return '<p class="muted">no step has run yet</p>'
+    t0 = min(starts)
+    ends = [_t(st["ended_at"]) for st in steps if st["ended_at"]] + starts
+    total = max(0.001, (max(ends) - t0).total_seconds())
+    width, label, row = 900, 240, 18
+    scale = (width - label - 10) / total
+    bars = []
+    for n, st in enumerate(steps):
+        y = n * row
+        bars.append(f'<text x="0" y="{y + 13}">{e(st["step"])}</text>')
+        if not st["started_at"]:
+            continue
+        x = label + (_t(st["started_at"]) - t0).total_seconds() * scale
+        ex = (st["execute_s"] or 0) * scale
+        bars.append(f'<rect class="exec {st["class"]}" x="{x:.1f}" y="{y + 3}" '
+                    f'width="{max(ex, 2):.1f}" height="{row - 6}"><title>{e(st["step"])} '
+                    f'execute {st["execute_s"] or 0:.3f}s, {st["attempts"]} tries</title></rect>')
+        if st["revert_s"] is not None and st["ended_at"]:
+            rx = (_t(st["ended_at"]) - t0).total_seconds() * scale + label - st["revert_s"] * scale
+            bars.append(f'<rect class="revert" x="{rx:.1f}" y="{y + 3}" '
+                        f'width="{max(st["revert_s"] * scale, 2):.1f}" height="{row - 6}">'
+                        f'<title>{e(st["step"])} revert {st["revert_s"]:.3f}s, '
+                        f'{st["revert_attempts"]} tries</title></rect>')
+    height = len(steps) * row + 20
+    axis = (f'<text x="{label}" y="{height - 4}">0s</text><text x="{width - 60}" '
+            f'y="{height - 4}">{total:.3f}s</text>')
+    return (f'<svg id="timeline" xmlns="http://www.w3.org/2000/svg" width="{width}" '
+            f'height="{height}" viewBox="0 0 {width} {height}">{"".join(bars)}{axis}</svg>')
+
+
+def _span(seconds: float | None, tries: int) -> str:
+    if seconds is None and not tries:
+        return ""
+    text = "-" if seconds is None else f"{seconds * 1000:.1f} ms"
+    return text + (f" ({tries} tries)" if tries > 1 else "")
+
+
+def operation_live(op: dict) -> str:
+    """The part of the page that live refresh replaces."""
+    steps = "".join(
+        f'<tr class="step {st["class"]}" data-step="{e(st["step"])}"><td>{e(st["step"])}</td>'
+        f'<td class="state">{st["state"]}</td><td>{e(st["started_at"] or "")}</td>'
+        f'<td>{_span(st["execute_s"], st["attempts"])}</td>'
+        f'<td>{_span(st["revert_s"], st["revert_attempts"])}</td>'
+        f'<td>{e(st["error"] or "")}</td></tr>' for st in op["steps"])
+    live = op["live"]
+    facts = "".join(f"<li>{e(n)}</li>" for n in live["notes"])
+    return (f'<p>state <b id="op-state" class="op-{op["state"].lower()}">{op["state"]}</b>'
+            f'{" (" + e(live["situation"]) + ")" if live["situation"] else ""}'
+            f' &middot; started {e(op["started_at"] or "-")} &middot; finished '
+            f'{e(op["finished_at"] or "-")}</p>'
+            f'{"<ul>" + facts + "</ul>" if facts else ""}'
+            f'{"<p class=error>" + e(op["error"]) + "</p>" if op["error"] else ""}'
+            '<h2>Steps</h2><table id="steps"><thead><tr><th>step</th><th>state</th>'
+            '<th>started (UTC)</th><th>execute</th><th>revert</th><th>error</th></tr></thead>'
+            f'<tbody>{steps}</tbody></table><h2>Timeline</h2>{timeline_svg(op)}'
+            '<p class="legend"><span class="key ok"></span>succeeded <span class="key failed">'
+            '</span>failed <span class="key reverted"></span>reverted <span class="key running">'
+            '</span>running <span class="key revert"></span>revert span</p>')
+
+
+def operation_page(request: Request) -> Response:
+    role = _viewer(request)
+    if role is None:
+        return _to_login(request)
+    op_id = request.path_params["op_id"]
+    try:
+        with state(request).db.session() as s:
+            op = views.operation_detail(s, op_id, state(request).conf.conductor.step_timeout)
+    except ApiError as err:
+        return HTMLResponse(_page("operation", f'<p class="error">{e(err.message)}</p>',
+                                  role).body, err.status)
+    if request.query_params.get("fragment") == "live":
+        return HTMLResponse(operation_live(op))
+    csrf = request.cookies.get(auth.CSRF_COOKIE, "")
+    can_cancel = auth.allows(role, auth.OPERATOR) and op["state"] in ACTIVE
+    cancel = (f'<form method="post" action="/operations/{op["id"]}/cancel">'
+              f'<input type="hidden" name="csrf" value="{e(csrf)}"><button id="cancel">cancel'
+              '</button></form>' if can_cancel else "")
+    params = " ".join(f"{e(k)}={e(str(v))}" for k, v in op["parameters"].items())
+    body = (f'<h1>{e(op["kind"])} {e(op["instance_name"] or "")}</h1>'
+            f'<p class="muted">operation {op["id"]} &middot; hosts {e(", ".join(op["hosts"]))}'
+            f' &middot; {params}</p>{cancel}'
+            f'<div id="live" data-op="{op["id"]}" data-active="{str(op["state"] in ACTIVE).lower()}">'
+            f'{operation_live(op)}</div>')
+    return _page(f"operation {op['id'][:8]}", body, role, csrf)
+
+
+async def cancel_from_page(request: Request) -> Response:
+    form = await _form(request)
+    role = require(request, auth.OPERATOR, form.get(auth.CSRF_FIELD))
+    from starlette.concurrency import run_in_threadpool
+    from web.api import do_cancel
+
+    op_id = request.path_params["op_id"]
+    await run_in_threadpool(do_cancel, request, op_id, role)
+    return RedirectResponse(f"/operations/{op_id}", 303)
+
+
+def home(request: Request) -> Response:
+    return RedirectResponse("/operations", 303)
+
+
+routes = [
+    Route("/", home),
+    Route("/login", login, methods=["GET", "POST"]),
+    Route("/logout", logout, methods=["POST"]),
+    Route("/operations", operations_page),
+    Route("/operations/{op_id}", operation_page),
+    Route("/operations/{op_id}/cancel", cancel_from_page, methods=["POST"]),
+]

@@ -1,0 +1,125 @@
+"""The read side shared by the API and the pages: request values checked and
+turned into queries, records turned into dicts (conductor/render.py's)."""
+from __future__ import annotations
+
+import datetime as dt
+
+from conductor import liveness, render
+from flows import catalog
+from persistence import flowlog, hosts, instances, operations
+from persistence.flowlog import StepSummary
+from persistence.models import utcnow
+from web.context import ApiError
+
+STATES = operations.ACTIVE_STATES + operations.FINAL_STATES
+FILTERS = ("kind", "state", "instance", "host", "since", "until", "error")
+MAX_LIMIT, MAX_OFFSET = 500, 100_000
+
+
+def _utc_time(value: str | None, name: str) -> dt.datetime | None:
+    if not value:
+        return None
+    try:
+        t = dt.datetime.fromisoformat(value.replace("Z", "+00:00") if value.endswith("Z") else value)
+    except ValueError:
+        raise ApiError(400, f"{name} {value!r} is not an ISO-8601 time "
+                            "(e.g. 2026-12-04T05:43:03Z or 2026-12-04)") from None
+    return t.astimezone(dt.timezone.utc).replace(tzinfo=None) if t.tzinfo else t
+
+
+def _int(value: str | None, name: str, default: int, low: int, high: int) -> int:
+    if value in (None, ""):
+        return default
+    try:
+        n = int(value)
+    except ValueError:
+        raise ApiError(400, f"{name} must be an integer (got {value!r})") from None
+    if not low <= n <= high:
+        raise ApiError(400, f"{name} must be between {low} and {high} (got {n})")
+    return n
+
+
+def history_query(params) -> tuple[operations.HistoryFilter, int, int]:
+    """Filters, limit and offset from query parameters; a typo is a 400, not an empty list."""
+    unknown = set(params) - set(FILTERS) - {"limit", "offset"}
+    if unknown:
+        raise ApiError(400, f"unknown query parameter(s): {', '.join(sorted(unknown))}")
+    get = lambda k: params.get(k) or None  # noqa: E731 - an empty form field is no filter
+    kind, state = get("kind"), get("state")
+    if kind is not None:
+        try:
+            catalog.get(kind)
+        except KeyError as e:
+            raise ApiError(400, str(e.args[0])) from None
+    if state is not None and state.upper() not in STATES:
+        raise ApiError(400, f"unknown state {state!r}: one of {', '.join(STATES)}")
+    f = operations.HistoryFilter(
+        instance=get("instance"), kind=kind, state=state.upper() if state else None,
+        host=get("host"), since=_utc_time(get("since"), "since"),
+        until=_utc_time(get("until"), "until"), error=get("error"))
+    return (f, _int(params.get("limit"), "limit", 50, 1, MAX_LIMIT),
+            _int(params.get("offset"), "offset", 0, 0, MAX_OFFSET))
+
+
+def history_page(s, f: operations.HistoryFilter, limit: int, offset: int) -> dict:
+    """One page of `ops list`, newest first; `more`: a next page exists."""
+    if f.host is not None and hosts.get_host(s, f.host) is None:
+        raise ApiError(400, f"unknown host {f.host!r}")
+    if f.instance is not None and not instances.ever_named(s, f.instance):
+        raise ApiError(400, f"unknown instance {f.instance!r} (never had that name or uuid)")
+    # history() has no offset: read up to the page's end (bounded by MAX_OFFSET) and slice.
+    rows = operations.history(s, f, limit=offset + limit + 1)[offset:]
+    now = utcnow()
+    return {"operations": [render.history_dict(o, name, now) | {"parameters": render.shown_parameters(o)}
+                           for o, name in rows[:limit]],
+            "limit": limit, "offset": offset, "more": len(rows) > limit}
+
+
+def step_class(st: StepSummary) -> str:
+    """How a step is coloured: failed (its execute failed), revert-failed,
+    reverted, ok, running or pending."""
+    if st.state == "REVERT_FAILURE":
+        return "revert-failed"
+    if st.error and st.state in ("FAILURE", "REVERTED"):
+        return "failed"
+    if st.state == "REVERTED":
+        return "reverted"
+    if st.state == "SUCCESS":
+        return "ok"
+    if st.state in ("RUNNING", "REVERTING", "RETRYING"):
+        return "running"
+    return "pending"
+
+
+def operation_detail(s, op_id: str, step_timeout: float) -> dict:
+    """`ops show --json --transitions`, plus each step's colour class."""
+    op = operations.get(s, op_id)
+    if op is None:
+        raise ApiError(404, operations.not_found(s, op_id))
+    rows = flowlog.entries(s, op.id)  # as `ops show`: the flow log is keyed by operation
+    steps = flowlog.summarize(rows)
+    live = liveness.facts(op, steps, step_timeout)
+    name = None
+    if op.instance_uuid:
+        inst = instances.get(s, op.instance_uuid)
+        name = inst.name if inst is not None else (op.parameters or {}).get("name")
+    return render.operation_dict(op) | {
+        "parameters": render.shown_parameters(op),  # secrets as `(secret)`
+        "instance_name": name,
+        "hosts": render.operation_hosts(op),
+        "live": live.to_dict(), "cancel_requested_by": op.cancel_requested_by,
+        "lease_expires_at": render._ts(op.lease_expires_at),
+        "steps": [render.step_dict(st) | {"class": step_class(st)} for st in steps],
+        "transitions": [render.transition_dict(r) for r in rows],
+        "progress": [render.transition_dict(r) for r in render.progress_notes(rows)],
+    }
+
+
+def instances_list(s, include_deleted: bool) -> list[dict]:
+    down = {h.name for h in hosts.list_hosts(s) if h.down}
+    return [render.instance_dict(i) | {"host_down": i.host in down}
+            for i in instances.list_live(s, include_deleted=include_deleted)]
+
+
+def hosts_list(s) -> list[dict]:
+    return [render.host_dict(h) for h in hosts.list_hosts(s)]
