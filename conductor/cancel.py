@@ -85,13 +85,15 @@ class CancelResult:
 def cancel(conductor, op_id: str, by: str, *, wait: float = 0.0) -> CancelResult:
     """Cancel `op_id` (see the module docstring); wait up to `wait` seconds
     for a live owner to finish reverting it. Raises operations.Refused."""
-    from conductor.runner import LostOwnership, NotOwner  # runner imports this module
+    from conductor.runner import LostOwnership, NotOwner  # the runner's stack only when needed
 
     with conductor.db.session() as s:
         op = operations.get(s, op_id)
         dead = (op.owner,) if op is not None and op.owner and ownership.is_dead(op.owner) else ()
         outcome = request(s, op_id, by, dead)
-    if not outcome.done:
+    # This very process runs it (an API server's own run): its lease keeper flags
+    # the request; taking it over here would run the flow a second time.
+    if not outcome.done and outcome.owner != conductor.owner:
         try:  # the owner is gone: take it over; its first step sees the request
             conductor.runner.run(outcome.op_id, dead_owners=dead)
         except (NotOwner, LostOwnership):
