@@ -2,24 +2,17 @@
 instances (list, show, events)."""
 from __future__ import annotations
 
-import datetime as dt
-
-from conductor import liveness, render
+from conductor import history, liveness, render
 from conductor.cli_repair import cmd_ops_needs_repair
 from conductor.cli_support import EXIT_OK, UserError, database_of, emit
-from flows import catalog
 from persistence import events, flowlog, hosts, instances, operations
 from persistence.models import utcnow
-
-
-def _down_hosts(s) -> set[str]:
-    return {h.name for h in hosts.list_hosts(s) if h.down}
 
 
 def cmd_instances_list(args) -> int:
     with database_of(args).session() as s:
         rows = instances.list_live(s, include_deleted=args.all)
-        down = _down_hosts(s)
+        down = hosts.down_names(s)
         emit(args, [render.instance_dict(i) | {"host_down": i.host in down} for i in rows],
              render.instances_table(rows, down))
     return EXIT_OK
@@ -31,7 +24,7 @@ def cmd_instances_show(args) -> int:
         if inst is None:
             raise UserError(f"unknown instance {args.name!r}")
         last = operations.last_for_instance(s, inst.uuid)
-        down = inst.host in _down_hosts(s)
+        down = inst.host in hosts.down_names(s)
         emit(args, render.instance_show_dict(inst, last, down),
              render.instance_text(inst, last, down))
     return EXIT_OK
@@ -49,38 +42,16 @@ def cmd_instances_events(args) -> int:
     return EXIT_OK
 
 
-def _utc_time(value: str | None, flag: str) -> dt.datetime | None:
-    """An ISO-8601 time as naive UTC (how times are stored); no offset means UTC."""
-    if value is None:
-        return None
-    try:
-        t = dt.datetime.fromisoformat(value)
-    except ValueError:
-        raise UserError(f"{flag} {value!r} is not an ISO-8601 time "
-                        "(e.g. 2026-12-04T05:43:03Z or 2026-12-04)") from None
-    return t.astimezone(dt.timezone.utc).replace(tzinfo=None) if t.tzinfo else t
-
-
 def _history_filter(args) -> operations.HistoryFilter:
-    """`ops list`'s filters, each checked that needs no database: a typo is an
-    error, not an empty list."""
-    if args.kind is not None:
-        try:
-            catalog.get(args.kind)
-        except KeyError as e:
-            raise UserError(str(e.args[0])) from None
-    return operations.HistoryFilter(
-        instance=args.instance, kind=args.kind, state=args.state, host=args.host,
-        since=_utc_time(args.since, "--since"), until=_utc_time(args.until, "--until"),
-        error=args.error)
-
-
-def _check_names(s, f: operations.HistoryFilter) -> None:
-    """The host and instance a filter names exist (an instance: ever, deleted too)."""
-    if f.host is not None and hosts.get_host(s, f.host) is None:
-        raise UserError(f"unknown host {f.host!r}")
-    if f.instance is not None and not instances.ever_named(s, f.instance):
-        raise UserError(f"unknown instance {f.instance!r} (never had that name or uuid)")
+    """`ops list`'s filters, each checked that needs no database."""
+    try:
+        history.check_kind(args.kind)
+        return operations.HistoryFilter(
+            instance=args.instance, kind=args.kind, state=args.state, host=args.host,
+            since=history.utc_time(args.since, "--since"),
+            until=history.utc_time(args.until, "--until"), error=args.error)
+    except history.BadQuery as e:
+        raise UserError(str(e)) from None
 
 
 def cmd_ops_list(args) -> int:
@@ -94,7 +65,10 @@ def cmd_ops_list(args) -> int:
         return cmd_ops_needs_repair(args)
     f = _history_filter(args)
     with database_of(args).session() as s:
-        _check_names(s, f)
+        try:
+            history.check_names(s, f)
+        except history.BadQuery as e:
+            raise UserError(str(e)) from None
         rows = operations.history(s, f, limit=args.limit)
         now = utcnow()
         emit(args, [render.history_dict(o, name, now) for o, name in rows],
@@ -110,15 +84,8 @@ def cmd_ops_show(args) -> int:
         rows = flowlog.entries(s, op.id)
     steps = flowlog.summarize(rows)
     live = liveness.facts(op, steps, args.conf.conductor.step_timeout)
-    payload = render.operation_dict(op) | {
-        "hosts": render.operation_hosts(op),
-        "live": live.to_dict(), "cancel_requested_by": op.cancel_requested_by,
-        "lease_expires_at": render._ts(op.lease_expires_at),
-        "steps": [render.step_dict(st) for st in steps],
-        "transitions": [render.transition_dict(r) for r in rows] if args.transitions else None,
-    }
+    payload = render.operation_show_dict(op, rows, steps, live, with_transitions=args.transitions)
     notes = render.progress_notes(rows)
-    payload["progress"] = [render.transition_dict(r) for r in notes]
     emit(args, payload, render.operation_text(op, steps, rows if args.transitions else None,
                                               notes, live))
     return EXIT_OK

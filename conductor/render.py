@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from typing import TYPE_CHECKING
 
 from conductor.runner import REVERT_FAILED_MARK, StepEvent
 from persistence.flowlog import StepSummary
@@ -9,6 +10,9 @@ from persistence.models import FlowLogEntry, Host, Instance, InstanceEvent, Oper
 from persistence.operations import FAILED
 from persistence.progress import PROGRESS, REQUESTS
 from persistence.secrets import is_reference
+
+if TYPE_CHECKING:
+    from conductor.liveness import LiveFacts
 
 
 def table(headers: list[str], rows: list[list[object]]) -> str:
@@ -26,20 +30,19 @@ def fmt_time(t: dt.datetime | None) -> str | None:
     """A stored time for an operator: UTC to the second, marked Z
     (`2026-12-04 05:43:03Z`). Stored times are naive UTC; an aware one is
     converted. The one convention for every list and show."""
-    if t is None:
-        return None
-    if t.tzinfo is not None:
-        t = t.astimezone(dt.timezone.utc)
-    return t.strftime("%Y-%m-%d %H:%M:%SZ")
+    t = _utc(t)
+    return t.strftime("%Y-%m-%d %H:%M:%SZ") if t else None
 
 
 def fmt_time_ms(t: dt.datetime | None) -> str | None:
     """fmt_time to the millisecond, for step times (steps take milliseconds)."""
-    if t is None:
-        return None
-    if t.tzinfo is not None:
-        t = t.astimezone(dt.timezone.utc)
-    return t.strftime("%Y-%m-%d %H:%M:%S.") + f"{t.microsecond // 1000:03d}Z"
+    t = _utc(t)
+    return t.strftime("%Y-%m-%d %H:%M:%S.") + f"{t.microsecond // 1000:03d}Z" if t else None
+
+
+def _utc(t: dt.datetime | None) -> dt.datetime | None:
+    """Stored times are naive UTC; an aware one is converted."""
+    return t.astimezone(dt.timezone.utc) if t is not None and t.tzinfo is not None else t
 
 
 def fmt_duration(seconds: float | None) -> str | None:
@@ -202,6 +205,20 @@ def step_dict(st: StepSummary) -> dict:
 def transition_dict(r: FlowLogEntry) -> dict:
     return {"at": _ts(r.at), "step": r.step, "state": r.state, "attempt": r.attempt,
             "result": r.result, "error": r.error}
+
+
+def operation_show_dict(op: Operation, rows: list[FlowLogEntry], steps: list[StepSummary],
+                        live: "LiveFacts", with_transitions: bool = True) -> dict:
+    """`ops show --json` (the web API's operation too): the operation, who runs
+    it, its steps, progress notes and, if asked, every transition."""
+    return operation_dict(op) | {
+        "hosts": operation_hosts(op),
+        "live": live.to_dict(), "cancel_requested_by": op.cancel_requested_by,
+        "lease_expires_at": _ts(op.lease_expires_at),
+        "steps": [step_dict(st) for st in steps],
+        "transitions": [transition_dict(r) for r in rows] if with_transitions else None,
+        "progress": [transition_dict(r) for r in progress_notes(rows)],
+    }
 
 
 def progress_notes(rows: list[FlowLogEntry]) -> list[FlowLogEntry]:

@@ -22,6 +22,11 @@ def list_hosts(s: Session) -> list[Host]:
     return list(s.scalars(sa.select(Host).order_by(Host.name)))
 
 
+def down_names(s: Session) -> set[str]:
+    """Hosts marked down: their instances' power state is only the last one known."""
+    return set(s.scalars(sa.select(Host.name).where(Host.down.is_(True))))
+
+
 def set_down(s: Session, name: str, down: bool) -> bool:
     """Mark a host down (or up again); False if there is no such host."""
     return s.execute(sa.update(Host).where(Host.name == name).values(down=down)).rowcount == 1

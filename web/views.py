@@ -2,10 +2,7 @@
 turned into queries, records turned into dicts (conductor/render.py's)."""
 from __future__ import annotations
 
-import datetime as dt
-
-from conductor import liveness, render
-from flows import catalog
+from conductor import history, liveness, render
 from persistence import flowlog, hosts, instances, operations
 from persistence.flowlog import StepSummary
 from persistence.models import utcnow
@@ -14,17 +11,6 @@ from web.context import ApiError
 STATES = operations.ACTIVE_STATES + operations.FINAL_STATES
 FILTERS = ("kind", "state", "instance", "host", "since", "until", "error")
 MAX_LIMIT, MAX_OFFSET = 500, 100_000
-
-
-def _utc_time(value: str | None, name: str) -> dt.datetime | None:
-    if not value:
-        return None
-    try:
-        t = dt.datetime.fromisoformat(value.replace("Z", "+00:00") if value.endswith("Z") else value)
-    except ValueError:
-        raise ApiError(400, f"{name} {value!r} is not an ISO-8601 time "
-                            "(e.g. 2026-12-04T05:43:03Z or 2026-12-04)") from None
-    return t.astimezone(dt.timezone.utc).replace(tzinfo=None) if t.tzinfo else t
 
 
 def _int(value: str | None, name: str, default: int, low: int, high: int) -> int:
@@ -46,27 +32,26 @@ def history_query(params) -> tuple[operations.HistoryFilter, int, int]:
         raise ApiError(400, f"unknown query parameter(s): {', '.join(sorted(unknown))}")
     get = lambda k: params.get(k) or None  # noqa: E731 - an empty form field is no filter
     kind, state = get("kind"), get("state")
-    if kind is not None:
-        try:
-            catalog.get(kind)
-        except KeyError as e:
-            raise ApiError(400, str(e.args[0])) from None
     if state is not None and state.upper() not in STATES:
         raise ApiError(400, f"unknown state {state!r}: one of {', '.join(STATES)}")
-    f = operations.HistoryFilter(
-        instance=get("instance"), kind=kind, state=state.upper() if state else None,
-        host=get("host"), since=_utc_time(get("since"), "since"),
-        until=_utc_time(get("until"), "until"), error=get("error"))
+    try:
+        history.check_kind(kind)
+        f = operations.HistoryFilter(
+            instance=get("instance"), kind=kind, state=state.upper() if state else None,
+            host=get("host"), since=history.utc_time(get("since"), "since"),
+            until=history.utc_time(get("until"), "until"), error=get("error"))
+    except history.BadQuery as e:
+        raise ApiError(400, str(e)) from None
     return (f, _int(params.get("limit"), "limit", 50, 1, MAX_LIMIT),
             _int(params.get("offset"), "offset", 0, 0, MAX_OFFSET))
 
 
 def history_page(s, f: operations.HistoryFilter, limit: int, offset: int) -> dict:
     """One page of `ops list`, newest first; `more`: a next page exists."""
-    if f.host is not None and hosts.get_host(s, f.host) is None:
-        raise ApiError(400, f"unknown host {f.host!r}")
-    if f.instance is not None and not instances.ever_named(s, f.instance):
-        raise ApiError(400, f"unknown instance {f.instance!r} (never had that name or uuid)")
+    try:
+        history.check_names(s, f)
+    except history.BadQuery as e:
+        raise ApiError(400, str(e)) from None
     # history() has no offset: read up to the page's end (bounded by MAX_OFFSET) and slice.
     rows = operations.history(s, f, limit=offset + limit + 1)[offset:]
     now = utcnow()
@@ -98,25 +83,20 @@ def operation_detail(s, op_id: str, step_timeout: float) -> dict:
         raise ApiError(404, operations.not_found(s, op_id))
     rows = flowlog.entries(s, op.id)  # as `ops show`: the flow log is keyed by operation
     steps = flowlog.summarize(rows)
-    live = liveness.facts(op, steps, step_timeout)
+    payload = render.operation_show_dict(op, rows, steps, liveness.facts(op, steps, step_timeout))
     name = None
     if op.instance_uuid:
         inst = instances.get(s, op.instance_uuid)
         name = inst.name if inst is not None else (op.parameters or {}).get("name")
-    return render.operation_dict(op) | {
+    return payload | {
         "parameters": render.shown_parameters(op),  # secrets as `(secret)`
         "instance_name": name,
-        "hosts": render.operation_hosts(op),
-        "live": live.to_dict(), "cancel_requested_by": op.cancel_requested_by,
-        "lease_expires_at": render._ts(op.lease_expires_at),
-        "steps": [render.step_dict(st) | {"class": step_class(st)} for st in steps],
-        "transitions": [render.transition_dict(r) for r in rows],
-        "progress": [render.transition_dict(r) for r in render.progress_notes(rows)],
+        "steps": [d | {"class": step_class(st)} for d, st in zip(payload["steps"], steps)],
     }
 
 
 def instances_list(s, include_deleted: bool) -> list[dict]:
-    down = {h.name for h in hosts.list_hosts(s) if h.down}
+    down = hosts.down_names(s)
     return [render.instance_dict(i) | {"host_down": i.host in down}
             for i in instances.list_live(s, include_deleted=include_deleted)]
 
