@@ -77,9 +77,7 @@ def _repair_dict(item: repair.RepairItem) -> dict:
 def _repair_text(item: repair.RepairItem) -> str:
     op = item.op
     lines = [f"{op.id} {op.kind} {op.state}: {op.error}"]
-    if item.left_behind:
-        lines.append("  left behind (newest first):")
-        lines += [f"    {lb.line()}" for lb in item.left_behind]
+    lines += render.left_behind_lines(item.left_behind)
     lines.append(f"  fix the cause, then `computeflow ops retry-revert {op.id}`; or clean up "
                  f"by hand and `computeflow ops mark-reverted {op.id}`")
     return "\n".join(lines)

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from conductor.runner import REVERT_FAILED_MARK, StepEvent
 from persistence.flowlog import StepSummary
 from persistence.models import FlowLogEntry, Host, Instance, InstanceEvent, Operation
-from persistence.operations import FAILED
+from persistence.operations import FAILED, HOST_LIST_PARAMS, HOST_PARAMS
 from persistence.progress import PROGRESS, REQUESTS
 from persistence.secrets import is_reference
 
@@ -229,7 +229,7 @@ def progress_notes(rows: list[FlowLogEntry]) -> list[FlowLogEntry]:
 
 
 #: Parameters that say where an operation acts (shown as its hosts).
-HOST_KEYS = ("host", "target_host", "source_host", "dest_host", "copy_hosts")
+HOST_KEYS = HOST_PARAMS + HOST_LIST_PARAMS
 #: Parameters recorded for the flow's own use, not asked for by anyone.
 _INTERNAL_KEYS = {"operation", "instance_uuid", "name", "vifs", "prior_vm_state",
                   "prior_power_state", *HOST_KEYS}
@@ -301,6 +301,13 @@ def operation_text(op: Operation, steps: list[StepSummary], transitions: list[Fl
     return out
 
 
+def left_behind_lines(left_behind: list) -> list[str]:
+    """What a FAILED operation left (repair.LeftBehind), newest first; none: no lines."""
+    if not left_behind:
+        return []
+    return ["  left behind (newest first):"] + [f"    {lb.line()}" for lb in left_behind]
+
+
 def outcome_text(op: Operation, inst: Instance | None, left_behind: list = ()) -> str:
     """How an operation ended; one that needs repair says what it left and
     the commands that repair it."""
@@ -319,9 +326,7 @@ def outcome_text(op: Operation, inst: Instance | None, left_behind: list = ()) -
         line += f"\n  revert failed: {revert_failure.strip()}"
     elif op.error:
         line += f"\n  error: {op.error}"
-    if left_behind:
-        line += "\n  left behind (newest first):" + "".join(
-            f"\n    {lb.line()}" for lb in left_behind)
+    line += "".join(f"\n{text}" for text in left_behind_lines(left_behind))
     if op.state == "FAILED":
         line += (f"\n  next: fix the cause, then `computeflow ops retry-revert {op.id}`; or clean "
                  f"up by hand, then `computeflow ops mark-reverted {op.id}`")

@@ -21,7 +21,7 @@ from flows import catalog
 from flows.errors import FlowVersionGone
 from flows.runtime import Runtime
 from flows.steps import cancellation
-from persistence import operations
+from persistence import instances, operations
 from persistence.models import Operation
 from persistence.taskflow_backend import Backend, Fenced, failure_line
 
@@ -243,7 +243,7 @@ class Runner:
             if state == operations.FAILED:
                 # It keeps its hold (nothing else may touch what the failed revert
                 # left), and no longer looks busy with an operation in progress.
-                operations.show_instance_failed(s, op_id)
+                instances.show_failed(s, op_id)
 
     def mark_reverting(self, op_id: str, epoch: int, cause: str | None) -> None:
         with self.rt.db.session() as s:

@@ -135,12 +135,6 @@ def mark_reverting(s: Session, op_id: str, owner: str, epoch: int, cause: str | 
         .values(**values)).rowcount == 1
 
 
-def show_instance_failed(s: Session, op_id: str) -> None:
-    """The instance of an operation that ended FAILED shows `error`, still held
-    by it: the operation's error is the instance's fault until it is repaired."""
-    instances.show_failed(s, op_id)
-
-
 def resumable(s: Session) -> list[Operation]:
     """Operations not finished, oldest first."""
     return list(s.scalars(
@@ -161,6 +155,8 @@ def listing(s: Session, *, limit: int = 50, state: str | None = None,
 #: Parameters that name a host an operation touched (spawn's placement, a
 #: move's source and destination); `history(host=...)` matches any of them.
 HOST_PARAMS = ("host", "target_host", "source_host", "dest_host", "destination")
+#: And destroy's list of hosts holding a copy (not matched in SQL: a list).
+HOST_LIST_PARAMS = ("copy_hosts",)
 
 
 @dataclass(frozen=True)
