@@ -12,14 +12,17 @@ from conductor.api import Conductor
 from conductor.handle import OperationHandle
 from conductor.runner import StepEvent
 from persistence import instances, operations, progress, schema
+from persistence.models import FLOW_STEP
 from persistence.session import Database
 
 
 EXIT_OK, EXIT_OP_FAILED, EXIT_USER_ERROR = 0, 1, 2
 #: The operation's revert failed: the instance is held in `error` until an operator repairs it.
 EXIT_NEEDS_REPAIR = 3
-#: The flow log's name for the flow itself (persistence/flowlog.py skips it too).
-FLOW_STEP = "(flow)"
+
+
+class UserError(Exception):
+    """A request that cannot be right: one line on stderr, exit status 2."""
 
 
 def conductor_of(args) -> Conductor:
@@ -99,9 +102,6 @@ def exit_status(state: str) -> int:
         state, EXIT_OP_FAILED)
 
 
-# -- commands ----------------------------------------------------------------
-
-
 def read_secret_file(path: str, what: str, one_line: bool = False) -> str:
     """A secret from a file or '-' (stdin), never from argv. A password is its
     file's first line; file contents are taken whole."""
@@ -126,7 +126,3 @@ def wait_and_report(args, c: Conductor, op_id: str) -> int:
         print(f"queued on {c.conf.conductor.jobboard}; waiting for a conductor", flush=True)
     OperationHandle(op_id, c).wait()
     return report_outcome(args, c, op_id)
-
-
-class UserError(Exception):
-    pass

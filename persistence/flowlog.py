@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from persistence.models import FlowLogEntry
+from persistence.models import FLOW_STEP, FlowLogEntry
 from persistence.progress import ANNOTATIONS
 
 _EXECUTE_ENDS = {"SUCCESS", "FAILURE", "IGNORE"}
@@ -96,7 +96,7 @@ def summarize(rows: list[FlowLogEntry]) -> list[StepSummary]:
     """Fold transitions into one line per step, in the order steps first ran."""
     folds: dict[str, _Fold] = {}
     for r in rows:
-        if r.step == "(flow)" or r.state in ANNOTATIONS:  # progress and requests: not moves
+        if r.step == FLOW_STEP or r.state in ANNOTATIONS:  # progress and requests: not moves
             continue
         fold = folds.get(r.step)
         if fold is None:

@@ -143,6 +143,11 @@ class Operation(Base):
     cancel_requested_at: Mapped[dt.datetime | None] = mapped_column(Timestamp)
 
 
+#: The flow log's step name for the flow itself (its own state changes, an
+#: operator's action): a row that is not a step's move.
+FLOW_STEP = "(flow)"
+
+
 class FlowLogEntry(Base):
     """One step transition, written in the same transaction as taskflow's state."""
 

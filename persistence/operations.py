@@ -15,8 +15,8 @@ from taskflow import states as _tf_states
 
 from persistence import claims, instances
 from persistence.errors import PersistenceError
-from persistence.models import (TASKFLOW_TABLES, Claim, FlowLogEntry, Instance, Operation, Secret,
-                               utcnow)
+from persistence.models import (FLOW_STEP, TASKFLOW_TABLES, Claim, FlowLogEntry, Instance,
+                               Operation, Secret, utcnow)
 
 PENDING, RUNNING, REVERTING = "PENDING", "RUNNING", "REVERTING"
 SUCCEEDED, REVERTED, FAILED = "SUCCEEDED", "REVERTED", "FAILED"
@@ -419,7 +419,7 @@ def mark_reverted(s: Session, op_id: str, by: str, note: str | None = None) -> O
 
 def _annotate(s: Session, fd_uuid: str, state: str, text: str) -> None:
     """An operator's action as a "(flow)" row of the flow log (not a step move)."""
-    s.add(FlowLogEntry(flow_detail_uuid=fd_uuid, atom_uuid=fd_uuid, step="(flow)", state=state,
+    s.add(FlowLogEntry(flow_detail_uuid=fd_uuid, atom_uuid=fd_uuid, step=FLOW_STEP, state=state,
                        attempt=0, at=utcnow(), result=text))
 
 

@@ -48,7 +48,7 @@ from taskflow.persistence import models as tf_models
 from taskflow.persistence.backends import impl_sqlalchemy as stock
 from taskflow.persistence.backends.sqlalchemy import tables as tf_tables
 
-from persistence.models import FlowLogEntry, Operation, utcnow
+from persistence.models import FLOW_STEP, FlowLogEntry, Operation, utcnow
 from persistence.pg_batch import FENCED_SQLSTATE, BatchRenderer, Op
 
 RESULT_SUMMARY_LIMIT = 300
@@ -455,7 +455,7 @@ class Connection(stock.Connection):
                 deferrable = deferrable and ad.state in _DEFERRABLE_ATOM_STATES
         if flow_detail.state and flow_detail.state != self._memory.flow_states.get(flow_detail.uuid):
             ops.append(_Statements.insert_log_op(dict(
-                flow_detail_uuid=flow_detail.uuid, atom_uuid=flow_detail.uuid, step="(flow)",
+                flow_detail_uuid=flow_detail.uuid, atom_uuid=flow_detail.uuid, step=FLOW_STEP,
                 state=flow_detail.state, attempt=0, at=utcnow(),
                 epoch=self._memory.fences.get(flow_detail.uuid))))
         ops.append(_Statements.update_flow_op(flow_detail))  # last: its row count is the batch's
