@@ -101,9 +101,9 @@ class LeaseKeeper:
             try:
                 with self.rt.db.session() as s:
                     operations.renew_leases(s, self.owner, ids, self.lease_seconds)
-                    cancels = operations.cancel_requests(s, self.owner, ids)
-                    still_ours = operations.owned(s, self.owner, ids)
-                for op_id in set(ids) - still_ours:
+                    ours = operations.still_owned(s, self.owner, ids)
+                cancels = {op_id: by for op_id, by in ours.items() if by is not None}
+                for op_id in set(ids) - ours.keys():
                     with self._lock:
                         running = op_id in self._running
                     if running and cancellation.lose(op_id):

@@ -91,14 +91,6 @@ def renew_leases(s: Session, owner: str, op_ids: list[str], lease_seconds: float
         )
 
 
-def owned(s: Session, owner: str, op_ids: list[str]) -> set[str]:
-    """Which of these operations `owner` still owns (the rest were taken over or ended)."""
-    if not op_ids:
-        return set()
-    return set(s.scalars(sa.select(Operation.id).where(Operation.id.in_(op_ids),
-                                                       Operation.owner == owner)))
-
-
 def mark(s: Session, op_id: str, state: str, *, owner: str | None = None, error: str | None = None,
          flow_detail_uuid: str | None = None, epoch: int | None = None) -> bool:
     """Record a state change; final states release ownership.
@@ -323,14 +315,15 @@ def _cancel_pending(s: Session, op: Operation, by: str, now: dt.datetime,
     return True
 
 
-def cancel_requests(s: Session, owner: str, op_ids: list[str]) -> dict[str, str]:
-    """{operation id: who asked} for the operations this owner runs that were asked to stop."""
+def still_owned(s: Session, owner: str, op_ids: list[str]) -> dict[str, str | None]:
+    """{operation id: who asked it to stop, or None} for those of `op_ids` this
+    owner still owns; the others were taken over (terminate) or ended. One
+    read per lease renewal serves both the cancel requests and the losses."""
     if not op_ids:
         return {}
     return dict(s.execute(
         sa.select(Operation.id, Operation.cancel_requested_by)
-        .where(Operation.id.in_(op_ids), Operation.owner == owner,
-               Operation.cancel_requested_by.is_not(None))
+        .where(Operation.id.in_(op_ids), Operation.owner == owner)
     ).all())
 
 
