@@ -66,27 +66,16 @@ def list_hosts(request: Request):
 
 def do_cancel(request: Request, op_id: str, role: str) -> dict:
     """Cancel as `computeflow cancel` does (no wait); shared with the page's button.
-
-    An operation this server runs itself (submitted here, our conductor owns
-    it) only gets the request recorded: its running thread stops it at the
-    next step. cancel.cancel would take it over as its own owner and run the
-    flow a second time beside that thread."""
+    An operation this server runs itself only gets the request recorded
+    (conductor/cancel.py): its running thread stops it at the next step."""
     ws = state(request)
-    by = f"web ({role}) {cancel_mod.operator()}"
     with ws.db.session() as s:
         op = operations.get(s, op_id)
         if op is None:
             raise ApiError(404, operations.not_found(s, op_id))
-        ours = ws.runs_here(op.owner)
-        if ours:
-            try:
-                o = cancel_mod.request(s, op.id, by)
-            except operations.Refused as e:
-                raise ApiError(409, str(e)) from None
-            return {"id": o.op_id, "kind": o.kind, "state": o.state, "error": op.error,
-                    "owner": o.owner, "ended": o.state in operations.FINAL_STATES}
+        op_id = op.id
     try:
-        res = cancel_mod.cancel(ws.conductor(), op.id, by)
+        res = cancel_mod.cancel(ws.conductor(), op_id, f"web ({role}) {cancel_mod.operator()}")
     except operations.Refused as e:
         raise ApiError(409, str(e)) from None
     o = res.outcome

@@ -57,11 +57,6 @@ class WebState:
                 self._conductor = Conductor(self.conf)
             return self._conductor
 
-    def runs_here(self, owner: str | None) -> bool:
-        """Whether `owner` is this server's own conductor (it runs what was submitted here)."""
-        return owner is not None and self._conductor is not None and \
-            owner == self._conductor.owner
-
     def close(self) -> None:
         self.runs.shutdown(wait=True)
         if self._conductor is not None:
