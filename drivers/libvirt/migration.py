@@ -75,7 +75,7 @@ def check_source(drv: LibvirtDriver, instance_uuid: str, dest_check: dict) -> di
         found.append({"kind": kind.value, "size_mb": i.virtual_size // disks.MIB,
                       "backing": i.backing_file, "backing_format": i.backing_format})
     return {**dest_check, "source_host": drv.host, "source_uri": drv.uri,
-            "source_root": drv.root, "disks": found}
+            "source_root": drv.root, "source_state": state.value, "disks": found}
 
 
 def pre_migration(drv: LibvirtDriver, instance_uuid: str, migrate_data: dict) -> dict:
@@ -153,8 +153,10 @@ def migrate(drv: LibvirtDriver, instance_uuid: str, dest_host: str, migrate_data
     try:
         guest = drv._find(instance_uuid)
         if guest is None:
-            if _dest_guest(instance_uuid, dest_conn) is not None:
-                return  # done before (the step runs again after a crash)
+            moved = _dest_guest(instance_uuid, dest_conn)
+            if moved is not None:  # done before (the step runs again after a crash)
+                _unpause_if_left_paused(moved, migrate_data)
+                return
             raise GuestNotFound(instance_uuid)
         try:
             _run_or_watch(guest._domain, migrate_data, progress)
@@ -165,6 +167,7 @@ def migrate(drv: LibvirtDriver, instance_uuid: str, dest_host: str, migrate_data
             if not _arrived(drv, instance_uuid, dest_conn):
                 raise
         if _arrived(drv, instance_uuid, dest_conn):
+            _unpause_if_left_paused(_dest_guest(instance_uuid, dest_conn), migrate_data)
             if progress is not None:
                 progress(100)
             return
@@ -172,6 +175,23 @@ def migrate(drv: LibvirtDriver, instance_uuid: str, dest_host: str, migrate_data
                           "moving the guest")
     finally:
         dest_conn.close()
+
+
+def _unpause_if_left_paused(dom: libvirt.virDomain | None, migrate_data: dict) -> None:
+    """A guest that ran on the source runs on the destination.
+
+    The destination keeps the guest paused for the switch-over and the source
+    daemon's last phase resumes it; when that phase did not get to it (seen
+    with other libvirt users, e.g. CloudStack resumes such guests), the guest
+    would stay paused "for migration" although the move is done. A guest
+    paused on the source by its user stays paused.
+    """
+    was = migrate_data.get("source_state", PowerState.RUNNING.value)
+    if dom is None or was != PowerState.RUNNING.value:
+        return
+    state, reason = dom.state()
+    if state == libvirt.VIR_DOMAIN_PAUSED and reason == libvirt.VIR_DOMAIN_PAUSED_MIGRATION:
+        dom.resume()
 
 
 def _arrived(drv: LibvirtDriver, instance_uuid: str, dest_conn: libvirt.virConnect) -> bool:

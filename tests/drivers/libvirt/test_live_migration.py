@@ -87,7 +87,12 @@ def assert_kept_running_on_dst(c, uuid: str, tick_before: int) -> None:
     assert dst.inventory().guests == (uuid,)
     assert src.inventory().guests == () and src.inventory().disks == ()
     con = Console(dst, uuid)
-    poll(lambda: len(con.ticks()) >= 2, MIGRATE_S, "ticks on the destination's console")
+    try:
+        poll(lambda: len(con.ticks()) >= 2, MIGRATE_S, "ticks on the destination's console")
+    except pytest.fail.Exception as e:  # say what the guest was doing
+        dom = domain(c, "dst", uuid)
+        raise AssertionError(f"{e}; destination domain state {dom.state()}, console tail "
+                             f"{con.text()[-400:]!r}") from None
     # The same boot goes on counting on the destination: no boot line, ticks past the old ones.
     assert BOOTED not in con.text()
     assert con.ticks()[0] > 1 and con.ticks()[-1] > tick_before
