@@ -54,15 +54,15 @@ def main() -> None:
     for level in (1, 4, 16):
         errors: list[str] = []
 
-        def one(i: int) -> None:
+        def one(i: int, level: int = level, errors: list[str] = errors) -> None:
             name = f"c{level}-{i}-{uuid.uuid4().hex[:4]}"
             try:
                 op = c.submit_spawn(SpawnRequest(name, "m1.tiny", "cirros", host=hosts[i % 4]))
                 state = c.run(op).state
                 if state != "SUCCEEDED":
                     errors.append(f"{name}: {state}")
-            except Exception as e:  # anything here is an error a user would see
-                errors.append(f"{name}: {type(e).__name__}: {e}")
+            except Exception as err:  # anything here is an error a user would see
+                errors.append(f"{name}: {type(err).__name__}: {err}")
 
         with futures.ThreadPoolExecutor(level) as pool:
             list(pool.map(one, range(4)))  # warm-up

@@ -191,10 +191,10 @@ def bench_trivial_interleaved(paths: list[tuple[str, object, sa.Engine | None, i
             c.reset()
     best = [float("inf")] * len(paths)
     for _ in range(rounds):
-        for i, ((_, _, _, n), one) in enumerate(zip(paths, runners)):
+        for i, ((_, _, _, n), one) in enumerate(zip(paths, runners, strict=True)):
             best[i] = min(best[i], timed(n, one, warmup=0))
     rows = []
-    for (label, _, _, n), ms, c in zip(paths, best, counters):
+    for (label, _, _, n), ms, c in zip(paths, best, counters, strict=True):
         total = n * rounds
         statements, commits = c.totals() if c else (None, None)
         rows.append(Row(label, ms, c and statements / total, c and commits / total))
@@ -221,7 +221,7 @@ def commit_floor(url: str, n: int = 500) -> float:
     t.create(db.engine)
     with db.engine.connect() as conn:
         start = time.perf_counter()
-        for i in range(n):
+        for _ in range(n):
             conn.execute(t.insert().values(v="x"))
             conn.commit()
         ms = (time.perf_counter() - start) / n * 1000

@@ -58,7 +58,7 @@ class OperationStatus:
     error: str | None
 
     @classmethod
-    def of(cls, op: Operation) -> "OperationStatus":
+    def of(cls, op: Operation) -> OperationStatus:
         return cls(op.id, op.kind, op.instance_uuid, op.state, op.error)
 
 
@@ -112,7 +112,7 @@ class Conductor:
         self.runner.backend.close()
         self.db.dispose()
 
-    def __enter__(self) -> "Conductor":
+    def __enter__(self) -> Conductor:
         return self
 
     def __exit__(self, *exc) -> None:

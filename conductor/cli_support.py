@@ -67,7 +67,7 @@ class Progress:
         or a step's retry: RETRYING with the error, then RUNNING with the attempt."""
         self(StepEvent(op_id, step, f"{state} {text}".rstrip()))
 
-    def __enter__(self) -> "Progress":
+    def __enter__(self) -> Progress:
         """While in the block, progress rows and retries of this process are shown too."""
         progress.add_listener(self.on_progress)
         return self

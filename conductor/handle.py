@@ -21,9 +21,9 @@ class OperationTimeout(TimeoutError):
 
 
 class OperationHandle(str):
-    _conductor: "Conductor"
+    _conductor: Conductor
 
-    def __new__(cls, op_id: str, conductor: "Conductor") -> "OperationHandle":
+    def __new__(cls, op_id: str, conductor: Conductor) -> OperationHandle:
         self = super().__new__(cls, op_id)
         self._conductor = conductor
         return self
@@ -32,10 +32,10 @@ class OperationHandle(str):
     def id(self) -> str:
         return str(self)
 
-    def status(self) -> "OperationStatus":
+    def status(self) -> OperationStatus:
         return self._conductor.status(self.id)
 
-    def wait(self, timeout: float | None = None) -> "OperationStatus":
+    def wait(self, timeout: float | None = None) -> OperationStatus:
         """The final status. Without a jobboard nobody else will run the
         operation, so it runs here; with one, a conductor service runs it and
         this polls the database until it ends (OperationTimeout after `timeout`)."""

@@ -22,7 +22,7 @@ def utc_time(value: str | None, name: str) -> dt.datetime | None:
     except ValueError:
         raise BadQuery(f"{name} {value!r} is not an ISO-8601 time "
                        "(e.g. 2026-12-04T05:43:03Z or 2026-12-04)") from None
-    return t.astimezone(dt.timezone.utc).replace(tzinfo=None) if t.tzinfo else t
+    return t.astimezone(dt.UTC).replace(tzinfo=None) if t.tzinfo else t
 
 
 def check_kind(kind: str | None) -> None:

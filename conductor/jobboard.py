@@ -100,7 +100,7 @@ class Board(abc.ABC):
     def waiting(self) -> list[tuple[str, bool]]:
         """(operation id, claimed) of every job on the board."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional: most boards hold nothing to close
         pass
 
 
@@ -263,7 +263,7 @@ class RedisBoard(TaskflowBoard):
             for j in jobs:
                 pipe.exists(j.owner_key)
             owned = pipe.execute()
-        return [j for j, o in zip(jobs, owned) if not o]
+        return [j for j, o in zip(jobs, owned, strict=True) if not o]
 
     def heartbeat(self, claim: Claim) -> bool:
         """Extend our claim; after a Redis restart lost it, post and claim it again."""

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 LOG = logging.getLogger(__name__)
 
 
-def set_host_down(c: "Conductor", name: str) -> None:
+def set_host_down(c: Conductor, name: str) -> None:
     """Nothing is placed on the host any more; its instances may be evacuated."""
     with c.db.session() as s:
         if not hosts.set_down(s, name, True):
@@ -31,7 +31,7 @@ def set_host_down(c: "Conductor", name: str) -> None:
     LOG.info("host %s marked down", name)
 
 
-def set_host_up(c: "Conductor", name: str) -> list[str]:
+def set_host_up(c: Conductor, name: str) -> list[str]:
     """Clean the leftovers of instances evacuated from `name`, then mark it up.
 
     A leftover is a guest the host's driver still has whose instance now
@@ -63,7 +63,7 @@ def set_host_up(c: "Conductor", name: str) -> list[str]:
     return cleaned
 
 
-def evacuate_host(c: "Conductor", name: str, target_host: str | None = None) -> list[str]:
+def evacuate_host(c: Conductor, name: str, target_host: str | None = None) -> list[str]:
     """Submit an evacuate for every instance of a host marked down; their ids.
 
     An instance that cannot be evacuated now (held, wrong state) is skipped
@@ -84,7 +84,7 @@ def evacuate_host(c: "Conductor", name: str, target_host: str | None = None) -> 
     return submitted
 
 
-def due_for_confirm(c: "Conductor", now: dt.datetime | None = None) -> list[str]:
+def due_for_confirm(c: Conductor, now: dt.datetime | None = None) -> list[str]:
     """Uuids of instances resized longer than resize_confirm_window ago (none if 0)."""
     window = c.conf.conductor.resize_confirm_window
     if window <= 0:
@@ -97,7 +97,7 @@ def due_for_confirm(c: "Conductor", now: dt.datetime | None = None) -> list[str]
     return [u for u, at in stamps.items() if at and dt.datetime.fromisoformat(at) <= cutoff]
 
 
-def auto_confirm(c: "Conductor", now: dt.datetime | None = None) -> list[str]:
+def auto_confirm(c: Conductor, now: dt.datetime | None = None) -> list[str]:
     """Submit confirm_resize for every instance due; the operation ids.
 
     An instance taken by another operation meanwhile (a revert, another

@@ -265,8 +265,7 @@ def _instance_findings(inst: Instance, indexed: dict[str, dict[str | None, list[
             continue
         if h in expected:  # the other side of a resize waiting for confirm or revert
             if mig and h == mig.get("source_host") and h != mig.get("dest_host"):
-                strays = [r for r in rs if r.kind is Held.GUEST]
-                for r in strays:
+                if any(r.kind is Held.GUEST for r in rs):
                     found.append(Finding("stray-guest", h, uuid, "the resize source should be "
                                          "a kept copy, not a defined guest", uuid, name,
                                          fix="left for an operator"))

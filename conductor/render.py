@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 def table(headers: list[str], rows: list[list[object]]) -> str:
     cells = [[("" if v is None else str(v)) for v in r] for r in rows]
     widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
-    line = lambda r: "  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip()  # noqa: E731
+    line = lambda r: "  ".join(v.ljust(w) for v, w in zip(r, widths, strict=False)).rstrip()  # noqa: E731
     return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(r) for r in cells])
 
 
@@ -42,7 +42,7 @@ def fmt_time_ms(t: dt.datetime | None) -> str | None:
 
 def _utc(t: dt.datetime | None) -> dt.datetime | None:
     """Stored times are naive UTC; an aware one is converted."""
-    return t.astimezone(dt.timezone.utc) if t is not None and t.tzinfo is not None else t
+    return t.astimezone(dt.UTC) if t is not None and t.tzinfo is not None else t
 
 
 def fmt_duration(seconds: float | None) -> str | None:
@@ -78,8 +78,8 @@ def host_dict(h: Host) -> dict:
 
 def hosts_table(rows: list[Host]) -> str:
     return table(["NAME", "DRIVER", "VCPUS", "RAM_MB", "DISK_GB"],
-                 [[h.name + (" (down)" if h.down else ""), h.driver, f"{h.used_vcpus}/{h.vcpus}", f"{h.used_ram_mb}/{h.ram_mb}",
-                   f"{h.used_disk_gb}/{h.disk_gb}"] for h in rows])
+                 [[h.name + (" (down)" if h.down else ""), h.driver, f"{h.used_vcpus}/{h.vcpus}",
+                   f"{h.used_ram_mb}/{h.ram_mb}", f"{h.used_disk_gb}/{h.disk_gb}"] for h in rows])
 
 
 def flavors_table(rows) -> str:
@@ -208,7 +208,7 @@ def transition_dict(r: FlowLogEntry) -> dict:
 
 
 def operation_show_dict(op: Operation, rows: list[FlowLogEntry], steps: list[StepSummary],
-                        live: "LiveFacts", with_transitions: bool = True) -> dict:
+                        live: LiveFacts, with_transitions: bool = True) -> dict:
     """`ops show --json` (the web API's operation too): the operation, who runs
     it, its steps, progress notes and, if asked, every transition."""
     return operation_dict(op) | {
@@ -273,7 +273,7 @@ def steps_table(steps: list[StepSummary]) -> str:
 
 
 def operation_text(op: Operation, steps: list[StepSummary], transitions: list[FlowLogEntry] | None,
-                   notes: list[FlowLogEntry] = (), live: "LiveFacts | None" = None) -> str:
+                   notes: list[FlowLogEntry] = (), live: LiveFacts | None = None) -> str:
     head = [f"operation {op.id}", f"  kind      {op.kind}",
             f"  instance  {op.parameters.get('name') if op.parameters else None} "
             f"({op.instance_uuid})" if op.instance_uuid else "  instance  -",

@@ -42,7 +42,7 @@ class _ServiceRunner(Runner):
     """The Runner, plus what a service needs: each engine is registered so that
     it can be suspended, and a suspended flow leaves its operation free."""
 
-    def __init__(self, *args, service: "ConductorService", **kwargs) -> None:
+    def __init__(self, *args, service: ConductorService, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.service = service
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import NoReturn
 
 from drivers.errors import NotSupported
 
@@ -199,7 +200,7 @@ class ComputeDriver:
         self.host = host
         self._listeners: list[EventCallback] = []
 
-    def _unsupported(self, method: str):
+    def _unsupported(self, method: str) -> NoReturn:
         raise NotSupported(self.name, method)
 
     # -- host ---------------------------------------------------------------

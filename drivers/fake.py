@@ -25,7 +25,7 @@ from drivers.base import Disk, DiskKind, DiskSpec, GuestInfo, GuestSpec, Image, 
 from drivers.errors import (DriverError, GuestNotFound, ImageNotFound, InvalidGuestState,
                             SoftRebootFailed, VolumeInUse)
 
-_EMPTY_STATE = {"guests": {}, "disks": {}, "ports": {}, "base_images": {}, "volumes": {},
+_EMPTY_STATE: dict[str, dict] = {"guests": {}, "disks": {}, "ports": {}, "base_images": {}, "volumes": {},
                 # cold migration: a source's copy kept for a revert, a destination's copy
                 # waiting for finish_migration (see migrate_disk_and_power_off)
                 "migrating": {}, "incoming": {}}
@@ -193,7 +193,7 @@ class FakeDriver(base.ComputeDriver):
         if shared is not None:  # already on the storage this host shares: use it as it is
             record, backing = shared, None
         with self.state.change() as s:
-            if backing and spec.image.name not in s["base_images"]:
+            if backing and spec.image is not None and spec.image.name not in s["base_images"]:
                 raise InvalidGuestState(instance_uuid, "missing base image", "create a COW disk")
             s["disks"].setdefault(path, record)
         return _disk(path, record)

@@ -33,7 +33,7 @@ class Fault:
     when: str = "before"
 
     @classmethod
-    def parse(cls, spec: str) -> "Fault":
+    def parse(cls, spec: str) -> Fault:
         parts = spec.strip().split(":")
         if len(parts) not in (3, 4):
             raise BadFaultSpec(f"fault {spec!r}: expected STEP:PHASE:ACTION[:WHEN]")

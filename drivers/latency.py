@@ -52,7 +52,7 @@ class LatencyModel:
 
     @classmethod
     def parse(cls, specs: list[str], distribution: str = "fixed",
-              seed: int | None = None) -> "LatencyModel | None":
+              seed: int | None = None) -> LatencyModel | None:
         """The model `[fake] latency` describes (None: no latency); BadLatencySpec
         names the faulty entry and what was expected."""
         known = contract_methods()

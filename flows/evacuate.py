@@ -31,7 +31,7 @@ from flows.steps.instance import FinishOperation, TakeHold
 from flows.steps.migration import ClaimDestination, ReleaseSourceClaims, ReuseSharedDisk
 from flows.steps.network import PlugVif
 from persistence import hosts
-from persistence.models import Instance
+from persistence.models import Host, Instance
 
 VERSION = 1
 _AT_DEST = {"host": "dest_host"}
@@ -44,27 +44,32 @@ def prepare(s: Session, inst: Instance, values: dict, op_id: str) -> dict:
             f"cannot evacuate instance {inst.name}: its host {inst.host} is not marked down "
             f"(computeflow hosts set-down {inst.host})")
     flavor = p.flavor_dict(s, inst.flavor)
-    dest = placement.place(s, flavor, values.get("target_host"), Move(inst.name, inst.host))
+    dest = placement.place(s, flavor, values.get("target_host"), Move(inst.name, source.name))
     return {"dest_host": dest, "new_flavor": flavor, "flavor": flavor,
             "image": p.image_dict(s, inst.image), "admin_password": None,
-            "shared_storage": _shared_storage(s, inst, dest),
+            "shared_storage": _shared_storage(s, inst, source, dest),
             "power_on": inst.power_state == "running",
-            "source_claims": source_claims(s, inst, inst.host),
+            "source_claims": source_claims(s, inst, source.name),
             **p.columns(inst, host=dest)}
 
 
-def _shared_storage(s: Session, inst: Instance, dest: str) -> bool:
+def _shared_storage(s: Session, inst: Instance, source: Host, dest: str) -> bool:
     """Does `dest` see the disks of the instance's (dead) host?
 
     Drivers are built from the rows of this session: the runtime's cache
     would open a second transaction, which SQLite makes wait on this one.
     """
     conf = runtime.current().conf
-    here, there = (hosts.get_host(s, n) for n in (dest, inst.host))
+    here = hosts.get_host(s, dest)
+    if here is None:  # placement returned it from this session's rows
+        raise InvalidRequest(f"cannot evacuate instance {inst.name}: host {dest!r} is not registered")
     dest_drv = drivers.load_driver(conf, here.name, here.driver, here.uri)
-    source_drv = drivers.load_driver(conf, there.name, there.driver, there.uri)
+    source_drv = drivers.load_driver(conf, source.name, source.driver, source.uri)
     try:
         data = dest_drv.check_instance_shared_storage_local(inst.uuid)
+        if data is None:  # no guess: a wrong one recreates disks over the shared ones, or loses them
+            raise InvalidRequest(f"cannot evacuate instance {inst.name}: host {dest} cannot tell "
+                                 f"whether it shares storage with {source.name}")
         try:
             return bool(source_drv.check_instance_shared_storage_remote(data))
         finally:

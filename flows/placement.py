@@ -43,7 +43,7 @@ def _need(flavor: dict) -> tuple[int, int, int]:
 def shortfall(h: Host, flavor: dict) -> str | None:
     """What `h` lacks for `flavor` ("needs 4 vCPU, 1 free, ..."), None if it fits."""
     short = [f"needs {n} {u}, {f} free"
-             for f, n, u in zip(_free(h), _need(flavor), _UNITS) if f < n]
+             for f, n, u in zip(_free(h), _need(flavor), _UNITS, strict=True) if f < n]
     return ", ".join(short) + f" (flavor {flavor['name']})" if short else None
 
 

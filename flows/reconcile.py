@@ -40,7 +40,7 @@ def build(*, actions: list[dict], holds_instance: bool = False, **_params) -> li
     attempts = runtime.current().conf.forward_retries
     forward = linear_flow.Flow("reconcile_forward",
                                retry=retry.Times(attempts, name=NO_RETURN_STEP))
-    for name, action in zip(step_names(actions), actions):
+    for name, action in zip(step_names(actions), actions, strict=True):
         forward.add(ACTIONS[action["action"]](name, action))
     flow = linear_flow.Flow("reconcile")
     if holds_instance:

@@ -53,14 +53,22 @@ def prepare_resize(s: Session, inst: Instance, values: dict, op_id: str) -> dict
                              f"from {old['root_gb']} to {new['root_gb']} GB")
     same_ok = runtime.current().conf.allow_resize_to_same_host
     dest = placement.place(s, new, values.get("target_host"),
-                           Move(inst.name, inst.host, same_ok, " (or set allow_resize_to_same_host)"))
+                           Move(inst.name, host_of(inst), same_ok, " (or set allow_resize_to_same_host)"))
     return _move(s, inst, op_id, "resize", dest, old, new)
 
 
 def prepare_migrate(s: Session, inst: Instance, values: dict, op_id: str) -> dict:
     flavor = p.flavor_dict(s, inst.flavor)
-    dest = placement.place(s, flavor, values.get("target_host"), Move(inst.name, inst.host))
+    dest = placement.place(s, flavor, values.get("target_host"), Move(inst.name, host_of(inst)))
     return _move(s, inst, op_id, "migrate", dest, flavor, flavor)
+
+
+def host_of(inst: Instance) -> str:
+    """The host a move starts from; an instance without one (a spawn that never
+    got placed) has nothing to move."""
+    if inst.host is None:
+        raise InvalidRequest(f"instance {inst.name} is on no host: there is nothing to move")
+    return inst.host
 
 
 def source_claims(s: Session, inst: Instance, host: str) -> list[list]:
@@ -74,7 +82,7 @@ def _move(s: Session, inst: Instance, op_id: str, kind: str, dest: str, old: dic
     migration = {
         "kind": kind, "operation": op_id, "source_host": inst.host, "dest_host": dest,
         "old_flavor": old, "new_flavor": new,
-        "source_claims": source_claims(s, inst, inst.host),
+        "source_claims": source_claims(s, inst, host_of(inst)),
         "dest_claims": [[op_id, dest, new["vcpus"], new["ram_mb"], flavor_disk_gb(new)]],
         "vm_state": inst.vm_state, "power_state": inst.power_state,
     }
@@ -133,6 +141,8 @@ def build(*, operation: str, vifs: list[dict] | None = None, power_on: bool = Fa
         if power_on:
             flow.add(WaitRunning(rebind=_AT_DEST))
         return flow.add(MarkResized())
+    if end_state is None:
+        raise ValueError(f"{operation} needs end_state: the states the resize recorded")
     if operation == "confirm_resize":
         return _forward_only(operation, "resize_confirming", end_state,
                              ConfirmMigration(),
@@ -144,7 +154,7 @@ def build(*, operation: str, vifs: list[dict] | None = None, power_on: bool = Fa
                          ReleaseClaims("release_destination_claim", "dest_claims"))
 
 
-def _forward_only(name: str, task_state: str, end_state: list[str] | None, *steps) -> linear_flow.Flow:
+def _forward_only(name: str, task_state: str, end_state: list[str], *steps) -> linear_flow.Flow:
     """take_hold, then each step retried on its own (never re-running an
     earlier one: after a revert in place, destroying "the destination" again
     would destroy the restored guest), then mark_done."""

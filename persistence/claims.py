@@ -8,6 +8,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from persistence.session import changed
 from persistence.models import Claim, Host
 
 
@@ -16,7 +17,7 @@ def claim(s: Session, operation_id: str, host: str, instance_uuid: str,
     """Add the claim; False if the host lacks room. True if already claimed."""
     if s.get(Claim, (operation_id, host)) is not None:
         return True
-    added = s.execute(
+    added = changed(s,
         sa.update(Host)
         .where(
             Host.name == host,
@@ -29,7 +30,7 @@ def claim(s: Session, operation_id: str, host: str, instance_uuid: str,
             used_ram_mb=Host.used_ram_mb + ram_mb,
             used_disk_gb=Host.used_disk_gb + disk_gb,
         )
-    ).rowcount
+    )
     if added != 1:
         return False
     s.add(Claim(operation_id=operation_id, host=host, instance_uuid=instance_uuid,

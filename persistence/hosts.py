@@ -4,6 +4,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from persistence.session import changed
 from persistence.models import Flavor, Host, Image
 
 
@@ -29,7 +30,7 @@ def down_names(s: Session) -> set[str]:
 
 def set_down(s: Session, name: str, down: bool) -> bool:
     """Mark a host down (or up again); False if there is no such host."""
-    return s.execute(sa.update(Host).where(Host.name == name).values(down=down)).rowcount == 1
+    return changed(s, sa.update(Host).where(Host.name == name).values(down=down)) == 1
 
 
 def get_flavor(s: Session, name: str) -> Flavor | None:

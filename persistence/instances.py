@@ -4,6 +4,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from persistence.session import changed
 from persistence.models import Instance
 
 
@@ -49,12 +50,12 @@ def list_live(s: Session, include_deleted: bool = False) -> list[Instance]:
 
 def take_hold(s: Session, uuid: str, operation_id: str) -> str | None:
     """Compare-and-swap the hold. Returns None on success, else the current holder."""
-    taken = s.execute(
+    taken = changed(s,
         sa.update(Instance)
         .where(Instance.uuid == uuid,
                sa.or_(Instance.held_by.is_(None), Instance.held_by == operation_id))
         .values(held_by=operation_id)
-    ).rowcount
+    )
     if taken == 1:
         return None
     holder = s.scalar(sa.select(Instance.held_by).where(Instance.uuid == uuid))
@@ -78,11 +79,11 @@ def show_failed(s: Session, operation_id: str) -> None:
 
 def update_if_held(s: Session, uuid: str, operation_id: str, **changes) -> bool:
     """Change columns only while this operation holds the instance."""
-    return s.execute(
+    return changed(s,
         sa.update(Instance)
         .where(Instance.uuid == uuid, Instance.held_by == operation_id)
         .values(**changes)
-    ).rowcount == 1
+    ) == 1
 
 
 def set_power_state(s: Session, uuid: str, power_state: str) -> None:
@@ -99,7 +100,6 @@ def sync_power_state(s: Session, uuid: str, host: str, power_state: str) -> bool
     """
     base = sa.update(Instance).where(Instance.uuid == uuid, Instance.host == host,
                                      Instance.held_by.is_(None))
-    vm_state = Instance.vm_state
-    if power_state == "shutdown":
-        vm_state = sa.case((Instance.vm_state == "active", "stopped"), else_=Instance.vm_state)
-    return s.execute(base.values(power_state=power_state, vm_state=vm_state)).rowcount == 1
+    vm_state = (sa.case((Instance.vm_state == "active", "stopped"), else_=Instance.vm_state)
+                if power_state == "shutdown" else Instance.vm_state)
+    return changed(s, base.values(power_state=power_state, vm_state=vm_state)) == 1

@@ -15,7 +15,7 @@ from taskflow.persistence.backends.sqlalchemy import tables as taskflow_tables
 
 
 def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
 
 
 # Microsecond timestamps everywhere: MariaDB's DATETIME drops fractions by default.

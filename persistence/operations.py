@@ -17,6 +17,7 @@ from persistence import claims, instances
 from persistence.errors import PersistenceError
 from persistence.models import (FLOW_STEP, TASKFLOW_TABLES, Claim, FlowLogEntry, Instance,
                                Operation, Secret, utcnow)
+from persistence.session import changed
 
 PENDING, RUNNING, REVERTING = "PENDING", "RUNNING", "REVERTING"
 SUCCEEDED, REVERTED, FAILED = "SUCCEEDED", "REVERTED", "FAILED"
@@ -70,12 +71,12 @@ def take_ownership(s: Session, op_id: str, owner: str, lease_seconds: float,
         Operation.lease_expires_at < now,
         Operation.owner.in_(dead_owners) if dead_owners else sa.false(),
     )
-    taken = s.execute(
+    taken = changed(s,
         sa.update(Operation)
         .where(Operation.id == op_id, Operation.state.in_(ACTIVE_STATES), free)
         .values(owner=owner, lease_expires_at=now + dt.timedelta(seconds=lease_seconds),
                 epoch=Operation.epoch + 1)
-    ).rowcount == 1
+    ) == 1
     if not taken:
         return None
     # Our own row, updated in this transaction: no one can change it before commit.
@@ -113,7 +114,7 @@ def mark(s: Session, op_id: str, state: str, *, owner: str | None = None, error:
         q = q.where(Operation.owner == owner)
     if epoch is not None:
         q = q.where(Operation.epoch == epoch)
-    return s.execute(q.values(**values)).rowcount == 1
+    return changed(s, q.values(**values)) == 1
 
 
 def mark_reverting(s: Session, op_id: str, owner: str, epoch: int, cause: str | None) -> bool:
@@ -122,9 +123,9 @@ def mark_reverting(s: Session, op_id: str, owner: str, epoch: int, cause: str | 
     values: dict = {"state": REVERTING}
     if cause is not None:
         values["error"] = sa.func.coalesce(Operation.error, cause)
-    return s.execute(sa.update(Operation).where(
+    return changed(s, sa.update(Operation).where(
         Operation.id == op_id, Operation.owner == owner, Operation.epoch == epoch)
-        .values(**values)).rowcount == 1
+        .values(**values)) == 1
 
 
 def resumable(s: Session) -> list[Operation]:
@@ -254,12 +255,12 @@ def request_cancel(s: Session, op_id: str, by: str = "api", *,
     if forward_only:
         raise Refused(f"operation {op.id} ({op.kind}) is forward-only and conductor {op.owner} "
                       "is starting it: it cannot be cancelled")
-    recorded = s.execute(
+    recorded = changed(s,
         sa.update(Operation)
         .where(Operation.id == op.id, Operation.state.in_(ACTIVE_STATES),
                Operation.cancel_requested_by.is_(None))
         .values(cancel_requested_by=by, cancel_requested_at=now)
-    ).rowcount == 1
+    ) == 1
     s.refresh(op)
     if op.state in FINAL_STATES:
         raise Refused(f"operation {op.id} ended {op.state} meanwhile: nothing to cancel")
@@ -278,11 +279,11 @@ def seize(s: Session, op_id: str, owner: str, lease_seconds: float, by: str) -> 
     if op.state in FINAL_STATES:
         raise Refused(f"operation {op.id} already ended {op.state}: nothing to terminate")
     former = op.owner
-    if s.execute(sa.update(Operation)
+    if changed(s, sa.update(Operation)
                  .where(Operation.id == op.id, Operation.state.in_(ACTIVE_STATES))
                  .values(owner=owner, epoch=Operation.epoch + 1,
                          lease_expires_at=utcnow() + dt.timedelta(seconds=lease_seconds))
-                 ).rowcount != 1:
+                 ) != 1:
         raise Refused(f"operation {op.id} ended meanwhile: nothing to terminate")
     _annotate(s, op.id, TERMINATED, f"by {by}; former owner {former or '-'} fenced")
     return former
@@ -295,13 +296,13 @@ def _cancel_pending(s: Session, op: Operation, by: str, now: dt.datetime,
     claimed it and stalled), then the hold and secrets it took at submission."""
     free = sa.or_(Operation.owner.is_(None), Operation.lease_expires_at < now,
                   Operation.owner.in_(dead_owners) if dead_owners else sa.false())
-    ended = s.execute(
+    ended = changed(s,
         sa.update(Operation)
         .where(Operation.id == op.id, Operation.state == PENDING, free)
         .values(state=REVERTED, error=f"cancelled by {by} before it ran", finished_at=now,
                 owner=None, lease_expires_at=None, epoch=Operation.epoch + 1,
                 cancel_requested_by=by, cancel_requested_at=now)
-    ).rowcount == 1
+    ) == 1
     if not ended:
         return False
     if op.instance_uuid:
@@ -366,9 +367,9 @@ def reopen_for_revert(s: Session, op_id: str, owner: str, lease_seconds: float, 
         raise Refused(f"operation {op.id} has no failed revert to retry ({op.error}); after "
                       "cleaning up by hand, record it with `computeflow ops mark-reverted`")
     now = utcnow()
-    if s.execute(sa.update(Operation).where(Operation.id == op.id, Operation.state == FAILED)
+    if changed(s, sa.update(Operation).where(Operation.id == op.id, Operation.state == FAILED)
                  .values(state=REVERTING, owner=owner, finished_at=None,
-                         lease_expires_at=now + dt.timedelta(seconds=lease_seconds))).rowcount != 1:
+                         lease_expires_at=now + dt.timedelta(seconds=lease_seconds))) != 1:
         raise Refused(f"operation {op.id} changed meanwhile (another operator?): look again")
     ad, fd = TASKFLOW_TABLES.atomdetails, TASKFLOW_TABLES.flowdetails
     s.execute(sa.update(ad)
@@ -392,9 +393,9 @@ def mark_reverted(s: Session, op_id: str, by: str, note: str | None = None) -> O
                       "is marked reverted")
     now = utcnow()
     text = f"cleaned up by hand, recorded by {by} at {now.isoformat(timespec='seconds')}Z"
-    if s.execute(sa.update(Operation).where(Operation.id == op.id, Operation.state == FAILED)
+    if changed(s, sa.update(Operation).where(Operation.id == op.id, Operation.state == FAILED)
                  .values(state=REVERTED, finished_at=now, owner=None, lease_expires_at=None,
-                         error=f"{op.error or 'failed'}; {text}")).rowcount != 1:
+                         error=f"{op.error or 'failed'}; {text}")) != 1:
         raise Refused(f"operation {op.id} changed meanwhile (another operator?): look again")
     if op.instance_uuid:
         instances.release_hold(s, op.instance_uuid, op.id, task_state=None, vm_state="error")

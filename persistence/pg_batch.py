@@ -32,6 +32,7 @@ import psycopg2
 import sqlalchemy as sa
 from psycopg2.extensions import encodings
 from sqlalchemy import exc as sa_exc
+from sqlalchemy.sql.compiler import SQLCompiler
 
 #: SQLSTATE raised by `computeflow_assert_epoch` (migration 0006).
 FENCED_SQLSTATE = "CF001"
@@ -48,6 +49,7 @@ class _Template:
     def __init__(self, name: str, statement: sa.sql.ClauseElement, dialect: sa.Dialect,
                  column_keys: list[str] | None, prepare: bool) -> None:
         compiled = statement.compile(dialect=dialect, column_keys=column_keys)
+        assert isinstance(compiled, SQLCompiler)  # a DML statement compiles to SQL
         self.sql = str(compiled)
         head, values, row = self.sql.partition(" VALUES ")
         #: `INSERT ... VALUES` and its row template, for multi-row inserts.
@@ -128,7 +130,9 @@ class BatchRenderer:
         """
         raw = pool.raw_connection()
         try:
-            cursor = raw.driver_connection.cursor()
+            driver_connection = raw.driver_connection
+            assert driver_connection is not None  # a pooled connection is always open here
+            cursor = driver_connection.cursor()
             sql = self.render(cursor, ops, fence)
             for attempt in (1, 2):
                 self.round_trips += 1

@@ -27,7 +27,10 @@ def _config() -> Config:
 
 
 def head_revision() -> str:
-    return ScriptDirectory.from_config(_config()).get_current_head()
+    head = ScriptDirectory.from_config(_config()).get_current_head()
+    if head is None:
+        raise RuntimeError(f"no schema migrations found in {_HERE}")
+    return head
 
 
 def current_revision(db: Database) -> str | None:

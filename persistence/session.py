@@ -12,10 +12,18 @@ from collections.abc import Iterator
 
 import sqlalchemy as sa
 from sqlalchemy import event, exc as sa_exc
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import CursorResult, Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from persistence.errors import DatabaseMissing, DatabaseUnreachable
+
+
+def changed(s: Session, statement: sa.Executable) -> int:
+    """Rows an UPDATE or DELETE changed: how a guarded write tells whether its
+    guard held (a compare-and-set that matched no row lost the race)."""
+    result = s.execute(statement)
+    assert isinstance(result, CursorResult)
+    return result.rowcount
 
 
 def safe_url(url: str | sa.URL) -> str:

@@ -78,7 +78,7 @@ _LAZY_STATES = _DEFERRABLE_ATOM_STATES
 # (the runner records the operation's outcome), which flushes it.
 _LAZY_FLOW_STATES = frozenset({states.SUCCESS, states.REVERTED})
 _FLOW_ENDED = frozenset({states.SUCCESS, states.REVERTED, states.FAILURE, states.REVERT_FAILURE})
-_LOG = FlowLogEntry.__table__
+_LOG: sa.Table = FlowLogEntry.__table__  # type: ignore[assignment]  # declared models map Tables
 _OPS = Operation.__table__
 
 
@@ -128,7 +128,7 @@ def _transient(e: sa_exc.DBAPIError) -> bool:
         return True
     if getattr(e.orig, "pgcode", None) in _TRANSIENT_SQLSTATES:
         return True
-    args = getattr(e.orig, "args", ())
+    args: tuple[object, ...] = getattr(e.orig, "args", ())
     return bool(args) and args[0] in _TRANSIENT_MYSQL_ERRORS
 
 
@@ -281,14 +281,14 @@ class Backend(stock.SQLAlchemyBackend):
         self.batches = None
         self.autocommit = self.autocommit_lazy = None
         if engine.dialect.name == "postgresql":
-            self.batches = BatchRenderer(engine.dialect, self.statements.for_batches(),
-                                         prepared=_Statements.PER_STEP)
+            self.batches = batches = BatchRenderer(engine.dialect, self.statements.for_batches(),
+                                                   prepared=_Statements.PER_STEP)
             self.autocommit = _autocommit_engine(engine)
             self.autocommit_lazy = _autocommit_engine(engine, synchronous_commit=False)
             for pool in (self.autocommit, self.autocommit_lazy):
-                sa.event.listen(pool, "connect", lambda dbapi_conn, _: self.batches.prepare(dbapi_conn))
+                sa.event.listen(pool, "connect", lambda dbapi_conn, _: batches.prepare(dbapi_conn))
 
-    def get_connection(self) -> "Connection":
+    def get_connection(self) -> Connection:
         return Connection(self, upgrade_lock=self._upgrade_lock)
 
     def log_interrupted_atoms(self, flow_detail: tf_models.FlowDetail) -> None:
@@ -503,6 +503,7 @@ class Connection(stock.Connection):
             return self.send(flow_uuid, ops, lazy=lazy)
         except sa_exc.SQLAlchemyError:
             tf_exc.raise_with_cause(tf_exc.StorageFailure, f"Failed writing flow {flow_uuid}")
+            raise  # not reached: raise_with_cause raises (it is not annotated as never returning)
 
     def send(self, flow_uuid: str, ops: list[Op], lazy: bool = False) -> int:
         """Commit the flow's deferred writes and then `ops`, in one transaction
@@ -527,8 +528,8 @@ class Connection(stock.Connection):
                     return self._send_batch(flow_uuid, epoch, batch, lazy)
                 return self._send_transaction(flow_uuid, batch, lazy)
             except sa_exc.DBAPIError as e:
-                if getattr(e.orig, "pgcode", None) == FENCED_SQLSTATE:
-                    raise Fenced(flow_uuid, epoch) from None
+                if getattr(e.orig, "pgcode", None) == FENCED_SQLSTATE:  # only a fenced batch raises it
+                    raise Fenced(flow_uuid or "?", epoch if epoch is not None else -1) from None
                 if attempt + 1 == _TRANSIENT_ATTEMPTS or not _transient(e):
                     raise
                 time.sleep(_backoff(attempt))
@@ -540,8 +541,10 @@ class Connection(stock.Connection):
         pool does not pre-ping: a connection the server dropped (a restart)
         fails here and the caller retries on a fresh one."""
         pool = self._backend.autocommit_lazy if lazy else self._backend.autocommit
-        fence = None if epoch is None else (flow_uuid, epoch)
-        return self._backend.batches.send(pool, batch, fence)
+        batches = self._backend.batches
+        assert batches is not None and pool is not None  # PostgreSQL: both made at start
+        fence = None if epoch is None or flow_uuid is None else (flow_uuid, epoch)
+        return batches.send(pool, batch, fence)
 
     def _send_transaction(self, flow_uuid: str | None, batch: list[Op], lazy: bool) -> int:
         """SQLite, MariaDB: BEGIN, fence check, the statements, COMMIT.

@@ -40,7 +40,7 @@ class Tokens:
     by_hash: dict[str, str]
 
     @classmethod
-    def parse(cls, entries: list[str]) -> "Tokens":
+    def parse(cls, entries: list[str]) -> Tokens:
         by_hash = {}
         for entry in entries:
             m = _ENTRY.match(entry.strip().lower())

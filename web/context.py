@@ -40,7 +40,7 @@ class WebState:
         default_factory=lambda: futures.ThreadPoolExecutor(4, thread_name_prefix="web-run"))
 
     @classmethod
-    def open(cls, conf: cfg.ConfigOpts) -> "WebState":
+    def open(cls, conf: cfg.ConfigOpts) -> WebState:
         tokens = auth.Tokens.parse(conf.web.tokens)
         db = Database(conf.database.connection, pool_size=conf.database.pool_size,
                       connect_timeout=conf.database.connect_timeout)

@@ -91,7 +91,7 @@ def operation_detail(s, op_id: str, step_timeout: float) -> dict:
     return payload | {
         "parameters": render.shown_parameters(op),  # secrets as `(secret)`
         "instance_name": name,
-        "steps": [d | {"class": step_class(st)} for d, st in zip(payload["steps"], steps)],
+        "steps": [d | {"class": step_class(st)} for d, st in zip(payload["steps"], steps, strict=False)],
     }
 
 

@@ -130,7 +130,7 @@ class DiskConfig:
             return None  # not a kind of disk computeflow defines
         driver = el.find("driver")
         return cls(
-            source=source.get("file"),
+            source=source.get("file", ""),
             target_dev=target.get("dev", ""),
             format=(driver.get("type") if driver is not None else None) or "raw",
             bus=target.get("bus", "virtio"),
@@ -159,7 +159,7 @@ class InterfaceConfig:
         nic = ET.Element("interface", type=self.type)
         ET.SubElement(nic, "mac", address=self.mac)
         if self.type == "network":
-            ET.SubElement(nic, "source", network=self.network)
+            ET.SubElement(nic, "source", network=self.network or "")  # set: __post_init__
         if self.target_dev:
             ET.SubElement(nic, "target", dev=self.target_dev)
         ET.SubElement(nic, "model", type=self.model)
@@ -201,7 +201,7 @@ class SerialConfig:
         source = el.find("source")
         if el.get("type") != "file" or source is None or not source.get("path"):
             return None
-        return cls(path=source.get("path"), append=source.get("append") == "on")
+        return cls(path=source.get("path", ""), append=source.get("append") == "on")
 
 
 @dataclass(frozen=True)
@@ -240,8 +240,10 @@ class DomainConfig:
             if self.apic:
                 ET.SubElement(features, "apic")
         devices = ET.SubElement(dom, "devices")
-        for item in (*self.disks, *self.interfaces):
-            devices.append(item.to_element())
+        for disk in self.disks:
+            devices.append(disk.to_element())
+        for nic in self.interfaces:
+            devices.append(nic.to_element())
         if self.serial is not None:
             devices.append(self.serial.to_element())
         return dom
@@ -277,7 +279,7 @@ class DomainConfig:
             type=root.get("type", ""),
             name=name,
             uuid=uuid,
-            memory_mb=_to_bytes(memory.text, memory.get("unit", "KiB")) // 1024**2,
+            memory_mb=_to_bytes(memory.text or "0", memory.get("unit", "KiB")) // 1024**2,
             vcpus=int(vcpu) if vcpu else 1,
             os=OsConfig.from_element(os_el) if os_el is not None else OsConfig(),
             title=root.findtext("title"),

@@ -128,6 +128,7 @@ class LibvirtDriver(base.ComputeDriver):
     def domain_type(self) -> str:
         if self._domain_type is None:
             self.init_host()
+        assert self._domain_type is not None  # init_host found it or raised
         return self._domain_type
 
     @_translated
@@ -314,7 +315,7 @@ class LibvirtDriver(base.ComputeDriver):
         with disks.path_lock(path):
             if not os.path.exists(path):
                 if spec.kind is DiskKind.ROOT and spec.image is not None and backing is None:
-                    self._copy_root(path, spec, backing_format)
+                    self._copy_root(path, spec.image, spec, backing_format or "raw")
                 else:
                     disks.create_qcow2(path, spec.size_mb, backing=backing,
                                        backing_format=backing_format, preallocate=self.preallocate,
@@ -328,13 +329,13 @@ class LibvirtDriver(base.ComputeDriver):
                 "create a disk for")
         return Disk(spec.kind, path, spec.size_mb, backing, self.preallocate)
 
-    def _copy_root(self, path: str, spec: DiskSpec, source_format: str) -> None:
+    def _copy_root(self, path: str, image: Image, spec: DiskSpec, source_format: str) -> None:
         """A root disk with no backing file: the base image converted, then grown."""
         disks.remove_stale(path)
         options = ["-o", "preallocation=falloc"] if self.preallocate else []
         with disks.publishing(path) as tmp:
             disks.run(["qemu-img", "convert", "-q", "-f", source_format, "-O", "qcow2", *options,
-                       self.images.path(spec.image), tmp])
+                       self.images.path(image), tmp])
             disks.run(["qemu-img", "resize", "-q", *(["--preallocation=falloc"] if self.preallocate
                                                      else []), tmp, f"{spec.size_mb}M"])
 

@@ -92,7 +92,7 @@ class HostCapabilities:
         for guest in root.findall("guest"):
             arch_el = guest.find("arch")
             if arch_el is not None and (not arch or arch_el.get("name") == arch):
-                types.update(d.get("type") for d in arch_el.findall("domain") if d.get("type"))
+                types.update(t for d in arch_el.findall("domain") if (t := d.get("type")))
         return cls(arch, frozenset(types))
 
 

@@ -236,10 +236,10 @@ def finish_revert_migration(drv: LibvirtDriver, instance_uuid: str, power_on: bo
                                    os.path.basename(here)), ignore_errors=True)
         os.rename(kept, here)
     saved = os.path.join(here, DOMAIN_XML)
-    record = _read_json(os.path.join(here, MIGRATION_JSON))
-    if record is not None:
+    moved = _read_json(os.path.join(here, MIGRATION_JSON))
+    if moved is not None:
         with drv.ports.change() as ports:
-            for vif_id, port in record["ports"].items():
+            for vif_id, port in moved["ports"].items():
                 ports.setdefault(vif_id, port)
     guest = drv._find(instance_uuid)
     if guest is None:

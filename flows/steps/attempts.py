@@ -80,7 +80,7 @@ class Policy:
     outage_tolerance: float
 
     @classmethod
-    def of(cls, step: task.Task) -> "Policy":
+    def of(cls, step: task.Task) -> Policy:
         c = runtime.current().conf.conductor
         own = getattr(step, "step_timeout", None)
         return cls(c.step_timeout if own is None else own, c.step_retry_attempts,
@@ -115,7 +115,7 @@ def run(step: task.Task, phase: str, op_id: str | None, work: Callable[[], objec
                             outage_ends - now)
                 note = f"database unreachable; attempt {attempt + 1} in {delay:.3g}s"
                 # The driver's message only: SQLAlchemy's text adds the statement and its parameters.
-                error = f"{type(e).__name__}: {str(e.orig).strip().splitlines()[0]}"
+                error = f"{type(e).__name__}: {str(getattr(e, 'orig', e)).strip().splitlines()[0]}"
                 trace = "".join(tb.format_tb(e.__traceback__)) + error
             elif getattr(e, "transient", False) and transient_failures + 1 < policy.attempts:
                 transient_failures += 1
@@ -149,7 +149,7 @@ class _Worker(threading.Thread):
     idle again only if that call ever returns.
     """
 
-    _idle: list["_Worker"] = []
+    _idle: list[_Worker] = []
     _idle_lock = threading.Lock()
 
     def __init__(self) -> None:
@@ -158,7 +158,7 @@ class _Worker(threading.Thread):
         self.start()
 
     @classmethod
-    def submit(cls, name: str, fn: Callable[[], None]) -> "_Worker":
+    def submit(cls, name: str, fn: Callable[[], None]) -> _Worker:
         with cls._idle_lock:
             worker = cls._idle.pop() if cls._idle else None
         worker = worker or cls()
@@ -181,6 +181,8 @@ def _check_cancel(run_: cancellation.Run | None, op_id: str | None) -> None:
     try:
         cancellation.check(op_id)
     except cancellation.Cancelled:
+        if run_ is None or op_id is None:  # a cancel needs a run: not reached
+            raise
         with runtime.current().db.session() as s:
             if not operations.forward_phase_started(s, op_id, run_.no_return_step):
                 raise

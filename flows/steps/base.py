@@ -4,6 +4,7 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable
+from typing import Any
 
 from taskflow import task
 
@@ -44,10 +45,11 @@ def _with_checkpoints(fn: Callable, phase: str) -> Callable:
             _checkpoint(self.name, phase, "after")
             return result
         return attempts.run(self, phase, op_id, work)
-    wrapper._checkpointed = True
+    marked: Any = wrapper  # function attributes taskflow and __init_subclass__ read
+    marked._checkpointed = True
     if not wants_op:
-        wrapper.__signature__ = _with_operation_id(sig)
-    return wrapper
+        marked.__signature__ = _with_operation_id(sig)
+    return marked
 
 
 def _with_operation_id(sig: inspect.Signature) -> inspect.Signature:
@@ -86,4 +88,4 @@ class Step(task.Task):
 
 
 # Steps that undo nothing still have revert boundaries a crash test can hit.
-Step.revert = _with_checkpoints(Step.revert, "revert")
+Step.revert = _with_checkpoints(Step.revert, "revert")  # type: ignore[method-assign]

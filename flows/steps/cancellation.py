@@ -101,6 +101,8 @@ def lose(op_id: str) -> bool:
 
 def check(op_id: str | None) -> None:
     """Raise Cancelled if the operation was asked to stop (no I/O)."""
-    run = _runs.get(op_id) if op_id else None
+    if op_id is None:
+        return
+    run = _runs.get(op_id)
     if run is not None and run.cancelled_by is not None and not run.past_no_return:
         raise Cancelled(op_id, run.cancelled_by)

@@ -11,6 +11,7 @@ leaves the instance in ERROR on the destination for an operator.)
 """
 from __future__ import annotations
 
+import inspect
 import logging
 
 from drivers.errors import DriverError, GuestNotFound
@@ -39,7 +40,9 @@ class HoldForMigration(TakeHold):
     def __init__(self, **kw) -> None:
         super().__init__(task_state="migrating", **kw)
 
-    def revert(self, operation_id: str, instance_uuid: str, destination: str,
+    # taskflow passes every argument by name from the flow's store: the extra
+    # `destination` is no Liskov hazard here.
+    def revert(self, operation_id: str, instance_uuid: str, destination: str,  # type: ignore[override]
                prior_vm_state: str | None = None, prior_power_state: str | None = None,
                **_) -> None:
         if switched_over(instance_uuid, destination):
@@ -48,7 +51,7 @@ class HoldForMigration(TakeHold):
                                        vm_state="error")
             return
         # TakeHold's own revert, without passing its fault checkpoints a second time.
-        TakeHold.revert.__wrapped__(self, operation_id=operation_id, instance_uuid=instance_uuid,
+        inspect.unwrap(TakeHold.revert)(self, operation_id=operation_id, instance_uuid=instance_uuid,
                                     prior_vm_state=prior_vm_state,
                                     prior_power_state=prior_power_state)
 
@@ -137,7 +140,7 @@ class _Watcher:
             text = f"{pct}%"
             run = cancellation.get(self.op)  # this run's ownership epoch: progress is fenced too
             with runtime.current().db.session() as s:
-                progress.add(s, self.op, STEP, progress.PROGRESS, text, epoch=run and run.epoch)
+                progress.add(s, self.op, STEP, progress.PROGRESS, text, epoch=run.epoch if run is not None else None)
             progress.notify(self.op, STEP, text)
             self.last_pct = pct
         self.poll_requests()

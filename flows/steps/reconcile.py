@@ -151,6 +151,8 @@ class RecordPowerState(_OnHeldInstance):
         power = self.driver().get_info(uuid).state
         with runtime.current().db.session() as s:
             inst = instances.get(s, uuid)
+            if inst is None:  # held by this operation: a record cannot go while held
+                raise LookupError(f"instance {uuid} is gone although operation {operation_id} holds it")
             vm_state = vm_state_for(inst.vm_state, power)
         self.record(operation_id, "reconcile:power-state", power,
                     power_state=power.value, vm_state=vm_state)

@@ -47,8 +47,10 @@ def assert_refused(result, *fragments: str) -> None:
     (["destroy", "ghost"], ["unknown instance 'ghost'"]),
     (["hosts", "add", "small", "--vcpus", "1", "--ram-mb", "1", "--disk-gb", "1"], ["host 'small' already exists"]),
     (["hosts", "add", "h2", "--vcpus", "0", "--ram-mb", "1", "--disk-gb", "1"], ["vcpus must be between 1 and"]),
-    (["hosts", "add", "h2", "--vcpus", "1", "--ram-mb", str(2**40), "--disk-gb", "1"], ["ram_mb must be between 1 and"]),
-    (["hosts", "add", "h2", "--vcpus", "1", "--ram-mb", "1", "--disk-gb", "1", "--driver", "xen"], ["unknown driver 'xen'"]),
+    (["hosts", "add", "h2", "--vcpus", "1", "--ram-mb", str(2**40), "--disk-gb", "1"],
+     ["ram_mb must be between 1 and"]),
+    (["hosts", "add", "h2", "--vcpus", "1", "--ram-mb", "1", "--disk-gb", "1", "--driver", "xen"],
+     ["unknown driver 'xen'"]),
 ])
 def test_request_errors_change_nothing(env, args, fragments):
     conf, url, state = env
@@ -71,7 +73,8 @@ def test_busy_instance_is_refused_naming_the_holder(env):
 @pytest.mark.parametrize("content,fragments", [
     ("[DEFAULT\nstate_path = x\n", ["configuration"]),
     ("[DEFAULT]\npreallocate_images = lots\n", ["preallocate_images", "lots"]),
-    ("[database]\nconnection = postgresql+psycopg2://root@127.0.0.1:1/none\n", ["cannot reach the database", "127.0.0.1:1"]),
+    ("[database]\nconnection = postgresql+psycopg2://root@127.0.0.1:1/none\n",
+     ["cannot reach the database", "127.0.0.1:1"]),
     ("[database]\nconnection = not a url\n", ["cannot reach the database"]),
     ("[database]\nconnection = postgresql+psycopg2://root:hunter2@127.0.0.1:1/none\n", ["***"]),
     ("[fake]\nfaults = define_guest:sometime:fail\n", ["fault 'define_guest:sometime:fail'"]),

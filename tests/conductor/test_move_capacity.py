@@ -55,7 +55,7 @@ class Sampler:
                 h = hosts.get_host(s, "small")
                 self.samples.append((h.used_vcpus, h.used_ram_mb, h.used_disk_gb))
 
-    def __enter__(self) -> "Sampler":
+    def __enter__(self) -> Sampler:
         self.thread.start()
         return self
 

@@ -201,7 +201,7 @@ def test_auto_confirm_confirms_only_resizes_older_than_the_window(two_hosts):
     assert moves.auto_confirm(c) == []  # window 0: never
     c.conf.set_override("resize_confirm_window", 60, "conductor")
     assert moves.auto_confirm(c) == []  # resized just now
-    later = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None) + dt.timedelta(seconds=61)
+    later = dt.datetime.now(dt.UTC).replace(tzinfo=None) + dt.timedelta(seconds=61)
     assert moves.due_for_confirm(c, now=later) == [instance_uuid(c)]
     _age(c, seconds=120)
     done = c.resume()

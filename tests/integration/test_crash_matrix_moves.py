@@ -38,7 +38,7 @@ CASES = {
 FORWARD_ONLY = {"confirm", "revert"}
 _SHARED_STEPS = {"take_hold", "mark_done"}  # killed in the first case that has them only
 EXECUTE = []
-for label, (case, steps) in CASES.items():
+for label, (_case, steps) in CASES.items():
     seen = {s for _, s in EXECUTE}
     EXECUTE += [(label, s) for s in steps
                 if not (s in seen and (s in _SHARED_STEPS or label == "evacuate-shared"))]
