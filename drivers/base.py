@@ -17,7 +17,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from drivers.errors import NotSupported
 
@@ -230,7 +230,7 @@ class ComputeDriver:
     def get_host_ip_addr(self) -> str:
         self._unsupported("get_host_ip_addr")
 
-    def get_volume_connector(self, instance_uuid: str) -> dict:
+    def get_volume_connector(self, instance_uuid: str) -> dict[str, Any]:
         """What a storage backend needs to export a volume to this host."""
         self._unsupported("get_volume_connector")
 
@@ -262,13 +262,13 @@ class ComputeDriver:
     def get_console_output(self, instance_uuid: str) -> str:
         self._unsupported("get_console_output")
 
-    def get_diagnostics(self, instance_uuid: str) -> dict:
+    def get_diagnostics(self, instance_uuid: str) -> dict[str, Any]:
         self._unsupported("get_diagnostics")
 
     def get_instance_disk_info(self, instance_uuid: str) -> list[Disk]:
         self._unsupported("get_instance_disk_info")
 
-    def estimate_instance_overhead(self, flavor: Flavor) -> dict:
+    def estimate_instance_overhead(self, flavor: Flavor) -> dict[str, Any]:
         """Host memory/disk a guest costs beyond its flavor."""
         return {"memory_mb": 0, "disk_gb": 0}
 
@@ -383,19 +383,19 @@ class ComputeDriver:
         self._unsupported("finish_revert_migration")
 
     # -- live migration -----------------------------------------------------
-    def check_can_live_migrate_destination(self, instance_uuid: str, block_migration: bool) -> dict:
+    def check_can_live_migrate_destination(self, instance_uuid: str, block_migration: bool) -> dict[str, Any]:
         self._unsupported("check_can_live_migrate_destination")
 
-    def check_can_live_migrate_destination_cleanup(self, dest_check: dict) -> None:
+    def check_can_live_migrate_destination_cleanup(self, dest_check: dict[str, Any]) -> None:
         self._unsupported("check_can_live_migrate_destination_cleanup")
 
-    def check_can_live_migrate_source(self, instance_uuid: str, dest_check: dict) -> dict:
+    def check_can_live_migrate_source(self, instance_uuid: str, dest_check: dict[str, Any]) -> dict[str, Any]:
         self._unsupported("check_can_live_migrate_source")
 
-    def pre_live_migration(self, instance_uuid: str, migrate_data: dict) -> dict:
+    def pre_live_migration(self, instance_uuid: str, migrate_data: dict[str, Any]) -> dict[str, Any]:
         self._unsupported("pre_live_migration")
 
-    def live_migration(self, instance_uuid: str, dest_host: str, migrate_data: dict,
+    def live_migration(self, instance_uuid: str, dest_host: str, migrate_data: dict[str, Any],
                        progress: Callable[[int], None] | None = None) -> None:
         self._unsupported("live_migration")
 
@@ -408,7 +408,7 @@ class ComputeDriver:
     def rollback_live_migration_at_destination(self, instance_uuid: str, destroy_disks: bool) -> None:
         self._unsupported("rollback_live_migration_at_destination")
 
-    def post_live_migration(self, instance_uuid: str, migrate_data: dict) -> None:
+    def post_live_migration(self, instance_uuid: str, migrate_data: dict[str, Any]) -> None:
         self._unsupported("post_live_migration")
 
     def post_live_migration_at_source(self, instance_uuid: str) -> None:
@@ -417,26 +417,27 @@ class ComputeDriver:
     def post_live_migration_at_destination(self, instance_uuid: str) -> None:
         self._unsupported("post_live_migration_at_destination")
 
-    def check_instance_shared_storage_local(self, instance_uuid: str) -> dict | None:
+    def check_instance_shared_storage_local(self, instance_uuid: str) -> dict[str, Any] | None:
         self._unsupported("check_instance_shared_storage_local")
 
-    def check_instance_shared_storage_remote(self, data: dict) -> bool:
+    def check_instance_shared_storage_remote(self, data: dict[str, Any]) -> bool:
         self._unsupported("check_instance_shared_storage_remote")
 
-    def check_instance_shared_storage_cleanup(self, data: dict) -> None:
+    def check_instance_shared_storage_cleanup(self, data: dict[str, Any]) -> None:
         self._unsupported("check_instance_shared_storage_cleanup")
 
     # -- devices ------------------------------------------------------------
-    def attach_volume(self, instance_uuid: str, connection_info: dict, mountpoint: str) -> None:
+    def attach_volume(self, instance_uuid: str, connection_info: dict[str, Any], mountpoint: str) -> None:
         self._unsupported("attach_volume")
 
-    def detach_volume(self, instance_uuid: str, connection_info: dict, mountpoint: str) -> None:
+    def detach_volume(self, instance_uuid: str, connection_info: dict[str, Any], mountpoint: str) -> None:
         self._unsupported("detach_volume")
 
-    def swap_volume(self, instance_uuid: str, old_info: dict, new_info: dict, mountpoint: str) -> None:
+    def swap_volume(self, instance_uuid: str, old_info: dict[str, Any], new_info: dict[str, Any],
+                    mountpoint: str) -> None:
         self._unsupported("swap_volume")
 
-    def volume_snapshot_create(self, instance_uuid: str, volume_id: str, info: dict) -> None:
+    def volume_snapshot_create(self, instance_uuid: str, volume_id: str, info: dict[str, Any]) -> None:
         self._unsupported("volume_snapshot_create")
 
     def volume_snapshot_delete(self, instance_uuid: str, volume_id: str, snapshot_id: str) -> None:

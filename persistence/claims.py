@@ -8,8 +8,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from persistence.session import changed
 from persistence.models import Claim, Host
+from persistence.session import changed
 
 
 def claim(s: Session, operation_id: str, host: str, instance_uuid: str,

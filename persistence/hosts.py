@@ -4,8 +4,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from persistence.session import changed
 from persistence.models import Flavor, Host, Image
+from persistence.session import changed
 
 
 def add_host(s: Session, name: str, driver: str, uri: str | None, vcpus: int, ram_mb: int, disk_gb: int) -> Host:

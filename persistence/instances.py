@@ -1,15 +1,17 @@
 """Instances and the hold: which operation may change an instance right now."""
 from __future__ import annotations
 
+from typing import Any
+
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from persistence.session import changed
 from persistence.models import Instance
+from persistence.session import changed
 
 
 def create(s: Session, uuid: str, name: str, flavor: str, image: str, held_by: str | None,
-           vifs: list[dict]) -> Instance:
+           vifs: list[dict[str, Any]]) -> Instance:
     inst = Instance(uuid=uuid, name=name, live_marker="", flavor=flavor, image=image, vifs=vifs,
                     vm_state="building", power_state="nostate", task_state="scheduling",
                     held_by=held_by)
@@ -62,7 +64,7 @@ def take_hold(s: Session, uuid: str, operation_id: str) -> str | None:
     return holder or "<instance not found>"
 
 
-def release_hold(s: Session, uuid: str, operation_id: str, **changes) -> None:
+def release_hold(s: Session, uuid: str, operation_id: str, **changes: Any) -> None:
     """Drop the hold if this operation has it, applying `changes` in the same UPDATE."""
     s.execute(
         sa.update(Instance)
@@ -77,7 +79,7 @@ def show_failed(s: Session, operation_id: str) -> None:
               .values(vm_state="error", task_state=None))
 
 
-def update_if_held(s: Session, uuid: str, operation_id: str, **changes) -> bool:
+def update_if_held(s: Session, uuid: str, operation_id: str, **changes: Any) -> bool:
     """Change columns only while this operation holds the instance."""
     return changed(s,
         sa.update(Instance)

@@ -7,6 +7,7 @@ conductors are settled by the database and not by Python.
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
@@ -86,13 +87,13 @@ class Instance(Base):
     task_state: Mapped[str | None] = mapped_column(sa.String(32))
     held_by: Mapped[str | None] = mapped_column(sa.String(36), index=True)
     # Virtual interfaces as [{"id", "mac", "network"}], chosen at submission.
-    vifs: Mapped[list] = mapped_column(sa.JSON, default=list)
+    vifs: Mapped[list[dict[str, Any]]] = mapped_column(sa.JSON, default=list)
     # User metadata {key: value} (change_metadata); NULL reads as empty.
-    user_metadata: Mapped[dict | None] = mapped_column(sa.JSON, default=dict)
+    user_metadata: Mapped[dict[str, Any] | None] = mapped_column(sa.JSON, default=dict)
     # What computeflow remembers between operations (the rescue image); NULL reads as empty.
-    system_metadata: Mapped[dict | None] = mapped_column(sa.JSON, default=dict)
+    system_metadata: Mapped[dict[str, Any] | None] = mapped_column(sa.JSON, default=dict)
     # Volume attachments as [{"volume_id", "mountpoint"}]; NULL reads as empty.
-    volumes: Mapped[list | None] = mapped_column(sa.JSON, default=list)
+    volumes: Mapped[list[dict[str, Any]] | None] = mapped_column(sa.JSON, default=list)
     created_at: Mapped[dt.datetime] = mapped_column(Timestamp, default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(
         Timestamp, default=utcnow, onupdate=utcnow
@@ -126,7 +127,7 @@ class Operation(Base):
     kind: Mapped[str] = mapped_column(sa.String(32))
     instance_uuid: Mapped[str | None] = mapped_column(sa.String(36), index=True)
     # Parameters with every secret replaced by a reference (see secrets.py).
-    parameters: Mapped[dict] = mapped_column(sa.JSON)
+    parameters: Mapped[dict[str, Any]] = mapped_column(sa.JSON)
     state: Mapped[str] = mapped_column(sa.String(16))
     owner: Mapped[str | None] = mapped_column(sa.String(128))
     lease_expires_at: Mapped[dt.datetime | None] = mapped_column(Timestamp)

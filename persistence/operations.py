@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -25,7 +26,7 @@ ACTIVE_STATES = (PENDING, RUNNING, REVERTING)
 FINAL_STATES = (SUCCEEDED, REVERTED, FAILED)
 
 
-def create(s: Session, op_id: str, kind: str, instance_uuid: str | None, parameters: dict,
+def create(s: Session, op_id: str, kind: str, instance_uuid: str | None, parameters: dict[str, Any],
            flow_version: int, owner: str | None, lease_seconds: float) -> Operation:
     now = utcnow()
     op = Operation(id=op_id, kind=kind, instance_uuid=instance_uuid, parameters=parameters,
@@ -99,7 +100,7 @@ def mark(s: Session, op_id: str, state: str, *, owner: str | None = None, error:
     With `owner` (and `epoch`), only while the caller still owns the operation
     (under that epoch); returns whether the change was recorded.
     """
-    values: dict = {"state": state}
+    values: dict[str, Any] = {"state": state}
     now = utcnow()
     if state == RUNNING:
         values["started_at"] = sa.func.coalesce(Operation.started_at, now)
@@ -120,7 +121,7 @@ def mark(s: Session, op_id: str, state: str, *, owner: str | None = None, error:
 def mark_reverting(s: Session, op_id: str, owner: str, epoch: int, cause: str | None) -> bool:
     """The owner's flow started undoing its steps because of `cause` (kept if
     an error is already recorded: a resumed revert keeps the first cause)."""
-    values: dict = {"state": REVERTING}
+    values: dict[str, Any] = {"state": REVERTING}
     if cause is not None:
         values["error"] = sa.func.coalesce(Operation.error, cause)
     return changed(s, sa.update(Operation).where(

@@ -90,7 +90,7 @@ class BatchRenderer:
         #: Batches sent (each one round trip and one commit); benchmarks read it.
         self.round_trips = 0
 
-    def prepare(self, dbapi_connection) -> None:
+    def prepare(self, dbapi_connection: Any) -> None:
         """PREPARE the per-step statements in this session (a pool's `connect`
         event calls it for every new connection)."""
         cursor = dbapi_connection.cursor()
@@ -101,7 +101,7 @@ class BatchRenderer:
         if not dbapi_connection.autocommit:
             dbapi_connection.commit()
 
-    def render(self, cursor, ops: Iterable[Op], fence: tuple[str, int] | None = None) -> str:
+    def render(self, cursor: Any, ops: Iterable[Op], fence: tuple[str, int] | None = None) -> str:
         """`cursor` is a psycopg2 cursor (its `mogrify` quotes the values)."""
         parts = []
         if fence is not None:
@@ -138,7 +138,7 @@ class BatchRenderer:
                 self.round_trips += 1
                 try:
                     cursor.execute(sql)
-                    return cursor.rowcount
+                    return int(cursor.rowcount)
                 except psycopg2.Error as e:
                     if e.pgcode == _NOT_PREPARED_SQLSTATE and attempt == 1:
                         self.prepare(raw.driver_connection)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from typing import Any
 
 import sqlalchemy as sa
 from cryptography.fernet import Fernet, InvalidToken
@@ -51,12 +52,12 @@ class SecretBox:
             os.fsync(f.fileno())
         return key
 
-    def store(self, s: Session, operation_id: str, value: str) -> dict:
+    def store(self, s: Session, operation_id: str, value: str) -> dict[str, Any]:
         ref = str(uuid.uuid4())
         s.add(Secret(ref=ref, operation_id=operation_id, ciphertext=self._box().encrypt(value.encode())))
         return {"secret_ref": ref}
 
-    def reveal(self, s: Session, reference: dict) -> str:
+    def reveal(self, s: Session, reference: dict[str, Any]) -> str:
         ref = reference["secret_ref"]
         row = s.get(Secret, ref)
         if row is None:

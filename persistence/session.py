@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import event, exc as sa_exc
@@ -55,7 +56,7 @@ def connection_lost(e: BaseException) -> bool:
     orig = e.orig
     code = getattr(orig, "pgcode", None)
     if code:
-        return code.startswith(_LOST_SQLSTATE_PREFIXES)
+        return bool(code.startswith(_LOST_SQLSTATE_PREFIXES))
     args = getattr(orig, "args", ())
     if args and isinstance(args[0], int):
         return args[0] in _LOST_MYSQL_ERRORS
@@ -65,7 +66,7 @@ def connection_lost(e: BaseException) -> bool:
     return False
 
 
-def _sqlite_pragmas(dbapi_connection, _record) -> None:
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     # Let SQLAlchemy's "begin" event issue BEGIN (IMMEDIATE) instead of pysqlite.
     dbapi_connection.isolation_level = None
     cur = dbapi_connection.cursor()
@@ -109,7 +110,7 @@ def create_engine(url: str, *, pool_size: int = 10, connect_timeout: int = 5,
     except sa_exc.ArgumentError as e:
         raise DatabaseUnreachable("<unparsable database URL>", str(e)) from None
     backend = parsed.get_backend_name()
-    kwargs: dict = {"pool_pre_ping": True}
+    kwargs: dict[str, Any] = {"pool_pre_ping": True}
     if backend == "sqlite":
         path = sqlite_file(url)
         if path is not None:

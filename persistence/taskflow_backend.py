@@ -40,6 +40,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
@@ -102,12 +103,12 @@ def summarize(value: object, limit: int = RESULT_SUMMARY_LIMIT) -> str | None:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def failure_line(failure) -> str:
+def failure_line(failure: Any) -> str:  # a taskflow Failure
     """`Type: message` of a taskflow Failure (iterating one yields its type names)."""
     return f"{next(iter(failure), 'Error').rsplit('.', 1)[-1]}: {failure.exception_str}"
 
 
-def _significant(row: dict) -> dict:
+def _significant(row: dict[str, Any]) -> dict[str, Any]:
     """The row without progress bookkeeping: what is worth a write.
 
     `meta` is always copied: taskflow updates an atom's meta in place, and a
@@ -133,7 +134,7 @@ def _transient(e: sa_exc.DBAPIError) -> bool:
 
 
 def _backoff(attempt: int) -> float:
-    return min(0.5, 0.01 * 2 ** attempt)
+    return min(0.5, 0.01 * 2.0 ** attempt)
 
 
 @dataclass
@@ -141,7 +142,7 @@ class _AtomMemo:
     flow_uuid: str
     state: str | None
     attempts: int
-    written: dict
+    written: dict[str, Any]
 
 
 class _Memory:
@@ -202,7 +203,7 @@ class _Statements:
     NEW_FLOW_COLUMNS = ("uuid", "parent_uuid", "name", "state", "meta", "created_at")
     NEW_BOOK_COLUMNS = ("uuid", "name", "meta", "created_at", "updated_at")
 
-    def __init__(self, tables) -> None:
+    def __init__(self, tables: Any) -> None:  # taskflow's tables namespace
         atoms, flows = tables.atomdetails, tables.flowdetails
         self.insert_book = sa.insert(tables.logbooks).inline()  # inline: no RETURNING
         self.insert_flow = sa.insert(flows).inline()
@@ -235,7 +236,7 @@ class _Statements:
                 "update_flow": (self.update_flow, None)}
 
     @classmethod
-    def update_atom_op(cls, row: dict) -> Op:
+    def update_atom_op(cls, row: dict[str, Any]) -> Op:
         return "update_atom", {"a_uuid": row["uuid"], "a_updated_at": utcnow(),
                                **{f"a_{c}": row.get(c) for c in cls.ATOM_COLUMNS}}
 
@@ -258,7 +259,7 @@ class _Statements:
         return ops
 
     @classmethod
-    def insert_log_op(cls, log: dict) -> Op:
+    def insert_log_op(cls, log: dict[str, Any]) -> Op:
         return "insert_log", {f"l_{c}": log.get(c) for c in cls.LOG_COLUMNS}
 
     @staticmethod
@@ -358,7 +359,7 @@ def _autocommit_engine(engine: sa.Engine, synchronous_commit: bool = True) -> sa
 
 
 class Connection(stock.Connection):
-    def __init__(self, backend: Backend, upgrade_lock) -> None:  # noqa: D107
+    def __init__(self, backend: Backend, upgrade_lock: threading.Lock) -> None:  # noqa: D107
         # Deliberately not calling the stock __init__: it rebuilds the tables.
         self._backend = backend
         self._upgrade_lock = upgrade_lock
@@ -373,7 +374,7 @@ class Connection(stock.Connection):
     # -- loading: remember every atom of the flows we hand out -----------------
     # Deferred writes of a flow are committed before it is read or saved again,
     # so this process always reads what it wrote.
-    def save_logbook(self, book):
+    def save_logbook(self, book: tf_models.LogBook) -> tf_models.LogBook:
         """A new logbook is inserted blindly, flows and atoms with it, in one
         transaction (one round trip on PostgreSQL); only if it exists already
         does taskflow's read-and-merge path run."""
@@ -392,7 +393,7 @@ class Connection(stock.Connection):
                 self._memory.remember(fd.uuid, ad)
         return saved
 
-    def get_logbook(self, book_uuid, lazy=False):
+    def get_logbook(self, book_uuid: str, lazy: bool = False) -> tf_models.LogBook:
         book = super().get_logbook(book_uuid, lazy=lazy)
         unsent = [fd.uuid for fd in book if self._memory.pending.get(fd.uuid)]
         if unsent:  # rare: read while one of its flows is between two steps
@@ -404,7 +405,7 @@ class Connection(stock.Connection):
                 self._remember_loaded(fd)
         return book
 
-    def get_flow_details(self, fd_uuid, lazy=False):
+    def get_flow_details(self, fd_uuid: str, lazy: bool = False) -> tf_models.FlowDetail:
         self._backend.flush(fd_uuid)
         fd = super().get_flow_details(fd_uuid, lazy=lazy)
         if not lazy:
@@ -423,7 +424,7 @@ class Connection(stock.Connection):
             self._memory.remember(fd.uuid, ad, runs.get(ad.uuid, 0))
 
     # -- the hot path ------------------------------------------------------------
-    def update_atom_details(self, atom_detail):
+    def update_atom_details(self, atom_detail: tf_models.AtomDetail) -> tf_models.AtomDetail:
         memo = self._memory.atoms.get(atom_detail.uuid)
         if memo is None:  # not loaded through us (e.g. a tool editing one atom)
             return self._update_atom_details_slowly(atom_detail)
@@ -437,7 +438,7 @@ class Connection(stock.Connection):
         remember()
         return atom_detail
 
-    def update_flow_details(self, flow_detail):
+    def update_flow_details(self, flow_detail: tf_models.FlowDetail) -> tf_models.FlowDetail:
         ops: list[Op] = []
         remembers: list[Callable[[], None]] = []
         deferrable = flow_detail.state in _DEFERRABLE_FLOW_STATES
@@ -583,7 +584,7 @@ class Connection(stock.Connection):
         if current is None:
             raise Fenced(flow_uuid, epoch)
 
-    def _transition(self, memo: _AtomMemo, ad: tf_models.AtomDetail) -> tuple[int, dict | None]:
+    def _transition(self, memo: _AtomMemo, ad: tf_models.AtomDetail) -> tuple[int, dict[str, Any] | None]:
         """The attempt count after this write, and the flow-log row it needs."""
         if ad.state == memo.state:
             return memo.attempts, None
@@ -591,7 +592,7 @@ class Connection(stock.Connection):
         return attempts, _log_row(memo.flow_uuid, ad, max(attempts, 1),
                                   self._memory.fences.get(memo.flow_uuid))
 
-    def _update_atom_details_slowly(self, atom_detail):
+    def _update_atom_details_slowly(self, atom_detail: tf_models.AtomDetail) -> tf_models.AtomDetail:
         atoms = self._tables.atomdetails
         try:
             with self._engine.begin() as conn:
@@ -618,7 +619,7 @@ class Connection(stock.Connection):
 
 
 def _log_row(flow_uuid: str, ad: tf_models.AtomDetail, attempt: int,
-             epoch: int | None = None) -> dict | None:
+             epoch: int | None = None) -> dict[str, Any] | None:
     """The flow_log row for an atom's new state (None for taskflow's injector)."""
     if ad.name.startswith(_INTERNAL_PREFIX):
         return None  # taskflow's own injector atom holds the store, not a step
