@@ -16,6 +16,7 @@ import os
 import sys
 from collections.abc import Callable
 
+from computeflow.errors import ComputeflowError
 from conductor import config, logs, moves, reconcile, recovery, render
 from conductor.api import SpawnRequest
 from conductor.cli_history import (cmd_instances_events, cmd_instances_list, cmd_instances_show,
@@ -25,14 +26,10 @@ from conductor.cli_repair import (cmd_cancel, cmd_ops_mark_reverted, cmd_ops_ret
 from conductor.cli_support import (EXIT_OK, EXIT_OP_FAILED, EXIT_USER_ERROR, UserError,
                                    conductor_of, database_of, emit, read_secret_file,
                                    run_and_report, warn_idle_faults)
-from conductor.jobboard import JobboardError
 from conductor.runner import LostOwnership
-from drivers.faults import BadFaultSpec
+from drivers.errors import DriverError
 from flows import catalog, live_migration
-from flows.errors import OperationError
 from persistence import hosts, operations, schema
-from persistence.errors import PersistenceError
-from persistence.secrets import SecretUnavailable
 from persistence.session import safe_url, sqlite_file
 
 
@@ -372,8 +369,12 @@ def main(argv: list[str] | None = None) -> int:
         args.conf = config.load(args.config_files)
         logs.setup(args.conf.conductor.log_file, args.debug)
         return args.func(args)
-    except (UserError, OperationError, PersistenceError, SecretUnavailable,
-            config.ConfigError, BadFaultSpec, JobboardError) as e:
+    except DriverError as e:  # the hypervisor failed a direct call (inventory, reconcile)
+        if args.debug:
+            raise
+        print(f"computeflow: error: {logs.redact(str(e))}", file=sys.stderr)
+        return EXIT_OP_FAILED
+    except ComputeflowError as e:  # refused on purpose: bad input, configuration, state
         if args.debug:
             raise
         print(f"computeflow: error: {logs.redact(str(e))}", file=sys.stderr)

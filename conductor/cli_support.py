@@ -7,6 +7,7 @@ import json
 import sys
 import time
 
+from computeflow.errors import ComputeflowError
 from conductor import config, render, repair
 from conductor.api import Conductor
 from conductor.handle import OperationHandle
@@ -21,7 +22,7 @@ EXIT_OK, EXIT_OP_FAILED, EXIT_USER_ERROR = 0, 1, 2
 EXIT_NEEDS_REPAIR = 3
 
 
-class UserError(Exception):
+class UserError(ComputeflowError):
     """A request that cannot be right: one line on stderr, exit status 2."""
 
 

@@ -5,6 +5,7 @@ import difflib
 
 from oslo_config import cfg, types
 
+from computeflow.errors import ComputeflowError
 import drivers.options
 import flows.options
 import persistence.options
@@ -15,8 +16,8 @@ from flows import catalog
 from persistence.session import Database, sqlite_file
 
 
-class ConfigError(Exception):
-    pass
+class ConfigError(ComputeflowError):
+    """The configuration cannot be used: which file, section, option and why."""
 
 
 def new_conf() -> cfg.ConfigOpts:

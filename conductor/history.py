@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import datetime as dt
 
+from computeflow.errors import ComputeflowError
 from flows import catalog
 from persistence import hosts, instances, operations
 
 
-class BadQuery(ValueError):
+class BadQuery(ComputeflowError, ValueError):
     """A filter value that cannot be right; the message says why."""
 
 

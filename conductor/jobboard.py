@@ -43,6 +43,7 @@ from taskflow.jobs import base as jobs_base
 from taskflow.jobs.backends import impl_redis
 from taskflow.utils import misc
 
+from computeflow.errors import ComputeflowError
 from conductor import ownership
 from persistence import operations
 from persistence.models import Operation, utcnow
@@ -55,7 +56,7 @@ JOB_NAME = "computeflow-operation"
 _SCHEMES = {"redis": None, "zookeeper": "kazoo", "etcd": "etcd3gw"}
 
 
-class JobboardError(Exception):
+class JobboardError(ComputeflowError):
     """The jobboard URL is wrong or its backend cannot be used."""
 
 

@@ -1,7 +1,8 @@
 """Errors a hypervisor driver raises; flows decide what each means."""
+from computeflow.errors import ComputeflowError
 
 
-class DriverError(Exception):
+class DriverError(ComputeflowError):
     """Base class. `transient` errors may succeed if the step is retried."""
 
     transient = False

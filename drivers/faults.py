@@ -13,6 +13,7 @@ import signal
 import threading
 from dataclasses import dataclass
 
+from computeflow.errors import ComputeflowError
 from drivers.errors import InjectedFault, InjectedTransientFault
 
 PHASES = ("execute", "revert")
@@ -21,8 +22,8 @@ TRANSIENT = "fail-transient-"
 WHENS = ("before", "after")
 
 
-class BadFaultSpec(ValueError):
-    pass
+class BadFaultSpec(ComputeflowError, ValueError):
+    """A `[fake] faults` entry that cannot be right."""
 
 
 @dataclass(frozen=True)

@@ -20,14 +20,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from computeflow.errors import ComputeflowError
 from drivers import base
 
 DISTRIBUTIONS = ("fixed", "uniform", "exponential")
 ANY = "*"
 
 
-class BadLatencySpec(ValueError):
-    pass
+class BadLatencySpec(ComputeflowError, ValueError):
+    """A `[fake] latency` entry that cannot be right."""
 
 
 #: Contract methods that are plumbing, not hypervisor work: never delayed.

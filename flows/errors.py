@@ -1,7 +1,8 @@
 """Errors raised while validating or running an operation."""
+from computeflow.errors import ComputeflowError
 
 
-class OperationError(Exception):
+class OperationError(ComputeflowError):
     """Base class: a clear, one-line reason an operation cannot go on."""
 
 

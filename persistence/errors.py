@@ -1,7 +1,8 @@
 """Errors of the persistence layer, each carrying what a user needs to act."""
+from computeflow.errors import ComputeflowError
 
 
-class PersistenceError(Exception):
+class PersistenceError(ComputeflowError):
     """Base class."""
 
 

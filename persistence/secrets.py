@@ -16,11 +16,12 @@ import sqlalchemy as sa
 from cryptography.fernet import Fernet, InvalidToken
 from sqlalchemy.orm import Session
 
+from persistence.errors import PersistenceError
 from persistence.models import Secret
 
 
-class SecretUnavailable(Exception):
-    pass
+class SecretUnavailable(PersistenceError):
+    """The secret key or a stored secret cannot be read (the message says which)."""
 
 
 class SecretBox:

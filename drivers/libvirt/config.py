@@ -15,6 +15,8 @@ import dataclasses
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 
+from computeflow.errors import ComputeflowError
+
 #: The namespace of computeflow's <metadata> element.
 METADATA_NS = "http://computeflow.invalid/xmlns/libvirt/instance/1.0"
 METADATA_PREFIX = "computeflow"
@@ -27,7 +29,7 @@ _MEMORY_UNITS = {
 }
 
 
-class ConfigError(ValueError):
+class ConfigError(ComputeflowError, ValueError):
     """The XML does not describe a domain we can read."""
 
 
