@@ -19,7 +19,8 @@ from sqlalchemy import exc as sa_exc
 from conductor import config, jobboard, ownership
 from conductor import moves
 from conductor.handle import OperationHandle
-from conductor.runner import EventSink, LeaseKeeper, LostOwnership, NotOwner, Runner
+from conductor.runner import (EventSink, LeaseKeeper, LostOwnership, NotOwner, Runner,
+                              WaitingForHostSlot)
 from drivers import DRIVER_NAMES
 from drivers.base import ComputeDriver, LifecycleEvent
 from drivers.faults import FaultPlan
@@ -231,7 +232,19 @@ class Conductor:
 
     # -- running ------------------------------------------------------------
     def run(self, op_id: str, on_event: EventSink | None = None) -> OperationStatus:
-        return OperationStatus.of(self.runner.run(op_id, on_event=on_event))
+        """Run the operation here, waiting in line first if a per-host limit
+        is reached (conductor/host_limits.py)."""
+        said = False
+        while True:
+            seen = self.runner.slots.generation()
+            try:
+                return OperationStatus.of(self.runner.run(op_id, on_event=on_event))
+            except WaitingForHostSlot as e:
+                if not said:
+                    LOG.info("%s", e)
+                    said = True
+                # A release here wakes it at once; one elsewhere is seen on the next try.
+                self.runner.slots.wait_for_release(seen, self.conf.conductor.poll_interval)
 
     def resume(self, on_event: EventSink | None = None) -> list[OperationStatus]:
         """Finish every operation whose owner is gone (dead process or lapsed
