@@ -215,9 +215,9 @@ def test_slot_of_a_killed_process_is_reclaimed(tmp_path, crash_db_url):
 
 
 def test_limit_holds_across_two_conductor_processes(tmp_path, crash_db_url):
-    """Two `computeflow conductor` processes, twelve spawns, two builds at a
+    """Two `computeflow conductor` processes, eight spawns, two builds at a
     time on h1: never more than two ran at once, and some waited in line."""
-    limit, count = 2, 12
+    limit, count = 2, 8
     c = _conductor(tmp_path, crash_db_url, f"max_concurrent_builds = {limit}\n")
     procs = []
     try:
