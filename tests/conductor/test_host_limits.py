@@ -254,3 +254,36 @@ def test_limit_holds_across_two_conductor_processes(tmp_path, crash_db_url):
                 p.kill()
                 p.wait()
         c.close()
+
+
+def test_limit_holds_under_a_burst_on_one_service(tmp_path, postgresql_url, redis_url):
+    """A burst of spawns over two hosts on one conductor service (Redis +
+    PostgreSQL) with room for more in flight than the limit: per host, never
+    more than the limit ran at once, and every spawn ended (none starved)."""
+    from conductor import jobboard
+    from conductor.service import ConductorService
+    from tests.conftest import clean
+
+    clean(postgresql_url)
+    limit, count = 3, 30
+    c = _conductor(tmp_path, postgresql_url,
+                   f"max_concurrent_builds = {limit}\nmax_operations = 12\njobboard = {redis_url}\n"
+                   "claim_expiry = 5\npoll_interval = 0.05\n[fake]\nlatency = define_guest:0.05\n")
+    c.add_host("h2", vcpus=64, ram_mb=65536, disk_gb=1000)
+    svc = ConductorService(c, jobboard.open_board(c.conf, c.owner, c.db))
+    t = threading.Thread(target=svc.serve)
+    t.start()
+    try:
+        handles = [c.submit_spawn(SpawnRequest(name=f"vm{i}", flavor="m1.tiny", image="cirros",
+                                               host=f"h{1 + i % 2}")) for i in range(count)]
+        states = {h: h.wait(timeout=120).state for h in handles}
+        assert set(states.values()) == {operations.SUCCEEDED}
+        with c.db.session() as s:
+            peak = host_limits.HostLimits.from_conf(c.conf).peak(s, list(handles))
+        assert set(peak) == {("builds", "h1"), ("builds", "h2")}
+        assert max(peak.values()) <= limit, peak
+        assert _slot_rows(c) == []
+    finally:
+        svc.stop()
+        t.join(30)
+        c.close()
