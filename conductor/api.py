@@ -19,7 +19,8 @@ from sqlalchemy import exc as sa_exc
 from conductor import config, jobboard, ownership
 from conductor import moves
 from conductor.handle import OperationHandle
-from conductor.runner import EventSink, LeaseKeeper, LostOwnership, NotOwner, Runner
+from conductor.runner import (EventSink, LeaseKeeper, LostOwnership, NotOwner, Runner,
+                              StepEvent, WaitingForHostSlot)
 from drivers import DRIVER_NAMES
 from drivers.base import ComputeDriver, LifecycleEvent
 from drivers.faults import FaultPlan
@@ -31,6 +32,8 @@ from persistence.models import Operation, utcnow
 from persistence.secrets import SecretBox
 
 LOG = logging.getLogger(__name__)
+#: The live-output line of a run waiting in line for a host slot.
+WAITING_STEP = "(waiting for a host slot)"
 MAX_CAPACITY = 2**31 - 1  # the columns are 32-bit INTEGERs on every database
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 
@@ -230,8 +233,27 @@ class Conductor:
         return self.submit("destroy", instance)
 
     # -- running ------------------------------------------------------------
-    def run(self, op_id: str, on_event: EventSink | None = None) -> OperationStatus:
-        return OperationStatus.of(self.runner.run(op_id, on_event=on_event))
+    def run(self, op_id: str, on_event: EventSink | None = None, *,
+            dead_owners: tuple[str, ...] = ()) -> OperationStatus:
+        """Run the operation here, waiting in line first if a per-host limit
+        is reached (conductor/host_limits.py); `on_event` hears of the wait once."""
+        said = False
+        while True:
+            seen = self.runner.slots.generation()
+            try:
+                return OperationStatus.of(self.runner.run(op_id, dead_owners=dead_owners,
+                                                          on_event=on_event))
+            except WaitingForHostSlot as e:
+                if not said:
+                    LOG.info("%s", e)
+                    if on_event is not None:
+                        on_event(StepEvent(op_id, WAITING_STEP, "WAITING",
+                                           "; ".join(str(w) for w in e.waits)))
+                    said = True
+                with self.db.session() as s:  # a submission of ours stays ours while it waits
+                    operations.renew_leases(s, self.owner, [op_id], self.lease_seconds)
+                # A release here wakes it at once; one elsewhere is seen on the next try.
+                self.runner.slots.wait_for_release(seen, self.conf.conductor.poll_interval)
 
     def resume(self, on_event: EventSink | None = None) -> list[OperationStatus]:
         """Finish every operation whose owner is gone (dead process or lapsed

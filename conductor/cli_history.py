@@ -2,7 +2,7 @@
 instances (list, show, events)."""
 from __future__ import annotations
 
-from conductor import history, liveness, render
+from conductor import history, host_limits, liveness, render
 from conductor.cli_repair import cmd_ops_needs_repair
 from conductor.cli_support import EXIT_OK, UserError, database_of, emit
 from persistence import events, flowlog, hosts, instances, operations
@@ -70,9 +70,10 @@ def cmd_ops_list(args) -> int:
         except history.BadQuery as e:
             raise UserError(str(e)) from None
         rows = operations.history(s, f, limit=args.limit)
+        waiting = host_limits.waiting(s, [o.id for o, _ in rows if o.state in operations.ACTIVE_STATES])
         now = utcnow()
-        emit(args, [render.history_dict(o, name, now) for o, name in rows],
-             render.history_table(rows, now))
+        emit(args, [render.history_dict(o, name, now, waiting.get(o.id)) for o, name in rows],
+             render.history_table(rows, now, waiting))
     return EXIT_OK
 
 
@@ -82,8 +83,9 @@ def cmd_ops_show(args) -> int:
         if op is None:
             raise UserError(operations.not_found(s, args.id))
         rows = flowlog.entries(s, op.id)
+        waiting = host_limits.waiting(s, [op.id]).get(op.id)
     steps = flowlog.summarize(rows)
-    live = liveness.facts(op, steps, args.conf.conductor.step_timeout)
+    live = liveness.facts(op, steps, args.conf.conductor.step_timeout, waiting_for=waiting)
     payload = render.operation_show_dict(op, rows, steps, live, with_transitions=args.transitions)
     notes = render.progress_notes(rows)
     emit(args, payload, render.operation_text(op, steps, rows if args.transitions else None,

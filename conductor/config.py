@@ -9,7 +9,7 @@ from computeflow.errors import ComputeflowError
 import drivers.options
 import flows.options
 import persistence.options
-from conductor import options
+from conductor import host_limits, options
 from drivers.faults import Fault, FaultPlan
 from drivers.latency import LatencyModel
 from flows import catalog
@@ -47,6 +47,7 @@ def load(config_files: list[str] | None = None, overrides: dict | None = None) -
         FaultPlan(conf.fake.faults)  # a bad fault spec is a config error, caught here
         LatencyModel.parse(conf.fake.latency, conf.fake.latency_distribution)  # likewise
         _check_fault_steps(conf.fake.faults)
+        host_limits.parse_per_kind(conf.conductor.max_concurrent_per_host)
     except (cfg.Error, ValueError) as e:
         raise ConfigError(f"configuration: {e}") from None
     return conf

@@ -26,7 +26,8 @@ class LiveFacts:
 
 
 def facts(op: Operation, steps: list[StepSummary], step_timeout: float,
-          now: dt.datetime | None = None) -> LiveFacts:
+          now: dt.datetime | None = None, waiting_for: str | None = None) -> LiveFacts:
+    """`waiting_for`: the host slots it waits for in line (conductor/host_limits.py)."""
     now = now or utcnow()
     if op.state == operations.FAILED:
         return LiveFacts(f"needs repair: `computeflow ops retry-revert {op.id}` once the cause "
@@ -60,4 +61,6 @@ def facts(op: Operation, steps: list[StepSummary], step_timeout: float,
     else:
         situation = (f"ORPHANED: owner {status}; `computeflow resume --dry-run {op.id}` "
                      "says what a resume would do")
+    if waiting_for:  # queued behind a per-host limit: not orphaned, not running
+        situation = waiting_for
     return LiveFacts(situation, lines, status)

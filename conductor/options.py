@@ -117,7 +117,36 @@ moves_opts = [
     ),
 ]
 
+# Read by conductor/host_limits.py (per-host slots, persistence/host_slots.py).
+host_limit_opts = [
+    cfg.IntOpt(
+        "max_concurrent_builds",
+        default=10,
+        min=0,
+        help="Operations that build an instance on a host (spawn, rebuild, and "
+        "evacuate on its destination) running at once on one host, counted "
+        "across every conductor sharing the database. More wait in line, in "
+        "submission order, and start as slots free up (never fail). 0: unlimited.",
+    ),
+    cfg.IntOpt(
+        "max_concurrent_live_migrations",
+        default=1,
+        min=0,
+        help="Live migrations running at once that involve one host, as source "
+        "or destination, across every conductor; a migration needs a slot on "
+        "both hosts. More wait in line, in submission order. 0: unlimited.",
+    ),
+    cfg.DictOpt(
+        "max_concurrent_per_host",
+        default={},
+        help="Per operation kind, at most this many at once on one host (on "
+        "every host it names: both ends of a move), e.g. snapshot:2,migrate:1; "
+        "on top of the two limits above. More wait in line. 0: unlimited.",
+    ),
+]
+
 conductor_opts += jobboard_opts
+conductor_opts += host_limit_opts
 conductor_opts += step_opts  # read by flows/steps/attempts.py (every step's deadline and retries)
 conductor_opts += moves_opts
 

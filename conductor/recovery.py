@@ -230,5 +230,4 @@ def resume_one(conductor, op_id: str, direction: str | None, by: str, on_event=N
             outcome = cancel.request(s, p.op_id, f"{by} ({why})"[:255], dead)
         if outcome.done:
             return conductor.status(p.op_id)
-    from conductor.api import OperationStatus  # the api imports this module's users
-    return OperationStatus.of(conductor.runner.run(p.op_id, dead_owners=dead, on_event=on_event))
+    return conductor.run(p.op_id, on_event, dead_owners=dead)  # in line for a host slot if need be

@@ -179,19 +179,28 @@ def op_duration_s(op: Operation, now: dt.datetime) -> float | None:
     return round(((op.finished_at or now) - op.started_at).total_seconds(), 3)
 
 
-def history_dict(op: Operation, instance_name: str | None, now: dt.datetime) -> dict:
+def history_dict(op: Operation, instance_name: str | None, now: dt.datetime,
+                 waiting_for: str | None = None) -> dict:
+    """`waiting_for`: the host slots it waits for (conductor/host_limits.py), if any."""
     return operation_dict(op) | {"instance_name": instance_name,
-                                 "duration_s": op_duration_s(op, now)}
+                                 "duration_s": op_duration_s(op, now), "waiting_for": waiting_for}
 
 
-def history_table(rows: list[tuple[Operation, str | None]], now: dt.datetime) -> str:
+def history_table(rows: list[tuple[Operation, str | None]], now: dt.datetime,
+                  waiting: dict[str, str] | None = None) -> str:
     """`ops list`: instance names, UTC times, and how long each took (or has
-    been running: `(running)`)."""
+    been running: `(running)`); an operation waiting in line for a host slot
+    says so after its state."""
+    waiting = waiting or {}
+
+    def state(op: Operation) -> str:
+        return f"{op.state} ({waiting[op.id]})" if op.id in waiting else op.state
+
     def duration(op: Operation) -> str | None:
         text = fmt_duration(op_duration_s(op, now))
         return f"{text} (running)" if text and op.finished_at is None else text
     return table(["ID", "KIND", "INSTANCE", "STATE", "CREATED", "DURATION", "ERROR"],
-                 [[o.id, o.kind, name or o.instance_uuid, o.state, fmt_time(o.created_at),
+                 [[o.id, o.kind, name or o.instance_uuid, state(o), fmt_time(o.created_at),
                    duration(o), (o.error or "")[:60]] for o, name in rows])
 
 

@@ -17,11 +17,12 @@ from taskflow import engines, exceptions as tf_exc, states
 from taskflow.persistence import models as tf_models
 from taskflow.types import notifier
 
+from conductor.host_limits import HostLimits, SlotGate
 from flows import catalog
 from flows.errors import FlowVersionGone
 from flows.runtime import Runtime
 from flows.steps import cancellation
-from persistence import instances, operations
+from persistence import host_slots, instances, operations
 from persistence.models import Operation
 from persistence.taskflow_backend import Backend, Fenced, failure_line
 
@@ -44,6 +45,16 @@ EventSink = Callable[[StepEvent], None]
 class NotOwner(Exception):
     def __init__(self, op_id: str) -> None:
         super().__init__(f"operation {op_id} is owned by a live conductor (or already finished)")
+
+
+class WaitingForHostSlot(NotOwner):
+    """Not run now: a per-host limit is reached (conductor/host_limits.py). The
+    operation keeps its place in line; a later run of it proceeds in turn."""
+
+    def __init__(self, op_id: str, waits: list[host_slots.Wait]) -> None:
+        Exception.__init__(self, f"operation {op_id} waits for a host slot: "
+                           + "; ".join(str(w) for w in waits))
+        self.op_id, self.waits = op_id, waits
 
 
 class LostOwnership(Exception):
@@ -119,22 +130,22 @@ class LeaseKeeper:
 
 class Runner:
     def __init__(self, rt: Runtime, owner: str, *, lease_seconds: float,
-                 executor: futures.Executor, leases: LeaseKeeper) -> None:
+                 executor: futures.Executor, leases: LeaseKeeper,
+                 slots: SlotGate | None = None) -> None:
         self.rt = rt
         self.owner = owner
         self.lease_seconds = lease_seconds
         self.executor = executor
         self.leases = leases
         self.backend = Backend(rt.db.engine)
+        #: Per-host limits; share one per process so that a release wakes its waiters.
+        self.slots = slots or SlotGate(HostLimits.from_conf(rt.conf), lease_seconds)
 
     def run(self, op_id: str, *, dead_owners: tuple[str, ...] = (),
             on_event: EventSink | None = None) -> Operation:
-        """Run (or resume) an operation; returns its final record."""
-        with self.rt.db.session() as s:
-            epoch = operations.take_ownership(s, op_id, self.owner, self.lease_seconds, dead_owners)
-            if epoch is None:
-                raise NotOwner(op_id)
-            op = operations.get(s, op_id)
+        """Run (or resume) an operation; returns its final record.
+        WaitingForHostSlot when a per-host limit keeps it waiting in line."""
+        epoch, op, needs = self._take(op_id, dead_owners)
         kind = catalog.CATALOG.get(op.kind)
         self.leases.track(op_id, kind.no_return_step if kind else None)
         self.backend.fence(op_id, epoch)
@@ -148,6 +159,39 @@ class Runner:
         finally:
             self.backend.unfence(op_id)
             self.leases.untrack(op_id)
+            if needs:
+                self._release_slots(op_id)
+
+    def _take(self, op_id: str, dead_owners: tuple[str, ...]) -> tuple[int, Operation, list]:
+        """Ownership and, in the same transaction, the host slots the operation
+        needs: no one sees it owned without its slots, or holding slots unowned."""
+        needs: list[host_slots.Need] = []
+        waits: list[host_slots.Wait] = []
+        epoch = None
+        try:
+            with self.rt.db.session() as s:
+                op = operations.get(s, op_id)
+                needs, waits = self.slots.request(s, op) if op is not None else ([], [])
+                if not waits:  # else commit only the place in line
+                    epoch = operations.take_ownership(s, op_id, self.owner, self.lease_seconds,
+                                                      dead_owners)
+                    if epoch is not None:
+                        self.slots.take(s, op, needs)
+                        s.refresh(op)
+        except host_slots.SlotRace as race:
+            waits = [race.wait]
+        if waits:
+            raise WaitingForHostSlot(op_id, waits)
+        if epoch is None:
+            raise NotOwner(op_id)
+        return epoch, op, needs
+
+    def _release_slots(self, op_id: str) -> None:
+        try:
+            self.slots.release(self.rt.db, op_id, self.owner)
+        except Exception as e:  # noqa: BLE001 - a lost database: the lease lapses, the slot is reclaimed
+            LOG.warning("operation %s: releasing its host slots failed (%s); they are "
+                        "reclaimed once its lease lapses", op_id, e)
 
     def _run_owned(self, op: Operation, epoch: int, on_event: EventSink | None) -> Operation:
         kind = catalog.get(op.kind)

@@ -28,7 +28,7 @@ from conductor import jobboard, ownership
 from conductor.api import Conductor
 from conductor.drift_watch import DriftWatch, check_apply_kinds
 from conductor.jobboard import Board, Claim
-from conductor.runner import LostOwnership, NotOwner, Runner
+from conductor.runner import LostOwnership, NotOwner, Runner, WaitingForHostSlot
 from flows import catalog
 from persistence import operations
 from persistence.errors import PersistenceError
@@ -78,11 +78,14 @@ class ConductorService:
         self._claims: dict[str, Claim] = {}
         self._engines: dict[str, object] = {}
         self._skip_until: dict[str, float] = {}
+        #: Operations refused for a host slot (WaitingForHostSlot), with their tries.
+        self._slot_waiting: dict[str, int] = {}
+        self._slot_retry_cap = min(2.0, conductor.lease_seconds / 4)
         self._pool = futures.ThreadPoolExecutor(self.max_operations, thread_name_prefix="operation")
         self.drift = DriftWatch(conductor, opts.reconcile_interval, opts.reconcile_apply)
         self.runner = _ServiceRunner(conductor.rt, self.who, lease_seconds=conductor.lease_seconds,
                                      executor=conductor._executor, leases=conductor._leases,
-                                     service=self)
+                                     slots=conductor.runner.slots, service=self)
 
     @property
     def stopping(self) -> bool:
@@ -184,16 +187,20 @@ class ConductorService:
 
     # -- one claimed job --------------------------------------------------------
     def _work(self, claim: Claim) -> None:
+        slot_tries = self._slot_waiting.pop(claim.op_id, 0)  # put back if refused again
         try:
-            self._dispatch(claim)
+            self._dispatch(claim, slot_tries)
         except Exception:
             LOG.exception("operation %s: unexpected error; job released", claim.op_id)
             self._release(claim)
         finally:
             self._engines.pop(claim.op_id, None)
             self._claims.pop(claim.op_id, None)
+            if claim.op_id not in self._slot_waiting:  # it ran (or could not): a slot may be free
+                for waiter in list(self._slot_waiting):
+                    self._skip_until.pop(waiter, None)
 
-    def _dispatch(self, claim: Claim) -> None:
+    def _dispatch(self, claim: Claim, slot_tries: int = 0) -> None:
         if self.stopping:
             self._release(claim)
             return
@@ -223,15 +230,18 @@ class ConductorService:
             return
         if op.error and op.error.startswith(UNLOADABLE):
             jobboard.mark_unloadable(self.c.db, op.id, None)
-        self._run(claim, op)
+        self._run(claim, op, slot_tries)
 
-    def _run(self, claim: Claim, op: operations.Operation) -> None:
+    def _run(self, claim: Claim, op: operations.Operation, slot_tries: int = 0) -> None:
         # Holding the claim entitles us to take over from the previous owner;
         # without a jobboard only a provably dead owner is taken over.
         prev = op.owner if op.owner and op.owner != self.who else None
         dead = (prev,) if prev and (not self.board.embedded or ownership.is_dead(prev)) else ()
         try:
             final = self.runner.run(op.id, dead_owners=dead)
+        except WaitingForHostSlot as e:
+            self._wait_for_slot(claim, e, slot_tries + 1)
+            return
         except NotOwner:
             LOG.info("operation %s is owned elsewhere; job released", op.id)
             self._skip_until[op.id] = time.monotonic() + self.expiry
@@ -250,6 +260,15 @@ class ConductorService:
             self.board.consume(claim)
         else:
             self._release(claim)
+
+    def _wait_for_slot(self, claim: Claim, e: WaitingForHostSlot, tries: int) -> None:
+        """Give the job back; try it again soon, at once when a run of this
+        process ends (it may free the slot). Its place in line is in the database."""
+        if tries == 1:
+            LOG.info("%s", e)
+        self._slot_waiting[claim.op_id] = tries
+        self._skip_until[claim.op_id] = time.monotonic() + min(self.poll * tries, self._slot_retry_cap)
+        self._release(claim)
 
     def _release(self, claim: Claim) -> None:
         try:

@@ -116,6 +116,32 @@ class Claim(Base):
     created_at: Mapped[dt.datetime] = mapped_column(Timestamp, default=utcnow)
 
 
+class HostSlot(Base):
+    """One operation's place on one host for one kind of limited work
+    (persistence/host_slots.py): waiting in line while `slot` is NULL,
+    holding slot number `slot` (0 .. limit-1) otherwise. The unique
+    (host, category, slot) is what bounds the holders, across every
+    conductor; NULLs never collide, so any number may wait."""
+
+    __tablename__ = "host_slots"
+    __table_args__ = (
+        sa.UniqueConstraint("host", "category", "slot", name="uq_host_slots_slot"),
+        sa.Index("ix_host_slots_line", "host", "category", "queued_at"),
+    )
+
+    operation_id: Mapped[str] = mapped_column(sa.String(36), primary_key=True)
+    # No foreign key: a line must not stop a host from being removed.
+    host: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    #: What is limited: "builds", "live_migrations", or an operation kind.
+    category: Mapped[str] = mapped_column(sa.String(32), primary_key=True)
+    slot: Mapped[int | None] = mapped_column(sa.Integer)
+    #: The operation's submission time: the order of the line.
+    queued_at: Mapped[dt.datetime] = mapped_column(Timestamp)
+    #: The latest attempt to take a slot: a place in line is kept while someone asks.
+    asked_at: Mapped[dt.datetime] = mapped_column(Timestamp)
+    taken_at: Mapped[dt.datetime | None] = mapped_column(Timestamp)
+
+
 class Operation(Base):
     __tablename__ = "operations"
     __table_args__ = (

@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 from taskflow import states as _tf_states
 
-from persistence import claims, instances
+from persistence import claims, host_slots, instances
 from persistence.errors import PersistenceError
 from persistence.models import (FLOW_STEP, TASKFLOW_TABLES, Claim, FlowLogEntry, Instance,
                                Operation, Secret, utcnow)
@@ -313,6 +313,7 @@ def _cancel_pending(s: Session, op: Operation, by: str, now: dt.datetime,
                    if params.get("prior_vm_state") else {"vm_state": "error"})  # a spawn: as reverted
         instances.release_hold(s, op.instance_uuid, op.id, task_state=None, **restore)
     s.execute(sa.delete(Secret).where(Secret.operation_id == op.id))
+    host_slots.forget(s, op.id)  # it may have waited in line for a host slot
     _annotate(s, op.id, CANCEL_REQUESTED, f"by {by}; cancelled before it ran")
     return True
 

@@ -28,8 +28,8 @@ SERVERS = {
     "mysql": os.environ.get("COMPUTEFLOW_TEST_MYSQL", "mysql+pymysql://root@127.0.0.1:3306/test"),
 }
 # Rows of these tables are test data; flavors and images are seeded by migrations.
-MUTABLE_TABLES = ("flow_log", "secrets", "claims", "operations", "instance_events", "instances",
-                  "hosts", "atomdetails", "flowdetails", "logbooks")
+MUTABLE_TABLES = ("flow_log", "secrets", "claims", "host_slots", "operations", "instance_events",
+                  "instances", "hosts", "atomdetails", "flowdetails", "logbooks")
 _SESSION_TAG = f"cf_test_{os.getpid()}_{uuid.uuid4().hex[:6]}"
 
 
