@@ -52,7 +52,7 @@ class HostLimits:
     per_kind: dict[str, int] = field(default_factory=dict)
 
     @classmethod
-    def from_conf(cls, conf: cfg.ConfigOpts) -> "HostLimits":
+    def from_conf(cls, conf: cfg.ConfigOpts) -> HostLimits:
         opts = conf.conductor
         return cls(opts.max_concurrent_builds, opts.max_concurrent_live_migrations,
                    parse_per_kind(opts.max_concurrent_per_host))

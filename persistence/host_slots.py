@@ -27,6 +27,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.orm import Session
 
 from persistence.models import HostSlot, Operation, utcnow
+from persistence.session import changed
 
 _ACTIVE = ("PENDING", "RUNNING", "REVERTING")  # operations.ACTIVE_STATES (it imports us)
 
@@ -63,7 +64,7 @@ class SlotRace(Exception):
         self.wait = Wait(need.host, need.category, need.limit, need.limit, 0)
 
 
-def _held_by_live_owner(now: dt.datetime):
+def _held_by_live_owner(now: dt.datetime) -> sa.Exists:
     """The row's operation still runs under a live lease (its slot counts)."""
     return sa.exists().where(Operation.id == HostSlot.operation_id,
                              Operation.state.in_(_ACTIVE), Operation.owner.is_not(None),
@@ -101,14 +102,14 @@ def request(s: Session, op_id: str, queued_at: dt.datetime, needs: list[Need],
         line = (HostSlot.host == need.host, HostSlot.category == need.category)
         held = s.scalar(sa.select(sa.func.count()).select_from(HostSlot).where(
             *line, HostSlot.slot.is_not(None), HostSlot.operation_id != op_id,
-            _held_by_live_owner(now)))
+            _held_by_live_owner(now))) or 0
         ahead = s.scalar(sa.select(sa.func.count()).select_from(HostSlot).where(
             *line, HostSlot.slot.is_(None), HostSlot.asked_at >= fresh,
             sa.or_(HostSlot.queued_at < queued_at,
                    sa.and_(HostSlot.queued_at == queued_at, HostSlot.operation_id < op_id)),
             sa.exists().where(Operation.id == HostSlot.operation_id,
                               Operation.state.in_(_ACTIVE),
-                              Operation.cancel_requested_by.is_(None))))
+                              Operation.cancel_requested_by.is_(None)))) or 0
         if held + ahead >= need.limit:
             waits.append(Wait(need.host, need.category, need.limit, held, ahead))
     return waits
@@ -124,8 +125,10 @@ def take(s: Session, op_id: str, needs: list[Need]) -> None:
         mine = s.get(HostSlot, (op_id, need.host, need.category))
         if mine is not None and mine.slot is not None:
             continue
-        used = dict(s.execute(sa.select(HostSlot.slot, _held_by_live_owner(now)).where(
-            *line, HostSlot.slot.is_not(None))).all())
+        used: dict[int, bool] = {
+            number: live for number, live in s.execute(
+                sa.select(HostSlot.slot, _held_by_live_owner(now)).where(*line, HostSlot.slot.is_not(None)))
+            if number is not None}
         free = [n for n in range(need.limit) if n not in used]
         if free:
             number = free[0]
@@ -152,10 +155,10 @@ def _reclaim(s: Session, need: Need, number: int, now: dt.datetime) -> bool:
     row = (HostSlot.host == need.host, HostSlot.category == need.category, HostSlot.slot == number,
            ~_held_by_live_owner(now))
     ended = ~sa.exists().where(Operation.id == HostSlot.operation_id, Operation.state.in_(_ACTIVE))
-    gone = s.execute(sa.delete(HostSlot).where(*row, ended)
-                     .execution_options(synchronize_session=False)).rowcount
-    return gone + s.execute(sa.update(HostSlot).where(*row).values(slot=None, taken_at=None)
-                            .execution_options(synchronize_session=False)).rowcount == 1
+    gone = changed(s, sa.delete(HostSlot).where(*row, ended)
+                   .execution_options(synchronize_session=False))
+    return gone + changed(s, sa.update(HostSlot).where(*row).values(slot=None, taken_at=None)
+                          .execution_options(synchronize_session=False)) == 1
 
 
 def release(s: Session, op_id: str, owner: str) -> int:
@@ -163,8 +166,8 @@ def release(s: Session, op_id: str, owner: str) -> int:
     owns it now (a take-over keeps its slots). Returns the rows removed."""
     taken_over = sa.exists().where(Operation.id == op_id, Operation.state.in_(_ACTIVE),
                                    Operation.owner.is_not(None), Operation.owner != owner)
-    return s.execute(sa.delete(HostSlot).where(HostSlot.operation_id == op_id, ~taken_over)
-                     .execution_options(synchronize_session=False)).rowcount
+    return changed(s, sa.delete(HostSlot).where(HostSlot.operation_id == op_id, ~taken_over)
+                   .execution_options(synchronize_session=False))
 
 
 def forget(s: Session, op_id: str) -> None:
