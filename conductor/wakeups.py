@@ -146,6 +146,9 @@ class RedisSource:
             pubsub = self.client.pubsub(ignore_subscribe_messages=True)
             try:
                 pubsub.subscribe(*self.names)
+                # redis-py reconnects and resubscribes by itself: a notice may
+                # have been published in between, so have everyone look once.
+                pubsub.connection.register_connect_callback(self._reconnected)
                 self._connected.set()
                 self.receiver(None, None)
                 pause = 0.1
@@ -166,6 +169,10 @@ class RedisSource:
             self._stop.wait(pause)
             pause = min(pause * 2, 5.0)
 
+    def _reconnected(self, _connection) -> None:
+        LOG.info("jobboard notifications resubscribed after a lost connection")
+        self.receiver(None, None)
+
     def close(self) -> None:
         self._stop.set()
         self._thread.join(5)
@@ -179,7 +186,7 @@ class ZookeeperSource:
 
     def __init__(self, board: TaskflowBoard, receiver: notify.Receiver) -> None:
         self.board = board.board
-        self._callback = lambda _state, _details: receiver(notify.JOBS, None)
+        self._callback = lambda _state, details=None: receiver(notify.JOBS, None)
         self.board.notifier.register(jobs_base.POSTED, self._callback)
 
     @property

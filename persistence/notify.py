@@ -18,6 +18,7 @@ reports `healthy` so that its users poll quickly while it is not.
 from __future__ import annotations
 
 import logging
+import os
 import select
 import threading
 from collections.abc import Callable
@@ -109,6 +110,7 @@ class PgListener:
         self._connected = threading.Event()
         self._stop = threading.Event()
         self._conn = None
+        self._interrupt_r, self._interrupt_w = os.pipe()  # close() ends a select at once
         self._thread = threading.Thread(target=self._run, name="pg-listen", daemon=True)
         self._thread.start()
 
@@ -126,7 +128,10 @@ class PgListener:
 
     def close(self) -> None:
         self._stop.set()
+        os.write(self._interrupt_w, b"x")
         self._thread.join(self.check_interval + 5)
+        os.close(self._interrupt_r)
+        os.close(self._interrupt_w)
 
     def _run(self) -> None:
         pause = 0.1
@@ -156,7 +161,9 @@ class PgListener:
         self._connected.set()
         self.receiver(None, None)  # anything committed before LISTEN: look once
         while not self._stop.is_set():
-            ready, _, _ = select.select([conn], [], [], self.check_interval)
+            ready, _, _ = select.select([conn, self._interrupt_r], [], [], self.check_interval)
+            if self._stop.is_set():
+                return
             if not ready:
                 with conn.cursor() as cur:  # idle: prove the connection is still there
                     cur.execute("SELECT 1")
