@@ -1,7 +1,7 @@
 """A real `computeflow conductor` process whose poll intervals are an hour:
 only notices can explain that it starts a submitted spawn and that the
-submitter's `wait()` returns within the deadline (PostgreSQL + Redis; the ZooKeeper and etcd watches are tested in
-tests/conductor/test_wakeups.py)."""
+submitter's `wait()` returns within the deadline (PostgreSQL + Redis; the
+ZooKeeper and etcd watches are tested in tests/conductor/test_wakeups.py)."""
 from __future__ import annotations
 
 import signal
