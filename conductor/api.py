@@ -21,6 +21,7 @@ from conductor import moves
 from conductor.handle import OperationHandle
 from conductor.runner import (EventSink, LeaseKeeper, LostOwnership, NotOwner, Runner,
                               StepEvent, WaitingForHostSlot)
+from conductor.wakeups import Wakeups, open_wakeups
 from drivers import DRIVER_NAMES
 from drivers.base import ComputeDriver, LifecycleEvent
 from drivers.faults import FaultPlan
@@ -84,6 +85,7 @@ class Conductor:
             max_workers=conf.conductor.workers, thread_name_prefix="step")
         self._leases = LeaseKeeper(self.rt, self.owner, self.lease_seconds).__enter__()
         self._board: jobboard.Board | None = None
+        self._wakeups: Wakeups | None = None
         # With a jobboard a conductor service runs the operation: submit it unowned.
         self._submit_owner = None if conf.conductor.jobboard else self.owner
         self.runner = Runner(self.rt, self.owner, lease_seconds=self.lease_seconds,
@@ -96,6 +98,13 @@ class Conductor:
             self._board = jobboard.open_board(self.conf, self.owner, self.db)
         return self._board
 
+    @property
+    def wakeups(self) -> Wakeups:
+        """Notices of ended operations for `wait()` (conductor/wakeups.py); opened on first use."""
+        if self._wakeups is None:
+            self._wakeups = open_wakeups(self.conf, self.db, self.board)
+        return self._wakeups
+
     def _submitted(self, op_id: str) -> OperationHandle:
         """Post the committed operation; if posting fails, a conductor's
         reconciliation posts it (the row is the source of truth)."""
@@ -107,6 +116,8 @@ class Conductor:
         return OperationHandle(op_id, self)
 
     def close(self) -> None:
+        if self._wakeups is not None:
+            self._wakeups.close()
         if self._board is not None:
             self._board.close()
         self._leases.__exit__(None, None, None)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-from persistence import operations
+from persistence import notify, operations
 
 if TYPE_CHECKING:
     from conductor.api import Conductor, OperationStatus
@@ -38,20 +38,27 @@ class OperationHandle(str):
     def wait(self, timeout: float | None = None) -> OperationStatus:
         """The final status. Without a jobboard nobody else will run the
         operation, so it runs here; with one, a conductor service runs it and
-        this polls the database until it ends (OperationTimeout after `timeout`)."""
+        this returns when notified of its end (conductor/wakeups.py), looking
+        at the database again after each notice and at the safety-net
+        interval (OperationTimeout after `timeout`)."""
         c = self._conductor
         st = self.status()
         if c.board.embedded and st.state == operations.PENDING:
             return c.run(self.id)
         deadline = None if timeout is None else time.monotonic() + timeout
-        delay = 0.02
-        while st.state not in operations.FINAL_STATES:
-            if deadline is not None and time.monotonic() >= deadline:
-                raise OperationTimeout(self.id, st.state, timeout)
-            pause = delay if deadline is None else min(delay, max(0.0, deadline - time.monotonic()))
-            time.sleep(pause)  # polling a remote state: there is nothing to wait on locally
-            delay = min(delay * 2, 0.5)
-            st = self.status()
+        delay = 0.02  # without a notifier: a short first look, then poll_interval
+        with c.wakeups.ended(self.id) as ended:
+            st = self.status()  # subscribed first: an end from now on is not missed
+            while st.state not in operations.FINAL_STATES:
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise OperationTimeout(self.id, st.state, timeout)
+                pause = c.wakeups.safety_interval if c.wakeups.covered(notify.ENDED) else delay
+                if deadline is not None:
+                    pause = min(pause, max(0.0, deadline - time.monotonic()))
+                ended.wait(pause)
+                ended.clear()
+                delay = min(delay * 2, c.wakeups.poll_interval)
+                st = self.status()
         return st
 
     def cancel(self) -> object:

@@ -45,7 +45,7 @@ from taskflow.utils import misc
 
 from computeflow.errors import ComputeflowError
 from conductor import ownership
-from persistence import operations
+from persistence import notify, operations
 from persistence.models import Operation, utcnow
 from persistence.session import Database
 
@@ -244,6 +244,8 @@ class RedisBoard(TaskflowBoard):
     def __init__(self, board: impl_redis.RedisJobBoard, who: str, claim_expiry: float) -> None:
         super().__init__(board, who, claim_expiry)
         self._extend = board._client.register_script(_EXTEND_IF_OWNER)
+        # Pub/sub channels of the wake-ups (conductor/wakeups.py), in the board's namespace.
+        self.channels = {name: board.join(name) for name in notify.CHANNELS}
 
     def post_missing(self, ops: list[tuple[str, dt.datetime]]) -> None:
         Board.post_missing(self, ops)  # posting is idempotent here, one round trip each
@@ -255,6 +257,22 @@ class RedisBoard(TaskflowBoard):
         with _redis_errors():
             posting["sequence"] = b._client.incr(b.sequence_key)
             b._client.hsetnx(b.listings_key, op_id.encode(), b._dumps(posting))
+            b._client.publish(self.channels[notify.JOBS], op_id)
+
+    def consume(self, claim: Claim) -> None:
+        super().consume(claim)
+        self._announce(notify.ENDED, claim.op_id)
+
+    def release(self, claim: Claim) -> None:
+        super().release(claim)
+        self._announce(notify.JOBS, claim.op_id)  # free again: another conductor may take it
+
+    def _announce(self, channel: str, op_id: str) -> None:
+        try:
+            with _redis_errors():
+                self.board._client.publish(self.channels[channel], op_id)
+        except tf_exc.JobFailure as e:  # receivers poll too: a lost notice only delays them
+            LOG.info("operation %s: %s not announced on the jobboard: %s", op_id, channel, e)
 
     def _unclaimed(self) -> list:
         b = self.board
@@ -371,10 +389,11 @@ def mark_unloadable(db: Database, op_id: str, reason: str | None) -> None:
 def release_ownership(db: Database, op_id: str, owner: str) -> None:
     """A suspended operation is free at once for the next conductor."""
     with db.session() as s:
-        s.execute(sa.update(Operation)
-                  .where(Operation.id == op_id, Operation.owner == owner,
-                         Operation.state.in_(operations.ACTIVE_STATES))
-                  .values(owner=None, lease_expires_at=None))
+        if s.execute(sa.update(Operation)
+                     .where(Operation.id == op_id, Operation.owner == owner,
+                            Operation.state.in_(operations.ACTIVE_STATES))
+                     .values(owner=None, lease_expires_at=None)).rowcount == 1:
+            notify.announce(s, notify.JOBS, op_id)
 
 
 def orphans(db: Database) -> list[tuple[str, dt.datetime]]:

@@ -101,7 +101,26 @@ jobboard_opts = [
         "poll_interval",
         default=0.5,
         min=0.01,
-        help="Seconds an idle conductor waits before looking for jobs again.",
+        help="Seconds an idle conductor (and `wait()`) waits before looking again "
+        "when no wake-up notifier covers it: SQLite shared by several processes, "
+        "MySQL without a Redis jobboard, `wakeups = false`, or a notifier "
+        "reconnecting.",
+    ),
+    cfg.BoolOpt(
+        "wakeups",
+        default=True,
+        help="Learn of new jobs and ended operations from notifications instead "
+        "of polling: PostgreSQL LISTEN/NOTIFY, Redis pub/sub, ZooKeeper and etcd "
+        "watches, and within one process. false: poll every poll_interval (e.g. "
+        "behind a PgBouncer in transaction mode, where LISTEN does not work).",
+    ),
+    cfg.FloatOpt(
+        "safety_poll_interval",
+        default=5.0,
+        min=0.1,
+        help="Seconds between two looks while a wake-up notifier is connected: "
+        "the safety net for a lost notification and for what nobody announces "
+        "(a dead owner's lease running out).",
     ),
 ]
 

@@ -24,13 +24,13 @@ from concurrent import futures
 from sqlalchemy import exc as sa_exc
 from taskflow import exceptions as tf_exc, states
 
-from conductor import jobboard, ownership
+from conductor import jobboard, ownership, wakeups
 from conductor.api import Conductor
 from conductor.drift_watch import DriftWatch, check_apply_kinds
 from conductor.jobboard import Board, Claim
 from conductor.runner import LostOwnership, NotOwner, Runner, WaitingForHostSlot
 from flows import catalog
-from persistence import operations
+from persistence import notify, operations
 from persistence.errors import PersistenceError
 
 LOG = logging.getLogger(__name__)
@@ -72,9 +72,11 @@ class ConductorService:
     def __init__(self, conductor: Conductor, board: Board) -> None:
         opts = conductor.conf.conductor
         self.c, self.board, self.who = conductor, board, conductor.owner
-        self.max_operations, self.poll, self.expiry = opts.max_operations, opts.poll_interval, opts.claim_expiry
+        self.max_operations, self.expiry = opts.max_operations, opts.claim_expiry
+        self.poll = opts.poll_interval  # first retry of a job waiting for a host slot
         self._stop = threading.Event()
         self._wake = threading.Event()
+        self.wakeups: wakeups.Wakeups | None = None  # opened by serve()
         self._claims: dict[str, Claim] = {}
         self._engines: dict[str, object] = {}
         self._skip_until: dict[str, float] = {}
@@ -101,6 +103,8 @@ class ConductorService:
         if threading.current_thread() is threading.main_thread():  # tests serve from a thread
             signal.signal(signal.SIGTERM, self.stop)
             signal.signal(signal.SIGINT, self.stop)
+        self.wakeups = wakeups.open_wakeups(self.c.conf, self.c.db, self.board)
+        self.wakeups.on_jobs(self._wake)  # a notice ends the wait below at once
         beat = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
         beat.start()
         watch = threading.Thread(target=self.drift.run, args=(self._stop,), name="drift-watch",
@@ -122,11 +126,23 @@ class ConductorService:
             except Exception:  # the loop must outlive any outage: a dead loop strands its claims
                 LOG.exception("conductor loop error; retrying")
                 self._stop.wait(min(self.expiry / 3, 2.0))
-            self._wake.wait(self.poll)
+            self._wake.wait(self._next_look())
         self._shutdown()
         beat.join()
         watch.join()
         return 0
+
+    def _next_look(self) -> float:
+        """Until a notice, the safety-net poll, or the retry of a job waiting
+        for a host slot (a slot freed by another conductor is announced as an
+        operation's end, not as a job), whichever comes first."""
+        assert self.wakeups is not None  # opened by serve()
+        interval = self.wakeups.interval(notify.JOBS)
+        # worker threads change both dicts: read a snapshot
+        retries = [t for op in list(self._slot_waiting) if (t := self._skip_until.get(op)) is not None]
+        if retries:
+            interval = max(0.0, min(interval, min(retries) - time.monotonic()))
+        return interval
 
     def _claim_one(self) -> bool:
         now = time.monotonic()
@@ -183,6 +199,7 @@ class ConductorService:
         for op_id in list(self._engines):
             self._suspend(op_id)
         self._pool.shutdown(wait=True)
+        self.wakeups.close()
         self.board.close()
 
     # -- one claimed job --------------------------------------------------------

@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 from taskflow import states as _tf_states
 
-from persistence import claims, host_slots, instances
+from persistence import claims, host_slots, instances, notify
 from persistence.errors import PersistenceError
 from persistence.models import (FLOW_STEP, TASKFLOW_TABLES, Claim, FlowLogEntry, Instance,
                                Operation, Secret, utcnow)
@@ -33,6 +33,7 @@ def create(s: Session, op_id: str, kind: str, instance_uuid: str | None, paramet
                    state=PENDING, owner=owner, flow_version=flow_version, created_at=now,
                    lease_expires_at=now + dt.timedelta(seconds=lease_seconds) if owner else None)
     s.add(op)
+    notify.announce(s, notify.JOBS, op_id)
     return op
 
 
@@ -115,7 +116,10 @@ def mark(s: Session, op_id: str, state: str, *, owner: str | None = None, error:
         q = q.where(Operation.owner == owner)
     if epoch is not None:
         q = q.where(Operation.epoch == epoch)
-    return changed(s, q.values(**values)) == 1
+    recorded = changed(s, q.values(**values)) == 1
+    if recorded and state in FINAL_STATES:
+        notify.announce(s, notify.ENDED, op_id)
+    return recorded
 
 
 def mark_reverting(s: Session, op_id: str, owner: str, epoch: int, cause: str | None) -> bool:
@@ -306,6 +310,7 @@ def _cancel_pending(s: Session, op: Operation, by: str, now: dt.datetime,
     ) == 1
     if not ended:
         return False
+    notify.announce(s, notify.ENDED, op.id)
     if op.instance_uuid:
         params = op.parameters or {}
         restore = ({"vm_state": params["prior_vm_state"],
