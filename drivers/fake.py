@@ -702,10 +702,12 @@ class FakeDriver(base.ComputeDriver):
         with self.state.change() as s:
             self._guest(s, instance_uuid)["ignores_acpi"] = True
 
-    def simulate_guest_stopped(self, instance_uuid: str) -> None:
+    def simulate_guest_stopped(self, instance_uuid: str, crashed: bool = False) -> None:
+        """The guest stopped by itself: shut down, or crashed (its emulator died)."""
+        state = PowerState.CRASHED if crashed else PowerState.SHUTDOWN
         with self.state.change() as s:
-            self._guest(s, instance_uuid)["power_state"] = PowerState.SHUTDOWN.value
-        self.emit_event(base.LifecycleEvent(instance_uuid, PowerState.SHUTDOWN, self.host))
+            self._guest(s, instance_uuid)["power_state"] = state.value
+        self.emit_event(base.LifecycleEvent(instance_uuid, state, self.host))
 
 
 def _take(section: dict, instance_uuid: str) -> dict:
