@@ -164,7 +164,7 @@ def test_a_post_copy_force_complete_is_the_point_of_no_return(conductor):
     failure after it leaves the guest where it went (ERROR there), never migrated back."""
     uuid = two_hosts(conductor)
     conductor.rt.faults.arm("live_migration:execute:fail:after")
-    op_id, t, out = _migrate_stalled(conductor, uuid, post_copy=True)
+    _, t, out = _migrate_stalled(conductor, uuid, post_copy=True)
     with conductor.db.session() as s:
         live_migration.request(s, "vm1", "force_complete")
     t.join(30)
