@@ -405,6 +405,12 @@ class ComputeDriver:
     def live_migration_force_complete(self, instance_uuid: str) -> None:
         self._unsupported("live_migration_force_complete")
 
+    def live_migration_force_complete_is_final(self, migrate_data: dict[str, Any]) -> bool:
+        """Whether force-complete of this migration moves the guest to the destination at
+        once, beyond any rollback (libvirt's post-copy): the flow records the switch-over
+        before asking for it. False where force-complete only makes switching over likelier."""
+        return False
+
     def rollback_live_migration_at_destination(self, instance_uuid: str, destroy_disks: bool) -> None:
         self._unsupported("rollback_live_migration_at_destination")
 

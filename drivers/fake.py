@@ -580,7 +580,7 @@ class FakeDriver(base.ComputeDriver):
             raise InvalidGuestState(instance_uuid, f"already on {self.host}", "live-migrate")
         if g["power_state"] not in (PowerState.RUNNING.value, PowerState.PAUSED.value):
             raise InvalidGuestState(instance_uuid, g["power_state"], "live-migrate")
-        return {**dest_check, "source_host": self.host}
+        return {**dest_check, "source_host": self.host, "post_copy": g.get("post_copy", False)}
 
     def pre_live_migration(self, instance_uuid: str, migrate_data: dict) -> dict:
         """Make the instance's disks (over this host's base images) and ports here."""
@@ -646,6 +646,10 @@ class FakeDriver(base.ComputeDriver):
         """Let the running migration switch over at its next poll."""
         self._requests()[instance_uuid] = "force"
 
+    def live_migration_force_complete_is_final(self, migrate_data: dict) -> bool:
+        """As libvirt's post-copy, for a guest set up by simulate_memory_churn(post_copy=True)."""
+        return bool(migrate_data.get("post_copy"))
+
     def rollback_live_migration_at_destination(self, instance_uuid: str, destroy_disks: bool) -> None:
         """Remove what pre_live_migration (or a migration) left on this host."""
         with self.state.change() as s:
@@ -679,11 +683,16 @@ class FakeDriver(base.ComputeDriver):
         if g["power_state"] not in (PowerState.RUNNING.value, PowerState.PAUSED.value):
             raise InvalidGuestState(instance_uuid, g["power_state"], "finish the migration of")
 
-    def simulate_memory_churn(self, instance_uuid: str, stall_at: int) -> None:
+    def simulate_memory_churn(self, instance_uuid: str, stall_at: int,
+                              post_copy: bool = False) -> None:
         """The guest dirties memory faster than it is copied: a live migration
-        stops progressing at `stall_at` percent until aborted or forced."""
+        stops progressing at `stall_at` percent until aborted or forced. With
+        `post_copy` the migration is started able to switch to post-copy, so
+        that force-complete is final (as on libvirt with permit_post_copy)."""
         with self.state.change() as s:
-            self._guest(s, instance_uuid)["stall_at"] = stall_at
+            g = self._guest(s, instance_uuid)
+            g["stall_at"] = stall_at
+            g["post_copy"] = post_copy
 
     # -- drift (tests and demos plant what an operator's hand would leave) ---
     def simulate_foreign_guest(self, name: str) -> None:
@@ -702,10 +711,12 @@ class FakeDriver(base.ComputeDriver):
         with self.state.change() as s:
             self._guest(s, instance_uuid)["ignores_acpi"] = True
 
-    def simulate_guest_stopped(self, instance_uuid: str) -> None:
+    def simulate_guest_stopped(self, instance_uuid: str, crashed: bool = False) -> None:
+        """The guest stopped by itself: shut down, or crashed (its emulator died)."""
+        state = PowerState.CRASHED if crashed else PowerState.SHUTDOWN
         with self.state.change() as s:
-            self._guest(s, instance_uuid)["power_state"] = PowerState.SHUTDOWN.value
-        self.emit_event(base.LifecycleEvent(instance_uuid, PowerState.SHUTDOWN, self.host))
+            self._guest(s, instance_uuid)["power_state"] = state.value
+        self.emit_event(base.LifecycleEvent(instance_uuid, state, self.host))
 
 
 def _take(section: dict, instance_uuid: str) -> dict:

@@ -126,6 +126,16 @@ libvirt_opts = [
         help="Seconds a soft reboot waits for the guest to power off after the "
         "ACPI request before giving up (the reboot operation then reboots hard).",
     ),
+    cfg.BoolOpt(
+        "live_migration_permit_post_copy",
+        default=False,
+        help="Start live migrations from this host able to switch to post-copy "
+        "(VIR_MIGRATE_POSTCOPY): force-complete then moves the guest to the "
+        "destination at once and its memory follows on demand, instead of allowing "
+        "a long downtime. Post-copy cannot be rolled back: from its start the "
+        "migration is the flow's point of no return, and if the link breaks during "
+        "it the guest is lost on both hosts. Needs userfaultfd on the destination.",
+    ),
 ]
 
 

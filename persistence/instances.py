@@ -92,16 +92,21 @@ def set_power_state(s: Session, uuid: str, power_state: str) -> None:
     s.execute(sa.update(Instance).where(Instance.uuid == uuid).values(power_state=power_state))
 
 
+#: Power states a hypervisor reports for a guest that is no longer running.
+STOPPED_BY_ITSELF = frozenset({"shutdown", "crashed"})
+
+
 def sync_power_state(s: Session, uuid: str, host: str, power_state: str) -> bool:
     """Apply a power state the hypervisor reported on its own.
 
     Only while no operation holds the instance (a running operation owns the
     record) and only if the instance lives on the reporting host. An active
-    instance whose guest stopped by itself is shown stopped, so that it can be
-    powered on again. True if the record changed.
+    instance whose guest stopped by itself, cleanly or not (its QEMU process
+    killed: "crashed"), is shown stopped, so that it can be powered on again;
+    the power state keeps which. True if the record changed.
     """
     base = sa.update(Instance).where(Instance.uuid == uuid, Instance.host == host,
                                      Instance.held_by.is_(None))
     vm_state = (sa.case((Instance.vm_state == "active", "stopped"), else_=Instance.vm_state)
-                if power_state == "shutdown" else Instance.vm_state)
+                if power_state in STOPPED_BY_ITSELF else Instance.vm_state)
     return changed(s, base.values(power_state=power_state, vm_state=vm_state)) == 1

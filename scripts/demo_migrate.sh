@@ -14,7 +14,9 @@ if [ "$(id -u)" -ne 0 ]; then echo "demo_migrate.sh: run as root" >&2; exit 1; f
 scripts/setup.sh >/dev/null
 scripts/libvirt/install.sh >/dev/null
 scripts/libvirt/build_guest.sh "$GUEST_DIR" >/dev/null
-scripts/libvirt/start_daemon.sh >/dev/null
+# qemu:///system under a name that also means it inside the second daemon's namespace,
+# so that the guest could be migrated back (see docs/live-migration.md)
+SRC_URI=$(scripts/libvirt/start_daemon.sh | tail -1)
 SECOND_URI=$(scripts/libvirt/start_second_daemon.sh | tail -1)
 
 mkdir -p "$DEMO_DIR" && chmod 755 "$DEMO_DIR"
@@ -31,7 +33,7 @@ guest_cmdline = console=ttyS0 quiet
 EOC
 cf() { .venv/bin/computeflow --config-file "$CONF" "$@"; }
 cf hosts list --json | grep -q '"name": "src"' || \
-    cf hosts add src --driver libvirt --uri qemu:///system --vcpus 2 --ram-mb 4096 --disk-gb 20
+    cf hosts add src --driver libvirt --uri "$SRC_URI" --vcpus 2 --ram-mb 4096 --disk-gb 20
 cf hosts list --json | grep -q '"name": "dst"' || \
     cf hosts add dst --driver libvirt --uri "$SECOND_URI" --vcpus 2 --ram-mb 4096 --disk-gb 20
 

@@ -97,6 +97,7 @@ class LibvirtDriver(base.ComputeDriver):
         cmdline: str | None = None,
         default_ephemeral_format: str | None = None,
         soft_reboot_timeout: float = 60,
+        permit_post_copy: bool = False,
     ) -> None:
         super().__init__(host)
         self.uri = uri
@@ -106,6 +107,7 @@ class LibvirtDriver(base.ComputeDriver):
         self.kernel, self.initrd, self.cmdline = kernel, initrd, cmdline
         self.default_ephemeral_format = default_ephemeral_format
         self.soft_reboot_timeout = soft_reboot_timeout
+        self.permit_post_copy = permit_post_copy
         # Absolute: the paths go into domain XML and qcow2 headers.
         instances_path = os.path.abspath(instances_path)
         self.root = os.path.join(instances_path, host)
@@ -580,6 +582,9 @@ class LibvirtDriver(base.ComputeDriver):
     @_translated
     def live_migration_force_complete(self, instance_uuid: str) -> None:
         migration.force_complete(self, instance_uuid)
+
+    def live_migration_force_complete_is_final(self, migrate_data: dict) -> bool:
+        return migration.post_copy(migrate_data)
 
     @_translated
     def rollback_live_migration_at_destination(self, instance_uuid: str, destroy_disks: bool) -> None:

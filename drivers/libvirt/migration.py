@@ -57,6 +57,13 @@ def check_destination(drv: LibvirtDriver, block_migration: bool) -> dict:
             "dest_host_uuid": host_uuid(drv), "block_migration": block_migration}
 
 
+def post_copy(migrate_data: dict) -> bool:
+    """Whether the migration runs able to switch to post-copy: the source host's
+    [libvirt] live_migration_permit_post_copy, fixed in the migrate data at the
+    source check so that a resumed step starts the same migration."""
+    return bool(migrate_data.get("post_copy"))
+
+
 def check_source(drv: LibvirtDriver, instance_uuid: str, dest_check: dict) -> dict:
     guest = drv._guest(instance_uuid)
     state = guest.power_state()
@@ -75,7 +82,8 @@ def check_source(drv: LibvirtDriver, instance_uuid: str, dest_check: dict) -> di
         found.append({"kind": kind.value, "size_mb": i.virtual_size // disks.MIB,
                       "backing": i.backing_file, "backing_format": i.backing_format})
     return {**dest_check, "source_host": drv.host, "source_uri": drv.uri,
-            "source_root": drv.root, "source_state": state.value, "disks": found}
+            "source_root": drv.root, "source_state": state.value, "disks": found,
+            "post_copy": drv.permit_post_copy}
 
 
 def pre_migration(drv: LibvirtDriver, instance_uuid: str, migrate_data: dict) -> dict:
@@ -216,7 +224,8 @@ def _run_or_watch(dom: libvirt.virDomain, migrate_data: dict,
 
         def run() -> None:
             try:
-                dom.migrateToURI3(migrate_data["dest_uri"], params, FLAGS)
+                flags = FLAGS | (libvirt.VIR_MIGRATE_POSTCOPY if post_copy(migrate_data) else 0)
+                dom.migrateToURI3(migrate_data["dest_uri"], params, flags)
             except BaseException as e:  # handed to the watching thread
                 failure.append(e)
 
@@ -246,9 +255,31 @@ def abort(drv: LibvirtDriver, instance_uuid: str) -> None:
 
 
 def force_complete(drv: LibvirtDriver, instance_uuid: str) -> None:
+    """Post-copy when the migration was started able to (the caller recorded the
+    switch-over first: there is no way back), else a downtime large enough to switch
+    over at the next iteration."""
     guest = drv._find(instance_uuid)
-    if guest is not None and _job_running(guest._domain):
-        guest._domain.migrateSetMaxDowntime(FORCE_DOWNTIME_MS, 0)
+    if guest is None or not _job_running(guest._domain):
+        return
+    dom = guest._domain
+    if drv.permit_post_copy:
+        try:
+            dom.migrateStartPostCopy(0)
+            return
+        except libvirt.libvirtError as e:
+            # Started without VIR_MIGRATE_POSTCOPY (the option was turned on meanwhile),
+            # or already in post-copy (a request honoured twice).
+            if e.get_error_code() != libvirt.VIR_ERR_OPERATION_INVALID:
+                raise
+            if _in_post_copy(dom):
+                return
+    dom.migrateSetMaxDowntime(FORCE_DOWNTIME_MS, 0)
+
+
+def _in_post_copy(dom: libvirt.virDomain) -> bool:
+    state, reason = dom.state()
+    return state == libvirt.VIR_DOMAIN_PAUSED and reason in (
+        libvirt.VIR_DOMAIN_PAUSED_POSTCOPY, libvirt.VIR_DOMAIN_PAUSED_POSTCOPY_FAILED)
 
 
 def rollback_at_destination(drv: LibvirtDriver, instance_uuid: str, destroy_disks: bool) -> None:

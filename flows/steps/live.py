@@ -6,6 +6,8 @@ the guest running on the source, nothing on the destination, no claim there;
 a migration that had already completed in the hypervisor is migrated back.
 From then on the flow only goes forward. The reverts below therefore ask one
 durable question first: has this operation switched the instance over?
+A force-complete by post-copy moves that point earlier: the watcher records
+the switch-over before post-copy starts (see _Watcher).
 (After forward retries ran out, nothing is undone and take_hold's revert
 leaves the instance in ERROR on the destination for an operator.)
 """
@@ -114,10 +116,16 @@ class PreLiveMigration(Step):
 
 class _Watcher:
     """The progress callback: writes a PROGRESS row when the percentage moves
-    and passes on abort / force-complete requests found in the flow log."""
+    and passes on abort / force-complete requests found in the flow log.
 
-    def __init__(self, operation_id: str, instance_uuid: str, drv) -> None:
+    A force-complete that moves the guest beyond rollback (libvirt's post-copy)
+    is the point of no return: the switch-over is recorded before it is asked
+    for, so that no revert, now or after a crash, tries to undo the move."""
+
+    def __init__(self, operation_id: str, instance_uuid: str, drv, destination: str,
+                 migrate_data: dict) -> None:
         self.op, self.uuid, self.drv = operation_id, instance_uuid, drv
+        self.destination, self.migrate_data = destination, migrate_data
         self.last_pct: int | None = None
         self.last_request = 0
         self.aborted = False
@@ -133,6 +141,11 @@ class _Watcher:
                 self.drv.live_migration_abort(self.uuid)
             else:
                 LOG.info("live migration of %s: force-complete requested", self.uuid)
+                if self.drv.live_migration_force_complete_is_final(self.migrate_data):
+                    with runtime.current().db.session() as s:
+                        instances.update_if_held(s, self.uuid, self.op, host=self.destination)
+                    LOG.info("live migration of %s: switched over to %s before post-copy",
+                             self.uuid, self.destination)
                 self.drv.live_migration_force_complete(self.uuid)
 
     def __call__(self, pct: int) -> None:
@@ -165,7 +178,7 @@ class LiveMigrate(Step):
     def execute(self, operation_id: str, instance_uuid: str, host: str, destination: str,
                 live_migrate_data: dict) -> None:
         drv = runtime.current().driver_for(host)
-        watcher = _Watcher(operation_id, instance_uuid, drv)
+        watcher = _Watcher(operation_id, instance_uuid, drv, destination, live_migrate_data)
         watcher.poll_requests()  # an abort asked for before the migration began
         if watcher.aborted:
             raise LiveMigrationAborted(instance_uuid)

@@ -11,15 +11,16 @@ sqlite_and_pg = pytest.mark.parametrize("db_url", ["sqlite", "postgresql"], indi
 
 
 @sqlite_and_pg
-def test_guest_stopping_by_itself_is_recorded(conductor):
+@pytest.mark.parametrize("crashed, power_state", [(False, "shutdown"), (True, "crashed")])
+def test_guest_stopping_by_itself_is_recorded(conductor, crashed, power_state):
     spawn(conductor)
     drv = conductor.rt.driver_for("h1")
     (uuid,) = drv.list_instance_uuids()
-    drv.simulate_guest_stopped(uuid)
+    drv.simulate_guest_stopped(uuid, crashed=crashed)
     with conductor.db.session() as s:
         inst = instances.get(s, uuid)
-        assert (inst.vm_state, inst.power_state) == ("stopped", "shutdown")
-        assert [(e.host, e.power_state) for e in events.for_instance(s, uuid)] == [("h1", "shutdown")]
+        assert (inst.vm_state, inst.power_state) == ("stopped", power_state)
+        assert [(e.host, e.power_state) for e in events.for_instance(s, uuid)] == [("h1", power_state)]
     assert conductor.run(conductor.submit("power_on", "vm1")).state == "SUCCEEDED"
 
 

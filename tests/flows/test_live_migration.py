@@ -116,9 +116,9 @@ def test_after_the_switch_over_exhausted_retries_leave_error_on_the_destination(
         assert {cl.host for cl in claims.all_claims(s)} == {"h2"}
 
 
-def _migrate_stalled(c, uuid: str) -> tuple[str, threading.Thread, dict]:
+def _migrate_stalled(c, uuid: str, post_copy: bool = False) -> tuple[str, threading.Thread, dict]:
     """Start a migration that stops progressing at 50%; return once it reported 50%."""
-    c.rt.driver_for("h1").simulate_memory_churn(uuid, stall_at=50)
+    c.rt.driver_for("h1").simulate_memory_churn(uuid, stall_at=50, post_copy=post_copy)
     op_id = c.submit("live_migration", "vm1", target_host="h2")
     out: dict = {}
     t = threading.Thread(target=lambda: out.setdefault("status", c.run(op_id)))
@@ -156,6 +156,23 @@ def test_force_complete_finishes_a_migration_that_does_not_converge(conductor):
     assert out["status"].state == operations.SUCCEEDED, out["status"].error
     assert progress_rows(conductor, op_id)[-2:] == ["50%", "100%"]
     assert_on(conductor, uuid, "h2", "h1")
+
+
+@sqlite_only
+def test_a_post_copy_force_complete_is_the_point_of_no_return(conductor):
+    """Post-copy cannot be rolled back: the switch-over is recorded before it starts, so a
+    failure after it leaves the guest where it went (ERROR there), never migrated back."""
+    uuid = two_hosts(conductor)
+    conductor.rt.faults.arm("live_migration:execute:fail:after")
+    _, t, out = _migrate_stalled(conductor, uuid, post_copy=True)
+    with conductor.db.session() as s:
+        live_migration.request(s, "vm1", "force_complete")
+    t.join(30)
+    assert out["status"].state == operations.REVERTED
+    inst = instance(conductor, uuid)
+    assert (inst.host, inst.vm_state, inst.held_by) == ("h2", "error", None)
+    assert conductor.rt.driver_for("h2").inventory().guests == (uuid,)
+    assert conductor.rt.driver_for("h1").inventory().guests == ()
 
 
 @sqlite_only

@@ -248,3 +248,32 @@ def test_driver_reconnects_after_the_daemon_restarts(qemu_conductor):
     run_op(c, "unpause")
     assert c.run(c.submit_destroy("vm1")).state == operations.SUCCEEDED
     assert drv.inventory().empty
+
+
+def test_a_killed_qemu_shows_the_instance_stopped_and_it_powers_on_again(qemu_conductor):
+    """The QEMU process of a running guest dies (SIGKILL, as the OOM killer would): the
+    lifecycle event shows the instance stopped, crashed, and a power-on boots it again."""
+    c = qemu_conductor
+    op_id = c.submit_spawn(SpawnRequest(name="vm1", flavor="m1.tiny", image="cirros"))
+    assert c.run(op_id).state == operations.SUCCEEDED
+    drv = c.rt.driver_for("qemu1")
+    with c.db.session() as s:
+        instance_uuid = operations.get(s, op_id).instance_uuid
+    con = Console(drv, instance_uuid)
+    con.wait_ticks_beyond(1, boots=1)
+
+    qemu_pid = int(Path(f"/run/libvirt/qemu/cf-{instance_uuid}.pid").read_text())
+    os.kill(qemu_pid, signal.SIGKILL)
+
+    def recorded():
+        with c.db.session() as s:
+            inst = instances.get(s, instance_uuid)
+            return (inst.vm_state, inst.power_state) == ("stopped", "crashed")
+    poll(recorded, BOOT_S, "the instance record to show the guest stopped, crashed")
+    assert drv.get_info(instance_uuid).state is PowerState.CRASHED
+    run_op(c, "power_on")
+    con.wait_ticks_beyond(0, boots=2)
+    assert drv.get_info(instance_uuid).state is PowerState.RUNNING
+    with c.db.session() as s:
+        inst = instances.get(s, instance_uuid)
+        assert (inst.vm_state, inst.power_state) == ("active", "running")
