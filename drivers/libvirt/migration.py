@@ -203,9 +203,17 @@ def _unpause_if_left_paused(dom: libvirt.virDomain | None, migrate_data: dict) -
 
 
 def _arrived(drv: LibvirtDriver, instance_uuid: str, dest_conn: libvirt.virConnect) -> bool:
-    """The guest runs on the destination and is gone from the source."""
+    """The guest runs on the destination and no longer on the source.
+
+    The source daemon stops the source's QEMU before it undefines the domain:
+    a step re-run after a crash can look in between and find the definition
+    inactive. That is the guest having left (post_at_source removes what is
+    left); a paused source (post-copy still pulling pages) has not."""
     moved = _dest_guest(instance_uuid, dest_conn)
-    return moved is not None and moved.isActive() and drv._find(instance_uuid) is None
+    if moved is None or not moved.isActive():
+        return False
+    left = drv._find(instance_uuid)
+    return left is None or not left.is_active()
 
 
 def _run_or_watch(dom: libvirt.virDomain, migrate_data: dict,
@@ -215,7 +223,9 @@ def _run_or_watch(dom: libvirt.virDomain, migrate_data: dict,
     arrived anyway (the caller looks)."""
     failure: list[BaseException] = []
     worker = None
-    if not _job_running(dom):
+    # Never start a migration of a source that is not running: the guest left it
+    # (the job of a killed conductor ended meanwhile); the caller looks where it is.
+    if not _job_running(dom) and dom.isActive():
         xml = destination_xml(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_MIGRATABLE), migrate_data)
         params = {libvirt.VIR_MIGRATE_PARAM_URI: f"tcp://{MIGRATION_ADDRESS}",
                   libvirt.VIR_MIGRATE_PARAM_LISTEN_ADDRESS: MIGRATION_ADDRESS,
