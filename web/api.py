@@ -44,9 +44,13 @@ def list_operations(request: Request):
 
 def show_operation(request: Request):
     require(request, auth.READER)
-    with state(request).db.session() as s:
-        return json_response(views.operation_detail(s, request.path_params["op_id"],
-                                                    state(request).conf.conductor.step_timeout))
+    ws = state(request)
+    ws.conductor()  # before the session: on SQLite its start may write (the plan needs it)
+    with ws.db.session() as s:
+        op = views.operation_detail(s, request.path_params["op_id"],
+                                    ws.conf.conductor.step_timeout, ws.plan)
+    op.pop("_plan")
+    return json_response(op)
 
 
 def list_instances(request: Request):

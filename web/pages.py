@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import datetime as dt
 import html
+from collections import Counter
 from urllib.parse import parse_qs, urlencode
 
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from web import auth, views
+from web import auth, flowshape, views
 from web.context import ApiError, caller_role, require, state
+from web.graph import graph_svg
 
 e = html.escape
 ACTIVE = {"PENDING", "RUNNING", "REVERTING"}
@@ -189,19 +191,32 @@ def _span(seconds: float | None, tries: int) -> str:
 def operation_live(op: dict) -> str:
     """The part of the page that live refresh replaces."""
     steps = "".join(
-        f'<tr class="step {st["class"]}" data-step="{e(st["step"])}"><td>{e(st["step"])}</td>'
+        f'<tr class="step {st["class"]}" id="step-{e(st["step"])}" data-step="{e(st["step"])}">'
+        f'<td>{e(st["step"])}</td>'
         f'<td class="state">{st["state"]}</td><td>{e(st["started_at"] or "")}</td>'
         f'<td>{_span(st["execute_s"], st["attempts"])}</td>'
         f'<td>{_span(st["revert_s"], st["revert_attempts"])}</td>'
         f'<td>{e(st["error"] or "")}</td></tr>' for st in op["steps"])
     live = op["live"]
     facts = "".join(f"<li>{e(n)}</li>" for n in live["notes"])
+    graph = graph_svg(op["_plan"], op["steps"])
+    counts = Counter(st["class"] for st in op["steps"])
+    planned = len(flowshape.steps_in(op["_plan"].root))
+    summary = ", ".join(f"{n} {c}" for c, n in sorted(counts.items()))
+    note = "" if op["plan_complete"] else " (planned shape unavailable: the steps seen so far)"
     return (f'<p>state <b id="op-state" class="op-{op["state"].lower()}">{op["state"]}</b>'
             f'{" (" + e(live["situation"]) + ")" if live["situation"] else ""}'
             f' &middot; started {e(op["started_at"] or "-")} &middot; finished '
             f'{e(op["finished_at"] or "-")}</p>'
             f'{"<ul>" + facts + "</ul>" if facts else ""}'
             f'{"<p class=error>" + e(op["error"]) + "</p>" if op["error"] else ""}'
+            f'<h2>Flow</h2><p class="muted" id="graph-summary">{planned} planned steps; '
+            f'{e(summary) or "none run yet"}{note}</p><div class="graph-box">{graph}</div>'
+            '<p class="legend"><span class="key ok"></span>succeeded <span class="key failed">'
+            '</span>failed <span class="key reverted"></span>reverted <span class="key running">'
+            '</span>running <span class="key pending"></span>not run <span class="key parallel">'
+            '</span>parallel branches <span class="key retry"></span>retried block '
+            '<span class="key no-return"></span>point of no return</p>'
             '<h2>Steps</h2><table id="steps"><thead><tr><th>step</th><th>state</th>'
             '<th>started (UTC)</th><th>execute</th><th>revert</th><th>error</th></tr></thead>'
             f'<tbody>{steps}</tbody></table><h2>Timeline</h2>{timeline_svg(op)}'
@@ -216,8 +231,10 @@ def operation_page(request: Request) -> Response:
         return _to_login(request)
     op_id = request.path_params["op_id"]
     try:
-        with state(request).db.session() as s:
-            op = views.operation_detail(s, op_id, state(request).conf.conductor.step_timeout)
+        ws = state(request)
+        ws.conductor()  # before the session: on SQLite its start may write (the plan needs it)
+        with ws.db.session() as s:
+            op = views.operation_detail(s, op_id, ws.conf.conductor.step_timeout, ws.plan)
     except ApiError as err:
         return HTMLResponse(_page("operation", f'<p class="error">{e(err.message)}</p>',
                                   role).body, err.status)

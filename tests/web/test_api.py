@@ -119,6 +119,10 @@ def test_failed_spawn_shows_its_steps(site: Site):
         assert steps[name]["revert_attempts"] == 1
     assert any(t["step"] == FAIL_AT and t["state"] == "FAILURE" for t in op["transitions"])
     assert set(op["live"]) == {"situation", "owner_status", "notes"}
+    # The planned graph: the catalogue's steps, the disks and ports in one parallel block.
+    assert op["plan_complete"] is True
+    parallel = op["plan"]["root"]["children"][2]
+    assert parallel["parallel"] is True and len(parallel["children"]) >= 2
     status, ok = site.call("GET", f"/api/v1/operations/{site.ok_op}")
     assert {st["class"] for st in ok["steps"]} == {"ok"}
 
