@@ -31,7 +31,7 @@ class Block:
 
     name: str
     parallel: bool
-    children: tuple["Step | Block", ...]
+    children: tuple[Step | Block, ...]
     retry: str | None = None
     attempts: int | None = None
 

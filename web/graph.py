@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import html
 
-from web.flowshape import Block, Node, Plan, Step, steps_in
+from web.flowshape import Node, Plan, Step, steps_in
 
 NODE_W, NODE_H, VGAP, HGAP, PAD, LABEL_H, MAX_LANES = 200, 18, 8, 10, 6, 14, 4
 e = html.escape

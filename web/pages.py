@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from web import auth, flowshape, views
+from web import actions, auth, flowshape, live, views
 from web.context import ApiError, caller_role, require, state
 from web.graph import graph_svg
 
@@ -188,8 +188,22 @@ def _span(seconds: float | None, tries: int) -> str:
     return text + (f" ({tries} tries)" if tries > 1 else "")
 
 
-def operation_live(op: dict) -> str:
-    """The part of the page that live refresh replaces."""
+def actions_bar(op: dict, role: str, csrf: str) -> str:
+    """The buttons this role may use on this operation now. Each is a form
+    (works without script); app.js asks for confirmation and posts it to the
+    API instead, so the page stays and the live update shows the outcome."""
+    forms = []
+    for a in actions.available(op, role):
+        forms.append(
+            f'<form method="post" class="action" action="/operations/{op["id"]}/{a.name}" '
+            f'data-api="/api/v1/operations/{op["id"]}/{a.name}" data-confirm="{e(a.confirm)}">'
+            f'<input type="hidden" name="csrf" value="{e(csrf)}">'
+            f'<button id="{a.name}" title="{e(a.help)}">{e(a.label)}</button></form>')
+    return f'<div class="actions">{"".join(forms)}</div>'
+
+
+def operation_live(op: dict, role: str, csrf: str = "") -> str:
+    """The part of the page that live updates replace."""
     steps = "".join(
         f'<tr class="step {st["class"]}" id="step-{e(st["step"])}" data-step="{e(st["step"])}">'
         f'<td>{e(st["step"])}</td>'
@@ -204,7 +218,7 @@ def operation_live(op: dict) -> str:
     planned = len(flowshape.steps_in(op["_plan"].root))
     summary = ", ".join(f"{n} {c}" for c, n in sorted(counts.items()))
     note = "" if op["plan_complete"] else " (planned shape unavailable: the steps seen so far)"
-    return (f'<p>state <b id="op-state" class="op-{op["state"].lower()}">{op["state"]}</b>'
+    return (f'{actions_bar(op, role, csrf)}<p>state <b id="op-state" class="op-{op["state"].lower()}">{op["state"]}</b>'
             f'{" (" + e(live["situation"]) + ")" if live["situation"] else ""}'
             f' &middot; started {e(op["started_at"] or "-")} &middot; finished '
             f'{e(op["finished_at"] or "-")}</p>'
@@ -238,30 +252,31 @@ def operation_page(request: Request) -> Response:
     except ApiError as err:
         return HTMLResponse(_page("operation", f'<p class="error">{e(err.message)}</p>',
                                   role).body, err.status)
-    if request.query_params.get("fragment") == "live":
-        return HTMLResponse(operation_live(op))
     csrf = request.cookies.get(auth.CSRF_COOKIE, "")
-    can_cancel = auth.allows(role, auth.OPERATOR) and op["state"] in ACTIVE
-    cancel = (f'<form method="post" action="/operations/{op["id"]}/cancel">'
-              f'<input type="hidden" name="csrf" value="{e(csrf)}"><button id="cancel">cancel'
-              '</button></form>' if can_cancel else "")
+    if request.query_params.get("fragment") == "live":
+        return HTMLResponse(operation_live(op, role, csrf))
     params = " ".join(f"{e(k)}={e(str(v))}" for k, v in op["parameters"].items())
     body = (f'<h1>{e(op["kind"])} {e(op["instance_name"] or "")}</h1>'
             f'<p class="muted">operation {op["id"]} &middot; hosts {e(", ".join(op["hosts"]))}'
-            f' &middot; {params}</p>{cancel}'
+            f' &middot; {params}</p>'
+            '<pre id="action-result"></pre>'
             f'<div id="live" data-op="{op["id"]}" data-active="{str(op["state"] in ACTIVE).lower()}">'
-            f'{operation_live(op)}</div>')
+            f'{operation_live(op, role, csrf)}</div>')
     return _page(f"operation {op['id'][:8]}", body, role, csrf)
 
 
-async def cancel_from_page(request: Request) -> Response:
+async def action_from_page(request: Request) -> Response:
+    """An action's form posted without script: do it, then back to the operation."""
     form = await _form(request)
-    role = require(request, auth.OPERATOR, form.get(auth.CSRF_FIELD))
+    action = actions.get(request.path_params["action"])
+    role = require(request, action.role, form.get(auth.CSRF_FIELD))
     from starlette.concurrency import run_in_threadpool
-    from web.api import do_cancel
 
     op_id = request.path_params["op_id"]
-    await run_in_threadpool(do_cancel, request, op_id, role)
+    result = await run_in_threadpool(action.run, state(request), op_id, role, {})
+    if action.status == 200 and "text" in result:  # a read: show it
+        return HTMLResponse(_page(action.label, f'<pre id="message">{e(result["text"])}</pre>'
+                                  f'<p><a href="/operations/{e(op_id)}">back</a></p>', role).body)
     return RedirectResponse(f"/operations/{op_id}", 303)
 
 
@@ -275,5 +290,6 @@ routes = [
     Route("/logout", logout, methods=["POST"]),
     Route("/operations", operations_page),
     Route("/operations/{op_id}", operation_page),
-    Route("/operations/{op_id}/cancel", cancel_from_page, methods=["POST"]),
+    Route("/operations/{op_id}/{action}", action_from_page, methods=["POST"]),
+    Route("/api/v1/operations/{op_id}/events", live.operation_events),
 ]

@@ -39,7 +39,7 @@ def test_spawn_plan_has_parallel_branches_and_states(conductor):
     plan = flowshape.plan("spawn", {"flavor": FLAVOR, "vifs": _vifs(2)})
     assert plan.no_return is None
     top = plan.root.children
-    assert [getattr(c, "name") for c in top[:2]] == ["take_hold", "claim_resources"]
+    assert [c.name for c in top[:2]] == ["take_hold", "claim_resources"]
     parallel = top[2]
     assert parallel.parallel and len(parallel.children) == 5  # root disk line, eph, swap, 2 vifs
     assert flowshape.steps_in(parallel.children[0]) == ["ensure_base_image", "create_root_disk"]
