@@ -143,6 +143,9 @@ def _submit(request: Request, body: dict) -> str:
 
 async def submit_operation(request: Request):
     require(request, auth.OPERATOR)
+    if request.query_params:  # a secret in a URL ends up in logs and histories
+        raise ApiError(400, "no query parameters here: the operation and its parameters go "
+                            "in the JSON body")
     try:
         body = json.loads(await request.body() or b"null")
     except (ValueError, UnicodeDecodeError):

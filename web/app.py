@@ -14,7 +14,7 @@ from starlette.routing import Mount
 from starlette.staticfiles import StaticFiles
 
 from conductor.logs import redact
-from web import api, pages
+from web import api, pages, pages_fleet
 from web.context import ApiError, WebState, json_response
 
 LOG = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ def build_app(conf: cfg.ConfigOpts) -> Starlette:
         ws.close()
 
     app = Starlette(
-        routes=api.routes + pages.routes + [Mount("/static", StaticFiles(directory=STATIC))],
+        routes=api.routes + pages_fleet.routes + pages.routes + [Mount("/static", StaticFiles(directory=STATIC))],
         exception_handlers={ApiError: _api_error, 404: _not_found, 405: _not_found,
                             Exception: _internal},
         lifespan=lifespan)

@@ -48,5 +48,11 @@ def test_login_then_failed_step_in_failure_colour(browser, sqlite_site: Site):
     # A reader gets no cancel button; the list page links to the operation.
     assert not browser.find_elements(By.ID, "cancel")
     browser.get(f"{sqlite_site.base}/operations?state=REVERTED")
-    links = browser.find_elements(By.CSS_SELECTOR, "#operations tbody a")
+    links = browser.find_elements(By.CSS_SELECTOR, "#operations tbody td:first-child a")
     assert [a.get_attribute("href") for a in links] == [page]
+    # The instance's name leads to its page, with this operation in its history.
+    browser.find_element(By.CSS_SELECTOR, "#operations tbody td:nth-child(3) a").click()
+    wait.until(ec.presence_of_element_located((By.ID, "instance")))
+    assert "vm1" in browser.find_element(By.TAG_NAME, "h1").text
+    assert [a.get_attribute("href") for a in browser.find_elements(
+        By.CSS_SELECTOR, "#operations tbody td:first-child a")] == [page]

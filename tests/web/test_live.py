@@ -13,20 +13,9 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.web.conftest import FAIL_AT, TOKENS, Site, fresh_sqlite, login, site_on
+from tests.web.conftest import FAIL_AT, TOKENS, Site, login
 
 pytestmark = pytest.mark.integration
-SLOW = (f"[fake]\nfaults = {FAIL_AT}:execute:fail-transient-100000\n"
-        "[conductor]\nstep_retry_attempts = 200\nstep_retry_base_delay = 0.3\n"
-        "step_retry_max_delay = 0.3\n")
-
-
-@pytest.fixture(scope="module")
-def slow_site(tmp_path_factory):
-    """Its own SQLite file: the shared site's database stays intact."""
-    tmp = tmp_path_factory.mktemp("web-live")
-    with site_on(fresh_sqlite(tmp), tmp, SLOW) as s:
-        yield s
 
 
 def _until(site: Site, op_id: str, states: tuple[str, ...], deadline_s: float = 15) -> dict:
@@ -64,6 +53,10 @@ def test_operator_cancels_a_running_operation(slow_site: Site):
     _retrying(slow_site, op_id)
     status, body = slow_site.call("POST", f"/api/v1/operations/{op_id}/cancel", token="reader")
     assert status == 403
+    # What a resume would do (read only): its owner, this server, is alive.
+    status, plan = slow_site.call("POST", f"/api/v1/operations/{op_id}/resume-plan",
+                                  token="operator")
+    assert status == 200 and plan["op_id"] == op_id and plan["owner_status"] == "alive", plan
     status, body = slow_site.call("POST", f"/api/v1/operations/{op_id}/cancel", token="operator")
     assert status == 202 and body["id"] == op_id, body
     op = _until(slow_site, op_id, ("SUCCEEDED", "REVERTED", "FAILED"))

@@ -51,8 +51,11 @@
     ev.preventDefault();
     if (form.dataset.confirm && !window.confirm(form.dataset.confirm)) { return; }
     var out = document.getElementById("action-result");
-    fetch(form.dataset.api, {method: "POST", credentials: "same-origin",
-                             headers: {"X-CSRF-Token": cookie("cf_csrf")}})
+    var init = {method: "POST", credentials: "same-origin",
+                headers: {"X-CSRF-Token": cookie("cf_csrf")}};
+    if (form.dataset.body) { init.body = form.dataset.body; }
+    if (out) { out.textContent = "…"; out.className = "muted"; }
+    fetch(form.dataset.api, init)
       .then(function (r) { return r.json().then(function (body) { return [r.status, body]; }); })
       .then(function (res) {
         var body = res[1];
