@@ -56,8 +56,7 @@ def history_page(s, f: operations.HistoryFilter, limit: int, offset: int) -> dic
         history.check_names(s, f)
     except history.BadQuery as e:
         raise ApiError(400, str(e)) from None
-    # history() has no offset: read up to the page's end (bounded by MAX_OFFSET) and slice.
-    rows = operations.history(s, f, limit=offset + limit + 1)[offset:]
+    rows = operations.history(s, f, limit=limit + 1, offset=offset)
     now = utcnow()
     return {"operations": [render.history_dict(o, name, now) | {"parameters": render.shown_parameters(o)}
                            for o, name in rows[:limit]],
