@@ -24,7 +24,7 @@ from flows.errors import (
     NotFound,
     OperationError,
 )
-from web import actions, auth, views
+from web import actions, auth, live, views
 from web.context import ApiError, json_response, require, state
 from web.openapi import OPENAPI
 
@@ -164,6 +164,7 @@ routes = [
     Route("/api/v1/operations", list_operations, methods=["GET"]),
     Route("/api/v1/operations", submit_operation, methods=["POST"]),
     Route("/api/v1/operations/{op_id}", show_operation),
+    Route("/api/v1/operations/{op_id}/events", live.operation_events),
     Route("/api/v1/operations/{op_id}/{action}", operation_action, methods=["POST"]),
     Route("/api/v1/instances", list_instances),
     Route("/api/v1/hosts", list_hosts),

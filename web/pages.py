@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from web import actions, auth, flowshape, live, views
+from web import actions, auth, flowshape, views
 from web.context import ApiError, caller_role, require, state
 from web.graph import graph_svg
 
@@ -345,5 +345,4 @@ routes = [
     Route("/operations", operations_page),
     Route("/operations/{op_id}", operation_page),
     Route("/operations/{op_id}/{action}", action_from_page, methods=["POST"]),
-    Route("/api/v1/operations/{op_id}/events", live.operation_events),
 ]

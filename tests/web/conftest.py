@@ -133,13 +133,14 @@ def sqlite_site(sqlite_url, tmp_path_factory) -> Iterator[Site]:
         yield s
 
 
-@pytest.fixture(scope="package", params=["sqlite", "postgresql"])
+@pytest.fixture(scope="package", params=["sqlite", "postgresql", "mysql"])
 def site(request, tmp_path_factory) -> Iterator[Site]:
+    """The API tests' server on each database the CLI supports (MariaDB as mysql)."""
     if request.param == "sqlite":
         yield request.getfixturevalue("sqlite_site")
         return
-    with site_on(request.getfixturevalue("postgresql_url"),
-                 tmp_path_factory.mktemp("web-postgresql")) as s:
+    with site_on(request.getfixturevalue(f"{request.param}_url"),
+                 tmp_path_factory.mktemp(f"web-{request.param}")) as s:
         yield s
 
 
