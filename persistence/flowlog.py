@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from persistence.models import FLOW_STEP, FlowLogEntry
+from persistence.models import FLOW_STEP, FlowLogEntry, Operation
 from persistence.progress import ANNOTATIONS
 
 _EXECUTE_ENDS = {"SUCCESS", "FAILURE", "IGNORE"}
@@ -106,3 +106,29 @@ def summarize(rows: list[FlowLogEntry]) -> list[StepSummary]:
                         f.traceback, f.spent["execute"], f.attempts["revert"], f.spent["revert"],
                         f.open_since)
             for name, f in folds.items()]
+
+
+@dataclass(frozen=True)
+class ChangeMarker:
+    """What changes whenever an operation's page would: its row's state,
+    owner and cancel request, and its newest flow-log row (id and time)."""
+
+    state: str
+    owner: str | None
+    cancel_requested_by: str | None
+    last_row: int
+    last_at: dt.datetime | None
+
+
+def change_marker(s: Session, op_id: str) -> ChangeMarker | None:
+    """One cheap query (the flow log's (flow, id) index) for live updates to
+    poll; None for an unknown operation id (a full id, not a prefix)."""
+    newest = (sa.select(sa.func.max(FlowLogEntry.id))
+              .where(FlowLogEntry.flow_detail_uuid == op_id).scalar_subquery())
+    row = s.execute(
+        sa.select(Operation.state, Operation.owner, Operation.cancel_requested_by, newest)
+        .where(Operation.id == op_id)).first()
+    if row is None:
+        return None
+    last_at = s.scalar(sa.select(FlowLogEntry.at).where(FlowLogEntry.id == row[3])) if row[3] else None
+    return ChangeMarker(row[0], row[1], row[2], row[3] or 0, last_at)

@@ -170,17 +170,19 @@ class HistoryFilter:
     error: str | None = None  # substring of the error, case-insensitive
 
 
-def history(s: Session, f: HistoryFilter, limit: int = 50) -> list[tuple[Operation, str | None]]:
+def history(s: Session, f: HistoryFilter, limit: int = 50,
+            offset: int = 0) -> list[tuple[Operation, str | None]]:
     """Operations newest first, each with its instance's name, filtered in SQL.
 
     The order and the time window walk ix_operations_created (or
     ix_operations_state_created with a state); an instance is found by its
     uuid index or the (name, live_marker) unique index, its operations by
     ix_operations_instance_uuid. Only --host and --error look inside rows.
+    `offset` skips that many in SQL (the web API's pages).
     """
     q = (sa.select(Operation, Instance.name)
          .outerjoin(Instance, Instance.uuid == Operation.instance_uuid)
-         .order_by(Operation.created_at.desc()).limit(limit))
+         .order_by(Operation.created_at.desc()).limit(limit).offset(offset))
     if f.instance:
         named = sa.select(Instance.uuid).where(
             sa.or_(Instance.name == f.instance, Instance.uuid == f.instance))

@@ -14,13 +14,17 @@ import logging
 from starlette.requests import Request
 from starlette.routing import Route
 
-from conductor import cancel as cancel_mod
 from conductor.api import SpawnRequest
 from conductor.logs import remember_secret
 from flows import catalog
-from flows.errors import InstanceLocked, InvalidRequest, InvalidState, NotFound, OperationError
-from persistence import operations
-from web import auth, views
+from flows.errors import (
+    InstanceLocked,
+    InvalidRequest,
+    InvalidState,
+    NotFound,
+    OperationError,
+)
+from web import actions, auth, live, views
 from web.context import ApiError, json_response, require, state
 from web.openapi import OPENAPI
 
@@ -44,9 +48,13 @@ def list_operations(request: Request):
 
 def show_operation(request: Request):
     require(request, auth.READER)
-    with state(request).db.session() as s:
-        return json_response(views.operation_detail(s, request.path_params["op_id"],
-                                                    state(request).conf.conductor.step_timeout))
+    ws = state(request)
+    ws.conductor()  # before the session: on SQLite its start may write (the plan needs it)
+    with ws.db.session() as s:
+        op = views.operation_detail(s, request.path_params["op_id"],
+                                    ws.conf.conductor.step_timeout, ws.plan)
+    op.pop("_plan")
+    return json_response(op)
 
 
 def list_instances(request: Request):
@@ -64,31 +72,23 @@ def list_hosts(request: Request):
         return json_response({"hosts": views.hosts_list(s)})
 
 
-def do_cancel(request: Request, op_id: str, role: str) -> dict:
-    """Cancel as `computeflow cancel` does (no wait); shared with the page's button.
-    An operation this server runs itself only gets the request recorded
-    (conductor/cancel.py): its running thread stops it at the next step."""
-    ws = state(request)
-    with ws.db.session() as s:
-        op = operations.get(s, op_id)
-        if op is None:
-            raise ApiError(404, operations.not_found(s, op_id))
-        op_id = op.id
+async def operation_action(request: Request):
+    """POST /api/v1/operations/{id}/{action}: web/actions.py's table; the
+    body, if any, is a JSON object (mark-reverted's `note`)."""
+    action = actions.get(request.path_params["action"])
+    role = require(request, action.role)
+    raw = await request.body()
     try:
-        res = cancel_mod.cancel(ws.conductor(), op_id, f"web ({role}) {cancel_mod.operator()}")
-    except operations.Refused as e:
-        raise ApiError(409, str(e)) from None
-    o = res.outcome
-    return {"id": o.op_id, "kind": o.kind, "state": res.state, "error": res.error,
-            "owner": o.owner, "ended": res.ended}
-
-
-async def cancel_operation(request: Request):
-    role = require(request, auth.OPERATOR)
+        body = json.loads(raw) if raw.strip() else {}
+    except (ValueError, UnicodeDecodeError):
+        raise ApiError(400, "the body is not JSON") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "the body must be a JSON object")
     from starlette.concurrency import run_in_threadpool
 
-    return json_response(await run_in_threadpool(do_cancel, request, request.path_params["op_id"],
-                                                 role), 202)
+    result = await run_in_threadpool(action.run, state(request), request.path_params["op_id"],
+                                     role, body)
+    return json_response(result, action.status)
 
 
 def _submit(request: Request, body: dict) -> str:
@@ -137,19 +137,15 @@ def _submit(request: Request, body: dict) -> str:
         raise ApiError(400, str(e)) from None
     op_id = handle.id
     if not ws.conf.conductor.jobboard:
-        ws.runs.submit(_run_logged, c, op_id)
+        ws.runs.submit(actions.run_logged, c, op_id)
     return op_id
-
-
-def _run_logged(c, op_id: str) -> None:
-    try:
-        c.run(op_id)
-    except Exception:  # noqa: BLE001 - the outcome is in the database; say it here too
-        LOG.exception("operation %s", op_id)
 
 
 async def submit_operation(request: Request):
     require(request, auth.OPERATOR)
+    if request.query_params:  # a secret in a URL ends up in logs and histories
+        raise ApiError(400, "no query parameters here: the operation and its parameters go "
+                            "in the JSON body")
     try:
         body = json.loads(await request.body() or b"null")
     except (ValueError, UnicodeDecodeError):
@@ -168,7 +164,8 @@ routes = [
     Route("/api/v1/operations", list_operations, methods=["GET"]),
     Route("/api/v1/operations", submit_operation, methods=["POST"]),
     Route("/api/v1/operations/{op_id}", show_operation),
-    Route("/api/v1/operations/{op_id}/cancel", cancel_operation, methods=["POST"]),
+    Route("/api/v1/operations/{op_id}/events", live.operation_events),
+    Route("/api/v1/operations/{op_id}/{action}", operation_action, methods=["POST"]),
     Route("/api/v1/instances", list_instances),
     Route("/api/v1/hosts", list_hosts),
 ]

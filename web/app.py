@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from pathlib import Path
 
 from oslo_config import cfg
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse
 from starlette.routing import Mount
 from starlette.staticfiles import StaticFiles
 
 from conductor.logs import redact
-from web import api, pages
+from web import api, pages, pages_fleet
 from web.context import ApiError, WebState, json_response
 
 LOG = logging.getLogger(__name__)
@@ -52,6 +54,30 @@ async def _internal(request: Request, exc: Exception):
                                            "/operations"), 500)
 
 
+class ServerTiming:
+    """Adds `Server-Timing: app;dur=MS` to every response: the time from the
+    request's arrival to its headers (for a page, the whole render). Pure
+    ASGI, so a live-update stream passes through unbuffered."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        t0 = time.perf_counter()
+
+        async def timed_send(message) -> None:
+            if message["type"] == "http.response.start":
+                ms = (time.perf_counter() - t0) * 1000
+                message["headers"] = [*message.get("headers", []),
+                                      (b"server-timing", f"app;dur={ms:.2f}".encode())]
+            await send(message)
+
+        await self.app(scope, receive, timed_send)
+
+
 def build_app(conf: cfg.ConfigOpts) -> Starlette:
     ws = WebState.open(conf)
 
@@ -61,9 +87,9 @@ def build_app(conf: cfg.ConfigOpts) -> Starlette:
         ws.close()
 
     app = Starlette(
-        routes=api.routes + pages.routes + [Mount("/static", StaticFiles(directory=STATIC))],
+        routes=api.routes + pages_fleet.routes + pages.routes + [Mount("/static", StaticFiles(directory=STATIC))],
         exception_handlers={ApiError: _api_error, 404: _not_found, 405: _not_found,
                             Exception: _internal},
-        lifespan=lifespan)
+        middleware=[Middleware(ServerTiming)], lifespan=lifespan)
     app.state.web = ws
     return app

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+from collections import OrderedDict
 from concurrent import futures
 from dataclasses import dataclass, field
 
@@ -13,7 +14,7 @@ from starlette.responses import JSONResponse
 
 from persistence import schema
 from persistence.session import Database
-from web import auth
+from web import auth, flowshape
 
 
 class ApiError(Exception):
@@ -39,6 +40,10 @@ class WebState:
     runs: futures.ThreadPoolExecutor = field(
         default_factory=lambda: futures.ThreadPoolExecutor(4, thread_name_prefix="web-run"))
 
+    #: Planned flow shapes by (operation id, flow version): a shape never
+    #: changes once the operation is recorded, and building it costs a factory call.
+    _plans: OrderedDict = field(default_factory=OrderedDict)
+
     @classmethod
     def open(cls, conf: cfg.ConfigOpts) -> WebState:
         tokens = auth.Tokens.parse(conf.web.tokens)
@@ -56,6 +61,24 @@ class WebState:
             if self._conductor is None:
                 self._conductor = Conductor(self.conf)
             return self._conductor
+
+    def plan(self, op) -> flowshape.Plan | None:
+        """The operation's planned flow graph; None if its factory cannot build it."""
+        key = (op.id, op.flow_version)
+        with self._lock:
+            if key in self._plans:
+                self._plans.move_to_end(key)
+                return self._plans[key]
+        self.conductor()  # factories read configuration through the runtime it installs
+        try:
+            shape = flowshape.plan(op.kind, dict(op.parameters or {}))
+        except flowshape.ShapeUnavailable:
+            shape = None
+        with self._lock:
+            self._plans[key] = shape
+            while len(self._plans) > 512:
+                self._plans.popitem(last=False)
+        return shape
 
     def close(self) -> None:
         self.runs.shutdown(wait=True)

@@ -16,6 +16,12 @@ def _ok(help: str, status: str = "200") -> dict:
     return {status: {"description": help, "content": {"application/json": {}}}}
 
 
+def _action(help: str, status: str = "202") -> dict:
+    return {"post": {"summary": help, "parameters": [_ID],
+                     "responses": _ok("the outcome", status) | _ERRORS | {"404": _ERROR,
+                                                                          "409": _ERROR}}}
+
+
 OPENAPI = {
     "openapi": "3.0.3",
     "info": {"title": "computeflow", "version": "1",
@@ -58,10 +64,39 @@ OPENAPI = {
             "summary": "one operation: steps (execute/revert spans, tries), transitions, "
                        "liveness (reader)",
             "parameters": [_ID], "responses": _ok("the operation") | _ERRORS | {"404": _ERROR}}},
-        "/operations/{op_id}/cancel": {"post": {
-            "summary": "stop at the next step and revert (operator)", "parameters": [_ID],
-            "responses": _ok("{id, state, ended, ...}", "202") | _ERRORS | {"404": _ERROR,
-                                                                            "409": _ERROR}}},
+        "/operations/{op_id}/events": {"get": {
+            "summary": "live updates (reader): server-sent events `update` {id, state, last_row, "
+                       "committed_at, html} on every change, `end` once it ended",
+            "parameters": [_ID], "responses": {"200": {"description": "an event stream",
+                                                       "content": {"text/event-stream": {}}}}
+            | _ERRORS | {"404": _ERROR}}},
+        "/operations/{op_id}/cancel": _action("stop at the next step and revert (operator)"),
+        "/operations/{op_id}/resume-plan": _action(
+            "what a resume would do, probing the hosts; changes nothing (operator)", "200"),
+        "/operations/{op_id}/retry-revert": _action(
+            "run the failed reverts of a FAILED operation again (admin)"),
+        "/operations/{op_id}/mark-reverted": _action(
+            "record a manual cleanup of a FAILED operation; body {\"note\": str} optional "
+            "(admin)", "200"),
+        "/instances/{name}": {"get": {
+            "summary": "one instance (live by name, any by uuid, else the last deleted of that "
+                       "name), its operations, claims and hypervisor events (reader)",
+            "parameters": [{"name": "name", "in": "path", "required": True,
+                            "schema": {"type": "string"}}],
+            "responses": _ok("{instance, operations, more, claims, events}") | _ERRORS
+            | {"404": _ERROR}}},
+        "/inventory": {"get": {
+            "summary": "per host: the database's instances and claims next to what the driver "
+                       "holds (`computeflow inventory`), and where they disagree (reader)",
+            "responses": _ok("{hosts: [...]}") | _ERRORS}},
+        "/reconcile": {"post": {
+            "summary": "`computeflow reconcile`: the audit (operator); with apply, also start "
+                       "the fixes (admin)",
+            "requestBody": {"required": False, "content": {"application/json": {"schema": {
+                "type": "object", "properties": {"apply": {"type": "boolean"},
+                                                 "host": {"type": "string"}}}}}},
+            "responses": _ok("the audit {hosts, findings, text, ...}") | _ok(
+                "the audit and {applying: n}", "202") | _ERRORS}},
         "/instances": {"get": {"summary": "live instances (reader)",
                                "parameters": [_q("deleted", "true: deleted ones too", "boolean")],
                                "responses": _ok("{instances: [...]}") | _ERRORS}},

@@ -8,17 +8,27 @@ from __future__ import annotations
 
 import datetime as dt
 import html
+from collections import Counter
 from urllib.parse import parse_qs, urlencode
 
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from web import auth, views
+from web import actions, auth, flowshape, views
 from web.context import ApiError, caller_role, require, state
+from web.graph import graph_svg
 
 e = html.escape
 ACTIVE = {"PENDING", "RUNNING", "REVERTING"}
+
+
+def when(value: str | None) -> str:
+    """A stored time as shown on every page: UTC, marked Z (`2026-12-04 10:00:50.179Z`)."""
+    if not value:
+        return "-"
+    text = str(value).replace("T", " ")
+    return text if text.endswith("Z") else text.removesuffix("+00:00") + "Z"
 
 
 def _page(title: str, body: str, role: str | None = None, csrf: str = "") -> HTMLResponse:
@@ -28,7 +38,8 @@ def _page(title: str, body: str, role: str | None = None, csrf: str = "") -> HTM
     return HTMLResponse(
         f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{e(title)} - '
         f'computeflow</title><link rel="stylesheet" href="/static/style.css"></head><body>'
-        f'<header><a href="/operations">computeflow</a> {who}</header><main>{body}</main>'
+        f'<header><nav><a href="/operations">computeflow</a> <a href="/operations">operations'
+        f'</a> <a href="/hosts">hosts</a></nav> {who}</header><main>{body}</main>'
         f'<script src="/static/app.js"></script></body></html>')
 
 
@@ -57,28 +68,39 @@ def _to_login(request: Request) -> RedirectResponse:
 
 
 # -- login -------------------------------------------------------------------
-def login_form(request: Request, error: str = "") -> HTMLResponse:
+def login_form(request: Request, error: str = "", status: int = 200) -> HTMLResponse:
+    """The form carries a CSRF token matching a cookie it sets (double submit,
+    as every other post): another site cannot log a browser in with a token
+    of its choosing (login CSRF), its post has neither."""
     nxt = request.query_params.get("next", "/operations")
+    csrf = request.cookies.get(auth.CSRF_COOKIE) or auth.new_csrf()
     msg = f'<p class="error">{e(error)}</p>' if error else ""
-    return _page("log in", f'<h1>Log in</h1>{msg}<form method="post" action="/login">'
+    resp = _page("log in", f'<h1>Log in</h1>{msg}<form method="post" action="/login">'
                  f'<input type="hidden" name="next" value="{e(nxt)}">'
+                 f'<input type="hidden" name="csrf" value="{e(csrf)}">'
                  '<label>Token <input type="password" name="token" id="token" autofocus '
                  'autocomplete="current-password"></label> <button id="login">Log in</button>'
                  '</form>')
+    resp.status_code = status
+    resp.set_cookie(auth.CSRF_COOKIE, csrf, httponly=False, samesite="strict", path="/")
+    return resp
 
 
 async def login(request: Request) -> Response:
     if request.method == "GET":
         return login_form(request)
     form = await _form(request)
+    if not auth.csrf_ok(request.cookies.get(auth.CSRF_COOKIE), form.get(auth.CSRF_FIELD)):
+        return login_form(request, "the form expired or came from elsewhere: log in again", 403)
     token = str(form.get("token", ""))
     if state(request).tokens.role_of(token) is None:
-        return HTMLResponse(login_form(request, "unknown token").body, 401)
+        return login_form(request, "unknown token", 401)
     nxt = str(form.get("next", "/operations"))
     if not nxt.startswith("/") or nxt.startswith("//"):
         nxt = "/operations"  # never an open redirect
     resp = RedirectResponse(nxt, 303)
     resp.set_cookie(auth.TOKEN_COOKIE, token.strip(), httponly=True, samesite="strict", path="/")
+    # A new CSRF value for the session: the form's one was visible before the login.
     resp.set_cookie(auth.CSRF_COOKIE, auth.new_csrf(), httponly=False, samesite="strict", path="/")
     return resp
 
@@ -94,6 +116,26 @@ async def logout(request: Request) -> Response:
 
 
 # -- the operations list ---------------------------------------------------------
+def _instance_link(o: dict) -> str:
+    name = o.get("instance_name") or ""
+    if not o.get("instance_uuid"):
+        return e(name)
+    return f'<a href="/instances/{e(o["instance_uuid"])}">{e(name or o["instance_uuid"][:8])}</a>'
+
+
+def op_rows(ops: list[dict]) -> str:
+    """Operations as a table (the list page, an instance's history)."""
+    rows = "".join(
+        f'<tr class="op-{o["state"].lower()}"><td><a href="/operations/{o["id"]}">{o["id"][:8]}'
+        f'</a></td><td>{e(o["kind"])}</td><td>{_instance_link(o)}</td>'
+        f'<td class="state">{o["state"]}</td><td>{e(when(o["created_at"]))}</td>'
+        f'<td>{"" if o["duration_s"] is None else o["duration_s"]}</td>'
+        f'<td>{e((o["error"] or "")[:80])}</td></tr>' for o in ops)
+    return ('<table id="operations"><thead><tr><th>id</th><th>kind</th><th>instance</th>'
+            '<th>state</th><th>created (UTC)</th><th>seconds</th><th>error</th></tr></thead>'
+            f'<tbody>{rows}</tbody></table>')
+
+
 def _filters_form(params) -> str:
     fields = "".join(
         f'<label>{k} <input name="{k}" value="{e(params.get(k, ""))}"></label> '
@@ -116,12 +158,6 @@ def operations_page(request: Request) -> Response:
         return _page("operations", f'<h1>Operations</h1>{_filters_form(params)}'
                      f'<p class="error">{e(err.message)}</p>', role,
                      request.cookies.get(auth.CSRF_COOKIE, ""))
-    rows = "".join(
-        f'<tr class="op-{o["state"].lower()}"><td><a href="/operations/{o["id"]}">{o["id"][:8]}'
-        f'</a></td><td>{e(o["kind"])}</td><td>{e(o["instance_name"] or "")}</td>'
-        f'<td class="state">{o["state"]}</td><td>{e(o["created_at"] or "")}</td>'
-        f'<td>{"" if o["duration_s"] is None else o["duration_s"]}</td>'
-        f'<td>{e((o["error"] or "")[:80])}</td></tr>' for o in page["operations"])
     keep = {k: v for k, v in params.items() if k != "offset" and v}
     nav = []
     if offset > 0:
@@ -130,9 +166,7 @@ def operations_page(request: Request) -> Response:
     if page["more"]:
         nav.append(f'<a href="/operations?{urlencode(keep | {"offset": offset + limit})}" '
                    'rel="next">older</a>')
-    body = (f'<h1>Operations</h1>{_filters_form(params)}<table id="operations"><thead><tr>'
-            '<th>id</th><th>kind</th><th>instance</th><th>state</th><th>created (UTC)</th>'
-            f'<th>seconds</th><th>error</th></tr></thead><tbody>{rows}</tbody></table>'
+    body = (f'<h1>Operations</h1>{_filters_form(params)}{op_rows(page["operations"])}'
             f'<nav>{" ".join(nav)}</nav>')
     return _page("operations", body, role, request.cookies.get(auth.CSRF_COOKIE, ""))
 
@@ -186,28 +220,77 @@ def _span(seconds: float | None, tries: int) -> str:
     return text + (f" ({tries} tries)" if tries > 1 else "")
 
 
-def operation_live(op: dict) -> str:
-    """The part of the page that live refresh replaces."""
+def actions_bar(op: dict, role: str, csrf: str) -> str:
+    """The buttons this role may use on this operation now. Each is a form
+    (works without script); app.js asks for confirmation and posts it to the
+    API instead, so the page stays and the live update shows the outcome."""
+    forms = []
+    for a in actions.available(op, role):
+        forms.append(
+            f'<form method="post" class="action" action="/operations/{op["id"]}/{a.name}" '
+            f'data-api="/api/v1/operations/{op["id"]}/{a.name}" data-confirm="{e(a.confirm)}">'
+            f'<input type="hidden" name="csrf" value="{e(csrf)}">'
+            f'<button id="{a.name}" title="{e(a.help)}">{e(a.label)}</button></form>')
+    return f'<div class="actions">{"".join(forms)}</div>'
+
+
+def operation_live(op: dict, role: str, csrf: str = "") -> str:
+    """The part of the page that live updates replace."""
     steps = "".join(
-        f'<tr class="step {st["class"]}" data-step="{e(st["step"])}"><td>{e(st["step"])}</td>'
-        f'<td class="state">{st["state"]}</td><td>{e(st["started_at"] or "")}</td>'
+        f'<tr class="step {st["class"]}" id="step-{e(st["step"])}" data-step="{e(st["step"])}">'
+        f'<td>{e(st["step"])}</td>'
+        f'<td class="state">{st["state"]}</td><td>{e(when(st["started_at"]))}</td>'
         f'<td>{_span(st["execute_s"], st["attempts"])}</td>'
         f'<td>{_span(st["revert_s"], st["revert_attempts"])}</td>'
         f'<td>{e(st["error"] or "")}</td></tr>' for st in op["steps"])
     live = op["live"]
     facts = "".join(f"<li>{e(n)}</li>" for n in live["notes"])
-    return (f'<p>state <b id="op-state" class="op-{op["state"].lower()}">{op["state"]}</b>'
+    graph = graph_svg(op["_plan"], op["steps"])
+    counts = Counter(st["class"] for st in op["steps"])
+    planned = len(flowshape.steps_in(op["_plan"].root))
+    summary = ", ".join(f"{n} {c}" for c, n in sorted(counts.items()))
+    note = "" if op["plan_complete"] else " (planned shape unavailable: the steps seen so far)"
+    return (f'{actions_bar(op, role, csrf)}<p>state <b id="op-state" class="op-{op["state"].lower()}">{op["state"]}</b>'
             f'{" (" + e(live["situation"]) + ")" if live["situation"] else ""}'
-            f' &middot; started {e(op["started_at"] or "-")} &middot; finished '
-            f'{e(op["finished_at"] or "-")}</p>'
+            f' &middot; started {e(when(op["started_at"]))} &middot; finished '
+            f'{e(when(op["finished_at"]))} &middot; owner {e(op["owner"] or "-")} '
+            f'({e(live["owner_status"] or "-")}), lease until {e(when(op["lease_expires_at"]))}'
+            f'{" &middot; cancel requested by " + e(op["cancel_requested_by"]) if op["cancel_requested_by"] else ""}'
+            '</p>'
             f'{"<ul>" + facts + "</ul>" if facts else ""}'
             f'{"<p class=error>" + e(op["error"]) + "</p>" if op["error"] else ""}'
+            f'<h2>Flow</h2><p class="muted" id="graph-summary">{planned} planned steps; '
+            f'{e(summary) or "none run yet"}{note}</p><div class="graph-box">{graph}</div>'
+            '<p class="legend"><span class="key ok"></span>succeeded <span class="key failed">'
+            '</span>failed <span class="key reverted"></span>reverted <span class="key running">'
+            '</span>running <span class="key pending"></span>not run <span class="key parallel">'
+            '</span>parallel branches <span class="key retry"></span>retried block '
+            '<span class="key no-return"></span>point of no return</p>'
             '<h2>Steps</h2><table id="steps"><thead><tr><th>step</th><th>state</th>'
             '<th>started (UTC)</th><th>execute</th><th>revert</th><th>error</th></tr></thead>'
             f'<tbody>{steps}</tbody></table><h2>Timeline</h2>{timeline_svg(op)}'
             '<p class="legend"><span class="key ok"></span>succeeded <span class="key failed">'
             '</span>failed <span class="key reverted"></span>reverted <span class="key running">'
-            '</span>running <span class="key revert"></span>revert span</p>')
+            '</span>running <span class="key revert"></span>revert span</p>'
+            f'{transitions_table(op)}')
+
+
+def transitions_table(op: dict) -> str:
+    """Every committed transition; a failure's traceback folded under it."""
+    tracebacks = {st["step"]: st.get("traceback") for st in op["steps"]}
+    rows = []
+    for t in op["transitions"] or []:
+        err = e(t["error"] or "")
+        tb = tracebacks.get(t["step"]) if t["error"] else None
+        if tb:
+            err = f'<details><summary>{err}</summary><pre class="tb">{e(tb)}</pre></details>'
+        rows.append(f'<tr class="t-{e(t["state"].lower())}"><td>{e(when(t["at"]))}</td>'
+                    f'<td>{e(t["step"])}</td><td>{e(t["state"])}</td><td>{t["attempt"]}</td>'
+                    f'<td>{err}</td></tr>')
+    return (f'<details id="transitions-box"><summary>Transitions ({len(rows)})</summary>'
+            '<table id="transitions"><thead><tr><th>at (UTC)</th><th>step</th><th>state</th>'
+            f'<th>try</th><th>error</th></tr></thead><tbody>{"".join(rows)}</tbody></table>'
+            '</details>')
 
 
 def operation_page(request: Request) -> Response:
@@ -216,35 +299,38 @@ def operation_page(request: Request) -> Response:
         return _to_login(request)
     op_id = request.path_params["op_id"]
     try:
-        with state(request).db.session() as s:
-            op = views.operation_detail(s, op_id, state(request).conf.conductor.step_timeout)
+        ws = state(request)
+        ws.conductor()  # before the session: on SQLite its start may write (the plan needs it)
+        with ws.db.session() as s:
+            op = views.operation_detail(s, op_id, ws.conf.conductor.step_timeout, ws.plan)
     except ApiError as err:
         return HTMLResponse(_page("operation", f'<p class="error">{e(err.message)}</p>',
                                   role).body, err.status)
-    if request.query_params.get("fragment") == "live":
-        return HTMLResponse(operation_live(op))
     csrf = request.cookies.get(auth.CSRF_COOKIE, "")
-    can_cancel = auth.allows(role, auth.OPERATOR) and op["state"] in ACTIVE
-    cancel = (f'<form method="post" action="/operations/{op["id"]}/cancel">'
-              f'<input type="hidden" name="csrf" value="{e(csrf)}"><button id="cancel">cancel'
-              '</button></form>' if can_cancel else "")
+    if request.query_params.get("fragment") == "live":
+        return HTMLResponse(operation_live(op, role, csrf))
     params = " ".join(f"{e(k)}={e(str(v))}" for k, v in op["parameters"].items())
-    body = (f'<h1>{e(op["kind"])} {e(op["instance_name"] or "")}</h1>'
+    body = (f'<h1>{e(op["kind"])} {_instance_link(op)}</h1>'
             f'<p class="muted">operation {op["id"]} &middot; hosts {e(", ".join(op["hosts"]))}'
-            f' &middot; {params}</p>{cancel}'
+            f' &middot; {params}</p>'
+            '<pre id="action-result"></pre>'
             f'<div id="live" data-op="{op["id"]}" data-active="{str(op["state"] in ACTIVE).lower()}">'
-            f'{operation_live(op)}</div>')
+            f'{operation_live(op, role, csrf)}</div>')
     return _page(f"operation {op['id'][:8]}", body, role, csrf)
 
 
-async def cancel_from_page(request: Request) -> Response:
+async def action_from_page(request: Request) -> Response:
+    """An action's form posted without script: do it, then back to the operation."""
     form = await _form(request)
-    role = require(request, auth.OPERATOR, form.get(auth.CSRF_FIELD))
+    action = actions.get(request.path_params["action"])
+    role = require(request, action.role, form.get(auth.CSRF_FIELD))
     from starlette.concurrency import run_in_threadpool
-    from web.api import do_cancel
 
     op_id = request.path_params["op_id"]
-    await run_in_threadpool(do_cancel, request, op_id, role)
+    result = await run_in_threadpool(action.run, state(request), op_id, role, {})
+    if action.status == 200 and "text" in result:  # a read: show it
+        return HTMLResponse(_page(action.label, f'<pre id="message">{e(result["text"])}</pre>'
+                                  f'<p><a href="/operations/{e(op_id)}">back</a></p>', role).body)
     return RedirectResponse(f"/operations/{op_id}", 303)
 
 
@@ -258,5 +344,5 @@ routes = [
     Route("/logout", logout, methods=["POST"]),
     Route("/operations", operations_page),
     Route("/operations/{op_id}", operation_page),
-    Route("/operations/{op_id}/cancel", cancel_from_page, methods=["POST"]),
+    Route("/operations/{op_id}/{action}", action_from_page, methods=["POST"]),
 ]

@@ -25,5 +25,7 @@ def serve(conf: cfg.ConfigOpts, host: str, port: int) -> int:
     app = build_app(conf)  # a bad [web] tokens entry or database fails here, before binding
     print(f"computeflow: serving the API and dashboard on http://{host}:{port}/", flush=True)
     # No access log: the default format has no secret, but it is noise for an operator.
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+    # An open live-update stream must not hold a stop for long (web/live.py).
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False,
+                timeout_graceful_shutdown=2)
     return 0

@@ -2,10 +2,14 @@
 turned into queries, records turned into dicts (conductor/render.py's)."""
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
+
 from conductor import history, liveness, render
 from persistence import flowlog, hosts, instances, operations
 from persistence.flowlog import StepSummary
-from persistence.models import utcnow
+from persistence.models import FLOW_STEP, utcnow
+from web import flowshape
 from web.context import ApiError
 
 STATES = operations.ACTIVE_STATES + operations.FINAL_STATES
@@ -52,8 +56,7 @@ def history_page(s, f: operations.HistoryFilter, limit: int, offset: int) -> dic
         history.check_names(s, f)
     except history.BadQuery as e:
         raise ApiError(400, str(e)) from None
-    # history() has no offset: read up to the page's end (bounded by MAX_OFFSET) and slice.
-    rows = operations.history(s, f, limit=offset + limit + 1)[offset:]
+    rows = operations.history(s, f, limit=limit + 1, offset=offset)
     now = utcnow()
     return {"operations": [render.history_dict(o, name, now) | {"parameters": render.shown_parameters(o)}
                            for o, name in rows[:limit]],
@@ -76,8 +79,10 @@ def step_class(st: StepSummary) -> str:
     return "pending"
 
 
-def operation_detail(s, op_id: str, step_timeout: float) -> dict:
-    """`ops show --json --transitions`, plus each step's colour class."""
+def operation_detail(s, op_id: str, step_timeout: float,
+                     planner: Callable[[object], flowshape.Plan | None] | None = None) -> dict:
+    """`ops show --json --transitions`, plus each step's colour class and,
+    given a planner (WebState.plan), the flow's planned graph (`plan`)."""
     op = operations.get(s, op_id)
     if op is None:
         raise ApiError(404, operations.not_found(s, op_id))
@@ -88,11 +93,20 @@ def operation_detail(s, op_id: str, step_timeout: float) -> dict:
     if op.instance_uuid:
         inst = instances.get(s, op.instance_uuid)
         name = inst.name if inst is not None else (op.parameters or {}).get("name")
-    return payload | {
+    detail = payload | {
         "parameters": render.shown_parameters(op),  # secrets as `(secret)`
         "instance_name": name,
         "steps": [d | {"class": step_class(st)} for d, st in zip(payload["steps"], steps, strict=False)],
     }
+    if planner is not None:
+        shape = planner(op)
+        detail["plan_complete"] = shape is not None
+        if shape is None:  # the flow log's steps in a line: better than no graph
+            shape = flowshape.fallback([d["step"] for d in detail["steps"]
+                                        if d["step"] != FLOW_STEP])
+        detail["plan"] = dataclasses.asdict(shape)
+        detail["_plan"] = shape  # for the page; dropped from the API's JSON
+    return detail
 
 
 def instances_list(s, include_deleted: bool) -> list[dict]:

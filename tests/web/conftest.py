@@ -133,13 +133,14 @@ def sqlite_site(sqlite_url, tmp_path_factory) -> Iterator[Site]:
         yield s
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+@pytest.fixture(scope="package", params=["sqlite", "postgresql", "mysql"])
 def site(request, tmp_path_factory) -> Iterator[Site]:
+    """The API tests' server on each database the CLI supports (MariaDB as mysql)."""
     if request.param == "sqlite":
         yield request.getfixturevalue("sqlite_site")
         return
-    with site_on(request.getfixturevalue("postgresql_url"),
-                 tmp_path_factory.mktemp("web-postgresql")) as s:
+    with site_on(request.getfixturevalue(f"{request.param}_url"),
+                 tmp_path_factory.mktemp(f"web-{request.param}")) as s:
         yield s
 
 
@@ -148,8 +149,12 @@ CHROMIUM = os.environ.get("COMPUTEFLOW_TEST_CHROMIUM", "/usr/bin/chromium")
 CHROMEDRIVER = os.environ.get("COMPUTEFLOW_TEST_CHROMEDRIVER", "/usr/bin/chromedriver")
 
 
+#: Where each browser test leaves a screenshot of its last page (CI keeps the folder).
+SCREENSHOTS = Path(os.environ.get("COMPUTEFLOW_TEST_ARTIFACTS", REPO / "test-artifacts")) / "web"
+
+
 @pytest.fixture
-def browser():
+def browser(request):
     missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not os.access(p, os.X_OK)]
     if missing:
         _unreachable("headless browser", f"{', '.join(missing)} missing: scripts/web/install.sh "
@@ -166,6 +171,8 @@ def browser():
     driver.set_page_load_timeout(15)
     try:
         yield driver
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        driver.save_screenshot(str(SCREENSHOTS / f"{request.node.name}.png"))
     finally:
         driver.quit()
 
@@ -182,3 +189,19 @@ def login(driver, site: Site, role: str, page: str) -> None:
     driver.find_element(By.ID, "token").send_keys(TOKENS[role])
     driver.find_element(By.ID, "login").click()
     WebDriverWait(driver, 10).until(lambda d: d.current_url == page)
+
+
+#: The server's own spawns retry FAIL_AT every 0.3 s (a transient fault that
+#: never clears): each stays RUNNING until cancelled.
+SLOW = (f"[fake]\nfaults = {FAIL_AT}:execute:fail-transient-100000\n"
+        "[conductor]\nstep_retry_attempts = 200\nstep_retry_base_delay = 0.3\n"
+        "step_retry_max_delay = 0.3\n")
+
+
+@pytest.fixture(scope="package")
+def slow_site(tmp_path_factory) -> Iterator[Site]:
+    """A second server on its own SQLite file, for tests that add operations
+    the shared site's exact listings must not see (running ones, repairs)."""
+    tmp = tmp_path_factory.mktemp("web-live")
+    with site_on(fresh_sqlite(tmp), tmp, SLOW) as s:
+        yield s

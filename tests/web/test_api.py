@@ -119,6 +119,10 @@ def test_failed_spawn_shows_its_steps(site: Site):
         assert steps[name]["revert_attempts"] == 1
     assert any(t["step"] == FAIL_AT and t["state"] == "FAILURE" for t in op["transitions"])
     assert set(op["live"]) == {"situation", "owner_status", "notes"}
+    # The planned graph: the catalogue's steps, the disks and ports in one parallel block.
+    assert op["plan_complete"] is True
+    parallel = op["plan"]["root"]["children"][2]
+    assert parallel["parallel"] is True and len(parallel["children"]) >= 2
     status, ok = site.call("GET", f"/api/v1/operations/{site.ok_op}")
     assert {st["class"] for st in ok["steps"]} == {"ok"}
 
@@ -147,4 +151,37 @@ def test_openapi_describes_the_api(site: Site):
     status, doc = site.call("GET", "/api/v1/openapi.json", token=None)
     assert status == 200 and doc["openapi"].startswith("3.")
     assert {"/operations", "/operations/{op_id}", "/operations/{op_id}/cancel", "/instances",
-            "/hosts"} <= set(doc["paths"])
+            "/hosts", "/operations/{op_id}/events", "/operations/{op_id}/retry-revert",
+            "/operations/{op_id}/mark-reverted", "/operations/{op_id}/resume-plan",
+            "/instances/{name}", "/inventory", "/reconcile"} <= set(doc["paths"])
+
+
+def _instance_kinds() -> list[str]:
+    from flows import catalog
+
+    return [k.name for k in catalog.instance_operations()]
+
+
+@pytest.mark.parametrize("kind", _instance_kinds())
+def test_every_catalogue_operation_is_validated_before_anything_is_written(sqlite_site: Site,
+                                                                           kind: str):
+    """Each kind reaches its own parameter check through the API: an unknown
+    parameter is one 400 naming the kind, and nothing is written."""
+    before = _counts(sqlite_site)
+    status, body = sqlite_site.call("POST", "/api/v1/operations", token="operator", body={
+        "kind": kind, "instance": "vm2", "parameters": {"bogus": 1}})
+    assert (status, list(body)) == (400, ["error"]) and kind in body["error"], body
+    assert _counts(sqlite_site) == before
+
+
+def test_secrets_never_in_a_url(sqlite_site: Site):
+    before = _counts(sqlite_site)
+    status, body = sqlite_site.call(
+        "POST", "/api/v1/operations?password=pw-in-url-1", token="operator",
+        body={"kind": "set_admin_password", "instance": "vm2", "parameters": {"password": "x"}})
+    assert status == 400 and "body" in body["error"] and "pw-in-url-1" not in body["error"]
+    status, body = sqlite_site.call("POST", "/api/v1/operations", token="operator", body={
+        "kind": "reconcile", "instance": "vm2"})
+    assert status == 400 and list(body) == ["error"]
+    assert _counts(sqlite_site) == before
+    assert "pw-in-url-1" not in sqlite_site.log.read_text()

@@ -37,8 +37,22 @@ def test_login_then_failed_step_in_failure_colour(browser, sqlite_site: Site):
     assert colour("power_on") != FAILED_RGB  # reverted, not failed
     bar = browser.find_element(By.CSS_SELECTOR, "#timeline rect.exec.failed")
     assert bar.value_of_css_property("fill") == "rgb(198, 40, 40)"
+    # The flow graph: every planned step, the failed one red, the unrun one not coloured.
+    nodes = {g.get_attribute("data-step"): g.get_attribute("class").split()[1]
+             for g in browser.find_elements(By.CSS_SELECTOR, "#graph g.node")}
+    assert nodes[FAIL_AT] == "failed" and nodes["mark_active"] == "pending"
+    assert {c for s, c in nodes.items() if s not in (FAIL_AT, "mark_active")} == {"reverted"}
+    node = browser.find_element(By.CSS_SELECTOR, f'#graph g.node[data-step="{FAIL_AT}"] rect')
+    assert node.value_of_css_property("fill") == "rgb(198, 40, 40)"
+    assert browser.find_elements(By.CSS_SELECTOR, "#graph g.group.parallel")
     # A reader gets no cancel button; the list page links to the operation.
     assert not browser.find_elements(By.ID, "cancel")
     browser.get(f"{sqlite_site.base}/operations?state=REVERTED")
-    links = browser.find_elements(By.CSS_SELECTOR, "#operations tbody a")
+    links = browser.find_elements(By.CSS_SELECTOR, "#operations tbody td:first-child a")
     assert [a.get_attribute("href") for a in links] == [page]
+    # The instance's name leads to its page, with this operation in its history.
+    browser.find_element(By.CSS_SELECTOR, "#operations tbody td:nth-child(3) a").click()
+    wait.until(ec.presence_of_element_located((By.ID, "instance")))
+    assert "vm1" in browser.find_element(By.TAG_NAME, "h1").text
+    assert [a.get_attribute("href") for a in browser.find_elements(
+        By.CSS_SELECTOR, "#operations tbody td:first-child a")] == [page]

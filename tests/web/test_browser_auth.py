@@ -30,8 +30,19 @@ def _request(site: Site, method: str, path: str, cookies: dict | None = None,
     return resp, data
 
 
+def _login_csrf(site: Site) -> dict[str, str]:
+    """The CSRF cookie the login form sets (and repeats in its hidden field)."""
+    resp, body = _request(site, "GET", "/login")
+    cookie = next(c for c in resp.headers.get_all("set-cookie") if c.startswith("cf_csrf="))
+    value = cookie.split("=", 1)[1].split(";")[0]
+    assert f'name="csrf" value="{value}"' in body
+    return {"cf_csrf": value}
+
+
 def _login(site: Site, role: str) -> dict[str, str]:
-    resp, _ = _request(site, "POST", "/login", form={"token": TOKENS[role], "next": "/operations"})
+    pre = _login_csrf(site)
+    resp, _ = _request(site, "POST", "/login", cookies=pre,
+                       form={"token": TOKENS[role], "next": "/operations", "csrf": pre["cf_csrf"]})
     assert resp.status == 303 and resp.getheader("location") == "/operations"
     set_cookies = resp.headers.get_all("set-cookie")
     token_cookie = next(c for c in set_cookies if c.startswith("cf_token="))
@@ -42,16 +53,26 @@ def _login(site: Site, role: str) -> dict[str, str]:
 def test_login_sets_cookies_and_pages_need_them(sqlite_site: Site):
     resp, _ = _request(sqlite_site, "GET", "/operations")
     assert resp.status == 303 and resp.getheader("location").startswith("/login")
-    resp, body = _request(sqlite_site, "POST", "/login", form={"token": "wrong", "next": "/"})
-    assert resp.status == 401 and not resp.headers.get_all("set-cookie") and "unknown token" in body
+    pre = _login_csrf(sqlite_site)
+    resp, body = _request(sqlite_site, "POST", "/login", cookies=pre,
+                          form={"token": "wrong", "next": "/", "csrf": pre["cf_csrf"]})
+    assert resp.status == 401 and "unknown token" in body
+    assert not [c for c in resp.headers.get_all("set-cookie") if c.startswith("cf_token")]
+    # Login CSRF: a post from another site has no matching cookie and field.
+    for cookies, form in (({}, {"csrf": pre["cf_csrf"]}), (pre, {}), (pre, {"csrf": "forged"})):
+        resp, body = _request(sqlite_site, "POST", "/login", cookies=cookies,
+                              form={"token": TOKENS["reader"], "next": "/"} | form)
+        assert resp.status == 403 and "log in again" in body
+        assert not [c for c in resp.headers.get_all("set-cookie") if c.startswith("cf_token")]
     cookies = _login(sqlite_site, "reader")
     resp, body = _request(sqlite_site, "GET", "/operations", cookies=cookies)
     assert resp.status == 200 and sqlite_site.failed_op[:8] in body
     resp, body = _request(sqlite_site, "GET", f"/api/v1/operations/{sqlite_site.failed_op}",
                           cookies=cookies)
     assert resp.status == 200  # the page's live refresh reads the API with the cookie
-    resp, _ = _request(sqlite_site, "POST", "/login",
-                       form={"token": TOKENS["reader"], "next": "//evil.example/"})
+    resp, _ = _request(sqlite_site, "POST", "/login", cookies=pre,
+                       form={"token": TOKENS["reader"], "next": "//evil.example/",
+                             "csrf": pre["cf_csrf"]})
     assert resp.getheader("location") == "/operations"  # never an open redirect
 
 
