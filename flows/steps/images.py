@@ -3,12 +3,19 @@ from __future__ import annotations
 
 import glob
 import os
-from typing import Any
+from typing import Any, TypedDict
 
 from flows import runtime
 from flows.errors import InvalidRequest
 from flows.steps.base import Step
 from persistence import hosts
+
+
+class SnapshotFile(TypedDict):
+    """What snapshot_guest provides to register_image."""
+
+    disk_format: str
+    size_mb: int
 
 
 class SnapshotGuest(Step):
@@ -18,7 +25,7 @@ class SnapshotGuest(Step):
     def __init__(self, **kw: Any) -> None:
         super().__init__(name="snapshot_guest", provides="snapshot", **kw)
 
-    def execute(self, instance_uuid: str, host: str, image_path: str) -> dict[str, object]:
+    def execute(self, instance_uuid: str, host: str, image_path: str) -> SnapshotFile:
         img = runtime.current().driver_for(host).snapshot(instance_uuid, image_path)
         return {"disk_format": img.disk_format, "size_mb": img.size_mb}
 
@@ -36,7 +43,7 @@ class RegisterImage(Step):
     def __init__(self, **kw: Any) -> None:
         super().__init__(name="register_image", **kw)
 
-    def execute(self, image_name: str, image_path: str, snapshot: dict[str, Any]) -> None:
+    def execute(self, image_name: str, image_path: str, snapshot: SnapshotFile) -> None:
         with runtime.current().db.session() as s:
             existing = hosts.get_image(s, image_name)
             if existing is None:
