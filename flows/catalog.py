@@ -7,13 +7,13 @@ bumped, and an operation created by an older version is refused on resume.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from flows import evacuate, reconcile, resize
 
 from flows import (devices, destroy, guest_agent, live_migration, power, rebuild, rescue, snapshot,
                    spawn)
+from flows.prepare import Prepare
 from flows.steps.reconcile import ACTIONS as RECONCILE_ACTIONS
 
 #: At the end of a step name in OperationKind.steps: any index (plug_vif_0, plug_vif_1, ...).
@@ -47,7 +47,7 @@ class OperationKind:
     #: prepare(session, instance, values, operation_id) -> extra stored params.
     #: It resolves names (images, volumes) and raises InvalidRequest/NotFound
     #: before anything is written.
-    prepare: Callable | None = None
+    prepare: Prepare | None = None
     #: Driver methods the operation calls (the support matrix is built from it).
     uses: tuple[str, ...] = ()
     #: Names of the steps its flow may have, in flow order; INDEX ends an indexed

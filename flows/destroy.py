@@ -17,6 +17,9 @@ because every step is idempotent.
 """
 from __future__ import annotations
 
+from typing import Any
+
+from sqlalchemy.orm import Session
 from taskflow import retry
 from taskflow.patterns import linear_flow
 
@@ -27,6 +30,7 @@ from flows.steps.instance import MarkDeleted, TakeHold
 from flows.steps.migration import RemoveOtherCopies
 from flows.steps.network import UnplugVifs
 from flows.steps.resources import ReleaseInstanceClaims
+from persistence.models import Instance
 
 VERSION = 2
 
@@ -35,7 +39,7 @@ VERSION = 2
 NO_RETURN_STEP = "retry_destroy_forward"
 
 
-def build(*, host: str | None, vifs: list[dict], **_params) -> linear_flow.Flow:
+def build(*, host: str | None, vifs: list[dict[str, Any]], **_params: object) -> linear_flow.Flow:
     attempts = runtime.current().conf.forward_retries
     forward = linear_flow.Flow(
         "destroy_forward", retry=retry.Times(attempts, name=NO_RETURN_STEP))
@@ -55,7 +59,7 @@ def build(*, host: str | None, vifs: list[dict], **_params) -> linear_flow.Flow:
     )
 
 
-def prepare(s, inst, values: dict, op_id: str) -> dict:
+def prepare(s: Session, inst: Instance, values: dict[str, Any], op_id: str) -> dict[str, Any]:
     """The other hosts a migration record names (the copies destroy removes)."""
     mig = (inst.system_metadata or {}).get("migration") or {}
     return {"copy_hosts": sorted({h for h in (mig.get("source_host"), mig.get("dest_host"))

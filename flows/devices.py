@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import string
 import uuid
+from typing import Any
 
 from sqlalchemy.orm import Session
 from taskflow.patterns import linear_flow
@@ -35,7 +36,7 @@ STEPS = {
 }
 
 
-def _attached(inst: Instance) -> list[dict]:
+def _attached(inst: Instance) -> list[dict[str, Any]]:
     return list(inst.volumes or [])
 
 
@@ -45,14 +46,14 @@ def _refuse_if_in_use(s: Session, volume_id: str) -> None:
             raise InvalidRequest(f"volume {volume_id} is already attached to instance {other.name}")
 
 
-def _find(inst: Instance, volume_id: str) -> dict:
+def _find(inst: Instance, volume_id: str) -> dict[str, Any]:
     for v in _attached(inst):
         if v["volume_id"] == volume_id:
             return v
     raise InvalidRequest(f"volume {volume_id} is not attached to instance {inst.name}")
 
 
-def prepare_attach_volume(s: Session, inst: Instance, values: dict, op_id: str) -> dict:
+def prepare_attach_volume(s: Session, inst: Instance, values: dict[str, Any], op_id: str) -> dict[str, Any]:
     _refuse_if_in_use(s, values["volume_id"])
     used = {v["mountpoint"] for v in _attached(inst)}
     mountpoint = values.get("mountpoint")
@@ -67,13 +68,13 @@ def prepare_attach_volume(s: Session, inst: Instance, values: dict, op_id: str) 
     return {"mountpoint": mountpoint, **p.columns(inst, volumes=new)}
 
 
-def prepare_detach_volume(s: Session, inst: Instance, values: dict, op_id: str) -> dict:
+def prepare_detach_volume(s: Session, inst: Instance, values: dict[str, Any], op_id: str) -> dict[str, Any]:
     att = _find(inst, values["volume_id"])
     new = [v for v in _attached(inst) if v is not att]
     return {"mountpoint": att["mountpoint"], **p.columns(inst, volumes=new)}
 
 
-def prepare_swap_volume(s: Session, inst: Instance, values: dict, op_id: str) -> dict:
+def prepare_swap_volume(s: Session, inst: Instance, values: dict[str, Any], op_id: str) -> dict[str, Any]:
     att = _find(inst, values["volume_id"])
     _refuse_if_in_use(s, values["new_volume_id"])
     new = [({"volume_id": values["new_volume_id"], "mountpoint": v["mountpoint"]} if v is att else v)
@@ -81,21 +82,21 @@ def prepare_swap_volume(s: Session, inst: Instance, values: dict, op_id: str) ->
     return {"mountpoint": att["mountpoint"], **p.columns(inst, volumes=new)}
 
 
-def prepare_attach_interface(s: Session, inst: Instance, values: dict, op_id: str) -> dict:
+def prepare_attach_interface(s: Session, inst: Instance, values: dict[str, Any], op_id: str) -> dict[str, Any]:
     b = uuid.uuid4().bytes
     vif = {"id": str(uuid.uuid4()), "mac": "fa:16:3e:" + ":".join(f"{x:02x}" for x in b[:3]),
            "network": values.get("network") or "default"}
     return {"vif": vif, **p.columns(inst, vifs=list(inst.vifs) + [vif])}
 
 
-def prepare_detach_interface(s: Session, inst: Instance, values: dict, op_id: str) -> dict:
+def prepare_detach_interface(s: Session, inst: Instance, values: dict[str, Any], op_id: str) -> dict[str, Any]:
     for vif in inst.vifs:
         if vif["id"] == values["port_id"]:
             return {"vif": vif, **p.columns(inst, vifs=[v for v in inst.vifs if v is not vif])}
     raise InvalidRequest(f"instance {inst.name} has no interface {values['port_id']}")
 
 
-def build(*, operation: str, **_params) -> linear_flow.Flow:
+def build(*, operation: str, **_params: object) -> linear_flow.Flow:
     step, task_state = STEPS[operation]
     return linear_flow.Flow(operation).add(
         TakeHold(task_state=task_state),

@@ -15,6 +15,8 @@ disks, ports) is cleaned when it is marked up again (conductor/moves.py).
 """
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy.orm import Session
 from taskflow.patterns import linear_flow
 
@@ -22,6 +24,7 @@ import drivers
 from drivers.errors import DriverError
 from flows import placement, prepare as p, runtime
 from flows.errors import InvalidRequest
+from flows.params import FlavorParams
 from flows.placement import Move
 from flows.resize import source_claims
 from flows.spawn import disk_plan
@@ -37,7 +40,7 @@ VERSION = 1
 _AT_DEST = {"host": "dest_host"}
 
 
-def prepare(s: Session, inst: Instance, values: dict, op_id: str) -> dict:
+def prepare(s: Session, inst: Instance, values: dict[str, Any], op_id: str) -> dict[str, Any]:
     source = hosts.get_host(s, inst.host) if inst.host else None
     if source is None or not source.down:
         raise InvalidRequest(
@@ -78,8 +81,8 @@ def _shared_storage(s: Session, inst: Instance, source: Host, dest: str) -> bool
         raise InvalidRequest(f"cannot evacuate instance {inst.name}: {e}") from None
 
 
-def build(*, flavor: dict, vifs: list[dict], shared_storage: bool, power_on: bool,
-          **_params) -> linear_flow.Flow:
+def build(*, flavor: FlavorParams, vifs: list[dict[str, Any]], shared_storage: bool, power_on: bool,
+          **_params: object) -> linear_flow.Flow:
     plan = disk_plan(flavor)
     if shared_storage:
         disks = [ReuseSharedDisk(kind, size) for kind, size in plan]

@@ -8,6 +8,8 @@ metadata diff and its inverse are computed at submission from the record.
 """
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy.orm import Session
 from taskflow.patterns import linear_flow
 
@@ -26,13 +28,13 @@ STEPS = {
 }
 
 
-def prepare_inject_file(s: Session, inst: Instance, values: dict, op_id: str) -> dict:
+def prepare_inject_file(s: Session, inst: Instance, values: dict[str, Any], op_id: str) -> dict[str, Any]:
     if not values["path"].startswith("/"):
         raise InvalidRequest(f"inject_file: path must be absolute, got {values['path']!r}")
     return {}
 
 
-def prepare_metadata(s: Session, inst: Instance, values: dict, op_id: str) -> dict:
+def prepare_metadata(s: Session, inst: Instance, values: dict[str, Any], op_id: str) -> dict[str, Any]:
     changes: dict[str, str | None] = {}
     for item in values.get("set") or []:
         key, sep, value = item.partition("=")
@@ -49,7 +51,7 @@ def prepare_metadata(s: Session, inst: Instance, values: dict, op_id: str) -> di
     return {"metadata_changes": changes, "metadata_undo": undo, **p.columns(inst, user_metadata=new)}
 
 
-def build(*, operation: str, **_params) -> linear_flow.Flow:
+def build(*, operation: str, **_params: object) -> linear_flow.Flow:
     step, task_state = STEPS[operation]
     return linear_flow.Flow(operation).add(
         TakeHold(task_state=task_state),

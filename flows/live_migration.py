@@ -17,6 +17,8 @@ migration step polls for (`request` below; persistence/progress.py).
 """
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy.orm import Session
 from taskflow import retry
 from taskflow.patterns import linear_flow
@@ -39,7 +41,7 @@ USES = ("check_can_live_migrate_destination", "check_can_live_migrate_destinatio
 REQUESTS = {"abort": progress.ABORT_REQUESTED, "force_complete": progress.FORCE_COMPLETE_REQUESTED}
 
 
-def prepare(s: Session, inst: Instance, values: dict, op_id: str) -> dict:
+def prepare(s: Session, inst: Instance, values: dict[str, Any], op_id: str) -> dict[str, Any]:
     """Refuse an unknown, down or full destination, or the instance's own host."""
     if inst.host is None:
         raise InvalidRequest(f"instance {inst.name} has no host to migrate from")
@@ -53,7 +55,7 @@ def prepare(s: Session, inst: Instance, values: dict, op_id: str) -> dict:
 NO_RETURN_STEP = "retry_live_migration_forward"
 
 
-def build(**_params) -> linear_flow.Flow:
+def build(**_params: object) -> linear_flow.Flow:
     attempts = runtime.current().conf.forward_retries
     forward = linear_flow.Flow("live_migration_forward",
                                retry=retry.Times(attempts, name=NO_RETURN_STEP))

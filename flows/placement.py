@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from sqlalchemy.orm import Session
 
 from flows.errors import InsufficientCapacity, InvalidRequest, NotFound
+from flows.params import FlavorParams
 from flows.steps.resources import flavor_disk_gb
 from persistence import hosts
 from persistence.models import Host
@@ -36,18 +37,18 @@ def _free(h: Host) -> tuple[int, int, int]:
     return (h.vcpus - h.used_vcpus, h.ram_mb - h.used_ram_mb, h.disk_gb - h.used_disk_gb)
 
 
-def _need(flavor: dict) -> tuple[int, int, int]:
+def _need(flavor: FlavorParams) -> tuple[int, int, int]:
     return (flavor["vcpus"], flavor["ram_mb"], flavor_disk_gb(flavor))
 
 
-def shortfall(h: Host, flavor: dict) -> str | None:
+def shortfall(h: Host, flavor: FlavorParams) -> str | None:
     """What `h` lacks for `flavor` ("needs 4 vCPU, 1 free, ..."), None if it fits."""
     short = [f"needs {n} {u}, {f} free"
              for f, n, u in zip(_free(h), _need(flavor), _UNITS, strict=True) if f < n]
     return ", ".join(short) + f" (flavor {flavor['name']})" if short else None
 
 
-def check(s: Session, name: str, flavor: dict, move: Move | None = None) -> str:
+def check(s: Session, name: str, flavor: FlavorParams, move: Move | None = None) -> str:
     """The requested host `name`, or the reason it cannot take the instance."""
     h = hosts.get_host(s, name)
     if h is None:
@@ -63,7 +64,7 @@ def check(s: Session, name: str, flavor: dict, move: Move | None = None) -> str:
     return h.name
 
 
-def choose(s: Session, flavor: dict, move: Move | None = None) -> str:
+def choose(s: Session, flavor: FlavorParams, move: Move | None = None) -> str:
     """The up host with room and the most free RAM; for a move, another host
     before its own (a resize in place doubles the instance's claim there)."""
     source = move.source if move is not None else None
@@ -79,6 +80,6 @@ def choose(s: Session, flavor: dict, move: Move | None = None) -> str:
     return max(candidates, key=lambda h: (h.name != source, _free(h)[1])).name
 
 
-def place(s: Session, flavor: dict, requested: str | None, move: Move | None = None) -> str:
+def place(s: Session, flavor: FlavorParams, requested: str | None, move: Move | None = None) -> str:
     """`requested` if it can take the instance, else refused; None: choose one."""
     return choose(s, flavor, move) if requested is None else check(s, requested, flavor, move)

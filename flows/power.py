@@ -40,7 +40,7 @@ TRANSITIONS: dict[str, Transition] = {
 }
 
 
-def build(*, operation: str, **_params) -> linear_flow.Flow:
+def build(*, operation: str, **_params: object) -> linear_flow.Flow:
     t = TRANSITIONS[operation]
     action = RebootGuest() if operation == "reboot" else GuestAction(operation, t.undo)
     flow = linear_flow.Flow(operation).add(TakeHold(task_state=t.task_state), action)

@@ -8,10 +8,13 @@ it was stopped.
 """
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy.orm import Session
 from taskflow.patterns import linear_flow
 
 from flows import prepare as p
+from flows.errors import NotFound
 from flows.steps.disks import EnsureBaseImage
 from flows.steps.guest import WaitRunning
 from flows.steps.guest_modes import RebuildGuest
@@ -21,16 +24,16 @@ from persistence.models import Instance
 VERSION = 1
 
 
-def prepare(s: Session, inst: Instance, values: dict, op_id: str) -> dict:
+def prepare(s: Session, inst: Instance, values: dict[str, Any], op_id: str) -> dict[str, Any]:
     new = p.image_dict(s, values["image"])
     try:
         prior = p.image_dict(s, inst.image)
-    except p.NotFound:  # the old image record is gone: a revert can only name it
+    except NotFound:  # the old image record is gone: a revert can only name it
         prior = {"name": inst.image, "disk_format": "raw", "size_mb": 0, "path": None}
     return {"new_image": new, "prior_image": prior, **p.columns(inst, image=new["name"])}
 
 
-def build(**_params) -> linear_flow.Flow:
+def build(**_params: object) -> linear_flow.Flow:
     return linear_flow.Flow("rebuild").add(
         TakeHold(task_state="rebuilding"),
         EnsureBaseImage(rebind={"image": "new_image"}),

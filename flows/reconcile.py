@@ -12,6 +12,8 @@ converges instead of repeating itself.
 """
 from __future__ import annotations
 
+from typing import Any
+
 from taskflow import retry
 from taskflow.patterns import linear_flow
 
@@ -22,7 +24,7 @@ from flows.steps.reconcile import ACTIONS, ReleaseHeldInstance
 VERSION = 1
 
 
-def step_names(actions: list[dict]) -> list[str]:
+def step_names(actions: list[dict[str, Any]]) -> list[str]:
     """Each action's step name: the action's own, numbered from the second of a kind."""
     seen: dict[str, int] = {}
     names = []
@@ -36,7 +38,7 @@ def step_names(actions: list[dict]) -> list[str]:
 NO_RETURN_STEP = "retry_reconcile_forward"
 
 
-def build(*, actions: list[dict], holds_instance: bool = False, **_params) -> linear_flow.Flow:
+def build(*, actions: list[dict[str, Any]], holds_instance: bool = False, **_params: object) -> linear_flow.Flow:
     attempts = runtime.current().conf.forward_retries
     forward = linear_flow.Flow("reconcile_forward",
                                retry=retry.Times(attempts, name=NO_RETURN_STEP))

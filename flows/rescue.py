@@ -9,6 +9,8 @@ unrescue that fails can put the guest back into the same rescue.
 """
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy.orm import Session
 from taskflow.patterns import linear_flow
 
@@ -21,19 +23,19 @@ from persistence.models import Instance
 VERSION = 1
 
 
-def prepare_rescue(s: Session, inst: Instance, values: dict, op_id: str) -> dict:
+def prepare_rescue(s: Session, inst: Instance, values: dict[str, Any], op_id: str) -> dict[str, Any]:
     image = p.image_dict(s, values.get("image") or inst.image)
     meta = p.system_metadata(inst) | {"rescue_image": image}
     return {"rescue_image": image, **p.columns(inst, system_metadata=meta)}
 
 
-def prepare_unrescue(s: Session, inst: Instance, values: dict, op_id: str) -> dict:
+def prepare_unrescue(s: Session, inst: Instance, values: dict[str, Any], op_id: str) -> dict[str, Any]:
     meta = p.system_metadata(inst)
     image = meta.pop("rescue_image", None) or p.image_dict(s, inst.image)
     return {"rescue_image": image, **p.columns(inst, system_metadata=meta)}
 
 
-def build(*, operation: str, **_params) -> linear_flow.Flow:
+def build(*, operation: str, **_params: object) -> linear_flow.Flow:
     if operation == "rescue":
         return linear_flow.Flow("rescue").add(
             TakeHold(task_state="rescuing"),

@@ -21,13 +21,17 @@ record marked by a confirm is refused a revert, and the other way round.
 """
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy.orm import Session
 from taskflow import retry
 from taskflow.patterns import linear_flow
 
 from flows import placement, prepare as p, runtime
 from flows.errors import InvalidRequest
+from flows.params import ClaimRow, FlavorParams
 from flows.placement import Move
+from flows.steps.base import Step
 from flows.steps.guest import WaitRunning
 from flows.steps.instance import FinishOperation, TakeHold
 from flows.steps.migration import (ClaimDestination, ConfirmMigration, DestroyOnDestination,
@@ -43,7 +47,7 @@ _AT_DEST = {"host": "dest_host"}
 
 
 # -- submission ----------------------------------------------------------------
-def prepare_resize(s: Session, inst: Instance, values: dict, op_id: str) -> dict:
+def prepare_resize(s: Session, inst: Instance, values: dict[str, Any], op_id: str) -> dict[str, Any]:
     old, new = p.flavor_dict(s, inst.flavor), p.flavor_dict(s, values["flavor"])
     if new["name"] == old["name"]:
         raise InvalidRequest(f"instance {inst.name} already has flavor {old['name']} "
@@ -57,7 +61,7 @@ def prepare_resize(s: Session, inst: Instance, values: dict, op_id: str) -> dict
     return _move(s, inst, op_id, "resize", dest, old, new)
 
 
-def prepare_migrate(s: Session, inst: Instance, values: dict, op_id: str) -> dict:
+def prepare_migrate(s: Session, inst: Instance, values: dict[str, Any], op_id: str) -> dict[str, Any]:
     flavor = p.flavor_dict(s, inst.flavor)
     dest = placement.place(s, flavor, values.get("target_host"), Move(inst.name, host_of(inst)))
     return _move(s, inst, op_id, "migrate", dest, flavor, flavor)
@@ -71,14 +75,14 @@ def host_of(inst: Instance) -> str:
     return inst.host
 
 
-def source_claims(s: Session, inst: Instance, host: str) -> list[list]:
+def source_claims(s: Session, inst: Instance, host: str) -> list[ClaimRow]:
     """The instance's claims on `host`, as rows a step can release or restore."""
     return [[c.operation_id, c.host, c.vcpus, c.ram_mb, c.disk_gb]
             for c in claims.claims_for_instance(s, inst.uuid) if c.host == host]
 
 
-def _move(s: Session, inst: Instance, op_id: str, kind: str, dest: str, old: dict,
-          new: dict) -> dict:
+def _move(s: Session, inst: Instance, op_id: str, kind: str, dest: str, old: FlavorParams,
+          new: FlavorParams) -> dict[str, Any]:
     migration = {
         "kind": kind, "operation": op_id, "source_host": inst.host, "dest_host": dest,
         "old_flavor": old, "new_flavor": new,
@@ -91,15 +95,15 @@ def _move(s: Session, inst: Instance, op_id: str, kind: str, dest: str, old: dic
             **p.columns(inst, host=dest, flavor=new["name"], system_metadata=meta)}
 
 
-def prepare_confirm(s: Session, inst: Instance, values: dict, op_id: str) -> dict:
+def prepare_confirm(s: Session, inst: Instance, values: dict[str, Any], op_id: str) -> dict[str, Any]:
     return _settle(inst, "confirm", "confirming")
 
 
-def prepare_revert(s: Session, inst: Instance, values: dict, op_id: str) -> dict:
+def prepare_revert(s: Session, inst: Instance, values: dict[str, Any], op_id: str) -> dict[str, Any]:
     return _settle(inst, "revert", "reverting")
 
 
-def _settle(inst: Instance, verb: str, status: str) -> dict:
+def _settle(inst: Instance, verb: str, status: str) -> dict[str, Any]:
     """What confirm or revert needs, from the migration record. The record is
     marked with `status` in the submission's transaction: a confirm that
     failed half-way must never be followed by a revert (the source copy may
@@ -127,8 +131,8 @@ def _settle(inst: Instance, verb: str, status: str) -> dict:
 
 
 # -- flows -----------------------------------------------------------------------
-def build(*, operation: str, vifs: list[dict] | None = None, power_on: bool = False,
-          end_state: list[str] | None = None, **_params) -> linear_flow.Flow:
+def build(*, operation: str, vifs: list[dict[str, Any]] | None = None, power_on: bool = False,
+          end_state: list[str] | None = None, **_params: object) -> linear_flow.Flow:
     vifs = vifs or []
     if operation in ("resize", "migrate"):
         flow = linear_flow.Flow(operation).add(
@@ -154,7 +158,7 @@ def build(*, operation: str, vifs: list[dict] | None = None, power_on: bool = Fa
                          ReleaseClaims("release_destination_claim", "dest_claims"))
 
 
-def _forward_only(name: str, task_state: str, end_state: list[str], *steps) -> linear_flow.Flow:
+def _forward_only(name: str, task_state: str, end_state: list[str], *steps: Step) -> linear_flow.Flow:
     """take_hold, then each step retried on its own (never re-running an
     earlier one: after a revert in place, destroying "the destination" again
     would destroy the restored guest), then mark_done."""

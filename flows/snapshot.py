@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+from typing import Any
 
 from sqlalchemy.orm import Session
 from taskflow.patterns import linear_flow
@@ -25,7 +26,7 @@ VERSION = 1
 _IMAGE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
-def prepare(s: Session, inst: Instance, values: dict, op_id: str) -> dict:
+def prepare(s: Session, inst: Instance, values: dict[str, Any], op_id: str) -> dict[str, Any]:
     name = values["image_name"]
     if not _IMAGE_NAME_RE.match(name):
         raise InvalidRequest(f"invalid image name {name!r}: 1-64 letters, digits, '.', '_' or '-'")
@@ -35,7 +36,7 @@ def prepare(s: Session, inst: Instance, values: dict, op_id: str) -> dict:
     return {"image_path": os.path.join(store, f"{name}.{op_id[:8]}.qcow2")}
 
 
-def build(**_params) -> linear_flow.Flow:
+def build(**_params: object) -> linear_flow.Flow:
     return linear_flow.Flow("snapshot").add(
         TakeHold(task_state="image_snapshot"),
         SnapshotGuest(),

@@ -12,9 +12,12 @@ instance left in ERROR without a hold.
 """
 from __future__ import annotations
 
+from typing import Any
+
 from taskflow.patterns import linear_flow, unordered_flow
 
 from drivers.base import DiskKind
+from flows.params import FlavorParams
 from flows.steps.disks import CreateDisk, EnsureBaseImage
 from flows.steps.guest import DefineGuest, PowerOn, WaitRunning
 from flows.steps.instance import MarkActive, TakeHold
@@ -24,7 +27,7 @@ from flows.steps.resources import ClaimResources
 VERSION = 1
 
 
-def disk_plan(flavor: dict) -> list[tuple[DiskKind, int]]:
+def disk_plan(flavor: FlavorParams) -> list[tuple[DiskKind, int]]:
     """The disks a flavor asks for, with their sizes in MB."""
     plan = [(DiskKind.ROOT, flavor["root_gb"] * 1024)]
     if flavor.get("ephemeral_gb"):
@@ -34,7 +37,7 @@ def disk_plan(flavor: dict) -> list[tuple[DiskKind, int]]:
     return plan
 
 
-def build(*, flavor: dict, vifs: list[dict], **_params) -> linear_flow.Flow:
+def build(*, flavor: FlavorParams, vifs: list[dict[str, Any]], **_params: object) -> linear_flow.Flow:
     disks = disk_plan(flavor)
     prepare = unordered_flow.Flow("prepare_disks_and_network")
     for kind, size_mb in disks:

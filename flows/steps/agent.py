@@ -7,29 +7,31 @@ those steps have no revert; the record is restored by mark_done's revert.
 """
 from __future__ import annotations
 
+from typing import Any
+
 from flows import runtime
 from flows.steps.base import Step
 
 
-def _reveal(reference: dict) -> str:
+def _reveal(reference: dict[str, Any]) -> str:
     rt = runtime.current()
     with rt.db.session() as s:
         return rt.secrets.reveal(s, reference)
 
 
 class SetAdminPassword(Step):
-    def __init__(self, **kw) -> None:
+    def __init__(self, **kw: Any) -> None:
         super().__init__(name="set_admin_password", **kw)
 
-    def execute(self, instance_uuid: str, host: str, password: dict) -> None:
+    def execute(self, instance_uuid: str, host: str, password: dict[str, Any]) -> None:
         runtime.current().driver_for(host).set_admin_password(instance_uuid, _reveal(password))
 
 
 class InjectFile(Step):
-    def __init__(self, **kw) -> None:
+    def __init__(self, **kw: Any) -> None:
         super().__init__(name="inject_file", **kw)
 
-    def execute(self, instance_uuid: str, host: str, path: str, contents: dict) -> None:
+    def execute(self, instance_uuid: str, host: str, path: str, contents: dict[str, Any]) -> None:
         runtime.current().driver_for(host).inject_file(instance_uuid, path,
                                                        _reveal(contents).encode())
 
@@ -37,11 +39,11 @@ class InjectFile(Step):
 class UpdateGuestMetadata(Step):
     """Apply the metadata diff; revert applies the inverse diff computed at submission."""
 
-    def __init__(self, **kw) -> None:
+    def __init__(self, **kw: Any) -> None:
         super().__init__(name="update_guest_metadata", **kw)
 
-    def execute(self, instance_uuid: str, host: str, metadata_changes: dict) -> None:
+    def execute(self, instance_uuid: str, host: str, metadata_changes: dict[str, str | None]) -> None:
         runtime.current().driver_for(host).change_instance_metadata(instance_uuid, metadata_changes)
 
-    def revert(self, instance_uuid: str, host: str, metadata_undo: dict, **_) -> None:
+    def revert(self, instance_uuid: str, host: str, metadata_undo: dict[str, str | None], **_: object) -> None:
         runtime.current().driver_for(host).change_instance_metadata(instance_uuid, metadata_undo)

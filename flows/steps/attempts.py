@@ -87,7 +87,7 @@ class Policy:
                    c.step_retry_base_delay, c.step_retry_max_delay, c.database_outage_tolerance)
 
     def delay(self, failed_attempt: int) -> float:
-        return min(self.max_delay, self.base_delay * 2 ** (failed_attempt - 1))
+        return min(self.max_delay, self.base_delay * 2.0 ** (failed_attempt - 1))
 
 
 def run(step: task.Task, phase: str, op_id: str | None, work: Callable[[], object]) -> object:
@@ -154,7 +154,7 @@ class _Worker(threading.Thread):
 
     def __init__(self) -> None:
         super().__init__(name="step-worker", daemon=True)
-        self.inbox: queue.SimpleQueue = queue.SimpleQueue()
+        self.inbox: queue.SimpleQueue[tuple[str, Callable[[], None]]] = queue.SimpleQueue()
         self.start()
 
     @classmethod
@@ -253,7 +253,7 @@ def _await_abandoned_execute(step: task.Task, timeout: float) -> None:
     step._abandoned_execute = None
 
 
-def _log(run_: cancellation.Run | None, step: str, state: str, note: str = "", **row) -> bool:
+def _log(run_: cancellation.Run | None, step: str, state: str, note: str = "", **row: str | None) -> bool:
     """A retry row in the flow log; False if this process no longer owns the operation.
 
     With the database unreachable the row is skipped (True): ownership is

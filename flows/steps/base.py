@@ -4,12 +4,14 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from taskflow import task
 
 from flows import runtime
 from flows.steps import attempts
+
+_Fn = TypeVar("_Fn", bound=Callable[..., object])
 
 
 def _checkpoint(step: str, phase: str, when: str) -> None:
@@ -18,7 +20,7 @@ def _checkpoint(step: str, phase: str, when: str) -> None:
         faults.checkpoint(step, phase, when)
 
 
-def _with_checkpoints(fn: Callable, phase: str) -> Callable:
+def _with_checkpoints(fn: _Fn, phase: str) -> _Fn:
     """Wrap execute/revert so faults fire just before and just after the work.
 
     `after` sits inside the call, so an injected failure there is a failure of
@@ -36,10 +38,10 @@ def _with_checkpoints(fn: Callable, phase: str) -> Callable:
     wants_op = "operation_id" in sig.parameters
 
     @functools.wraps(fn)
-    def wrapper(self, *args, **kwargs):
+    def wrapper(self: Step, *args: Any, **kwargs: Any) -> object:
         op_id = kwargs.get("operation_id") if wants_op else kwargs.pop("operation_id", None)
 
-        def work():
+        def work() -> object:
             _checkpoint(self.name, phase, "before")
             result = fn(self, *args, **kwargs)
             _checkpoint(self.name, phase, "after")
@@ -49,7 +51,7 @@ def _with_checkpoints(fn: Callable, phase: str) -> Callable:
     marked._checkpointed = True
     if not wants_op:
         marked.__signature__ = _with_operation_id(sig)
-    return marked
+    return cast(_Fn, wrapper)  # the same call signature (plus optional operation_id)
 
 
 def _with_operation_id(sig: inspect.Signature) -> inspect.Signature:
@@ -76,14 +78,14 @@ class Step(task.Task):
     probe_guest: str | None = None
     probe_host_arg: str = "host"
 
-    def __init_subclass__(cls, **kwargs) -> None:
+    def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         for phase in ("execute", "revert"):
             fn = cls.__dict__.get(phase)
             if fn is not None and not getattr(fn, "_checkpointed", False):
                 setattr(cls, phase, _with_checkpoints(fn, phase))
 
-    def revert(self, *args, **kwargs) -> None:
+    def revert(self, *args: Any, **kwargs: Any) -> None:
         """Forward-only steps undo nothing."""
 
 

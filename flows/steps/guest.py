@@ -4,11 +4,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from typing import Any
 
-from drivers.base import Disk, DiskKind, Flavor, GuestSpec, PowerState, Vif
+from drivers.base import DiskKind, Flavor, GuestSpec, PowerState, Vif
 from drivers.errors import GuestNotFound, InvalidGuestState, SoftRebootFailed
 from flows import runtime
 from flows.errors import BootTimeout
+from flows.params import DiskParams, FlavorParams, disk_of
 from flows.steps.base import GUEST_ABSENT, GUEST_DEFINED, Step
 from persistence import instances
 
@@ -26,14 +28,14 @@ class DefineGuest(Step):
 
     probe_guest = GUEST_DEFINED
 
-    def __init__(self, disk_kinds: list[DiskKind], vifs: list[dict], **kw) -> None:
+    def __init__(self, disk_kinds: list[DiskKind], vifs: list[dict[str, Any]], **kw: Any) -> None:
         requires = [f"{k.value}_disk" for k in disk_kinds]
         super().__init__(name="define_guest", requires=requires, **kw)
         self.vifs = vifs
         self.disk_names = requires
 
-    def execute(self, instance_uuid: str, name: str, host: str, flavor: dict,
-                admin_password: dict | None, **disks: dict) -> None:
+    def execute(self, instance_uuid: str, name: str, host: str, flavor: FlavorParams,
+                admin_password: dict[str, Any] | None, **disks: DiskParams) -> None:
         rt = runtime.current()
         password = None
         if admin_password is not None:
@@ -41,27 +43,26 @@ class DefineGuest(Step):
                 password = rt.secrets.reveal(s, admin_password)
         spec = GuestSpec(
             instance_uuid=instance_uuid, name=name, flavor=Flavor(**flavor),
-            disks=tuple(Disk(DiskKind(d["kind"]), d["path"], d["size_mb"], d["backing_file"],
-                             d["preallocated"]) for d in (disks[n] for n in self.disk_names)),
+            disks=tuple(disk_of(disks[n]) for n in self.disk_names),
             vifs=tuple(Vif(**v) for v in self.vifs),
             admin_password=password,
         )
         rt.driver_for(host).define_guest(spec)
 
-    def revert(self, instance_uuid: str, host: str, **_) -> None:
+    def revert(self, instance_uuid: str, host: str, **_: object) -> None:
         runtime.current().driver_for(host).undefine_guest(instance_uuid)
 
 
 class PowerOn(Step):
     probe_guest = PowerState.RUNNING.value
 
-    def __init__(self, **kw) -> None:
+    def __init__(self, **kw: Any) -> None:
         super().__init__(name="power_on", **kw)
 
     def execute(self, instance_uuid: str, host: str) -> None:
         runtime.current().driver_for(host).power_on(instance_uuid)
 
-    def revert(self, instance_uuid: str, host: str, **_) -> None:
+    def revert(self, instance_uuid: str, host: str, **_: object) -> None:
         try:
             runtime.current().driver_for(host).power_off(instance_uuid)
         except GuestNotFound:
@@ -71,7 +72,7 @@ class PowerOn(Step):
 class WaitRunning(Step):
     """Poll the hypervisor until the guest runs, within boot_timeout."""
 
-    def __init__(self, **kw) -> None:
+    def __init__(self, **kw: Any) -> None:
         super().__init__(name="wait_running", **kw)
 
     def execute(self, instance_uuid: str, host: str) -> None:
@@ -90,7 +91,7 @@ class PowerOffGuest(Step):
 
     probe_guest = PowerState.SHUTDOWN.value
 
-    def __init__(self, **kw) -> None:
+    def __init__(self, **kw: Any) -> None:
         super().__init__(name="power_off", **kw)
 
     def execute(self, operation_id: str, instance_uuid: str, host: str) -> None:
@@ -108,7 +109,7 @@ class UndefineGuest(Step):
 
     probe_guest = GUEST_ABSENT
 
-    def __init__(self, **kw) -> None:
+    def __init__(self, **kw: Any) -> None:
         super().__init__(name="undefine_guest", **kw)
 
     def execute(self, instance_uuid: str, host: str) -> None:
@@ -122,7 +123,7 @@ class GuestAction(Step):
     holds as done, so both directions are idempotent.
     """
 
-    def __init__(self, action: str, undo: str | None, **kw) -> None:
+    def __init__(self, action: str, undo: str | None, **kw: Any) -> None:
         super().__init__(name=f"{action}_guest", **kw)
         self.action = action
         self.undo = undo
@@ -131,7 +132,7 @@ class GuestAction(Step):
     def execute(self, instance_uuid: str, host: str) -> None:
         getattr(runtime.current().driver_for(host), self.action)(instance_uuid)
 
-    def revert(self, instance_uuid: str, host: str, **_) -> None:
+    def revert(self, instance_uuid: str, host: str, **_: object) -> None:
         if self.undo:
             getattr(runtime.current().driver_for(host), self.undo)(instance_uuid)
 
@@ -143,7 +144,7 @@ class RebootGuest(Step):
     the guest as the hypervisor left it and the prior vm_state is restored.
     """
 
-    def __init__(self, **kw) -> None:
+    def __init__(self, **kw: Any) -> None:
         super().__init__(name="reboot_guest", **kw)
 
     def execute(self, instance_uuid: str, host: str, hard: bool = False) -> str:

@@ -6,8 +6,11 @@ operation (`prior_power_state`, recorded at submission).
 """
 from __future__ import annotations
 
+from typing import Any
+
 from drivers.base import ComputeDriver, Image, PowerState
 from flows import runtime
+from flows.params import ImageParams
 from flows.steps.base import Step
 
 
@@ -17,26 +20,26 @@ def _restore_power(drv: ComputeDriver, instance_uuid: str, prior_power_state: st
 
 
 class RescueGuest(Step):
-    def __init__(self, **kw) -> None:
+    def __init__(self, **kw: Any) -> None:
         super().__init__(name="rescue_guest", **kw)
 
-    def execute(self, instance_uuid: str, host: str, rescue_image: dict) -> None:
+    def execute(self, instance_uuid: str, host: str, rescue_image: ImageParams) -> None:
         runtime.current().driver_for(host).rescue(instance_uuid, Image(**rescue_image))
 
-    def revert(self, instance_uuid: str, host: str, prior_power_state: str | None = None, **_) -> None:
+    def revert(self, instance_uuid: str, host: str, prior_power_state: str | None = None, **_: object) -> None:
         drv = runtime.current().driver_for(host)
         drv.unrescue(instance_uuid)
         _restore_power(drv, instance_uuid, prior_power_state)
 
 
 class UnrescueGuest(Step):
-    def __init__(self, **kw) -> None:
+    def __init__(self, **kw: Any) -> None:
         super().__init__(name="unrescue_guest", **kw)
 
     def execute(self, instance_uuid: str, host: str) -> None:
         runtime.current().driver_for(host).unrescue(instance_uuid)
 
-    def revert(self, instance_uuid: str, host: str, rescue_image: dict, **_) -> None:
+    def revert(self, instance_uuid: str, host: str, rescue_image: ImageParams, **_: object) -> None:
         runtime.current().driver_for(host).rescue(instance_uuid, Image(**rescue_image))
 
 
@@ -44,16 +47,16 @@ class RebuildGuest(Step):
     """Re-create the root disk from the new image; revert rebuilds from the old
     one (the old root disk's data is gone either way, as with any rebuild)."""
 
-    def __init__(self, **kw) -> None:
+    def __init__(self, **kw: Any) -> None:
         super().__init__(name="rebuild_guest", **kw)
 
-    def execute(self, instance_uuid: str, host: str, new_image: dict,
+    def execute(self, instance_uuid: str, host: str, new_image: ImageParams,
                 preserve_ephemeral: bool = False) -> None:
         runtime.current().driver_for(host).rebuild(instance_uuid, Image(**new_image),
                                                    preserve_ephemeral)
 
-    def revert(self, instance_uuid: str, host: str, prior_image: dict,
-               prior_power_state: str | None = None, **_) -> None:
+    def revert(self, instance_uuid: str, host: str, prior_image: ImageParams,
+               prior_power_state: str | None = None, **_: object) -> None:
         drv = runtime.current().driver_for(host)
         drv.rebuild(instance_uuid, Image(**prior_image), preserve_ephemeral=True)
         _restore_power(drv, instance_uuid, prior_power_state)

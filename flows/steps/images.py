@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import glob
 import os
+from typing import Any, TypedDict
 
 from flows import runtime
 from flows.errors import InvalidRequest
@@ -10,18 +11,25 @@ from flows.steps.base import Step
 from persistence import hosts
 
 
+class SnapshotFile(TypedDict):
+    """What snapshot_guest provides to register_image."""
+
+    disk_format: str
+    size_mb: int
+
+
 class SnapshotGuest(Step):
     """Write the root disk to the image store; revert deletes the file (and any
     half-written temporary file a crash left next to it)."""
 
-    def __init__(self, **kw) -> None:
+    def __init__(self, **kw: Any) -> None:
         super().__init__(name="snapshot_guest", provides="snapshot", **kw)
 
-    def execute(self, instance_uuid: str, host: str, image_path: str) -> dict:
+    def execute(self, instance_uuid: str, host: str, image_path: str) -> SnapshotFile:
         img = runtime.current().driver_for(host).snapshot(instance_uuid, image_path)
         return {"disk_format": img.disk_format, "size_mb": img.size_mb}
 
-    def revert(self, image_path: str, **_) -> None:
+    def revert(self, image_path: str, **_: object) -> None:
         for path in [image_path, *glob.glob(glob.escape(image_path) + ".*.tmp")]:
             try:
                 os.remove(path)
@@ -32,10 +40,10 @@ class SnapshotGuest(Step):
 class RegisterImage(Step):
     """Record the snapshot in the images table, so that a spawn can use it."""
 
-    def __init__(self, **kw) -> None:
+    def __init__(self, **kw: Any) -> None:
         super().__init__(name="register_image", **kw)
 
-    def execute(self, image_name: str, image_path: str, snapshot: dict) -> None:
+    def execute(self, image_name: str, image_path: str, snapshot: SnapshotFile) -> None:
         with runtime.current().db.session() as s:
             existing = hosts.get_image(s, image_name)
             if existing is None:
@@ -44,6 +52,6 @@ class RegisterImage(Step):
             elif existing.path != image_path:
                 raise InvalidRequest(f"an image named {image_name!r} already exists")
 
-    def revert(self, image_name: str, image_path: str, **_) -> None:
+    def revert(self, image_name: str, image_path: str, **_: object) -> None:
         with runtime.current().db.session() as s:
             hosts.delete_image(s, image_name, image_path)

@@ -1,6 +1,8 @@
 """Steps on the instance record: the hold and the states users see."""
 from __future__ import annotations
 
+from typing import Any
+
 from flows import runtime
 from flows.errors import InstanceLocked
 from flows.steps.base import Step
@@ -16,7 +18,7 @@ class TakeHold(Step):
     or (None) the vm_state it had when the operation was submitted.
     """
 
-    def __init__(self, task_state: str, revert_vm_state: str | None = None, **kw) -> None:
+    def __init__(self, task_state: str, revert_vm_state: str | None = None, **kw: Any) -> None:
         super().__init__(name="take_hold", **kw)
         self.task_state = task_state
         self.revert_vm_state = revert_vm_state
@@ -29,7 +31,7 @@ class TakeHold(Step):
             instances.update_if_held(s, instance_uuid, operation_id, task_state=self.task_state)
 
     def revert(self, operation_id: str, instance_uuid: str, prior_vm_state: str | None = None,
-               prior_power_state: str | None = None, **_) -> None:
+               prior_power_state: str | None = None, **_: object) -> None:
         restore = {"vm_state": self.revert_vm_state or prior_vm_state or "error"}
         if prior_power_state is not None and self.revert_vm_state is None:
             restore["power_state"] = prior_power_state
@@ -40,7 +42,7 @@ class TakeHold(Step):
 class MarkActive(Step):
     """The guest runs: show ACTIVE and release the hold in one UPDATE."""
 
-    def __init__(self, **kw) -> None:
+    def __init__(self, **kw: Any) -> None:
         super().__init__(name="mark_active", **kw)
 
     def execute(self, operation_id: str, instance_uuid: str, host: str) -> None:
@@ -48,7 +50,7 @@ class MarkActive(Step):
             instances.release_hold(s, instance_uuid, operation_id, vm_state="active",
                                    power_state="running", task_state=None, host=host)
 
-    def revert(self, operation_id: str, instance_uuid: str, **_) -> None:
+    def revert(self, operation_id: str, instance_uuid: str, **_: object) -> None:
         # The hold may already be released: take it back so that the earlier
         # steps' reverts (which only touch an instance this operation holds)
         # can run. If another operation grabbed it meanwhile, reverting under
@@ -64,7 +66,7 @@ class MarkActive(Step):
 class MarkDeleted(Step):
     """Destroy's last step: the record stays for history, the name is freed."""
 
-    def __init__(self, **kw) -> None:
+    def __init__(self, **kw: Any) -> None:
         super().__init__(name="mark_deleted", **kw)
 
     def execute(self, operation_id: str, instance_uuid: str) -> None:
@@ -77,7 +79,7 @@ class MarkDeleted(Step):
 class MarkState(Step):
     """Show the operation's end state and release the hold in one UPDATE."""
 
-    def __init__(self, vm_state: str, power_state: str, **kw) -> None:
+    def __init__(self, vm_state: str, power_state: str, **kw: Any) -> None:
         super().__init__(name="mark_done", **kw)
         self.vm_state = vm_state
         self.power_state = power_state
@@ -88,7 +90,7 @@ class MarkState(Step):
                                    power_state=self.power_state, task_state=None)
 
     def revert(self, operation_id: str, instance_uuid: str, prior_vm_state: str,
-               prior_power_state: str, **_) -> None:
+               prior_power_state: str, **_: object) -> None:
         # As MarkActive.revert: take the hold back for the earlier reverts.
         with runtime.current().db.session() as s:
             holder = instances.take_hold(s, instance_uuid, operation_id)
@@ -108,13 +110,13 @@ class FinishOperation(Step):
     None keeps the prior one (a snapshot does not change what the guest is).
     """
 
-    def __init__(self, vm_state: str | None = None, power_state: str | None = None, **kw) -> None:
+    def __init__(self, vm_state: str | None = None, power_state: str | None = None, **kw: Any) -> None:
         super().__init__(name="mark_done", **kw)
         self.vm_state = vm_state
         self.power_state = power_state
 
     def execute(self, operation_id: str, instance_uuid: str, prior_vm_state: str,
-                prior_power_state: str, set_columns: dict | None = None) -> None:
+                prior_power_state: str, set_columns: dict[str, Any] | None = None) -> None:
         with runtime.current().db.session() as s:
             instances.release_hold(s, instance_uuid, operation_id, task_state=None,
                                    vm_state=self.vm_state or prior_vm_state,
@@ -122,7 +124,7 @@ class FinishOperation(Step):
                                    **(set_columns or {}))
 
     def revert(self, operation_id: str, instance_uuid: str, prior_vm_state: str,
-               prior_power_state: str, prior_columns: dict | None = None, **_) -> None:
+               prior_power_state: str, prior_columns: dict[str, Any] | None = None, **_: object) -> None:
         # As MarkActive.revert: take the hold back for the earlier reverts.
         with runtime.current().db.session() as s:
             holder = instances.take_hold(s, instance_uuid, operation_id)

@@ -15,11 +15,14 @@ from __future__ import annotations
 
 import inspect
 import logging
+from typing import Any
 
+from drivers.base import ComputeDriver
 from drivers.errors import DriverError, GuestNotFound
 from flows import runtime
 from flows.steps import cancellation
 from flows.errors import InsufficientCapacity, LiveMigrationAborted
+from flows.params import FlavorParams
 from flows.steps.base import Step
 from flows.steps.instance import TakeHold
 from flows.steps.resources import flavor_disk_gb
@@ -39,14 +42,14 @@ def switched_over(instance_uuid: str, destination: str) -> bool:
 class HoldForMigration(TakeHold):
     """take_hold; its revert leaves ERROR if the switch-over had happened."""
 
-    def __init__(self, **kw) -> None:
+    def __init__(self, **kw: Any) -> None:
         super().__init__(task_state="migrating", **kw)
 
     # taskflow passes every argument by name from the flow's store: the extra
     # `destination` is no Liskov hazard here.
     def revert(self, operation_id: str, instance_uuid: str, destination: str,  # type: ignore[override]
                prior_vm_state: str | None = None, prior_power_state: str | None = None,
-               **_) -> None:
+               **_: object) -> None:
         if switched_over(instance_uuid, destination):
             with runtime.current().db.session() as s:
                 instances.release_hold(s, instance_uuid, operation_id, task_state=None,
@@ -61,10 +64,10 @@ class HoldForMigration(TakeHold):
 class ClaimOnDestination(Step):
     """Claim the flavor on the destination (the source keeps its own claim)."""
 
-    def __init__(self, **kw) -> None:
+    def __init__(self, **kw: Any) -> None:
         super().__init__(name="claim_destination", **kw)
 
-    def execute(self, operation_id: str, instance_uuid: str, destination: str, flavor: dict) -> None:
+    def execute(self, operation_id: str, instance_uuid: str, destination: str, flavor: FlavorParams) -> None:
         disk_gb = flavor_disk_gb(flavor)
         with runtime.current().db.session() as s:
             if not claims.claim(s, operation_id, destination, instance_uuid,
@@ -72,13 +75,13 @@ class ClaimOnDestination(Step):
                 raise InsufficientCapacity(destination, f"{flavor['vcpus']} vCPU, "
                                            f"{flavor['ram_mb']} MB RAM, {disk_gb} GB disk requested")
 
-    def revert(self, operation_id: str, instance_uuid: str, destination: str, **_) -> None:
+    def revert(self, operation_id: str, instance_uuid: str, destination: str, **_: object) -> None:
         if not switched_over(instance_uuid, destination):
             with runtime.current().db.session() as s:
                 claims.release(s, operation_id, destination)
 
 
-def checked_migrate_data(instance_uuid: str, source: str, destination: str) -> dict:
+def checked_migrate_data(instance_uuid: str, source: str, destination: str) -> dict[str, Any]:
     """The destination's check, then the source's; the destination's check is
     cleaned up whatever the source says. Only reads: safe to run again."""
     rt = runtime.current()
@@ -91,24 +94,24 @@ def checked_migrate_data(instance_uuid: str, source: str, destination: str) -> d
 
 
 class CheckLiveMigration(Step):
-    def __init__(self, **kw) -> None:
+    def __init__(self, **kw: Any) -> None:
         super().__init__(name="check_live_migration", provides="migrate_data", **kw)
 
-    def execute(self, instance_uuid: str, host: str, destination: str) -> dict:
+    def execute(self, instance_uuid: str, host: str, destination: str) -> dict[str, Any]:
         return checked_migrate_data(instance_uuid, host, destination)
 
 
 class PreLiveMigration(Step):
     """Disks, ports and anything else the guest needs, made on the destination."""
 
-    def __init__(self, **kw) -> None:
+    def __init__(self, **kw: Any) -> None:
         super().__init__(name="pre_live_migration", provides="live_migrate_data", **kw)
 
-    def execute(self, instance_uuid: str, destination: str, migrate_data: dict) -> dict:
+    def execute(self, instance_uuid: str, destination: str, migrate_data: dict[str, Any]) -> dict[str, Any]:
         return runtime.current().driver_for(destination).pre_live_migration(instance_uuid,
                                                                             migrate_data)
 
-    def revert(self, instance_uuid: str, destination: str, **_) -> None:
+    def revert(self, instance_uuid: str, destination: str, **_: object) -> None:
         if not switched_over(instance_uuid, destination):
             runtime.current().driver_for(destination).rollback_live_migration_at_destination(
                 instance_uuid, destroy_disks=True)
@@ -122,8 +125,8 @@ class _Watcher:
     is the point of no return: the switch-over is recorded before it is asked
     for, so that no revert, now or after a crash, tries to undo the move."""
 
-    def __init__(self, operation_id: str, instance_uuid: str, drv, destination: str,
-                 migrate_data: dict) -> None:
+    def __init__(self, operation_id: str, instance_uuid: str, drv: ComputeDriver, destination: str,
+                 migrate_data: dict[str, Any]) -> None:
         self.op, self.uuid, self.drv = operation_id, instance_uuid, drv
         self.destination, self.migrate_data = destination, migrate_data
         self.last_pct: int | None = None
@@ -172,11 +175,11 @@ class LiveMigrate(Step):
     probe_guest = "running"
     probe_host_arg = "destination"
 
-    def __init__(self, **kw) -> None:
+    def __init__(self, **kw: Any) -> None:
         super().__init__(name=STEP, **kw)
 
     def execute(self, operation_id: str, instance_uuid: str, host: str, destination: str,
-                live_migrate_data: dict) -> None:
+                live_migrate_data: dict[str, Any]) -> None:
         drv = runtime.current().driver_for(host)
         watcher = _Watcher(operation_id, instance_uuid, drv, destination, live_migrate_data)
         watcher.poll_requests()  # an abort asked for before the migration began
@@ -189,7 +192,7 @@ class LiveMigrate(Step):
                 raise LiveMigrationAborted(instance_uuid) from None
             raise
 
-    def revert(self, instance_uuid: str, host: str, destination: str, **_) -> None:
+    def revert(self, instance_uuid: str, host: str, destination: str, **_: object) -> None:
         if switched_over(instance_uuid, destination):
             return
         rt = runtime.current()
@@ -203,7 +206,7 @@ class LiveMigrate(Step):
             dest.live_migration(instance_uuid, host, back)
 
 
-def _runs_on(drv, instance_uuid: str) -> bool:
+def _runs_on(drv: ComputeDriver, instance_uuid: str) -> bool:
     try:
         drv.get_info(instance_uuid)
         return True
@@ -214,7 +217,7 @@ def _runs_on(drv, instance_uuid: str) -> bool:
 class SwitchOver(Step):
     """Forward-only: the guest runs on the destination; the record says so."""
 
-    def __init__(self, **kw) -> None:
+    def __init__(self, **kw: Any) -> None:
         super().__init__(name="switch_over", **kw)
 
     def execute(self, operation_id: str, instance_uuid: str, destination: str) -> None:
@@ -225,12 +228,12 @@ class SwitchOver(Step):
 class DriverCall(Step):
     """Forward-only: one post-migration driver call, idempotent."""
 
-    def __init__(self, method: str, on: str, with_data: bool = False, **kw) -> None:
+    def __init__(self, method: str, on: str, with_data: bool = False, **kw: Any) -> None:
         super().__init__(name=method, **kw)
         self.method, self.on, self.with_data = method, on, with_data
 
     def execute(self, instance_uuid: str, host: str, destination: str,
-                live_migrate_data: dict) -> None:
+                live_migrate_data: dict[str, Any]) -> None:
         drv = runtime.current().driver_for(host if self.on == "source" else destination)
         args = (live_migrate_data,) if self.with_data else ()
         getattr(drv, self.method)(instance_uuid, *args)
@@ -239,7 +242,7 @@ class DriverCall(Step):
 class ReleaseSourceClaims(Step):
     """Forward-only: the source no longer runs the instance."""
 
-    def __init__(self, **kw) -> None:
+    def __init__(self, **kw: Any) -> None:
         super().__init__(name="release_source_claims", **kw)
 
     def execute(self, instance_uuid: str, host: str) -> None:
@@ -250,7 +253,7 @@ class ReleaseSourceClaims(Step):
 class MarkMigrated(Step):
     """Forward-only: the instance shows its prior state on its new host; hold released."""
 
-    def __init__(self, **kw) -> None:
+    def __init__(self, **kw: Any) -> None:
         super().__init__(name="mark_done", **kw)
 
     def execute(self, operation_id: str, instance_uuid: str, destination: str,

@@ -9,11 +9,13 @@ it undoes from the instance uuid, never from a stored result.
 from __future__ import annotations
 
 import contextlib
+from typing import Any
 
-from drivers.base import Disk, DiskKind, DiskSpec, Flavor, Held
+from drivers.base import DiskKind, DiskSpec, Flavor, Held
 from drivers.errors import GuestNotFound, NotSupported
 from flows import runtime
 from flows.errors import InsufficientCapacity
+from flows.params import ClaimRow, DiskParams, FlavorParams, disk_of, disk_params
 from flows.steps.base import Step
 from flows.steps.instance import FinishOperation
 from flows.steps.resources import flavor_disk_gb
@@ -28,11 +30,11 @@ class ClaimDestination(Step):
     and the new flavor until confirm or revert releases one of them.
     """
 
-    def __init__(self, **kw) -> None:
+    def __init__(self, **kw: Any) -> None:
         super().__init__(name="claim_destination", **kw)
 
     def execute(self, operation_id: str, instance_uuid: str, dest_host: str,
-                new_flavor: dict) -> None:
+                new_flavor: FlavorParams) -> None:
         disk_gb = flavor_disk_gb(new_flavor)
         with runtime.current().db.session() as s:
             if not claims.claim(s, operation_id, dest_host, instance_uuid,
@@ -41,7 +43,7 @@ class ClaimDestination(Step):
                     dest_host, f"{new_flavor['vcpus']} vCPU, {new_flavor['ram_mb']} MB RAM, "
                                f"{disk_gb} GB disk requested")
 
-    def revert(self, operation_id: str, dest_host: str, **_) -> None:
+    def revert(self, operation_id: str, dest_host: str, **_: object) -> None:
         with runtime.current().db.session() as s:
             claims.release(s, operation_id, dest_host)
 
@@ -53,16 +55,15 @@ class MigrateDiskAndPowerOff(Step):
     keeps it until confirm_migration, so this is always possible.
     """
 
-    def __init__(self, **kw) -> None:
+    def __init__(self, **kw: Any) -> None:
         super().__init__(name="migrate_disk_and_power_off", provides="migrated_disks", **kw)
 
-    def execute(self, instance_uuid: str, host: str, dest_host: str, new_flavor: dict) -> list[dict]:
+    def execute(self, instance_uuid: str, host: str, dest_host: str, new_flavor: FlavorParams) -> list[DiskParams]:
         disks = runtime.current().driver_for(host).migrate_disk_and_power_off(
             instance_uuid, dest_host, Flavor(**new_flavor))
-        return [{"kind": d.kind.value, "path": d.path, "size_mb": d.size_mb,
-                 "backing_file": d.backing_file, "preallocated": d.preallocated} for d in disks]
+        return [disk_params(d) for d in disks]
 
-    def revert(self, instance_uuid: str, host: str, power_on: bool, **_) -> None:
+    def revert(self, instance_uuid: str, host: str, power_on: bool, **_: object) -> None:
         runtime.current().driver_for(host).finish_revert_migration(instance_uuid, power_on)
 
 
@@ -73,17 +74,16 @@ class FinishMigration(Step):
     is untouched (it is set aside by the driver, even on the same host).
     """
 
-    def __init__(self, **kw) -> None:
+    def __init__(self, **kw: Any) -> None:
         super().__init__(name="finish_migration", **kw)
 
-    def execute(self, instance_uuid: str, dest_host: str, migrated_disks: list[dict],
-                new_flavor: dict, power_on: bool) -> None:
-        disks = [Disk(DiskKind(d["kind"]), d["path"], d["size_mb"], d["backing_file"],
-                      d["preallocated"]) for d in migrated_disks]
+    def execute(self, instance_uuid: str, dest_host: str, migrated_disks: list[DiskParams],
+                new_flavor: FlavorParams, power_on: bool) -> None:
+        disks = [disk_of(d) for d in migrated_disks]
         runtime.current().driver_for(dest_host).finish_migration(
             instance_uuid, disks, Flavor(**new_flavor), power_on)
 
-    def revert(self, instance_uuid: str, dest_host: str, **_) -> None:
+    def revert(self, instance_uuid: str, dest_host: str, **_: object) -> None:
         destroy_guest(dest_host, instance_uuid)
 
 
@@ -111,7 +111,7 @@ class RemoveOtherCopies(Step):
     instance besides its guest: a copy kept on its own host, and everything
     on the other hosts its migration record names."""
 
-    def __init__(self, **kw) -> None:
+    def __init__(self, **kw: Any) -> None:
         super().__init__(name="remove_other_copies", **kw)
 
     def execute(self, instance_uuid: str, host: str, copy_hosts: list[str] | None = None) -> None:
@@ -138,11 +138,11 @@ class MarkResized(FinishOperation):
     """Show RESIZED (a persisted pause: confirm or revert come as operations)
     and stamp when, for the auto-confirm window."""
 
-    def __init__(self, **kw) -> None:
+    def __init__(self, **kw: Any) -> None:
         super().__init__(vm_state="resized", **kw)
 
     def execute(self, operation_id: str, instance_uuid: str, prior_vm_state: str,
-                prior_power_state: str, set_columns: dict | None = None) -> None:
+                prior_power_state: str, set_columns: dict[str, Any] | None = None) -> None:
         columns = dict(set_columns or {})
         meta = dict(columns["system_metadata"])
         meta["migration"] = {**meta["migration"], "resized_at": utcnow().isoformat()}
@@ -154,7 +154,7 @@ class MarkResized(FinishOperation):
 class ConfirmMigration(Step):
     """Forward-only: delete the source copy kept for a revert."""
 
-    def __init__(self, **kw) -> None:
+    def __init__(self, **kw: Any) -> None:
         super().__init__(name="confirm_migration", **kw)
 
     def execute(self, instance_uuid: str, source_host: str) -> None:
@@ -164,7 +164,7 @@ class ConfirmMigration(Step):
 class DestroyOnDestination(Step):
     """Forward-only: remove the destination's guest and disks (revert_resize)."""
 
-    def __init__(self, **kw) -> None:
+    def __init__(self, **kw: Any) -> None:
         super().__init__(name="destroy_on_destination", **kw)
 
     def execute(self, instance_uuid: str, dest_host: str) -> None:
@@ -174,7 +174,7 @@ class DestroyOnDestination(Step):
 class FinishRevertMigration(Step):
     """Forward-only: bring the source copy back (started if it ran before)."""
 
-    def __init__(self, **kw) -> None:
+    def __init__(self, **kw: Any) -> None:
         super().__init__(name="finish_revert_migration", **kw)
 
     def execute(self, instance_uuid: str, source_host: str, power_on: bool) -> None:
@@ -185,10 +185,10 @@ class ReleaseClaims(Step):
     """Forward-only: give back claims recorded at submission, as
     [operation_id, host, vcpus, ram_mb, disk_gb] rows in `claims_param`."""
 
-    def __init__(self, name: str, claims_param: str, **kw) -> None:
+    def __init__(self, name: str, claims_param: str, **kw: Any) -> None:
         super().__init__(name=name, rebind={"to_release": claims_param}, **kw)
 
-    def execute(self, to_release: list[list]) -> None:
+    def execute(self, to_release: list[ClaimRow]) -> None:
         with runtime.current().db.session() as s:
             for op_id, host, *_ in to_release:
                 claims.release(s, op_id, host)
@@ -198,10 +198,10 @@ class ReleaseSourceClaims(ReleaseClaims):
     """Evacuate: give back the dead host's claims; revert claims them again
     (nothing else is placed on a host marked down, so the room is there)."""
 
-    def __init__(self, **kw) -> None:
+    def __init__(self, **kw: Any) -> None:
         super().__init__("release_source_claims", "source_claims", **kw)
 
-    def revert(self, instance_uuid: str, to_release: list[list], **_) -> None:
+    def revert(self, instance_uuid: str, to_release: list[ClaimRow], **_: object) -> None:
         with runtime.current().db.session() as s:
             for op_id, host, vcpus, ram_mb, disk_gb in to_release:
                 if not claims.claim(s, op_id, host, instance_uuid, vcpus, ram_mb, disk_gb):
@@ -212,16 +212,15 @@ class ReuseSharedDisk(Step):
     """Evacuate on shared storage: the disk is already there; register it with
     the destination (create_disk is create-if-absent) instead of re-creating it."""
 
-    def __init__(self, kind: DiskKind, size_mb: int, **kw) -> None:
+    def __init__(self, kind: DiskKind, size_mb: int, **kw: Any) -> None:
         super().__init__(name=f"reuse_{kind.value}_disk", provides=f"{kind.value}_disk", **kw)
         self.kind = kind
         self.size_mb = size_mb
 
-    def execute(self, instance_uuid: str, dest_host: str) -> dict:
+    def execute(self, instance_uuid: str, dest_host: str) -> DiskParams:
         disk = runtime.current().driver_for(dest_host).create_disk(
             instance_uuid, DiskSpec(self.kind, self.size_mb))
-        return {"kind": disk.kind.value, "path": disk.path, "size_mb": disk.size_mb,
-                "backing_file": disk.backing_file, "preallocated": disk.preallocated}
+        return disk_params(disk)
 
-    def revert(self, instance_uuid: str, dest_host: str, **_) -> None:
+    def revert(self, instance_uuid: str, dest_host: str, **_: object) -> None:
         runtime.current().driver_for(dest_host).delete_disk(instance_uuid, self.kind)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from drivers.base import Vif
 from flows import runtime
@@ -12,21 +13,21 @@ LOG = logging.getLogger(__name__)
 
 
 class PlugVif(Step):
-    def __init__(self, index: int, vif: dict, **kw) -> None:
+    def __init__(self, index: int, vif: dict[str, Any], **kw: Any) -> None:
         super().__init__(name=f"plug_vif_{index}", **kw)
         self.vif = vif
 
     def execute(self, instance_uuid: str, host: str) -> None:
         runtime.current().driver_for(host).plug_vif(instance_uuid, Vif(**self.vif))
 
-    def revert(self, instance_uuid: str, host: str, **_) -> None:
+    def revert(self, instance_uuid: str, host: str, **_: object) -> None:
         runtime.current().driver_for(host).unplug_vif(instance_uuid, self.vif["id"])
 
 
 class WaitVifPlugged(Step):
     """Honour vif_plugging_timeout / vif_plugging_is_fatal."""
 
-    def __init__(self, vif_ids: list[str], **kw) -> None:
+    def __init__(self, vif_ids: list[str], **kw: Any) -> None:
         super().__init__(name="wait_vif_plugged", **kw)
         self.vif_ids = vif_ids
 
@@ -47,7 +48,7 @@ class WaitVifPlugged(Step):
 class UnplugVifs(Step):
     """Forward-only: remove the host side of every interface."""
 
-    def __init__(self, vif_ids: list[str], **kw) -> None:
+    def __init__(self, vif_ids: list[str], **kw: Any) -> None:
         super().__init__(name="unplug_vifs", **kw)
         self.vif_ids = vif_ids
 

@@ -14,10 +14,12 @@ drivers report such resources with no instance, and they never reach a plan.
 from __future__ import annotations
 
 import contextlib
+from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy import orm
 
-from drivers.base import PowerState, Vif
+from drivers.base import ComputeDriver, PowerState, Vif
 from drivers.errors import GuestNotFound
 from flows import runtime
 from flows.errors import InvalidRequest
@@ -53,15 +55,18 @@ def expected_hosts(inst: Instance) -> set[str]:
 class ReconcileStep(Step):
     """A reconciliation action on one host (or on the records, host None)."""
 
-    def __init__(self, name: str, action: dict, **kw) -> None:
+    def __init__(self, name: str, action: dict[str, Any], **kw: Any) -> None:
         super().__init__(name=name, **kw)
         self.action = action
 
     @property
     def host(self) -> str:
-        return self.action["host"]
+        host: str | None = self.action["host"]
+        if host is None:  # a records-only action (release_stale_hold) never asks
+            raise ValueError(f"reconcile action {self.action['action']} names no host")
+        return host
 
-    def driver(self):
+    def driver(self) -> ComputeDriver:
         return runtime.current().driver_for(self.host)
 
 
@@ -117,7 +122,7 @@ class _OnHeldInstance(ReconcileStep):
     operation's hold (take_hold comes first in the flow)."""
 
     def record(self, operation_id: str, event: str, power: PowerState | None,
-               **columns) -> None:
+               **columns: object) -> None:
         uuid = self.action["instance_uuid"]
         with runtime.current().db.session() as s:
             if not instances.update_if_held(s, uuid, operation_id, **columns):
@@ -213,7 +218,7 @@ class RecountUsage(ReconcileStep):
     def execute(self) -> None:
         host = self.action["host"]
 
-        def total(col):
+        def total(col: orm.InstrumentedAttribute[int]) -> sa.ScalarSelect[int]:
             return (sa.select(sa.func.coalesce(sa.func.sum(col), 0))
                     .where(Claim.host == host).scalar_subquery())
         with runtime.current().db.session() as s:
@@ -226,7 +231,7 @@ class ReleaseHeldInstance(Step):
     """Last step of an instance's reconciliation: drop the hold, keeping the
     states the actions recorded."""
 
-    def __init__(self, **kw) -> None:
+    def __init__(self, **kw: Any) -> None:
         super().__init__(name="release_hold", **kw)
 
     def execute(self, operation_id: str, instance_uuid: str) -> None:
