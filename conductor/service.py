@@ -19,7 +19,6 @@ import logging
 import signal
 import threading
 import time
-from concurrent import futures
 
 from sqlalchemy import exc as sa_exc
 from taskflow import exceptions as tf_exc, states
@@ -30,6 +29,7 @@ from conductor.drift_watch import DriftWatch, check_apply_kinds
 from conductor.jobboard import Board, Claim
 from conductor.runner import LostOwnership, NotOwner, Runner
 from flows import catalog
+from flows.elastic_pool import ElasticThreadPool
 from persistence import operations
 from persistence.errors import PersistenceError
 
@@ -78,7 +78,8 @@ class ConductorService:
         self._claims: dict[str, Claim] = {}
         self._engines: dict[str, object] = {}
         self._skip_until: dict[str, float] = {}
-        self._pool = futures.ThreadPoolExecutor(self.max_operations, thread_name_prefix="operation")
+        self._pool = ElasticThreadPool(self.max_operations, name="operation",
+                                       idle_seconds=opts.idle_thread_seconds)
         self.drift = DriftWatch(conductor, opts.reconcile_interval, opts.reconcile_apply)
         self.runner = _ServiceRunner(conductor.rt, self.who, lease_seconds=conductor.lease_seconds,
                                      executor=conductor._executor, leases=conductor._leases,
