@@ -31,6 +31,7 @@ import argparse
 import os
 import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -40,7 +41,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from scaleout_bench import PG, Bench, forget_board, wait_for  # also puts the repo on sys.path
+from scaleout_bench import PG, REPO, Bench, forget_board, wait_for  # also puts the repo on sys.path
 
 from conductor import config  # noqa: E402
 from conductor.api import Conductor, SpawnRequest  # noqa: E402
@@ -51,8 +52,22 @@ from persistence.session import Database, connection_bound  # noqa: E402
 PG_PORT = sa.make_url(PG).port or 5432
 
 
+BASE_THREADS = 5  # an idle conductor: main, heartbeat, drift watch, lease keeper, + 1 spare
+CLAIM_EXPIRY = 30  # the default; the heartbeat runs every third of it
+
+
 class FleetBench(Bench):
     """Conductors with default options but for the latency model."""
+
+    def start(self, name: str, extra: str = ""):
+        env = dict(os.environ)
+        if not self.args.pymalloc:
+            env["PYTHONMALLOC"] = "malloc"  # the documented deployment setting (docs/scale-out.md)
+        p = subprocess.Popen([sys.executable, "-m", "conductor.cli", "--config-file",
+                              str(self.conf(name, extra)), "conductor"], cwd=REPO, env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.procs.append(p)
+        return p
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -129,14 +144,27 @@ class Sampler:
 
 
 # -- one burst -------------------------------------------------------------------
-def start_settled(b: FleetBench, names: list[str]) -> list:
-    """Start conductors and wait until each serves and has gone idle."""
+def start_settled(b: FleetBench, c: Conductor, names: list[str]) -> list:
+    """Start conductors, let each run a first spawn (the imports and caches
+    of a first operation are not the burst's), wait until they are idle."""
     procs = [b.start(n) for n in names]
     for name in names:
         log = b.tmp / f"{name}.log"
         wait_for(lambda: log.exists() and "serving" in log.read_text(), 120, f"{name} to serve")
-    time.sleep(1.0)  # let the first claim polls finish: the start RSS is the idle process
+    warm = [c.submit_spawn(SpawnRequest(name=f"warm{i}", flavor="m1.tiny", image="cirros"))
+            for i in range(2 * len(names))]
+    for op_id in warm:
+        op_id.wait(timeout=600)
+    settle(procs)
     return procs
+
+
+def settle(procs: list) -> None:
+    """Wait for the idle threads to end, then a heartbeat (which returns a
+    burst's free memory, conductor/memory.py)."""
+    for p in procs:
+        wait_for(lambda: status(p.pid)["Threads"] <= BASE_THREADS, 300, "idle threads to end")
+    time.sleep(CLAIM_EXPIRY / 3 + 1)
 
 
 def burst(b: FleetBench, n: int, k: int, wait: float, max_operations: int | None = None) -> dict:
@@ -144,11 +172,13 @@ def burst(b: FleetBench, n: int, k: int, wait: float, max_operations: int | None
     c = b.reset()
     try:
         names = [f"w{wait:g}-k{k}-c{i}" for i in range(k)]
-        procs = start_settled(b, names)
+        procs = start_settled(b, c, names)
         pids = [p.pid for p in procs]
         start = {pid: status(pid) for pid in pids}
         for p in procs:
             p.send_signal(signal.SIGSTOP)
+        with c.db.session() as s:
+            submitted = s.scalar(sa.select(sa.func.max(Operation.created_at)))
         for i in range(n):
             c.submit_spawn(SpawnRequest(name=f"vm{i}", flavor="m1.tiny", image="cirros"))
         with Sampler(pids) as sampler:
@@ -158,17 +188,15 @@ def burst(b: FleetBench, n: int, k: int, wait: float, max_operations: int | None
             def finished():
                 with c.db.session() as s:
                     return s.scalar(sa.select(sa.func.count()).select_from(Operation)
-                                    .where(Operation.state.in_(operations.FINAL_STATES))) == n
+                                    .where(Operation.state.in_(operations.FINAL_STATES),
+                                           Operation.created_at > submitted)) == n
             wait_for(finished, 7200, f"{n} operations on {k} conductors")
         peak = {pid: status(pid)["VmHWM"] for pid in pids}
-        # After the burst: wait for the idle threads to end (the elastic pools)
-        # and sample the RSS then.
-        wait_for(lambda: all(status(pid)["Threads"] <= start[pid]["Threads"] + 2 for pid in pids),
-                 120, "idle threads to end")
-        time.sleep(1.0)
+        settle(procs)
         after = {pid: status(pid)["VmRSS"] for pid in pids}
         with c.db.session() as s:
-            rows = s.execute(sa.select(Operation.started_at, Operation.finished_at, Operation.state)).all()
+            rows = s.execute(sa.select(Operation.started_at, Operation.finished_at, Operation.state)
+                             .where(Operation.created_at > submitted)).all()
         b.stop_all()
     finally:
         c.close()
@@ -208,7 +236,7 @@ def idle_latency(b: FleetBench, samples: int) -> dict:
     b.wait, b.max_operations = 0.0, None
     c = b.reset()
     try:
-        start_settled(b, ["idle"])
+        start_settled(b, c, ["idle"])
         via_conductor = latencies(c, False, samples)
         b.stop_all()
     finally:
@@ -244,7 +272,8 @@ def main() -> None:
     ap.add_argument("--ratio-max-operations", type=int, default=100)
     ap.add_argument("--idle-samples", type=int, default=20, help="0: skip idle latency")
     ap.add_argument("--jobboard", choices=("redis",), default="redis")
-    ap.add_argument("--claim-expiry", type=int, default=30)  # scaleout_bench.Bench reads it
+    ap.add_argument("--pymalloc", action="store_true",
+                    help="run the conductors with Python's own allocator (no PYTHONMALLOC=malloc)")
     args = ap.parse_args()
     name = f"cf_fleet_{os.getpid()}_{uuid.uuid4().hex[:6]}"
     admin = sa.create_engine(PG, isolation_level="AUTOCOMMIT")

@@ -23,7 +23,7 @@ import time
 from sqlalchemy import exc as sa_exc
 from taskflow import exceptions as tf_exc, states
 
-from conductor import jobboard, ownership
+from conductor import jobboard, memory, ownership
 from conductor.api import Conductor
 from conductor.drift_watch import DriftWatch, check_apply_kinds
 from conductor.jobboard import Board, Claim
@@ -78,6 +78,7 @@ class ConductorService:
         self._claims: dict[str, Claim] = {}
         self._engines: dict[str, object] = {}
         self._skip_until: dict[str, float] = {}
+        self._ran_since_release = False
         self._pool = ElasticThreadPool(self.max_operations, name="operation",
                                        idle_seconds=opts.idle_thread_seconds)
         self.drift = DriftWatch(conductor, opts.reconcile_interval, opts.reconcile_apply)
@@ -154,7 +155,17 @@ class ConductorService:
     def _heartbeat_loop(self) -> None:
         while not self._stop.wait(self.expiry / 3):
             self._beat()
+            self._release_memory_after_burst()
         self._beat()
+
+    def _release_memory_after_burst(self) -> None:
+        """Once nothing runs and the idle threads have ended, hand what the
+        last burst freed back to the system (conductor/memory.py)."""
+        if self._claims or self._pool.threads or self.c._executor.threads:
+            self._ran_since_release = True
+        elif self._ran_since_release:
+            self._ran_since_release = False
+            memory.release_free_memory()
 
     def _beat(self) -> None:
         for claim in list(self._claims.values()):
@@ -278,5 +289,6 @@ def unloadable(op: operations.Operation) -> str | None:
 
 def serve(conductor: Conductor) -> int:
     check_apply_kinds(conductor.conf.conductor.reconcile_apply)  # before anything is opened
+    memory.limit_arenas()  # before the burst's threads exist
     board = jobboard.open_board(conductor.conf, conductor.owner, conductor.db)
     return ConductorService(conductor, board).serve()

@@ -54,6 +54,12 @@ class ElasticThreadPool(futures.Executor):
             return len(self._threads)
 
     @property
+    def idle_threads(self) -> int:
+        """Threads waiting for a task."""
+        with self._cond:
+            return self._idle
+
+    @property
     def queued(self) -> int:
         """Tasks submitted and not started yet."""
         with self._cond:
