@@ -55,8 +55,9 @@ def test_an_idle_thread_is_reused_not_joined_by_a_new_one(pool):
 
 def test_tasks_start_in_submission_order_when_the_cap_is_reached():
     pool = ElasticThreadPool(1, idle_seconds=5, name="fifo")
-    gate, order = threading.Event(), []
-    first = pool.submit(gate.wait, 10)
+    gate, busy, order = threading.Event(), threading.Event(), []
+    first = pool.submit(lambda: (busy.set(), gate.wait(10)))
+    assert busy.wait(10)  # the only thread is taken: everything after it queues
     rest = [pool.submit(order.append, i) for i in range(20)]
     assert pool.queued == 20
     gate.set()
