@@ -12,7 +12,6 @@ import re
 import uuid
 from dataclasses import dataclass
 
-from concurrent import futures
 from oslo_config import cfg
 from sqlalchemy import exc as sa_exc
 
@@ -26,6 +25,8 @@ from drivers import DRIVER_NAMES
 from drivers.base import ComputeDriver, LifecycleEvent
 from drivers.faults import FaultPlan
 from flows import catalog, placement, runtime
+from flows.elastic_pool import ElasticThreadPool
+from flows.steps import attempts
 from conductor.logs import remember_secret as logs_secret
 from flows.errors import InstanceLocked, InvalidRequest, InvalidState, NotFound
 from persistence import claims, events, hosts, instances, operations, schema
@@ -81,8 +82,9 @@ class Conductor:
         runtime.install(self.rt)
         self.owner = conf.conductor.name or ownership.my_identity()
         self.lease_seconds = conf.conductor.lease_seconds
-        self._executor = futures.ThreadPoolExecutor(
-            max_workers=conf.conductor.workers, thread_name_prefix="step")
+        self._executor = ElasticThreadPool(conf.conductor.workers, name="step",
+                                           idle_seconds=conf.conductor.idle_thread_seconds)
+        attempts.configure_call_threads(conf.conductor.idle_thread_seconds)
         self._leases = LeaseKeeper(self.rt, self.owner, self.lease_seconds).__enter__()
         self._board: jobboard.Board | None = None
         self._wakeups: Wakeups | None = None

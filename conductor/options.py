@@ -29,9 +29,21 @@ conductor_opts = [
     ),
     cfg.IntOpt(
         "workers",
-        default=8,
+        default=2000,
         min=1,
-        help="Threads shared by all running flows for their parallel steps.",
+        help="Most threads running steps at once, shared by all running flows. "
+        "A step waiting for the hypervisor holds its thread, so this bounds how "
+        "many operations wait at once (about one thread each, a few for a flow's "
+        "parallel section). Threads are started on demand and end after "
+        "idle_thread_seconds without work; a step finding all busy waits its "
+        "turn, oldest first.",
+    ),
+    cfg.FloatOpt(
+        "idle_thread_seconds",
+        default=5.0,
+        min=0.1,
+        help="Seconds an idle step or operation thread lives before it ends, "
+        "so that memory returns after a burst.",
     ),
     cfg.BoolOpt(
         "auto_upgrade",
@@ -93,9 +105,12 @@ jobboard_opts = [
     ),
     cfg.IntOpt(
         "max_operations",
-        default=4,
+        default=1000,
         min=1,
-        help="Operations one `computeflow conductor` runs at the same time.",
+        help="Operations one `computeflow conductor` runs at the same time (each "
+        "on its own thread, started on demand). Operations mostly wait for the "
+        "hypervisor, so this is well above the core count; lower it to spread "
+        "CPU-bound bursts over several conductors sooner.",
     ),
     cfg.FloatOpt(
         "poll_interval",

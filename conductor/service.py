@@ -19,17 +19,17 @@ import logging
 import signal
 import threading
 import time
-from concurrent import futures
 
 from sqlalchemy import exc as sa_exc
 from taskflow import exceptions as tf_exc, states
 
-from conductor import jobboard, ownership, wakeups
+from conductor import jobboard, memory, ownership, wakeups
 from conductor.api import Conductor
 from conductor.drift_watch import DriftWatch, check_apply_kinds
 from conductor.jobboard import Board, Claim
 from conductor.runner import LostOwnership, NotOwner, Runner, WaitingForHostSlot
 from flows import catalog
+from flows.elastic_pool import ElasticThreadPool
 from persistence import notify, operations
 from persistence.errors import PersistenceError
 
@@ -83,7 +83,9 @@ class ConductorService:
         #: Operations refused for a host slot (WaitingForHostSlot), with their tries.
         self._slot_waiting: dict[str, int] = {}
         self._slot_retry_cap = min(2.0, conductor.lease_seconds / 4)
-        self._pool = futures.ThreadPoolExecutor(self.max_operations, thread_name_prefix="operation")
+        self._ran_since_release = False
+        self._pool = ElasticThreadPool(self.max_operations, name="operation",
+                                       idle_seconds=opts.idle_thread_seconds)
         self.drift = DriftWatch(conductor, opts.reconcile_interval, opts.reconcile_apply)
         self.runner = _ServiceRunner(conductor.rt, self.who, lease_seconds=conductor.lease_seconds,
                                      executor=conductor._executor, leases=conductor._leases,
@@ -172,7 +174,17 @@ class ConductorService:
     def _heartbeat_loop(self) -> None:
         while not self._stop.wait(self.expiry / 3):
             self._beat()
+            self._release_memory_after_burst()
         self._beat()
+
+    def _release_memory_after_burst(self) -> None:
+        """Once nothing runs and the idle threads have ended, hand what the
+        last burst freed back to the system (conductor/memory.py)."""
+        if self._claims or self._pool.threads or self.c._executor.threads:
+            self._ran_since_release = True
+        elif self._ran_since_release:
+            self._ran_since_release = False
+            memory.release_free_memory()
 
     def _beat(self) -> None:
         for claim in list(self._claims.values()):
@@ -313,5 +325,6 @@ def unloadable(op: operations.Operation) -> str | None:
 
 def serve(conductor: Conductor) -> int:
     check_apply_kinds(conductor.conf.conductor.reconcile_apply)  # before anything is opened
+    memory.limit_arenas()  # before the burst's threads exist
     board = jobboard.open_board(conductor.conf, conductor.owner, conductor.db)
     return ConductorService(conductor, board).serve()

@@ -178,3 +178,10 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+def connection_bound(pool_size: int, dialect: str) -> int:
+    """Most connections one process opens to a server database: its session
+    pool (pool_size + as many overflow) and the flow writes' two autocommit
+    pools (persistence.taskflow_backend)."""
+    return 2 * pool_size + (32 if dialect == "postgresql" else 0)

@@ -1,0 +1,321 @@
+"""Fleet scale: how many waiting operations conductor processes keep moving.
+
+    .venv/bin/python bench/fleet_bench.py [--ops 1000] [--wait 20] [--conductors 1]
+                                          [--ratio-ops 300] [--ratio-max-operations 100]
+                                          [--idle-samples 20]
+
+Every spawn waits `--wait` seconds in `wait_for_vif_plugged` (the fake
+driver's latency model, `[fake] latency`), as a real spawn waits for its
+network. Conductors run with the default options otherwise (PostgreSQL +
+Redis, as bench/scaleout_bench.py, whose helpers this reuses).
+
+1. The burst, for each count in --conductors: the conductors start and
+   settle, are paused (SIGSTOP) while N spawns are submitted, then resumed,
+   so all N arrive at once. The same burst without the wait, measured first,
+   is the CPU time; the ideal is wait + that. Printed: wall time (first
+   start to last finish, from the operations' own timestamps) against the
+   ideal, per-operation run time p50/p99 and their ratio, each conductor's
+   RSS at start, at its peak (VmHWM) and once its idle threads have ended,
+   and its peak connections to PostgreSQL (its own sockets, sampled) against
+   the bound its pools allow.
+2. The 3-vs-1 ratio on a wait-dominated workload: --ratio-ops spawns with
+   max_operations = --ratio-max-operations, so one conductor needs several
+   waves; throughput of 3 conductors against 1.
+3. Idle latency (one spawn at a time, no waiting): submit -> first step
+   RUNNING and submit -> operation done, through one idle conductor against
+   the in-process runner.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from scaleout_bench import PG, REPO, Bench, forget_board, wait_for  # also puts the repo on sys.path
+
+from conductor import config  # noqa: E402
+from conductor.api import Conductor, SpawnRequest  # noqa: E402
+from persistence import operations, schema  # noqa: E402
+from persistence.models import FlowLogEntry, Operation  # noqa: E402
+from persistence.session import Database, connection_bound  # noqa: E402
+
+PG_PORT = sa.make_url(PG).port or 5432
+
+
+BASE_THREADS = 5  # an idle conductor: main, heartbeat, drift watch, lease keeper, + 1 spare
+CLAIM_EXPIRY = 30  # the default; the heartbeat runs every third of it
+
+
+class FleetBench(Bench):
+    """Conductors with default options but for the latency model."""
+
+    def start(self, name: str, extra: str = ""):
+        env = dict(os.environ)
+        if not self.args.pymalloc:
+            env["PYTHONMALLOC"] = "malloc"  # the documented deployment setting (docs/scale-out.md)
+        p = subprocess.Popen([sys.executable, "-m", "conductor.cli", "--config-file",
+                              str(self.conf(name, extra)), "conductor"], cwd=REPO, env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.procs.append(p)
+        return p
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.wait, self.max_operations = 0.0, None
+
+    def conf(self, name: str, extra: str = "") -> Path:
+        path = self.tmp / f"{name}.conf"
+        limit = f"max_operations = {self.max_operations}\n" if self.max_operations else ""
+        latency = f"[fake]\nlatency = wait_for_vif_plugged:{self.wait:g}\n" if self.wait else ""
+        path.write_text(
+            f"[DEFAULT]\nstate_path = {self.tmp / 'state'}\n[database]\nconnection = {self.db_url}\n"
+            f"[conductor]\njobboard = {self.board_url}\nlog_file = {self.tmp / name}.log\n{limit}"
+            f"{latency}{extra}")
+        return path
+
+
+# -- what a process holds, from /proc ----------------------------------------------
+def status(pid: int) -> dict[str, int]:
+    """VmRSS, VmHWM (kB) and Threads of a process."""
+    out = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM", "Threads"):
+            out[key] = int(value.split()[0])
+    return out
+
+
+def pg_sockets(pid: int) -> int:
+    """Established TCP connections of `pid` to the PostgreSQL port."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    count = 0
+    for table in ("tcp", "tcp6"):
+        for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()
+            remote_port = int(fields[2].rsplit(":", 1)[1], 16)
+            if fields[3] == "01" and remote_port == PG_PORT and fields[9] in inodes:
+                count += 1
+    return count
+
+
+class Sampler:
+    """Samples every conductor's connections (and threads) until stopped."""
+
+    def __init__(self, pids: list[int]) -> None:
+        self.pids = pids
+        self.peak_conns = dict.fromkeys(pids, 0)
+        self.peak_threads = dict.fromkeys(pids, 0)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def __enter__(self) -> Sampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(0.25):
+            for pid in self.pids:
+                try:
+                    self.peak_conns[pid] = max(self.peak_conns[pid], pg_sockets(pid))
+                    self.peak_threads[pid] = max(self.peak_threads[pid], status(pid)["Threads"])
+                except (FileNotFoundError, ProcessLookupError):
+                    pass
+
+
+# -- one burst -------------------------------------------------------------------
+def start_settled(b: FleetBench, c: Conductor, names: list[str]) -> list:
+    """Start conductors, let each run a first spawn (the imports and caches
+    of a first operation are not the burst's), wait until they are idle."""
+    procs = [b.start(n) for n in names]
+    for name in names:
+        log = b.tmp / f"{name}.log"
+        wait_for(lambda log=log: log.exists() and "serving" in log.read_text(), 120, f"{name} to serve")
+    warm = [c.submit_spawn(SpawnRequest(name=f"warm{i}", flavor="m1.tiny", image="cirros"))
+            for i in range(2 * len(names))]
+    for op_id in warm:
+        op_id.wait(timeout=600)
+    settle(procs)
+    return procs
+
+
+def settle(procs: list) -> None:
+    """Wait for the idle threads to end, then a heartbeat (which returns a
+    burst's free memory, conductor/memory.py)."""
+    for p in procs:
+        wait_for(lambda p=p: status(p.pid)["Threads"] <= BASE_THREADS, 300, "idle threads to end")
+    time.sleep(CLAIM_EXPIRY / 3 + 1)
+
+
+def burst(b: FleetBench, n: int, k: int, wait: float, max_operations: int | None = None) -> dict:
+    b.wait, b.max_operations = wait, max_operations
+    c = b.reset()
+    try:
+        names = [f"w{wait:g}-k{k}-c{i}" for i in range(k)]
+        procs = start_settled(b, c, names)
+        pids = [p.pid for p in procs]
+        start = {pid: status(pid) for pid in pids}
+        for p in procs:
+            p.send_signal(signal.SIGSTOP)
+        with c.db.session() as s:
+            submitted = s.scalar(sa.select(sa.func.max(Operation.created_at)))
+        for i in range(n):
+            c.submit_spawn(SpawnRequest(name=f"vm{i}", flavor="m1.tiny", image="cirros"))
+        with Sampler(pids) as sampler:
+            for p in procs:
+                p.send_signal(signal.SIGCONT)
+
+            def finished():
+                with c.db.session() as s:
+                    return s.scalar(sa.select(sa.func.count()).select_from(Operation)
+                                    .where(Operation.state.in_(operations.FINAL_STATES),
+                                           Operation.created_at > submitted)) == n
+            wait_for(finished, 7200, f"{n} operations on {k} conductors")
+        peak = {pid: status(pid)["VmHWM"] for pid in pids}
+        settle(procs)
+        after = {pid: status(pid)["VmRSS"] for pid in pids}
+        with c.db.session() as s:
+            rows = s.execute(sa.select(Operation.started_at, Operation.finished_at, Operation.state)
+                             .where(Operation.created_at > submitted)).all()
+        b.stop_all()
+    finally:
+        c.close()
+    runs = sorted((f - s).total_seconds() for s, f, _ in rows)
+    wall = (max(f for _, f, _ in rows) - min(s for s, _, _ in rows)).total_seconds()
+    return {"n": n, "k": k, "wall": wall, "ok": sum(st == operations.SUCCEEDED for *_, st in rows),
+            "p50": _pct(runs, 50), "p99": _pct(runs, 99),
+            "rss": [(start[p]["VmRSS"] / 1024, peak[p] / 1024, after[p] / 1024) for p in pids],
+            "conns": [sampler.peak_conns[p] for p in pids],
+            "threads": [(start[p]["Threads"], sampler.peak_threads[p]) for p in pids]}
+
+
+def _pct(values: list[float], q: float) -> float:
+    return values[min(len(values) - 1, max(0, round(q / 100 * len(values)) - 1))]
+
+
+# -- idle latency ---------------------------------------------------------------
+def latencies(c: Conductor, run_here: bool, samples: int) -> tuple[list[float], list[float]]:
+    """(submit -> first step RUNNING, submit -> done) in ms, one spawn at a time."""
+    first, done = [], []
+    for i in range(samples):
+        t0 = time.time()
+        op_id = c.submit_spawn(SpawnRequest(name=f"idle{'h' if run_here else 'c'}{i}",
+                                            flavor="m1.tiny", image="cirros"))
+        (c.run(op_id) if run_here else op_id.wait(timeout=60))
+        t1 = time.time()
+        with c.db.session() as s:
+            created = s.scalar(sa.select(Operation.created_at).where(Operation.id == op_id))
+            step = s.scalar(sa.select(sa.func.min(FlowLogEntry.at))
+                            .where(FlowLogEntry.flow_detail_uuid == op_id))
+        first.append((step - created).total_seconds() * 1000)
+        done.append((t1 - t0) * 1000)
+    return first, done
+
+
+def idle_latency(b: FleetBench, samples: int) -> dict:
+    b.wait, b.max_operations = 0.0, None
+    c = b.reset()
+    try:
+        start_settled(b, c, ["idle"])
+        via_conductor = latencies(c, False, samples)
+        b.stop_all()
+    finally:
+        c.close()
+    local = Conductor(config.load([str(b.conf("client"))], overrides={("conductor", "jobboard"): ""}))
+    try:
+        here = latencies(local, True, samples)
+    finally:
+        local.close()
+    return {"conductor": via_conductor, "in-process": here}
+
+
+# -- report ----------------------------------------------------------------------
+def report_burst(r: dict, cpu: dict, wait: float, bound: int) -> None:
+    ideal = wait + cpu["wall"]
+    print(f"\n{r['n']} spawns x {wait:g} s wait on {r['k']} conductor(s): {r['ok']} succeeded")
+    print(f"  wall {r['wall']:.1f} s; ideal {ideal:.1f} s (wait {wait:g} + CPU {cpu['wall']:.1f}, "
+          f"the same burst without waiting) -> {r['wall'] / ideal:.2f}x ideal (target <= 1.5)")
+    print(f"  per-operation run time p50 {r['p50']:.1f} s, p99 {r['p99']:.1f} s -> p99/p50 "
+          f"{r['p99'] / r['p50']:.2f} (target <= 1.5)")
+    for i, ((s, pk, after), conns, (t0, tmax)) in enumerate(zip(r["rss"], r["conns"], r["threads"], strict=True)):
+        print(f"  conductor {i}: RSS start {s:.0f} MB, peak {pk:.0f} MB, after the burst {after:.0f} MB "
+              f"({(after - s) / s * 100:+.1f}% vs start, target within 10%); threads {t0} -> peak {tmax}; "
+              f"peak PostgreSQL connections {conns} (bound {bound})")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--ops", type=int, default=1000, help="spawns in the burst")
+    ap.add_argument("--wait", type=float, default=20.0, help="seconds each spawn waits")
+    ap.add_argument("--conductors", default="1", help="conductor counts for the burst, e.g. 1,3")
+    ap.add_argument("--ratio-ops", type=int, default=300, help="0: skip the 3-vs-1 ratio")
+    ap.add_argument("--ratio-max-operations", type=int, default=100)
+    ap.add_argument("--idle-samples", type=int, default=20, help="0: skip idle latency")
+    ap.add_argument("--jobboard", choices=("redis",), default="redis")
+    ap.add_argument("--pymalloc", action="store_true",
+                    help="run the conductors with Python's own allocator (no PYTHONMALLOC=malloc)")
+    args = ap.parse_args()
+    name = f"cf_fleet_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+    admin = sa.create_engine(PG, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f"CREATE DATABASE {name}")
+    db_url = sa.make_url(PG).set(database=name).render_as_string(hide_password=False)
+    try:
+        db = Database(db_url)
+        schema.upgrade(db)
+        db.dispose()
+        with tempfile.TemporaryDirectory(prefix="cf-fleet-") as tmp:
+            b = FleetBench(args, Path(tmp), db_url, name)
+            bound = connection_bound(config.load([str(b.conf("probe"))]).database.pool_size, "postgresql")
+            try:
+                for k in (int(x) for x in args.conductors.split(",")):
+                    cpu = burst(b, args.ops, k, 0.0)
+                    print(f"  (CPU-only burst on {k}: {cpu['wall']:.1f} s)", flush=True)
+                    report_burst(burst(b, args.ops, k, args.wait), cpu, args.wait, bound)
+                if args.ratio_ops:
+                    m = args.ratio_max_operations
+                    one = burst(b, args.ratio_ops, 1, args.wait, m)
+                    three = burst(b, args.ratio_ops, 3, args.wait, m)
+                    print(f"\n3 vs 1 conductor, {args.ratio_ops} spawns x {args.wait:g} s wait, "
+                          f"max_operations={m}: 1 conductor {one['wall']:.1f} s, 3 conductors "
+                          f"{three['wall']:.1f} s -> {one['wall'] / three['wall']:.2f}x (target >= 2.7)")
+                if args.idle_samples:
+                    lat = idle_latency(b, args.idle_samples)
+                    print(f"\nidle latency, {args.idle_samples} spawns one at a time (ms, p50 / max)")
+                    for who, (first, done) in lat.items():
+                        print(f"  {who:>10}: submit -> first step {statistics.median(first):6.1f} / "
+                              f"{max(first):6.1f}   submit -> done {statistics.median(done):6.1f} / "
+                              f"{max(done):6.1f}")
+            finally:
+                b.stop_all()
+    finally:
+        forget_board(args.jobboard, name)
+        with admin.connect() as conn:
+            conn.exec_driver_sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                                 f"WHERE datname = '{name}' AND pid <> pg_backend_pid()")
+            conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name}")
+        admin.dispose()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,51 @@
+"""Give a burst's memory back to the system once the conductor is idle again.
+
+A burst of a thousand waiting operations allocates from many threads at
+once. glibc gives each thread an arena of its own (up to 8 per core) and
+keeps what the burst freed in them for reuse, so the process stays at its
+peak long after the burst. Two remedies, both no-ops off glibc:
+
+- fewer arenas (`limit_arenas`, at start, before the threads): less memory
+  parked in per-thread free lists; threads then share arenas, at a small cost
+  in lock contention that a GIL-bound process barely sees;
+- `release_free_memory` after a burst: malloc_trim hands free pages inside
+  the arenas back to the kernel.
+
+Python's own allocator (pymalloc) keeps a 1 MiB arena while any object in it
+lives, which a burst's scattered survivors do; with PYTHONMALLOC=malloc in
+the conductor's environment its objects go through glibc too, and the trim
+returns them (docs/scale-out.md, bench/README.md for the figures).
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+
+LOG = logging.getLogger(__name__)
+_M_ARENA_MAX = -8  # mallopt parameter, <malloc.h>
+ARENAS = 2
+
+
+def _glibc():
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+    except OSError:
+        return None
+    return libc if libc is not None and hasattr(libc, "malloc_trim") else None
+
+
+def limit_arenas(arenas: int = ARENAS) -> None:
+    """Cap glibc's malloc arenas (call before starting threads)."""
+    libc = _glibc()
+    if libc is not None and hasattr(libc, "mallopt"):
+        libc.mallopt(_M_ARENA_MAX, arenas)
+
+
+def release_free_memory() -> None:
+    """Return the allocator's free pages to the kernel (glibc's malloc_trim)."""
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
+        LOG.debug("returned free heap pages to the system")

@@ -1,0 +1,80 @@
+"""With default options one conductor keeps hundreds of waiting operations in
+flight, and waiting steps hold no database connection."""
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+import sqlalchemy as sa
+
+from conductor import config, jobboard
+from conductor.api import Conductor, SpawnRequest
+from conductor.service import ConductorService
+from drivers.faults import FaultPlan
+from persistence import operations
+from persistence.models import FlowLogEntry, Operation
+from persistence.session import connection_bound
+from tests.conftest import clean, write_conf
+
+IN_FLIGHT = 100  # 25x the old max_operations; each spawn costs ~80 ms of CPU
+WAIT_STEP = "wait_vif_plugged"
+
+
+def _until(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+@pytest.fixture
+def held(tmp_path, postgresql_url) -> Iterator[Conductor]:
+    """A conductor (default options but the test database) whose spawns all
+    hang in their network wait until the test releases them."""
+    clean(postgresql_url)
+    conf = config.load([str(write_conf(tmp_path / "c.conf", tmp_path / "state", postgresql_url))])
+    c = Conductor(conf, faults=FaultPlan([f"{WAIT_STEP}:execute:hang"]))
+    c.add_host("h1", vcpus=10**5, ram_mb=10**8, disk_gb=10**6)
+    try:
+        yield c
+    finally:
+        c.rt.faults.release_hangs.set()
+        c.close()
+
+
+def _waiting(c: Conductor) -> int:
+    with c.db.session() as s:
+        return s.scalar(sa.select(sa.func.count(sa.distinct(FlowLogEntry.flow_detail_uuid)))
+                        .where(FlowLogEntry.step == WAIT_STEP, FlowLogEntry.state == "RUNNING"))
+
+
+def _connections(c: Conductor) -> int:
+    with c.db.session() as s:
+        return s.scalar(sa.text("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"))
+
+
+def test_hundreds_of_waiting_operations_are_in_flight_at_once_with_default_options(held):
+    assert held.conf.conductor.max_operations >= 1000  # the defaults under test
+    ids = [held.submit_spawn(SpawnRequest(name=f"vm{i}", flavor="m1.tiny", image="cirros"))
+           for i in range(IN_FLIGHT)]
+    svc = ConductorService(held, jobboard.open_board(held.conf, held.owner, held.db))
+    serving = threading.Thread(target=svc.serve)
+    serving.start()
+    try:
+        # Every operation reaches its wait while none can get past it: all are in flight at once.
+        _until(lambda: _waiting(held) == IN_FLIGHT, 240, f"{IN_FLIGHT} operations to wait")
+        # A waiting step holds no pooled connection; the process stays within its pools.
+        assert held.db.engine.pool.checkedout() <= 1  # at most the loop's own claim query
+        assert _connections(held) <= connection_bound(held.conf.database.pool_size, "postgresql")
+        held.rt.faults.release_hangs.set()
+        for op_id in ids:
+            assert op_id.wait(timeout=240).state == operations.SUCCEEDED
+    finally:
+        svc.stop()
+        serving.join(60)
+    assert not serving.is_alive()
+    with held.db.session() as s:
+        assert s.scalar(sa.select(sa.func.count()).select_from(Operation)
+                        .where(Operation.state == operations.SUCCEEDED)) == IN_FLIGHT
