@@ -19,6 +19,7 @@ from persistence.session import connection_bound
 from tests.conftest import clean, write_conf
 
 IN_FLIGHT = 100  # 25x the old max_operations; each spawn costs ~80 ms of CPU
+HOSTS = 10  # the default max_concurrent_builds (10 per host) lets all 100 build at once
 WAIT_STEP = "wait_vif_plugged"
 
 
@@ -36,7 +37,8 @@ def held(tmp_path, postgresql_url) -> Iterator[Conductor]:
     clean(postgresql_url)
     conf = config.load([str(write_conf(tmp_path / "c.conf", tmp_path / "state", postgresql_url))])
     c = Conductor(conf, faults=FaultPlan([f"{WAIT_STEP}:execute:hang"]))
-    c.add_host("h1", vcpus=10**5, ram_mb=10**8, disk_gb=10**6)
+    for h in range(HOSTS):
+        c.add_host(f"h{h}", vcpus=10**5, ram_mb=10**8, disk_gb=10**6)
     try:
         yield c
     finally:
@@ -57,7 +59,9 @@ def _connections(c: Conductor) -> int:
 
 def test_hundreds_of_waiting_operations_are_in_flight_at_once_with_default_options(held):
     assert held.conf.conductor.max_operations >= 1000  # the defaults under test
-    ids = [held.submit_spawn(SpawnRequest(name=f"vm{i}", flavor="m1.tiny", image="cirros"))
+    assert held.conf.conductor.max_concurrent_builds * HOSTS >= IN_FLIGHT
+    ids = [held.submit_spawn(SpawnRequest(name=f"vm{i}", flavor="m1.tiny", image="cirros",
+                                          host=f"h{i % HOSTS}"))
            for i in range(IN_FLIGHT)]
     svc = ConductorService(held, jobboard.open_board(held.conf, held.owner, held.db))
     serving = threading.Thread(target=svc.serve)
