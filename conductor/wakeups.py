@@ -121,24 +121,16 @@ class PgSource(notify.PgListener):
     carries = notify.CHANNELS
 
 
-class RedisSource:
+class RedisSource(notify.ListenerThread):
     """Pub/sub on the board's Redis, on a connection of its own (the board's pool)."""
 
     carries = notify.CHANNELS
 
     def __init__(self, board: RedisBoard, receiver: notify.Receiver) -> None:
-        self.client, self.receiver = board.board._client, receiver
+        super().__init__(receiver, "redis-wakeups")
+        self.client = board.board._client
         self.names = {v: k for k, v in board.channels.items()}
-        self._connected, self._stop = threading.Event(), threading.Event()
-        self._thread = threading.Thread(target=self._run, name="redis-wakeups", daemon=True)
-        self._thread.start()
-
-    @property
-    def healthy(self) -> bool:
-        return self._connected.is_set()
-
-    def wait_connected(self, timeout: float) -> bool:
-        return self._connected.wait(timeout)
+        self._start()
 
     def _run(self) -> None:
         pause = 0.1
@@ -160,12 +152,9 @@ class RedisSource:
                 if not self._stop.is_set():
                     LOG.warning("jobboard notifications lost (%s); polling until reconnected", e)
             finally:
-                was = self._connected.is_set()
-                self._connected.clear()
                 with contextlib.suppress(Exception):
                     pubsub.close()
-                if was:
-                    self.receiver(None, None)
+                self._lost()
             self._stop.wait(pause)
             pause = min(pause * 2, 5.0)
 
@@ -197,7 +186,7 @@ class ZookeeperSource:
         self.board.notifier.deregister(jobs_base.POSTED, self._callback)
 
 
-class EtcdSource:
+class EtcdSource(notify.ListenerThread):
     """A watch on the etcd board's job prefix (taskflow's own watch only feeds
     its cache): any change of a job's data is a notice."""
 
@@ -205,20 +194,12 @@ class EtcdSource:
 
     def __init__(self, board: TaskflowBoard, receiver: notify.Receiver) -> None:
         b = board.board
-        self.client, self.receiver = b._client, receiver
+        super().__init__(receiver, "etcd-wakeups")
+        self.client = b._client
         self.prefix = b._create_path(b._root_path, b.JOB_PREFIX)
         self.data_suffix = b.DATA_POSTFIX
         self._cancel = None
-        self._connected, self._stop = threading.Event(), threading.Event()
-        self._thread = threading.Thread(target=self._run, name="etcd-wakeups", daemon=True)
-        self._thread.start()
-
-    @property
-    def healthy(self) -> bool:
-        return self._connected.is_set()
-
-    def wait_connected(self, timeout: float) -> bool:
-        return self._connected.wait(timeout)
+        self._start()
 
     def _run(self) -> None:
         pause = 0.1
@@ -237,10 +218,7 @@ class EtcdSource:
                 if not self._stop.is_set():
                     LOG.warning("jobboard notifications lost (%s); polling until reconnected", e)
             finally:
-                was = self._connected.is_set()
-                self._connected.clear()
-                if was:
-                    self.receiver(None, None)
+                self._lost()
             self._stop.wait(pause)
             pause = min(pause * 2, 5.0)
 

@@ -98,21 +98,24 @@ def local_hub(engine: Engine | sa.Connection) -> LocalHub:
         return _hubs.setdefault(key, LocalHub())
 
 
-class PgListener:
-    """A thread that LISTENs on its own PostgreSQL connection (outside the
-    pool, so the pool's bound holds for the work) and hands every notice to
-    `receiver`. A lost connection makes it unhealthy, tells the receiver that
-    notices may have been missed, and reconnects with a growing pause; it
-    never blocks anyone."""
+class ListenerThread:
+    """A daemon thread keeping one subscription alive (PostgreSQL LISTEN, Redis
+    pub/sub, an etcd watch): `healthy` while connected. A lost subscription
+    tells the receiver that notices may have been missed (`_lost`), so that
+    waiters look for themselves; the subclass's `_run` reconnects until
+    `_stop` is set. Subclasses set their fields, then call `_start`."""
 
-    def __init__(self, engine: Engine, receiver: Receiver, *, check_interval: float = 5.0) -> None:
-        self.engine, self.receiver, self.check_interval = engine, receiver, check_interval
+    def __init__(self, receiver: Receiver, thread_name: str) -> None:
+        self.receiver = receiver
         self._connected = threading.Event()
         self._stop = threading.Event()
-        self._conn = None
-        self._interrupt_r, self._interrupt_w = os.pipe()  # close() ends a select at once
-        self._thread = threading.Thread(target=self._run, name="pg-listen", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=thread_name, daemon=True)
+
+    def _start(self) -> None:
         self._thread.start()
+
+    def _run(self) -> None:
+        raise NotImplementedError
 
     @property
     def healthy(self) -> bool:
@@ -120,6 +123,28 @@ class PgListener:
 
     def wait_connected(self, timeout: float) -> bool:
         return self._connected.wait(timeout)
+
+    def _lost(self) -> None:
+        """Connected no more; if it was, everyone looks once (a notice may be lost)."""
+        was = self._connected.is_set()
+        self._connected.clear()
+        if was:
+            self.receiver(None, None)
+
+
+class PgListener(ListenerThread):
+    """A thread that LISTENs on its own PostgreSQL connection (outside the
+    pool, so the pool's bound holds for the work) and hands every notice to
+    `receiver`. A lost connection makes it unhealthy, tells the receiver that
+    notices may have been missed, and reconnects with a growing pause; it
+    never blocks anyone."""
+
+    def __init__(self, engine: Engine, receiver: Receiver, *, check_interval: float = 5.0) -> None:
+        super().__init__(receiver, "pg-listen")
+        self.engine, self.check_interval = engine, check_interval
+        self._conn = None
+        self._interrupt_r, self._interrupt_w = os.pipe()  # close() ends a select at once
+        self._start()
 
     def backend_pid(self) -> int | None:
         """The server process of the LISTEN connection (tests terminate it)."""
@@ -173,13 +198,10 @@ class PgListener:
                 self.receiver(n.channel, n.payload)
 
     def _drop(self) -> None:
-        was = self._connected.is_set()
-        self._connected.clear()
         conn, self._conn = self._conn, None
         if conn is not None:
             try:
                 conn.close()
             except Exception:  # noqa: BLE001 - already broken
                 pass
-        if was:
-            self.receiver(None, None)  # waiters re-read and switch to the fast poll
+        self._lost()  # waiters re-read and switch to the fast poll
