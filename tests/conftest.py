@@ -240,3 +240,29 @@ def pytest_terminal_summary(terminalreporter) -> None:
     for path, seconds in sorted(_tier_seconds.items()):
         terminalreporter.write_line(f"{seconds:8.1f}  {path}")
     terminalreporter.write_line(f"{sum(_tier_seconds.values()):8.1f}  total")
+
+
+# -- a test that leaves a library's non-daemon thread behind must not hang the run --
+_exit_status: list[int] = []
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    _exit_status.append(int(exitstatus))
+
+
+def pytest_unconfigure(config) -> None:
+    """Python waits at exit for every non-daemon thread. Some libraries start
+    one per connection (taskflow's etcd jobboard watches with one; its close()
+    ends it): a board a test failed to close would keep the finished run alive
+    until CI's limit. Name such threads loudly and exit with the tests' status."""
+    import threading
+
+    stuck = [t.name for t in threading.enumerate()
+             if t is not threading.main_thread() and t.is_alive() and not t.daemon]
+    if stuck and _exit_status:
+        sys.stderr.write(f"\nconftest: non-daemon threads left running after the tests (a "
+                         f"connection some test did not close): {', '.join(sorted(stuck))}; "
+                         f"exiting without waiting for them\n")
+        sys.stderr.flush()
+        sys.stdout.flush()
+        os._exit(_exit_status[0])
