@@ -24,6 +24,7 @@ from flows.runtime import Runtime
 from flows.steps import cancellation
 from persistence import host_slots, instances, operations
 from persistence.models import Operation
+from persistence.session import connection_lost
 from persistence.taskflow_backend import Backend, Fenced, failure_line
 
 LOG = logging.getLogger(__name__)
@@ -233,6 +234,8 @@ class Runner:
         except Exception as e:  # the flow failed; what matters is where it ended
             if _fenced(e) is not None:
                 raise
+            if connection_lost(e):  # the engine's own write met an outage (not wrapped as a
+                raise               # StorageFailure): paused, resumed later, never FAILED
             error = _describe(e)
             LOG.info("operation %s failed: %s", op.id, error)
         flow_state = engine.storage.get_flow_state()
