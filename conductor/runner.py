@@ -58,6 +58,13 @@ class WaitingForHostSlot(NotOwner):
         self.op_id, self.waits = op_id, waits
 
 
+def _outage(e: BaseException) -> bool:
+    """The database was unreachable (alone, or among the failures of parallel steps)."""
+    if isinstance(e, tf_exc.WrappedFailure):
+        return any(f.exception is not None and connection_lost(f.exception) for f in e)
+    return connection_lost(e)
+
+
 class LostOwnership(Exception):
     """Another conductor took the operation over while this one ran it (fencing)."""
 
@@ -234,8 +241,11 @@ class Runner:
         except Exception as e:  # the flow failed; what matters is where it ended
             if _fenced(e) is not None:
                 raise
-            if connection_lost(e):  # the engine's own write met an outage (not wrapped as a
-                raise               # StorageFailure): paused, resumed later, never FAILED
+            if _outage(e) and engine.storage.get_flow_state() not in (states.SUCCESS,
+                                                                               states.REVERTED):
+                # The engine's own write met an outage (not wrapped as a StorageFailure)
+                # and the flow did not end: paused and resumed later, never FAILED.
+                raise
             error = _describe(e)
             LOG.info("operation %s failed: %s", op.id, error)
         flow_state = engine.storage.get_flow_state()
