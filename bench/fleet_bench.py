@@ -36,18 +36,17 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from pathlib import Path
 
 import sqlalchemy as sa
 
-from scaleout_bench import PG, REPO, Bench, forget_board, wait_for  # also puts the repo on sys.path
+from scaleout_bench import PG, REPO, Bench, scratch_database, wait_for  # also puts the repo on sys.path
 
 from conductor import config  # noqa: E402
 from conductor.api import Conductor, SpawnRequest  # noqa: E402
-from persistence import operations, schema  # noqa: E402
+from persistence import operations  # noqa: E402
 from persistence.models import FlowLogEntry, Operation  # noqa: E402
-from persistence.session import Database, connection_bound  # noqa: E402
+from persistence.session import connection_bound  # noqa: E402
 
 PG_PORT = sa.make_url(PG).port or 5432
 
@@ -275,15 +274,7 @@ def main() -> None:
     ap.add_argument("--pymalloc", action="store_true",
                     help="run the conductors with Python's own allocator (no PYTHONMALLOC=malloc)")
     args = ap.parse_args()
-    name = f"cf_fleet_{os.getpid()}_{uuid.uuid4().hex[:6]}"
-    admin = sa.create_engine(PG, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f"CREATE DATABASE {name}")
-    db_url = sa.make_url(PG).set(database=name).render_as_string(hide_password=False)
-    try:
-        db = Database(db_url)
-        schema.upgrade(db)
-        db.dispose()
+    with scratch_database("cf_fleet", args.jobboard) as (name, db_url):
         with tempfile.TemporaryDirectory(prefix="cf-fleet-") as tmp:
             b = FleetBench(args, Path(tmp), db_url, name)
             bound = connection_bound(config.load([str(b.conf("probe"))]).database.pool_size, "postgresql")
@@ -308,14 +299,6 @@ def main() -> None:
                               f"{max(done):6.1f}")
             finally:
                 b.stop_all()
-    finally:
-        forget_board(args.jobboard, name)
-        with admin.connect() as conn:
-            conn.exec_driver_sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                                 f"WHERE datname = '{name}' AND pid <> pg_backend_pid()")
-            conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name}")
-        admin.dispose()
-
 
 if __name__ == "__main__":
     main()

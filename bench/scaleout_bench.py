@@ -19,6 +19,7 @@ _ETCD); both are removed at the end.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import subprocess
@@ -26,6 +27,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import redis
@@ -50,6 +52,29 @@ def board_url(kind: str, namespace: str) -> str:
     return {"redis": f"{REDIS}?namespace={namespace}",
             "zookeeper": f"zookeeper://{ZOOKEEPER}?path=/{namespace}",
             "etcd": f"etcd://{ETCD}?path=/{namespace}"}[kind]
+
+
+@contextlib.contextmanager
+def scratch_database(prefix: str, jobboard: str) -> Iterator[tuple[str, str]]:
+    """(name, url) of a fresh, upgraded PostgreSQL database for one bench run;
+    dropped afterwards with the jobboard's keys of the same name."""
+    name = f"{prefix}_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+    admin = sa.create_engine(PG, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f"CREATE DATABASE {name}")
+    db_url = sa.make_url(PG).set(database=name).render_as_string(hide_password=False)
+    try:
+        db = Database(db_url)
+        schema.upgrade(db)
+        db.dispose()
+        yield name, db_url
+    finally:
+        forget_board(jobboard, name)
+        with admin.connect() as conn:
+            conn.exec_driver_sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                                 f"WHERE datname = '{name}' AND pid <> pg_backend_pid()")
+            conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name}")
+        admin.dispose()
 
 
 def forget_board(kind: str, namespace: str) -> None:
@@ -240,15 +265,7 @@ def main() -> None:
     ap.add_argument("--chaos-ops", type=int, default=1000, help="0: skip the kill/restart run")
     ap.add_argument("--jobboard", choices=("redis", "zookeeper", "etcd"), default="redis")
     args = ap.parse_args()
-    name = f"cf_bench_{os.getpid()}_{uuid.uuid4().hex[:6]}"
-    admin = sa.create_engine(PG, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f"CREATE DATABASE {name}")
-    db_url = sa.make_url(PG).set(database=name).render_as_string(hide_password=False)
-    try:
-        db = Database(db_url)
-        schema.upgrade(db)
-        db.dispose()
+    with scratch_database("cf_bench", args.jobboard) as (name, db_url):
         with tempfile.TemporaryDirectory(prefix="cf-scaleout-") as tmp:
             b = Bench(args, Path(tmp), db_url, name)
             try:
@@ -274,14 +291,6 @@ def main() -> None:
             mayhem.pop("ids")
             print("\n3 conductors killed and restarted at random: "
                   + ", ".join(f"{k} {v}" for k, v in mayhem.items()))
-    finally:
-        forget_board(args.jobboard, name)
-        with admin.connect() as conn:
-            conn.exec_driver_sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                                 f"WHERE datname = '{name}' AND pid <> pg_backend_pid()")
-            conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name}")
-        admin.dispose()
-
 
 if __name__ == "__main__":
     main()

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import os
 import signal
 import statistics
 import subprocess
@@ -37,12 +36,12 @@ sys.path.insert(0, str(REPO))
 
 from conductor import config  # noqa: E402
 from conductor.api import Conductor, SpawnRequest  # noqa: E402
-from persistence import operations, schema  # noqa: E402
+from persistence import operations  # noqa: E402
 from persistence.models import FLOW_STEP, FlowLogEntry  # noqa: E402
 from persistence.session import Database  # noqa: E402
 
 sys.path.insert(0, str(REPO / "bench"))
-from scaleout_bench import PG, TABLES, board_url, forget_board  # noqa: E402
+from scaleout_bench import TABLES, board_url, scratch_database  # noqa: E402
 
 
 def _conf(tmp: Path, name: str, db_url: str, extra: str) -> Path:
@@ -123,28 +122,13 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=30)
     ap.add_argument("--jobboard", choices=("redis", "zookeeper", "etcd"), default="redis")
     args = ap.parse_args()
-    tag = f"cf_wakeup_{os.getpid()}"
-    admin = sa.create_engine(PG, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f"CREATE DATABASE {tag}")
-    db_url = sa.make_url(PG).set(database=tag).render_as_string(hide_password=False)
-    board = board_url(args.jobboard, tag)
-    try:
-        db = Database(db_url)
-        schema.upgrade(db)
-        db.dispose()
+    with scratch_database("cf_wakeup", args.jobboard) as (tag, db_url):
+        board = board_url(args.jobboard, tag)
         rows = [("in-process runner (PostgreSQL)", idle_latencies(db_url, None, args.rounds)),
                 (f"conductor service, wake-ups on ({args.jobboard})",
                  idle_latencies(db_url, board, args.rounds)),
                 (f"conductor service, polling ({args.jobboard}, 0.5 s)",
                  idle_latencies(db_url, board, args.rounds, wakeups=False))]
-    finally:
-        forget_board(args.jobboard, tag)
-        with admin.connect() as conn:
-            conn.exec_driver_sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                                 f"WHERE datname = '{tag}' AND pid <> pg_backend_pid()")
-            conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {tag}")
-        admin.dispose()
     base = statistics.median(rows[0][1]["done"])
     print(f"== idle latency, {args.rounds} spawns each, ms (p50 / p90 / max); "
           "done - in-process: p50 difference")
