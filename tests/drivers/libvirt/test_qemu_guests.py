@@ -86,6 +86,14 @@ def run_op(c, kind: str, **params) -> None:
     assert status.state == operations.SUCCEEDED, status.error
 
 
+def spawn_vm1(c, flavor: str = "m1.tiny", ends: str = operations.SUCCEEDED):
+    """Spawn vm1 on qemu1 and check how it ended: (the host's driver, the instance uuid)."""
+    op_id = c.submit_spawn(SpawnRequest(name="vm1", flavor=flavor, image="cirros"))
+    assert c.run(op_id).state == ends
+    with c.db.session() as s:
+        return c.rt.driver_for("qemu1"), operations.get(s, op_id).instance_uuid
+
+
 def virsh(*args: str) -> str:
     return subprocess.run(["virsh", "-c", SYSTEM_URI, *args], capture_output=True, text=True,
                           check=True, timeout=60).stdout
@@ -93,11 +101,7 @@ def virsh(*args: str) -> str:
 
 def test_guest_lifecycle_proved_by_its_console(qemu_conductor):
     c = qemu_conductor
-    op_id = c.submit_spawn(SpawnRequest(name="vm1", flavor="m1.tiny", image="cirros"))
-    assert c.run(op_id).state == operations.SUCCEEDED
-    drv = c.rt.driver_for("qemu1")
-    with c.db.session() as s:
-        instance_uuid = operations.get(s, op_id).instance_uuid
+    drv, instance_uuid = spawn_vm1(c)
     con = Console(drv, instance_uuid)
     assert drv.inventory().guests == (instance_uuid,)
     assert drv.get_info(instance_uuid).state is PowerState.RUNNING
@@ -174,11 +178,7 @@ def test_every_disk_and_the_nic_reach_the_guest(qemu_conductor):
     libvirt makes, as qemu:///system has no active network named 'default')."""
     c = qemu_conductor
     c.conf.set_override("default_ephemeral_format", "ext4")
-    op_id = c.submit_spawn(SpawnRequest(name="vm1", flavor="m1.small", image="cirros"))
-    assert c.run(op_id).state == operations.SUCCEEDED
-    drv = c.rt.driver_for("qemu1")
-    with c.db.session() as s:
-        instance_uuid = operations.get(s, op_id).instance_uuid
+    drv, instance_uuid = spawn_vm1(c, "m1.small")
     con = Console(drv, instance_uuid)
     con.wait_ticks_beyond(0)
     ready = re.search(r"^computeflow-guest: ready disks=(.*?) net=(.*?)\r?$", con.text(), re.M)
@@ -196,11 +196,7 @@ def test_failed_spawn_leaves_nothing_behind(qemu_conductor):
     """The guest booted, then the flow failed: revert stops and undefines it for real."""
     c = qemu_conductor
     c.rt.faults.arm("wait_running:execute:fail:after")
-    op_id = c.submit_spawn(SpawnRequest(name="vm1", flavor="m1.tiny", image="cirros"))
-    assert c.run(op_id).state == operations.REVERTED
-    drv = c.rt.driver_for("qemu1")
-    with c.db.session() as s:
-        instance_uuid = operations.get(s, op_id).instance_uuid
+    drv, instance_uuid = spawn_vm1(c, ends=operations.REVERTED)
     assert drv.inventory().empty, drv.inventory()
     assert instance_uuid not in virsh("list", "--all", "--uuid")
     assert not os.path.exists(drv._instance_dir(instance_uuid))
@@ -225,11 +221,7 @@ def test_driver_reconnects_after_the_daemon_restarts(qemu_conductor):
     pid = _daemon_pid()
     assert pid is not None, "no libvirtd pid in /run/libvirtd.pid"
     c = qemu_conductor
-    op_id = c.submit_spawn(SpawnRequest(name="vm1", flavor="m1.tiny", image="cirros"))
-    assert c.run(op_id).state == operations.SUCCEEDED
-    drv = c.rt.driver_for("qemu1")
-    with c.db.session() as s:
-        instance_uuid = operations.get(s, op_id).instance_uuid
+    drv, instance_uuid = spawn_vm1(c)
     con = Console(drv, instance_uuid)
     con.wait_ticks_beyond(1)
     seen = []
@@ -254,11 +246,7 @@ def test_a_killed_qemu_shows_the_instance_stopped_and_it_powers_on_again(qemu_co
     """The QEMU process of a running guest dies (SIGKILL, as the OOM killer would): the
     lifecycle event shows the instance stopped, crashed, and a power-on boots it again."""
     c = qemu_conductor
-    op_id = c.submit_spawn(SpawnRequest(name="vm1", flavor="m1.tiny", image="cirros"))
-    assert c.run(op_id).state == operations.SUCCEEDED
-    drv = c.rt.driver_for("qemu1")
-    with c.db.session() as s:
-        instance_uuid = operations.get(s, op_id).instance_uuid
+    drv, instance_uuid = spawn_vm1(c)
     con = Console(drv, instance_uuid)
     con.wait_ticks_beyond(1, boots=1)
 
