@@ -1,6 +1,8 @@
 """The guest itself: define, start, wait for it, stop, undefine."""
 from __future__ import annotations
 
+import contextlib
+
 import logging
 import threading
 import time
@@ -134,7 +136,8 @@ class GuestAction(Step):
 
     def revert(self, instance_uuid: str, host: str, **_: object) -> None:
         if self.undo:
-            getattr(runtime.current().driver_for(host), self.undo)(instance_uuid)
+            with contextlib.suppress(GuestNotFound):   # gone: nothing of ours to undo
+                getattr(runtime.current().driver_for(host), self.undo)(instance_uuid)
 
 
 class RebootGuest(Step):

@@ -2,13 +2,18 @@
 
 Each is undone by the opposite driver call. Those calls leave the guest
 running, so a revert also stops it again when it was stopped before the
-operation (`prior_power_state`, recorded at submission).
+operation (`prior_power_state`, recorded at submission). None of them creates
+or removes a guest, so a revert that finds no guest has nothing to undo (the
+execute failed on the same missing guest): it ends quietly, and the instance
+is shown in error by the failed operation, not held for a repair.
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from drivers.base import ComputeDriver, Image, PowerState
+from drivers.errors import GuestNotFound
 from flows import runtime
 from flows.params import ImageParams
 from flows.steps.base import Step
@@ -28,8 +33,9 @@ class RescueGuest(Step):
 
     def revert(self, instance_uuid: str, host: str, prior_power_state: str | None = None, **_: object) -> None:
         drv = runtime.current().driver_for(host)
-        drv.unrescue(instance_uuid)
-        _restore_power(drv, instance_uuid, prior_power_state)
+        with contextlib.suppress(GuestNotFound):
+            drv.unrescue(instance_uuid)
+            _restore_power(drv, instance_uuid, prior_power_state)
 
 
 class UnrescueGuest(Step):
@@ -40,7 +46,8 @@ class UnrescueGuest(Step):
         runtime.current().driver_for(host).unrescue(instance_uuid)
 
     def revert(self, instance_uuid: str, host: str, rescue_image: ImageParams, **_: object) -> None:
-        runtime.current().driver_for(host).rescue(instance_uuid, Image(**rescue_image))
+        with contextlib.suppress(GuestNotFound):
+            runtime.current().driver_for(host).rescue(instance_uuid, Image(**rescue_image))
 
 
 class RebuildGuest(Step):
@@ -58,5 +65,6 @@ class RebuildGuest(Step):
     def revert(self, instance_uuid: str, host: str, prior_image: ImageParams,
                prior_power_state: str | None = None, **_: object) -> None:
         drv = runtime.current().driver_for(host)
-        drv.rebuild(instance_uuid, Image(**prior_image), preserve_ephemeral=True)
-        _restore_power(drv, instance_uuid, prior_power_state)
+        with contextlib.suppress(GuestNotFound):
+            drv.rebuild(instance_uuid, Image(**prior_image), preserve_ephemeral=True)
+            _restore_power(drv, instance_uuid, prior_power_state)
