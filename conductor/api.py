@@ -79,7 +79,6 @@ class Conductor:
                                   secrets=SecretBox(conf.database.secret_key_file),
                                   faults=faults or FaultPlan(conf.fake.faults))
         self.rt.on_new_driver.append(self._listen_to)
-        runtime.install(self.rt)
         self.owner = conf.conductor.name or ownership.my_identity()
         self.lease_seconds = conf.conductor.lease_seconds
         self._executor = ElasticThreadPool(conf.conductor.workers, name="step",
@@ -92,6 +91,7 @@ class Conductor:
         self._submit_owner = None if conf.conductor.jobboard else self.owner
         self.runner = Runner(self.rt, self.owner, lease_seconds=self.lease_seconds,
                              executor=self._executor, leases=self._leases)
+        runtime.install(self.rt)  # last: a constructor that failed leaves none behind
 
     @property
     def board(self) -> jobboard.Board:
@@ -126,6 +126,7 @@ class Conductor:
         self._executor.shutdown(wait=True)
         self.rt.close_drivers()  # before the database: late events must still find it
         self.runner.backend.close()
+        runtime.uninstall(self.rt)
         self.db.dispose()
 
     def __enter__(self) -> Conductor:
@@ -225,7 +226,8 @@ class Conductor:
                 raise _busy(s, inst.name, inst.held_by)
             if inst.vm_state not in kind.accepts_vm_states:
                 raise InvalidState(inst.name, inst.vm_state, kind_name, kind.accepts_vm_states)
-            extra = kind.prepare(s, inst, values, op_id) if kind.prepare else {}
+            with runtime.active(self.rt):  # a prepare may read this conductor's options
+                extra = kind.prepare(s, inst, values, op_id) if kind.prepare else {}
             holder = instances.take_hold(s, inst.uuid, op_id)
             if holder is not None:
                 raise _busy(s, inst.name, holder)

@@ -18,7 +18,7 @@ from taskflow.persistence import models as tf_models
 from taskflow.types import notifier
 
 from conductor.host_limits import HostLimits, SlotGate
-from flows import catalog
+from flows import catalog, runtime
 from flows.errors import FlowVersionGone
 from flows.runtime import Runtime
 from flows.steps import cancellation
@@ -158,7 +158,8 @@ class Runner:
         self.leases.track(op_id, kind.no_return_step if kind else None)
         self.backend.fence(op_id, epoch)
         try:
-            return self._run_owned(op, epoch, on_event)
+            with runtime.active(self.rt):  # this conductor's, in every step thread
+                return self._run_owned(op, epoch, on_event)
         except Exception as e:
             if _fenced(e) is None:
                 raise

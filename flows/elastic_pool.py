@@ -19,6 +19,7 @@ call under a deadline on one of its threads) and the conductor imports flows.
 from __future__ import annotations
 
 import collections
+import contextvars
 import logging
 import threading
 import time
@@ -76,7 +77,9 @@ class ElasticThreadPool(futures.Executor):
         with self._cond:
             if self._shutdown:
                 raise RuntimeError(f"{self.name} pool is shut down: cannot submit")
-            self._queue.append((fut, fn, args, kwargs))
+            # The submitter's context variables travel with the task (the
+            # active runtime, flows/runtime.py), as asyncio does for callbacks.
+            self._queue.append((fut, contextvars.copy_context().run, (fn, *args), kwargs))
             # Every idle thread will take one queued task; start a thread only
             # for a task that none of them will take.
             if len(self._queue) > self._idle and len(self._threads) < self.max_threads:

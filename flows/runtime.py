@@ -1,13 +1,19 @@
 """What steps need at run time that must never be persisted.
 
 taskflow persists everything given to an engine's store, so the database,
-drivers and secret box reach steps through this process-wide runtime instead.
-A conductor installs one at start-up; tests install their own.
+drivers and secret box reach steps through a runtime instead. Each Conductor
+has one; while it runs an operation (and while it prepares a submission) its
+runtime is the active one in a ContextVar, which the elastic thread pools copy
+into every task they run, so a step finds its own conductor's runtime even
+with two Conductors open in one process. Outside such a scope, `current()`
+falls back to the process default: the oldest Conductor still open.
 """
 from __future__ import annotations
 
+import contextlib
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 
 from oslo_config import cfg
@@ -56,15 +62,36 @@ class Runtime:
             drv.cleanup_host()
 
 
-_current: Runtime | None = None
+_active: ContextVar[Runtime | None] = ContextVar("computeflow_runtime", default=None)
+_open: list[Runtime] = []  # installed and not yet uninstalled, oldest first
+_open_lock = threading.Lock()
 
 
 def install(rt: Runtime) -> None:
-    global _current
-    _current = rt
+    """Register an open runtime; the oldest open one is the process default."""
+    with _open_lock:
+        if not any(r is rt for r in _open):
+            _open.append(rt)
+
+
+def uninstall(rt: Runtime) -> None:
+    """Withdraw `rt` (closing twice is harmless); the next oldest becomes the default."""
+    with _open_lock:
+        _open[:] = [r for r in _open if r is not rt]
+
+
+@contextlib.contextmanager
+def active(rt: Runtime) -> Iterator[Runtime]:
+    """Make `rt` the runtime of this context (and of the pool tasks it submits)."""
+    token = _active.set(rt)
+    try:
+        yield rt
+    finally:
+        _active.reset(token)
 
 
 def current() -> Runtime:
-    if _current is None:
+    rt = _active.get() or (_open[0] if _open else None)
+    if rt is None:
         raise RuntimeError("no computeflow runtime installed in this process")
-    return _current
+    return rt
