@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from oslo_config import cfg
 from sqlalchemy import exc as sa_exc
 
-from conductor import config, jobboard, ownership
+from conductor import boards, config, ownership
 from conductor import moves
 from conductor.handle import OperationHandle
 from conductor.runner import (EventSink, LeaseKeeper, LostOwnership, NotOwner, Runner,
@@ -85,7 +85,7 @@ class Conductor:
                                            idle_seconds=conf.conductor.idle_thread_seconds)
         attempts.configure_call_threads(conf.conductor.idle_thread_seconds)
         self._leases = LeaseKeeper(self.rt, self.owner, self.lease_seconds).__enter__()
-        self._board: jobboard.Board | None = None
+        self._board: boards.Board | None = None
         self._wakeups: Wakeups | None = None
         # With a jobboard a conductor service runs the operation: submit it unowned.
         self._submit_owner = None if conf.conductor.jobboard else self.owner
@@ -94,10 +94,10 @@ class Conductor:
         runtime.install(self.rt)  # last: a constructor that failed leaves none behind
 
     @property
-    def board(self) -> jobboard.Board:
+    def board(self) -> boards.Board:
         """Where submissions are posted ([conductor] jobboard); opened on first use."""
         if self._board is None:
-            self._board = jobboard.open_board(self.conf, self.owner, self.db)
+            self._board = boards.open_board(self.conf, self.owner, self.db)
         return self._board
 
     @property

@@ -84,7 +84,7 @@ conductor_opts = [
     ),
 ]
 
-# Read by conductor/jobboard.py and conductor/service.py.
+# Read by conductor/boards/ and conductor/service.py.
 jobboard_opts = [
     cfg.StrOpt(
         "jobboard",

@@ -23,10 +23,10 @@ import time
 from sqlalchemy import exc as sa_exc
 from taskflow import exceptions as tf_exc, states
 
-from conductor import jobboard, memory, ownership, wakeups
+from conductor import boards, memory, ownership, wakeups
 from conductor.api import Conductor
 from conductor.drift_watch import DriftWatch, check_apply_kinds
-from conductor.jobboard import Board, Claim
+from conductor.boards import Board, Claim
 from conductor.runner import LostOwnership, NotOwner, Runner, WaitingForHostSlot
 from flows import catalog
 from flows.elastic_pool import ElasticThreadPool
@@ -63,7 +63,8 @@ class _ServiceRunner(Runner):
         flow_state = rest[-2]  # (..., flow_state, error)
         if flow_state == states.SUSPENDED:
             LOG.info("operation %s suspended at a step boundary; left for the next conductor", op_id)
-            jobboard.release_ownership(self.rt.db, op_id, self.owner)
+            with self.rt.db.session() as s:
+                operations.release_ownership(s, op_id, self.owner)
             return
         super()._record_outcome(op_id, *rest)
 
@@ -166,7 +167,9 @@ class ConductorService:
         """Post every active operation nobody holds (its job was lost with a
         Redis restart, or its submitter died before posting)."""
         try:
-            self.board.post_missing([(op_id, created) for op_id, created in jobboard.orphans(self.c.db)
+            with self.c.db.session() as s:
+                unowned = operations.unowned(s)
+            self.board.post_missing([(op_id, created) for op_id, created in unowned
                                      if op_id not in self._claims])
         except (tf_exc.JobFailure, *_DB_ERRORS) as e:
             LOG.warning("reconciling the jobboard failed: %s", e)
@@ -253,12 +256,14 @@ class ConductorService:
         if reason:
             text = f"{UNLOADABLE} {reason} (job kept on the jobboard; conductor {self.who})"
             LOG.error("operation %s %s", op.id, text)
-            jobboard.mark_unloadable(self.c.db, op.id, text)
+            with self.c.db.session() as s:
+                operations.mark_unloadable(s, op.id, text)
             self._skip_until[op.id] = time.monotonic() + 10 * self.expiry
             self._release(claim)
             return
         if op.error and op.error.startswith(UNLOADABLE):
-            jobboard.mark_unloadable(self.c.db, op.id, None)
+            with self.c.db.session() as s:
+                operations.mark_unloadable(s, op.id, None)
         self._run(claim, op, slot_tries)
 
     def _run(self, claim: Claim, op: operations.Operation, slot_tries: int = 0) -> None:
@@ -326,5 +331,5 @@ def unloadable(op: operations.Operation) -> str | None:
 def serve(conductor: Conductor) -> int:
     check_apply_kinds(conductor.conf.conductor.reconcile_apply)  # before anything is opened
     memory.limit_arenas()  # before the burst's threads exist
-    board = jobboard.open_board(conductor.conf, conductor.owner, conductor.db)
+    board = boards.open_board(conductor.conf, conductor.owner, conductor.db)
     return ConductorService(conductor, board).serve()

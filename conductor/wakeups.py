@@ -29,7 +29,7 @@ from oslo_config import cfg
 from redis import exceptions as redis_exc
 from taskflow.jobs import base as jobs_base
 
-from conductor.jobboard import Board, RedisBoard, TaskflowBoard
+from conductor.boards import Board, RedisBoard, TaskflowBoard, taskflow_internals
 from persistence import notify
 from persistence.session import Database
 
@@ -128,7 +128,7 @@ class RedisSource(notify.ListenerThread):
 
     def __init__(self, board: RedisBoard, receiver: notify.Receiver) -> None:
         super().__init__(receiver, "redis-wakeups")
-        self.client = board.board._client
+        self.client = board.client
         self.names = {v: k for k, v in board.channels.items()}
         self._start()
 
@@ -195,9 +195,8 @@ class EtcdSource(notify.ListenerThread):
     def __init__(self, board: TaskflowBoard, receiver: notify.Receiver) -> None:
         b = board.board
         super().__init__(receiver, "etcd-wakeups")
-        self.client = b._client
-        self.prefix = b._create_path(b._root_path, b.JOB_PREFIX)
-        self.data_suffix = b.DATA_POSTFIX
+        self.client = taskflow_internals.etcd_client(b)
+        self.prefix, self.data_suffix = taskflow_internals.etcd_job_keys(b)
         self._cancel = None
         self._start()
 

@@ -459,3 +459,30 @@ def forward_phase_started(s: Session, op_id: str, no_return_step: str | None) ->
     return s.scalar(sa.select(FlowLogEntry.id).where(
         FlowLogEntry.flow_detail_uuid == op_id, FlowLogEntry.step == no_return_step,
         FlowLogEntry.state.in_((_tf_states.RUNNING, _tf_states.SUCCESS))).limit(1)) is not None
+
+
+# -- what the conductor service asks of the operations table about its jobs --
+def mark_unloadable(s: Session, op_id: str, reason: str | None) -> None:
+    """Report, on the operation itself, why a conductor left its job alone."""
+    s.execute(sa.update(Operation)
+              .where(Operation.id == op_id, Operation.state.in_(ACTIVE_STATES))
+              .values(error=reason))
+
+
+def release_ownership(s: Session, op_id: str, owner: str) -> bool:
+    """A suspended operation is free at once for the next conductor."""
+    if changed(s, sa.update(Operation)
+               .where(Operation.id == op_id, Operation.owner == owner, Operation.state.in_(ACTIVE_STATES))
+               .values(owner=None, lease_expires_at=None)) != 1:
+        return False
+    notify.announce(s, notify.JOBS, op_id)
+    return True
+
+
+def unowned(s: Session) -> list[tuple[str, dt.datetime]]:
+    """(id, created_at) of active operations nobody holds: free, or whose owner's lease lapsed."""
+    rows = s.execute(sa.select(Operation.id, Operation.created_at).where(
+        Operation.state.in_(ACTIVE_STATES),
+        sa.or_(Operation.owner.is_(None), Operation.lease_expires_at < utcnow()))
+        .order_by(Operation.created_at))
+    return [(r.id, r.created_at) for r in rows]

@@ -187,7 +187,7 @@ def test_limit_holds_under_a_burst_on_one_service(tmp_path, postgresql_url, redi
     """A burst of spawns over two hosts on one conductor service (Redis +
     PostgreSQL) with room for more in flight than the limit: per host, never
     more than the limit ran at once, and every spawn ended (none starved)."""
-    from conductor import jobboard
+    from conductor import boards
     from conductor.service import ConductorService
     from tests.conftest import clean
 
@@ -197,7 +197,7 @@ def test_limit_holds_under_a_burst_on_one_service(tmp_path, postgresql_url, redi
                    f"max_concurrent_builds = {limit}\nmax_operations = 12\njobboard = {redis_url}\n"
                    "claim_expiry = 5\npoll_interval = 0.05\n[fake]\nlatency = define_guest:0.05\n")
     c.add_host("h2", vcpus=64, ram_mb=65536, disk_gb=1000)
-    svc = ConductorService(c, jobboard.open_board(c.conf, c.owner, c.db))
+    svc = ConductorService(c, boards.open_board(c.conf, c.owner, c.db))
     t = threading.Thread(target=svc.serve)
     t.start()
     try:

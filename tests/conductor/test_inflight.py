@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 import sqlalchemy as sa
 
-from conductor import config, jobboard
+from conductor import boards, config
 from conductor.api import Conductor, SpawnRequest
 from conductor.service import ConductorService
 from drivers.faults import FaultPlan
@@ -63,7 +63,7 @@ def test_hundreds_of_waiting_operations_are_in_flight_at_once_with_default_optio
     ids = [held.submit_spawn(SpawnRequest(name=f"vm{i}", flavor="m1.tiny", image="cirros",
                                           host=f"h{i % HOSTS}"))
            for i in range(IN_FLIGHT)]
-    svc = ConductorService(held, jobboard.open_board(held.conf, held.owner, held.db))
+    svc = ConductorService(held, boards.open_board(held.conf, held.owner, held.db))
     serving = threading.Thread(target=svc.serve)
     serving.start()
     try:

@@ -15,12 +15,13 @@ import pytest
 import redis
 import sqlalchemy as sa
 
-from conductor import config, jobboard
+from conductor import boards, config
 from conductor.api import Conductor, SpawnRequest
 from conductor.handle import OperationHandle
 from conductor.service import ConductorService
 from persistence import operations
 from persistence.models import FlowLogEntry, Operation, utcnow
+from tests.conductor.conftest import _board
 from tests.conftest import clean, run_cli, write_conf
 
 T0 = dt.datetime(2026, 1, 1)
@@ -34,27 +35,6 @@ def eventually(check: Callable[[], object], timeout: float = 20.0, what: str = "
             return value
         time.sleep(0.02)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
-_opened: list[jobboard.Board] = []
-
-
-@pytest.fixture(autouse=True)
-def _close_boards() -> Iterator[None]:
-    """ZooKeeper and etcd clients run threads of their own: close every board."""
-    yield
-    while _opened:
-        _opened.pop().close()
-
-
-def _board(url: str, who: str, expiry: float = 30) -> jobboard.TaskflowBoard:
-    conf = config.new_conf()
-    conf([], project="computeflow", default_config_files=[])
-    conf.set_override("jobboard", url, "conductor")
-    board = jobboard.open_board(conf, who, db=None)
-    board.expiry = expiry  # below the option's minimum: tests want sub-second claims
-    _opened.append(board)
-    return board
 
 
 def _raw(url: str) -> tuple[redis.Redis, str]:
@@ -124,22 +104,22 @@ def test_unknown_scheme_unreachable_server_and_missing_client_library_are_clear_
     conf = config.new_conf()
     conf([], project="computeflow", default_config_files=[])
     conf.set_override("jobboard", "amqp://localhost", "conductor")
-    with pytest.raises(jobboard.JobboardError, match="unknown scheme 'amqp'"):
-        jobboard.open_board(conf, "c", None)
+    with pytest.raises(boards.JobboardError, match="unknown scheme 'amqp'"):
+        boards.open_board(conf, "c", None)
     # Nothing listens on port 1. (taskflow's own ZooKeeper and etcd boards would
     # ignore the URL's host and port and reach a server on localhost instead.)
     conf.set_override("claim_expiry", 2, "conductor")  # ZooKeeper: give up connecting sooner
     for scheme in ("redis", "zookeeper", "etcd"):
         conf.set_override("jobboard", f"{scheme}://127.0.0.1:1", "conductor")
-        with pytest.raises(jobboard.JobboardError, match=f"{scheme}://127.0.0.1:1: cannot connect"):
-            jobboard.open_board(conf, "c", None)
-    real_find_spec = jobboard.importlib.util.find_spec
+        with pytest.raises(boards.JobboardError, match=f"{scheme}://127.0.0.1:1: cannot connect"):
+            boards.open_board(conf, "c", None)
+    real_find_spec = boards.importlib.util.find_spec
     for scheme, module in (("zookeeper", "kazoo"), ("etcd", "etcd3gw")):
-        monkeypatch.setattr(jobboard.importlib.util, "find_spec",
+        monkeypatch.setattr(boards.importlib.util, "find_spec",
                             lambda name, *a, m=module: None if name == m else real_find_spec(name, *a))
         conf.set_override("jobboard", f"{scheme}://127.0.0.1:1", "conductor")
-        with pytest.raises(jobboard.JobboardError, match=f"needs the Python package '{module}'"):
-            jobboard.open_board(conf, "c", None)
+        with pytest.raises(boards.JobboardError, match=f"needs the Python package '{module}'"):
+            boards.open_board(conf, "c", None)
 
 
 # -- the service, in-process -----------------------------------------------------
@@ -158,7 +138,7 @@ def scaleout(tmp_path, postgresql_url, redis_url) -> Iterator[Conductor]:
 
 @pytest.fixture
 def service(scaleout) -> Iterator[ConductorService]:
-    svc = ConductorService(scaleout, jobboard.open_board(scaleout.conf, scaleout.owner, scaleout.db))
+    svc = ConductorService(scaleout, boards.open_board(scaleout.conf, scaleout.owner, scaleout.db))
     t = threading.Thread(target=svc.serve)
     t.start()
     try:
@@ -248,7 +228,7 @@ def test_embedded_service_finishes_a_dead_submitters_operation(tmp_path, sqlite_
         with c.db.session() as s:  # its submitter died before running it
             s.execute(sa.update(Operation).where(Operation.id == h)
                       .values(owner=f"{socket.gethostname()}:999999999:0"))
-        svc = ConductorService(c, jobboard.open_board(c.conf, c.owner, c.db))
+        svc = ConductorService(c, boards.open_board(c.conf, c.owner, c.db))
         assert svc.board.embedded
         t = threading.Thread(target=svc.serve)
         t.start()

@@ -14,13 +14,14 @@ import pytest
 import redis
 import sqlalchemy as sa
 
-from conductor import config, jobboard, wakeups
+from conductor import boards, config, wakeups
 from conductor.api import Conductor
 from conductor.service import ConductorService
 from persistence import notify, operations
 from persistence.models import utcnow
 from persistence.session import Database
-from tests.conductor.test_jobboard import _board, eventually
+from tests.conductor.conftest import _board
+from tests.conductor.test_jobboard import eventually
 from tests.conftest import clean, write_conf
 
 HOUR = 3600.0
@@ -178,7 +179,7 @@ def test_sqlite_submission_wakes_a_service_of_the_same_process(tmp_path, sqlite_
     conf = write_conf(tmp_path / "c.conf", tmp_path / "state", sqlite_url,
                       f"poll_interval = {HOUR}\nsafety_poll_interval = {HOUR}\n")
     c = Conductor(config.load([str(conf)]))
-    svc = ConductorService(c, jobboard.open_board(c.conf, c.owner, c.db))
+    svc = ConductorService(c, boards.open_board(c.conf, c.owner, c.db))
     t = threading.Thread(target=svc.serve)
     t.start()
     try:

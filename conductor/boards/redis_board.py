@@ -1,0 +1,97 @@
+"""taskflow's Redis jobboard, keyed by operation id, listed in one round trip.
+
+A job's key is the operation id, so posting is idempotent: a job lost with a
+Redis restart is simply posted again (`post`), by its running owner's
+heartbeat or by any conductor's reconciliation. Posting, consuming and
+releasing publish on the board's wake-up channels (conductor/wakeups.py).
+"""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from typing import Any
+
+from taskflow import exceptions as tf_exc
+from taskflow.jobs import base as jobs_base
+from taskflow.jobs.backends import impl_redis
+
+from conductor.boards import taskflow_internals as internals
+from conductor.boards.base import JOB_NAME, Board, Claim, job_created, job_details
+from conductor.boards.taskflow_board import TaskflowBoard, board_errors
+from persistence import notify
+from persistence.models import utcnow
+
+LOG = logging.getLogger(__name__)
+
+# Compare-and-extend: a claim's expiry is extended only while we own it.
+_EXTEND_IF_OWNER = """
+if redis.call("get", KEYS[1]) == ARGV[1] then
+    return redis.call("pexpire", KEYS[1], ARGV[2])
+end
+return 0
+"""
+
+
+class RedisBoard(TaskflowBoard):
+    def __init__(self, board: impl_redis.RedisJobBoard, who: str, claim_expiry: float) -> None:
+        super().__init__(board, who, claim_expiry)
+        self._extend = self.client.register_script(_EXTEND_IF_OWNER)
+        # Pub/sub channels of the wake-ups (conductor/wakeups.py), in the board's namespace.
+        self.channels = {name: board.join(name) for name in notify.CHANNELS}
+
+    @property
+    def client(self) -> Any:
+        """The board's Redis client (taskflow makes a new one on each connect)."""
+        return internals.redis_client(self.board)
+
+    def post_missing(self, ops: list[tuple[str, dt.datetime]]) -> None:
+        Board.post_missing(self, ops)  # posting is idempotent here, one round trip each
+
+    def post(self, op_id: str, created_at: dt.datetime) -> None:
+        b = self.board
+        posting = jobs_base.format_posting(op_id, JOB_NAME, created_on=utcnow(),
+                                           details=job_details(op_id, created_at))
+        with board_errors():
+            posting["sequence"] = self.client.incr(b.sequence_key)
+            self.client.hsetnx(b.listings_key, op_id.encode(), internals.redis_encode(b, posting))
+            self.client.publish(self.channels[notify.JOBS], op_id)
+
+    def consume(self, claim: Claim) -> None:
+        super().consume(claim)
+        self._announce(notify.ENDED, claim.op_id)
+
+    def release(self, claim: Claim) -> None:
+        super().release(claim)
+        self._announce(notify.JOBS, claim.op_id)  # free again: another conductor may take it
+
+    def _announce(self, channel: str, op_id: str) -> None:
+        try:
+            with board_errors():
+                self.client.publish(self.channels[channel], op_id)
+        except tf_exc.JobFailure as e:  # receivers poll too: a lost notice only delays them
+            LOG.info("operation %s: %s not announced on the jobboard: %s", op_id, channel, e)
+
+    def _unclaimed(self) -> list[Any]:
+        with board_errors():
+            jobs = internals.redis_jobs(self.board)
+            pipe = self.client.pipeline(transaction=False)
+            for j in jobs:
+                pipe.exists(j.owner_key)
+            owned = pipe.execute()
+        return [j for j, o in zip(jobs, owned, strict=True) if not o]
+
+    def heartbeat(self, claim: Claim) -> bool:
+        """Extend our claim; after a Redis restart lost it, post and claim it again."""
+        job, ms = claim.job, int(self.expiry * 1000)
+        with board_errors():
+            if self._extend(keys=[job.owner_key], args=[self.who.encode(), ms]):
+                return True
+            if self.client.get(job.owner_key) is not None:
+                return False  # someone else holds it now
+            self.post(claim.op_id, job_created(job.details))
+            try:
+                self.board.claim(job, self.who, expiry=self.expiry)
+            except (tf_exc.UnclaimableJob, tf_exc.NotFound):
+                return False
+        LOG.warning("claim on operation %s had vanished (Redis restarted?); claimed again", claim.op_id)
+        return True
