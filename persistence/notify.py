@@ -26,7 +26,7 @@ from collections.abc import Callable
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 LOG = logging.getLogger(__name__)
 
@@ -47,7 +47,13 @@ def announce(s: Session, channel: str, op_id: str) -> None:
     s.info.setdefault(_PENDING, []).append((channel, op_id))
 
 
-@event.listens_for(Session, "after_commit")
+def attach(sessions: sessionmaker[Session]) -> None:
+    """Deliver the announcements of these sessions' commits (persistence.session.Database
+    calls it for its session factory; nothing is registered by importing this module)."""
+    event.listen(sessions, "after_commit", _deliver_locally)
+    event.listen(sessions, "after_soft_rollback", _forget)
+
+
 def _deliver_locally(s: Session) -> None:
     pending = s.info.pop(_PENDING, None)
     if pending:
@@ -56,7 +62,6 @@ def _deliver_locally(s: Session) -> None:
             hub.deliver(channel, op_id)
 
 
-@event.listens_for(Session, "after_soft_rollback")
 def _forget(s: Session, _previous: object) -> None:
     s.info.pop(_PENDING, None)
 

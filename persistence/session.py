@@ -16,6 +16,7 @@ from sqlalchemy import event, exc as sa_exc
 from sqlalchemy.engine import CursorResult, Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from persistence import notify
 from persistence.errors import DatabaseMissing, DatabaseUnreachable
 
 
@@ -156,6 +157,7 @@ class Database:
         self.engine = create_engine(url, pool_size=pool_size, connect_timeout=connect_timeout,
                                     create=create)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        notify.attach(self._sessions)  # wake-up notices leave with the commit
 
     @property
     def dialect(self) -> str:

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Static checks CI runs before the tests: ruff's lint rules (pyproject.toml,
-# [tool.ruff]) and mypy's type check ([tool.mypy]). Needs scripts/setup.sh.
+# [tool.ruff]), mypy's type check ([tool.mypy]) and the import-cycle check
+# (scripts/import_cycles.py). Needs scripts/setup.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 .venv/bin/ruff check .
 .venv/bin/mypy
+.venv/bin/python scripts/import_cycles.py  # no module-level import cycle between our modules
