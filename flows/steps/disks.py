@@ -19,11 +19,16 @@ class EnsureBaseImage(Step):
         return runtime.current().driver_for(host).ensure_base_image(Image(**image))
 
 
+#: Step names spelled out so a search for one finds where it is made.
+CREATE_DISK_STEP = {DiskKind.ROOT: "create_root_disk", DiskKind.EPHEMERAL: "create_ephemeral_disk",
+                    DiskKind.SWAP: "create_swap_disk"}
+
+
 class CreateDisk(Step):
     """Create one disk of the flavor; revert deletes it (found by instance + kind)."""
 
     def __init__(self, kind: DiskKind, size_mb: int, **kw: Any) -> None:
-        super().__init__(name=f"create_{kind.value}_disk", provides=f"{kind.value}_disk", **kw)
+        super().__init__(name=CREATE_DISK_STEP[kind], provides=f"{kind.value}_disk", **kw)
         self.kind = kind
         self.size_mb = size_mb
 

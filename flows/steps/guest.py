@@ -18,6 +18,11 @@ from persistence import instances
 
 _POLL_S = 0.2
 #: The guest's power state once a power action is done (probed by recovery).
+#: Each power action's step, spelled out so a search for the name finds it.
+_ACTION_STEP = {"power_on": "power_on_guest", "power_off": "power_off_guest",
+                "pause": "pause_guest", "unpause": "unpause_guest",
+                "suspend": "suspend_guest", "resume": "resume_guest",
+                "soft_delete": "soft_delete_guest", "restore": "restore_guest"}
 _POWER_AFTER = {"power_on": "running", "power_off": "shutdown", "pause": "paused",
                 "unpause": "running", "suspend": "suspended", "resume": "running",
                 "soft_delete": "shutdown", "restore": "running"}
@@ -126,7 +131,7 @@ class GuestAction(Step):
     """
 
     def __init__(self, action: str, undo: str | None, **kw: Any) -> None:
-        super().__init__(name=f"{action}_guest", **kw)
+        super().__init__(name=_ACTION_STEP[action], **kw)
         self.action = action
         self.undo = undo
         self.probe_guest = _POWER_AFTER.get(action)

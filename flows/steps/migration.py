@@ -208,12 +208,17 @@ class ReleaseSourceClaims(ReleaseClaims):
                     raise InsufficientCapacity(host, "cannot give the instance its claim back")
 
 
+#: Step names spelled out so a search for one finds where it is made.
+REUSE_DISK_STEP = {DiskKind.ROOT: "reuse_root_disk", DiskKind.EPHEMERAL: "reuse_ephemeral_disk",
+                   DiskKind.SWAP: "reuse_swap_disk"}
+
+
 class ReuseSharedDisk(Step):
     """Evacuate on shared storage: the disk is already there; register it with
     the destination (create_disk is create-if-absent) instead of re-creating it."""
 
     def __init__(self, kind: DiskKind, size_mb: int, **kw: Any) -> None:
-        super().__init__(name=f"reuse_{kind.value}_disk", provides=f"{kind.value}_disk", **kw)
+        super().__init__(name=REUSE_DISK_STEP[kind], provides=f"{kind.value}_disk", **kw)
         self.kind = kind
         self.size_mb = size_mb
 
