@@ -3,10 +3,25 @@ from __future__ import annotations
 
 from typing import Any
 
+from sqlalchemy.orm import Session
+
 from flows import runtime
 from flows.errors import InstanceLocked
 from flows.steps.base import Step
 from persistence import instances
+
+
+def hold_or_refuse(s: Session, instance_uuid: str, operation_id: str) -> None:
+    """Hold the instance for this operation, or raise InstanceLocked naming the holder.
+
+    Also how a revert of a step that released the hold takes it back: the
+    earlier steps' reverts only touch an instance this operation holds. If
+    another operation grabbed it meanwhile, reverting under it would be
+    wrong: the revert fails and an operator decides.
+    """
+    holder = instances.take_hold(s, instance_uuid, operation_id)
+    if holder is not None:
+        raise InstanceLocked(instance_uuid, holder)
 
 
 class TakeHold(Step):
@@ -25,9 +40,7 @@ class TakeHold(Step):
 
     def execute(self, operation_id: str, instance_uuid: str) -> None:
         with runtime.current().db.session() as s:
-            holder = instances.take_hold(s, instance_uuid, operation_id)
-            if holder is not None:
-                raise InstanceLocked(instance_uuid, holder)
+            hold_or_refuse(s, instance_uuid, operation_id)
             instances.update_if_held(s, instance_uuid, operation_id, task_state=self.task_state)
 
     def revert(self, operation_id: str, instance_uuid: str, prior_vm_state: str | None = None,
@@ -51,14 +64,8 @@ class MarkActive(Step):
                                    power_state="running", task_state=None, host=host)
 
     def revert(self, operation_id: str, instance_uuid: str, **_: object) -> None:
-        # The hold may already be released: take it back so that the earlier
-        # steps' reverts (which only touch an instance this operation holds)
-        # can run. If another operation grabbed it meanwhile, reverting under
-        # it would be wrong: fail the revert and leave it to an operator.
         with runtime.current().db.session() as s:
-            holder = instances.take_hold(s, instance_uuid, operation_id)
-            if holder is not None:
-                raise InstanceLocked(instance_uuid, holder)
+            hold_or_refuse(s, instance_uuid, operation_id)
             instances.update_if_held(s, instance_uuid, operation_id, vm_state="building",
                                      task_state="spawning")
 
@@ -91,11 +98,8 @@ class MarkState(Step):
 
     def revert(self, operation_id: str, instance_uuid: str, prior_vm_state: str,
                prior_power_state: str, **_: object) -> None:
-        # As MarkActive.revert: take the hold back for the earlier reverts.
         with runtime.current().db.session() as s:
-            holder = instances.take_hold(s, instance_uuid, operation_id)
-            if holder is not None:
-                raise InstanceLocked(instance_uuid, holder)
+            hold_or_refuse(s, instance_uuid, operation_id)
             instances.update_if_held(s, instance_uuid, operation_id, vm_state=prior_vm_state,
                                      power_state=prior_power_state)
 
@@ -125,10 +129,7 @@ class FinishOperation(Step):
 
     def revert(self, operation_id: str, instance_uuid: str, prior_vm_state: str,
                prior_power_state: str, prior_columns: dict[str, Any] | None = None, **_: object) -> None:
-        # As MarkActive.revert: take the hold back for the earlier reverts.
         with runtime.current().db.session() as s:
-            holder = instances.take_hold(s, instance_uuid, operation_id)
-            if holder is not None:
-                raise InstanceLocked(instance_uuid, holder)
+            hold_or_refuse(s, instance_uuid, operation_id)
             instances.update_if_held(s, instance_uuid, operation_id, vm_state=prior_vm_state,
                                      power_state=prior_power_state, **(prior_columns or {}))
