@@ -12,6 +12,7 @@ import logging
 from typing import TYPE_CHECKING
 
 
+from computeflow.states import VmState
 from flows.errors import InstanceLocked, InvalidState, NotFound, OperationError
 from flows.steps.migration import destroy_guest
 from persistence import hosts, instances
@@ -91,7 +92,7 @@ def due_for_confirm(c: Conductor, now: dt.datetime | None = None) -> list[str]:
         return []
     cutoff = (now or utcnow()) - dt.timedelta(seconds=window)
     with c.db.session() as s:
-        rows = [i for i in instances.list_live(s) if i.vm_state == "resized" and i.held_by is None]
+        rows = [i for i in instances.list_live(s) if i.vm_state == VmState.RESIZED and i.held_by is None]
         stamps = {i.uuid: ((i.system_metadata or {}).get("migration") or {}).get("resized_at")
                   for i in rows}
     return [u for u, at in stamps.items() if at and dt.datetime.fromisoformat(at) <= cutoff]

@@ -43,6 +43,7 @@ from dataclasses import asdict, dataclass, field
 
 import sqlalchemy as sa
 
+from computeflow.states import VmState
 from conductor import ownership
 from conductor.handle import OperationTimeout
 from drivers.base import Held, HeldResource, HostReport, PowerState
@@ -236,7 +237,7 @@ def _instance_findings(inst: Instance, indexed: dict[str, dict[str | None, list[
                 found.append(Finding("guest-misplaced", home, uuid, "no guest here, but "
                                      f"{', '.join(guests_elsewhere)} has one", uuid, name,
                                      fix="left for an operator: which copy is the instance?"))
-            elif inst.vm_state != "error" or inst.power_state != PowerState.NOSTATE.value:
+            elif inst.vm_state != VmState.ERROR or inst.power_state != PowerState.NOSTATE.value:
                 found.append(Finding("guest-missing", home, uuid, f"{inst.vm_state} in the "
                                      "database, no guest on any host", uuid, name,
                                      act("mark_guest_missing", home), "show it in error"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import TYPE_CHECKING
 
+from computeflow.states import VmState
 from conductor.runner import REVERT_FAILED_MARK, StepEvent
 from persistence.flowlog import StepSummary
 from persistence.models import FlowLogEntry, Host, Instance, InstanceEvent, Operation
@@ -322,7 +323,7 @@ def outcome_text(op: Operation, inst: Instance | None, left_behind: list = ()) -
     the commands that repair it."""
     line = f"{op.kind} {op.state}" + (" and needs repair" if op.state == "FAILED" else "")
     if inst is not None:
-        is_ = "is in" if inst.vm_state == "error" else "is"
+        is_ = "is in" if inst.vm_state == VmState.ERROR else "is"
         line += f": instance {inst.name} ({inst.uuid}) {is_} {inst.vm_state}"
         if inst.host:
             line += f" on {inst.host}"

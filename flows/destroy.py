@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 from taskflow import retry
 from taskflow.patterns import linear_flow
 
+from computeflow.states import TaskState, VmState
 from flows import runtime
 from flows.steps.disks import DeleteInstanceFiles
 from flows.steps.guest import PowerOffGuest, UndefineGuest
@@ -54,7 +55,7 @@ def build(*, host: str | None, vifs: list[dict[str, Any]], **_params: object) ->
         )
     forward.add(MarkDeleted())
     return linear_flow.Flow("destroy").add(
-        TakeHold(task_state="deleting", revert_vm_state="error"),
+        TakeHold(task_state=TaskState.DELETING, revert_vm_state=VmState.ERROR),
         forward,
     )
 

@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 from taskflow.patterns import linear_flow
 
+from computeflow.states import TaskState
 from flows import prepare as p
 from flows.errors import InvalidRequest
 from flows.steps.devices import (AttachInterface, AttachVolume, DetachInterface, DetachVolume,
@@ -28,11 +29,11 @@ from persistence.models import Instance
 VERSION = 1
 
 STEPS = {
-    "attach_volume": (AttachVolume, "attaching_volume"),
-    "detach_volume": (DetachVolume, "detaching_volume"),
-    "swap_volume": (SwapVolume, "swapping_volume"),
-    "attach_interface": (AttachInterface, "attaching_interface"),
-    "detach_interface": (DetachInterface, "detaching_interface"),
+    "attach_volume": (AttachVolume, TaskState.ATTACHING_VOLUME),
+    "detach_volume": (DetachVolume, TaskState.DETACHING_VOLUME),
+    "swap_volume": (SwapVolume, TaskState.SWAPPING_VOLUME),
+    "attach_interface": (AttachInterface, TaskState.ATTACHING_INTERFACE),
+    "detach_interface": (DetachInterface, TaskState.DETACHING_INTERFACE),
 }
 
 

@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 from taskflow.patterns import linear_flow
 
 import drivers
+from computeflow.states import TaskState
 from drivers.errors import DriverError
 from flows import placement, prepare as p, runtime
 from flows.errors import InvalidRequest
@@ -90,7 +91,7 @@ def build(*, flavor: FlavorParams, vifs: list[dict[str, Any]], shared_storage: b
         disks = [EnsureBaseImage(rebind=_AT_DEST),
                  *[CreateDisk(kind, size, rebind=_AT_DEST) for kind, size in plan]]
     flow = linear_flow.Flow("evacuate").add(
-        TakeHold(task_state="rebuilding"),
+        TakeHold(task_state=TaskState.REBUILDING),
         ClaimDestination(),
         *disks,
         *[PlugVif(i, vif, rebind=_AT_DEST) for i, vif in enumerate(vifs)],

@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 from taskflow.patterns import linear_flow
 
+from computeflow.states import TaskState
 from flows import prepare as p
 from flows.errors import InvalidRequest
 from flows.steps.agent import InjectFile, SetAdminPassword, UpdateGuestMetadata
@@ -22,9 +23,9 @@ from persistence.models import Instance
 VERSION = 1
 
 STEPS = {
-    "set_admin_password": (SetAdminPassword, "updating_password"),
-    "inject_file": (InjectFile, "injecting_file"),
-    "change_metadata": (UpdateGuestMetadata, "updating_metadata"),
+    "set_admin_password": (SetAdminPassword, TaskState.UPDATING_PASSWORD),
+    "inject_file": (InjectFile, TaskState.INJECTING_FILE),
+    "change_metadata": (UpdateGuestMetadata, TaskState.UPDATING_METADATA),
 }
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from taskflow.patterns import linear_flow
 
+from computeflow.states import TaskState, VmState
 from flows.steps.guest import GuestAction, RebootGuest, WaitRunning
 from flows.steps.instance import MarkState, TakeHold
 
@@ -28,15 +29,15 @@ class Transition:
 
 
 TRANSITIONS: dict[str, Transition] = {
-    "power_off": Transition("power_on", "powering-off", "stopped", "shutdown"),
-    "power_on": Transition("power_off", "powering-on", "active", "running", wait_running=True),
-    "pause": Transition("unpause", "pausing", "paused", "paused"),
-    "unpause": Transition("pause", "unpausing", "active", "running"),
-    "suspend": Transition("resume", "suspending", "suspended", "suspended"),
-    "resume": Transition("suspend", "resuming", "active", "running", wait_running=True),
-    "soft_delete": Transition("restore", "soft-deleting", "soft_deleted", "shutdown"),
-    "restore": Transition("soft_delete", "restoring", "active", "running", wait_running=True),
-    "reboot": Transition(None, "rebooting", "active", "running", wait_running=True),
+    "power_off": Transition("power_on", TaskState.POWERING_OFF, VmState.STOPPED, "shutdown"),
+    "power_on": Transition("power_off", TaskState.POWERING_ON, VmState.ACTIVE, "running", wait_running=True),
+    "pause": Transition("unpause", TaskState.PAUSING, VmState.PAUSED, "paused"),
+    "unpause": Transition("pause", TaskState.UNPAUSING, VmState.ACTIVE, "running"),
+    "suspend": Transition("resume", TaskState.SUSPENDING, VmState.SUSPENDED, "suspended"),
+    "resume": Transition("suspend", TaskState.RESUMING, VmState.ACTIVE, "running", wait_running=True),
+    "soft_delete": Transition("restore", TaskState.SOFT_DELETING, VmState.SOFT_DELETED, "shutdown"),
+    "restore": Transition("soft_delete", TaskState.RESTORING, VmState.ACTIVE, "running", wait_running=True),
+    "reboot": Transition(None, TaskState.REBOOTING, VmState.ACTIVE, "running", wait_running=True),
 }
 
 

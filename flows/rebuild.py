@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 from taskflow.patterns import linear_flow
 
+from computeflow.states import TaskState, VmState
 from flows import prepare as p
 from flows.errors import NotFound
 from flows.steps.disks import EnsureBaseImage
@@ -35,9 +36,9 @@ def prepare(s: Session, inst: Instance, values: dict[str, Any], op_id: str) -> d
 
 def build(**_params: object) -> linear_flow.Flow:
     return linear_flow.Flow("rebuild").add(
-        TakeHold(task_state="rebuilding"),
+        TakeHold(task_state=TaskState.REBUILDING),
         EnsureBaseImage(rebind={"image": "new_image"}),
         RebuildGuest(),
         WaitRunning(),
-        FinishOperation("active", "running"),
+        FinishOperation(VmState.ACTIVE, "running"),
     )

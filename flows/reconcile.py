@@ -17,6 +17,7 @@ from typing import Any
 from taskflow import retry
 from taskflow.patterns import linear_flow
 
+from computeflow.states import TaskState
 from flows import runtime
 from flows.steps.instance import TakeHold
 from flows.steps.reconcile import ACTIONS, ReleaseHeldInstance
@@ -46,7 +47,7 @@ def build(*, actions: list[dict[str, Any]], holds_instance: bool = False, **_par
         forward.add(ACTIONS[action["action"]](name, action))
     flow = linear_flow.Flow("reconcile")
     if holds_instance:
-        flow.add(TakeHold(task_state="reconciling"))
+        flow.add(TakeHold(task_state=TaskState.RECONCILING))
     flow.add(forward)
     if holds_instance:
         flow.add(ReleaseHeldInstance())

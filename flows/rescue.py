@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 from taskflow.patterns import linear_flow
 
+from computeflow.states import TaskState, VmState
 from flows import prepare as p
 from flows.steps.guest import WaitRunning
 from flows.steps.guest_modes import RescueGuest, UnrescueGuest
@@ -38,14 +39,14 @@ def prepare_unrescue(s: Session, inst: Instance, values: dict[str, Any], op_id: 
 def build(*, operation: str, **_params: object) -> linear_flow.Flow:
     if operation == "rescue":
         return linear_flow.Flow("rescue").add(
-            TakeHold(task_state="rescuing"),
+            TakeHold(task_state=TaskState.RESCUING),
             RescueGuest(),
             WaitRunning(),
-            FinishOperation("rescued", "running"),
+            FinishOperation(VmState.RESCUED, "running"),
         )
     return linear_flow.Flow("unrescue").add(
-        TakeHold(task_state="unrescuing"),
+        TakeHold(task_state=TaskState.UNRESCUING),
         UnrescueGuest(),
         WaitRunning(),
-        FinishOperation("active", "running"),
+        FinishOperation(VmState.ACTIVE, "running"),
     )

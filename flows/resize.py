@@ -27,6 +27,7 @@ from sqlalchemy.orm import Session
 from taskflow import retry
 from taskflow.patterns import linear_flow
 
+from computeflow.states import TaskState, VmState
 from flows import placement, prepare as p, runtime
 from flows.errors import InvalidRequest
 from flows.params import ClaimRow, FlavorParams
@@ -118,7 +119,7 @@ def _settle(inst: Instance, verb: str, status: str) -> dict[str, Any]:
                              f"did not finish; run {started}-resize again instead")
     rest = {k: v for k, v in meta.items() if k != "migration"}
     if verb == "confirm":
-        end = ("active" if inst.power_state == "running" else "stopped", inst.power_state)
+        end = (VmState.ACTIVE if inst.power_state == "running" else VmState.STOPPED, inst.power_state)
         columns = p.columns(inst, system_metadata=rest)
     else:
         end = (mig["vm_state"], mig["power_state"])
@@ -136,7 +137,7 @@ def build(*, operation: str, vifs: list[dict[str, Any]] | None = None, power_on:
     vifs = vifs or []
     if operation in ("resize", "migrate"):
         flow = linear_flow.Flow(operation).add(
-            TakeHold(task_state="resize_migrating"),
+            TakeHold(task_state=TaskState.RESIZE_MIGRATING),
             ClaimDestination(),
             MigrateDiskAndPowerOff(),
             *[PlugVif(i, vif, rebind=_AT_DEST) for i, vif in enumerate(vifs)],
@@ -148,10 +149,10 @@ def build(*, operation: str, vifs: list[dict[str, Any]] | None = None, power_on:
     if end_state is None:
         raise ValueError(f"{operation} needs end_state: the states the resize recorded")
     if operation == "confirm_resize":
-        return _forward_only(operation, "resize_confirming", end_state,
+        return _forward_only(operation, TaskState.RESIZE_CONFIRMING, end_state,
                              ConfirmMigration(),
                              ReleaseClaims("release_source_claims", "source_claims"))
-    return _forward_only(operation, "resize_reverting", end_state,
+    return _forward_only(operation, TaskState.RESIZE_REVERTING, end_state,
                          DestroyOnDestination(),
                          UnplugVifs([v["id"] for v in vifs], rebind=_AT_DEST),
                          FinishRevertMigration(),
@@ -163,7 +164,7 @@ def _forward_only(name: str, task_state: str, end_state: list[str], *steps: Step
     earlier one: after a revert in place, destroying "the destination" again
     would destroy the restored guest), then mark_done."""
     attempts = runtime.current().conf.forward_retries
-    flow = linear_flow.Flow(name).add(TakeHold(task_state=task_state, revert_vm_state="error"))
+    flow = linear_flow.Flow(name).add(TakeHold(task_state=task_state, revert_vm_state=VmState.ERROR))
     for step in (*steps, FinishOperation(*end_state)):
         flow.add(linear_flow.Flow(f"{step.name}_retried",
                                   retry=retry.Times(attempts, name=f"retry_{step.name}")).add(step))

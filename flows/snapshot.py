@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 from taskflow.patterns import linear_flow
 
+from computeflow.states import TaskState
 from flows import runtime
 from flows.errors import InvalidRequest
 from flows.steps.images import RegisterImage, SnapshotGuest
@@ -38,7 +39,7 @@ def prepare(s: Session, inst: Instance, values: dict[str, Any], op_id: str) -> d
 
 def build(**_params: object) -> linear_flow.Flow:
     return linear_flow.Flow("snapshot").add(
-        TakeHold(task_state="image_snapshot"),
+        TakeHold(task_state=TaskState.IMAGE_SNAPSHOT),
         SnapshotGuest(),
         RegisterImage(),
         FinishOperation(),

@@ -16,6 +16,7 @@ from typing import Any
 
 from taskflow.patterns import linear_flow, unordered_flow
 
+from computeflow.states import TaskState, VmState
 from drivers.base import DiskKind
 from flows.params import FlavorParams
 from flows.steps.disks import CreateDisk, EnsureBaseImage
@@ -50,7 +51,7 @@ def build(*, flavor: FlavorParams, vifs: list[dict[str, Any]], **_params: object
         prepare.add(PlugVif(i, vif))
 
     return linear_flow.Flow("spawn").add(
-        TakeHold(task_state="spawning", revert_vm_state="error"),
+        TakeHold(task_state=TaskState.SPAWNING, revert_vm_state=VmState.ERROR),
         ClaimResources(),
         prepare,
         WaitVifPlugged([v["id"] for v in vifs]),

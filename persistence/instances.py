@@ -6,6 +6,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from computeflow.states import TaskState, VmState
 from persistence.models import Instance
 from persistence.session import changed
 
@@ -13,7 +14,7 @@ from persistence.session import changed
 def create(s: Session, uuid: str, name: str, flavor: str, image: str, held_by: str | None,
            vifs: list[dict[str, Any]]) -> Instance:
     inst = Instance(uuid=uuid, name=name, live_marker="", flavor=flavor, image=image, vifs=vifs,
-                    vm_state="building", power_state="nostate", task_state="scheduling",
+                    vm_state=VmState.BUILDING, power_state="nostate", task_state=TaskState.SCHEDULING,
                     held_by=held_by)
     s.add(inst)
     return inst
@@ -76,7 +77,7 @@ def release_hold(s: Session, uuid: str, operation_id: str, **changes: Any) -> No
 def show_failed(s: Session, operation_id: str) -> None:
     """The instance this (FAILED) operation holds shows `error`, no task."""
     s.execute(sa.update(Instance).where(Instance.held_by == operation_id)
-              .values(vm_state="error", task_state=None))
+              .values(vm_state=VmState.ERROR, task_state=None))
 
 
 def update_if_held(s: Session, uuid: str, operation_id: str, **changes: Any) -> bool:
@@ -107,6 +108,6 @@ def sync_power_state(s: Session, uuid: str, host: str, power_state: str) -> bool
     """
     base = sa.update(Instance).where(Instance.uuid == uuid, Instance.host == host,
                                      Instance.held_by.is_(None))
-    vm_state = (sa.case((Instance.vm_state == "active", "stopped"), else_=Instance.vm_state)
+    vm_state = (sa.case((Instance.vm_state == VmState.ACTIVE, VmState.STOPPED), else_=Instance.vm_state)
                 if power_state in STOPPED_BY_ITSELF else Instance.vm_state)
     return changed(s, base.values(power_state=power_state, vm_state=vm_state)) == 1

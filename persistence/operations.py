@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 from taskflow import states as _tf_states
 
+from computeflow.states import VmState
 from persistence import claims, host_slots, instances, notify
 from persistence.errors import PersistenceError
 from persistence.models import (FLOW_STEP, TASKFLOW_TABLES, Claim, FlowLogEntry, Instance,
@@ -317,7 +318,7 @@ def _cancel_pending(s: Session, op: Operation, by: str, now: dt.datetime,
         params = op.parameters or {}
         restore = ({"vm_state": params["prior_vm_state"],
                     "power_state": params.get("prior_power_state") or "nostate"}
-                   if params.get("prior_vm_state") else {"vm_state": "error"})  # a spawn: as reverted
+                   if params.get("prior_vm_state") else {"vm_state": VmState.ERROR})  # a spawn: as reverted
         instances.release_hold(s, op.instance_uuid, op.id, task_state=None, **restore)
     s.execute(sa.delete(Secret).where(Secret.operation_id == op.id))
     host_slots.forget(s, op.id)  # it may have waited in line for a host slot
@@ -407,7 +408,7 @@ def mark_reverted(s: Session, op_id: str, by: str, note: str | None = None) -> O
                          error=f"{op.error or 'failed'}; {text}")) != 1:
         raise Refused(f"operation {op.id} changed meanwhile (another operator?): look again")
     if op.instance_uuid:
-        instances.release_hold(s, op.instance_uuid, op.id, task_state=None, vm_state="error")
+        instances.release_hold(s, op.instance_uuid, op.id, task_state=None, vm_state=VmState.ERROR)
     for c in s.scalars(sa.select(Claim).where(Claim.operation_id == op.id)).all():
         claims.release(s, op.id, c.host)
     fd = TASKFLOW_TABLES.flowdetails

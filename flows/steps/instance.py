@@ -5,6 +5,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from computeflow.states import TaskState, VmState
 from flows import runtime
 from flows.errors import InstanceLocked
 from flows.steps.base import Step
@@ -60,14 +61,14 @@ class MarkActive(Step):
 
     def execute(self, operation_id: str, instance_uuid: str, host: str) -> None:
         with runtime.current().db.session() as s:
-            instances.release_hold(s, instance_uuid, operation_id, vm_state="active",
+            instances.release_hold(s, instance_uuid, operation_id, vm_state=VmState.ACTIVE,
                                    power_state="running", task_state=None, host=host)
 
     def revert(self, operation_id: str, instance_uuid: str, **_: object) -> None:
         with runtime.current().db.session() as s:
             hold_or_refuse(s, instance_uuid, operation_id)
-            instances.update_if_held(s, instance_uuid, operation_id, vm_state="building",
-                                     task_state="spawning")
+            instances.update_if_held(s, instance_uuid, operation_id, vm_state=VmState.BUILDING,
+                                     task_state=TaskState.SPAWNING)
 
 
 class MarkDeleted(Step):
@@ -78,7 +79,7 @@ class MarkDeleted(Step):
 
     def execute(self, operation_id: str, instance_uuid: str) -> None:
         with runtime.current().db.session() as s:
-            instances.release_hold(s, instance_uuid, operation_id, vm_state="deleted",
+            instances.release_hold(s, instance_uuid, operation_id, vm_state=VmState.DELETED,
                                    power_state="nostate", task_state=None, host=None,
                                    live_marker=instance_uuid)
 

@@ -17,6 +17,7 @@ import inspect
 import logging
 from typing import Any
 
+from computeflow.states import TaskState, VmState
 from drivers.base import ComputeDriver
 from drivers.errors import DriverError, GuestNotFound
 from flows import runtime
@@ -43,7 +44,7 @@ class HoldForMigration(TakeHold):
     """take_hold; its revert leaves ERROR if the switch-over had happened."""
 
     def __init__(self, **kw: Any) -> None:
-        super().__init__(task_state="migrating", **kw)
+        super().__init__(task_state=TaskState.MIGRATING, **kw)
 
     # taskflow passes every argument by name from the flow's store: the extra
     # `destination` is no Liskov hazard here.
@@ -53,7 +54,7 @@ class HoldForMigration(TakeHold):
         if switched_over(instance_uuid, destination):
             with runtime.current().db.session() as s:
                 instances.release_hold(s, instance_uuid, operation_id, task_state=None,
-                                       vm_state="error")
+                                       vm_state=VmState.ERROR)
             return
         # TakeHold's own revert, without passing its fault checkpoints a second time.
         inspect.unwrap(TakeHold.revert)(self, operation_id=operation_id, instance_uuid=instance_uuid,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
+from computeflow.states import VmState
 from drivers.base import DiskKind, DiskSpec, Flavor, Held
 from drivers.errors import GuestNotFound, NotSupported
 from flows import runtime
@@ -139,7 +140,7 @@ class MarkResized(FinishOperation):
     and stamp when, for the auto-confirm window."""
 
     def __init__(self, **kw: Any) -> None:
-        super().__init__(vm_state="resized", **kw)
+        super().__init__(vm_state=VmState.RESIZED, **kw)
 
     def execute(self, operation_id: str, instance_uuid: str, prior_vm_state: str,
                 prior_power_state: str, set_columns: dict[str, Any] | None = None) -> None:

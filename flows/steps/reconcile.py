@@ -19,6 +19,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import orm
 
+from computeflow.states import VmState
 from drivers.base import ComputeDriver, PowerState, Vif
 from drivers.errors import GuestNotFound
 from flows import runtime
@@ -30,10 +31,10 @@ from persistence.models import Claim, Host, Instance, Operation
 
 #: vm_state that follows a power state the hypervisor reports, for the
 #: vm_states that only mean "how the guest runs" (others keep theirs).
-_VM_STATE_OF_POWER = {PowerState.RUNNING: "active", PowerState.SHUTDOWN: "stopped",
-                      PowerState.CRASHED: "stopped", PowerState.PAUSED: "paused",
-                      PowerState.SUSPENDED: "suspended"}
-_POWER_DRIVEN_VM_STATES = frozenset({"active", "stopped", "paused", "suspended"})
+_VM_STATE_OF_POWER = {PowerState.RUNNING: VmState.ACTIVE, PowerState.SHUTDOWN: VmState.STOPPED,
+                      PowerState.CRASHED: VmState.STOPPED, PowerState.PAUSED: VmState.PAUSED,
+                      PowerState.SUSPENDED: VmState.SUSPENDED}
+_POWER_DRIVEN_VM_STATES = frozenset({VmState.ACTIVE, VmState.STOPPED, VmState.PAUSED, VmState.SUSPENDED})
 
 
 def vm_state_for(vm_state: str, power: PowerState) -> str:
@@ -140,11 +141,11 @@ class RestoreKeptCopy(_OnHeldInstance):
         with contextlib.suppress(GuestNotFound):
             drv.get_info(uuid)
             return self.record(operation_id, "reconcile:restored", PowerState.SHUTDOWN,
-                               vm_state="stopped", power_state=PowerState.SHUTDOWN.value)
+                               vm_state=VmState.STOPPED, power_state=PowerState.SHUTDOWN.value)
         drv.finish_revert_migration(uuid, power_on=False)
         power = drv.get_info(uuid).state
         self.record(operation_id, "reconcile:restored", power,
-                    vm_state=_VM_STATE_OF_POWER.get(power, "stopped"), power_state=power.value)
+                    vm_state=_VM_STATE_OF_POWER.get(power, VmState.STOPPED), power_state=power.value)
 
 
 class RecordPowerState(_OnHeldInstance):
@@ -176,7 +177,7 @@ class MarkGuestMissing(_OnHeldInstance):
         except GuestNotFound:
             pass
         self.record(operation_id, "reconcile:guest-missing", None,
-                    vm_state="error", power_state=PowerState.NOSTATE.value)
+                    vm_state=VmState.ERROR, power_state=PowerState.NOSTATE.value)
 
 
 class ReleaseStaleClaim(ReconcileStep):

@@ -14,8 +14,8 @@ from conductor.api import Conductor
 from persistence import instances, operations
 from persistence.models import Claim, FlowLogEntry, Host, Operation
 from tests.conftest import run_cli, write_conf
-from tests.integration import resume_plan
 from tests.flows.test_spawn import SPAWN_STEPS
+from tests.integration.crash import fault_conf, kill_then_resume
 
 pytestmark = pytest.mark.integration
 
@@ -25,22 +25,18 @@ REVERT_CASES = [(s, w) for s in SPAWN_STEPS for w in ("before", "after")]
 
 
 def _setup(tmp_path, url, faults: list[str]):
+    """(crash, calm) configurations over one state directory, with host h1."""
     state = tmp_path / "state"
-    crash = write_conf(tmp_path / "crash.conf", state, url,
-                       f"[fake]\nfaults = {','.join(faults)}\n")
+    crash = write_conf(tmp_path / "crash.conf", state, url, fault_conf(faults))
     calm = write_conf(tmp_path / "calm.conf", state, url)
     assert run_cli(calm, "hosts", "add", "h1", "--vcpus", "8", "--ram-mb", "16384",
                    "--disk-gb", "100").returncode == 0
     return crash, calm
 
 
-def _crash_then_resume(crash, calm) -> str:
-    died = run_cli(crash, "spawn", "vm1", "--flavor", "m1.small", "--image", "cirros")
-    assert died.returncode == -signal.SIGKILL, (died.returncode, died.stdout, died.stderr)
-    planned = resume_plan.dry_run(calm)
-    resumed = run_cli(calm, "resume", "--json")
-    assert resumed.returncode in (0, 1), resumed.stderr
-    resume_plan.assert_followed(calm, planned)
+def _crash_then_resume(tmp_path, calm, url, faults: list[str]) -> str:
+    kill_then_resume(tmp_path, calm, url, ["spawn", "vm1", "--flavor", "m1.small", "--image", "cirros"],
+                     faults, check_plan=True)
     with Conductor(config.load([str(calm)])) as c:
         with c.db.session() as s:
             (op,) = s.scalars(sa.select(Operation)).all()
@@ -71,18 +67,18 @@ def _assert_converged(calm, op_id: str, expect: str) -> None:
 
 @pytest.mark.parametrize("step,when", EXECUTE_CASES)
 def test_kill_during_execute_then_resume_finishes(tmp_path, crash_db_url, step, when):
-    crash, calm = _setup(tmp_path, crash_db_url, [f"{step}:execute:kill:{when}"])
-    op_id = _crash_then_resume(crash, calm)
+    _, calm = _setup(tmp_path, crash_db_url, [])
+    op_id = _crash_then_resume(tmp_path, calm, crash_db_url, [f"{step}:execute:kill:{when}"])
     _assert_converged(calm, op_id, operations.SUCCEEDED)
 
 
 @pytest.mark.parametrize("step,when", REVERT_CASES)
 def test_kill_during_revert_then_resume_reverts(tmp_path, crash_db_url, step, when):
-    crash, calm = _setup(tmp_path, crash_db_url,
-                         ["mark_active:execute:fail", f"{step}:revert:kill:{when}"])
+    _, calm = _setup(tmp_path, crash_db_url, [])
     # The resumed process must not succeed by re-running mark_active: it keeps
     # reverting, because the flow was already REVERTING when it died.
-    op_id = _crash_then_resume(crash, calm)
+    op_id = _crash_then_resume(tmp_path, calm, crash_db_url,
+                               ["mark_active:execute:fail", f"{step}:revert:kill:{when}"])
     _assert_converged(calm, op_id, operations.REVERTED)
 
 

@@ -7,7 +7,6 @@ On SQLite and PostgreSQL. `when=before` only, to keep the suite short: the
 after-side-effect boundaries are covered without a crash in tests/flows."""
 from __future__ import annotations
 
-import signal
 
 import pytest
 
@@ -15,7 +14,8 @@ from conductor import config
 from conductor.api import Conductor
 from flows import catalog
 from persistence import instances, operations
-from tests.conftest import run_cli, write_conf
+from tests.conftest import write_conf
+from tests.integration.crash import kill_then_resume
 from tests.flows import catalogue
 from tests.flows.test_devices_and_agent import CASES as DEVICE_CASES, resolved
 from tests.flows.test_images_and_rescue import CASES as IMAGE_CASES
@@ -63,16 +63,11 @@ def _prepare(tmp_path, url, case):
 
 
 def _crash_and_resume(tmp_path, calm, url, case, faults: list[str]):
-    crash = write_conf(tmp_path / "crash.conf", tmp_path / "state", url,
-                       f"[fake]\nfaults = {','.join(faults)}\n")
     with Conductor(config.load([str(calm)])) as c:
         with c.db.session() as s:
             uuid = instances.find_live(s, "vm1").uuid
         params = resolved(c, uuid, case)
-    died = run_cli(crash, *cli_args(case, tmp_path, params))
-    assert died.returncode == -signal.SIGKILL, (died.stdout, died.stderr)
-    resumed = run_cli(calm, "resume")
-    assert resumed.returncode in (0, 1), resumed.stderr
+    kill_then_resume(tmp_path, calm, url, cli_args(case, tmp_path, params), faults)
     c = Conductor(config.load([str(calm)]))
     with c.db.session() as s:
         (op,) = operations.listing(s, limit=1)

@@ -10,15 +10,14 @@ forward": the post-migration phase never reverts. Kills inside reverts
 """
 from __future__ import annotations
 
-import signal
 
 import pytest
 
 from conductor import config
 from conductor.api import Conductor, SpawnRequest
 from persistence import claims, instances, operations
-from tests.conftest import run_cli, write_conf
-from tests.integration import resume_plan
+from tests.conftest import write_conf
+from tests.integration.crash import kill_then_resume
 from tests.flows import catalogue
 from tests.flows.test_live_migration import STEPS
 
@@ -49,14 +48,8 @@ def _prepare(tmp_path, url):
 
 
 def _crash_and_resume(tmp_path, calm, url, faults: list[str]):
-    crash = write_conf(tmp_path / "crash.conf", tmp_path / "state", url,
-                       f"[fake]\nfaults = {','.join(faults)}\n")
-    died = run_cli(crash, "live-migration", "vm1", "--target-host", "h2")
-    assert died.returncode == -signal.SIGKILL, (died.stdout, died.stderr)
-    planned = resume_plan.dry_run(calm)
-    resumed = run_cli(calm, "resume")
-    assert resumed.returncode in (0, 1), resumed.stderr
-    resume_plan.assert_followed(calm, planned)
+    resumed = kill_then_resume(tmp_path, calm, url, ["live-migration", "vm1", "--target-host", "h2"],
+                               faults, check_plan=True)
     c = Conductor(config.load([str(calm)]))
     with c.db.session() as s:
         (op,) = operations.listing(s, limit=1)

@@ -9,14 +9,14 @@ the after-side-effect boundaries are covered without a crash in tests/flows.
 """
 from __future__ import annotations
 
-import signal
 
 import pytest
 
 from conductor import config, moves
 from conductor.api import Conductor
 from persistence import claims, flowlog, hosts, instances, operations
-from tests.conftest import run_cli, write_conf
+from tests.conftest import write_conf
+from tests.integration.crash import fault_conf, kill_then_resume
 from tests.flows import catalogue
 from tests.flows.catalogue import Case
 from tests.flows.test_evacuate import steps as evacuate_steps
@@ -45,14 +45,13 @@ for label, (_case, steps) in CASES.items():
 REVERT = [(label, "claim_destination") for label in ("resize", "migrate", "evacuate")]
 
 
-def _extra(label: str, faults: list[str] = ()) -> str:
-    shared = "shared_storage = h1+h2\n" if label == "evacuate-shared" else ""
-    return "[fake]\n" + shared + (f"faults = {','.join(faults)}\n" if faults else "")
+def _shared(label: str) -> str:
+    return "shared_storage = h1+h2\n" if label == "evacuate-shared" else ""
 
 
 def _prepare(tmp_path, url, label):
     case = CASES[label][0]
-    calm = write_conf(tmp_path / "calm.conf", tmp_path / "state", url, _extra(label))
+    calm = write_conf(tmp_path / "calm.conf", tmp_path / "state", url, fault_conf([], _shared(label)))
     with Conductor(config.load([str(calm)])) as c:
         c.add_host("h1", vcpus=8, ram_mb=16384, disk_gb=200)
         uuid = catalogue.prepare(c, Case(case.op))  # lands on h1: the only host yet
@@ -69,14 +68,10 @@ def _prepare(tmp_path, url, label):
 
 def _crash_and_resume(tmp_path, calm, url, label, faults: list[str]):
     case = CASES[label][0]
-    crash = write_conf(tmp_path / "crash.conf", tmp_path / "state", url, _extra(label, faults))
     args = [case.op.replace("_", "-"), "vm1"]
     for name, value in case.params.items():
         args += ["--" + name.replace("_", "-"), str(value)]
-    died = run_cli(crash, *args)
-    assert died.returncode == -signal.SIGKILL, (died.stdout, died.stderr)
-    resumed = run_cli(calm, "resume")
-    assert resumed.returncode in (0, 1), resumed.stderr
+    kill_then_resume(tmp_path, calm, url, args, faults, fake_extra=_shared(label))
     c = Conductor(config.load([str(calm)]))
     with c.db.session() as s:
         op = next(o for o in operations.listing(s, limit=5) if o.kind == case.op)

@@ -4,7 +4,6 @@ is SIGKILLed at every step boundary, during execute and during revert; a new
 prior one. On SQLite and PostgreSQL."""
 from __future__ import annotations
 
-import signal
 
 import pytest
 
@@ -12,7 +11,8 @@ from conductor import config
 from conductor.api import Conductor, SpawnRequest
 from flows import catalog, power
 from persistence import instances, operations
-from tests.conftest import run_cli, write_conf
+from tests.conftest import write_conf
+from tests.integration.crash import kill_then_resume
 from tests.flows.test_power import SETUP, steps_of
 
 pytestmark = pytest.mark.integration
@@ -36,10 +36,7 @@ def _prepare(tmp_path, url, op: str):
 
 
 def _crash_and_resume(tmp_path, state, calm, url, op: str, faults: list[str]) -> tuple:
-    crash = write_conf(tmp_path / "crash.conf", state, url, f"[fake]\nfaults = {','.join(faults)}\n")
-    died = run_cli(crash, catalog.get(op).verb, "vm1")
-    assert died.returncode == -signal.SIGKILL, (died.stdout, died.stderr)
-    assert run_cli(calm, "resume").returncode in (0, 1)
+    kill_then_resume(tmp_path, calm, url, [catalog.get(op).verb, "vm1"], faults)
     with Conductor(config.load([str(calm)])) as c:
         with c.db.session() as s:
             inst = instances.find_live(s, "vm1")
