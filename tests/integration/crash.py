@@ -12,6 +12,8 @@ import signal
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import run_cli, write_conf
 from tests.integration import resume_plan
 
@@ -36,3 +38,23 @@ def kill_then_resume(tmp_path: Path, calm: Path, url: str, cli_args: list[str],
     assert resumed.returncode in (0, 1), resumed.stderr
     resume_plan.assert_followed(calm, planned)
     return resumed
+
+
+_BACKENDS = ("sqlite", "postgresql")
+
+
+def alternating(cells: list, name=str) -> list:
+    """Each crash cell once, on SQLite and PostgreSQL in turn, for the
+    `crash_db_url` fixture (parametrize it indirectly with these).
+
+    The spawn matrix runs every cell on both backends: it proves the two write
+    paths (PostgreSQL's batched commits, SQLite's) against every kind of step
+    boundary. The other matrices add operations, not write paths, so every
+    cell runs once, half on each backend; the order mixes them so that each
+    step is killed on both (before on one, after on the other)."""
+    out = []
+    for i, cell in enumerate(cells):
+        values = cell if isinstance(cell, tuple) else (cell,)
+        backend = _BACKENDS[(i + i // 2) % 2]
+        out.append(pytest.param(*values, backend, id="-".join([backend, *(name(v) for v in values)])))
+    return out

@@ -15,7 +15,7 @@ from conductor.api import Conductor
 from flows import catalog
 from persistence import instances, operations
 from tests.conftest import write_conf
-from tests.integration.crash import kill_then_resume
+from tests.integration.crash import alternating, kill_then_resume
 from tests.flows import catalogue
 from tests.flows.test_devices_and_agent import CASES as DEVICE_CASES, resolved
 from tests.flows.test_images_and_rescue import CASES as IMAGE_CASES
@@ -53,6 +53,10 @@ def cli_args(case: catalogue.Case, tmp_path, params: dict) -> list[str]:
     return args
 
 
+def _name(v) -> str:
+    return v.id if isinstance(v, catalogue.Case) else str(v)
+
+
 def _prepare(tmp_path, url, case):
     calm = write_conf(tmp_path / "calm.conf", tmp_path / "state", url)
     with Conductor(config.load([str(calm)])) as c:
@@ -74,7 +78,7 @@ def _crash_and_resume(tmp_path, calm, url, case, faults: list[str]):
     return c, op
 
 
-@pytest.mark.parametrize("case,step", EXECUTE, ids=lambda v: v.id if isinstance(v, catalogue.Case) else v)
+@pytest.mark.parametrize("case,step,crash_db_url", alternating(EXECUTE, _name), indirect=["crash_db_url"])
 def test_kill_before_each_step_then_resume_finishes(tmp_path, crash_db_url, case, step):
     calm, uuid, _ = _prepare(tmp_path, crash_db_url, case)
     c, op = _crash_and_resume(tmp_path, calm, crash_db_url, case, [f"{step}:execute:kill:before"])
@@ -87,7 +91,7 @@ def test_kill_before_each_step_then_resume_finishes(tmp_path, crash_db_url, case
             assert (inst.vm_state, inst.power_state) == case.end
 
 
-@pytest.mark.parametrize("case,step", REVERT, ids=lambda v: v.id if isinstance(v, catalogue.Case) else v)
+@pytest.mark.parametrize("case,step,crash_db_url", alternating(REVERT, _name), indirect=["crash_db_url"])
 def test_kill_during_revert_then_resume_restores(tmp_path, crash_db_url, case, step):
     calm, uuid, before = _prepare(tmp_path, crash_db_url, case)
     c, op = _crash_and_resume(tmp_path, calm, crash_db_url, case,

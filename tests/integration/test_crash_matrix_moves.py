@@ -16,7 +16,7 @@ from conductor import config, moves
 from conductor.api import Conductor
 from persistence import claims, flowlog, hosts, instances, operations
 from tests.conftest import write_conf
-from tests.integration.crash import fault_conf, kill_then_resume
+from tests.integration.crash import alternating, fault_conf, kill_then_resume
 from tests.flows import catalogue
 from tests.flows.catalogue import Case
 from tests.flows.test_evacuate import steps as evacuate_steps
@@ -88,7 +88,7 @@ def assert_usage_matches_claims(c: Conductor) -> None:
                 sum(r.vcpus for r in mine), sum(r.ram_mb for r in mine), sum(r.disk_gb for r in mine))
 
 
-@pytest.mark.parametrize("label,step", EXECUTE)
+@pytest.mark.parametrize("label,step,crash_db_url", alternating(EXECUTE), indirect=["crash_db_url"])
 def test_kill_before_each_step_then_resume_finishes(tmp_path, crash_db_url, label, step):
     case = CASES[label][0]
     calm, uuid, _ = _prepare(tmp_path, crash_db_url, label)
@@ -118,7 +118,7 @@ def test_kill_before_each_step_then_resume_finishes(tmp_path, crash_db_url, labe
                 (e.step, e.state) for e in log]
 
 
-@pytest.mark.parametrize("label,step", REVERT)
+@pytest.mark.parametrize("label,step,crash_db_url", alternating(REVERT), indirect=["crash_db_url"])
 def test_kill_during_revert_then_resume_restores(tmp_path, crash_db_url, label, step):
     calm, uuid, before = _prepare(tmp_path, crash_db_url, label)
     c, op, _ = _crash_and_resume(tmp_path, calm, crash_db_url, label,

@@ -12,7 +12,7 @@ from conductor.api import Conductor, SpawnRequest
 from flows import catalog, power
 from persistence import instances, operations
 from tests.conftest import write_conf
-from tests.integration.crash import kill_then_resume
+from tests.integration.crash import alternating, kill_then_resume
 from tests.flows.test_power import SETUP, steps_of
 
 pytestmark = pytest.mark.integration
@@ -45,7 +45,7 @@ def _crash_and_resume(tmp_path, state, calm, url, op: str, faults: list[str]) ->
         return result, c.rt.driver_for("h1").get_info(inst.uuid).state.value
 
 
-@pytest.mark.parametrize("op,step,when", CASES)
+@pytest.mark.parametrize("op,step,when,crash_db_url", alternating(CASES), indirect=["crash_db_url"])
 def test_kill_during_execute_converges_forward(tmp_path, crash_db_url, op, step, when):
     state, calm, _, _ = _prepare(tmp_path, crash_db_url, op)
     (op_state, vm_state, power_state, held), guest = _crash_and_resume(
@@ -55,7 +55,7 @@ def test_kill_during_execute_converges_forward(tmp_path, crash_db_url, op, step,
         "SUCCEEDED", t.vm_state, t.power_state, None, t.power_state)
 
 
-@pytest.mark.parametrize("op,step,when", CASES)
+@pytest.mark.parametrize("op,step,when,crash_db_url", alternating(CASES), indirect=["crash_db_url"])
 def test_kill_during_revert_converges_back(tmp_path, crash_db_url, op, step, when):
     state, calm, before, guest_before = _prepare(tmp_path, crash_db_url, op)
     (op_state, vm_state, power_state, held), guest = _crash_and_resume(
