@@ -1,9 +1,28 @@
 #!/usr/bin/env bash
 # The whole test suite on a fresh Debian 12 machine: installs what it needs,
-# starts the database servers, runs pytest. Extra arguments go to pytest.
+# starts the database servers, runs pytest in parallel (pytest-xdist: every
+# libvirt test in one worker, see tests/conftest.py). Extra arguments go to
+# pytest.
+#
+#   scripts/test.sh            everything (what CI runs)
+#   scripts/test.sh --quick    the inner loop: SQLite only, no servers, no real
+#                              guests, no process-killing matrices (< 3 min)
+#
+# TEST_WORKERS sets the number of pytest workers (default: 2, or 1 on a
+# single-core machine; 0 runs in one process).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+quick=0
+if [ "${1:-}" = "--quick" ]; then quick=1; shift; fi
+cores=$(nproc 2>/dev/null || echo 1)
+workers=${TEST_WORKERS:-$(( cores >= 2 ? 2 : 1 ))}
+parallel=(); [ "$workers" -gt 0 ] && parallel=(-n "$workers" --dist loadgroup)
 scripts/setup.sh
+if [ $quick -eq 1 ]; then
+    exec .venv/bin/python -m pytest -q -p no:cacheprovider "${parallel[@]}" --durations=10 \
+        -m "not disruptive and not integration" -k "not postgresql and not mysql" \
+        --ignore=tests/drivers/libvirt --ignore=tests/web "$@"
+fi
 scripts/services.sh
 # The libvirt driver's tiers: qemu-img for test:///, QEMU + libvirtd + a tiny guest for real guests.
 SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO=sudo
@@ -14,7 +33,7 @@ $SUDO scripts/libvirt/start_daemon.sh
 $SUDO scripts/libvirt/start_second_daemon.sh  # the live-migration tier's destination
 scripts/web/install.sh  # headless Chromium + chromedriver for tests/web's browser test
 set +e
-.venv/bin/python -m pytest -q -p no:cacheprovider --durations=25 -m "not disruptive" "$@"
+.venv/bin/python -m pytest -q -p no:cacheprovider "${parallel[@]}" --durations=25 -m "not disruptive" "$@"
 rc=$?
 # Last and alone: tests that restart PostgreSQL and Redis under running conductors.
 if [ $# -eq 0 ] && [ $rc -ne 5 ]; then
