@@ -24,7 +24,7 @@ from conductor.wakeups import Wakeups, open_wakeups
 from drivers import DRIVER_NAMES
 from drivers.base import ComputeDriver, LifecycleEvent
 from drivers.faults import FaultPlan
-from flows import catalog, placement, runtime
+from flows import catalog, placement, prepare, runtime
 from flows.elastic_pool import ElasticThreadPool
 from flows.steps import attempts
 from conductor.logs import remember_secret as logs_secret
@@ -172,24 +172,17 @@ class Conductor:
         kind = catalog.get("spawn")
         op_id, inst_uuid = str(uuid.uuid4()), str(uuid.uuid4())
         with self.db.session() as s:
-            flavor = hosts.get_flavor(s, req.flavor)
-            if flavor is None:
-                raise NotFound("flavor", req.flavor)
-            image = hosts.get_image(s, req.image)
-            if image is None:
-                raise NotFound("image", req.image)
+            flavor_d = prepare.flavor_dict(s, req.flavor)
+            image_d = prepare.image_dict(s, req.image)
             if instances.find_live(s, req.name) is not None:
                 raise InvalidRequest(f"an instance named {req.name!r} already exists")
-            flavor_d = {"name": flavor.name, "vcpus": flavor.vcpus, "ram_mb": flavor.ram_mb,
-                        "root_gb": flavor.root_gb, "ephemeral_gb": flavor.ephemeral_gb,
-                        "swap_mb": flavor.swap_mb}
             host = placement.place(s, flavor_d, req.host)
             vifs = [{"id": str(uuid.uuid4()), "mac": _mac(), "network": n} for n in req.networks]
-            instances.create(s, inst_uuid, req.name, flavor.name, image.name, held_by=op_id, vifs=vifs)
+            instances.create(s, inst_uuid, req.name, flavor_d["name"], image_d["name"], held_by=op_id,
+                             vifs=vifs)
             params = {
                 "instance_uuid": inst_uuid, "name": req.name, "host": host, "flavor": flavor_d,
-                "image": {"name": image.name, "disk_format": image.disk_format,
-                          "size_mb": image.size_mb, "path": image.path},
+                "image": image_d,
                 "vifs": vifs,
                 "admin_password": (self.rt.secrets.store(s, op_id, req.admin_password)
                                    if req.admin_password else None),
