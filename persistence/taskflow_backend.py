@@ -413,12 +413,16 @@ class Connection(stock.Connection):
         return fd
 
     def _remember_loaded(self, fd: tf_models.FlowDetail) -> None:
-        with self._engine.connect() as conn:
-            runs = dict(conn.execute(
-                sa.select(_LOG.c.atom_uuid, sa.func.count())
-                .where(_LOG.c.flow_detail_uuid == fd.uuid, _LOG.c.state == states.RUNNING)
-                .group_by(_LOG.c.atom_uuid)
-            ).all())
+        try:
+            with self._engine.connect() as conn:
+                runs = dict(conn.execute(
+                    sa.select(_LOG.c.atom_uuid, sa.func.count())
+                    .where(_LOG.c.flow_detail_uuid == fd.uuid, _LOG.c.state == states.RUNNING)
+                    .group_by(_LOG.c.atom_uuid)
+                ).all())
+        except sa_exc.SQLAlchemyError:
+            tf_exc.raise_with_cause(tf_exc.StorageFailure, f"Failed reading flow {fd.uuid}")
+            raise  # not reached
         self._memory.flow_states[fd.uuid] = fd.state
         for ad in fd:
             self._memory.remember(fd.uuid, ad, runs.get(ad.uuid, 0))
@@ -500,22 +504,26 @@ class Connection(stock.Connection):
             with self._memory.flow_lock(flow_uuid):
                 self._memory.pending.setdefault(flow_uuid, []).extend(ops)
             return None
-        try:
-            return self.send(flow_uuid, ops, lazy=lazy)
-        except sa_exc.SQLAlchemyError:
-            tf_exc.raise_with_cause(tf_exc.StorageFailure, f"Failed writing flow {flow_uuid}")
-            raise  # not reached: raise_with_cause raises (it is not annotated as never returning)
+        return self.send(flow_uuid, ops, lazy=lazy)
 
     def send(self, flow_uuid: str, ops: list[Op], lazy: bool = False) -> int:
         """Commit the flow's deferred writes and then `ops`, in one transaction
         under the flow's fence. The deferred writes are dropped from memory only
-        once committed. Returns the row count of the last statement."""
+        once committed. Returns the row count of the last statement.
+
+        A database error leaves as taskflow's StorageFailure, whichever path
+        got here (a step's save, a read that flushes first, the resume log):
+        the runner pauses the operation on it instead of recording a failure."""
         with self._memory.flow_lock(flow_uuid):
             pending = self._memory.pending.get(flow_uuid, [])
             taken = len(pending)
             if not taken and not ops:
                 return 0  # flushed meanwhile by another thread
-            rowcount = self._execute(pending + ops, flow_uuid, lazy)
+            try:
+                rowcount = self._execute(pending + ops, flow_uuid, lazy)
+            except sa_exc.SQLAlchemyError:
+                tf_exc.raise_with_cause(tf_exc.StorageFailure, f"Failed writing flow {flow_uuid}")
+                raise  # not reached: raise_with_cause raises (it is not annotated as never returning)
             del pending[:taken]
             return rowcount
 

@@ -288,3 +288,33 @@ def test_sqlite_syncs_each_step_and_lets_the_flow_end_ride_on_the_next_sync(sqli
     full, normal = 2, 1
     assert levels == [("RUNNING", full), ("SUCCESS", full), ("RUNNING", full),
                       ("SUCCESS", full), ("RUNNING", full), ("SUCCESS", normal)]
+
+
+def test_a_write_that_fails_on_any_path_is_a_storage_failure(sqlite_url):
+    """Reading a flow first commits its deferred writes; when that commit
+    fails, the error is taskflow's StorageFailure as on a step's own save (the
+    runner pauses on it), not the driver's raw error, which the runner would
+    record as the operation failing."""
+    from taskflow import exceptions as tf_exc
+
+    from persistence.taskflow_backend import _Statements
+
+    clean(sqlite_url)
+    db = Database(sqlite_url)
+    backend = Backend(db.engine)
+    flow_uuid = _run_flow(backend)
+    backend.memory.pending[flow_uuid] = [_Statements.insert_log_op(dict(
+        flow_detail_uuid=flow_uuid, atom_uuid=flow_uuid, step="t0", state="SUCCESS", attempt=1,
+        at=None, result=None, error=None, traceback=None, epoch=None))]
+
+    def disk_error(conn, cursor, statement, params, context, executemany):
+        raise sa_exc.OperationalError(statement, params, Exception("disk I/O error"))
+
+    event.listen(db.engine, "before_cursor_execute", disk_error)
+    try:
+        with pytest.raises(tf_exc.StorageFailure, match=f"Failed writing flow {flow_uuid}"):
+            backend.get_connection().get_flow_details(flow_uuid)
+    finally:
+        event.remove(db.engine, "before_cursor_execute", disk_error)
+        backend.close()
+        db.dispose()
