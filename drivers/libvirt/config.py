@@ -20,7 +20,13 @@ from computeflow.errors import ComputeflowError
 #: The namespace of computeflow's <metadata> element.
 METADATA_NS = "http://computeflow.invalid/xmlns/libvirt/instance/1.0"
 METADATA_PREFIX = "computeflow"
-ET.register_namespace(METADATA_PREFIX, METADATA_NS)
+
+
+def _xml(el: ET.Element) -> str:
+    """Render with our metadata prefix (ElementTree's prefix table is process-wide:
+    set when first rendering, not as a side effect of importing this module)."""
+    ET.register_namespace(METADATA_PREFIX, METADATA_NS)
+    return ET.tostring(el, encoding="unicode")
 
 _MEMORY_UNITS = {
     "b": 1, "bytes": 1, "kb": 1000, "k": 1024, "kib": 1024, "mb": 1000**2, "m": 1024**2,
@@ -48,7 +54,7 @@ class InstanceMetadata:
         return root
 
     def to_xml(self) -> str:
-        return ET.tostring(self.to_element(), encoding="unicode")
+        return _xml(self.to_element())
 
     @classmethod
     def from_element(cls, el: ET.Element) -> InstanceMetadata:
@@ -253,7 +259,7 @@ class DomainConfig:
     def to_xml(self) -> str:
         el = self.to_element()
         ET.indent(el)
-        return ET.tostring(el, encoding="unicode")
+        return _xml(el)
 
     @classmethod
     def from_xml(cls, text: str) -> DomainConfig:
