@@ -170,19 +170,53 @@ class HistoryFilter:
     error: str | None = None  # substring of the error, case-insensitive
 
 
-def history(s: Session, f: HistoryFilter, limit: int = 50,
-            offset: int = 0) -> list[tuple[Operation, str | None]]:
-    """Operations newest first, each with its instance's name, filtered in SQL.
+@dataclass(frozen=True)
+class Cursor:
+    """Where a page of the history (newest first) starts: the operations
+    older than the position (`older`), or the ones just newer than it. With
+    no position: the newest page (`older`) or the oldest one (the last page).
+    A position is an operation's (created_at, id), the history's order."""
 
-    The order and the time window walk ix_operations_created (or
-    ix_operations_state_created with a state); an instance is found by its
-    uuid index or the (name, live_marker) unique index, its operations by
-    ix_operations_instance_uuid. Only --host and --error look inside rows.
-    `offset` skips that many in SQL (the web API's pages).
+    older: bool = True
+    created_at: dt.datetime | None = None
+    id: str | None = None
+
+    @property
+    def position(self) -> tuple[dt.datetime, str] | None:
+        return None if self.created_at is None or self.id is None else (self.created_at, self.id)
+
+
+#: The first page, newest first; and the last one (the oldest operations).
+NEWEST, OLDEST = Cursor(), Cursor(older=False)
+
+
+def history(s: Session, f: HistoryFilter, limit: int = 50,
+            cursor: Cursor = NEWEST) -> list[tuple[Operation, str | None]]:
+    """Up to `limit` operations from `cursor`, newest first, each with its
+    instance's name, filtered in SQL.
+
+    A page is a range of an index ending in (created_at, id): the whole
+    history's, a state's, an instance's (its uuid found by the uuid index or
+    the (name, live_marker) unique index), or the operations with an error
+    (`has_error`); so a page costs the same at the start, the middle or the
+    end of the history (no OFFSET). Only --host and --error look inside rows.
     """
+    newest_first = cursor.older
+    order = ((Operation.created_at.desc(), Operation.id.desc()) if newest_first
+             else (Operation.created_at.asc(), Operation.id.asc()))
     q = (sa.select(Operation, Instance.name)
          .outerjoin(Instance, Instance.uuid == Operation.instance_uuid)
-         .order_by(Operation.created_at.desc()).limit(limit).offset(offset))
+         .order_by(*order).limit(limit))
+    if cursor.position is not None:
+        at, op_id = cursor.position
+        # Spelled out rather than a row comparison: every database turns the
+        # first term into an index range, whatever it makes of row values.
+        if newest_first:
+            q = q.where(Operation.created_at <= at,
+                        sa.or_(Operation.created_at < at, Operation.id < op_id))
+        else:
+            q = q.where(Operation.created_at >= at,
+                        sa.or_(Operation.created_at > at, Operation.id > op_id))
     if f.instance:
         named = sa.select(Instance.uuid).where(
             sa.or_(Instance.name == f.instance, Instance.uuid == f.instance))
@@ -199,12 +233,14 @@ def history(s: Session, f: HistoryFilter, limit: int = 50,
     if f.until:
         q = q.where(Operation.created_at <= f.until)
     if f.error:
-        q = q.where(Operation.error.icontains(f.error, autoescape=True))
-    return [(op, name) for op, name in s.execute(q)]
+        q = q.where(Operation.has_error == sa.true(),
+                    Operation.error.icontains(f.error, autoescape=True))
+    rows: list[tuple[Operation, str | None]] = [(op, name) for op, name in s.execute(q)]
+    return rows if newest_first else rows[::-1]
 
 
 def last_for_instance(s: Session, instance_uuid: str) -> Operation | None:
-    """The instance's newest operation (ix_operations_instance_uuid)."""
+    """The instance's newest operation (ix_operations_instance_created)."""
     return s.scalars(sa.select(Operation).where(Operation.instance_uuid == instance_uuid)
                      .order_by(Operation.created_at.desc()).limit(1)).first()
 

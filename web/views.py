@@ -9,12 +9,12 @@ from conductor import history, liveness, render
 from persistence import flowlog, hosts, instances, operations
 from persistence.flowlog import StepSummary
 from persistence.models import FLOW_STEP, utcnow
-from web import flowshape
+from web import cursor, flowshape
 from web.context import ApiError
 
 STATES = operations.ACTIVE_STATES + operations.FINAL_STATES
 FILTERS = ("kind", "state", "instance", "host", "since", "until", "error")
-MAX_LIMIT, MAX_OFFSET = 500, 100_000
+MAX_LIMIT = 500
 
 
 def _int(value: str | None, name: str, default: int, low: int, high: int) -> int:
@@ -29,9 +29,12 @@ def _int(value: str | None, name: str, default: int, low: int, high: int) -> int
     return n
 
 
-def history_query(params) -> tuple[operations.HistoryFilter, int, int]:
-    """Filters, limit and offset from query parameters; a typo is a 400, not an empty list."""
-    unknown = set(params) - set(FILTERS) - {"limit", "offset"}
+def history_query(params) -> tuple[operations.HistoryFilter, int, operations.Cursor]:
+    """Filters, limit and page cursor from query parameters; a typo is a 400, not an empty list."""
+    if "offset" in params:
+        raise ApiError(400, "offset is not accepted: page with cursor= (a page's next, prev "
+                            "or last), which costs the same on every page")
+    unknown = set(params) - set(FILTERS) - {"limit", "cursor"}
     if unknown:
         raise ApiError(400, f"unknown query parameter(s): {', '.join(sorted(unknown))}")
     get = lambda k: params.get(k) or None  # noqa: E731 - an empty form field is no filter
@@ -46,21 +49,42 @@ def history_query(params) -> tuple[operations.HistoryFilter, int, int]:
             until=history.utc_time(get("until"), "until"), error=get("error"))
     except history.BadQuery as e:
         raise ApiError(400, str(e)) from None
+    token = get("cursor")
     return (f, _int(params.get("limit"), "limit", 50, 1, MAX_LIMIT),
-            _int(params.get("offset"), "offset", 0, 0, MAX_OFFSET))
+            operations.NEWEST if token is None else cursor.decode(token))
 
 
-def history_page(s, f: operations.HistoryFilter, limit: int, offset: int) -> dict:
-    """One page of `ops list`, newest first; `more`: a next page exists."""
+def history_page(s, f: operations.HistoryFilter, limit: int,
+                 at: operations.Cursor = operations.NEWEST) -> dict:
+    """One page of `ops list`, newest first, and the tokens of the pages
+    around it: `next` (older; None on the last page), `prev` (newer; None on
+    the first), `last` (the oldest operations). `more`: `next` is not None.
+
+    Each page is read from its cursor's position, one more row than shown
+    to know whether another page follows in that direction; the other
+    direction has one if the cursor came from a row (that row is there).
+    """
     try:
         history.check_names(s, f)
     except history.BadQuery as e:
         raise ApiError(400, str(e)) from None
-    rows = operations.history(s, f, limit=limit + 1, offset=offset)
+    rows = operations.history(s, f, limit=limit + 1, cursor=at)
+    beyond = len(rows) > limit
+    rows = rows[:limit] if at.older else rows[-limit:]  # the extra row is the farthest one
+    first = last = at.position  # an empty page: both neighbours are at the cursor
+    if rows:
+        first = (rows[0][0].created_at, rows[0][0].id)
+        last = (rows[-1][0].created_at, rows[-1][0].id)
+    older = beyond if at.older else at.position is not None
+    newer = at.position is not None if at.older else beyond
     now = utcnow()
     return {"operations": [render.history_dict(o, name, now) | {"parameters": render.shown_parameters(o)}
-                           for o, name in rows[:limit]],
-            "limit": limit, "offset": offset, "more": len(rows) > limit}
+                           for o, name in rows],
+            "limit": limit,
+            "next": cursor.encode(operations.Cursor(True, *last)) if older and last else None,
+            "prev": cursor.encode(operations.Cursor(False, *first)) if newer and first else None,
+            "last": cursor.encode(operations.OLDEST),
+            "more": bool(older and last)}
 
 
 def step_class(st: StepSummary) -> str:
