@@ -145,11 +145,12 @@ class HostSlot(Base):
 class Operation(Base):
     __tablename__ = "operations"
     # The history is read newest first by (created_at, id), in keyset pages
-    # (operations.history): each index it walks ends in those two columns.
+    # (persistence/history.py): each index it walks ends in those two columns.
     __table_args__ = (
         sa.Index("ix_operations_created_id", "created_at", "id"),
         sa.Index("ix_operations_state_created_id", "state", "created_at", "id"),
         sa.Index("ix_operations_instance_created", "instance_uuid", "created_at", "id"),
+        sa.Index("ix_operations_kind_created", "kind", "created_at", "id"),
         sa.Index("ix_operations_error_created", "has_error", "created_at", "id"),
     )
 

@@ -3,7 +3,7 @@
 Pages are ordered newest first by (created_at, id), id breaking ties, and
 each page starts where the previous one ended (`WHERE (created_at, id) <
 (last row's)`), so every index the history walks ends in (created_at, id):
-the whole history, one state's, one instance's.
+the whole history, one state's, one kind's, one instance's.
 
 `has_error` (generated: `error IS NOT NULL`) and its index let the error-text
 search read only the operations that have an error, newest first, instead of
@@ -32,6 +32,7 @@ def upgrade() -> None:
     op.create_index("ix_operations_state_created_id", "operations", ["state", "created_at", "id"])
     op.create_index("ix_operations_instance_created", "operations",
                     ["instance_uuid", "created_at", "id"])
+    op.create_index("ix_operations_kind_created", "operations", ["kind", "created_at", "id"])
     op.create_index("ix_operations_error_created", "operations", ["has_error", "created_at", "id"])
     op.drop_index("ix_operations_created", table_name="operations")
     op.drop_index("ix_operations_state_created", table_name="operations")
@@ -42,7 +43,8 @@ def downgrade() -> None:
     op.create_index("ix_operations_instance_uuid", "operations", ["instance_uuid"])
     op.create_index("ix_operations_state_created", "operations", ["state", "created_at"])
     op.create_index("ix_operations_created", "operations", ["created_at"])
-    for name in ("ix_operations_error_created", "ix_operations_instance_created",
+    for name in ("ix_operations_error_created", "ix_operations_kind_created",
+                 "ix_operations_instance_created",
                  "ix_operations_state_created_id", "ix_operations_created_id"):
         op.drop_index(name, table_name="operations")
     with op.batch_alter_table("operations") as batch:
