@@ -16,7 +16,7 @@ from taskflow import states as _tf_states
 
 from persistence import claims, host_slots, instances, notify
 from persistence.errors import PersistenceError
-from persistence.models import (FLOW_STEP, TASKFLOW_TABLES, Claim, FlowLogEntry, Instance,
+from persistence.models import (FLOW_STEP, TASKFLOW_TABLES, Claim, FlowLogEntry,
                                Operation, Secret, utcnow)
 from persistence.session import changed
 
@@ -151,92 +151,10 @@ def listing(s: Session, *, limit: int = 50, state: str | None = None,
 
 
 #: Parameters that name a host an operation touched (spawn's placement, a
-#: move's source and destination); `history(host=...)` matches any of them.
+#: move's source and destination); `history.read_page(host=...)` matches any of them.
 HOST_PARAMS = ("host", "target_host", "source_host", "dest_host", "destination")
 #: And destroy's list of hosts holding a copy (not matched in SQL: a list).
 HOST_LIST_PARAMS = ("copy_hosts",)
-
-
-@dataclass(frozen=True)
-class HistoryFilter:
-    """What `computeflow ops list` narrows the history to; None: any."""
-
-    instance: str | None = None  # a name (every instance that had it, deleted too) or a uuid
-    kind: str | None = None
-    state: str | None = None
-    host: str | None = None  # the instance's host, or a host in HOST_PARAMS
-    since: dt.datetime | None = None  # created at or after (UTC, naive)
-    until: dt.datetime | None = None  # created at or before (UTC, naive)
-    error: str | None = None  # substring of the error, case-insensitive
-
-
-@dataclass(frozen=True)
-class Cursor:
-    """Where a page of the history (newest first) starts: the operations
-    older than the position (`older`), or the ones just newer than it. With
-    no position: the newest page (`older`) or the oldest one (the last page).
-    A position is an operation's (created_at, id), the history's order."""
-
-    older: bool = True
-    created_at: dt.datetime | None = None
-    id: str | None = None
-
-    @property
-    def position(self) -> tuple[dt.datetime, str] | None:
-        return None if self.created_at is None or self.id is None else (self.created_at, self.id)
-
-
-#: The first page, newest first; and the last one (the oldest operations).
-NEWEST, OLDEST = Cursor(), Cursor(older=False)
-
-
-def history(s: Session, f: HistoryFilter, limit: int = 50,
-            cursor: Cursor = NEWEST) -> list[tuple[Operation, str | None]]:
-    """Up to `limit` operations from `cursor`, newest first, each with its
-    instance's name, filtered in SQL.
-
-    A page is a range of an index ending in (created_at, id): the whole
-    history's, a state's, an instance's (its uuid found by the uuid index or
-    the (name, live_marker) unique index), or the operations with an error
-    (`has_error`); so a page costs the same at the start, the middle or the
-    end of the history (no OFFSET). Only --host and --error look inside rows.
-    """
-    newest_first = cursor.older
-    order = ((Operation.created_at.desc(), Operation.id.desc()) if newest_first
-             else (Operation.created_at.asc(), Operation.id.asc()))
-    q = (sa.select(Operation, Instance.name)
-         .outerjoin(Instance, Instance.uuid == Operation.instance_uuid)
-         .order_by(*order).limit(limit))
-    if cursor.position is not None:
-        at, op_id = cursor.position
-        # Spelled out rather than a row comparison: every database turns the
-        # first term into an index range, whatever it makes of row values.
-        if newest_first:
-            q = q.where(Operation.created_at <= at,
-                        sa.or_(Operation.created_at < at, Operation.id < op_id))
-        else:
-            q = q.where(Operation.created_at >= at,
-                        sa.or_(Operation.created_at > at, Operation.id > op_id))
-    if f.instance:
-        named = sa.select(Instance.uuid).where(
-            sa.or_(Instance.name == f.instance, Instance.uuid == f.instance))
-        q = q.where(Operation.instance_uuid.in_(named))
-    if f.kind:
-        q = q.where(Operation.kind == f.kind)
-    if f.state:
-        q = q.where(Operation.state == f.state)
-    if f.host:
-        q = q.where(sa.or_(Instance.host == f.host,
-                           *(Operation.parameters[k].as_string() == f.host for k in HOST_PARAMS)))
-    if f.since:
-        q = q.where(Operation.created_at >= f.since)
-    if f.until:
-        q = q.where(Operation.created_at <= f.until)
-    if f.error:
-        q = q.where(Operation.has_error == sa.true(),
-                    Operation.error.icontains(f.error, autoescape=True))
-    rows: list[tuple[Operation, str | None]] = [(op, name) for op, name in s.execute(q)]
-    return rows if newest_first else rows[::-1]
 
 
 def last_for_instance(s: Session, instance_uuid: str) -> Operation | None:

@@ -1,5 +1,5 @@
 """The operations list's page tokens (`cursor=`): an opaque, URL-safe
-encoding of persistence.operations.Cursor, i.e. which way to read and from
+encoding of persistence.history.Cursor, i.e. which way to read and from
 which operation's (created_at, id).
 
 A token is not secret and not signed: an edited one can only point at
@@ -13,7 +13,7 @@ import binascii
 import datetime as dt
 import json
 
-from persistence.operations import Cursor
+from persistence.history import Cursor
 from web.context import ApiError
 
 _OLDER, _NEWER = "o", "n"

@@ -175,8 +175,11 @@ def operations_page(request: Request) -> Response:
         return _page("operations", f'<h1>Operations</h1>{_filters_form(params)}'
                      f'<p class="error">{e(err.message)}</p>', role,
                      request.cookies.get(auth.CSRF_COOKIE, ""))
+    partial = (f'<p id="partial" class="muted">This page stopped after reading '
+               f'{views.SCAN_ROWS:,} operations for these filters, fewer matching than the '
+               'limit: page on to search further.</p>' if page["partial"] else "")
     body = (f'<h1>Operations</h1>{_filters_form(params)}{op_rows(page["operations"])}'
-            f'{_pager(params, page)}')
+            f'{partial}{_pager(params, page)}')
     return _page("operations", body, role, request.cookies.get(auth.CSRF_COOKIE, ""))
 
 
