@@ -15,10 +15,12 @@ from collections.abc import Iterator
 import pytest
 import sqlalchemy as sa
 
+from persistence.history import NEWEST, OLDEST, Cursor, HistoryFilter
 from persistence.models import Operation
 from persistence.session import Database
 from tests.web.conftest import Site, login
 from tests.web.test_browser_auth import _login, _request
+from web import cursor, views
 
 pytestmark = pytest.mark.integration
 T0 = dt.datetime(2001, 3, 4, 5, 6, 7, 123456)
@@ -32,11 +34,12 @@ class Rows:
         self.db = Database(site.db_url)
         self.ids: list[str] = []
 
-    def add(self, created: list[dt.datetime], error: str | None = None) -> list[str]:
+    def add(self, created: list[dt.datetime], error: str | None = None,
+            parameters: dict | None = None) -> list[str]:
         ids = [str(uuid.uuid4()) for _ in created]
         with self.db.engine.begin() as c:
             c.execute(sa.insert(Operation.__table__), [
-                dict(id=i, kind="reboot", parameters={}, flow_version=1, created_at=at,
+                dict(id=i, kind="reboot", parameters=parameters or {}, flow_version=1, created_at=at,
                      state="FAILED" if error else "SUCCEEDED",
                      error=None if error is None else f"{error} #{n}")
                 for n, (i, at) in enumerate(zip(ids, created, strict=True))])
@@ -130,6 +133,49 @@ def test_error_search_pages_through_the_failed_operations(site: Site, rows: Rows
     assert _ids(_page(site, f"{WINDOW}&error=ON%20HOST%20h9%20%239")) == [failed[9]]
     assert _ids(_page(site, f"{WINDOW}&error=disk_full")) == []
     assert _ids(_page(site, f"{WINDOW}&error=%25")) == []
+
+
+def test_a_host_or_error_search_reads_a_bounded_share_per_page(site: Site, rows: Rows,
+                                                                monkeypatch):
+    """A search whose rows are rare does not read the whole history in one
+    request: each page reads SCAN_ROWS operations at most (4 here, called in
+    this process against the site's database) and is `partial` when that
+    found fewer than the limit; paging on finds every match once."""
+    monkeypatch.setattr(views, "SCAN_ROWS", 4)
+    rows.add(_seconds(*range(0, 30)), parameters={"host": "h0"})
+    rows.add(_seconds(*range(0, 30)), error="Disk Full", parameters={"host": "h0"})
+    on_h1 = rows.add(_seconds(3, 4, 17), parameters={"target_host": "h1"})
+    full = rows.add(_seconds(4, 22), error="No space left: disk full")
+    since, until = dt.datetime(2001, 1, 1), dt.datetime(2001, 12, 31)
+
+    def walk(f: HistoryFilter, start: Cursor, way: str) -> tuple[list[str], list[bool]]:
+        found: list[str] = []
+        partial: list[bool] = []
+        at = start
+        with rows.db.session() as s:
+            for _ in range(100):  # a token that does not move on would loop
+                page = views.history_page(s, f, 2, at)
+                shown = [o["id"] for o in page["operations"]]
+                found = found + shown if way == "next" else shown + found
+                partial.append(page["partial"])
+                if page[way] is None:
+                    return found, partial
+                at = cursor.decode(page[way])
+        pytest.fail(f"100 pages and still a {way} token: {at}")
+
+    def newest_first(ids: list[str]) -> list[str]:
+        return [i for i in rows.newest_first() if i in ids]
+
+    host = HistoryFilter(host="h1", since=since, until=until)
+    found, partial = walk(host, NEWEST, "next")
+    assert found == newest_first(on_h1)  # 63 operations read 4 at a time
+    assert len(partial) >= 63 // 4 and partial.count(True) >= len(partial) - 2
+    assert walk(host, OLDEST, "prev")[0] == newest_first(on_h1)
+    # The error search reads only the 32 operations with an error, 4 at a time.
+    error = HistoryFilter(error="NO SPACE", since=since, until=until)
+    found, partial = walk(error, NEWEST, "next")
+    assert found == newest_first(full) and 32 // 4 <= len(partial) <= 32 // 4 + 1
+    assert walk(error, OLDEST, "prev")[0] == newest_first(full)
 
 
 def test_a_bad_cursor_is_one_clear_400(sqlite_site: Site):
