@@ -3,7 +3,7 @@
 1. API list pages over 100,000 stored operations (newest first; a page 5,000
    and one 50,000 operations in, reached by following `next`; the last page
    and the one before it, by `last` and its `prev`; filtered by state, kind +
-   instance, host, error text): the server's own time per request (its
+   instance, kind alone, host, error text): the server's own time per request (its
    Server-Timing header), median of --repeat.
 2. The page of one operation with a 50-step flow (a spawn with 39 network
    ports: its parallel block is 43 branches wide), HTML and JSON.
@@ -68,8 +68,10 @@ def seed(url: str, n: int) -> str:
     hosts = [f"h{i}" for i in range(10)]
     inst = [(str(uuid.uuid4()), f"vm{i}", hosts[i % 10]) for i in range(1000)]
     with db.engine.begin() as c:
+        # h99: a host no operation names (a host search that finds nothing).
         c.execute(sa.insert(Host.__table__), [dict(name=h, driver="fake", uri="", vcpus=64,
-                                                   ram_mb=262144, disk_gb=4000) for h in hosts])
+                                                   ram_mb=262144, disk_gb=4000)
+                                              for h in hosts + ["h99"]])
         c.execute(sa.insert(Instance.__table__), [
             dict(uuid=u, name=name, host=h, flavor="m1.small", image="cirros", vm_state="active",
                  power_state="running", vifs=[], volumes=[], created_at=t0) for u, name, h in inst])
@@ -219,9 +221,15 @@ def run(kind: str, n: int, repeat: int, samples: int) -> None:
                 ("API list, state=FAILED, its last page",
                  f"/api/v1/operations?state=FAILED&cursor={last}"),
                 ("API list, kind=reboot&instance=vm7", "/api/v1/operations?kind=reboot&instance=vm7"),
+                ("API list, kind=evacuate (none: an empty index range)",
+                 "/api/v1/operations?kind=evacuate"),
                 ("API list, host=h3", "/api/v1/operations?host=h3"),
+                ("API list, host=h99 (none: 10,000 read, partial)", "/api/v1/operations?host=h99"),
+                ("API list, host=h99, the page after that one",
+                 f"/api/v1/operations?host=h99&cursor={c.page('/api/v1/operations?host=h99')['next']}"),
                 ("API list, error=timed out #99999 (1 hit of 3,000 errors)",
                  "/api/v1/operations?error=timed%20out%20%2399999"),
+                ("API list, error=nowhere (none of 3,000 errors)", "/api/v1/operations?error=nowhere"),
                 ("API list, error=TIMED OUT, its last page",
                  f"/api/v1/operations?error=TIMED%20OUT&cursor={last}"),
                 ("list page (HTML), newest 50", "/operations"),

@@ -49,7 +49,8 @@ OPENAPI = {
                 _q("limit", "1-500, default 50", "integer"),
                 _q("cursor", "the page to read: a page's next (older), prev (newer) or "
                              "last (the oldest operations) token as given; none: the newest")],
-                "responses": _ok("{operations: [...], limit, next, prev, last, more}")
+                "responses": _ok("{operations: [...], limit, next, prev, last, more, partial: "
+                                 "a host or error search stopped after reading its share}")
                 | _ERRORS},
             "post": {"summary": "submit a catalogue operation (operator)",
                      "requestBody": {"required": True, "content": {"application/json": {"schema": {
