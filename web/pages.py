@@ -175,12 +175,17 @@ def operations_page(request: Request) -> Response:
         return _page("operations", f'<h1>Operations</h1>{_filters_form(params)}'
                      f'<p class="error">{e(err.message)}</p>', role,
                      request.cookies.get(auth.CSRF_COOKIE, ""))
+    return _page("operations", operations_body(params, page), role,
+                 request.cookies.get(auth.CSRF_COOKIE, ""))
+
+
+def operations_body(params, page: dict) -> str:
+    """The list page's body: the filters, one page (views.history_page), the links."""
     partial = (f'<p id="partial" class="muted">This page stopped after reading '
                f'{views.SCAN_ROWS:,} operations for these filters, fewer matching than the '
                'limit: page on to search further.</p>' if page["partial"] else "")
-    body = (f'<h1>Operations</h1>{_filters_form(params)}{op_rows(page["operations"])}'
+    return (f'<h1>Operations</h1>{_filters_form(params)}{op_rows(page["operations"])}'
             f'{partial}{_pager(params, page)}')
-    return _page("operations", body, role, request.cookies.get(auth.CSRF_COOKIE, ""))
 
 
 # -- one operation -----------------------------------------------------------------

@@ -94,7 +94,7 @@ def history_page(s, f: HistoryFilter, limit: int, at: Cursor = NEWEST) -> dict:
             "prev": cursor.encode(Cursor(False, *newer)) if newer else None,
             "last": cursor.encode(OLDEST),
             "more": older is not None,
-            "partial": cut is not None}
+            "partial": cut is not None and len(rows) < limit}
 
 
 def step_class(st: StepSummary) -> str:

@@ -20,7 +20,7 @@ from persistence.models import Operation
 from persistence.session import Database
 from tests.web.conftest import Site, login
 from tests.web.test_browser_auth import _login, _request
-from web import cursor, views
+from web import cursor, pages, views
 
 pytestmark = pytest.mark.integration
 T0 = dt.datetime(2001, 3, 4, 5, 6, 7, 123456)
@@ -155,6 +155,9 @@ def test_a_host_or_error_search_reads_a_bounded_share_per_page(site: Site, rows:
         with rows.db.session() as s:
             for _ in range(100):  # a token that does not move on would loop
                 page = views.history_page(s, f, 2, at)
+                html = pages.operations_body({"limit": "2"}, page)
+                assert ('id="partial"' in html) is page["partial"]
+                assert ('rel="next"' in html) is (page["next"] is not None)
                 shown = [o["id"] for o in page["operations"]]
                 found = found + shown if way == "next" else shown + found
                 partial.append(page["partial"])
