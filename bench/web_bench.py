@@ -1,8 +1,10 @@
 """The web server's figures, against a real `computeflow serve` process.
 
-1. API list pages over 100,000 stored operations (default, newest first; deep
-   offset; filtered by state, kind + instance, host, error text): the server's
-   own time per request (its Server-Timing header), median of --repeat.
+1. API list pages over 100,000 stored operations (newest first; a page 5,000
+   and one 50,000 operations in, reached by following `next`; the last page
+   and the one before it, by `last` and its `prev`; filtered by state, kind +
+   instance, kind alone, host, error text): the server's own time per request (its
+   Server-Timing header), median of --repeat.
 2. The page of one operation with a 50-step flow (a spawn with 39 network
    ports: its parallel block is 43 branches wide), HTML and JSON.
 3. Live updates: the delay from a flow-log commit (written here, as a step's
@@ -66,8 +68,10 @@ def seed(url: str, n: int) -> str:
     hosts = [f"h{i}" for i in range(10)]
     inst = [(str(uuid.uuid4()), f"vm{i}", hosts[i % 10]) for i in range(1000)]
     with db.engine.begin() as c:
+        # h99: a host no operation names (a host search that finds nothing).
         c.execute(sa.insert(Host.__table__), [dict(name=h, driver="fake", uri="", vcpus=64,
-                                                   ram_mb=262144, disk_gb=4000) for h in hosts])
+                                                   ram_mb=262144, disk_gb=4000)
+                                              for h in hosts + ["h99"]])
         c.execute(sa.insert(Instance.__table__), [
             dict(uuid=u, name=name, host=h, flavor="m1.small", image="cirros", vm_state="active",
                  power_state="running", vifs=[], volumes=[], created_at=t0) for u, name, h in inst])
@@ -121,12 +125,27 @@ class Client:
         host, port = base.removeprefix("http://").split(":")
         self.conn = http.client.HTTPConnection(host, int(port), timeout=30)
 
-    def server_ms(self, path: str) -> float:
+    def get(self, path: str) -> tuple[float, bytes]:
+        """(the server's own ms, the body) of one GET."""
         self.conn.request("GET", path, headers={"Authorization": f"Bearer {TOKENS['reader']}"})
         resp = self.conn.getresponse()
         body = resp.read()
         assert resp.status == 200, (path, resp.status, body[:300])
-        return float(resp.getheader("server-timing").split("dur=")[1])
+        return float(resp.getheader("server-timing").split("dur=")[1]), body
+
+    def server_ms(self, path: str) -> float:
+        return self.get(path)[0]
+
+    def page(self, path: str) -> dict:
+        return json.loads(self.get(path)[1])
+
+    def cursor_after(self, query: str, rows: int) -> str:
+        """The `next` token after the first `rows` operations, walking 500 at a time."""
+        token = ""
+        for _ in range(rows // 500):
+            page = self.page(f"/api/v1/operations?{query}&limit=500{token}")
+            token = f"&cursor={page['next']}"
+        return token
 
 
 def median_ms(client: Client, path: str, repeat: int) -> tuple[float, float]:
@@ -187,17 +206,34 @@ def run(kind: str, n: int, repeat: int, samples: int) -> None:
         conf = write_conf(Path(tmp) / "web.conf", Path(tmp) / "state", url, WEB_CONF)
         with serving(conf, Path(tmp) / "serve.log", deadline_s=60) as base:
             c = Client(base)
+            at_5k, at_50k = c.cursor_after("", 5_000), c.cursor_after("", 50_000)
+            last = c.page("/api/v1/operations")["last"]
+            before_last = c.page(f"/api/v1/operations?cursor={last}")["prev"]
             print(f"{'request':<58} {'first ms':>9} {'median ms':>10}")
             for label, path in [
                 ("API list, newest 50", "/api/v1/operations"),
-                ("API list, offset 5,000", "/api/v1/operations?offset=5000"),
-                ("API list, offset 99,950 (the last page)", "/api/v1/operations?offset=99950"),
+                ("API list, 5,000 in (a next cursor)", f"/api/v1/operations?limit=50{at_5k}"),
+                ("API list, 50,000 in (a next cursor)", f"/api/v1/operations?limit=50{at_50k}"),
+                ("API list, the last page (cursor=last)", f"/api/v1/operations?cursor={last}"),
+                ("API list, the page before it (its prev)",
+                 f"/api/v1/operations?cursor={before_last}"),
                 ("API list, state=FAILED", "/api/v1/operations?state=FAILED"),
+                ("API list, state=FAILED, its last page",
+                 f"/api/v1/operations?state=FAILED&cursor={last}"),
                 ("API list, kind=reboot&instance=vm7", "/api/v1/operations?kind=reboot&instance=vm7"),
+                ("API list, kind=evacuate (none: an empty index range)",
+                 "/api/v1/operations?kind=evacuate"),
                 ("API list, host=h3", "/api/v1/operations?host=h3"),
-                ("API list, error=timed out #99999 (no index: a scan)",
+                ("API list, host=h99 (none: 10,000 read, partial)", "/api/v1/operations?host=h99"),
+                ("API list, host=h99, the page after that one",
+                 f"/api/v1/operations?host=h99&cursor={c.page('/api/v1/operations?host=h99')['next']}"),
+                ("API list, error=timed out #99999 (1 hit of 3,000 errors)",
                  "/api/v1/operations?error=timed%20out%20%2399999"),
+                ("API list, error=nowhere (none of 3,000 errors)", "/api/v1/operations?error=nowhere"),
+                ("API list, error=TIMED OUT, its last page",
+                 f"/api/v1/operations?error=TIMED%20OUT&cursor={last}"),
                 ("list page (HTML), newest 50", "/operations"),
+                ("list page (HTML), the last page", f"/operations?cursor={last}"),
                 ("operation page (HTML), 50 steps", f"/operations/{big}"),
                 ("operation API (JSON), 50 steps", f"/api/v1/operations/{big}"),
             ]:

@@ -6,6 +6,7 @@ from conductor import history, host_limits, liveness, render
 from conductor.cli_repair import cmd_ops_needs_repair
 from conductor.cli_support import EXIT_OK, UserError, database_of, emit
 from persistence import events, flowlog, hosts, instances, operations
+from persistence.history import HistoryFilter, read_page
 from persistence.models import utcnow
 
 
@@ -42,11 +43,11 @@ def cmd_instances_events(args) -> int:
     return EXIT_OK
 
 
-def _history_filter(args) -> operations.HistoryFilter:
+def _history_filter(args) -> HistoryFilter:
     """`ops list`'s filters, each checked that needs no database."""
     try:
         history.check_kind(args.kind)
-        return operations.HistoryFilter(
+        return HistoryFilter(
             instance=args.instance, kind=args.kind, state=args.state, host=args.host,
             since=history.utc_time(args.since, "--since"),
             until=history.utc_time(args.until, "--until"), error=args.error)
@@ -69,7 +70,7 @@ def cmd_ops_list(args) -> int:
             history.check_names(s, f)
         except history.BadQuery as e:
             raise UserError(str(e)) from None
-        rows = operations.history(s, f, limit=args.limit)
+        rows = read_page(s, f, args.limit).rows
         waiting = host_limits.waiting(s, [o.id for o, _ in rows if o.state in operations.ACTIVE_STATES])
         now = utcnow()
         emit(args, [render.history_dict(o, name, now, waiting.get(o.id)) for o, name in rows],

@@ -7,7 +7,8 @@ import datetime as dt
 
 from computeflow.errors import ComputeflowError
 from flows import catalog
-from persistence import hosts, instances, operations
+from persistence import hosts, instances
+from persistence.history import HistoryFilter
 
 
 class BadQuery(ComputeflowError, ValueError):
@@ -34,7 +35,7 @@ def check_kind(kind: str | None) -> None:
             raise BadQuery(str(e.args[0])) from None
 
 
-def check_names(s, f: operations.HistoryFilter) -> None:
+def check_names(s, f: HistoryFilter) -> None:
     """The host and instance a filter names exist (an instance: ever, deleted too)."""
     if f.host is not None and hosts.get_host(s, f.host) is None:
         raise BadQuery(f"unknown host {f.host!r}")

@@ -17,7 +17,7 @@ from taskflow import states as _tf_states
 from computeflow.states import VmState
 from persistence import claims, host_slots, instances, notify
 from persistence.errors import PersistenceError
-from persistence.models import (FLOW_STEP, TASKFLOW_TABLES, Claim, FlowLogEntry, Instance,
+from persistence.models import (FLOW_STEP, TASKFLOW_TABLES, Claim, FlowLogEntry,
                                Operation, Secret, utcnow)
 from persistence.session import changed
 
@@ -152,60 +152,14 @@ def listing(s: Session, *, limit: int = 50, state: str | None = None,
 
 
 #: Parameters that name a host an operation touched (spawn's placement, a
-#: move's source and destination); `history(host=...)` matches any of them.
+#: move's source and destination); `history.read_page(host=...)` matches any of them.
 HOST_PARAMS = ("host", "target_host", "source_host", "dest_host", "destination")
 #: And destroy's list of hosts holding a copy (not matched in SQL: a list).
 HOST_LIST_PARAMS = ("copy_hosts",)
 
 
-@dataclass(frozen=True)
-class HistoryFilter:
-    """What `computeflow ops list` narrows the history to; None: any."""
-
-    instance: str | None = None  # a name (every instance that had it, deleted too) or a uuid
-    kind: str | None = None
-    state: str | None = None
-    host: str | None = None  # the instance's host, or a host in HOST_PARAMS
-    since: dt.datetime | None = None  # created at or after (UTC, naive)
-    until: dt.datetime | None = None  # created at or before (UTC, naive)
-    error: str | None = None  # substring of the error, case-insensitive
-
-
-def history(s: Session, f: HistoryFilter, limit: int = 50,
-            offset: int = 0) -> list[tuple[Operation, str | None]]:
-    """Operations newest first, each with its instance's name, filtered in SQL.
-
-    The order and the time window walk ix_operations_created (or
-    ix_operations_state_created with a state); an instance is found by its
-    uuid index or the (name, live_marker) unique index, its operations by
-    ix_operations_instance_uuid. Only --host and --error look inside rows.
-    `offset` skips that many in SQL (the web API's pages).
-    """
-    q = (sa.select(Operation, Instance.name)
-         .outerjoin(Instance, Instance.uuid == Operation.instance_uuid)
-         .order_by(Operation.created_at.desc()).limit(limit).offset(offset))
-    if f.instance:
-        named = sa.select(Instance.uuid).where(
-            sa.or_(Instance.name == f.instance, Instance.uuid == f.instance))
-        q = q.where(Operation.instance_uuid.in_(named))
-    if f.kind:
-        q = q.where(Operation.kind == f.kind)
-    if f.state:
-        q = q.where(Operation.state == f.state)
-    if f.host:
-        q = q.where(sa.or_(Instance.host == f.host,
-                           *(Operation.parameters[k].as_string() == f.host for k in HOST_PARAMS)))
-    if f.since:
-        q = q.where(Operation.created_at >= f.since)
-    if f.until:
-        q = q.where(Operation.created_at <= f.until)
-    if f.error:
-        q = q.where(Operation.error.icontains(f.error, autoescape=True))
-    return [(op, name) for op, name in s.execute(q)]
-
-
 def last_for_instance(s: Session, instance_uuid: str) -> Operation | None:
-    """The instance's newest operation (ix_operations_instance_uuid)."""
+    """The instance's newest operation (ix_operations_instance_created)."""
     return s.scalars(sa.select(Operation).where(Operation.instance_uuid == instance_uuid)
                      .order_by(Operation.created_at.desc()).limit(1)).first()
 

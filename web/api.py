@@ -41,9 +41,9 @@ def openapi(request: Request):
 
 def list_operations(request: Request):
     require(request, auth.READER)
-    f, limit, offset = views.history_query(request.query_params)
+    f, limit, at = views.history_query(request.query_params)
     with state(request).db.session() as s:
-        return json_response(views.history_page(s, f, limit, offset))
+        return json_response(views.history_page(s, f, limit, at))
 
 
 def show_operation(request: Request):

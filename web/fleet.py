@@ -5,7 +5,8 @@ database says is on it (what `computeflow inventory` shows, side by side).
 from __future__ import annotations
 
 from conductor import render
-from persistence import claims, events, hosts, instances, operations
+from persistence import claims, events, hosts, instances
+from persistence.history import HistoryFilter, read_page
 from persistence.models import utcnow
 from web.context import ApiError, WebState
 
@@ -18,7 +19,7 @@ def instance_detail(s, name_or_uuid: str) -> dict:
     inst = instances.find_live(s, name_or_uuid) or instances.find_deleted(s, name_or_uuid)
     if inst is None:
         raise ApiError(404, f"no instance named {name_or_uuid!r} (nor with that uuid)")
-    rows = operations.history(s, operations.HistoryFilter(instance=inst.uuid), HISTORY_LIMIT + 1)
+    rows = read_page(s, HistoryFilter(instance=inst.uuid), HISTORY_LIMIT + 1).rows
     now = utcnow()
     return {"instance": render.instance_dict(inst) | {"deleted": inst.live_marker != "",
                                                       "host_down": inst.host in hosts.down_names(s)},

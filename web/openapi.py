@@ -47,8 +47,11 @@ OPENAPI = {
                 _q("until", "created at or before (ISO-8601)"),
                 _q("error", "substring of the error, any case"),
                 _q("limit", "1-500, default 50", "integer"),
-                _q("offset", "rows to skip, default 0", "integer")],
-                "responses": _ok("{operations: [...], limit, offset, more}") | _ERRORS},
+                _q("cursor", "the page to read: a page's next (older), prev (newer) or "
+                             "last (the oldest operations) token as given; none: the newest")],
+                "responses": _ok("{operations: [...], limit, next, prev, last, more, partial: "
+                                 "a host or error search stopped after reading its share}")
+                | _ERRORS},
             "post": {"summary": "submit a catalogue operation (operator)",
                      "requestBody": {"required": True, "content": {"application/json": {"schema": {
                          "type": "object", "required": ["kind", "instance"], "properties": {

@@ -145,30 +145,47 @@ def _filters_form(params) -> str:
             '</label> <button>filter</button></form>')
 
 
+def _pager(params, page: dict) -> str:
+    """Newest / newer / older / oldest links, each keeping the filters and the limit."""
+    keep = {k: v for k, v in params.items() if k != "cursor" and v}
+
+    def href(token: str | None) -> str:
+        return "/operations?" + urlencode(keep | ({"cursor": token} if token else {}))
+
+    links = []
+    if page["prev"]:
+        links += [f'<a id="newest" href="{e(href(None))}" rel="first">newest</a>',
+                  f'<a id="newer" href="{e(href(page["prev"]))}" rel="prev">newer</a>']
+    if page["next"]:
+        links += [f'<a id="older" href="{e(href(page["next"]))}" rel="next">older</a>',
+                  f'<a id="oldest" href="{e(href(page["last"]))}" rel="last">oldest</a>']
+    return f'<nav class="pager">{" ".join(links)}</nav>'
+
+
 def operations_page(request: Request) -> Response:
     role = _viewer(request)
     if role is None:
         return _to_login(request)
     params = request.query_params
     try:
-        f, limit, offset = views.history_query(params)
+        f, limit, at = views.history_query(params)
         with state(request).db.session() as s:
-            page = views.history_page(s, f, limit, offset)
+            page = views.history_page(s, f, limit, at)
     except ApiError as err:
         return _page("operations", f'<h1>Operations</h1>{_filters_form(params)}'
                      f'<p class="error">{e(err.message)}</p>', role,
                      request.cookies.get(auth.CSRF_COOKIE, ""))
-    keep = {k: v for k, v in params.items() if k != "offset" and v}
-    nav = []
-    if offset > 0:
-        nav.append(f'<a href="/operations?{urlencode(keep | {"offset": max(0, offset - limit)})}"'
-                   ' rel="prev">newer</a>')
-    if page["more"]:
-        nav.append(f'<a href="/operations?{urlencode(keep | {"offset": offset + limit})}" '
-                   'rel="next">older</a>')
-    body = (f'<h1>Operations</h1>{_filters_form(params)}{op_rows(page["operations"])}'
-            f'<nav>{" ".join(nav)}</nav>')
-    return _page("operations", body, role, request.cookies.get(auth.CSRF_COOKIE, ""))
+    return _page("operations", operations_body(params, page), role,
+                 request.cookies.get(auth.CSRF_COOKIE, ""))
+
+
+def operations_body(params, page: dict) -> str:
+    """The list page's body: the filters, one page (views.history_page), the links."""
+    partial = (f'<p id="partial" class="muted">This page stopped after reading '
+               f'{views.SCAN_ROWS:,} operations for these filters, fewer matching than the '
+               'limit: page on to search further.</p>' if page["partial"] else "")
+    return (f'<h1>Operations</h1>{_filters_form(params)}{op_rows(page["operations"])}'
+            f'{partial}{_pager(params, page)}')
 
 
 # -- one operation -----------------------------------------------------------------

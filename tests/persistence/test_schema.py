@@ -17,6 +17,11 @@ def test_schema_is_at_head_with_our_version_table(db_url):
     for table in ("flowdetails", "atomdetails"):
         indexed = {tuple(ix["column_names"]) for ix in insp.get_indexes(table)}
         assert ("parent_uuid",) in indexed
+    # The history's keyset pages: every index it walks ends in (created_at, id).
+    indexed = {tuple(ix["column_names"]) for ix in insp.get_indexes("operations")}
+    assert {("created_at", "id"), ("state", "created_at", "id"),
+            ("kind", "created_at", "id"), ("instance_uuid", "created_at", "id"),
+            ("has_error", "created_at", "id")} <= indexed
     db.dispose()
 
 

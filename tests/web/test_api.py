@@ -64,8 +64,12 @@ def test_list_filters(site: Site):
     assert ids("?until=2000-01-01T00:00:00Z") == []
     status, page = site.call("GET", "/api/v1/operations?kind=spawn&limit=1")
     assert [o["id"] for o in page["operations"]] == [site.ok_op] and page["more"] is True
-    status, page = site.call("GET", "/api/v1/operations?kind=spawn&limit=1&offset=1")
+    assert page["prev"] is None and page["next"]
+    status, page = site.call("GET", f"/api/v1/operations?kind=spawn&limit=1&cursor={page['next']}")
     assert [o["id"] for o in page["operations"]] == [site.failed_op] and page["more"] is False
+    assert page["next"] is None and page["prev"]
+    status, page = site.call("GET", f"/api/v1/operations?kind=spawn&limit=1&cursor={page['last']}")
+    assert [o["id"] for o in page["operations"]] == [site.failed_op]  # the oldest page
     status, body = site.call("GET", "/api/v1/instances")
     assert {i["name"]: i["vm_state"] for i in body["instances"]} == {"vm1": "error", "vm2": "active"}
     status, body = site.call("GET", "/api/v1/hosts")
@@ -76,7 +80,8 @@ def test_list_filters(site: Site):
     ("GET", "/api/v1/operations?kind=nope", None, 400),
     ("GET", "/api/v1/operations?state=DONE", None, 400),
     ("GET", "/api/v1/operations?limit=0", None, 400),
-    ("GET", "/api/v1/operations?offset=x", None, 400),
+    ("GET", "/api/v1/operations?offset=50", None, 400),
+    ("GET", "/api/v1/operations?cursor=not-a-cursor", None, 400),
     ("GET", "/api/v1/operations?since=yesterday", None, 400),
     ("GET", "/api/v1/operations?colour=red", None, 400),
     ("GET", "/api/v1/operations?host=nohost", None, 400),
