@@ -13,8 +13,8 @@ is reached, the oldest waiting task gets the next free thread, so none
 starves. The standard ThreadPoolExecutor also grows on demand but never
 shrinks; taskflow's parallel engine accepts any `concurrent.futures.Executor`.
 
-It lives in flows/ because steps use it too (flows.steps.attempts runs each
-call under a deadline on one of its threads) and the conductor imports flows.
+It lives in flows/ because steps use it too (flows/step_pool.py, the pool
+steps run on, is one) and the conductor imports flows.
 """
 from __future__ import annotations
 
@@ -103,10 +103,33 @@ class ElasticThreadPool(futures.Executor):
         self._threads.add(t)
         t.start()
 
+    def _detach(self, thread: threading.Thread) -> None:
+        """`thread` no longer counts as one of the pool's: it ends once its
+        task returns (a subclass gives up on a task it cannot stop), and a
+        queued task gets a thread of its own meanwhile."""
+        with self._cond:
+            if thread not in self._threads:
+                return
+            self._threads.discard(thread)
+            if len(self._queue) > self._idle and len(self._threads) < self.max_threads:
+                self._start_thread()
+
+    def _run(self, fut: futures.Future[Any], fn: Callable[..., Any], args: tuple[Any, ...],
+             kwargs: dict[str, Any]) -> None:
+        """Run one task and settle its future (a subclass adds what it needs)."""
+        try:
+            result = fn(*args, **kwargs)
+        except BaseException as e:  # noqa: BLE001 - handed to the caller, as ThreadPoolExecutor does
+            fut.set_exception(e)
+        else:
+            fut.set_result(result)
+
     def _serve(self) -> None:
         me = threading.current_thread()
         while True:
             with self._cond:
+                if me not in self._threads:  # detached while running its last task
+                    return
                 deadline = time.monotonic() + self.idle_seconds
                 while not self._queue and not self._shutdown:
                     remaining = deadline - time.monotonic()
@@ -121,10 +144,5 @@ class ElasticThreadPool(futures.Executor):
                 fut, fn, args, kwargs = self._queue.popleft()
             if not fut.set_running_or_notify_cancel():
                 continue
-            try:
-                result = fn(*args, **kwargs)
-            except BaseException as e:  # noqa: BLE001 - handed to the caller, as ThreadPoolExecutor does
-                fut.set_exception(e)
-            else:
-                fut.set_result(result)
+            self._run(fut, fn, args, kwargs)
             del fut, fn, args, kwargs  # a finished task must not stay referenced while idle
