@@ -1,9 +1,9 @@
 """`computeflow conductor`: the long-running service that claims and runs jobs.
 
-One loop claims one job at a time (exactly one dispatch per claim) while fewer
-than `max_operations` run; each claimed operation runs on its own thread
-through the same Runner as the embedded mode. A heartbeat thread keeps every
-claim alive independently of how long a step takes; a claim found lost
+One loop claims jobs, up to CLAIM_BATCH per listing of the board (exactly
+one dispatch per claim), while fewer than `max_operations` run; each claimed
+operation runs on its own thread through the same Runner as the embedded mode.
+A heartbeat thread keeps every claim alive independently of how long a step takes; a claim found lost
 suspends that operation's engine (the database's fencing stops any write the
 engine still tries). Holding the claim is what entitles a conductor to take
 the operation over from a previous owner.
@@ -36,6 +36,11 @@ from persistence.errors import PersistenceError
 LOG = logging.getLogger(__name__)
 UNLOADABLE = "not loadable here:"  # the reason follows, so `ops list` shows it
 _DB_ERRORS = (tf_exc.StorageFailure, PersistenceError, sa_exc.SQLAlchemyError, OSError)
+#: Jobs claimed from one listing of the board. A listing reads every job, so
+#: claiming one per listing made a 1,000-job burst quadratic; a batch much
+#: larger than this would let one conductor take a burst before the others
+#: look (they list too, and claims race safely).
+CLAIM_BATCH = 32
 
 
 class _ServiceRunner(Runner):
@@ -123,7 +128,7 @@ class ConductorService:
                 if not self.board.embedded and now - last_reconcile > self.expiry / 2:
                     last_reconcile = now
                     self._reconcile()
-                if len(self._claims) < self.max_operations and self._claim_one():
+                if len(self._claims) < self.max_operations and self._claim_some():
                     continue
             except Exception:  # the loop must outlive any outage: a dead loop strands its claims
                 LOG.exception("conductor loop error; retrying")
@@ -146,21 +151,22 @@ class ConductorService:
             interval = max(0.0, min(interval, min(retries) - time.monotonic()))
         return interval
 
-    def _claim_one(self) -> bool:
+    def _claim_some(self) -> bool:
+        """Claim up to CLAIM_BATCH jobs (within max_operations) and dispatch each."""
         now = time.monotonic()
         skip = set(self._claims) | {k for k, t in self._skip_until.items() if t > now}
+        room = min(CLAIM_BATCH, self.max_operations - len(self._claims))
         try:
-            claim = self.board.claim_next(skip)
+            claims = self.board.claim_batch(skip, room)
         except (tf_exc.JobFailure, *_DB_ERRORS) as e:
             LOG.warning("cannot reach the jobboard or database: %s; retrying", e)
             self._stop.wait(min(self.expiry / 3, 2.0))
             return False
-        if claim is None:
-            return False
-        self._claims[claim.op_id] = claim
-        fut = self._pool.submit(self._work, claim)
-        fut.add_done_callback(lambda _f: self._wake.set())
-        return True
+        for claim in claims:
+            self._claims[claim.op_id] = claim
+            fut = self._pool.submit(self._work, claim)
+            fut.add_done_callback(lambda _f: self._wake.set())
+        return bool(claims)
 
     def _reconcile(self) -> None:
         """Post every active operation nobody holds (its job was lost with a

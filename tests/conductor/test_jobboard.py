@@ -72,6 +72,18 @@ def test_jobs_are_claimed_oldest_operation_first(board_url):
     assert board.claim_next(set()) is None  # all claimed: exactly one job per claim
 
 
+def test_a_batch_claims_the_oldest_jobs_from_one_listing_skipping_and_within_its_limit(board_url):
+    board, other = _board(board_url, "c1"), _board(board_url, "c2")
+    ids = [str(uuid.uuid4()) for _ in range(6)]
+    for age, op_id in reversed(list(enumerate(ids))):  # posted newest first
+        board.post(op_id, T0 + dt.timedelta(minutes=age))
+    first = board.claim_batch({ids[0]}, 3)
+    assert [c.op_id for c in first] == ids[1:4]  # oldest first, the skipped one left
+    assert [c.op_id for c in other.claim_batch(set(), 10)] == [ids[0], ids[4], ids[5]]
+    assert board.claim_batch(set(), 10) == []  # every job claimed exactly once
+    assert {op_id for op_id, claimed in board.waiting() if claimed} == set(ids)
+
+
 def test_posting_is_idempotent_per_operation(board_url):
     board = _board(board_url, "c1")
     op_id = str(uuid.uuid4())
