@@ -78,6 +78,8 @@ class Watchdog:
                 return
             d._live = False
             self._live -= 1
+            if not self._live:
+                self._cond.notify()  # asleep until a cancelled deadline: start the idle count now
             if len(self._heap) > 64 and self._live < len(self._heap) // 4:
                 self._heap = [e for e in self._heap if e[2]._live]
                 heapq.heapify(self._heap)

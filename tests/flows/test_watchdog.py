@@ -46,6 +46,7 @@ def test_a_thousand_cancelled_deadlines_leave_no_heap_behind():
         d.cancel()
     assert w.pending == 0
     assert len(w._heap) <= 64  # rebuilt, not a thousand dead entries for an hour
+    _until(lambda: not w.running)  # ended without waiting for the cancelled hour to pass
 
 
 def test_a_failing_action_does_not_stop_the_others():
