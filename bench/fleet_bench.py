@@ -131,6 +131,26 @@ def pg_sockets(pid: int) -> int:
     return count
 
 
+def rss_by_kind(pid: int) -> dict[str, int]:
+    """Resident kB of a process by kind of mapping (/proc/PID/smaps): the
+    brk heap, glibc's mmapped arenas and large blocks, thread stacks (8 MiB
+    mappings), files (code, libraries) and the rest."""
+    kinds: dict[str, int] = {}
+    kind = "other"
+    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+        fields = line.split()
+        if "-" in fields[0] and len(fields) >= 5 and not fields[0].endswith(":"):
+            lo, hi = (int(x, 16) for x in fields[0].split("-"))
+            path = fields[5] if len(fields) > 5 else ""
+            size_kb = (hi - lo) // 1024
+            kind = ("files" if path.startswith("/") else "heap" if path == "[heap]"
+                    else "thread stacks" if size_kb == 8192 and fields[1] == "rw-p"
+                    else "other" if path else "anonymous (arenas, large blocks)")
+        elif fields[0] == "Rss:":
+            kinds[kind] = kinds.get(kind, 0) + int(fields[1])
+    return kinds
+
+
 class Sampler:
     """Samples every conductor's connections (and threads) until stopped."""
 
@@ -194,6 +214,7 @@ def burst(b: FleetBench, n: int, k: int, wait: float, max_operations: int | None
         procs = start_settled(b, c, names)
         pids = [p.pid for p in procs]
         start = {pid: status(pid) for pid in pids}
+        maps = {pid: [rss_by_kind(pid)] for pid in pids}
         for p in procs:
             p.send_signal(signal.SIGSTOP)
         with c.db.session() as s:
@@ -214,6 +235,8 @@ def burst(b: FleetBench, n: int, k: int, wait: float, max_operations: int | None
         peak = {pid: status(pid)["VmHWM"] for pid in pids}
         settle(b, procs)
         after = {pid: status(pid)["VmRSS"] for pid in pids}
+        for pid in pids:
+            maps[pid].append(rss_by_kind(pid))
         with c.db.session() as s:
             rows = s.execute(sa.select(Operation.started_at, Operation.finished_at, Operation.state)
                              .where(Operation.created_at > submitted)).all()
@@ -226,7 +249,8 @@ def burst(b: FleetBench, n: int, k: int, wait: float, max_operations: int | None
             "p50": _pct(runs, 50), "p99": _pct(runs, 99),
             "rss": [(start[p]["VmRSS"] / 1024, peak[p] / 1024, after[p] / 1024) for p in pids],
             "conns": [sampler.peak_conns[p] for p in pids],
-            "threads": [(start[p]["Threads"], sampler.peak_threads[p]) for p in pids]}
+            "threads": [(start[p]["Threads"], sampler.peak_threads[p]) for p in pids],
+            "maps": [maps[p] for p in pids]}
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -281,6 +305,10 @@ def report_burst(r: dict, cpu: dict, wait: float, bound: int) -> None:
         print(f"  conductor {i}: RSS start {s:.0f} MB, peak {pk:.0f} MB, after the burst {after:.0f} MB "
               f"({(after - s) / s * 100:+.1f}% vs start, target within 10%); threads {t0} -> peak {tmax}; "
               f"peak PostgreSQL connections {conns} (bound {bound})")
+    for i, (before, after) in enumerate(r["maps"]):
+        grew = ", ".join(f"{k} {before.get(k, 0) / 1024:.0f} -> {after.get(k, 0) / 1024:.0f}"
+                         for k in sorted(set(before) | set(after)))
+        print(f"  conductor {i}: resident MB by mapping, start -> after: {grew}")
 
 
 def main() -> None:
