@@ -96,6 +96,12 @@ class Board(abc.ABC):
     def heartbeat(self, claim: Claim) -> bool:
         """Keep a claim alive; False when it is no longer ours."""
 
+    def extend_all(self, claims: list[Claim]) -> list[bool]:
+        """Keep many claims alive at once: per claim, True if it was extended
+        as ours; False means "not known to be", for `heartbeat` to decide
+        one by one. A board that cannot batch says False for all."""
+        return [False] * len(claims)
+
     @abc.abstractmethod
     def consume(self, claim: Claim) -> None:
         """The operation ended: remove its job."""
@@ -301,6 +307,17 @@ class RedisBoard(TaskflowBoard):
                 pipe.exists(j.owner_key)
             owned = pipe.execute()
         return [j for j, o in zip(jobs, owned, strict=True) if not o]
+
+    def extend_all(self, claims: list[Claim]) -> list[bool]:
+        """One round trip for every claim (a pipeline of compare-and-extend):
+        a thousand claims extended one by one took longer than their expiry
+        in a busy process."""
+        ms = int(self.expiry * 1000)
+        with _redis_errors():
+            pipe = self.board._client.pipeline(transaction=False)
+            for claim in claims:
+                self._extend(keys=[claim.job.owner_key], args=[self.who.encode(), ms], client=pipe)
+            return [bool(r) for r in pipe.execute()]
 
     def heartbeat(self, claim: Claim) -> bool:
         """Extend our claim; after a Redis restart lost it, post and claim it again."""

@@ -193,7 +193,15 @@ class ConductorService:
             memory.release_free_memory()
 
     def _beat(self) -> None:
-        for claim in list(self._claims.values()):
+        claims = list(self._claims.values())
+        try:
+            extended = self.board.extend_all(claims)
+        except Exception as e:  # noqa: BLE001 - then one by one, as below
+            LOG.warning("extending %d claims at once failed: %s", len(claims), e)
+            extended = [False] * len(claims)
+        for claim, done in zip(claims, extended, strict=True):
+            if done or self._claims.get(claim.op_id) is not claim:
+                continue  # extended; or ended meanwhile: its job is consumed, never claim it again
             try:
                 mine = self.board.heartbeat(claim)
             except Exception as e:  # unknown is not lost: keep running, fencing protects

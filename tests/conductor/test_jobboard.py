@@ -119,6 +119,20 @@ def test_claim_expires_without_heartbeat_and_survives_with_it(request, kind, exp
     assert a.heartbeat(claim) is False  # a's claim is b's now: a must stop
 
 
+def test_extend_all_extends_our_claims_in_one_go_and_not_the_others(redis_url):
+    a, b = _board(redis_url, "a", expiry=1), _board(redis_url, "b", expiry=1)
+    for i in range(3):
+        a.post(f"op-{i}", T0 + dt.timedelta(minutes=i))
+    mine = a.claim_batch(set(), 2)
+    theirs = b.claim_batch(set(), 1)
+    a.expiry = 60
+    assert a.extend_all([*mine, *theirs]) == [True, True, False]  # b's claim is not a's to extend
+    client, _ = _raw(redis_url)
+    assert all(client.pttl(c.job.owner_key) > 30_000 for c in mine)
+    assert 0 < client.pttl(theirs[0].job.owner_key) <= 1000
+    assert a.extend_all([]) == []
+
+
 def test_heartbeat_reposts_and_reclaims_after_redis_lost_everything(redis_url):
     board = _board(redis_url, "a")
     board.post("op-1", T0)
