@@ -73,6 +73,7 @@ class ElasticThreadPool(futures.Executor):
     # -- Executor ---------------------------------------------------------------
     def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> futures.Future[T]:
         fut: futures.Future[T] = futures.Future()
+        new = None
         with self._cond:
             if self._shutdown:
                 raise RuntimeError(f"{self.name} pool is shut down: cannot submit")
@@ -80,8 +81,13 @@ class ElasticThreadPool(futures.Executor):
             # Every idle thread will take one queued task; start a thread only
             # for a task that none of them will take.
             if len(self._queue) > self._idle and len(self._threads) < self.max_threads:
-                self._start_thread()
+                new = self._new_thread()
             self._cond.notify()
+        if new is not None:
+            # Started outside the lock: Thread.start() waits until the new
+            # thread runs, which under a busy GIL took milliseconds during
+            # which every submit and every finishing task queued on the lock.
+            new.start()
         return fut
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
@@ -94,25 +100,30 @@ class ElasticThreadPool(futures.Executor):
             self._cond.notify_all()
         if wait:
             for t in threads:
-                t.join()
+                if t.ident is not None:  # one being started by a submit sees the shutdown
+                    t.join()
 
     # -- the threads ------------------------------------------------------------
-    def _start_thread(self) -> None:
+    def _new_thread(self) -> threading.Thread:
+        """A thread counted as the pool's (under the lock); the caller starts it."""
         self._started += 1
         t = threading.Thread(target=self._serve, name=f"{self.name}-{self._started}", daemon=True)
         self._threads.add(t)
-        t.start()
+        return t
 
     def _detach(self, thread: threading.Thread) -> None:
         """`thread` no longer counts as one of the pool's: it ends once its
         task returns (a subclass gives up on a task it cannot stop), and a
         queued task gets a thread of its own meanwhile."""
+        new = None
         with self._cond:
             if thread not in self._threads:
                 return
             self._threads.discard(thread)
             if len(self._queue) > self._idle and len(self._threads) < self.max_threads:
-                self._start_thread()
+                new = self._new_thread()
+        if new is not None:
+            new.start()
 
     def _run(self, fut: futures.Future[Any], fn: Callable[..., Any], args: tuple[Any, ...],
              kwargs: dict[str, Any]) -> None:
