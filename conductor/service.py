@@ -261,7 +261,7 @@ class ConductorService:
             return
         if op.state in operations.FINAL_STATES:
             LOG.info("operation %s already ended %s: job consumed, nothing run", op.id, op.state)
-            self.board.consume(claim)
+            self._consume(claim)
             return
         reason = unloadable(op)
         if reason:
@@ -300,7 +300,7 @@ class ConductorService:
             return
         if final.state in operations.FINAL_STATES:
             LOG.info("operation %s %s", op.id, final.state)
-            self.board.consume(claim)
+            self._consume(claim)
         else:
             self._release(claim)
 
@@ -312,6 +312,12 @@ class ConductorService:
         self._slot_waiting[claim.op_id] = tries
         self._skip_until[claim.op_id] = time.monotonic() + min(self.poll * tries, self._slot_retry_cap)
         self._release(claim)
+
+    def _consume(self, claim: Claim) -> None:
+        """The operation ended: forget the claim first, so that a heartbeat
+        meanwhile does not take the consumed job for a lost one and post it again."""
+        self._claims.pop(claim.op_id, None)
+        self.board.consume(claim)
 
     def _release(self, claim: Claim) -> None:
         try:
