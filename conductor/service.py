@@ -36,10 +36,13 @@ from persistence.errors import PersistenceError
 LOG = logging.getLogger(__name__)
 UNLOADABLE = "not loadable here:"  # the reason follows, so `ops list` shows it
 _DB_ERRORS = (tf_exc.StorageFailure, PersistenceError, sa_exc.SQLAlchemyError, OSError)
-#: Jobs claimed from one listing of the board. A listing reads every job, so
-#: claiming one per listing made a 1,000-job burst quadratic; a batch much
-#: larger than this would let one conductor take a burst before the others
-#: look (they list too, and claims race safely).
+#: Jobs claimed from one listing of the board, and operations of this
+#: process starting at once (claimed, flow not running yet): no new claims
+#: beyond that. A listing reads every job, so claiming one per listing made
+#: a 1,000-job burst quadratic; claiming the whole burst at once put 1,000
+#: flows on the CPU together, where the flow writes' pool (16 connections)
+#: left some waiting past its 30 s timeout. Starting is the costly part of
+#: a run; a started flow that waits costs nothing.
 CLAIM_BATCH = 32
 
 
@@ -58,6 +61,7 @@ class _ServiceRunner(Runner):
             if state == states.RUNNING:
                 engine = details["engine"]
                 self.service._engines[op_id] = engine
+                self.service._started(op_id)
                 claim = self.service._claims.get(op_id)
                 if self.service.stopping or (claim is not None and claim.lost.is_set()):
                     engine.suspend()
@@ -83,6 +87,8 @@ class ConductorService:
         self._wake = threading.Event()
         self.wakeups: wakeups.Wakeups | None = None  # opened by serve()
         self._claims: dict[str, Claim] = {}
+        #: Claimed operations whose flow is not running yet (see _claim_some).
+        self._starting: set[str] = set()
         self._engines: dict[str, object] = {}
         self._skip_until: dict[str, float] = {}
         #: Operations refused for a host slot (WaitingForHostSlot), with their tries.
@@ -128,7 +134,8 @@ class ConductorService:
                 if not self.board.embedded and now - last_reconcile > self.expiry / 2:
                     last_reconcile = now
                     self._reconcile()
-                if len(self._claims) < self.max_operations and self._claim_some():
+                if (len(self._claims) < self.max_operations and len(self._starting) < CLAIM_BATCH
+                        and self._claim_some()):
                     continue
             except Exception:  # the loop must outlive any outage: a dead loop strands its claims
                 LOG.exception("conductor loop error; retrying")
@@ -155,7 +162,7 @@ class ConductorService:
         """Claim up to CLAIM_BATCH jobs (within max_operations) and dispatch each."""
         now = time.monotonic()
         skip = set(self._claims) | {k for k, t in self._skip_until.items() if t > now}
-        room = min(CLAIM_BATCH, self.max_operations - len(self._claims))
+        room = min(CLAIM_BATCH - len(self._starting), self.max_operations - len(self._claims))
         try:
             claims = self.board.claim_batch(skip, room)
         except (tf_exc.JobFailure, *_DB_ERRORS) as e:
@@ -164,9 +171,16 @@ class ConductorService:
             return False
         for claim in claims:
             self._claims[claim.op_id] = claim
+            self._starting.add(claim.op_id)
             fut = self._pool.submit(self._work, claim)
             fut.add_done_callback(lambda _f: self._wake.set())
         return bool(claims)
+
+    def _started(self, op_id: str) -> None:
+        """The operation's flow runs (or its run ended): room for another claim."""
+        if op_id in self._starting:
+            self._starting.discard(op_id)
+            self._wake.set()
 
     def _reconcile(self) -> None:
         """Post every active operation nobody holds (its job was lost with a
@@ -237,6 +251,7 @@ class ConductorService:
             LOG.exception("operation %s: unexpected error; job released", claim.op_id)
             self._release(claim)
         finally:
+            self._started(claim.op_id)
             self._engines.pop(claim.op_id, None)
             self._claims.pop(claim.op_id, None)
             if claim.op_id not in self._slot_waiting:  # it ran (or could not): a slot may be free
