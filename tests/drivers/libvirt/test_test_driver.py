@@ -568,6 +568,22 @@ def test_a_lost_connection_is_waited_out_and_the_call_repeated(drv, monkeypatch,
     assert 1.2 <= time.monotonic() - started < 10
 
 
+def test_shared_storage_check_is_a_marker_in_the_host_directory(drv, tmp_path):
+    """Evacuate's question, answered from files only (the other host's daemon may be
+    down): a host sees the marker only where its directory is the other's."""
+    other = LibvirtDriver("other", "qemu:///nowhere", instances_path=str(tmp_path / "instances"))
+    data = drv.check_instance_shared_storage_local(U1)
+    assert os.path.exists(os.path.join(drv.root, data["filename"]))
+    assert drv.check_instance_shared_storage_remote(data)
+    assert not other.check_instance_shared_storage_remote(data)  # never connects
+    drv.check_instance_shared_storage_cleanup(data)
+    drv.check_instance_shared_storage_cleanup(data)  # twice: nothing to remove
+    assert not drv.check_instance_shared_storage_remote(data)
+    assert drv.host_report().resources == ()
+    with pytest.raises(DriverError):
+        drv.check_instance_shared_storage_remote({"filename": "../ports.json"})
+
+
 def test_domain_type_follows_the_connection(tmp_path, host_name):
     d = LibvirtDriver(host_name, TEST_URI, instances_path=str(tmp_path), virt_type="kvm")
     try:
