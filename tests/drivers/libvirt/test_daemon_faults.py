@@ -168,8 +168,9 @@ def test_live_migration_rides_out_a_restart_of_the_source_daemon(pair, daemons_b
     away = _restart_while_waited_for(SYSTEM, src)
     t1 = time.monotonic()
     # Either the restarted daemon cancelled the job it found (the guest runs on, on the
-    # source, and the repeated call migrates it again, at full speed now), or the job
-    # ended while the daemon was away and the repeated call finds the guest arrived.
+    # source, and the repeated call migrates it again, at full speed now: seen with
+    # SIGTERM), or the guest is on the destination when the daemon answers and the
+    # repeated call finds it arrived (seen with SIGKILL).
     try:
         domain(c, "src", uuid).migrateSetMaxSpeed(8192, 0)
         on_source_after_restart = True
@@ -190,10 +191,11 @@ def test_live_migration_rides_out_a_restart_of_the_source_daemon(pair, daemons_b
 
 
 def test_live_migration_survives_a_crash_of_the_destination_daemon(pair, daemons_back):
-    """The destination daemon is SIGKILLed and started again while the job runs. The
-    migration's data goes QEMU to QEMU, so the job can go on; whichever way it ends, the
-    operation ends by itself: completed (the guest on dst) or reverted (on src), one
-    guest counting in the same boot, the other daemon holding nothing of it."""
+    """The destination daemon is SIGKILLed and started again while the job runs (its
+    QEMU runs on; the new daemon takes it over). Whichever way the job ends, the
+    operation ends by itself: completed (the guest on dst; seen every time) or
+    reverted (on src), one guest counting in the same boot, the other daemon holding
+    nothing of it."""
     c, uuid, con, _ = pair
     tick = con.wait_ticks_beyond(2)
     domain(c, "src", uuid).migrateSetMaxSpeed(SLOW_MIB_S, 0)

@@ -25,6 +25,7 @@ import pytest
 from conductor import moves, reconcile
 from drivers.base import PowerState
 from persistence import claims, instances, operations
+from tests.conftest import run_cli
 from tests.drivers.libvirt.conftest import poll
 from tests.drivers.libvirt.daemons import SYSTEM, qemu_pid
 from tests.drivers.libvirt.test_daemon_faults import daemons_back  # noqa: F401 - fixture
@@ -74,7 +75,7 @@ def test_cold_migration_to_the_other_daemon_and_back(pair):
 
 
 def test_evacuate_a_host_whose_daemon_is_stopped(pair, daemons_back):
-    c, uuid, con, _ = pair
+    c, uuid, con, conf_file = pair
     src = c.rt.driver_for("src")
     con.wait_ticks_beyond(1)
     # The host dies: its daemon stops and nothing runs there any more.
@@ -100,9 +101,17 @@ def test_evacuate_a_host_whose_daemon_is_stopped(pair, daemons_back):
     found = reconcile.audit(c)
     assert "src" in found.skipped_hosts and "set-up" in found.skipped_hosts["src"]
     assert found.findings == [], [f.line() for f in found.findings]  # dst is as recorded
+    dry_run = run_cli(conf_file, "reconcile")  # what an operator sees, from the CLI
+    assert dry_run.returncode == 0, dry_run.stderr
+    assert "1 live instance(s): 0 finding(s), 0 to fix" in dry_run.stdout, dry_run.stdout
+    assert "skipped src: marked down" in dry_run.stdout, dry_run.stdout
     assert moves.set_host_up(c, "src") == [uuid]  # the stale copy is removed
     assert src.inventory().empty, src.inventory()
     _runs_only_on(c, uuid, "dst")
     found = reconcile.audit(c)
     assert found.findings == [] and not found.skipped_hosts, [f.line() for f in found.findings]
+    inventory = run_cli(conf_file, "inventory")
+    assert inventory.returncode == 0, inventory.stderr
+    assert "src: 0 guests, 0 disks, 0 ports" in inventory.stdout, inventory.stdout
+    assert "dst: 1 guests, 2 disks, 1 ports" in inventory.stdout, inventory.stdout
     print(f"evacuate to the second daemon: {took:.1f} s")
