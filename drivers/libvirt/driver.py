@@ -17,9 +17,11 @@ own guests) are never listed, counted or touched.
 The driver runs on the hypervisor's machine: disks are created locally with
 qemu-img at the paths the domain XML names.
 
-One module (~630 lines) on purpose: it is the contract's method list, each a
+One module (~700 lines) on purpose: it is the contract's method list, each a
 short composition of host.py, guest.py, config.py, disks.py, ports.py and
-migration.py, where the libvirt work itself lives.
+migration.py, where the libvirt work itself lives, plus `_translated`, the
+wrapper every method goes through (errors translated, a daemon restart waited
+out and the call repeated).
 """
 from __future__ import annotations
 
