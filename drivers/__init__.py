@@ -58,5 +58,6 @@ def load_driver(conf: cfg.ConfigOpts, host: str, driver: str, uri: str | None = 
             default_ephemeral_format=conf.default_ephemeral_format,
             soft_reboot_timeout=opts.soft_reboot_timeout,
             permit_post_copy=opts.live_migration_permit_post_copy,
+            reconnect_timeout=opts.reconnect_timeout,
         )
     raise ValueError(f"unknown compute driver {driver!r} (known: {', '.join(DRIVER_NAMES)})")

@@ -47,6 +47,12 @@ class HypervisorUnavailable(TransientError):
         self.host = host
 
 
+class ConnectionLost(HypervisorUnavailable):
+    """The connection to the hypervisor broke, or could not be opened (its daemon
+    is down or restarting). The libvirt driver waits for the daemon and repeats
+    the call itself ([libvirt] reconnect_timeout) before raising this."""
+
+
 class InjectedFault(DriverError):
     """Raised by fault injection (tests and demos)."""
 

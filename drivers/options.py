@@ -126,6 +126,18 @@ libvirt_opts = [
         help="Seconds a soft reboot waits for the guest to power off after the "
         "ACPI request before giving up (the reboot operation then reboots hard).",
     ),
+    cfg.FloatOpt(
+        "reconnect_timeout",
+        default=60.0,
+        min=0,
+        help="Seconds a driver call waits for a libvirt daemon that went away (a "
+        "restart, a crash) to answer again, reconnecting every half second; once it "
+        "answers, the call is made again from the start (every call of the driver is "
+        "written to be repeated: a guest already running is not started twice). If it "
+        "does not answer in time, the call fails with a transient error, which the "
+        "step retries. A daemon this process never reached is not waited for. "
+        "0: fail at once.",
+    ),
     cfg.BoolOpt(
         "live_migration_permit_post_copy",
         default=False,

@@ -17,15 +17,18 @@ own guests) are never listed, counted or touched.
 The driver runs on the hypervisor's machine: disks are created locally with
 qemu-img at the paths the domain XML names.
 
-One module (~630 lines) on purpose: it is the contract's method list, each a
+One module (~700 lines) on purpose: it is the contract's method list, each a
 short composition of host.py, guest.py, config.py, disks.py, ports.py and
-migration.py, where the libvirt work itself lives.
+migration.py, where the libvirt work itself lives, plus `_translated`, the
+wrapper every method goes through (errors translated, a daemon restart waited
+out and the call repeated).
 """
 from __future__ import annotations
 
 import contextlib
 import functools
 import inspect
+import logging
 import os
 import shutil
 import threading
@@ -37,8 +40,8 @@ import libvirt
 from drivers import base
 from drivers.base import (Disk, DiskKind, DiskSpec, GuestInfo, GuestSpec, HostResources, Image,
                           Inventory, LifecycleEvent, PowerState, Vif)
-from drivers.errors import (DriverError, GuestNotFound, HypervisorUnavailable, InvalidGuestState,
-                            RootDiskTooSmall, SoftRebootFailed)
+from drivers.errors import (ConnectionLost, DriverError, GuestNotFound, HypervisorUnavailable,
+                            InvalidGuestState, RootDiskTooSmall, SoftRebootFailed)
 from drivers.libvirt import disks, resize, snapshot
 from drivers.libvirt import migration
 from drivers.libvirt.config import (DiskConfig, DomainConfig, InstanceMetadata, InterfaceConfig,
@@ -52,30 +55,61 @@ CONSOLE_LOG = "console.log"
 MAX_CONSOLE_BYTES = 100 * 1024
 DEFAULT_CMDLINE = "console=ttyS0"
 _POLL_S = 0.1
+#: Pause before a call is repeated after a lost connection came back.
+_REPEAT_PAUSE_S = 0.5
+LOG = logging.getLogger(__name__)
 _IGNORED_EVENTS = frozenset({libvirt.VIR_DOMAIN_EVENT_DEFINED, libvirt.VIR_DOMAIN_EVENT_UNDEFINED})
 
 
-def _translated(method):
-    """Turn libvirtError into computeflow's driver errors.
+def _translated(method=None, *, repeatable: bool = True):
+    """Turn libvirtError into computeflow's driver errors, riding out a daemon restart.
 
-    A broken connection is HypervisorUnavailable (transient; the connection
-    is reopened on the next call); a vanished domain is GuestNotFound; any
-    other failure a DriverError carrying libvirt's message.
+    A lost connection (the daemon restarted or crashed; or, for a call that
+    makes the daemon talk to another one, that one went away) is waited out:
+    the driver reconnects every half second, up to `reconnect_timeout`
+    seconds, then makes the call again from the start. That is safe because
+    every call here is written to be repeated, as a step's retry repeats it:
+    each first looks at what the daemon and the disk hold (a guest already
+    running is not started again; a migration job still running is watched,
+    not started twice). A `repeatable=False` call is not repeated. If the
+    daemon does not come back (or was never reached by this driver: a wrong
+    URI is reported at once), ConnectionLost (HypervisorUnavailable, transient)
+    goes to the step. A vanished domain is GuestNotFound; any other failure
+    a DriverError carrying libvirt's message.
     """
+    if method is None:
+        return functools.partial(_translated, repeatable=repeatable)
     has_uuid = "instance_uuid" in inspect.signature(method).parameters
 
     @functools.wraps(method)
     def wrapper(self: LibvirtDriver, *args, **kwargs):
-        try:
-            return method(self, *args, **kwargs)
-        except libvirt.libvirtError as e:
-            if is_connection_error(e):
+        deadline = None
+        while True:
+            try:
+                return method(self, *args, **kwargs)
+            except libvirt.libvirtError as e:
+                if not is_connection_error(e):
+                    instance_uuid = kwargs.get("instance_uuid",
+                                               args[0] if has_uuid and args else None)
+                    if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN and instance_uuid:
+                        raise GuestNotFound(instance_uuid) from None
+                    raise DriverError(f"libvirt on {self.host}: {e}") from None
                 self._host.connection_failed()
-                raise HypervisorUnavailable(self.host, str(e)) from None
-            instance_uuid = kwargs.get("instance_uuid", args[0] if has_uuid and args else None)
-            if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN and instance_uuid:
-                raise GuestNotFound(instance_uuid) from None
-            raise DriverError(f"libvirt on {self.host}: {e}") from None
+                lost: HypervisorUnavailable = ConnectionLost(self.host, str(e))
+            except ConnectionLost as e:
+                lost = e
+            if not repeatable or self._host.closed or not self._host.ever_connected:
+                raise lost from None  # a daemon never reached is likely a wrong URI: say so now
+            if deadline is None:
+                deadline = time.monotonic() + self.reconnect_timeout
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise lost from None
+            LOG.warning("%s on %s: %s; waiting up to %.0fs for the daemon, then repeating the "
+                        "call", method.__name__, self.host, lost, left)
+            if not self._host.wait_until_reachable(deadline):
+                raise lost from None
+            threading.Event().wait(_REPEAT_PAUSE_S)  # a peer's error comes back at once
     return wrapper
 
 
@@ -98,6 +132,7 @@ class LibvirtDriver(base.ComputeDriver):
         default_ephemeral_format: str | None = None,
         soft_reboot_timeout: float = 60,
         permit_post_copy: bool = False,
+        reconnect_timeout: float = 60,
     ) -> None:
         super().__init__(host)
         self.uri = uri
@@ -108,6 +143,7 @@ class LibvirtDriver(base.ComputeDriver):
         self.default_ephemeral_format = default_ephemeral_format
         self.soft_reboot_timeout = soft_reboot_timeout
         self.permit_post_copy = permit_post_copy
+        self.reconnect_timeout = reconnect_timeout
         # Absolute: the paths go into domain XML and qcow2 headers.
         instances_path = os.path.abspath(instances_path)
         self.root = os.path.join(instances_path, host)
@@ -474,7 +510,7 @@ class LibvirtDriver(base.ComputeDriver):
             pause.wait(_POLL_S)
         return True
 
-    @_translated
+    @_translated(repeatable=False)  # repeated after it took effect, it would boot twice
     def reboot(self, instance_uuid: str, hard: bool) -> None:
         """Soft: ACPI shutdown, then start again; SoftRebootFailed if the guest
         is not off within soft_reboot_timeout. Hard: from any state, a fresh boot."""
@@ -601,6 +637,26 @@ class LibvirtDriver(base.ComputeDriver):
     def post_live_migration_at_destination(self, instance_uuid: str) -> None:
         migration.post_at_destination(self, instance_uuid)
 
+    # -- evacuate: is the dead host's storage this one's? ------------------------
+    # Files only, no daemon: the source of an evacuation is down. Each host keeps its
+    # files under its own {instances_path}/{host}, so two hosts see each other's marker
+    # only when their directories are one (a shared mount named alike on both machines).
+    def check_instance_shared_storage_local(self, instance_uuid: str) -> dict:
+        """Leave a marker file in this host's instance directory."""
+        disks.make_dir(self.root)
+        name = f"{_SHARED_CHECK}{uuidlib.UUID(instance_uuid)}"
+        with open(os.path.join(self.root, name), "a"):
+            pass
+        return {"filename": name}
+
+    def check_instance_shared_storage_remote(self, data: dict) -> bool:
+        """Whether this host sees the other host's marker: then they share storage."""
+        return os.path.exists(os.path.join(self.root, _marker_name(data)))
+
+    def check_instance_shared_storage_cleanup(self, data: dict) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(self.root, _marker_name(data)))
+
     # -- events -------------------------------------------------------------
     def _on_lifecycle(self, guest: Guest, event: int, _detail: int) -> None:
         """On the Host's dispatcher thread. The event says something changed;
@@ -627,6 +683,16 @@ def _is_ports_file(entry: str, ports: str) -> bool:
     """The port records, their lock, or a temporary file of a write (disks.tmp_name)."""
     return entry in (ports, ports + ".lock") or (
         entry.startswith(ports + ".") and entry.endswith(".tmp"))
+
+
+_SHARED_CHECK = ".shared-check-"
+
+
+def _marker_name(data: dict) -> str:
+    name = str(data.get("filename", ""))
+    if not name.startswith(_SHARED_CHECK) or "/" in name:
+        raise DriverError(f"not a shared-storage marker: {name!r}")
+    return name
 
 
 def _tap_name(vif_id: str) -> str:

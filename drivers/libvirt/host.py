@@ -14,13 +14,14 @@ import logging
 import os
 import queue
 import threading
+import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import libvirt
 
-from drivers.errors import HypervisorUnavailable
+from drivers.errors import ConnectionLost, HypervisorUnavailable
 from drivers.libvirt.guest import Guest
 
 LOG = logging.getLogger(__name__)
@@ -31,6 +32,9 @@ LOG = logging.getLogger(__name__)
 # failed open() of a disk file reports.
 _CONNECTION_CODES = frozenset({libvirt.VIR_ERR_NO_CONNECT, libvirt.VIR_ERR_INVALID_CONN})
 _CONNECTION_DOMAINS = frozenset({libvirt.VIR_FROM_RPC, libvirt.VIR_FROM_REMOTE})
+
+#: How often a call waiting for a daemon that went away tries to reconnect.
+RECONNECT_POLL_S = 0.5
 
 _loop_lock = threading.Lock()
 _loop_thread: threading.Thread | None = None
@@ -119,6 +123,11 @@ class Host:
         self._capabilities: HostCapabilities | None = None
         self._type: str | None = None
         self._closed = False
+        #: Connections opened after the first one (each a daemon restart or a lost link).
+        self.reconnects = 0
+        #: Calls now waiting in wait_until_reachable for the daemon to answer.
+        self.waiting = 0
+        self._opened_before = False
 
     # -- connection ---------------------------------------------------------
     def get_connection(self) -> libvirt.virConnect:
@@ -142,7 +151,7 @@ class Host:
         try:
             conn = libvirt.open(self.uri)
         except libvirt.libvirtError as e:
-            raise HypervisorUnavailable(self.host_name, f"cannot connect to {self.uri}: {e}") from None
+            raise ConnectionLost(self.host_name, f"cannot connect to {self.uri}: {e}") from None
         try:
             conn.setKeepAlive(5, 3)  # notice a dead daemon within ~20 s even when idle
         except libvirt.libvirtError:
@@ -160,7 +169,12 @@ class Host:
             else:
                 self._start_dispatcher()
         self._conn = conn
-        LOG.info("connected to %s for host %s", self.uri, self.host_name)
+        if self._opened_before:
+            self.reconnects += 1
+            LOG.warning("reconnected to %s for host %s", self.uri, self.host_name)
+        else:
+            LOG.info("connected to %s for host %s", self.uri, self.host_name)
+        self._opened_before = True
         return conn
 
     def _drop_connection(self) -> None:
@@ -176,9 +190,46 @@ class Host:
         _ignore_errors(conn.close)
 
     def connection_failed(self) -> None:
-        """Forget the connection after a call failed with a connection error."""
+        """A call failed with a connection error: forget the connection if it is
+        dead. (A live one stays: the error was the daemon's, about a peer it
+        talks to, such as a migration's destination.)"""
         with self._lock:
+            conn = self._conn
+            try:
+                if conn is not None and conn.isAlive():
+                    return
+            except libvirt.libvirtError:
+                pass
             self._drop_connection()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def ever_connected(self) -> bool:
+        """Whether a connection was ever opened (the daemon answered once)."""
+        return self._opened_before
+
+    def wait_until_reachable(self, deadline: float) -> bool:
+        """After a lost connection: reconnect, trying every RECONNECT_POLL_S, until
+        the daemon answers (True) or time.monotonic() passes `deadline` (False)."""
+        pause = threading.Event()
+        with self._lock:
+            self.waiting += 1
+        try:
+            while True:
+                try:
+                    self.get_connection().getLibVersion()
+                    return True
+                except (ConnectionLost, libvirt.libvirtError):
+                    self.connection_failed()
+                if self._closed or time.monotonic() >= deadline:
+                    return False
+                pause.wait(min(RECONNECT_POLL_S, max(0.0, deadline - time.monotonic())))
+        finally:
+            with self._lock:
+                self.waiting -= 1
 
     def _on_close(self, conn: libvirt.virConnect, reason: int, _opaque) -> None:
         # On the event-loop thread. Nothing to do here: isAlive() now says the

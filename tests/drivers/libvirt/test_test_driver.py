@@ -15,6 +15,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import uuid
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -26,8 +27,8 @@ from conductor.api import SpawnRequest
 from drivers import load_driver
 from drivers.base import (DiskKind, DiskSpec, Flavor, GuestSpec, Held, HeldResource, Image,
                           PowerState, Vif)
-from drivers.errors import (DriverError, GuestNotFound, HypervisorUnavailable, ImageNotFound,
-                            InvalidGuestState, NotSupported, SoftRebootFailed)
+from drivers.errors import (ConnectionLost, DriverError, GuestNotFound, HypervisorUnavailable,
+                            ImageNotFound, InvalidGuestState, NotSupported, SoftRebootFailed)
 from drivers.libvirt import disks
 from drivers.libvirt.config import (ConfigError, DiskConfig, DomainConfig, InstanceMetadata,
                                     InterfaceConfig, OsConfig, SerialConfig)
@@ -509,9 +510,9 @@ class _Error(libvirt.libvirtError):
 
 
 @pytest.mark.parametrize("code,domain,expected", [
-    (libvirt.VIR_ERR_SYSTEM_ERROR, libvirt.VIR_FROM_RPC, HypervisorUnavailable),
-    (libvirt.VIR_ERR_INTERNAL_ERROR, libvirt.VIR_FROM_RPC, HypervisorUnavailable),
-    (libvirt.VIR_ERR_INVALID_CONN, libvirt.VIR_FROM_NONE, HypervisorUnavailable),
+    (libvirt.VIR_ERR_SYSTEM_ERROR, libvirt.VIR_FROM_RPC, ConnectionLost),
+    (libvirt.VIR_ERR_INTERNAL_ERROR, libvirt.VIR_FROM_RPC, ConnectionLost),
+    (libvirt.VIR_ERR_INVALID_CONN, libvirt.VIR_FROM_NONE, ConnectionLost),
     (libvirt.VIR_ERR_NO_DOMAIN, libvirt.VIR_FROM_QEMU, GuestNotFound),
     (libvirt.VIR_ERR_SYSTEM_ERROR, libvirt.VIR_FROM_QEMU, DriverError),  # e.g. a disk it cannot open
     (libvirt.VIR_ERR_OPERATION_FAILED, libvirt.VIR_FROM_QEMU, DriverError),
@@ -520,19 +521,67 @@ def test_libvirt_errors_become_driver_errors(drv, monkeypatch, code, domain, exp
     from drivers.libvirt.guest import Guest
     build(drv)
     drv.power_off(U1)
+    drv.reconnect_timeout = 0  # a connection error is not waited out
     conn = drv._host.get_connection()
 
     def fail(self):
         raise _Error(code, domain)
     monkeypatch.setattr(Guest, "launch", fail)
-    with pytest.raises(expected) as e:
+    with pytest.raises(HypervisorUnavailable if expected is ConnectionLost else expected) as e:
         drv.power_on(U1)
     assert type(e.value) is expected and not isinstance(e.value, libvirt.libvirtError)
-    # Only a broken connection is dropped (and reopened by the next call).
-    assert (drv._host._conn is not conn) == (expected is HypervisorUnavailable)
+    # A connection that is still alive is kept: the error was about another one.
+    assert drv._host._conn is conn
     monkeypatch.undo()
     drv.power_on(U1)
     assert drv.get_info(U1).state is PowerState.RUNNING
+
+
+def test_a_lost_connection_is_waited_out_and_the_call_repeated(drv, monkeypatch, conn):
+    """The daemon goes away under a call: the driver reconnects and makes the call again
+    from the start (power_on then finds the guest to start); a daemon that never comes
+    back is ConnectionLost once reconnect_timeout has passed."""
+    from drivers.libvirt.guest import Guest
+    build(drv)
+    drv.power_off(U1)
+    real_launch, calls = Guest.launch, []
+
+    def launch_once_lost(self):
+        calls.append(self.uuid)
+        if len(calls) == 1:
+            drv._host._conn.close()  # the daemon "restarts": this connection is dead
+            raise _Error(libvirt.VIR_ERR_INTERNAL_ERROR, libvirt.VIR_FROM_RPC)
+        real_launch(self)
+    monkeypatch.setattr(Guest, "launch", launch_once_lost)
+    reconnects = drv._host.reconnects
+    drv.power_on(U1)
+    assert calls == [U1, U1] and drv._host.reconnects == reconnects + 1
+    assert drv.get_info(U1).state is PowerState.RUNNING
+
+    def never(self):
+        raise _Error(libvirt.VIR_ERR_INTERNAL_ERROR, libvirt.VIR_FROM_RPC)
+    monkeypatch.setattr(Guest, "pause", never)
+    drv.reconnect_timeout = 1.2
+    started = time.monotonic()
+    with pytest.raises(ConnectionLost):
+        drv.pause(U1)
+    assert 1.2 <= time.monotonic() - started < 10
+
+
+def test_shared_storage_check_is_a_marker_in_the_host_directory(drv, tmp_path):
+    """Evacuate's question, answered from files only (the other host's daemon may be
+    down): a host sees the marker only where its directory is the other's."""
+    other = LibvirtDriver("other", "qemu:///nowhere", instances_path=str(tmp_path / "instances"))
+    data = drv.check_instance_shared_storage_local(U1)
+    assert os.path.exists(os.path.join(drv.root, data["filename"]))
+    assert drv.check_instance_shared_storage_remote(data)
+    assert not other.check_instance_shared_storage_remote(data)  # never connects
+    drv.check_instance_shared_storage_cleanup(data)
+    drv.check_instance_shared_storage_cleanup(data)  # twice: nothing to remove
+    assert not drv.check_instance_shared_storage_remote(data)
+    assert drv.host_report().resources == ()
+    with pytest.raises(DriverError):
+        drv.check_instance_shared_storage_remote({"filename": "../ports.json"})
 
 
 def test_domain_type_follows_the_connection(tmp_path, host_name):
@@ -546,9 +595,11 @@ def test_domain_type_follows_the_connection(tmp_path, host_name):
 
 def test_unreachable_hypervisor_is_hypervisor_unavailable(tmp_path):
     d = LibvirtDriver("h1", "qemu+unix:///system?socket=/nonexistent/sock", instances_path=str(tmp_path))
+    started = time.monotonic()
     with pytest.raises(HypervisorUnavailable) as e:
         d.init_host()
     assert e.value.transient
+    assert time.monotonic() - started < 5  # never reached: not waited for (reconnect_timeout)
 
 
 # -- load_driver and options --------------------------------------------------
