@@ -43,7 +43,7 @@ from tests.drivers.libvirt.test_qemu_guests import (BOOT_S, Console,  # noqa: F4
 
 pytestmark = pytest.mark.integration
 
-RESTART_S = 120  # a daemon's stop plus start; seconds on an idle machine
+RESTART_S = 120  # bound on a daemon's stop plus start (2-12 s seen here)
 
 
 @pytest.fixture

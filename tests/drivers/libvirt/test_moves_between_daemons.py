@@ -6,8 +6,9 @@ machines sharing it would. The guest's console is the proof that it runs
 where the database says, after each move.
 
 - cold migration (the `migrate` operation, then `confirm_resize`) from one
-  daemon to the other and back: the guest boots on the destination daemon
-  and prints ticks there; nothing is left on the other daemon;
+  daemon to the other, and a resize (to m1.small, two disks more) back: the
+  guest boots on the destination daemon with the disks it should have and
+  prints ticks there; nothing is left on the other daemon;
 - evacuate of a host whose daemon is stopped (and whose guest's QEMU is
   killed: a host that died runs nothing): the guest is rebuilt and boots on
   the other daemon; once the daemon is back, the stale copy on the dead host
@@ -17,6 +18,7 @@ where the database says, after each move.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import time
 
@@ -36,10 +38,12 @@ from tests.drivers.libvirt.test_qemu_guests import Console
 pytestmark = pytest.mark.integration
 
 
-def _cold_migrate(c, target: str) -> float:
-    """migrate + confirm_resize of vm1 to `target`; the seconds the migrate took."""
+def _cold_move(c, target: str, **params) -> float:
+    """migrate (or, given a flavor, resize) + confirm_resize of vm1 to `target`; the
+    seconds the move took."""
     started = time.monotonic()
-    status = c.run(c.submit("migrate", "vm1", target_host=target))
+    status = c.run(c.submit("resize" if params else "migrate", "vm1", target_host=target,
+                            **params))
     took = time.monotonic() - started
     assert status.state == operations.SUCCEEDED, status.error
     status = c.run(c.submit("confirm_resize", "vm1"))
@@ -62,16 +66,23 @@ def _runs_only_on(c, uuid: str, host: str) -> Console:
     return con
 
 
-def test_cold_migration_to_the_other_daemon_and_back(pair):
+def test_cold_migration_to_the_other_daemon_and_resize_back(pair):
+    """migrate to the second daemon, then resize back to qemu:///system as m1.small (an
+    ephemeral and a swap disk more): the guest boots on each side with what it has."""
     c, uuid, _, _ = pair
-    there = _cold_migrate(c, "dst")
-    _runs_only_on(c, uuid, "dst")
-    back = _cold_migrate(c, "src")
-    _runs_only_on(c, uuid, "src")
+    there = _cold_move(c, "dst")
+    con = _runs_only_on(c, uuid, "dst")
+    assert re.search(r"^computeflow-guest: ready disks=vda net=", con.text(), re.M), con.text()
+    back = _cold_move(c, "src", flavor="m1.small")
+    con = _runs_only_on(c, uuid, "src")
+    assert re.search(r"^computeflow-guest: ready disks=vda vdb vdc net=", con.text(), re.M), \
+        con.text()
+    with c.db.session() as s:
+        assert instances.get(s, uuid).flavor == "m1.small"
     found = reconcile.audit(c)
     assert found.findings == [], [f.line() for f in found.findings]
-    print(f"cold migration src -> dst {there:.1f} s, dst -> src {back:.1f} s (migrate step "
-          "to the guest running; confirm not counted)")
+    print(f"cold migration src -> dst {there:.1f} s, resize dst -> src {back:.1f} s (the "
+          "operation, to the guest started on the destination; confirm not counted)")
 
 
 def test_evacuate_a_host_whose_daemon_is_stopped(pair, daemons_back):
