@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite on a fresh Debian 12 machine: installs what it needs,
-# starts the database servers, runs pytest in parallel (pytest-xdist: every
-# libvirt test in one worker, see tests/conftest.py). Extra arguments go to
-# pytest.
+# starts the database servers, runs pytest: everything but the libvirt tiers in
+# parallel workers (pytest-xdist), then the libvirt tiers in one process.
+# Extra arguments go to pytest (one process).
 #
 #   scripts/test.sh            everything (what CI runs)
 #   scripts/test.sh --quick    the inner loop: SQLite only, no servers, no real
@@ -33,8 +33,19 @@ $SUDO scripts/libvirt/start_daemon.sh
 $SUDO scripts/libvirt/start_second_daemon.sh  # the live-migration tier's destination
 scripts/web/install.sh  # headless Chromium + chromedriver for tests/web's browser test
 set +e
-.venv/bin/python -m pytest -q -p no:cacheprovider "${parallel[@]}" --durations=25 -m "not disruptive" "$@"
-rc=$?
+if [ $# -gt 0 ]; then  # a chosen part: one process (it may name libvirt tests)
+    .venv/bin/python -m pytest -q -p no:cacheprovider --durations=25 -m "not disruptive" "$@"
+    rc=$?
+else
+    # Everything but the libvirt tiers in parallel workers; then the libvirt
+    # tiers in one process: they share two daemons, their host names and the
+    # test guest, and their TCG guests need the CPU.
+    .venv/bin/python -m pytest -q -p no:cacheprovider "${parallel[@]}" --durations=25 \
+        -m "not disruptive" --ignore=tests/drivers/libvirt
+    rc=$?
+    .venv/bin/python -m pytest -q -p no:cacheprovider --durations=10 -m "not disruptive" tests/drivers/libvirt
+    rc2=$?; [ $rc -eq 0 ] && rc=$rc2
+fi
 # Last and alone: tests that restart PostgreSQL and Redis under running conductors.
 if [ $# -eq 0 ] && [ $rc -ne 5 ]; then
     .venv/bin/python -m pytest -q -p no:cacheprovider -m disruptive

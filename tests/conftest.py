@@ -225,16 +225,6 @@ _LIBVIRT_TIERS = "tests/drivers/libvirt/"
 _tier_seconds: dict[str, float] = {}
 
 
-def pytest_collection_modifyitems(items) -> None:
-    """Under pytest-xdist (`-n`), every libvirt test runs in one worker, one at a
-    time: the real-guest tiers share two libvirt daemons, their host names and
-    the test guest's directory. Everything else keeps its own databases, board
-    namespaces and state directories per process and test, so it spreads."""
-    for item in items:
-        if item.nodeid.startswith(_LIBVIRT_TIERS):
-            item.add_marker(pytest.mark.xdist_group("libvirt"))
-
-
 def pytest_runtest_logreport(report) -> None:
     """Sum setup + call + teardown per file of the libvirt tiers that use real
     daemons (marker `integration`): their total has a budget (docs/libvirt.md)."""
