@@ -35,10 +35,11 @@ depends on it); split, each part would need the others' private state.
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -131,6 +132,16 @@ def _transient(e: sa_exc.DBAPIError) -> bool:
         return True
     args: tuple[object, ...] = getattr(e.orig, "args", ())
     return bool(args) and args[0] in _TRANSIENT_MYSQL_ERRORS
+
+
+@contextlib.contextmanager
+def _storage_failure(what: str) -> Iterator[None]:
+    """A database error leaves as taskflow's StorageFailure: the runner pauses
+    an operation on it instead of recording a failure."""
+    try:
+        yield
+    except sa_exc.SQLAlchemyError:
+        tf_exc.raise_with_cause(tf_exc.StorageFailure, what)
 
 
 def _backoff(attempt: int) -> float:
@@ -413,16 +424,12 @@ class Connection(stock.Connection):
         return fd
 
     def _remember_loaded(self, fd: tf_models.FlowDetail) -> None:
-        try:
-            with self._engine.connect() as conn:
-                runs = dict(conn.execute(
-                    sa.select(_LOG.c.atom_uuid, sa.func.count())
-                    .where(_LOG.c.flow_detail_uuid == fd.uuid, _LOG.c.state == states.RUNNING)
-                    .group_by(_LOG.c.atom_uuid)
-                ).all())
-        except sa_exc.SQLAlchemyError:
-            tf_exc.raise_with_cause(tf_exc.StorageFailure, f"Failed reading flow {fd.uuid}")
-            raise  # not reached
+        with _storage_failure(f"Failed reading flow {fd.uuid}"), self._engine.connect() as conn:
+            runs = dict(conn.execute(
+                sa.select(_LOG.c.atom_uuid, sa.func.count())
+                .where(_LOG.c.flow_detail_uuid == fd.uuid, _LOG.c.state == states.RUNNING)
+                .group_by(_LOG.c.atom_uuid)
+            ).all())
         self._memory.flow_states[fd.uuid] = fd.state
         for ad in fd:
             self._memory.remember(fd.uuid, ad, runs.get(ad.uuid, 0))
@@ -519,11 +526,8 @@ class Connection(stock.Connection):
             taken = len(pending)
             if not taken and not ops:
                 return 0  # flushed meanwhile by another thread
-            try:
+            with _storage_failure(f"Failed writing flow {flow_uuid}"):
                 rowcount = self._execute(pending + ops, flow_uuid, lazy)
-            except sa_exc.SQLAlchemyError:
-                tf_exc.raise_with_cause(tf_exc.StorageFailure, f"Failed writing flow {flow_uuid}")
-                raise  # not reached: raise_with_cause raises (it is not annotated as never returning)
             del pending[:taken]
             return rowcount
 
