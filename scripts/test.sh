@@ -16,7 +16,7 @@ quick=0
 if [ "${1:-}" = "--quick" ]; then quick=1; shift; fi
 cores=$(nproc 2>/dev/null || echo 1)
 workers=${TEST_WORKERS:-$(( cores >= 2 ? 2 : 1 ))}
-parallel=(); [ "$workers" -gt 0 ] && parallel=(-n "$workers" --dist loadgroup)
+parallel=(); [ "$workers" -gt 0 ] && parallel=(-n "$workers")
 scripts/setup.sh
 if [ $quick -eq 1 ]; then
     exec .venv/bin/python -m pytest -q -p no:cacheprovider "${parallel[@]}" --durations=10 \
