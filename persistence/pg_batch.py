@@ -128,7 +128,7 @@ class BatchRenderer:
         session that lost its prepared statements (a connection pooler that
         swapped it) prepares them again and the batch is sent once more.
         """
-        raw = pool.raw_connection()
+        raw = _checkout(pool, ops)
         try:
             driver_connection = raw.driver_connection
             assert driver_connection is not None  # a pooled connection is always open here
@@ -146,11 +146,28 @@ class BatchRenderer:
                     lost = pool.dialect.is_disconnect(e, raw.driver_connection, cursor)
                     if lost:
                         raw.invalidate(e)
-                    # Named, not quoted: the rendered SQL holds every value
-                    # (step results included), and error texts reach logs.
-                    what = "computeflow write batch: " + ", ".join(name for name, _ in ops)
-                    raise sa_exc.DBAPIError.instance(what, None, e, psycopg2.Error,
-                                                     connection_invalidated=lost) from e
+                    raise _as_sqlalchemy_error(e, ops, lost) from e
             raise AssertionError("unreachable")
         finally:
             raw.close()
+
+
+def _checkout(pool: sa.Engine, ops: list[Op]) -> Any:
+    """A pooled connection, or SQLAlchemy's error for why there is none.
+
+    `Engine.raw_connection` lets the driver's own error through (SQLAlchemy
+    wraps it only on `Engine.connect`); unwrapped, it would slip past the
+    backend's retry and StorageFailure translation, and the runner would
+    record a database outage as the step failing. A new connection that
+    cannot be opened counts as a lost one: retried, then paused."""
+    try:
+        return pool.raw_connection()
+    except psycopg2.Error as e:
+        raise _as_sqlalchemy_error(e, ops, lost=isinstance(e, psycopg2.OperationalError)) from e
+
+
+def _as_sqlalchemy_error(e: psycopg2.Error, ops: list[Op], lost: bool) -> sa_exc.DBAPIError:
+    # Named, not quoted: the rendered SQL holds every value (step results
+    # included), and error texts reach logs.
+    what = "computeflow write batch: " + ", ".join(name for name, _ in ops)
+    return sa_exc.DBAPIError.instance(what, None, e, psycopg2.Error, connection_invalidated=lost)

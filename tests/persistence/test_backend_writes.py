@@ -151,7 +151,10 @@ class _KillWriterConnections(task.Task):
         with killer.connect() as c:
             killed = c.exec_driver_sql(
                 "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                "WHERE application_name = 'computeflow-flow-writes'").scalar()
+                "WHERE application_name = 'computeflow-flow-writes' "
+                # Only this database's: pytest-xdist runs other workers' conductors
+                # on the same server, and killing theirs fails their tests.
+                "AND datname = current_database()").scalar()
         killer.dispose()
         assert killed >= 1
 
@@ -169,6 +172,46 @@ def test_postgresql_a_dropped_write_connection_is_replaced_and_the_batch_sent_ag
         backend.close()
     _three_steps_logged(flow_uuid, db)
     db.dispose()
+
+
+def _refuse_new_connections(url: str, refuse: bool = True) -> None:
+    """Have the server refuse (or accept again) new connections to the test
+    database, and kill the backend's write connections to it."""
+    database = sa.make_url(url).database
+    # From another database: the server refuses to lock out the current one.
+    admin = sa.create_engine(sa.make_url(url).set(database="postgres"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.exec_driver_sql(f"ALTER DATABASE {database} ALLOW_CONNECTIONS {'false' if refuse else 'true'}")
+        c.exec_driver_sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                          f"WHERE application_name = 'computeflow-flow-writes' AND datname = '{database}'")
+    admin.dispose()
+
+
+def test_postgresql_a_batch_that_cannot_get_a_connection_is_a_storage_failure(postgresql_url):
+    """Found by the chaos scale-out test: the error of opening a connection
+    escaped as psycopg2's own, which the runner records as the step failing
+    (the operation reverted) instead of pausing it for another conductor."""
+    from taskflow import exceptions as tf_exc
+
+    from persistence.taskflow_backend import _Statements
+
+    clean(postgresql_url)
+    db = Database(postgresql_url)
+    backend = Backend(db.engine)
+    flow_uuid = _run_flow(backend)
+    backend.memory.pending[flow_uuid] = [_Statements.insert_log_op(dict(
+        flow_detail_uuid=flow_uuid, atom_uuid=flow_uuid, step="t0", state="SUCCESS", attempt=1,
+        at=None, result=None, error=None, traceback=None, epoch=None))]
+    _refuse_new_connections(postgresql_url)
+    try:
+        with pytest.raises(tf_exc.StorageFailure, match=f"Failed writing flow {flow_uuid}") as raised:
+            backend.get_connection().get_flow_details(flow_uuid)
+        assert "not currently accepting connections" in str(raised.value.cause)
+        assert backend.memory.pending[flow_uuid], "the unsent write must be kept for the retry"
+    finally:
+        _refuse_new_connections(postgresql_url, refuse=False)
+        backend.close()
+        db.dispose()
 
 
 def test_postgresql_sessions_that_lost_their_prepared_statements_prepare_them_again(postgresql_url):
