@@ -170,4 +170,6 @@ def _as_sqlalchemy_error(e: psycopg2.Error, ops: list[Op], lost: bool) -> sa_exc
     # Named, not quoted: the rendered SQL holds every value (step results
     # included), and error texts reach logs.
     what = "computeflow write batch: " + ", ".join(name for name, _ in ops)
-    return sa_exc.DBAPIError.instance(what, None, e, psycopg2.Error, connection_invalidated=lost)
+    error = sa_exc.DBAPIError.instance(what, None, e, psycopg2.Error, connection_invalidated=lost)
+    assert isinstance(error, sa_exc.DBAPIError)  # a DBAPI error is always wrapped as one
+    return error
