@@ -7,6 +7,7 @@ the scaling against one at a time, and every error a user would have seen
 
 Usage: .venv/bin/python bench/concurrency_bench.py [--db URL] [-n 64]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,9 +43,15 @@ def main() -> None:
     ap.add_argument("-n", type=int, default=64, help="spawns per level")
     args = ap.parse_args()
     url = fresh(args.db)
-    conf = config.load([], overrides={("DEFAULT", "state_path"): tempfile.mkdtemp(prefix="cf-conc-"),
-                                      ("database", "connection"): url,
-                                      ("conductor", "workers"): 32, ("database", "pool_size"): 20})
+    conf = config.load(
+        [],
+        overrides={
+            ("DEFAULT", "state_path"): tempfile.mkdtemp(prefix="cf-conc-"),
+            ("database", "connection"): url,
+            ("conductor", "workers"): 32,
+            ("database", "pool_size"): 20,
+        },
+    )
     c = Conductor(conf)
     hosts = [f"h{i}" for i in range(4)]
     for h in hosts:

@@ -15,6 +15,7 @@ per thread kind (the thread's name without its number), per frame
 per look: ~2% of a core with 3,000 threads. bench/fleet_bench.py
 --sample-cpu DIR runs its conductors under it.
 """
+
 from __future__ import annotations
 
 import atexit
@@ -88,8 +89,10 @@ def _report() -> None:
         for frame in set(stack):
             inclusive[frame] += used
     with open(OUT, "w") as out:
-        out.write(f"process CPU: user {t.user:.1f} s, system {t.system:.1f} s; {looks} looks; "
-                  f"sampled {sum(by_kind.values()):.1f} s\n\nCPU by thread kind (s):\n")
+        out.write(
+            f"process CPU: user {t.user:.1f} s, system {t.system:.1f} s; {looks} looks; "
+            f"sampled {sum(by_kind.values()):.1f} s\n\nCPU by thread kind (s):\n"
+        )
         out.writelines(f"  {v:8.2f} {k}\n" for k, v in by_kind.most_common())
         out.write("\nCPU by frame, inclusive (s):\n")
         out.writelines(f"  {v:8.2f} {k}\n" for k, v in inclusive.most_common(80))

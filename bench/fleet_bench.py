@@ -26,6 +26,7 @@ Redis, as bench/scaleout_bench.py, whose helpers this reuses).
    RUNNING and submit -> operation done, through one idle conductor against
    the in-process runner.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -66,9 +67,13 @@ class FleetBench(Bench):
         if self.args.sample_cpu:  # bench/cpu_sampler.py writes where the CPU went at exit
             env["CPU_SAMPLER_OUT"] = str(Path(self.args.sample_cpu) / f"{name}.txt")
             run = [str(REPO / "bench" / "cpu_sampler.py"), "conductor.cli"]
-        p = subprocess.Popen([sys.executable, *run, "--config-file",
-                              str(self.conf(name, extra)), "conductor"], cwd=REPO, env=env,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        p = subprocess.Popen(
+            [sys.executable, *run, "--config-file", str(self.conf(name, extra)), "conductor"],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         self.procs.append(p)
         return p
 
@@ -96,7 +101,8 @@ class FleetBench(Bench):
         path.write_text(
             f"[DEFAULT]\nstate_path = {self.tmp / 'state'}\n[database]\nconnection = {self.db_url}\n"
             f"[conductor]\njobboard = {self.board_url}\nlog_file = {self.tmp / name}.log\n{limit}"
-            f"{latency}{extra}")
+            f"{latency}{extra}"
+        )
         return path
 
 
@@ -143,9 +149,17 @@ def rss_by_kind(pid: int) -> dict[str, int]:
             lo, hi = (int(x, 16) for x in fields[0].split("-"))
             path = fields[5] if len(fields) > 5 else ""
             size_kb = (hi - lo) // 1024
-            kind = ("files" if path.startswith("/") else "heap" if path == "[heap]"
-                    else "thread stacks" if size_kb == 8192 and fields[1] == "rw-p"
-                    else "other" if path else "anonymous (arenas, large blocks)")
+            kind = (
+                "files"
+                if path.startswith("/")
+                else "heap"
+                if path == "[heap]"
+                else "thread stacks"
+                if size_kb == 8192 and fields[1] == "rw-p"
+                else "other"
+                if path
+                else "anonymous (arenas, large blocks)"
+            )
         elif fields[0] == "Rss:":
             kinds[kind] = kinds.get(kind, 0) + int(fields[1])
     return kinds
@@ -189,8 +203,9 @@ def start_settled(b: FleetBench, c: Conductor, names: list[str]) -> list:
         wait_for(lambda log=log: log.exists() and "serving" in log.read_text(), 120, f"{name} to serve")
         time.sleep(0.5)  # the wake-up listeners start just after the log line
         b.base_threads[p.pid] = status(p.pid)["Threads"]
-    warm = [c.submit_spawn(SpawnRequest(name=f"warm{i}", flavor="m1.tiny", image="cirros"))
-            for i in range(2 * len(names))]
+    warm = [
+        c.submit_spawn(SpawnRequest(name=f"warm{i}", flavor="m1.tiny", image="cirros")) for i in range(2 * len(names))
+    ]
     for op_id in warm:
         op_id.wait(timeout=600)
     settle(b, procs)
@@ -201,8 +216,7 @@ def settle(b: FleetBench, procs: list) -> None:
     """Wait for the idle threads to end, then a heartbeat (which returns a
     burst's free memory, conductor/memory.py)."""
     for p in procs:
-        wait_for(lambda p=p: status(p.pid)["Threads"] <= b.base_threads[p.pid], 300,
-                 "idle threads to end")
+        wait_for(lambda p=p: status(p.pid)["Threads"] <= b.base_threads[p.pid], 300, "idle threads to end")
     time.sleep(CLAIM_EXPIRY / 3 + 1)
 
 
@@ -220,17 +234,24 @@ def burst(b: FleetBench, n: int, k: int, wait: float, max_operations: int | None
         with c.db.session() as s:
             submitted = s.scalar(sa.select(sa.func.max(Operation.created_at)))
         for i in range(n):  # spread by hand: placement at submit sees none of the burst yet
-            c.submit_spawn(SpawnRequest(name=f"vm{i}", flavor="m1.tiny", image="cirros",
-                                        host=f"h{i % b.args.hosts + 1}"))
+            c.submit_spawn(
+                SpawnRequest(name=f"vm{i}", flavor="m1.tiny", image="cirros", host=f"h{i % b.args.hosts + 1}")
+            )
         with Sampler(pids) as sampler:
             for p in procs:
                 p.send_signal(signal.SIGCONT)
 
             def finished():
                 with c.db.session() as s:
-                    return s.scalar(sa.select(sa.func.count()).select_from(Operation)
-                                    .where(Operation.state.in_(operations.FINAL_STATES),
-                                           Operation.created_at > submitted)) == n
+                    return (
+                        s.scalar(
+                            sa.select(sa.func.count())
+                            .select_from(Operation)
+                            .where(Operation.state.in_(operations.FINAL_STATES), Operation.created_at > submitted)
+                        )
+                        == n
+                    )
+
             wait_for(finished, 7200, f"{n} operations on {k} conductors")
         peak = {pid: status(pid)["VmHWM"] for pid in pids}
         settle(b, procs)
@@ -238,19 +259,28 @@ def burst(b: FleetBench, n: int, k: int, wait: float, max_operations: int | None
         for pid in pids:
             maps[pid].append(rss_by_kind(pid))
         with c.db.session() as s:
-            rows = s.execute(sa.select(Operation.started_at, Operation.finished_at, Operation.state)
-                             .where(Operation.created_at > submitted)).all()
+            rows = s.execute(
+                sa.select(Operation.started_at, Operation.finished_at, Operation.state).where(
+                    Operation.created_at > submitted
+                )
+            ).all()
         b.stop_all()
     finally:
         c.close()
     runs = sorted((f - s).total_seconds() for s, f, _ in rows)
     wall = (max(f for _, f, _ in rows) - min(s for s, _, _ in rows)).total_seconds()
-    return {"n": n, "k": k, "wall": wall, "ok": sum(st == operations.SUCCEEDED for *_, st in rows),
-            "p50": _pct(runs, 50), "p99": _pct(runs, 99),
-            "rss": [(start[p]["VmRSS"] / 1024, peak[p] / 1024, after[p] / 1024) for p in pids],
-            "conns": [sampler.peak_conns[p] for p in pids],
-            "threads": [(start[p]["Threads"], sampler.peak_threads[p]) for p in pids],
-            "maps": [maps[p] for p in pids]}
+    return {
+        "n": n,
+        "k": k,
+        "wall": wall,
+        "ok": sum(st == operations.SUCCEEDED for *_, st in rows),
+        "p50": _pct(runs, 50),
+        "p99": _pct(runs, 99),
+        "rss": [(start[p]["VmRSS"] / 1024, peak[p] / 1024, after[p] / 1024) for p in pids],
+        "conns": [sampler.peak_conns[p] for p in pids],
+        "threads": [(start[p]["Threads"], sampler.peak_threads[p]) for p in pids],
+        "maps": [maps[p] for p in pids],
+    }
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -263,14 +293,14 @@ def latencies(c: Conductor, run_here: bool, samples: int) -> tuple[list[float], 
     first, done = [], []
     for i in range(samples):
         t0 = time.time()
-        op_id = c.submit_spawn(SpawnRequest(name=f"idle{'h' if run_here else 'c'}{i}",
-                                            flavor="m1.tiny", image="cirros"))
+        op_id = c.submit_spawn(
+            SpawnRequest(name=f"idle{'h' if run_here else 'c'}{i}", flavor="m1.tiny", image="cirros")
+        )
         (c.run(op_id) if run_here else op_id.wait(timeout=60))
         t1 = time.time()
         with c.db.session() as s:
             created = s.scalar(sa.select(Operation.created_at).where(Operation.id == op_id))
-            step = s.scalar(sa.select(sa.func.min(FlowLogEntry.at))
-                            .where(FlowLogEntry.flow_detail_uuid == op_id))
+            step = s.scalar(sa.select(sa.func.min(FlowLogEntry.at)).where(FlowLogEntry.flow_detail_uuid == op_id))
         first.append((step - created).total_seconds() * 1000)
         done.append((t1 - t0) * 1000)
     return first, done
@@ -297,17 +327,25 @@ def idle_latency(b: FleetBench, samples: int) -> dict:
 def report_burst(r: dict, cpu: dict, wait: float, bound: int) -> None:
     ideal = wait + cpu["wall"]
     print(f"\n{r['n']} spawns x {wait:g} s wait on {r['k']} conductor(s): {r['ok']} succeeded")
-    print(f"  wall {r['wall']:.1f} s; ideal {ideal:.1f} s (wait {wait:g} + CPU {cpu['wall']:.1f}, "
-          f"the same burst without waiting) -> {r['wall'] / ideal:.2f}x ideal (target <= 1.5)")
-    print(f"  per-operation run time p50 {r['p50']:.1f} s, p99 {r['p99']:.1f} s -> p99/p50 "
-          f"{r['p99'] / r['p50']:.2f} (target <= 1.5)")
+    print(
+        f"  wall {r['wall']:.1f} s; ideal {ideal:.1f} s (wait {wait:g} + CPU {cpu['wall']:.1f}, "
+        f"the same burst without waiting) -> {r['wall'] / ideal:.2f}x ideal (target <= 1.5)"
+    )
+    print(
+        f"  per-operation run time p50 {r['p50']:.1f} s, p99 {r['p99']:.1f} s -> p99/p50 "
+        f"{r['p99'] / r['p50']:.2f} (target <= 1.5)"
+    )
     for i, ((s, pk, after), conns, (t0, tmax)) in enumerate(zip(r["rss"], r["conns"], r["threads"], strict=True)):
-        print(f"  conductor {i}: RSS start {s:.0f} MB, peak {pk:.0f} MB, after the burst {after:.0f} MB "
-              f"({(after - s) / s * 100:+.1f}% vs start, target within 10%); threads {t0} -> peak {tmax}; "
-              f"peak PostgreSQL connections {conns} (bound {bound})")
+        print(
+            f"  conductor {i}: RSS start {s:.0f} MB, peak {pk:.0f} MB, after the burst {after:.0f} MB "
+            f"({(after - s) / s * 100:+.1f}% vs start, target within 10%); threads {t0} -> peak {tmax}; "
+            f"peak PostgreSQL connections {conns} (bound {bound})"
+        )
     for i, (before, after) in enumerate(r["maps"]):
-        grew = ", ".join(f"{k} {before.get(k, 0) / 1024:.0f} -> {after.get(k, 0) / 1024:.0f}"
-                         for k in sorted(set(before) | set(after)))
+        grew = ", ".join(
+            f"{k} {before.get(k, 0) / 1024:.0f} -> {after.get(k, 0) / 1024:.0f}"
+            for k in sorted(set(before) | set(after))
+        )
         print(f"  conductor {i}: resident MB by mapping, start -> after: {grew}")
 
 
@@ -321,12 +359,19 @@ def main() -> None:
     ap.add_argument("--ratio-wait", type=float, help="seconds each spawn of the ratio waits (default --wait)")
     ap.add_argument("--idle-samples", type=int, default=20, help="0: skip idle latency")
     ap.add_argument("--jobboard", choices=("redis",), default="redis")
-    ap.add_argument("--hosts", type=int, default=0,
-                    help="fake hosts (default: enough for the largest burst at 10 builds per host)")
-    ap.add_argument("--sample-cpu", metavar="DIR",
-                    help="run the conductors under bench/cpu_sampler.py, one report per conductor in DIR")
-    ap.add_argument("--pymalloc", action="store_true",
-                    help="run the conductors with Python's own allocator (no PYTHONMALLOC=malloc)")
+    ap.add_argument(
+        "--hosts", type=int, default=0, help="fake hosts (default: enough for the largest burst at 10 builds per host)"
+    )
+    ap.add_argument(
+        "--sample-cpu",
+        metavar="DIR",
+        help="run the conductors under bench/cpu_sampler.py, one report per conductor in DIR",
+    )
+    ap.add_argument(
+        "--pymalloc",
+        action="store_true",
+        help="run the conductors with Python's own allocator (no PYTHONMALLOC=malloc)",
+    )
     args = ap.parse_args()
     args.hosts = args.hosts or max(1, -(-max(args.ops, args.ratio_ops) // 10))
     print(f"{args.hosts} fake hosts", flush=True)
@@ -344,18 +389,23 @@ def main() -> None:
                     wait = args.wait if args.ratio_wait is None else args.ratio_wait
                     one = burst(b, args.ratio_ops, 1, wait, m)
                     three = burst(b, args.ratio_ops, 3, wait, m)
-                    print(f"\n3 vs 1 conductor, {args.ratio_ops} spawns x {wait:g} s wait, "
-                          f"max_operations={m}: 1 conductor {one['wall']:.1f} s, 3 conductors "
-                          f"{three['wall']:.1f} s -> {one['wall'] / three['wall']:.2f}x (target >= 2.7)")
+                    print(
+                        f"\n3 vs 1 conductor, {args.ratio_ops} spawns x {wait:g} s wait, "
+                        f"max_operations={m}: 1 conductor {one['wall']:.1f} s, 3 conductors "
+                        f"{three['wall']:.1f} s -> {one['wall'] / three['wall']:.2f}x (target >= 2.7)"
+                    )
                 if args.idle_samples:
                     lat = idle_latency(b, args.idle_samples)
                     print(f"\nidle latency, {args.idle_samples} spawns one at a time (ms, p50 / max)")
                     for who, (first, done) in lat.items():
-                        print(f"  {who:>10}: submit -> first step {statistics.median(first):6.1f} / "
-                              f"{max(first):6.1f}   submit -> done {statistics.median(done):6.1f} / "
-                              f"{max(done):6.1f}")
+                        print(
+                            f"  {who:>10}: submit -> first step {statistics.median(first):6.1f} / "
+                            f"{max(first):6.1f}   submit -> done {statistics.median(done):6.1f} / "
+                            f"{max(done):6.1f}"
+                        )
             finally:
                 b.stop_all()
+
 
 if __name__ == "__main__":
     main()

@@ -16,6 +16,7 @@ scripts/libvirt/start_daemon.sh and start_second_daemon.sh, the test guest).
 Usage: .venv/bin/python bench/force_complete_bench.py [--rounds 1] [--churn-mib 64]
                                                       [--link-mib-s 32]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -62,13 +63,13 @@ def one_round(post_copy: bool, churn_mib: int, link_mib_s: int) -> dict:
         f"[database]\nconnection = {url}\n[libvirt]\ninstances_path = {work}/instances\n"
         f"guest_kernel = {GUEST_DIR}/vmlinuz\nguest_initrd = {GUEST_DIR}/initrd.gz\n"
         f"guest_cmdline = console=ttyS0 quiet computeflow.churn={churn_mib}\n"
-        f"live_migration_permit_post_copy = {str(post_copy).lower()}\n")
+        f"live_migration_permit_post_copy = {str(post_copy).lower()}\n"
+    )
     c = Conductor(config.load([str(conf)]))
     try:
         c.add_host("src", vcpus=2, ram_mb=4096, disk_gb=20, driver="libvirt", uri=SRC_URI)
         c.add_host("dst", vcpus=2, ram_mb=4096, disk_gb=20, driver="libvirt", uri=DST_URI)
-        op_id = c.submit_spawn(SpawnRequest(name="vm1", flavor="m1.tiny", image="cirros",
-                                            host="src"))
+        op_id = c.submit_spawn(SpawnRequest(name="vm1", flavor="m1.tiny", image="cirros", host="src"))
         assert c.run(op_id).state == operations.SUCCEEDED
         src = c.rt.driver_for("src")
         with c.db.session() as s:
@@ -79,8 +80,8 @@ def one_round(post_copy: bool, churn_mib: int, link_mib_s: int) -> dict:
         dom.migrateSetMaxSpeed(link_mib_s, 0)
         completed: list[dict] = []
         callback = conn.domainEventRegisterAny(
-            dom, libvirt.VIR_DOMAIN_EVENT_ID_JOB_COMPLETED,
-            lambda _c, _d, stats, _o: completed.append(stats), None)
+            dom, libvirt.VIR_DOMAIN_EVENT_ID_JOB_COMPLETED, lambda _c, _d, stats, _o: completed.append(stats), None
+        )
         mig = c.submit("live_migration", "vm1", target_host="dst")
         out: dict = {}
         t = threading.Thread(target=lambda: out.setdefault("status", c.run(mig)))
@@ -91,6 +92,7 @@ def one_round(post_copy: bool, churn_mib: int, link_mib_s: int) -> dict:
                 return dom.jobStats().get("memory_iteration", 0)
             except libvirt.libvirtError:
                 return 0
+
         wait_for(lambda: iteration() >= 3, "pre-copy pass 3")
         asked = time.monotonic()
         with c.db.session() as s:
@@ -101,8 +103,12 @@ def one_round(post_copy: bool, churn_mib: int, link_mib_s: int) -> dict:
         stats = wait_for(lambda: completed, "the job-completed event", 30)[0]
         conn.domainEventDeregisterAny(callback)
         assert c.run(c.submit("destroy", "vm1")).state == operations.SUCCEEDED
-        return {"downtime_ms": stats.get("downtime"), "total_ms": stats.get("time_elapsed"),
-                "passes": stats.get("memory_iteration"), "force_to_done_s": done}
+        return {
+            "downtime_ms": stats.get("downtime"),
+            "total_ms": stats.get("time_elapsed"),
+            "passes": stats.get("memory_iteration"),
+            "force_to_done_s": done,
+        }
     finally:
         for drv in list(c.rt._drivers.values()):
             for leftover in drv.list_instance_uuids():
@@ -119,15 +125,15 @@ def main() -> None:
     ap.add_argument("--churn-mib", type=int, default=64)
     ap.add_argument("--link-mib-s", type=int, default=32)
     args = ap.parse_args()
-    print(f"churn {args.churn_mib} MiB, link {args.link_mib_s} MiB/s, force-complete after "
-          "pre-copy pass 3")
-    print(f"{'route':<10} {'downtime ms':>12} {'migration s':>12} {'passes':>7} "
-          f"{'force->done s':>14}")
+    print(f"churn {args.churn_mib} MiB, link {args.link_mib_s} MiB/s, force-complete after pre-copy pass 3")
+    print(f"{'route':<10} {'downtime ms':>12} {'migration s':>12} {'passes':>7} {'force->done s':>14}")
     for _ in range(args.rounds):  # interleaved: both routes see the same machine state
         for post_copy in (True, False):
             r = one_round(post_copy, args.churn_mib, args.link_mib_s)
-            print(f"{'post-copy' if post_copy else 'downtime':<10} {r['downtime_ms']:>12} "
-                  f"{r['total_ms'] / 1000:>12.1f} {r['passes']:>7} {r['force_to_done_s']:>14.1f}")
+            print(
+                f"{'post-copy' if post_copy else 'downtime':<10} {r['downtime_ms']:>12} "
+                f"{r['total_ms'] / 1000:>12.1f} {r['passes']:>7} {r['force_to_done_s']:>14.1f}"
+            )
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ their ratio for each database.
 
 Usage: .venv/bin/python bench/host_limits_bench.py [-n 30] [--rounds 3] [--pg URL]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,8 +25,19 @@ from persistence import schema
 from persistence.session import Database
 
 DEFAULT_PG = "postgresql+psycopg2://root@127.0.0.1:5432/test"
-TABLES = ("flow_log", "secrets", "claims", "host_slots", "operations", "instance_events",
-          "instances", "hosts", "atomdetails", "flowdetails", "logbooks")
+TABLES = (
+    "flow_log",
+    "secrets",
+    "claims",
+    "host_slots",
+    "operations",
+    "instance_events",
+    "instances",
+    "hosts",
+    "atomdetails",
+    "flowdetails",
+    "logbooks",
+)
 
 
 def _clean(url: str) -> None:
@@ -40,8 +52,10 @@ def _clean(url: str) -> None:
 def _per_spawn(url: str, tmp: Path, builds: int, n: int) -> float:
     _clean(url)
     conf = tmp / f"b{builds}.conf"
-    conf.write_text(f"[DEFAULT]\nstate_path = {tmp}/state\n[database]\nconnection = {url}\n"
-                    f"[conductor]\nmax_concurrent_builds = {builds}\nlog_file = {tmp}/log\n")
+    conf.write_text(
+        f"[DEFAULT]\nstate_path = {tmp}/state\n[database]\nconnection = {url}\n"
+        f"[conductor]\nmax_concurrent_builds = {builds}\nlog_file = {tmp}/log\n"
+    )
     with Conductor(config.load([str(conf)])) as c:
         c.add_host("h1", vcpus=4096, ram_mb=4096 * 1024, disk_gb=100000)
         t0 = time.perf_counter()

@@ -10,6 +10,7 @@ so the wall time shows how many operations that pool keeps moving.
 
 Usage: .venv/bin/python bench/inflight_bench.py [-n 100] [--wait 2] [--workers 8,64,256]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,13 +27,12 @@ def run(n: int, workers: int, wait: float) -> float:
     """Wall seconds for n spawns run at once, each waiting `wait` s."""
     state = tempfile.mkdtemp(prefix="cf-inflight-")
     latency = [f"wait_for_vif_plugged:{wait}"] if wait else []
-    conf = config.load([], overrides={(None, "state_path"): state,
-                                      ("conductor", "workers"): workers,
-                                      ("fake", "latency"): latency})
+    conf = config.load(
+        [], overrides={(None, "state_path"): state, ("conductor", "workers"): workers, ("fake", "latency"): latency}
+    )
     with Conductor(conf) as c:
         c.add_host("h1", vcpus=10**6, ram_mb=10**9, disk_gb=10**8)
-        ids = [c.submit_spawn(SpawnRequest(name=f"vm{i}", flavor="m1.tiny", image="cirros"))
-               for i in range(n)]
+        ids = [c.submit_spawn(SpawnRequest(name=f"vm{i}", flavor="m1.tiny", image="cirros")) for i in range(n)]
         t0 = time.monotonic()
         with futures.ThreadPoolExecutor(n) as pool:
             states = set(pool.map(lambda op_id: c.run(op_id).state, ids))
@@ -51,8 +51,10 @@ def main() -> None:
     sizes = [int(w) for w in args.workers.split(",")]
     cpu = run(args.n, max(sizes), 0.0)
     ideal = args.wait + cpu
-    print(f"{args.n} spawns at once, each waiting {args.wait:g} s; without waiting they take "
-          f"{cpu:.1f} s, so the ideal is {ideal:.1f} s")
+    print(
+        f"{args.n} spawns at once, each waiting {args.wait:g} s; without waiting they take "
+        f"{cpu:.1f} s, so the ideal is {ideal:.1f} s"
+    )
     print(f"{'workers':>8} {'wall s':>8} {'x ideal':>8} {'waits overlapped (n*wait/wall)':>31}")
     for w in sizes:
         wall = run(args.n, w, args.wait)

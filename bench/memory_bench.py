@@ -6,6 +6,7 @@ process and prints RSS every 10% and the growth after warm-up.
 
 Usage: .venv/bin/python bench/memory_bench.py [--ops 10000] [--db URL]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,8 +29,13 @@ def main() -> None:
     ap.add_argument("--db", help="database URL (default: a fresh SQLite file)")
     args = ap.parse_args()
     state = tempfile.mkdtemp(prefix="cf-mem-")
-    conf = config.load([], overrides={("DEFAULT", "state_path"): state,
-                                      ("database", "connection"): args.db or f"sqlite:///{state}/computeflow.sqlite"})
+    conf = config.load(
+        [],
+        overrides={
+            ("DEFAULT", "state_path"): state,
+            ("database", "connection"): args.db or f"sqlite:///{state}/computeflow.sqlite",
+        },
+    )
     c = Conductor(conf)
     c.add_host("mem", vcpus=64, ram_mb=1 << 20, disk_gb=1 << 16)
     pairs = args.ops // 2
@@ -45,8 +51,10 @@ def main() -> None:
             print(f"{2 * (i + 1):>7} ops  RSS {rss:7.1f} MB  ({time.perf_counter() - start:6.0f}s)", flush=True)
     gc.collect()
     final = rss_mb()
-    print(f"growth after the first 10%: {final - warm:+.1f} MB ({(final - warm) / warm * 100:+.1f}%) "
-          f"over {args.ops - args.ops // 10} operations")
+    print(
+        f"growth after the first 10%: {final - warm:+.1f} MB ({(final - warm) / warm * 100:+.1f}%) "
+        f"over {args.ops - args.ops // 10} operations"
+    )
     c.close()
 
 

@@ -6,6 +6,7 @@ CLI's own functions, warm. Targets: list < 100 ms, show < 50 ms.
 
 Usage: .venv/bin/python bench/ops_query_bench.py [--db sqlite|postgresql|mysql] [--ops 100000]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,9 +26,20 @@ URLS = {
     "postgresql": "postgresql+psycopg2://root@127.0.0.1:5432/test",
     "mysql": "mysql+pymysql://root@127.0.0.1:3306/test",
 }
-STEPS = ["take_hold", "claim_resources", "ensure_base_image", "create_root_disk", "create_ephemeral_disk",
-         "create_swap_disk", "plug_vif_0", "wait_vif_plugged", "define_guest", "power_on",
-         "wait_running", "mark_active"]
+STEPS = [
+    "take_hold",
+    "claim_resources",
+    "ensure_base_image",
+    "create_root_disk",
+    "create_ephemeral_disk",
+    "create_swap_disk",
+    "plug_vif_0",
+    "wait_vif_plugged",
+    "define_guest",
+    "power_on",
+    "wait_running",
+    "mark_active",
+]
 
 
 def database(kind: str) -> Database:
@@ -49,15 +61,26 @@ def seed(db: Database, n: int) -> list[str]:
         ops, logs = [], []
         for i in range(start, min(start + batch, n)):
             at = t0 + dt.timedelta(seconds=i)
-            ops.append(dict(id=ids[i], kind="spawn", instance_uuid=str(uuid.uuid4()), parameters={},
-                            state="SUCCEEDED", flow_version=1, flow_detail_uuid=ids[i], created_at=at,
-                            started_at=at, finished_at=at))
-            logs.append(dict(flow_detail_uuid=ids[i], atom_uuid=ids[i], step="(flow)", state="RUNNING",
-                             attempt=0, at=at))
+            ops.append(
+                dict(
+                    id=ids[i],
+                    kind="spawn",
+                    instance_uuid=str(uuid.uuid4()),
+                    parameters={},
+                    state="SUCCEEDED",
+                    flow_version=1,
+                    flow_detail_uuid=ids[i],
+                    created_at=at,
+                    started_at=at,
+                    finished_at=at,
+                )
+            )
+            logs.append(
+                dict(flow_detail_uuid=ids[i], atom_uuid=ids[i], step="(flow)", state="RUNNING", attempt=0, at=at)
+            )
             for s in STEPS:
                 for state in ("RUNNING", "SUCCESS"):
-                    logs.append(dict(flow_detail_uuid=ids[i], atom_uuid=s, step=s, state=state,
-                                     attempt=1, at=at))
+                    logs.append(dict(flow_detail_uuid=ids[i], atom_uuid=s, step=s, state=state, attempt=1, at=at))
         with db.engine.begin() as c:
             c.execute(sa.insert(Operation.__table__), ops)
             c.execute(sa.insert(FlowLogEntry.__table__), logs)
@@ -83,8 +106,9 @@ def main() -> None:
     schema.upgrade(db)
     t = time.perf_counter()
     ids = seed(db, args.ops)
-    print(f"{args.db}: seeded {args.ops} operations and {args.ops * 25} flow-log rows "
-          f"in {time.perf_counter() - t:.0f}s")
+    print(
+        f"{args.db}: seeded {args.ops} operations and {args.ops * 25} flow-log rows in {time.perf_counter() - t:.0f}s"
+    )
 
     def ops_list():
         with db.session() as s:
@@ -106,10 +130,12 @@ def main() -> None:
         with db.session() as s:
             assert operations.get(s, probe[:8]) is not None
 
-    for name, fn, target in (("ops list (newest 50)", ops_list, 100),
-                             ("ops list --state FAILED", ops_list_failed, 100),
-                             ("ops show ID", ops_show, 50),
-                             ("ops show PREFIX (8 chars)", ops_show_prefix, 50)):
+    for name, fn, target in (
+        ("ops list (newest 50)", ops_list, 100),
+        ("ops list --state FAILED", ops_list_failed, 100),
+        ("ops show ID", ops_show, 50),
+        ("ops show PREFIX (8 chars)", ops_show_prefix, 50),
+    ):
         ms = timed_ms(fn)
         print(f"  {name:<28} median {ms:7.2f} ms   target < {target} ms   {'ok' if ms < target else 'SLOW'}")
 

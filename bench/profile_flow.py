@@ -6,6 +6,7 @@ most between the two: what durability costs, function by function.
 
 Usage: .venv/bin/python bench/profile_flow.py [-n 200] [--db URL] [--top 15]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -51,10 +52,14 @@ def main() -> None:
     durable = _profile(trivial_runner(backend), args.n)
     per_flow = 1000 / args.n
     for label, stats in (("in memory", memory), ("durable", durable)):
-        print(f"{label:<10} {sum(v[2] for v in stats.values()) * per_flow:6.2f} ms per flow under "
-              f"cProfile, {sum(v[1] for v in stats.values()) / args.n:7.0f} calls")
-    growth = sorted(((v[2] - memory.get(k, (0, 0, 0))[2], v[1] - memory.get(k, (0, 0))[1], k)
-                     for k, v in durable.items()), reverse=True)
+        print(
+            f"{label:<10} {sum(v[2] for v in stats.values()) * per_flow:6.2f} ms per flow under "
+            f"cProfile, {sum(v[1] for v in stats.values()) / args.n:7.0f} calls"
+        )
+    growth = sorted(
+        ((v[2] - memory.get(k, (0, 0, 0))[2], v[1] - memory.get(k, (0, 0))[1], k) for k, v in durable.items()),
+        reverse=True,
+    )
     print(f"\nown time added per flow (durable minus in memory), top {args.top}:")
     for seconds, calls, key in growth[: args.top]:
         print(f"  {seconds * per_flow:6.3f} ms  {calls / args.n:+7.1f} calls  {_where(key)}")

@@ -16,6 +16,7 @@ Uses a private database on the PostgreSQL server (COMPUTEFLOW_TEST_PG) and a
 private namespace on the jobboard server (COMPUTEFLOW_TEST_REDIS, _ZOOKEEPER,
 _ETCD); both are removed at the end.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,9 +50,11 @@ ETCD = os.environ.get("COMPUTEFLOW_TEST_ETCD", "127.0.0.1:2379")
 
 
 def board_url(kind: str, namespace: str) -> str:
-    return {"redis": f"{REDIS}?namespace={namespace}",
-            "zookeeper": f"zookeeper://{ZOOKEEPER}?path=/{namespace}",
-            "etcd": f"etcd://{ETCD}?path=/{namespace}"}[kind]
+    return {
+        "redis": f"{REDIS}?namespace={namespace}",
+        "zookeeper": f"zookeeper://{ZOOKEEPER}?path=/{namespace}",
+        "etcd": f"etcd://{ETCD}?path=/{namespace}",
+    }[kind]
 
 
 @contextlib.contextmanager
@@ -71,8 +74,10 @@ def scratch_database(prefix: str, jobboard: str) -> Iterator[tuple[str, str]]:
     finally:
         forget_board(jobboard, name)
         with admin.connect() as conn:
-            conn.exec_driver_sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                                 f"WHERE datname = '{name}' AND pid <> pg_backend_pid()")
+            conn.exec_driver_sql(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                f"WHERE datname = '{name}' AND pid <> pg_backend_pid()"
+            )
             conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name}")
         admin.dispose()
 
@@ -86,6 +91,7 @@ def forget_board(kind: str, namespace: str) -> None:
         rds.close()
     elif kind == "zookeeper":
         from kazoo.client import KazooClient
+
         zk = KazooClient(hosts=ZOOKEEPER)
         zk.start(timeout=5)
         zk.delete(f"/{namespace}", recursive=True) if zk.exists(f"/{namespace}") else None
@@ -93,10 +99,23 @@ def forget_board(kind: str, namespace: str) -> None:
         zk.close()
     else:
         import etcd3gw
+
         host, port = ETCD.split(":")
         etcd3gw.client(host=host, port=int(port)).delete_prefix(f"/{namespace}")
-TABLES = ("flow_log", "secrets", "claims", "operations", "instance_events", "instances", "hosts",
-          "atomdetails", "flowdetails", "logbooks")
+
+
+TABLES = (
+    "flow_log",
+    "secrets",
+    "claims",
+    "operations",
+    "instance_events",
+    "instances",
+    "hosts",
+    "atomdetails",
+    "flowdetails",
+    "logbooks",
+)
 
 
 class Bench:
@@ -111,13 +130,17 @@ class Bench:
             f"[DEFAULT]\nstate_path = {self.tmp / 'state'}\n[database]\nconnection = {self.db_url}\n"
             f"[conductor]\njobboard = {self.board_url}\nclaim_expiry = {self.args.claim_expiry}\n"
             f"max_operations = {self.args.max_operations}\npoll_interval = 0.05\n"
-            f"log_file = {self.tmp / name}.log\n{extra}")
+            f"log_file = {self.tmp / name}.log\n{extra}"
+        )
         return path
 
     def start(self, name: str, extra: str = "") -> subprocess.Popen:
-        p = subprocess.Popen([sys.executable, "-m", "conductor.cli", "--config-file",
-                              str(self.conf(name, extra)), "conductor"], cwd=REPO,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        p = subprocess.Popen(
+            [sys.executable, "-m", "conductor.cli", "--config-file", str(self.conf(name, extra)), "conductor"],
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         self.procs.append(p)
         return p
 
@@ -166,12 +189,24 @@ def throughput(b: Bench, k: int) -> tuple[float, float, int]:
 
         def finished():
             with c.db.session() as s:
-                return s.scalar(sa.select(sa.func.count()).select_from(Operation)
-                                .where(Operation.state.in_(operations.FINAL_STATES))) == n
+                return (
+                    s.scalar(
+                        sa.select(sa.func.count())
+                        .select_from(Operation)
+                        .where(Operation.state.in_(operations.FINAL_STATES))
+                    )
+                    == n
+                )
+
         wait_for(finished, 3600, f"{n} operations on {k} conductors")
         with c.db.session() as s:
-            t0, t1, ok = s.execute(sa.select(sa.func.min(Operation.started_at), sa.func.max(Operation.finished_at),
-                                             sa.func.count().filter(Operation.state == operations.SUCCEEDED))).one()
+            t0, t1, ok = s.execute(
+                sa.select(
+                    sa.func.min(Operation.started_at),
+                    sa.func.max(Operation.finished_at),
+                    sa.func.count().filter(Operation.state == operations.SUCCEEDED),
+                )
+            ).one()
         b.stop_all()
         secs = (t1 - t0).total_seconds()
         return n / secs, secs, ok
@@ -186,16 +221,19 @@ def chaos(b: Bench, n: int) -> dict:
 
     c = b.reset()
     try:
-        ids = [c.submit_spawn(SpawnRequest(name=f"vm{i}", flavor="m1.tiny", image="cirros"))
-               for i in range(n)]
+        ids = [c.submit_spawn(SpawnRequest(name=f"vm{i}", flavor="m1.tiny", image="cirros")) for i in range(n)]
         names = ["x0", "x1", "x2"]
         live = {name: b.start(name) for name in names}
         rng, kills, last, step = random.Random(1), 0, 0, max(3, n // 30)
 
         def done() -> int:
             with c.db.session() as s:
-                return s.scalar(sa.select(sa.func.count()).select_from(Operation)
-                                .where(Operation.state.in_(operations.FINAL_STATES)))
+                return s.scalar(
+                    sa.select(sa.func.count())
+                    .select_from(Operation)
+                    .where(Operation.state.in_(operations.FINAL_STATES))
+                )
+
         deadline = time.monotonic() + 3600
         while (finished := done()) < n and time.monotonic() < deadline:
             if finished - last < step:
@@ -208,20 +246,30 @@ def chaos(b: Bench, n: int) -> dict:
             live[name] = b.start(name)
             kills += 1
         with c.db.session() as s:
-            succeeded = s.scalar(sa.select(sa.func.count()).select_from(Operation)
-                                 .where(Operation.state == operations.SUCCEEDED))
-            twice = s.execute(sa.select(FlowLogEntry.flow_detail_uuid, FlowLogEntry.step)
-                              .where(FlowLogEntry.state == "SUCCESS")
-                              .group_by(FlowLogEntry.flow_detail_uuid, FlowLogEntry.step)
-                              .having(sa.func.count() > 1)).all()
+            succeeded = s.scalar(
+                sa.select(sa.func.count()).select_from(Operation).where(Operation.state == operations.SUCCEEDED)
+            )
+            twice = s.execute(
+                sa.select(FlowLogEntry.flow_detail_uuid, FlowLogEntry.step)
+                .where(FlowLogEntry.state == "SUCCESS")
+                .group_by(FlowLogEntry.flow_detail_uuid, FlowLogEntry.step)
+                .having(sa.func.count() > 1)
+            ).all()
             held = s.scalar(sa.select(sa.func.count()).select_from(Instance).where(Instance.held_by.isnot(None)))
-            not_active = s.scalar(sa.select(sa.func.count()).select_from(Instance)
-                                  .where(Instance.vm_state != "active"))
+            not_active = s.scalar(sa.select(sa.func.count()).select_from(Instance).where(Instance.vm_state != "active"))
         guests = len(c.rt.driver_for("h1").inventory().guests)
         b.stop_all()
-        return {"operations": n, "kills": kills, "lost": n - done(), "succeeded": succeeded,
-                "completed twice": len({t[0] for t in twice}), "holds left": held,
-                "instances not active": not_active, "guests": guests, "ids": len(ids)}
+        return {
+            "operations": n,
+            "kills": kills,
+            "lost": n - done(),
+            "succeeded": succeeded,
+            "completed twice": len({t[0] for t in twice}),
+            "holds left": held,
+            "instances not active": not_active,
+            "guests": guests,
+            "ids": len(ids),
+        }
     finally:
         c.close()
 
@@ -234,8 +282,12 @@ def takeover(b: Bench) -> float:
 
         def reached():
             with c.db.session() as s:
-                return s.scalar(sa.select(sa.func.count()).select_from(FlowLogEntry).where(
-                    FlowLogEntry.flow_detail_uuid == op_id, FlowLogEntry.step == "power_on"))
+                return s.scalar(
+                    sa.select(sa.func.count())
+                    .select_from(FlowLogEntry)
+                    .where(FlowLogEntry.flow_detail_uuid == op_id, FlowLogEntry.step == "power_on")
+                )
+
         wait_for(reached, 120, "power_on to start")
         b.start("standby")
         time.sleep(2)  # let the standby finish starting: we time the takeover, not a process start
@@ -244,8 +296,12 @@ def takeover(b: Bench) -> float:
 
         def taken():
             with c.db.session() as s:
-                return s.scalar(sa.select(sa.func.count()).select_from(FlowLogEntry).where(
-                    FlowLogEntry.flow_detail_uuid == op_id, FlowLogEntry.epoch == 2))
+                return s.scalar(
+                    sa.select(sa.func.count())
+                    .select_from(FlowLogEntry)
+                    .where(FlowLogEntry.flow_detail_uuid == op_id, FlowLogEntry.epoch == 2)
+                )
+
         wait_for(taken, 120, "the takeover")
         elapsed = time.monotonic() - killed
         assert op_id.wait(timeout=120).state == operations.SUCCEEDED
@@ -279,18 +335,23 @@ def main() -> None:
             finally:
                 b.stop_all()
         base = rows[0][1]
-        print(f"\nthroughput, {args.ops} spawns, max_operations={args.max_operations}, "
-              f"PostgreSQL + {args.jobboard}, fake driver")
+        print(
+            f"\nthroughput, {args.ops} spawns, max_operations={args.max_operations}, "
+            f"PostgreSQL + {args.jobboard}, fake driver"
+        )
         print(f"{'conductors':>10} {'ops/s':>8} {'seconds':>8} {'ratio':>6}")
         for k, rate, secs, _ in rows:
             print(f"{k:>10} {rate:>8.1f} {secs:>8.1f} {rate / base:>6.2f}")
-        print(f"\ntakeover after SIGKILL (claim_expiry={args.claim_expiry} s): "
-              + ", ".join(f"{t:.1f}" for t in times) + f" s; max {max(times):.1f} s = "
-              f"{max(times) / args.claim_expiry:.2f} x claim_expiry (target < 2)")
+        print(
+            f"\ntakeover after SIGKILL (claim_expiry={args.claim_expiry} s): "
+            + ", ".join(f"{t:.1f}" for t in times)
+            + f" s; max {max(times):.1f} s = "
+            f"{max(times) / args.claim_expiry:.2f} x claim_expiry (target < 2)"
+        )
         if mayhem:
             mayhem.pop("ids")
-            print("\n3 conductors killed and restarted at random: "
-                  + ", ".join(f"{k} {v}" for k, v in mayhem.items()))
+            print("\n3 conductors killed and restarted at random: " + ", ".join(f"{k} {v}" for k, v in mayhem.items()))
+
 
 if __name__ == "__main__":
     main()

@@ -15,6 +15,7 @@ Rows, and why each exists:
 
 Usage: .venv/bin/python bench/spawn_bench.py [-n 40] [--pg URL] [--mysql URL]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -121,8 +122,9 @@ class _InMemory(impl_memory.MemoryBackend):
 
 
 def conductor_for(url: str, in_memory: bool = False) -> tuple[Conductor, str]:
-    conf = config.load([], overrides={("DEFAULT", "state_path"): tempfile.mkdtemp(prefix="cf-bench-"),
-                                      ("database", "connection"): url})
+    conf = config.load(
+        [], overrides={("DEFAULT", "state_path"): tempfile.mkdtemp(prefix="cf-bench-"), ("database", "connection"): url}
+    )
     c = Conductor(conf)
     host = f"bench-{uuid.uuid4().hex[:6]}"
     c.add_host(host, vcpus=1 << 20, ram_mb=1 << 30, disk_gb=1 << 30)
@@ -161,6 +163,7 @@ def trivial_flow() -> linear_flow.Flow:
 
 def trivial_runner(backend) -> Callable[[int], None]:
     """One run of the reference flow on `backend` (None: taskflow in memory)."""
+
     def one(_: int) -> None:
         flow = trivial_flow()
         if backend is None:
@@ -172,17 +175,16 @@ def trivial_runner(backend) -> Callable[[int], None]:
         with _closing(backend.get_connection()) as conn:
             conn.save_logbook(book)
         engines.run(flow, flow_detail=fd, book=book, backend=backend, engine="serial")
+
     return one
 
 
-def bench_trivial_interleaved(paths: list[tuple[str, object, sa.Engine | None, int]],
-                              rounds: int = 5) -> list[Row]:
+def bench_trivial_interleaved(paths: list[tuple[str, object, sa.Engine | None, int]], rounds: int = 5) -> list[Row]:
     """Each path runs `n` flows per round, the paths taking turns, and keeps
     its fastest round: on a shared machine, load that comes and goes then
     hits every path alike instead of whichever happened to run at the time."""
     runners = [trivial_runner(backend) for _, backend, _, _ in paths]
-    counters = [Counter(engine, backend) if engine is not None else None
-                for _, backend, engine, _ in paths]
+    counters = [Counter(engine, backend) if engine is not None else None for _, backend, engine, _ in paths]
     for one in runners:
         for _ in range(3):
             one(-1)
@@ -215,8 +217,12 @@ class _closing:
 def commit_floor(url: str, n: int = 500) -> float:
     """ms per single-row INSERT + COMMIT."""
     db = Database(url)
-    t = sa.Table("bench_commit_floor", sa.MetaData(), sa.Column("id", sa.Integer, primary_key=True),
-                 sa.Column("v", sa.String(32)))
+    t = sa.Table(
+        "bench_commit_floor",
+        sa.MetaData(),
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("v", sa.String(32)),
+    )
     t.drop(db.engine, checkfirst=True)
     t.create(db.engine)
     with db.engine.connect() as conn:
@@ -237,12 +243,14 @@ def trivial_bench(pg: str, sqlite: str, n: int) -> list[Row]:
     # pre-ping, SQLite pragmas), so the figures include what production pays.
     ours_pg, ours_sqlite = Database(pg).engine, Database(sqlite).engine
     schema.upgrade(Database(sqlite))
-    return bench_trivial_interleaved([
-        ("8 trivial steps, taskflow in-memory", None, None, n),
-        ("8 trivial steps, taskflow stock backend, PostgreSQL", stock, pg_engine, max(4, n // 4)),
-        ("8 trivial steps, computeflow backend, PostgreSQL", Backend(ours_pg), ours_pg, n),
-        ("8 trivial steps, computeflow backend, SQLite", Backend(ours_sqlite), ours_sqlite, n),
-    ])
+    return bench_trivial_interleaved(
+        [
+            ("8 trivial steps, taskflow in-memory", None, None, n),
+            ("8 trivial steps, taskflow stock backend, PostgreSQL", stock, pg_engine, max(4, n // 4)),
+            ("8 trivial steps, computeflow backend, PostgreSQL", Backend(ours_pg), ours_pg, n),
+            ("8 trivial steps, computeflow backend, SQLite", Backend(ours_sqlite), ours_sqlite, n),
+        ]
+    )
 
 
 def main() -> None:
@@ -254,8 +262,11 @@ def main() -> None:
     args = ap.parse_args()
     n = args.n
     import taskflow.version
-    print(f"machine: {os.cpu_count()} cpus, Python {platform.python_version()}, "
-          f"taskflow {taskflow.version.version_string()}, SQLAlchemy {sa.__version__}")
+
+    print(
+        f"machine: {os.cpu_count()} cpus, Python {platform.python_version()}, "
+        f"taskflow {taskflow.version.version_string()}, SQLAlchemy {sa.__version__}"
+    )
 
     tmp = tempfile.mkdtemp(prefix="cf-bench-")
     sqlite = f"sqlite:///{tmp}/bench.sqlite"
@@ -265,7 +276,7 @@ def main() -> None:
     def table(rows: list[Row], base: Row) -> None:
         print(f"\n{'path':<54} {'ms/flow':>8} {'flows/s':>8} {'x base':>7} {'trips':>6} {'commits':>7}")
         for r in rows:
-            extra = (f"{r.statements:6.0f} {r.commits:7.0f}" if r.statements is not None else "")
+            extra = f"{r.statements:6.0f} {r.commits:7.0f}" if r.statements is not None else ""
             print(f"{r.path:<54} {r.ms:8.1f} {1000 / r.ms:8.1f} {base.ms / r.ms:7.2f} {extra}")
 
     if args.trivial_only:
@@ -291,8 +302,10 @@ def main() -> None:
     print("\n== database commit floor (single-row INSERT + COMMIT)")
     durable = {"SQLite": spawn_rows[1], "PostgreSQL": spawn_rows[3], "MariaDB": spawn_rows[4]}
     for name, ms in floors.items():
-        print(f"{name:<11} {1000 / ms:8.0f} commits/s ({ms:.3f} ms/commit); a durable spawn costs "
-              f"{durable[name].ms / ms:5.0f} commits' worth of time")
+        print(
+            f"{name:<11} {1000 / ms:8.0f} commits/s ({ms:.3f} ms/commit); a durable spawn costs "
+            f"{durable[name].ms / ms:5.0f} commits' worth of time"
+        )
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ pool (the synchronous autocommit pool or the lazy one).
 
 Usage: .venv/bin/python bench/statement_timing.py [-n 60] [--pg URL]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -70,8 +71,10 @@ def main() -> None:
     total = (time.perf_counter() - start) / args.n * 1000
     print(f"8 trivial steps on PostgreSQL: {total:.1f} ms per flow; per round trip:")
     for key, (count, secs) in sorted(acc.items(), key=lambda kv: -kv[1][1]):
-        print(f"  {key:<70} {count / args.n:5.1f} per flow  {secs / count * 1000:6.3f} ms each  "
-              f"{secs / args.n * 1000:6.2f} ms per flow")
+        print(
+            f"  {key:<70} {count / args.n:5.1f} per flow  {secs / count * 1000:6.3f} ms each  "
+            f"{secs / args.n * 1000:6.2f} ms per flow"
+        )
     backend.close()
     db.dispose()
 

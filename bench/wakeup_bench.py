@@ -16,6 +16,7 @@ returned. Each round submits one m1.tiny spawn on an idle system.
 benches (bench/fleet_bench.py). A private database and board namespace are
 created and removed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,8 +47,10 @@ from scaleout_bench import TABLES, board_url, scratch_database  # noqa: E402
 
 def _conf(tmp: Path, name: str, db_url: str, extra: str) -> Path:
     path = tmp / f"{name}.conf"
-    path.write_text(f"[DEFAULT]\nstate_path = {tmp / 'state'}\n[database]\nconnection = {db_url}\n"
-                    f"[conductor]\nlog_file = {tmp / name}.log\n{extra}")
+    path.write_text(
+        f"[DEFAULT]\nstate_path = {tmp / 'state'}\n[database]\nconnection = {db_url}\n"
+        f"[conductor]\nlog_file = {tmp / name}.log\n{extra}"
+    )
     return path
 
 
@@ -63,8 +66,11 @@ def _reset(db_url: str, tmp: Path) -> None:
 
 def _first_step(c: Conductor, op_id: str) -> dt.datetime:
     with c.db.session() as s:
-        return s.scalar(sa.select(sa.func.min(FlowLogEntry.at)).where(
-            FlowLogEntry.flow_detail_uuid == op_id, FlowLogEntry.step != FLOW_STEP))
+        return s.scalar(
+            sa.select(sa.func.min(FlowLogEntry.at)).where(
+                FlowLogEntry.flow_detail_uuid == op_id, FlowLogEntry.step != FLOW_STEP
+            )
+        )
 
 
 def _rounds(c: Conductor, rounds: int) -> tuple[list[float], list[float]]:
@@ -73,8 +79,7 @@ def _rounds(c: Conductor, rounds: int) -> tuple[list[float], list[float]]:
     _ = c.wakeups  # opened before the clock starts, as in a long-lived client
     for i in range(rounds + 1):
         t0_wall, t0 = dt.datetime.now(dt.UTC).replace(tzinfo=None), time.perf_counter()
-        h = c.submit_spawn(SpawnRequest(name=f"vm{uuid.uuid4().hex[:8]}", flavor="m1.tiny",
-                                        image="cirros"))
+        h = c.submit_spawn(SpawnRequest(name=f"vm{uuid.uuid4().hex[:8]}", flavor="m1.tiny", image="cirros"))
         st = h.wait(timeout=60)
         elapsed = time.perf_counter() - t0
         if st.state != operations.SUCCEEDED:
@@ -87,8 +92,9 @@ def _rounds(c: Conductor, rounds: int) -> tuple[list[float], list[float]]:
     return first, done
 
 
-def idle_latencies(db_url: str, board: str | None, rounds: int, *, wakeups: bool = True,
-                   tmp: Path | None = None) -> dict[str, list[float]]:
+def idle_latencies(
+    db_url: str, board: str | None, rounds: int, *, wakeups: bool = True, tmp: Path | None = None
+) -> dict[str, list[float]]:
     """Latencies (ms) of `rounds` spawns: with `board`, through a conductor
     process on it; without, in-process (the embedded runner)."""
     tmp = tmp or Path(tempfile.mkdtemp(prefix="cf-wakeup-"))
@@ -101,9 +107,18 @@ def idle_latencies(db_url: str, board: str | None, rounds: int, *, wakeups: bool
         if board:
             with open(tmp / "conductor.err", "w") as err:
                 proc = subprocess.Popen(
-                    [sys.executable, "-m", "conductor.cli", "--config-file",
-                     str(_conf(tmp, "conductor", db_url, extra)), "conductor"],
-                    cwd=REPO, stdout=subprocess.DEVNULL, stderr=err)
+                    [
+                        sys.executable,
+                        "-m",
+                        "conductor.cli",
+                        "--config-file",
+                        str(_conf(tmp, "conductor", db_url, extra)),
+                        "conductor",
+                    ],
+                    cwd=REPO,
+                    stdout=subprocess.DEVNULL,
+                    stderr=err,
+                )
         first, done = _rounds(c, rounds)
     finally:
         if proc is not None:
@@ -124,18 +139,19 @@ def main() -> None:
     args = ap.parse_args()
     with scratch_database("cf_wakeup", args.jobboard) as (tag, db_url):
         board = board_url(args.jobboard, tag)
-        rows = [("in-process runner (PostgreSQL)", idle_latencies(db_url, None, args.rounds)),
-                (f"conductor service, wake-ups on ({args.jobboard})",
-                 idle_latencies(db_url, board, args.rounds)),
-                (f"conductor service, polling ({args.jobboard}, 0.5 s)",
-                 idle_latencies(db_url, board, args.rounds, wakeups=False))]
+        rows = [
+            ("in-process runner (PostgreSQL)", idle_latencies(db_url, None, args.rounds)),
+            (f"conductor service, wake-ups on ({args.jobboard})", idle_latencies(db_url, board, args.rounds)),
+            (
+                f"conductor service, polling ({args.jobboard}, 0.5 s)",
+                idle_latencies(db_url, board, args.rounds, wakeups=False),
+            ),
+        ]
     base = statistics.median(rows[0][1]["done"])
-    print(f"== idle latency, {args.rounds} spawns each, ms (p50 / p90 / max); "
-          "done - in-process: p50 difference")
+    print(f"== idle latency, {args.rounds} spawns each, ms (p50 / p90 / max); done - in-process: p50 difference")
     print(f"{'path':48} {'submit -> first step':>24} {'submit -> done':>24} {'done - in-process':>18}")
     for name, r in rows:
-        cells = [f"{statistics.median(v):6.1f} /{_p(v, 90):6.1f} /{max(v):6.1f}"
-                 for v in (r["first"], r["done"])]
+        cells = [f"{statistics.median(v):6.1f} /{_p(v, 90):6.1f} /{max(v):6.1f}" for v in (r["first"], r["done"])]
         print(f"{name:48} {cells[0]:>24} {cells[1]:>24} {statistics.median(r['done']) - base:17.1f}")
 
 

@@ -16,6 +16,7 @@ PostgreSQL/MariaDB, dropped and made again). Targets: list page < 100 ms,
 
 Usage: .venv/bin/python bench/web_bench.py [--db sqlite postgresql mysql] [--ops 100000]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,8 +42,10 @@ from persistence.session import Database  # noqa: E402
 from tests.conftest import write_conf  # noqa: E402
 from tests.web.conftest import TOKENS, WEB_CONF, serving  # noqa: E402
 
-URLS = {"postgresql": "postgresql+psycopg2://root@127.0.0.1:5432/test",
-        "mysql": "mysql+pymysql://root@127.0.0.1:3306/test"}
+URLS = {
+    "postgresql": "postgresql+psycopg2://root@127.0.0.1:5432/test",
+    "mysql": "mysql+pymysql://root@127.0.0.1:3306/test",
+}
 KINDS = ["reboot", "power_off", "power_on", "resize", "live_migration", "snapshot", "spawn"]
 STATES = ["SUCCEEDED"] * 97 + ["FAILED", "REVERTED", "REVERTED"]
 BIG_VIFS = 39  # 11 fixed spawn steps + 39 ports = 50 steps
@@ -69,12 +72,28 @@ def seed(url: str, n: int) -> str:
     inst = [(str(uuid.uuid4()), f"vm{i}", hosts[i % 10]) for i in range(1000)]
     with db.engine.begin() as c:
         # h99: a host no operation names (a host search that finds nothing).
-        c.execute(sa.insert(Host.__table__), [dict(name=h, driver="fake", uri="", vcpus=64,
-                                                   ram_mb=262144, disk_gb=4000)
-                                              for h in hosts + ["h99"]])
-        c.execute(sa.insert(Instance.__table__), [
-            dict(uuid=u, name=name, host=h, flavor="m1.small", image="cirros", vm_state="active",
-                 power_state="running", vifs=[], volumes=[], created_at=t0) for u, name, h in inst])
+        c.execute(
+            sa.insert(Host.__table__),
+            [dict(name=h, driver="fake", uri="", vcpus=64, ram_mb=262144, disk_gb=4000) for h in hosts + ["h99"]],
+        )
+        c.execute(
+            sa.insert(Instance.__table__),
+            [
+                dict(
+                    uuid=u,
+                    name=name,
+                    host=h,
+                    flavor="m1.small",
+                    image="cirros",
+                    vm_state="active",
+                    power_state="running",
+                    vifs=[],
+                    volumes=[],
+                    created_at=t0,
+                )
+                for u, name, h in inst
+            ],
+        )
     batch = 10_000
     for start in range(0, n, batch):
         rows = []
@@ -82,35 +101,78 @@ def seed(url: str, n: int) -> str:
             at = t0 + dt.timedelta(seconds=i)
             state = STATES[i % len(STATES)]
             u, _, h = inst[i % len(inst)]
-            rows.append(dict(id=str(uuid.uuid4()), kind=KINDS[i % len(KINDS)], instance_uuid=u,
-                             parameters={"host": h}, state=state, flow_version=1,
-                             error=f"step wait_running: timed out #{i}" if state != "SUCCEEDED"
-                             else None, created_at=at, started_at=at,
-                             finished_at=at + dt.timedelta(seconds=2)))
+            rows.append(
+                dict(
+                    id=str(uuid.uuid4()),
+                    kind=KINDS[i % len(KINDS)],
+                    instance_uuid=u,
+                    parameters={"host": h},
+                    state=state,
+                    flow_version=1,
+                    error=f"step wait_running: timed out #{i}" if state != "SUCCEEDED" else None,
+                    created_at=at,
+                    started_at=at,
+                    finished_at=at + dt.timedelta(seconds=2),
+                )
+            )
         with db.engine.begin() as c:
             c.execute(sa.insert(Operation.__table__), rows)
     big = str(uuid.uuid4())
     u, _, h = inst[0]
-    flavor = {"name": "m1.small", "vcpus": 1, "ram_mb": 512, "root_gb": 1, "ephemeral_gb": 1,
-              "swap_mb": 64}
-    vifs = [{"id": str(uuid.uuid4()), "mac": "fa:16:3e:00:00:00", "network": "default"}
-            for _ in range(BIG_VIFS)]
+    flavor = {"name": "m1.small", "vcpus": 1, "ram_mb": 512, "root_gb": 1, "ephemeral_gb": 1, "swap_mb": 64}
+    vifs = [{"id": str(uuid.uuid4()), "mac": "fa:16:3e:00:00:00", "network": "default"} for _ in range(BIG_VIFS)]
     at = t0 + dt.timedelta(seconds=n + 10)
-    steps = (["take_hold", "claim_resources", "ensure_base_image", "create_root_disk",
-              "create_ephemeral_disk", "create_swap_disk"] + [f"plug_vif_{i}" for i in range(BIG_VIFS)]
-             + ["wait_vif_plugged", "define_guest", "power_on", "wait_running", "mark_active"])
+    steps = (
+        [
+            "take_hold",
+            "claim_resources",
+            "ensure_base_image",
+            "create_root_disk",
+            "create_ephemeral_disk",
+            "create_swap_disk",
+        ]
+        + [f"plug_vif_{i}" for i in range(BIG_VIFS)]
+        + ["wait_vif_plugged", "define_guest", "power_on", "wait_running", "mark_active"]
+    )
     assert len(steps) == 50
     log = []
     for k, step in enumerate(steps):
         for j, state in enumerate(("RUNNING", "SUCCESS")):
-            log.append(dict(flow_detail_uuid=big, atom_uuid=str(k), step=step, state=state,
-                            attempt=1, at=at + dt.timedelta(milliseconds=10 * k + 5 * j)))
+            log.append(
+                dict(
+                    flow_detail_uuid=big,
+                    atom_uuid=str(k),
+                    step=step,
+                    state=state,
+                    attempt=1,
+                    at=at + dt.timedelta(milliseconds=10 * k + 5 * j),
+                )
+            )
     with db.engine.begin() as c:
-        c.execute(sa.insert(Operation.__table__), [dict(
-            id=big, kind="spawn", instance_uuid=u, flow_detail_uuid=big, state="RUNNING",
-            flow_version=catalog.get("spawn").version, created_at=at, started_at=at,
-            parameters={"instance_uuid": u, "name": "vm0", "host": h, "flavor": flavor,
-                        "image": {"name": "cirros"}, "vifs": vifs, "admin_password": None})])
+        c.execute(
+            sa.insert(Operation.__table__),
+            [
+                dict(
+                    id=big,
+                    kind="spawn",
+                    instance_uuid=u,
+                    flow_detail_uuid=big,
+                    state="RUNNING",
+                    flow_version=catalog.get("spawn").version,
+                    created_at=at,
+                    started_at=at,
+                    parameters={
+                        "instance_uuid": u,
+                        "name": "vm0",
+                        "host": h,
+                        "flavor": flavor,
+                        "image": {"name": "cirros"},
+                        "vifs": vifs,
+                        "admin_password": None,
+                    },
+                )
+            ],
+        )
         c.execute(sa.insert(FlowLogEntry.__table__), log)
     if db.dialect != "sqlite":  # fresh statistics, as a server that has run a while has
         with db.engine.begin() as c:
@@ -158,8 +220,7 @@ def live_delays(base: str, url: str, op_id: str, samples: int) -> list[float]:
     """Commit a flow-log row, wait for the event naming it; seconds each."""
     host, port = base.removeprefix("http://").split(":")
     conn = http.client.HTTPConnection(host, int(port), timeout=30)
-    conn.request("GET", f"/api/v1/operations/{op_id}/events",
-                 headers={"Authorization": f"Bearer {TOKENS['reader']}"})
+    conn.request("GET", f"/api/v1/operations/{op_id}/events", headers={"Authorization": f"Bearer {TOKENS['reader']}"})
     resp = conn.getresponse()
     seen: dict[int, float] = {}
     arrived = threading.Condition()
@@ -183,9 +244,15 @@ def live_delays(base: str, url: str, op_id: str, samples: int) -> list[float]:
     for i in range(samples):
         time.sleep(0.13 * (i % 3))  # commits at different points of the server's poll cycle
         with db.engine.begin() as c:
-            row_id = c.execute(sa.insert(FlowLogEntry.__table__).values(
-                flow_detail_uuid=op_id, atom_uuid="bench", step="wait_running", state="RUNNING",
-                attempt=i + 2, at=dt.datetime.now(dt.UTC).replace(tzinfo=None))
+            row_id = c.execute(
+                sa.insert(FlowLogEntry.__table__).values(
+                    flow_detail_uuid=op_id,
+                    atom_uuid="bench",
+                    step="wait_running",
+                    state="RUNNING",
+                    attempt=i + 2,
+                    at=dt.datetime.now(dt.UTC).replace(tzinfo=None),
+                )
             ).inserted_primary_key[0]
         committed = time.perf_counter()
         with arrived:
@@ -215,23 +282,23 @@ def run(kind: str, n: int, repeat: int, samples: int) -> None:
                 ("API list, 5,000 in (a next cursor)", f"/api/v1/operations?limit=50{at_5k}"),
                 ("API list, 50,000 in (a next cursor)", f"/api/v1/operations?limit=50{at_50k}"),
                 ("API list, the last page (cursor=last)", f"/api/v1/operations?cursor={last}"),
-                ("API list, the page before it (its prev)",
-                 f"/api/v1/operations?cursor={before_last}"),
+                ("API list, the page before it (its prev)", f"/api/v1/operations?cursor={before_last}"),
                 ("API list, state=FAILED", "/api/v1/operations?state=FAILED"),
-                ("API list, state=FAILED, its last page",
-                 f"/api/v1/operations?state=FAILED&cursor={last}"),
+                ("API list, state=FAILED, its last page", f"/api/v1/operations?state=FAILED&cursor={last}"),
                 ("API list, kind=reboot&instance=vm7", "/api/v1/operations?kind=reboot&instance=vm7"),
-                ("API list, kind=evacuate (none: an empty index range)",
-                 "/api/v1/operations?kind=evacuate"),
+                ("API list, kind=evacuate (none: an empty index range)", "/api/v1/operations?kind=evacuate"),
                 ("API list, host=h3", "/api/v1/operations?host=h3"),
                 ("API list, host=h99 (none: 10,000 read, partial)", "/api/v1/operations?host=h99"),
-                ("API list, host=h99, the page after that one",
-                 f"/api/v1/operations?host=h99&cursor={c.page('/api/v1/operations?host=h99')['next']}"),
-                ("API list, error=timed out #99999 (1 hit of 3,000 errors)",
-                 "/api/v1/operations?error=timed%20out%20%2399999"),
+                (
+                    "API list, host=h99, the page after that one",
+                    f"/api/v1/operations?host=h99&cursor={c.page('/api/v1/operations?host=h99')['next']}",
+                ),
+                (
+                    "API list, error=timed out #99999 (1 hit of 3,000 errors)",
+                    "/api/v1/operations?error=timed%20out%20%2399999",
+                ),
                 ("API list, error=nowhere (none of 3,000 errors)", "/api/v1/operations?error=nowhere"),
-                ("API list, error=TIMED OUT, its last page",
-                 f"/api/v1/operations?error=TIMED%20OUT&cursor={last}"),
+                ("API list, error=TIMED OUT, its last page", f"/api/v1/operations?error=TIMED%20OUT&cursor={last}"),
                 ("list page (HTML), newest 50", "/operations"),
                 ("list page (HTML), the last page", f"/operations?cursor={last}"),
                 ("operation page (HTML), 50 steps", f"/operations/{big}"),
@@ -240,14 +307,16 @@ def run(kind: str, n: int, repeat: int, samples: int) -> None:
                 first, med = median_ms(c, path, repeat)
                 print(f"{label:<58} {first:9.1f} {med:10.1f}", flush=True)
             d = sorted(live_delays(base, url, big, samples))
-            print(f"live update after a commit ({samples} commits): median {statistics.median(d) * 1000:.0f} ms, "
-                  f"p90 {d[int(len(d) * 0.9) - 1] * 1000:.0f} ms, max {d[-1] * 1000:.0f} ms", flush=True)
+            print(
+                f"live update after a commit ({samples} commits): median {statistics.median(d) * 1000:.0f} ms, "
+                f"p90 {d[int(len(d) * 0.9) - 1] * 1000:.0f} ms, max {d[-1] * 1000:.0f} ms",
+                flush=True,
+            )
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--db", nargs="+", default=["sqlite", "postgresql"],
-                    choices=["sqlite", "postgresql", "mysql"])
+    ap.add_argument("--db", nargs="+", default=["sqlite", "postgresql"], choices=["sqlite", "postgresql", "mysql"])
     ap.add_argument("--ops", type=int, default=100_000)
     ap.add_argument("--repeat", type=int, default=20)
     ap.add_argument("--samples", type=int, default=20)

@@ -6,6 +6,7 @@ when no operation holds it). The values are plain strings, stored as they
 are; these names exist so a state is found by search and mistyped nowhere.
 The guest's power state is the driver's `drivers.base.PowerState`.
 """
+
 from __future__ import annotations
 
 from typing import Final
@@ -18,7 +19,7 @@ class VmState:
     PAUSED: Final = "paused"
     SUSPENDED: Final = "suspended"
     RESCUED: Final = "rescued"
-    RESIZED: Final = "resized"        # moved, waiting for confirm-resize or revert-resize
+    RESIZED: Final = "resized"  # moved, waiting for confirm-resize or revert-resize
     SOFT_DELETED: Final = "soft_deleted"
     DELETED: Final = "deleted"
     ERROR: Final = "error"

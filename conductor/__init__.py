@@ -1,4 +1,5 @@
 """The face of computeflow: submission, running, resuming and the CLI."""
+
 from conductor import options
 
 

@@ -5,6 +5,7 @@ instance state) before writing anything, then writes the instance, the
 operation, the hold and any encrypted secret in one transaction. A request
 that fails validation leaves the database exactly as it was.
 """
+
 from __future__ import annotations
 
 import logging
@@ -18,8 +19,7 @@ from sqlalchemy import exc as sa_exc
 from conductor import boards, config, ownership
 from conductor import moves
 from conductor.handle import OperationHandle
-from conductor.runner import (EventSink, LeaseKeeper, LostOwnership, NotOwner, Runner,
-                              StepEvent, WaitingForHostSlot)
+from conductor.runner import EventSink, LeaseKeeper, LostOwnership, NotOwner, Runner, StepEvent, WaitingForHostSlot
 from conductor.wakeups import Wakeups, open_wakeups
 from drivers import DRIVER_NAMES
 from drivers.base import ComputeDriver, LifecycleEvent
@@ -50,8 +50,10 @@ class SpawnRequest:
     admin_password: str | None = None
 
     def __repr__(self) -> str:  # never show the password, even in a traceback
-        return (f"SpawnRequest(name={self.name!r}, flavor={self.flavor!r}, image={self.image!r}, "
-                f"host={self.host!r}, networks={self.networks!r}, admin_password=<hidden>)")
+        return (
+            f"SpawnRequest(name={self.name!r}, flavor={self.flavor!r}, image={self.image!r}, "
+            f"host={self.host!r}, networks={self.networks!r}, admin_password=<hidden>)"
+        )
 
 
 @dataclass(frozen=True)
@@ -73,24 +75,26 @@ class Conductor:
     def __init__(self, conf: cfg.ConfigOpts, *, faults: FaultPlan | None = None) -> None:
         self.conf = conf
         self.db = config.open_database(conf)
-        schema.ensure_current(
-            self.db, auto_upgrade=conf.conductor.auto_upgrade and self.db.dialect == "sqlite")
-        self.rt = runtime.Runtime(conf=conf, db=self.db,
-                                  secrets=SecretBox(conf.database.secret_key_file),
-                                  faults=faults or FaultPlan(conf.fake.faults))
+        schema.ensure_current(self.db, auto_upgrade=conf.conductor.auto_upgrade and self.db.dialect == "sqlite")
+        self.rt = runtime.Runtime(
+            conf=conf,
+            db=self.db,
+            secrets=SecretBox(conf.database.secret_key_file),
+            faults=faults or FaultPlan(conf.fake.faults),
+        )
         self.rt.on_new_driver.append(self._listen_to)
         self.owner = conf.conductor.name or ownership.my_identity()
         self.lease_seconds = conf.conductor.lease_seconds
-        self._executor = StepPool(conf.conductor.workers, name="step",
-                                  idle_seconds=conf.conductor.idle_thread_seconds)
+        self._executor = StepPool(conf.conductor.workers, name="step", idle_seconds=conf.conductor.idle_thread_seconds)
         attempts.configure_call_threads(conf.conductor.idle_thread_seconds)
         self._leases = LeaseKeeper(self.rt, self.owner, self.lease_seconds).__enter__()
         self._board: boards.Board | None = None
         self._wakeups: Wakeups | None = None
         # With a jobboard a conductor service runs the operation: submit it unowned.
         self._submit_owner = None if conf.conductor.jobboard else self.owner
-        self.runner = Runner(self.rt, self.owner, lease_seconds=self.lease_seconds,
-                             executor=self._executor, leases=self._leases)
+        self.runner = Runner(
+            self.rt, self.owner, lease_seconds=self.lease_seconds, executor=self._executor, leases=self._leases
+        )
         runtime.install(self.rt)  # last: a constructor that failed leaves none behind
 
     @property
@@ -145,12 +149,18 @@ class Conductor:
         with self.db.session() as s:
             events.record(s, ev.instance_uuid, ev.host, "lifecycle", ev.power_state.value)
             synced = instances.sync_power_state(s, ev.instance_uuid, ev.host, ev.power_state.value)
-        LOG.info("instance %s on %s is %s (reported by the hypervisor%s)", ev.instance_uuid,
-                 ev.host, ev.power_state.value, "" if synced else "; record held or elsewhere, kept")
+        LOG.info(
+            "instance %s on %s is %s (reported by the hypervisor%s)",
+            ev.instance_uuid,
+            ev.host,
+            ev.power_state.value,
+            "" if synced else "; record held or elsewhere, kept",
+        )
 
     # -- hosts --------------------------------------------------------------
-    def add_host(self, name: str, *, vcpus: int, ram_mb: int, disk_gb: int,
-                 driver: str | None = None, uri: str | None = None) -> None:
+    def add_host(
+        self, name: str, *, vcpus: int, ram_mb: int, disk_gb: int, driver: str | None = None, uri: str | None = None
+    ) -> None:
         driver = driver or self.conf.compute_driver
         if not NAME_RE.match(name):
             raise InvalidRequest(f"invalid host name {name!r}: 1-63 letters, digits, '.', '_' or '-'")
@@ -167,8 +177,7 @@ class Conductor:
     # -- submission ---------------------------------------------------------
     def submit_spawn(self, req: SpawnRequest) -> OperationHandle:
         if not NAME_RE.match(req.name):
-            raise InvalidRequest(
-                f"invalid instance name {req.name!r}: 1-63 letters, digits, '.', '_' or '-'")
+            raise InvalidRequest(f"invalid instance name {req.name!r}: 1-63 letters, digits, '.', '_' or '-'")
         kind = catalog.get("spawn")
         op_id, inst_uuid = str(uuid.uuid4()), str(uuid.uuid4())
         with self.db.session() as s:
@@ -178,17 +187,19 @@ class Conductor:
                 raise InvalidRequest(f"an instance named {req.name!r} already exists")
             host = placement.place(s, flavor_d, req.host)
             vifs = [{"id": str(uuid.uuid4()), "mac": _mac(), "network": n} for n in req.networks]
-            instances.create(s, inst_uuid, req.name, flavor_d["name"], image_d["name"], held_by=op_id,
-                             vifs=vifs)
+            instances.create(s, inst_uuid, req.name, flavor_d["name"], image_d["name"], held_by=op_id, vifs=vifs)
             params = {
-                "instance_uuid": inst_uuid, "name": req.name, "host": host, "flavor": flavor_d,
+                "instance_uuid": inst_uuid,
+                "name": req.name,
+                "host": host,
+                "flavor": flavor_d,
                 "image": image_d,
                 "vifs": vifs,
-                "admin_password": (self.rt.secrets.store(s, op_id, req.admin_password)
-                                   if req.admin_password else None),
+                "admin_password": (self.rt.secrets.store(s, op_id, req.admin_password) if req.admin_password else None),
             }
-            operations.create(s, op_id, "spawn", inst_uuid, params, kind.version,
-                              self._submit_owner, self.lease_seconds)
+            operations.create(
+                s, op_id, "spawn", inst_uuid, params, kind.version, self._submit_owner, self.lease_seconds
+            )
             try:
                 s.flush()
             except sa_exc.IntegrityError:
@@ -228,12 +239,20 @@ class Conductor:
                 if p.secret and values.get(p.name) is not None:
                     logs_secret(values[p.name])
                     values[p.name] = self.rt.secrets.store(s, op_id, values[p.name])
-            stored = {"operation": kind_name, "instance_uuid": inst.uuid, "name": inst.name,
-                      "host": inst.host, "vifs": inst.vifs, "prior_vm_state": inst.vm_state,
-                      "prior_power_state": inst.power_state,
-                      **values, **extra}
-            operations.create(s, op_id, kind_name, inst.uuid, stored, kind.version,
-                              self._submit_owner, self.lease_seconds)
+            stored = {
+                "operation": kind_name,
+                "instance_uuid": inst.uuid,
+                "name": inst.name,
+                "host": inst.host,
+                "vifs": inst.vifs,
+                "prior_vm_state": inst.vm_state,
+                "prior_power_state": inst.power_state,
+                **values,
+                **extra,
+            }
+            operations.create(
+                s, op_id, kind_name, inst.uuid, stored, kind.version, self._submit_owner, self.lease_seconds
+            )
         LOG.info("submitted %s %s of %s", kind_name, op_id, inst.name)
         return self._submitted(op_id)
 
@@ -241,22 +260,21 @@ class Conductor:
         return self.submit("destroy", instance)
 
     # -- running ------------------------------------------------------------
-    def run(self, op_id: str, on_event: EventSink | None = None, *,
-            dead_owners: tuple[str, ...] = ()) -> OperationStatus:
+    def run(
+        self, op_id: str, on_event: EventSink | None = None, *, dead_owners: tuple[str, ...] = ()
+    ) -> OperationStatus:
         """Run the operation here, waiting in line first if a per-host limit
         is reached (conductor/host_limits.py); `on_event` hears of the wait once."""
         said = False
         while True:
             seen = self.runner.slots.generation()
             try:
-                return OperationStatus.of(self.runner.run(op_id, dead_owners=dead_owners,
-                                                          on_event=on_event))
+                return OperationStatus.of(self.runner.run(op_id, dead_owners=dead_owners, on_event=on_event))
             except WaitingForHostSlot as e:
                 if not said:
                     LOG.info("%s", e)
                     if on_event is not None:
-                        on_event(StepEvent(op_id, WAITING_STEP, "WAITING",
-                                           "; ".join(str(w) for w in e.waits)))
+                        on_event(StepEvent(op_id, WAITING_STEP, "WAITING", "; ".join(str(w) for w in e.waits)))
                     said = True
                 with self.db.session() as s:  # a submission of ours stays ours while it waits
                     operations.renew_leases(s, self.owner, [op_id], self.lease_seconds)
@@ -293,8 +311,7 @@ class Conductor:
         with self.db.session() as s:
             host_names = [h.name for h in hosts.list_hosts(s)]
             held = [c.operation_id for c in claims.all_claims(s)]
-        return {"claims": held,
-                "hosts": {h: self.rt.driver_for(h).inventory() for h in host_names}}
+        return {"claims": held, "hosts": {h: self.rt.driver_for(h).inventory() for h in host_names}}
 
 
 def _validated_params(kind: catalog.OperationKind, params: dict) -> dict:
@@ -308,8 +325,7 @@ def _validated_params(kind: catalog.OperationKind, params: dict) -> dict:
         if value is None and p.required:
             raise InvalidRequest(f"{kind.name} needs {p.name}")
         if value is not None and not isinstance(value, p.type):
-            raise InvalidRequest(f"{kind.name}: {p.name} must be {p.type.__name__}, "
-                                 f"got {type(value).__name__}")
+            raise InvalidRequest(f"{kind.name}: {p.name} must be {p.type.__name__}, got {type(value).__name__}")
         values[p.name] = value
     return values
 

@@ -18,6 +18,7 @@ hangs until `step_timeout`): the operation is taken from it (the epoch
 bump fences whatever it still writes; its hung call is abandoned) and run
 here, reverted when a cancel may still apply, else finished forward.
 """
+
 from __future__ import annotations
 
 import getpass
@@ -43,22 +44,20 @@ def request(s, op_id: str, by: str, dead_owners: tuple[str, ...] = ()) -> operat
     op = operations.get(s, op_id)
     if op is None:
         raise operations.Refused(operations.not_found(s, op_id))
-    return operations.request_cancel(s, op.id, by, dead_owners=dead_owners,
-                                     **cancel_policy(op.kind))
+    return operations.request_cancel(s, op.id, by, dead_owners=dead_owners, **cancel_policy(op.kind))
 
 
 def cancel_policy(kind: str) -> dict:
     k = catalog.CATALOG.get(kind)
-    return {"forward_only": bool(k and k.forward_only),
-            "no_return_step": k.no_return_step if k else None}
+    return {"forward_only": bool(k and k.forward_only), "no_return_step": k.no_return_step if k else None}
 
 
 def past_no_return(s, op) -> bool:
     """Whether a started operation only goes forward now."""
     policy = cancel_policy(op.kind)
     return op.state != operations.PENDING and (
-        policy["forward_only"] or operations.forward_phase_started(s, op.id,
-                                                                   policy["no_return_step"]))
+        policy["forward_only"] or operations.forward_phase_started(s, op.id, policy["no_return_step"])
+    )
 
 
 def operator() -> str:
@@ -127,16 +126,15 @@ def terminate(conductor, op_id: str, by: str, on_event=None) -> TerminateResult:
         if op is None:
             raise operations.Refused(operations.not_found(s, op_id))
         if op.state in operations.FINAL_STATES:
-            raise operations.Refused(f"operation {op.id} already ended {op.state}: "
-                                     "nothing to terminate")
+            raise operations.Refused(f"operation {op.id} already ended {op.state}: nothing to terminate")
         forward = past_no_return(s, op)
         if not forward and op.cancel_requested_by is None:
             outcome = request(s, op.id, f"{by} (terminate)")
             if outcome.done:  # pending and nobody's: ended without running a step
-                return TerminateResult(op.id, op.kind, op.owner, "revert", outcome.state,
-                                       f"cancelled by {by} (terminate) before it ran")
+                return TerminateResult(
+                    op.id, op.kind, op.owner, "revert", outcome.state, f"cancelled by {by} (terminate) before it ran"
+                )
         former = operations.seize(s, op.id, conductor.owner, conductor.lease_seconds, by)
         op_id, kind = op.id, op.kind
     ended = conductor.runner.run(op_id, on_event=on_event)
-    return TerminateResult(op_id, kind, former, "forward" if forward else "revert",
-                           ended.state, ended.error)
+    return TerminateResult(op_id, kind, former, "forward" if forward else "revert", ended.state, ended.error)

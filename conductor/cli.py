@@ -8,6 +8,7 @@ The parser (one table an operator reads to learn the CLI), the simple verbs
 and `main`; the history views live in cli_history.py, resume/cancel/terminate
 and repair in cli_repair.py, what they all share in cli_support.py.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,13 +20,26 @@ from collections.abc import Callable
 from computeflow.errors import ComputeflowError
 from conductor import config, logs, moves, reconcile, recovery, render
 from conductor.api import SpawnRequest
-from conductor.cli_history import (cmd_instances_events, cmd_instances_list, cmd_instances_show,
-                                   cmd_ops_list, cmd_ops_show)
-from conductor.cli_repair import (cmd_cancel, cmd_ops_mark_reverted, cmd_ops_retry_revert,
-                                  cmd_resume, cmd_terminate)
-from conductor.cli_support import (EXIT_OK, EXIT_OP_FAILED, EXIT_USER_ERROR, UserError,
-                                   conductor_of, database_of, emit, read_secret_file,
-                                   run_and_report, warn_idle_faults)
+from conductor.cli_history import (
+    cmd_instances_events,
+    cmd_instances_list,
+    cmd_instances_show,
+    cmd_ops_list,
+    cmd_ops_show,
+)
+from conductor.cli_repair import cmd_cancel, cmd_ops_mark_reverted, cmd_ops_retry_revert, cmd_resume, cmd_terminate
+from conductor.cli_support import (
+    EXIT_OK,
+    EXIT_OP_FAILED,
+    EXIT_USER_ERROR,
+    UserError,
+    conductor_of,
+    database_of,
+    emit,
+    read_secret_file,
+    run_and_report,
+    warn_idle_faults,
+)
 from conductor.runner import LostOwnership
 from drivers.errors import DriverError
 from flows import catalog, live_migration
@@ -35,8 +49,13 @@ from persistence.session import safe_url, sqlite_file
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="computeflow", description=__doc__.splitlines()[0])
-    p.add_argument("--config-file", action="append", dest="config_files", metavar="PATH",
-                   help="configuration file (repeatable); default: oslo's search path for computeflow.conf")
+    p.add_argument(
+        "--config-file",
+        action="append",
+        dest="config_files",
+        metavar="PATH",
+        help="configuration file (repeatable); default: oslo's search path for computeflow.conf",
+    )
     p.add_argument("--debug", action="store_true", help="log to stderr and show tracebacks")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -60,11 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--driver", help="fake or libvirt (default: compute_driver)")
     c.add_argument("--uri", help="hypervisor URI (libvirt)")
     cmd("list", cmd_hosts_list, "list hosts with their usage", hs, json_flag=True)
-    c = cmd("set-down", cmd_hosts_set_down, "mark a host down: nothing is placed on it, "
-            "its instances can be evacuated", hs)
+    c = cmd(
+        "set-down", cmd_hosts_set_down, "mark a host down: nothing is placed on it, its instances can be evacuated", hs
+    )
     c.add_argument("name")
-    c = cmd("set-up", cmd_hosts_set_up, "mark a host up again, removing what evacuated "
-            "instances left on it", hs)
+    c = cmd("set-up", cmd_hosts_set_up, "mark a host up again, removing what evacuated instances left on it", hs)
     c.add_argument("name")
     c = cmd("evacuate", cmd_hosts_evacuate, "evacuate every instance of a host marked down", hs)
     c.add_argument("name")
@@ -79,11 +98,15 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--flavor", required=True)
     c.add_argument("--image", required=True)
     c.add_argument("--host")
-    c.add_argument("--network", action="append", dest="networks", metavar="NAME",
-                   help="attach an interface on this network (repeatable; default: one on 'default')")
+    c.add_argument(
+        "--network",
+        action="append",
+        dest="networks",
+        metavar="NAME",
+        help="attach an interface on this network (repeatable; default: one on 'default')",
+    )
     pw = c.add_mutually_exclusive_group()
-    pw.add_argument("--admin-password-file", metavar="PATH",
-                    help="read the admin password from PATH ('-' for stdin)")
+    pw.add_argument("--admin-password-file", metavar="PATH", help="read the admin password from PATH ('-' for stdin)")
     pw.add_argument("--admin-password", help="admin password (visible in `ps`; prefer the file)")
     c.add_argument("--json", action="store_true", help="print the outcome as JSON, no progress")
 
@@ -100,76 +123,128 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--all", action="store_true", help="include deleted instances")
     c = cmd("show", cmd_instances_show, "show one instance", ins, json_flag=True)
     c.add_argument("name")
-    c = cmd("events", cmd_instances_events, "what the hypervisor reported about an instance "
-            "unasked (a guest that stopped), oldest first", ins, json_flag=True)
-    c.add_argument("name", help="instance name or uuid; a name no live instance has is "
-                   "the most recently deleted instance that had it")
-    c.add_argument("--deleted", action="store_true",
-                   help="the most recently deleted instance of that name, even if a live one has it")
+    c = cmd(
+        "events",
+        cmd_instances_events,
+        "what the hypervisor reported about an instance unasked (a guest that stopped), oldest first",
+        ins,
+        json_flag=True,
+    )
+    c.add_argument(
+        "name",
+        help="instance name or uuid; a name no live instance has is the most recently deleted instance that had it",
+    )
+    c.add_argument(
+        "--deleted",
+        action="store_true",
+        help="the most recently deleted instance of that name, even if a live one has it",
+    )
 
     ops = sub.add_parser("ops", help="operations").add_subparsers(dest="ops_cmd", required=True)
-    c = cmd("list", cmd_ops_list, "list operations, newest first (filters combine)", ops,
-            json_flag=True)
+    c = cmd("list", cmd_ops_list, "list operations, newest first (filters combine)", ops, json_flag=True)
     c.add_argument("--state", choices=operations.ACTIVE_STATES + operations.FINAL_STATES)
     c.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
-    c.add_argument("--instance", metavar="NAME", help="an instance's name (deleted instances "
-                   "that had it too) or uuid")
+    c.add_argument("--instance", metavar="NAME", help="an instance's name (deleted instances that had it too) or uuid")
     c.add_argument("--kind", help="operation kind, e.g. resize or live_migration")
-    c.add_argument("--host", help="the instance is on HOST or the operation named it "
-                   "(placement, source or target)")
-    c.add_argument("--since", metavar="TIME", help="created at or after TIME (ISO-8601; UTC "
-                   "unless it has an offset; a date alone is its midnight)")
+    c.add_argument("--host", help="the instance is on HOST or the operation named it (placement, source or target)")
+    c.add_argument(
+        "--since",
+        metavar="TIME",
+        help="created at or after TIME (ISO-8601; UTC unless it has an offset; a date alone is its midnight)",
+    )
     c.add_argument("--until", metavar="TIME", help="created at or before TIME (as --since)")
     c.add_argument("--error", metavar="TEXT", help="the error contains TEXT (any case)")
-    c.add_argument("--needs-repair", action="store_true",
-                   help="only FAILED operations (a revert failed), with what each left behind")
+    c.add_argument(
+        "--needs-repair",
+        action="store_true",
+        help="only FAILED operations (a revert failed), with what each left behind",
+    )
     c = cmd("show", cmd_ops_show, "show an operation and its flow log", ops, json_flag=True)
     c.add_argument("id", help="operation id (or a unique prefix of at least 4 characters)")
     c.add_argument("--transitions", action="store_true", help="every transition, not one line per step")
-    cmd("auto-confirm", cmd_ops_auto_confirm, "confirm the resizes older than "
-        "[conductor] resize_confirm_window", ops, json_flag=True)
+    cmd(
+        "auto-confirm",
+        cmd_ops_auto_confirm,
+        "confirm the resizes older than [conductor] resize_confirm_window",
+        ops,
+        json_flag=True,
+    )
 
     for what in live_migration.REQUESTS:
-        c = cmd(f"live-migration-{what.replace('_', '-')}", cmd_live_migration_request,
-                f"ask the live migration running on an instance to {what.replace('_', ' ')}")
+        c = cmd(
+            f"live-migration-{what.replace('_', '-')}",
+            cmd_live_migration_request,
+            f"ask the live migration running on an instance to {what.replace('_', ' ')}",
+        )
         c.set_defaults(request=what)
         c.add_argument("name", help="instance name or uuid")
 
     c = cmd("resume", cmd_resume, "finish operations left by a dead conductor", json_flag=True)
     c.add_argument("id", nargs="?", help="only this operation (id or a unique prefix)")
-    c.add_argument("--dry-run", action="store_true",
-                   help="print, per unfinished operation, its owner, where it stopped, what the "
-                        "hypervisor shows and what resume would do; change nothing")
-    c.add_argument("--direction", choices=(recovery.FORWARD, recovery.REVERT),
-                   help="with an operation: go this way where both are safe")
-    c = cmd("cancel", cmd_cancel, "stop an operation at its next step and revert what it did",
-            json_flag=True)
+    c.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print, per unfinished operation, its owner, where it stopped, what the "
+        "hypervisor shows and what resume would do; change nothing",
+    )
+    c.add_argument(
+        "--direction",
+        choices=(recovery.FORWARD, recovery.REVERT),
+        help="with an operation: go this way where both are safe",
+    )
+    c = cmd("cancel", cmd_cancel, "stop an operation at its next step and revert what it did", json_flag=True)
     c.add_argument("id", help="operation id (or a unique prefix of at least 4 characters)")
-    c.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
-                   help="wait up to SECONDS for a running operation to finish reverting")
-    c = cmd("terminate", cmd_terminate, "take an operation from its owner even if that owner is "
-            "alive but stuck (fenced: whatever it still does is refused) and end it here: "
-            "reverted, or finished if it is past its point of no return", json_flag=True)
+    c.add_argument(
+        "--wait",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="wait up to SECONDS for a running operation to finish reverting",
+    )
+    c = cmd(
+        "terminate",
+        cmd_terminate,
+        "take an operation from its owner even if that owner is "
+        "alive but stuck (fenced: whatever it still does is refused) and end it here: "
+        "reverted, or finished if it is past its point of no return",
+        json_flag=True,
+    )
     c.add_argument("id", help="operation id (or a unique prefix of at least 4 characters)")
-    c = cmd("retry-revert", cmd_ops_retry_revert, "after fixing the cause, re-run the failed "
-            "reverts of a FAILED operation (and every earlier step's)", ops, json_flag=True)
+    c = cmd(
+        "retry-revert",
+        cmd_ops_retry_revert,
+        "after fixing the cause, re-run the failed reverts of a FAILED operation (and every earlier step's)",
+        ops,
+        json_flag=True,
+    )
     c.add_argument("id", help="operation id (or a unique prefix of at least 4 characters)")
-    c = cmd("mark-reverted", cmd_ops_mark_reverted, "record that a FAILED operation was cleaned "
-            "up by hand: release its hold and claims, mark it REVERTED", ops, json_flag=True)
+    c = cmd(
+        "mark-reverted",
+        cmd_ops_mark_reverted,
+        "record that a FAILED operation was cleaned up by hand: release its hold and claims, mark it REVERTED",
+        ops,
+        json_flag=True,
+    )
     c.add_argument("id", help="operation id (or a unique prefix of at least 4 characters)")
     c.add_argument("--note", help="what was done, kept in the flow log")
-    c = cmd("reconcile", cmd_reconcile, "compare the database with what each host holds; "
-            "a dry run unless --apply", json_flag=True)
+    c = cmd(
+        "reconcile",
+        cmd_reconcile,
+        "compare the database with what each host holds; a dry run unless --apply",
+        json_flag=True,
+    )
     c.add_argument("--host", help="only this host (and the records of its claims)")
-    c.add_argument("--apply", action="store_true",
-                   help="carry the fixes out, as reconcile operations (see `ops list`)")
+    c.add_argument("--apply", action="store_true", help="carry the fixes out, as reconcile operations (see `ops list`)")
     cmd("conductor", cmd_conductor, "serve: claim and run submitted operations until SIGTERM")
     cmd("inventory", cmd_inventory, "what each host's driver holds, and open claims", json_flag=True)
     c = cmd("serve", cmd_serve, "serve the REST API (/api/v1) and the web dashboard (web/)")
     c.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     c.add_argument("--port", type=int, default=8080, help="port (default 8080)")
-    c.add_argument("--hash-token", action="store_true",
-                   help="print the SHA-256 of the token read from stdin, for [web] tokens; serve nothing")
+    c.add_argument(
+        "--hash-token",
+        action="store_true",
+        help="print the SHA-256 of the token read from stdin, for [web] tokens; serve nothing",
+    )
     return p
 
 
@@ -179,16 +254,23 @@ def _add_param(c: argparse.ArgumentParser, prm: catalog.Param) -> None:
     flag = "--" + prm.name.replace("_", "-")
     metavar = prm.name.upper()
     if prm.secret:
-        c.add_argument(flag + "-file", dest=f"secretfile_{prm.name}", metavar="PATH",
-                       required=prm.required, help=f"{prm.help} (read from PATH; '-' for stdin)")
+        c.add_argument(
+            flag + "-file",
+            dest=f"secretfile_{prm.name}",
+            metavar="PATH",
+            required=prm.required,
+            help=f"{prm.help} (read from PATH; '-' for stdin)",
+        )
     elif prm.type is bool:
         c.add_argument(flag, action="store_true", dest=f"param_{prm.name}", help=prm.help)
     elif prm.type is list:
-        c.add_argument(flag, action="append", dest=f"param_{prm.name}", metavar=metavar,
-                       help=prm.help + " (repeatable)")
+        c.add_argument(
+            flag, action="append", dest=f"param_{prm.name}", metavar=metavar, help=prm.help + " (repeatable)"
+        )
     else:
-        c.add_argument(flag, type=prm.type, dest=f"param_{prm.name}", required=prm.required,
-                       metavar=metavar, help=prm.help)
+        c.add_argument(
+            flag, type=prm.type, dest=f"param_{prm.name}", required=prm.required, metavar=metavar, help=prm.help
+        )
 
 
 # -- helpers -----------------------------------------------------------------
@@ -213,8 +295,9 @@ def cmd_db_version(args) -> int:
 
 def cmd_hosts_add(args) -> int:
     with conductor_of(args) as c:
-        c.add_host(args.name, vcpus=args.vcpus, ram_mb=args.ram_mb, disk_gb=args.disk_gb,
-                   driver=args.driver, uri=args.uri)
+        c.add_host(
+            args.name, vcpus=args.vcpus, ram_mb=args.ram_mb, disk_gb=args.disk_gb, driver=args.driver, uri=args.uri
+        )
     print(f"host {args.name} added")
     return EXIT_OK
 
@@ -229,8 +312,7 @@ def cmd_hosts_list(args) -> int:
 def cmd_hosts_set_down(args) -> int:
     with conductor_of(args) as c:
         moves.set_host_down(c, args.name)
-    print(f"host {args.name} is down: evacuate its instances with "
-          f"`computeflow hosts evacuate {args.name}`")
+    print(f"host {args.name} is down: evacuate its instances with `computeflow hosts evacuate {args.name}`")
     return EXIT_OK
 
 
@@ -283,8 +365,14 @@ def _read_password(args) -> str | None:
 def cmd_spawn(args) -> int:
     password = _read_password(args)
     logs.remember_secret(password)
-    req = SpawnRequest(name=args.name, flavor=args.flavor, image=args.image, host=args.host,
-                       networks=tuple(args.networks or ("default",)), admin_password=password)
+    req = SpawnRequest(
+        name=args.name,
+        flavor=args.flavor,
+        image=args.image,
+        host=args.host,
+        networks=tuple(args.networks or ("default",)),
+        admin_password=password,
+    )
     warn_idle_faults(args, "spawn")
     with conductor_of(args) as c:
         op_id = c.submit_spawn(req)
@@ -292,13 +380,11 @@ def cmd_spawn(args) -> int:
 
 
 def cmd_operation(args) -> int:
-    params = {k[len("param_"):]: v for k, v in vars(args).items()
-              if k.startswith("param_") and v is not None}
+    params = {k[len("param_") :]: v for k, v in vars(args).items() if k.startswith("param_") and v is not None}
     for k, path in vars(args).items():
         if k.startswith("secretfile_") and path is not None:
-            name = k[len("secretfile_"):]
-            params[name] = read_secret_file(path, name.replace("_", " "),
-                                            one_line=name.endswith("password"))
+            name = k[len("secretfile_") :]
+            params[name] = read_secret_file(path, name.replace("_", " "), one_line=name.endswith("password"))
             logs.remember_secret(params[name])
     warn_idle_faults(args, args.kind)
     with conductor_of(args) as c:
@@ -309,16 +395,17 @@ def cmd_operation(args) -> int:
 def cmd_live_migration_request(args) -> int:
     with database_of(args).session() as s:
         op_id = live_migration.request(s, args.name, args.request)
-    print(f"{args.request.replace('_', '-')} requested for live migration {op_id}; it acts at "
-          f"the migration's next poll (see computeflow ops show {op_id} --transitions)")
+    print(
+        f"{args.request.replace('_', '-')} requested for live migration {op_id}; it acts at "
+        f"the migration's next poll (see computeflow ops show {op_id} --transitions)"
+    )
     return EXIT_OK
 
 
 def cmd_inventory(args) -> int:
     with conductor_of(args) as c:
         leaks = c.leaks()
-    payload = {"claims": leaks["claims"],
-               "hosts": {h: inv.__dict__ for h, inv in leaks["hosts"].items()}}
+    payload = {"claims": leaks["claims"], "hosts": {h: inv.__dict__ for h, inv in leaks["hosts"].items()}}
     emit(args, payload, render.inventory_text(leaks))
     return EXIT_OK
 
@@ -347,12 +434,14 @@ def cmd_reconcile(args) -> int:
 
 def cmd_conductor(args) -> int:
     from conductor import service  # the service's imports are only needed here
+
     with conductor_of(args) as c:
         return service.serve(c)
 
 
 def cmd_serve(args) -> int:
     from web import auth, options as web_options, server  # only `serve` needs the web stack
+
     if args.hash_token:
         return server.hash_token_from_stdin()
     web_options.register(args.conf)
@@ -380,13 +469,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"computeflow: error: {logs.redact(str(e))}", file=sys.stderr)
         return EXIT_USER_ERROR
     except LostOwnership as e:  # terminated from another shell, or taken over after a stall
-        print(f"computeflow: operation {e.op_id} was taken over by another process (terminate, "
-              f"or a conductor after this one's lease lapsed); it ends there: "
-              f"`computeflow ops show {e.op_id}`", file=sys.stderr)
+        print(
+            f"computeflow: operation {e.op_id} was taken over by another process (terminate, "
+            f"or a conductor after this one's lease lapsed); it ends there: "
+            f"`computeflow ops show {e.op_id}`",
+            file=sys.stderr,
+        )
         return EXIT_OP_FAILED
     except KeyboardInterrupt:
-        print("computeflow: interrupted; `computeflow resume` finishes what was running",
-              file=sys.stderr)
+        print("computeflow: interrupted; `computeflow resume` finishes what was running", file=sys.stderr)
         return 130
     except BrokenPipeError:  # `computeflow ops list | head`: the reader left; not an error
         devnull = os.open(os.devnull, os.O_WRONLY)

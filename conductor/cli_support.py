@@ -1,6 +1,7 @@
 """What every `computeflow` command shares: exit statuses, opening the
 conductor or the database, printing text or JSON, live progress and the
 report of an ended operation."""
+
 from __future__ import annotations
 
 import json
@@ -99,8 +100,7 @@ def report_outcome(args, c: Conductor, op_id: str) -> int:
 
 
 def exit_status(state: str) -> int:
-    return {operations.SUCCEEDED: EXIT_OK, operations.FAILED: EXIT_NEEDS_REPAIR}.get(
-        state, EXIT_OP_FAILED)
+    return {operations.SUCCEEDED: EXIT_OK, operations.FAILED: EXIT_NEEDS_REPAIR}.get(state, EXIT_OP_FAILED)
 
 
 def read_secret_file(path: str, what: str, one_line: bool = False) -> str:

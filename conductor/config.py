@@ -1,4 +1,5 @@
 """Building the configuration: every package's options on one ConfigOpts."""
+
 from __future__ import annotations
 
 import difflib
@@ -63,10 +64,10 @@ def _check_fault_steps(specs: list[str]) -> None:
         if catalog.kinds_with_step(step):
             continue
         close = difflib.get_close_matches(step, catalog.step_names(), n=4, cutoff=0.6)
-        hint = f"; did you mean {', '.join(close)}?" if close else \
-            "; `computeflow ops show` lists an operation's steps"
-        raise ConfigError(f"configuration: [fake] faults: fault {spec.strip()!r}: no operation "
-                          f"has a step {step!r}{hint}")
+        hint = f"; did you mean {', '.join(close)}?" if close else "; `computeflow ops show` lists an operation's steps"
+        raise ConfigError(
+            f"configuration: [fake] faults: fault {spec.strip()!r}: no operation has a step {step!r}{hint}"
+        )
 
 
 def idle_faults_warning(conf: cfg.ConfigOpts, kind: str) -> str | None:
@@ -75,8 +76,10 @@ def idle_faults_warning(conf: cfg.ConfigOpts, kind: str) -> str | None:
     steps = [Fault.parse(s).step for s in conf.fake.faults if s.strip()]
     if not steps or any(kind in catalog.kinds_with_step(step) for step in steps):
         return None
-    return (f"no fault in [fake] faults ({', '.join(steps)}) names a step of {kind}, so none "
-            f"fires; its steps: {', '.join(catalog.get(kind).steps)}")
+    return (
+        f"no fault in [fake] faults ({', '.join(steps)}) names a step of {kind}, so none "
+        f"fires; its steps: {', '.join(catalog.get(kind).steps)}"
+    )
 
 
 def _touch_all(conf: cfg.ConfigOpts, files: list[str]) -> None:
@@ -143,15 +146,17 @@ def embedded_database(conf: cfg.ConfigOpts) -> bool:
     """Whether [database] connection is the embedded default, the SQLite file
     under state_path: the only database created implicitly on first use. Any
     other missing file is likelier a typo; `computeflow db upgrade` creates it."""
-    return sqlite_file(conf.database.connection) == \
-        sqlite_file(f"sqlite:///{conf.state_path}/computeflow.sqlite")
+    return sqlite_file(conf.database.connection) == sqlite_file(f"sqlite:///{conf.state_path}/computeflow.sqlite")
 
 
 def open_database(conf: cfg.ConfigOpts, *, create: bool | None = None) -> Database:
     """The configured database, reachable (DatabaseUnreachable, DatabaseMissing
     otherwise); create: None means only the embedded default is created."""
-    db = Database(conf.database.connection, pool_size=conf.database.pool_size,
-                  connect_timeout=conf.database.connect_timeout,
-                  create=embedded_database(conf) if create is None else create)
+    db = Database(
+        conf.database.connection,
+        pool_size=conf.database.pool_size,
+        connect_timeout=conf.database.connect_timeout,
+        create=embedded_database(conf) if create is None else create,
+    )
     db.check_reachable()
     return db

@@ -12,6 +12,7 @@ hold (or on what no live instance owns) and looks again before it acts
 (flows/steps/reconcile.py), so two conductors fixing the same finding end
 with one fix, and the second's step finds nothing to do.
 """
+
 from __future__ import annotations
 
 import logging
@@ -34,8 +35,10 @@ def check_apply_kinds(apply_kinds: list[str]) -> None:
     """A typo in [conductor] reconcile_apply is a configuration error, named."""
     unknown = sorted(set(apply_kinds) - set(APPLICABLE))
     if unknown:
-        raise ConfigError(f"configuration: [conductor] reconcile_apply: unknown finding kind(s) "
-                          f"{', '.join(unknown)} (fixable: {', '.join(APPLICABLE)})")
+        raise ConfigError(
+            f"configuration: [conductor] reconcile_apply: unknown finding kind(s) "
+            f"{', '.join(unknown)} (fixable: {', '.join(APPLICABLE)})"
+        )
 
 
 class DriftWatch:
@@ -69,11 +72,15 @@ class DriftWatch:
         self._reported = now
         chosen = [f for f in result.actionable if f.what in self.apply_kinds]
         if chosen:
-            done = reconcile.apply(self.c, reconcile.Audit(findings=chosen, hosts=result.hosts),
-                                   stop)
+            done = reconcile.apply(self.c, reconcile.Audit(findings=chosen, hosts=result.hosts), stop)
             for a in done:
-                LOG.info("reconcile: %s %s %s%s", a.operation_id, a.state, ", ".join(a.actions),
-                         f": {a.error}" if a.error else "")
+                LOG.info(
+                    "reconcile: %s %s %s%s",
+                    a.operation_id,
+                    a.state,
+                    ", ".join(a.actions),
+                    f": {a.error}" if a.error else "",
+                )
         return new
 
     def _record_events(self, findings: list[reconcile.Finding]) -> None:
@@ -82,8 +89,7 @@ class DriftWatch:
             return
         with self.c.db.session() as s:
             for f in named:
-                events.record(s, f.instance_uuid, f.host or "-", f"drift:{f.what}"[:_EVENT_LEN],
-                              "nostate")
+                events.record(s, f.instance_uuid, f.host or "-", f"drift:{f.what}"[:_EVENT_LEN], "nostate")
 
 
 def _key(f: reconcile.Finding) -> tuple:

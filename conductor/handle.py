@@ -3,6 +3,7 @@
 A handle *is* the operation id (a `str` subclass), so code that treats the
 result of a submission as an id keeps working; the methods add the typed API.
 """
+
 from __future__ import annotations
 
 import time
@@ -64,5 +65,6 @@ class OperationHandle(str):
     def cancel(self) -> object:
         """Ask for the operation to stop at its next step boundary and revert."""
         from conductor import cancel  # cancel -> ownership; handle stays light for importers
+
         with self._conductor.db.session() as s:
             return cancel.request(s, self.id, "api")

@@ -1,6 +1,7 @@
 """The read side of the operations history, shared by `computeflow ops list`
 and the web API: query values checked (a typo is an error, not an empty
 list). Each caller turns a `BadQuery` into its own error (exit 2, HTTP 400)."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -22,8 +23,7 @@ def utc_time(value: str | None, name: str) -> dt.datetime | None:
     try:
         t = dt.datetime.fromisoformat(value)
     except ValueError:
-        raise BadQuery(f"{name} {value!r} is not an ISO-8601 time "
-                       "(e.g. 2026-12-04T05:43:03Z or 2026-12-04)") from None
+        raise BadQuery(f"{name} {value!r} is not an ISO-8601 time (e.g. 2026-12-04T05:43:03Z or 2026-12-04)") from None
     return t.astimezone(dt.UTC).replace(tzinfo=None) if t.tzinfo else t
 
 

@@ -12,6 +12,7 @@ persistence/host_slots.py's.
 Only work going forward needs a slot: a run that reverts (REVERTING, or a
 cancel requested) undoes what is on the host and never waits in line.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -54,8 +55,11 @@ class HostLimits:
     @classmethod
     def from_conf(cls, conf: cfg.ConfigOpts) -> HostLimits:
         opts = conf.conductor
-        return cls(opts.max_concurrent_builds, opts.max_concurrent_live_migrations,
-                   parse_per_kind(opts.max_concurrent_per_host))
+        return cls(
+            opts.max_concurrent_builds,
+            opts.max_concurrent_live_migrations,
+            parse_per_kind(opts.max_concurrent_per_host),
+        )
 
     def needs(self, op: Operation) -> list[Need]:
         """The slots `op` needs before its flow may go on (none when reverting)."""
@@ -70,8 +74,7 @@ class HostLimits:
             keys = _CATEGORIES[category].get(kind, ())
             found += [Need(h, category, limit) for h in _hosts(params, keys)]
         if kind in self.per_kind:
-            found += [Need(h, kind, self.per_kind[kind])
-                      for h in _hosts(params, operations.HOST_PARAMS)]
+            found += [Need(h, kind, self.per_kind[kind]) for h in _hosts(params, operations.HOST_PARAMS)]
         return found
 
     def peak(self, s: Session, op_ids: list[str]) -> dict[tuple[str, str], int]:
@@ -84,9 +87,11 @@ class HostLimits:
         conductor's clock: compare on one machine or with synchronized clocks."""
         edges: dict[tuple[str, str], list[tuple[dt.datetime, int]]] = {}
         for chunk in range(0, len(op_ids), 500):
-            for op in s.scalars(sa.select(Operation).where(
-                    Operation.id.in_(op_ids[chunk:chunk + 500]),
-                    Operation.started_at.is_not(None))):
+            for op in s.scalars(
+                sa.select(Operation).where(
+                    Operation.id.in_(op_ids[chunk : chunk + 500]), Operation.started_at.is_not(None)
+                )
+            ):
                 end = op.finished_at or dt.datetime.max
                 for need in self.lines(op.kind, op.parameters or {}):
                     key = (need.category, need.host)
@@ -106,15 +111,19 @@ def parse_per_kind(raw: dict[str, str]) -> dict[str, int]:
     limits = {}
     for kind, value in raw.items():
         if kind not in catalog.CATALOG:
-            raise BadHostLimit(f"[conductor] max_concurrent_per_host {kind}:{value}: unknown "
-                               f"operation kind {kind!r} (known: {', '.join(sorted(catalog.CATALOG))})")
+            raise BadHostLimit(
+                f"[conductor] max_concurrent_per_host {kind}:{value}: unknown "
+                f"operation kind {kind!r} (known: {', '.join(sorted(catalog.CATALOG))})"
+            )
         try:
             limit = int(value)
         except ValueError:
             limit = -1
         if limit < 0:
-            raise BadHostLimit(f"[conductor] max_concurrent_per_host {kind}:{value}: the limit "
-                               "must be a whole number >= 0 (0: unlimited)")
+            raise BadHostLimit(
+                f"[conductor] max_concurrent_per_host {kind}:{value}: the limit "
+                "must be a whole number >= 0 (0: unlimited)"
+            )
         limits[kind] = limit
     return limits
 
@@ -172,5 +181,7 @@ class SlotGate:
 def waiting(s: Session, op_ids: list[str]) -> dict[str, str]:
     """For `ops show`/`ops list`: what each of these operations waits for in
     line, in a few words ("waiting for a host slot: builds on h1")."""
-    return {op_id: "waiting for a host slot: " + ", ".join(f"{r.category} on {r.host}" for r in rows)
-            for op_id, rows in host_slots.waiting(s, op_ids).items()}
+    return {
+        op_id: "waiting for a host slot: " + ", ".join(f"{r.category} on {r.host}" for r in rows)
+        for op_id, rows in host_slots.waiting(s, op_ids).items()
+    }

@@ -1,6 +1,7 @@
 """Logging for every computeflow command: a file under state_path, and stderr
 with --debug. A filter masks any secret value the process has seen, as a last
 line of defence behind the rule that secrets are never formatted into logs."""
+
 from __future__ import annotations
 
 import logging

@@ -17,6 +17,7 @@ lives, which a burst's scattered survivors do; with PYTHONMALLOC=malloc in
 the conductor's environment its objects go through glibc too, and the trim
 returns them (docs/scale-out.md, bench/README.md for the figures).
 """
+
 from __future__ import annotations
 
 import ctypes

@@ -5,6 +5,7 @@ auto-confirm pass that confirms resizes older than resize_confirm_window.
 Each function submits ordinary catalogue operations or makes idempotent
 driver calls, so running it again after a crash finishes the job.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -93,8 +94,7 @@ def due_for_confirm(c: Conductor, now: dt.datetime | None = None) -> list[str]:
     cutoff = (now or utcnow()) - dt.timedelta(seconds=window)
     with c.db.session() as s:
         rows = [i for i in instances.list_live(s) if i.vm_state == VmState.RESIZED and i.held_by is None]
-        stamps = {i.uuid: ((i.system_metadata or {}).get("migration") or {}).get("resized_at")
-                  for i in rows}
+        stamps = {i.uuid: ((i.system_metadata or {}).get("migration") or {}).get("resized_at") for i in rows}
     return [u for u, at in stamps.items() if at and dt.datetime.fromisoformat(at) <= cutoff]
 
 

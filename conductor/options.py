@@ -1,4 +1,5 @@
 """Conductor options: where state lives and how operations are owned."""
+
 import os
 
 from oslo_config import cfg
@@ -24,8 +25,7 @@ conductor_opts = [
         "lease_seconds",
         default=30,
         min=2,
-        help="An operation whose owner has not renewed its lease for this long "
-        "may be taken over by another conductor.",
+        help="An operation whose owner has not renewed its lease for this long may be taken over by another conductor.",
     ),
     cfg.IntOpt(
         "workers",
@@ -42,8 +42,7 @@ conductor_opts = [
         "idle_thread_seconds",
         default=5.0,
         min=0.1,
-        help="Seconds an idle step or operation thread lives before it ends, "
-        "so that memory returns after a burst.",
+        help="Seconds an idle step or operation thread lives before it ends, so that memory returns after a burst.",
     ),
     cfg.BoolOpt(
         "auto_upgrade",

@@ -1,4 +1,5 @@
 """Who runs an operation: conductor identities and telling a dead one."""
+
 from __future__ import annotations
 
 import os

@@ -16,6 +16,7 @@ per kind. Where both directions are safe, an operator may choose (`resume OP
 --direction`): reverting is then asked for as a cancel, which the resumed run
 honours at its first step.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -65,8 +66,7 @@ class ResumePlan:
     choosable: bool = False
 
     def text(self) -> str:
-        lines = [f"{self.op_id} {self.kind} {self.state}, owner {self.owner or '-'} "
-                 f"({self.owner_status})"]
+        lines = [f"{self.op_id} {self.kind} {self.state}, owner {self.owner or '-'} ({self.owner_status})"]
         if self.stopped_at:
             lines.append(f"  stopped at: {', '.join(self.stopped_at)}")
         lines += [f"  probe {p.step} on {p.host}: {p.fact}" for p in self.probes]
@@ -101,8 +101,7 @@ def plans(conductor, op_id: str | None = None) -> list[ResumePlan]:
             if op is None:
                 raise operations.Refused(operations.not_found(s, op_id))
             if op.state not in operations.ACTIVE_STATES:
-                raise operations.Refused(f"operation {op.id} already ended {op.state}: "
-                                         "nothing to resume")
+                raise operations.Refused(f"operation {op.id} already ended {op.state}: nothing to resume")
             ops = [op]
         else:
             ops = operations.resumable(s)
@@ -115,8 +114,9 @@ def plans(conductor, op_id: str | None = None) -> list[ResumePlan]:
 
 def _atom_states(s, op: Operation) -> dict[str, str]:
     ad = TASKFLOW_TABLES.atomdetails
-    return dict(s.execute(sa.select(ad.c.name, ad.c.state)
-                          .where(ad.c.parent_uuid == (op.flow_detail_uuid or op.id))).all())
+    return dict(
+        s.execute(sa.select(ad.c.name, ad.c.state).where(ad.c.parent_uuid == (op.flow_detail_uuid or op.id))).all()
+    )
 
 
 def plan(conductor, op: Operation, states: dict[str, str], forward_started: bool) -> ResumePlan:
@@ -125,41 +125,56 @@ def plan(conductor, op: Operation, states: dict[str, str], forward_started: bool
     flow = _flow(op)  # rebuilt once: the step order and the probes both come from it
     order = _task_order(flow)
     stopped = [n for n in order if states.get(n) in ("RUNNING", "REVERTING")]
-    base = dict(op_id=op.id, kind=op.kind, state=op.state, owner=op.owner, owner_status=status,
-                stopped_at=stopped)
+    base = dict(op_id=op.id, kind=op.kind, state=op.state, owner=op.owner, owner_status=status, stopped_at=stopped)
     if status == "alive":
-        return ResumePlan(**base, direction=NONE, steps=[],
-                          why=f"its owner {op.owner} is alive (lease until "
-                              f"{op.lease_expires_at:%H:%M:%S} UTC) and running it")
+        return ResumePlan(
+            **base,
+            direction=NONE,
+            steps=[],
+            why=f"its owner {op.owner} is alive (lease until {op.lease_expires_at:%H:%M:%S} UTC) and running it",
+        )
     forward_steps = [n for n in order if states.get(n) != "SUCCESS"]
     revert_steps = [n for n in reversed(order) if states.get(n) in _DONE_OR_STARTED]
     reverting = op.state == operations.REVERTING or any(
-        v in ("REVERTING", "REVERTED", "FAILURE") for v in states.values())
+        v in ("REVERTING", "REVERTED", "FAILURE") for v in states.values()
+    )
     if op.state == operations.PENDING and not states:
         return ResumePlan(**base, direction=FORWARD, steps=order, why="it never started")
     if reverting:
-        return ResumePlan(**base, direction=REVERT, steps=revert_steps,
-                          why="it was reverting when its owner stopped; steps already undone "
-                              "are not done again")
+        return ResumePlan(
+            **base,
+            direction=REVERT,
+            steps=revert_steps,
+            why="it was reverting when its owner stopped; steps already undone are not done again",
+        )
     if kind.forward_only or forward_started:
-        return ResumePlan(**base, direction=FORWARD, steps=forward_steps,
-                          why="it is past its point of no return (forward-only)")
+        return ResumePlan(
+            **base, direction=FORWARD, steps=forward_steps, why="it is past its point of no return (forward-only)"
+        )
     probes = _probe(conductor, op, flow, [n for n in stopped if states.get(n) == "RUNNING"])
     done = [p for p in probes if p.done]
     if done:
-        why = (f"the hypervisor shows {', '.join(p.step for p in done)} done: running it again "
-               "is a no-op, then the rest")
-        return ResumePlan(**base, direction=FORWARD, steps=forward_steps, why=why,
-                          probes=probes, choosable=True)
+        why = f"the hypervisor shows {', '.join(p.step for p in done)} done: running it again is a no-op, then the rest"
+        return ResumePlan(**base, direction=FORWARD, steps=forward_steps, why=why, probes=probes, choosable=True)
     configured = default_directions(conductor.conf)
     direction = configured.get(op.kind, kind.resume_direction)
-    why = ((f"the configured direction for {op.kind} ([conductor] resume_direction)"
-            if op.kind in configured else f"the catalogue's default for {op.kind}")
-           + ("; the interrupted step runs again from the start (every step is idempotent)"
-              if direction == FORWARD else "; what was done is undone"))
-    return ResumePlan(**base, direction=direction,
-                      steps=forward_steps if direction == FORWARD else revert_steps,
-                      why=why, probes=probes, choosable=True)
+    why = (
+        f"the configured direction for {op.kind} ([conductor] resume_direction)"
+        if op.kind in configured
+        else f"the catalogue's default for {op.kind}"
+    ) + (
+        "; the interrupted step runs again from the start (every step is idempotent)"
+        if direction == FORWARD
+        else "; what was done is undone"
+    )
+    return ResumePlan(
+        **base,
+        direction=direction,
+        steps=forward_steps if direction == FORWARD else revert_steps,
+        why=why,
+        probes=probes,
+        choosable=True,
+    )
 
 
 def default_directions(conf) -> dict[str, str]:
@@ -167,9 +182,11 @@ def default_directions(conf) -> dict[str, str]:
     configured = dict(conf.conductor.resume_direction or {})
     for kind, direction in configured.items():
         if kind not in catalog.CATALOG or direction not in (FORWARD, REVERT):
-            raise ConfigError(f"configuration: [conductor] resume_direction: {kind}:{direction} "
-                              f"(a kind of {', '.join(sorted(catalog.CATALOG))}, "
-                              "then forward or revert)")
+            raise ConfigError(
+                f"configuration: [conductor] resume_direction: {kind}:{direction} "
+                f"(a kind of {', '.join(sorted(catalog.CATALOG))}, "
+                "then forward or revert)"
+            )
     return configured
 
 
@@ -195,8 +212,7 @@ def _probe(conductor, op: Operation, flow, running: list[str]) -> list[Probe]:
         want = getattr(atom, "probe_guest", None)
         if atom.name not in running or want is None:
             continue
-        host_key = (getattr(atom, "rebind", None) or {}).get(atom.probe_host_arg,
-                                                              atom.probe_host_arg)
+        host_key = (getattr(atom, "rebind", None) or {}).get(atom.probe_host_arg, atom.probe_host_arg)
         host, uuid = store.get(host_key), store.get("instance_uuid")
         if not host or not uuid:
             continue
@@ -209,8 +225,7 @@ def _probe(conductor, op: Operation, flow, running: list[str]) -> list[Probe]:
             found.append(Probe(atom.name, host, f"not probed: {e}", None))
             continue
         fact = f"guest on {host} is {info.state.value}"
-        done = want == GUEST_DEFINED or (want not in (GUEST_ABSENT,) and
-                                         info.state is PowerState(want))
+        done = want == GUEST_DEFINED or (want not in (GUEST_ABSENT,) and info.state is PowerState(want))
         found.append(Probe(atom.name, host, fact, done))
     return found
 

@@ -1,4 +1,5 @@
 """Turning records into the CLI's text and JSON; no I/O here."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -78,19 +79,30 @@ def host_dict(h: Host) -> dict:
 
 
 def hosts_table(rows: list[Host]) -> str:
-    return table(["NAME", "DRIVER", "VCPUS", "RAM_MB", "DISK_GB"],
-                 [[h.name + (" (down)" if h.down else ""), h.driver, f"{h.used_vcpus}/{h.vcpus}",
-                   f"{h.used_ram_mb}/{h.ram_mb}", f"{h.used_disk_gb}/{h.disk_gb}"] for h in rows])
+    return table(
+        ["NAME", "DRIVER", "VCPUS", "RAM_MB", "DISK_GB"],
+        [
+            [
+                h.name + (" (down)" if h.down else ""),
+                h.driver,
+                f"{h.used_vcpus}/{h.vcpus}",
+                f"{h.used_ram_mb}/{h.ram_mb}",
+                f"{h.used_disk_gb}/{h.disk_gb}",
+            ]
+            for h in rows
+        ],
+    )
 
 
 def flavors_table(rows) -> str:
-    return table(["NAME", "VCPUS", "RAM_MB", "ROOT_GB", "EPHEMERAL_GB", "SWAP_MB"],
-                 [[f.name, f.vcpus, f.ram_mb, f.root_gb, f.ephemeral_gb, f.swap_mb] for f in rows])
+    return table(
+        ["NAME", "VCPUS", "RAM_MB", "ROOT_GB", "EPHEMERAL_GB", "SWAP_MB"],
+        [[f.name, f.vcpus, f.ram_mb, f.root_gb, f.ephemeral_gb, f.swap_mb] for f in rows],
+    )
 
 
 def images_table(rows) -> str:
-    return table(["NAME", "FORMAT", "SIZE_MB", "PATH"],
-                 [[i.name, i.disk_format, i.size_mb, i.path] for i in rows])
+    return table(["NAME", "FORMAT", "SIZE_MB", "PATH"], [[i.name, i.disk_format, i.size_mb, i.path] for i in rows])
 
 
 # -- instances ---------------------------------------------------------------
@@ -103,9 +115,13 @@ def instance_dict(i: Instance) -> dict:
 def instances_table(rows: list[Instance], down_hosts: set[str] = frozenset()) -> str:
     """A host marked down shows as `h1 (down)` (as in `hosts list`): its
     instances' POWER is the last state known, not a current one."""
-    return table(["NAME", "UUID", "HOST", "FLAVOR", "VM_STATE", "POWER", "TASK", "HELD_BY"],
-                 [[i.name, i.uuid, _host(i, down_hosts), i.flavor, i.vm_state, i.power_state,
-                   i.task_state, i.held_by] for i in rows])
+    return table(
+        ["NAME", "UUID", "HOST", "FLAVOR", "VM_STATE", "POWER", "TASK", "HELD_BY"],
+        [
+            [i.name, i.uuid, _host(i, down_hosts), i.flavor, i.vm_state, i.power_state, i.task_state, i.held_by]
+            for i in rows
+        ],
+    )
 
 
 def _host(i: Instance, down_hosts: set[str]) -> str | None:
@@ -122,8 +138,11 @@ def _fault(op: Operation | None) -> str | None:
 
 
 def instance_show_dict(i: Instance, last_op: Operation | None, host_down: bool) -> dict:
-    return instance_dict(i) | {"host_down": host_down, "last_operation": _last_op_dict(last_op),
-                               "fault": _fault(last_op)}
+    return instance_dict(i) | {
+        "host_down": host_down,
+        "last_operation": _last_op_dict(last_op),
+        "fault": _fault(last_op),
+    }
 
 
 def _field(key: str, values: list[str]) -> list[str]:
@@ -133,21 +152,28 @@ def _field(key: str, values: list[str]) -> list[str]:
 
 def instance_text(i: Instance, last_op: Operation | None, host_down: bool) -> str:
     power = i.power_state + (f" (last known: host {i.host} is down)" if host_down else "")
-    lines = [f"{k:<16}{'-' if v is None else v}" for k, v in (
-        ("uuid", i.uuid), ("name", i.name), ("host", _host(i, {i.host} if host_down else set())),
-        ("flavor", i.flavor), ("image", i.image), ("vm_state", i.vm_state),
-        ("power_state", power), ("task_state", i.task_state), ("held_by", i.held_by),
-        ("last_op", last_op and f"{last_op.id} {last_op.kind} {last_op.state}"))]
+    lines = [
+        f"{k:<16}{'-' if v is None else v}"
+        for k, v in (
+            ("uuid", i.uuid),
+            ("name", i.name),
+            ("host", _host(i, {i.host} if host_down else set())),
+            ("flavor", i.flavor),
+            ("image", i.image),
+            ("vm_state", i.vm_state),
+            ("power_state", power),
+            ("task_state", i.task_state),
+            ("held_by", i.held_by),
+            ("last_op", last_op and f"{last_op.id} {last_op.kind} {last_op.state}"),
+        )
+    ]
     if _fault(last_op):
         lines.append(f"{'fault':<16}{_fault(last_op)}")
-    lines += _field("vifs", [f"{v.get('id')}  {v.get('mac')}  {v.get('network')}"
-                             for v in i.vifs or []])
-    lines += _field("volumes", [f"{v.get('volume_id')}  {v.get('mountpoint')}"
-                                for v in i.volumes or []])
+    lines += _field("vifs", [f"{v.get('id')}  {v.get('mac')}  {v.get('network')}" for v in i.vifs or []])
+    lines += _field("volumes", [f"{v.get('volume_id')}  {v.get('mountpoint')}" for v in i.volumes or []])
     for key, meta in (("user_metadata", i.user_metadata), ("system_metadata", i.system_metadata)):
         lines += _field(key, [f"{k}={v}" for k, v in sorted((meta or {}).items())])
-    lines += [f"{'created_at':<16}{fmt_time(i.created_at)}",
-              f"{'updated_at':<16}{fmt_time(i.updated_at)}"]
+    lines += [f"{'created_at':<16}{fmt_time(i.created_at)}", f"{'updated_at':<16}{fmt_time(i.updated_at)}"]
     return "\n".join(lines)
 
 
@@ -161,16 +187,26 @@ def event_dict(e: InstanceEvent) -> dict:
 
 
 def events_table(rows: list[InstanceEvent]) -> str:
-    return table(["AT", "HOST", "EVENT", "POWER_STATE"],
-                 [[fmt_time(e.at), e.host, e.event, e.power_state] for e in rows])
+    return table(
+        ["AT", "HOST", "EVENT", "POWER_STATE"], [[fmt_time(e.at), e.host, e.event, e.power_state] for e in rows]
+    )
 
 
 # -- operations --------------------------------------------------------------
 def operation_dict(op: Operation) -> dict:
-    return {"id": op.id, "kind": op.kind, "instance_uuid": op.instance_uuid, "state": op.state,
-            "owner": op.owner, "flow_version": op.flow_version, "error": op.error,
-            "parameters": op.parameters, "created_at": _ts(op.created_at),
-            "started_at": _ts(op.started_at), "finished_at": _ts(op.finished_at)}
+    return {
+        "id": op.id,
+        "kind": op.kind,
+        "instance_uuid": op.instance_uuid,
+        "state": op.state,
+        "owner": op.owner,
+        "flow_version": op.flow_version,
+        "error": op.error,
+        "parameters": op.parameters,
+        "created_at": _ts(op.created_at),
+        "started_at": _ts(op.started_at),
+        "finished_at": _ts(op.finished_at),
+    }
 
 
 def op_duration_s(op: Operation, now: dt.datetime) -> float | None:
@@ -180,15 +216,18 @@ def op_duration_s(op: Operation, now: dt.datetime) -> float | None:
     return round(((op.finished_at or now) - op.started_at).total_seconds(), 3)
 
 
-def history_dict(op: Operation, instance_name: str | None, now: dt.datetime,
-                 waiting_for: str | None = None) -> dict:
+def history_dict(op: Operation, instance_name: str | None, now: dt.datetime, waiting_for: str | None = None) -> dict:
     """`waiting_for`: the host slots it waits for (conductor/host_limits.py), if any."""
-    return operation_dict(op) | {"instance_name": instance_name,
-                                 "duration_s": op_duration_s(op, now), "waiting_for": waiting_for}
+    return operation_dict(op) | {
+        "instance_name": instance_name,
+        "duration_s": op_duration_s(op, now),
+        "waiting_for": waiting_for,
+    }
 
 
-def history_table(rows: list[tuple[Operation, str | None]], now: dt.datetime,
-                  waiting: dict[str, str] | None = None) -> str:
+def history_table(
+    rows: list[tuple[Operation, str | None]], now: dt.datetime, waiting: dict[str, str] | None = None
+) -> str:
     """`ops list`: instance names, UTC times, and how long each took (or has
     been running: `(running)`); an operation waiting in line for a host slot
     says so after its state."""
@@ -200,30 +239,52 @@ def history_table(rows: list[tuple[Operation, str | None]], now: dt.datetime,
     def duration(op: Operation) -> str | None:
         text = fmt_duration(op_duration_s(op, now))
         return f"{text} (running)" if text and op.finished_at is None else text
-    return table(["ID", "KIND", "INSTANCE", "STATE", "CREATED", "DURATION", "ERROR"],
-                 [[o.id, o.kind, name or o.instance_uuid, state(o), fmt_time(o.created_at),
-                   duration(o), (o.error or "")[:60]] for o, name in rows])
+
+    return table(
+        ["ID", "KIND", "INSTANCE", "STATE", "CREATED", "DURATION", "ERROR"],
+        [
+            [o.id, o.kind, name or o.instance_uuid, state(o), fmt_time(o.created_at), duration(o), (o.error or "")[:60]]
+            for o, name in rows
+        ],
+    )
 
 
 def step_dict(st: StepSummary) -> dict:
-    return {"step": st.step, "state": st.state, "started_at": _ts(st.started_at),
-            "ended_at": _ts(st.ended_at), "duration_s": st.duration_s, "attempts": st.attempts,
-            "execute_s": st.execute_s, "revert_s": st.revert_s,
-            "revert_attempts": st.revert_attempts, "error": st.error, "traceback": st.traceback}
+    return {
+        "step": st.step,
+        "state": st.state,
+        "started_at": _ts(st.started_at),
+        "ended_at": _ts(st.ended_at),
+        "duration_s": st.duration_s,
+        "attempts": st.attempts,
+        "execute_s": st.execute_s,
+        "revert_s": st.revert_s,
+        "revert_attempts": st.revert_attempts,
+        "error": st.error,
+        "traceback": st.traceback,
+    }
 
 
 def transition_dict(r: FlowLogEntry) -> dict:
-    return {"at": _ts(r.at), "step": r.step, "state": r.state, "attempt": r.attempt,
-            "result": r.result, "error": r.error}
+    return {
+        "at": _ts(r.at),
+        "step": r.step,
+        "state": r.state,
+        "attempt": r.attempt,
+        "result": r.result,
+        "error": r.error,
+    }
 
 
-def operation_show_dict(op: Operation, rows: list[FlowLogEntry], steps: list[StepSummary],
-                        live: LiveFacts, with_transitions: bool = True) -> dict:
+def operation_show_dict(
+    op: Operation, rows: list[FlowLogEntry], steps: list[StepSummary], live: LiveFacts, with_transitions: bool = True
+) -> dict:
     """`ops show --json` (the web API's operation too): the operation, who runs
     it, its steps, progress notes and, if asked, every transition."""
     return operation_dict(op) | {
         "hosts": operation_hosts(op),
-        "live": live.to_dict(), "cancel_requested_by": op.cancel_requested_by,
+        "live": live.to_dict(),
+        "cancel_requested_by": op.cancel_requested_by,
         "lease_expires_at": _ts(op.lease_expires_at),
         "steps": [step_dict(st) for st in steps],
         "transitions": [transition_dict(r) for r in rows] if with_transitions else None,
@@ -241,8 +302,7 @@ def progress_notes(rows: list[FlowLogEntry]) -> list[FlowLogEntry]:
 #: Parameters that say where an operation acts (shown as its hosts).
 HOST_KEYS = HOST_PARAMS + HOST_LIST_PARAMS
 #: Parameters recorded for the flow's own use, not asked for by anyone.
-_INTERNAL_KEYS = {"operation", "instance_uuid", "name", "vifs", "prior_vm_state",
-                  "prior_power_state", *HOST_KEYS}
+_INTERNAL_KEYS = {"operation", "instance_uuid", "name", "vifs", "prior_vm_state", "prior_power_state", *HOST_KEYS}
 
 
 def operation_hosts(op: Operation) -> list[str]:
@@ -257,12 +317,13 @@ def operation_hosts(op: Operation) -> list[str]:
 
 def shown_parameters(op: Operation) -> dict:
     """What was asked for; a secret shows as `(secret)`, never its reference."""
+
     def shown(v):
         if is_reference(v):
             return "(secret)"
         return v["name"] if isinstance(v, dict) and "name" in v else v  # a flavor, an image
-    return {k: shown(v) for k, v in (op.parameters or {}).items()
-            if k not in _INTERNAL_KEYS and v is not None}
+
+    return {k: shown(v) for k, v in (op.parameters or {}).items() if k not in _INTERNAL_KEYS and v is not None}
 
 
 def _span(seconds: float | None, attempts: int) -> str | None:
@@ -275,28 +336,48 @@ def _span(seconds: float | None, attempts: int) -> str | None:
 def steps_table(steps: list[StepSummary]) -> str:
     """One line per step; EXECUTE and REVERT are each phase's own time (the
     waits between attempts not counted) and its number of tries."""
-    return table(["STEP", "STATE", "STARTED", "EXECUTE", "REVERT", "ERROR"],
-                 [[s.step, s.state, fmt_time_ms(s.started_at), _span(s.execute_s, s.attempts),
-                   _span(s.revert_s, s.revert_attempts),
-                   f"recovered from: {s.error}" if s.error and s.state == "SUCCESS" else s.error]
-                  for s in steps])
+    return table(
+        ["STEP", "STATE", "STARTED", "EXECUTE", "REVERT", "ERROR"],
+        [
+            [
+                s.step,
+                s.state,
+                fmt_time_ms(s.started_at),
+                _span(s.execute_s, s.attempts),
+                _span(s.revert_s, s.revert_attempts),
+                f"recovered from: {s.error}" if s.error and s.state == "SUCCESS" else s.error,
+            ]
+            for s in steps
+        ],
+    )
 
 
-def operation_text(op: Operation, steps: list[StepSummary], transitions: list[FlowLogEntry] | None,
-                   notes: list[FlowLogEntry] = (), live: LiveFacts | None = None) -> str:
-    head = [f"operation {op.id}", f"  kind      {op.kind}",
-            f"  instance  {op.parameters.get('name') if op.parameters else None} "
-            f"({op.instance_uuid})" if op.instance_uuid else "  instance  -",
-            f"  state     {op.state}" + (f" ({live.situation})" if live and live.situation else "")]
+def operation_text(
+    op: Operation,
+    steps: list[StepSummary],
+    transitions: list[FlowLogEntry] | None,
+    notes: list[FlowLogEntry] = (),
+    live: LiveFacts | None = None,
+) -> str:
+    head = [
+        f"operation {op.id}",
+        f"  kind      {op.kind}",
+        f"  instance  {op.parameters.get('name') if op.parameters else None} ({op.instance_uuid})"
+        if op.instance_uuid
+        else "  instance  -",
+        f"  state     {op.state}" + (f" ({live.situation})" if live and live.situation else ""),
+    ]
     hosts_ = operation_hosts(op)
     if hosts_:
         head.append(f"  hosts     {', '.join(hosts_)}")
     params = shown_parameters(op)
     if params:
         head.append("  params    " + " ".join(f"{k}={v}" for k, v in params.items()))
-    head += [f"  created   {fmt_time_ms(op.created_at)}",
-             f"  started   {fmt_time_ms(op.started_at)}",
-             f"  finished  {fmt_time_ms(op.finished_at)}"]
+    head += [
+        f"  created   {fmt_time_ms(op.created_at)}",
+        f"  started   {fmt_time_ms(op.started_at)}",
+        f"  finished  {fmt_time_ms(op.finished_at)}",
+    ]
     if live is not None:
         head += [f"  {line}" for line in live.lines]
     if op.error:
@@ -305,9 +386,10 @@ def operation_text(op: Operation, steps: list[StepSummary], transitions: list[Fl
     for r in notes:
         out += f"\n  {r.step} {r.state} {r.result} at {fmt_time_ms(r.at)}"
     if transitions is not None:
-        out += "\n\n" + table(["AT", "STEP", "STATE", "ATTEMPT", "RESULT/ERROR"],
-                              [[fmt_time_ms(r.at), r.step, r.state, r.attempt, r.error or r.result]
-                               for r in transitions])
+        out += "\n\n" + table(
+            ["AT", "STEP", "STATE", "ATTEMPT", "RESULT/ERROR"],
+            [[fmt_time_ms(r.at), r.step, r.state, r.attempt, r.error or r.result] for r in transitions],
+        )
     return out
 
 
@@ -338,16 +420,20 @@ def outcome_text(op: Operation, inst: Instance | None, left_behind: list = ()) -
         line += f"\n  error: {op.error}"
     line += "".join(f"\n{text}" for text in left_behind_lines(left_behind))
     if op.state == "FAILED":
-        line += (f"\n  next: fix the cause, then `computeflow ops retry-revert {op.id}`; or clean "
-                 f"up by hand, then `computeflow ops mark-reverted {op.id}`")
+        line += (
+            f"\n  next: fix the cause, then `computeflow ops retry-revert {op.id}`; or clean "
+            f"up by hand, then `computeflow ops mark-reverted {op.id}`"
+        )
     return line + f"\n  flow log: computeflow ops show {op.id}"
 
 
 def inventory_text(leaks: dict) -> str:
     lines = [f"open claims: {len(leaks['claims'])}"]
     for host, inv in leaks["hosts"].items():
-        lines.append(f"{host}: {len(inv.guests)} guests, {len(inv.disks)} disks, "
-                     f"{len(inv.ports)} ports, {len(inv.base_images)} cached base images")
+        lines.append(
+            f"{host}: {len(inv.guests)} guests, {len(inv.disks)} disks, "
+            f"{len(inv.ports)} ports, {len(inv.base_images)} cached base images"
+        )
     return "\n".join(lines)
 
 
@@ -356,16 +442,20 @@ def reconcile_text(before, applied: list, after) -> str:
     """The audit's findings, one per line; with --apply, what each operation
     did and what is left."""
     fixable = len(before.actionable)
-    head = (f"reconcile: {len(before.hosts)} host(s) probed ({', '.join(before.hosts) or 'none'}), "
-            f"{before.instances} live instance(s): {len(before.findings)} finding(s), "
-            f"{fixable} to fix")
+    head = (
+        f"reconcile: {len(before.hosts)} host(s) probed ({', '.join(before.hosts) or 'none'}), "
+        f"{before.instances} live instance(s): {len(before.findings)} finding(s), "
+        f"{fixable} to fix"
+    )
     lines = [head]
     lines += [f"  skipped {h}: {why}" for h, why in sorted(before.skipped_hosts.items())]
     lines += ["  " + f.line() for f in before.findings]
     if after is None:
         if fixable:
-            lines.append("dry run: nothing was changed; `computeflow reconcile --apply` fixes "
-                         f"the {fixable} finding(s) marked with an action")
+            lines.append(
+                "dry run: nothing was changed; `computeflow reconcile --apply` fixes "
+                f"the {fixable} finding(s) marked with an action"
+            )
         return "\n".join(lines)
     lines.append(f"applied: {len(applied)} operation(s)")
     for a in applied:

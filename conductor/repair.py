@@ -14,6 +14,7 @@ still held and the hypervisor may still hold disks, ports or a guest. Here:
 - `mark_reverted`: record a manual cleanup (hold and claims released, the
   operation REVERTED, who and when in the flow log).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -25,8 +26,17 @@ from persistence import flowlog, operations
 from persistence.models import Operation
 
 #: Store keys that name a resource a step acts on.
-RESOURCE_KEYS = ("instance_uuid", "host", "volume_id", "new_volume_id", "port_id", "image_name",
-                 "image_path", "destination", "source_host")
+RESOURCE_KEYS = (
+    "instance_uuid",
+    "host",
+    "volume_id",
+    "new_volume_id",
+    "port_id",
+    "image_name",
+    "image_path",
+    "destination",
+    "source_host",
+)
 #: States of a step that did (or may have done) something not undone.
 _NOT_UNDONE = ("SUCCESS", "FAILURE", "REVERT_FAILURE", "RUNNING", "REVERTING", "RETRYING")
 
@@ -41,10 +51,12 @@ class LeftBehind:
     def line(self) -> str:
         # The operation's own instance goes without saying (JSON keeps it).
         named = " ".join(f"{k}={v}" for k, v in self.resources.items() if k != "instance_uuid")
-        why = ("revert failed" if self.state == "REVERT_FAILURE"
-               else f"{self.state.lower()}, not reverted")
-        return f"{self.step}: {why}" + (f" [{named}]" if named else "") + (
-            f": {self.error}" if self.error and self.state == "REVERT_FAILURE" else "")
+        why = "revert failed" if self.state == "REVERT_FAILURE" else f"{self.state.lower()}, not reverted"
+        return (
+            f"{self.step}: {why}"
+            + (f" [{named}]" if named else "")
+            + (f": {self.error}" if self.error and self.state == "REVERT_FAILURE" else "")
+        )
 
 
 @dataclass(frozen=True)
@@ -64,8 +76,9 @@ def left_behind(s, op: Operation) -> list[LeftBehind]:
     i.e. in the order a revert would undo them."""
     steps = flowlog.summarize(flowlog.entries(s, op.flow_detail_uuid or op.id))
     resources = _resources_by_step(op)
-    left = [LeftBehind(st.step, st.state, st.error, resources.get(st.step, {}))
-            for st in steps if st.state in _NOT_UNDONE]
+    left = [
+        LeftBehind(st.step, st.state, st.error, resources.get(st.step, {})) for st in steps if st.state in _NOT_UNDONE
+    ]
     return left[::-1]
 
 
@@ -101,8 +114,9 @@ def _resources_by_step(op: Operation) -> dict[str, dict[str, str]]:
     for atom in _atoms(flow):
         names = dict(getattr(atom, "rebind", None) or {})
         names |= dict(getattr(atom, "revert_rebind", None) or {})
-        res = {arg: str(store[key]) for arg, key in names.items()
-               if arg in RESOURCE_KEYS and store.get(key) is not None}
+        res = {
+            arg: str(store[key]) for arg, key in names.items() if arg in RESOURCE_KEYS and store.get(key) is not None
+        }
         kind = getattr(atom, "kind", None)
         if kind is not None:
             res["disk"] = getattr(kind, "value", str(kind))

@@ -5,6 +5,7 @@ take ownership, load (or create) the flow detail whose uuid is the operation
 id, refuse flows whose version is gone, never re-run a flow that already
 ended, run it with deferred reverts, and record the outcome.
 """
+
 from __future__ import annotations
 
 import logging
@@ -53,8 +54,7 @@ class WaitingForHostSlot(NotOwner):
     operation keeps its place in line; a later run of it proceeds in turn."""
 
     def __init__(self, op_id: str, waits: list[host_slots.Wait]) -> None:
-        Exception.__init__(self, f"operation {op_id} waits for a host slot: "
-                           + "; ".join(str(w) for w in waits))
+        Exception.__init__(self, f"operation {op_id} waits for a host slot: " + "; ".join(str(w) for w in waits))
         self.op_id, self.waits = op_id, waits
 
 
@@ -69,8 +69,7 @@ class LostOwnership(Exception):
     """Another conductor took the operation over while this one ran it (fencing)."""
 
     def __init__(self, op_id: str, epoch: int) -> None:
-        super().__init__(f"operation {op_id}: lost ownership (epoch {epoch} superseded); "
-                         "its new owner finishes it")
+        super().__init__(f"operation {op_id}: lost ownership (epoch {epoch} superseded); its new owner finishes it")
         self.op_id, self.epoch = op_id, epoch
 
 
@@ -126,20 +125,29 @@ class LeaseKeeper:
                     with self._lock:
                         running = op_id in self._running
                     if running and cancellation.lose(op_id):
-                        LOG.warning("operation %s was taken from this process (terminate?); "
-                                    "a step waiting for the hypervisor gives up", op_id)
+                        LOG.warning(
+                            "operation %s was taken from this process (terminate?); "
+                            "a step waiting for the hypervisor gives up",
+                            op_id,
+                        )
                 for op_id, by in cancels.items():
                     if cancellation.request(op_id, by):
-                        LOG.info("operation %s: cancel requested by %s; stopping at the next step",
-                                 op_id, by)
+                        LOG.info("operation %s: cancel requested by %s; stopping at the next step", op_id, by)
             except Exception:  # a lost database must not kill the keeper
                 LOG.exception("renewing leases failed; will retry")
 
 
 class Runner:
-    def __init__(self, rt: Runtime, owner: str, *, lease_seconds: float,
-                 executor: futures.Executor, leases: LeaseKeeper,
-                 slots: SlotGate | None = None) -> None:
+    def __init__(
+        self,
+        rt: Runtime,
+        owner: str,
+        *,
+        lease_seconds: float,
+        executor: futures.Executor,
+        leases: LeaseKeeper,
+        slots: SlotGate | None = None,
+    ) -> None:
         self.rt = rt
         self.owner = owner
         self.lease_seconds = lease_seconds
@@ -149,8 +157,7 @@ class Runner:
         #: Per-host limits; share one per process so that a release wakes its waiters.
         self.slots = slots or SlotGate(HostLimits.from_conf(rt.conf), lease_seconds)
 
-    def run(self, op_id: str, *, dead_owners: tuple[str, ...] = (),
-            on_event: EventSink | None = None) -> Operation:
+    def run(self, op_id: str, *, dead_owners: tuple[str, ...] = (), on_event: EventSink | None = None) -> Operation:
         """Run (or resume) an operation; returns its final record.
         WaitingForHostSlot when a per-host limit keeps it waiting in line."""
         epoch, op, needs = self._take(op_id, dead_owners)
@@ -182,8 +189,7 @@ class Runner:
                 op = operations.get(s, op_id)
                 needs, waits = self.slots.request(s, op) if op is not None else ([], [])
                 if not waits:  # else commit only the place in line
-                    epoch = operations.take_ownership(s, op_id, self.owner, self.lease_seconds,
-                                                      dead_owners)
+                    epoch = operations.take_ownership(s, op_id, self.owner, self.lease_seconds, dead_owners)
                     if epoch is not None:
                         self.slots.take(s, op, needs)
                         s.refresh(op)
@@ -199,8 +205,9 @@ class Runner:
         try:
             self.slots.release(self.rt.db, op_id, self.owner)
         except Exception as e:  # noqa: BLE001 - a lost database: the lease lapses, the slot is reclaimed
-            LOG.warning("operation %s: releasing its host slots failed (%s); they are "
-                        "reclaimed once its lease lapses", op_id, e)
+            LOG.warning(
+                "operation %s: releasing its host slots failed (%s); they are reclaimed once its lease lapses", op_id, e
+            )
 
     def _run_owned(self, op: Operation, epoch: int, on_event: EventSink | None) -> Operation:
         kind = catalog.get(op.kind)
@@ -220,8 +227,13 @@ class Runner:
 
         flow = engines.flow_from_detail(flow_detail)
         engine = engines.load(
-            flow, flow_detail=flow_detail, book=book, backend=self.backend,
-            store=self._store(op), engine="parallel", executor=self.executor,
+            flow,
+            flow_detail=flow_detail,
+            book=book,
+            backend=self.backend,
+            store=self._store(op),
+            engine="parallel",
+            executor=self.executor,
             defer_reverts=True,
         )
         engine.notifier.register(notifier.Notifier.ANY, self._flow_listener(op.id, epoch))
@@ -231,8 +243,9 @@ class Runner:
             engine.atom_notifier.register(notifier.Notifier.ANY, _atom_listener(op.id, on_event))
         with self.rt.db.session() as s:
             if op.state == operations.PENDING:
-                operations.mark(s, op.id, operations.RUNNING, owner=self.owner, epoch=epoch,
-                                flow_detail_uuid=flow_detail.uuid)
+                operations.mark(
+                    s, op.id, operations.RUNNING, owner=self.owner, epoch=epoch, flow_detail_uuid=flow_detail.uuid
+                )
         self.backend.log_interrupted_atoms(flow_detail)
         error = None
         try:
@@ -242,8 +255,7 @@ class Runner:
         except Exception as e:  # the flow failed; what matters is where it ended
             if _fenced(e) is not None:
                 raise
-            if _outage(e) and engine.storage.get_flow_state() not in (states.SUCCESS,
-                                                                               states.REVERTED):
+            if _outage(e) and engine.storage.get_flow_state() not in (states.SUCCESS, states.REVERTED):
                 # The engine's own write met an outage (not wrapped as a StorageFailure)
                 # and the flow did not end: paused and resumed later, never FAILED.
                 raise
@@ -283,8 +295,10 @@ class Runner:
         """Flow-level transitions. Nothing to record here (taskflow 6.5 announces
         no REVERTING: RevertWatch marks it); the conductor service hooks in to
         register each engine so it can suspend it (service.py)."""
+
         def on_flow_state(state: str, details: dict) -> None:
             return None
+
         return on_flow_state
 
     def _record_outcome(self, op_id: str, epoch: int, flow_state: str, error: str | None) -> None:
@@ -293,8 +307,7 @@ class Runner:
         elif flow_state == states.REVERTED:
             self._finish(op_id, epoch, operations.REVERTED, error or "reverted")
         else:
-            self._finish(op_id, epoch, operations.FAILED,
-                         error or f"flow ended {flow_state}; needs an operator")
+            self._finish(op_id, epoch, operations.FAILED, error or f"flow ended {flow_state}; needs an operator")
 
     def _finish(self, op_id: str, epoch: int, state: str, error: str | None) -> None:
         with self.rt.db.session() as s:
@@ -323,6 +336,7 @@ def _atom_listener(op_id: str, sink: EventSink):
         if state in (states.FAILURE, states.REVERT_FAILURE) and hasattr(result, "exception_str"):
             error = result.exception_str
         sink(StepEvent(op_id, name, state, error))
+
     return on_atom_state
 
 
@@ -359,6 +373,7 @@ def _retried_names(flow) -> frozenset[str]:
                 walk(child, under_retry or getattr(child, "retry", None) is not None)
             elif under_retry:
                 names.add(child.name)
+
     walk(flow, getattr(flow, "retry", None) is not None)
     return frozenset(names)
 

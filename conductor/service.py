@@ -12,6 +12,7 @@ SIGTERM (or SIGINT): stop claiming, suspend every engine (taskflow finishes
 the running steps and persists them), release ownership and claims, exit 0;
 another conductor resumes the operations where they stopped.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -66,6 +67,7 @@ class _ServiceRunner(Runner):
                 if self.service.stopping or (claim is not None and claim.lost.is_set()):
                     engine.suspend()
             inner(state, details)
+
         return on_flow_state
 
     def _record_outcome(self, op_id: str, *rest) -> None:
@@ -96,12 +98,17 @@ class ConductorService:
         self._slot_waiting: dict[str, int] = {}
         self._slot_retry_cap = min(2.0, conductor.lease_seconds / 4)
         self._ran_since_release = False
-        self._pool = ElasticThreadPool(self.max_operations, name="operation",
-                                       idle_seconds=opts.idle_thread_seconds)
+        self._pool = ElasticThreadPool(self.max_operations, name="operation", idle_seconds=opts.idle_thread_seconds)
         self.drift = DriftWatch(conductor, opts.reconcile_interval, opts.reconcile_apply)
-        self.runner = _ServiceRunner(conductor.rt, self.who, lease_seconds=conductor.lease_seconds,
-                                     executor=conductor._executor, leases=conductor._leases,
-                                     slots=conductor.runner.slots, service=self)
+        self.runner = _ServiceRunner(
+            conductor.rt,
+            self.who,
+            lease_seconds=conductor.lease_seconds,
+            executor=conductor._executor,
+            leases=conductor._leases,
+            slots=conductor.runner.slots,
+            service=self,
+        )
 
     @property
     def stopping(self) -> bool:
@@ -121,12 +128,14 @@ class ConductorService:
         self.wakeups.on_jobs(self._wake)  # a notice ends the wait below at once
         beat = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
         beat.start()
-        watch = threading.Thread(target=self.drift.run, args=(self._stop,), name="drift-watch",
-                                 daemon=True)
+        watch = threading.Thread(target=self.drift.run, args=(self._stop,), name="drift-watch", daemon=True)
         watch.start()
-        LOG.info("conductor %s serving (%s, up to %d operations)", self.who,
-                 "embedded" if self.board.embedded else self.c.conf.conductor.jobboard,
-                 self.max_operations)
+        LOG.info(
+            "conductor %s serving (%s, up to %d operations)",
+            self.who,
+            "embedded" if self.board.embedded else self.c.conf.conductor.jobboard,
+            self.max_operations,
+        )
         last_reconcile = 0.0
         while not self.stopping:
             self._wake.clear()
@@ -135,8 +144,7 @@ class ConductorService:
                 if not self.board.embedded and now - last_reconcile > self.expiry / 2:
                     last_reconcile = now
                     self._reconcile()
-                if (len(self._claims) < self.max_operations and len(self._starting) < CLAIM_BATCH
-                        and self._claim_some()):
+                if len(self._claims) < self.max_operations and len(self._starting) < CLAIM_BATCH and self._claim_some():
                     continue
             except Exception:  # the loop must outlive any outage: a dead loop strands its claims
                 LOG.exception("conductor loop error; retrying")
@@ -189,8 +197,7 @@ class ConductorService:
         try:
             with self.c.db.session() as s:
                 unowned = operations.unowned(s)
-            self.board.post_missing([(op_id, created) for op_id, created in unowned
-                                     if op_id not in self._claims])
+            self.board.post_missing([(op_id, created) for op_id, created in unowned if op_id not in self._claims])
         except (tf_exc.JobFailure, *_DB_ERRORS) as e:
             LOG.warning("reconciling the jobboard failed: %s", e)
 

@@ -18,6 +18,7 @@ reconnecting). A source that loses its connection tells every receiver that
 notices may have been missed (they look at once and poll quickly), then
 reconnects by itself; nothing ever waits on a source alone.
 """
+
 from __future__ import annotations
 
 import contextlib

@@ -2,6 +2,7 @@
 
 This package imports none of computeflow's other packages.
 """
+
 from __future__ import annotations
 
 from oslo_config import cfg
@@ -14,8 +15,7 @@ DRIVER_NAMES = ("fake", "libvirt")
 
 def list_opts():
     """Options for oslo-config-generator."""
-    return [("DEFAULT", options.driver_opts), ("fake", options.fake_opts),
-            ("libvirt", options.libvirt_opts)]
+    return [("DEFAULT", options.driver_opts), ("fake", options.fake_opts), ("libvirt", options.libvirt_opts)]
 
 
 def load_driver(conf: cfg.ConfigOpts, host: str, driver: str, uri: str | None = None) -> ComputeDriver:
@@ -31,11 +31,11 @@ def load_driver(conf: cfg.ConfigOpts, host: str, driver: str, uri: str | None = 
             preallocate_images=conf.preallocate_images,
             default_ephemeral_format=conf.default_ephemeral_format,
             deliver_vif_events=conf.fake.deliver_vif_events,
-            shared_storage_peers=next((tuple(g.split("+")) for g in conf.fake.shared_storage
-                                       if host in g.split("+")), ()),
+            shared_storage_peers=next(
+                (tuple(g.split("+")) for g in conf.fake.shared_storage if host in g.split("+")), ()
+            ),
         )
-        model = LatencyModel.parse(conf.fake.latency, conf.fake.latency_distribution,
-                                   conf.fake.latency_seed)
+        model = LatencyModel.parse(conf.fake.latency, conf.fake.latency_distribution, conf.fake.latency_seed)
         return model.apply(fake) if model else fake
     if driver == "libvirt":
         from drivers.libvirt.driver import LibvirtDriver  # imports libvirt-python: only here

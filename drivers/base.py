@@ -12,6 +12,7 @@ matrix in the docs is derived from which methods a driver overrides.
 This file is longer than our usual limit because it is the whole contract:
 one place to read what a driver must do.
 """
+
 from __future__ import annotations
 
 import enum
@@ -395,8 +396,13 @@ class ComputeDriver:
     def pre_live_migration(self, instance_uuid: str, migrate_data: dict[str, Any]) -> dict[str, Any]:
         self._unsupported("pre_live_migration")
 
-    def live_migration(self, instance_uuid: str, dest_host: str, migrate_data: dict[str, Any],
-                       progress: Callable[[int], None] | None = None) -> None:
+    def live_migration(
+        self,
+        instance_uuid: str,
+        dest_host: str,
+        migrate_data: dict[str, Any],
+        progress: Callable[[int], None] | None = None,
+    ) -> None:
         self._unsupported("live_migration")
 
     def live_migration_abort(self, instance_uuid: str) -> None:
@@ -439,8 +445,9 @@ class ComputeDriver:
     def detach_volume(self, instance_uuid: str, connection_info: dict[str, Any], mountpoint: str) -> None:
         self._unsupported("detach_volume")
 
-    def swap_volume(self, instance_uuid: str, old_info: dict[str, Any], new_info: dict[str, Any],
-                    mountpoint: str) -> None:
+    def swap_volume(
+        self, instance_uuid: str, old_info: dict[str, Any], new_info: dict[str, Any], mountpoint: str
+    ) -> None:
         self._unsupported("swap_volume")
 
     def volume_snapshot_create(self, instance_uuid: str, volume_id: str, info: dict[str, Any]) -> None:
@@ -499,6 +506,5 @@ def supported_methods(driver_class: type[ComputeDriver]) -> set[str]:
     return {
         name
         for name, member in vars(ComputeDriver).items()
-        if callable(member) and not name.startswith("_")
-        and getattr(driver_class, name) is not member
+        if callable(member) and not name.startswith("_") and getattr(driver_class, name) is not member
     }

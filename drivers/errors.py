@@ -1,4 +1,5 @@
 """Errors a hypervisor driver raises; flows decide what each means."""
+
 from computeflow.errors import ComputeflowError
 
 
@@ -66,8 +67,7 @@ class InjectedTransientFault(TransientError):
     """Raised by fault injection: a failure that a retry gets past."""
 
     def __init__(self, step: str, phase: str, remaining: int) -> None:
-        super().__init__(f"injected transient failure at step {step} during {phase} "
-                         f"({remaining} more to come)")
+        super().__init__(f"injected transient failure at step {step} during {phase} ({remaining} more to come)")
         self.step = step
         self.phase = phase
 
@@ -92,8 +92,11 @@ class RootDiskTooSmall(InvalidGuestState):
     that callers catching that keep working; named so that a user sees why."""
 
     def __init__(self, instance_uuid: str, root_mb: int, image: str, image_mb: int) -> None:
-        DriverError.__init__(self, f"cannot create the root disk of {instance_uuid}: the flavor's "
-                             f"{root_mb} MB root disk is smaller than image {image} ({image_mb} MB)")
+        DriverError.__init__(
+            self,
+            f"cannot create the root disk of {instance_uuid}: the flavor's "
+            f"{root_mb} MB root disk is smaller than image {image} ({image_mb} MB)",
+        )
         self.instance_uuid = instance_uuid
         self.state = "root disk too small"
         self.root_mb = root_mb
@@ -106,8 +109,10 @@ class DiskCannotShrink(DriverError):
     before the guest is touched, since a filesystem cannot be cut blindly."""
 
     def __init__(self, instance_uuid: str, disk: str, have_mb: int, want_mb: int) -> None:
-        super().__init__(f"cannot resize instance {instance_uuid}: its {disk} disk is {have_mb} MB "
-                         f"and the new flavor's is {want_mb} MB (disks never shrink)")
+        super().__init__(
+            f"cannot resize instance {instance_uuid}: its {disk} disk is {have_mb} MB "
+            f"and the new flavor's is {want_mb} MB (disks never shrink)"
+        )
         self.instance_uuid = instance_uuid
         self.disk = disk
         self.have_mb = have_mb

@@ -10,6 +10,7 @@ against one state file, and every method is a few lines over the same locked
 read-modify-write; split by operation, each part would reach into the same
 private state helpers.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -22,13 +23,19 @@ from collections.abc import Iterator
 
 from drivers import base
 from drivers.base import Disk, DiskKind, DiskSpec, GuestInfo, GuestSpec, Image, Inventory, PowerState, Vif
-from drivers.errors import (DriverError, GuestNotFound, ImageNotFound, InvalidGuestState,
-                            SoftRebootFailed, VolumeInUse)
+from drivers.errors import DriverError, GuestNotFound, ImageNotFound, InvalidGuestState, SoftRebootFailed, VolumeInUse
 
-_EMPTY_STATE: dict[str, dict] = {"guests": {}, "disks": {}, "ports": {}, "base_images": {}, "volumes": {},
-                # cold migration: a source's copy kept for a revert, a destination's copy
-                # waiting for finish_migration (see migrate_disk_and_power_off)
-                "migrating": {}, "incoming": {}}
+_EMPTY_STATE: dict[str, dict] = {
+    "guests": {},
+    "disks": {},
+    "ports": {},
+    "base_images": {},
+    "volumes": {},
+    # cold migration: a source's copy kept for a revert, a destination's copy
+    # waiting for finish_migration (see migrate_disk_and_power_off)
+    "migrating": {},
+    "incoming": {},
+}
 _thread_locks: dict[str, threading.Lock] = {}
 _thread_locks_guard = threading.Lock()
 
@@ -123,20 +130,29 @@ class FakeDriver(base.ComputeDriver):
         """One read of the state file; every record carries its instance."""
         s = self.state.read()
         H = base.Held
-        found = [base.HeldResource(H.GUEST, uuid, uuid, PowerState(g["power_state"]),
-                                   g.get("name", "")) for uuid, g in s["guests"].items()]
-        found += [base.HeldResource(H.DISK, path, d["instance"], detail=d["kind"])
-                  for path, d in s["disks"].items()]
-        found += [base.HeldResource(H.PORT, vif, p["instance"], detail=p.get("network", ""))
-                  for vif, p in s["ports"].items()]
-        found += [base.HeldResource(H.VOLUME, vol, a["instance"], detail=a.get("mountpoint", ""))
-                  for vol, a in s.get("volumes", {}).items()]
-        found += [base.HeldResource(H.KEPT_COPY, uuid, uuid, detail=f"for {m['dest']}")
-                  for uuid, m in s["migrating"].items()]
-        found += [base.HeldResource(H.INCOMING_COPY, uuid, uuid, detail=f"from {m['source']}")
-                  for uuid, m in s["incoming"].items()]
-        found += [base.HeldResource(H.GUEST, name, None, PowerState(g["power_state"]), name)
-                  for name, g in s.get("foreign_guests", {}).items()]
+        found = [
+            base.HeldResource(H.GUEST, uuid, uuid, PowerState(g["power_state"]), g.get("name", ""))
+            for uuid, g in s["guests"].items()
+        ]
+        found += [base.HeldResource(H.DISK, path, d["instance"], detail=d["kind"]) for path, d in s["disks"].items()]
+        found += [
+            base.HeldResource(H.PORT, vif, p["instance"], detail=p.get("network", "")) for vif, p in s["ports"].items()
+        ]
+        found += [
+            base.HeldResource(H.VOLUME, vol, a["instance"], detail=a.get("mountpoint", ""))
+            for vol, a in s.get("volumes", {}).items()
+        ]
+        found += [
+            base.HeldResource(H.KEPT_COPY, uuid, uuid, detail=f"for {m['dest']}") for uuid, m in s["migrating"].items()
+        ]
+        found += [
+            base.HeldResource(H.INCOMING_COPY, uuid, uuid, detail=f"from {m['source']}")
+            for uuid, m in s["incoming"].items()
+        ]
+        found += [
+            base.HeldResource(H.GUEST, name, None, PowerState(g["power_state"]), name)
+            for name, g in s.get("foreign_guests", {}).items()
+        ]
         return base.HostReport(self.host, tuple(found))
 
     # -- queries ------------------------------------------------------------
@@ -177,9 +193,7 @@ class FakeDriver(base.ComputeDriver):
         backing = None
         if spec.kind is DiskKind.ROOT and spec.image is not None and self.use_cow_images:
             backing = os.path.join(self._base_dir, spec.image.name)
-        fs_format = spec.fs_format or (
-            self.default_ephemeral_format if spec.kind is DiskKind.EPHEMERAL else None
-        )
+        fs_format = spec.fs_format or (self.default_ephemeral_format if spec.kind is DiskKind.EPHEMERAL else None)
         record = {
             "instance": instance_uuid,
             "kind": spec.kind.value,
@@ -204,9 +218,7 @@ class FakeDriver(base.ComputeDriver):
 
     def plug_vif(self, instance_uuid: str, vif: Vif) -> None:
         with self.state.change() as s:
-            s["ports"].setdefault(
-                vif.id, {"instance": instance_uuid, "mac": vif.mac, "network": vif.network}
-            )
+            s["ports"].setdefault(vif.id, {"instance": instance_uuid, "mac": vif.mac, "network": vif.network})
 
     def unplug_vif(self, instance_uuid: str, vif_id: str) -> None:
         with self.state.change() as s:
@@ -270,13 +282,20 @@ class FakeDriver(base.ComputeDriver):
             g["power_state"] = target.value
 
     def power_on(self, instance_uuid: str) -> None:
-        self._set_power(instance_uuid, PowerState.RUNNING,
-                        {PowerState.SHUTDOWN, PowerState.CRASHED, PowerState.SUSPENDED}, "power on")
+        self._set_power(
+            instance_uuid,
+            PowerState.RUNNING,
+            {PowerState.SHUTDOWN, PowerState.CRASHED, PowerState.SUSPENDED},
+            "power on",
+        )
 
     def power_off(self, instance_uuid: str, timeout: float = 0) -> None:
-        self._set_power(instance_uuid, PowerState.SHUTDOWN,
-                        {PowerState.RUNNING, PowerState.PAUSED, PowerState.CRASHED,
-                         PowerState.SUSPENDED}, "power off")
+        self._set_power(
+            instance_uuid,
+            PowerState.SHUTDOWN,
+            {PowerState.RUNNING, PowerState.PAUSED, PowerState.CRASHED, PowerState.SUSPENDED},
+            "power off",
+        )
 
     def reboot(self, instance_uuid: str, hard: bool) -> None:
         """Soft: the guest must be running and answer ACPI. Hard: from any state."""
@@ -314,8 +333,10 @@ class FakeDriver(base.ComputeDriver):
         with self.state.change() as s:
             g = self._guest(s, instance_uuid)
             if g.get("rescue") is None:
-                g["rescue"] = {"image": rescue_image.name,
-                               "disk": self._disk_path(instance_uuid, DiskKind.ROOT) + ".rescue"}
+                g["rescue"] = {
+                    "image": rescue_image.name,
+                    "disk": self._disk_path(instance_uuid, DiskKind.ROOT) + ".rescue",
+                }
             g["power_state"] = PowerState.RUNNING.value
 
     def unrescue(self, instance_uuid: str) -> None:
@@ -365,8 +386,7 @@ class FakeDriver(base.ComputeDriver):
         """Another fake host's state file: every fake host lives in one state_dir."""
         return HostStateFile(os.path.dirname(self.state.path), host)
 
-    def migrate_disk_and_power_off(self, instance_uuid: str, dest_host: str,
-                                   flavor: base.Flavor) -> list[Disk]:
+    def migrate_disk_and_power_off(self, instance_uuid: str, dest_host: str, flavor: base.Flavor) -> list[Disk]:
         """Stop the guest here and copy its disks to `dest_host`.
 
         The guest, disks, ports and volume attachments are set aside in this
@@ -380,21 +400,30 @@ class FakeDriver(base.ComputeDriver):
             if m is None:
                 g = self._guest(s, instance_uuid)
                 g["power_state"] = PowerState.SHUTDOWN.value
-                m = {"dest": dest_host, "guest": s["guests"].pop(instance_uuid),
-                     **{k: _take(s[k], instance_uuid) for k in ("disks", "ports", "volumes")}}
+                m = {
+                    "dest": dest_host,
+                    "guest": s["guests"].pop(instance_uuid),
+                    **{k: _take(s[k], instance_uuid) for k in ("disks", "ports", "volumes")},
+                }
                 root = next((d for d in m["disks"].values() if d["kind"] == "root"), None)
                 image = root and root.get("image")
                 m["base_images"] = {image: s["base_images"][image]} if image in s["base_images"] else {}
                 s["migrating"][instance_uuid] = m
         with self._host_state(m["dest"]).change() as d:
             if instance_uuid not in d["guests"]:
-                d["incoming"].setdefault(instance_uuid, {
-                    "source": self.host, "guest": m["guest"], "disks": m["disks"],
-                    "volumes": m["volumes"], "base_images": m["base_images"]})
+                d["incoming"].setdefault(
+                    instance_uuid,
+                    {
+                        "source": self.host,
+                        "guest": m["guest"],
+                        "disks": m["disks"],
+                        "volumes": m["volumes"],
+                        "base_images": m["base_images"],
+                    },
+                )
         return [_disk(p, d) for p, d in m["disks"].items()]
 
-    def finish_migration(self, instance_uuid: str, disks: list[Disk], flavor: base.Flavor,
-                         power_on: bool) -> None:
+    def finish_migration(self, instance_uuid: str, disks: list[Disk], flavor: base.Flavor, power_on: bool) -> None:
         """Set up the incoming copy here: disks sized for `flavor` (a root disk
         never shrinks), the guest defined with it, and started if asked."""
         with self.state.change() as s:
@@ -402,18 +431,28 @@ class FakeDriver(base.ComputeDriver):
             incoming = s["incoming"].pop(instance_uuid, None)
             if g is None:
                 if incoming is None:
-                    raise InvalidGuestState(instance_uuid, f"not migrating to {self.host}",
-                                            "finish the migration of")
+                    raise InvalidGuestState(instance_uuid, f"not migrating to {self.host}", "finish the migration of")
                 by_kind = {d["kind"]: d for d in incoming["disks"].values()}
-                sizes = {"root": max(flavor.root_gb * 1024, by_kind.get("root", {}).get("size_mb", 0)),
-                         "ephemeral": flavor.ephemeral_gb * 1024, "swap": flavor.swap_mb}
+                sizes = {
+                    "root": max(flavor.root_gb * 1024, by_kind.get("root", {}).get("size_mb", 0)),
+                    "ephemeral": flavor.ephemeral_gb * 1024,
+                    "swap": flavor.swap_mb,
+                }
                 paths = []
                 for kind, size in sizes.items():
                     if not size:
                         continue
-                    rec = dict(by_kind.get(kind) or {
-                        "instance": instance_uuid, "kind": kind, "backing": None, "image": None,
-                        "preallocated": self.preallocate, "fs_format": None})
+                    rec = dict(
+                        by_kind.get(kind)
+                        or {
+                            "instance": instance_uuid,
+                            "kind": kind,
+                            "backing": None,
+                            "image": None,
+                            "preallocated": self.preallocate,
+                            "fs_format": None,
+                        }
+                    )
                     rec["size_mb"] = size
                     if rec.get("backing"):
                         rec["backing"] = os.path.join(self._base_dir, rec["image"])
@@ -421,10 +460,14 @@ class FakeDriver(base.ComputeDriver):
                     s["disks"][path] = rec
                     paths.append(path)
                 for image, cached in incoming["base_images"].items():
-                    s["base_images"].setdefault(
-                        image, {**cached, "path": os.path.join(self._base_dir, image)})
-                g = {**incoming["guest"], "vcpus": flavor.vcpus, "memory_mb": flavor.ram_mb,
-                     "disks": paths, "power_state": PowerState.SHUTDOWN.value}
+                    s["base_images"].setdefault(image, {**cached, "path": os.path.join(self._base_dir, image)})
+                g = {
+                    **incoming["guest"],
+                    "vcpus": flavor.vcpus,
+                    "memory_mb": flavor.ram_mb,
+                    "disks": paths,
+                    "power_state": PowerState.SHUTDOWN.value,
+                }
                 s["guests"][instance_uuid] = g
                 s["volumes"].update(incoming["volumes"])
             if power_on:
@@ -447,8 +490,9 @@ class FakeDriver(base.ComputeDriver):
             m = s["migrating"].get(instance_uuid)
             if m is not None:
                 if instance_uuid in s["guests"]:
-                    raise InvalidGuestState(instance_uuid, "still defined by the migration here",
-                                            "revert the migration of")
+                    raise InvalidGuestState(
+                        instance_uuid, "still defined by the migration here", "revert the migration of"
+                    )
                 del s["migrating"][instance_uuid]
                 s["guests"][instance_uuid] = m["guest"]
                 for k in ("disks", "ports", "volumes"):
@@ -515,8 +559,7 @@ class FakeDriver(base.ComputeDriver):
     def attach_interface(self, instance_uuid: str, vif: Vif) -> None:
         with self.state.change() as s:
             g = self._guest(s, instance_uuid)
-            s["ports"].setdefault(
-                vif.id, {"instance": instance_uuid, "mac": vif.mac, "network": vif.network})
+            s["ports"].setdefault(vif.id, {"instance": instance_uuid, "mac": vif.mac, "network": vif.network})
             if vif.id not in g["vifs"]:
                 g["vifs"].append(vif.id)
 
@@ -590,16 +633,14 @@ class FakeDriver(base.ComputeDriver):
                 rec = dict(d)
                 if d.get("backing"):
                     rec["backing"] = os.path.join(self._base_dir, d["image"])
-                    s["base_images"].setdefault(d["image"], {"path": rec["backing"],
-                                                             "size_mb": d["size_mb"]})
+                    s["base_images"].setdefault(d["image"], {"path": rec["backing"], "size_mb": d["size_mb"]})
                 s["disks"].setdefault(self._disk_path(instance_uuid, DiskKind(d["kind"])), rec)
             for vif, port in src["ports"].items():
                 if port["instance"] == instance_uuid:
                     s["ports"].setdefault(vif, dict(port))
         return migrate_data
 
-    def live_migration(self, instance_uuid: str, dest_host: str, migrate_data: dict,
-                       progress=None) -> None:
+    def live_migration(self, instance_uuid: str, dest_host: str, migrate_data: dict, progress=None) -> None:
         dest = self._peer(dest_host)
         if instance_uuid in dest.read()["guests"]:
             self._leave_source(instance_uuid)  # switched over already (maybe before a kill)
@@ -622,11 +663,9 @@ class FakeDriver(base.ComputeDriver):
                 pause.wait(self.live_migration_poll_s)
         record = dict(g)
         # The disks pre_live_migration made there, in the guest's order.
-        made = {os.path.basename(p): p for p, d in dest.read()["disks"].items()
-                if d["instance"] == instance_uuid}
+        made = {os.path.basename(p): p for p, d in dest.read()["disks"].items() if d["instance"] == instance_uuid}
         record["disks"] = [made.get(os.path.basename(p), p) for p in g["disks"]]
-        volumes = {v: a for v, a in self.state.read()["volumes"].items()
-                   if a["instance"] == instance_uuid}
+        volumes = {v: a for v, a in self.state.read()["volumes"].items() if a["instance"] == instance_uuid}
         with dest.change() as d:
             d["guests"].setdefault(instance_uuid, record)
             d["volumes"].update(volumes)
@@ -670,8 +709,9 @@ class FakeDriver(base.ComputeDriver):
         """The guest runs elsewhere: drop its disks and ports here."""
         with self.state.change() as s:
             if instance_uuid in s["guests"]:
-                raise InvalidGuestState(instance_uuid, f"still defined on {self.host}",
-                                        "clean up the migration source of")
+                raise InvalidGuestState(
+                    instance_uuid, f"still defined on {self.host}", "clean up the migration source of"
+                )
             for vif in [v for v, p in s["ports"].items() if p["instance"] == instance_uuid]:
                 del s["ports"][vif]
             for path in [p for p, d in s["disks"].items() if d["instance"] == instance_uuid]:
@@ -683,8 +723,7 @@ class FakeDriver(base.ComputeDriver):
         if g["power_state"] not in (PowerState.RUNNING.value, PowerState.PAUSED.value):
             raise InvalidGuestState(instance_uuid, g["power_state"], "finish the migration of")
 
-    def simulate_memory_churn(self, instance_uuid: str, stall_at: int,
-                              post_copy: bool = False) -> None:
+    def simulate_memory_churn(self, instance_uuid: str, stall_at: int, post_copy: bool = False) -> None:
         """The guest dirties memory faster than it is copied: a live migration
         stops progressing at `stall_at` percent until aborted or forced. With
         `post_copy` the migration is started able to switch to post-copy, so
@@ -731,11 +770,9 @@ def _set_aside(state: dict, what: str) -> tuple[str, ...]:
     """What migrations hold outside the live sections, for inventory()."""
     found = []
     for uuid, m in state["migrating"].items():
-        found += [f"{uuid} (resize source)"] if what == "guest" else \
-            [f"{k} (resize source)" for k in m[what]]
+        found += [f"{uuid} (resize source)"] if what == "guest" else [f"{k} (resize source)" for k in m[what]]
     for uuid, m in state["incoming"].items():
-        found += [f"{uuid} (incoming)"] if what == "guest" else \
-            [f"{k} (incoming)" for k in m.get(what, {})]
+        found += [f"{uuid} (incoming)"] if what == "guest" else [f"{k} (incoming)" for k in m.get(what, {})]
     return tuple(sorted(found))
 
 

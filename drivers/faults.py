@@ -6,6 +6,7 @@ Steps call `FaultPlan.checkpoint` before and after their side effect; a
 matching fault fires there. `kill` sends SIGKILL to this very process, which
 is what a crash test needs: nothing after it runs, no finally block, no flush.
 """
+
 from __future__ import annotations
 
 import os
@@ -50,7 +51,7 @@ class Fault:
     @property
     def transient_count(self) -> int | None:
         """N of `fail-transient-N` (N >= 1), else None."""
-        n = self.action[len(TRANSIENT):] if self.action.startswith(TRANSIENT) else ""
+        n = self.action[len(TRANSIENT) :] if self.action.startswith(TRANSIENT) else ""
         return int(n) if n.isdigit() and int(n) >= 1 else None
 
 

@@ -10,6 +10,7 @@ tail, as real hypervisors have), from a generator seeded with
 `[fake] latency_seed` and the host, so a run can be repeated. The delay is
 spent before the call does its work, the way a hypervisor answers late.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -32,14 +33,16 @@ class BadLatencySpec(ComputeflowError, ValueError):
 
 
 #: Contract methods that are plumbing, not hypervisor work: never delayed.
-_PLUMBING = frozenset({"register_event_listener", "emit_event", "init_host", "cleanup_host",
-                       "estimate_instance_overhead"})
+_PLUMBING = frozenset(
+    {"register_event_listener", "emit_event", "init_host", "cleanup_host", "estimate_instance_overhead"}
+)
 
 
 def contract_methods() -> frozenset[str]:
     """The driver contract's public calls (drivers/base.py): what a latency may name."""
-    return frozenset(n for n, v in vars(base.ComputeDriver).items()
-                     if callable(v) and not n.startswith("_") and n not in _PLUMBING)
+    return frozenset(
+        n for n, v in vars(base.ComputeDriver).items() if callable(v) and not n.startswith("_") and n not in _PLUMBING
+    )
 
 
 @dataclass(frozen=True)
@@ -52,8 +55,7 @@ class LatencyModel:
     _lock: threading.Lock = field(default_factory=threading.Lock, compare=False, repr=False)
 
     @classmethod
-    def parse(cls, specs: list[str], distribution: str = "fixed",
-              seed: int | None = None) -> LatencyModel | None:
+    def parse(cls, specs: list[str], distribution: str = "fixed", seed: int | None = None) -> LatencyModel | None:
         """The model `[fake] latency` describes (None: no latency); BadLatencySpec
         names the faulty entry and what was expected."""
         known = contract_methods()
@@ -63,13 +65,13 @@ class LatencyModel:
                 continue
             method, sep, seconds = spec.rpartition(":")
             if not sep or not method:
-                raise BadLatencySpec(f"[fake] latency {spec!r}: expected METHOD:SECONDS "
-                                     f"(METHOD a driver call or {ANY})")
+                raise BadLatencySpec(
+                    f"[fake] latency {spec!r}: expected METHOD:SECONDS (METHOD a driver call or {ANY})"
+                )
             if method != ANY and method not in known:
                 close = difflib.get_close_matches(method, sorted(known), n=3)
                 hint = f"; did you mean {', '.join(close)}?" if close else ""
-                raise BadLatencySpec(f"[fake] latency {spec!r}: {method!r} is not a driver "
-                                     f"call{hint}")
+                raise BadLatencySpec(f"[fake] latency {spec!r}: {method!r} is not a driver call{hint}")
             try:
                 value = float(seconds)
             except ValueError:
@@ -78,8 +80,7 @@ class LatencyModel:
                 raise BadLatencySpec(f"[fake] latency {spec!r}: seconds must be a number >= 0")
             means[method] = value
         if distribution not in DISTRIBUTIONS:
-            raise BadLatencySpec(f"[fake] latency_distribution {distribution!r}: one of "
-                                 f"{', '.join(DISTRIBUTIONS)}")
+            raise BadLatencySpec(f"[fake] latency_distribution {distribution!r}: one of {', '.join(DISTRIBUTIONS)}")
         if not any(means.values()):
             return None
         return cls(means, distribution, seed)
@@ -112,4 +113,5 @@ class LatencyModel:
         def delayed(*args, **kwargs):
             time.sleep(self.draw(host, name))  # the simulated hypervisor at work
             return call(*args, **kwargs)
+
         return delayed

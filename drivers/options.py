@@ -1,4 +1,5 @@
 """Driver options: the seed contract's options plus the fake and libvirt drivers' own."""
+
 from oslo_config import cfg
 
 driver_opts = [
@@ -16,15 +17,16 @@ driver_opts = [
     cfg.StrOpt(
         "preallocate_images",
         default="none",
-        choices=[("none", "allocate storage as the guest writes"),
-                 ("space", "allocate every disk's full size when it is created")],
+        choices=[
+            ("none", "allocate storage as the guest writes"),
+            ("space", "allocate every disk's full size when it is created"),
+        ],
         help="Storage preallocation for instance disks.",
     ),
     cfg.BoolOpt(
         "use_cow_images",
         default=True,
-        help="Create root disks as copy-on-write overlays over a cached base "
-        "image instead of full copies.",
+        help="Create root disks as copy-on-write overlays over a cached base image instead of full copies.",
     ),
 ]
 
@@ -59,9 +61,11 @@ fake_opts = [
     cfg.StrOpt(
         "latency_distribution",
         default="fixed",
-        choices=[("fixed", "every call takes its mean"),
-                 ("uniform", "uniform between 0 and twice the mean"),
-                 ("exponential", "exponential around the mean: a long tail")],
+        choices=[
+            ("fixed", "every call takes its mean"),
+            ("uniform", "uniform between 0 and twice the mean"),
+            ("exponential", "exponential around the mean: a long tail"),
+        ],
         help="How each call's delay is drawn around its [fake] latency.",
     ),
     cfg.IntOpt(
@@ -87,8 +91,10 @@ libvirt_opts = [
     cfg.StrOpt(
         "virt_type",
         default="qemu",
-        choices=[("qemu", "QEMU emulation (TCG): works everywhere, slower"),
-                 ("kvm", "hardware virtualisation; needs a working /dev/kvm")],
+        choices=[
+            ("qemu", "QEMU emulation (TCG): works everywhere, slower"),
+            ("kvm", "hardware virtualisation; needs a working /dev/kvm"),
+        ],
         help="Domain type of the guests. The default is qemu because a /dev/kvm "
         "that exists is not proof that KVM guests run (on some cloud machines "
         "they hang). Ignored on test:/// connections, which only run type test.",

@@ -1,4 +1,5 @@
 """Operations as taskflow graphs of small reversible steps."""
+
 from oslo_config import cfg
 
 from flows import options

@@ -15,6 +15,7 @@ forward. If the retries run out, the only revert is take_hold's, which leaves
 the instance in ERROR for an operator; running destroy again finishes the job
 because every step is idempotent.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -42,8 +43,7 @@ NO_RETURN_STEP = "retry_destroy_forward"
 
 def build(*, host: str | None, vifs: list[dict[str, Any]], **_params: object) -> linear_flow.Flow:
     attempts = runtime.current().conf.forward_retries
-    forward = linear_flow.Flow(
-        "destroy_forward", retry=retry.Times(attempts, name=NO_RETURN_STEP))
+    forward = linear_flow.Flow("destroy_forward", retry=retry.Times(attempts, name=NO_RETURN_STEP))
     if host is not None:  # never placed (a spawn that failed early): nothing on a hypervisor
         forward.add(
             PowerOffGuest(),
@@ -63,5 +63,4 @@ def build(*, host: str | None, vifs: list[dict[str, Any]], **_params: object) ->
 def prepare(s: Session, inst: Instance, values: dict[str, Any], op_id: str) -> dict[str, Any]:
     """The other hosts a migration record names (the copies destroy removes)."""
     mig = (inst.system_metadata or {}).get("migration") or {}
-    return {"copy_hosts": sorted({h for h in (mig.get("source_host"), mig.get("dest_host"))
-                                  if h and h != inst.host})}
+    return {"copy_hosts": sorted({h for h in (mig.get("source_host"), mig.get("dest_host")) if h and h != inst.host})}

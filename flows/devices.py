@@ -8,6 +8,7 @@ another instance is refused, a mountpoint is chosen) and computes the new
 `volumes` or `vifs` column; mark_done writes it, and its revert writes back
 the old one while the device step's revert undoes the change on the host.
 """
+
 from __future__ import annotations
 
 import string
@@ -20,8 +21,7 @@ from taskflow.patterns import linear_flow
 from computeflow.states import TaskState
 from flows import prepare as p
 from flows.errors import InvalidRequest
-from flows.steps.devices import (AttachInterface, AttachVolume, DetachInterface, DetachVolume,
-                                 SwapVolume)
+from flows.steps.devices import AttachInterface, AttachVolume, DetachInterface, DetachVolume, SwapVolume
 from flows.steps.instance import FinishOperation, TakeHold
 from persistence import instances
 from persistence.models import Instance
@@ -78,15 +78,20 @@ def prepare_detach_volume(s: Session, inst: Instance, values: dict[str, Any], op
 def prepare_swap_volume(s: Session, inst: Instance, values: dict[str, Any], op_id: str) -> dict[str, Any]:
     att = _find(inst, values["volume_id"])
     _refuse_if_in_use(s, values["new_volume_id"])
-    new = [({"volume_id": values["new_volume_id"], "mountpoint": v["mountpoint"]} if v is att else v)
-           for v in _attached(inst)]
+    new = [
+        ({"volume_id": values["new_volume_id"], "mountpoint": v["mountpoint"]} if v is att else v)
+        for v in _attached(inst)
+    ]
     return {"mountpoint": att["mountpoint"], **p.columns(inst, volumes=new)}
 
 
 def prepare_attach_interface(s: Session, inst: Instance, values: dict[str, Any], op_id: str) -> dict[str, Any]:
     b = uuid.uuid4().bytes
-    vif = {"id": str(uuid.uuid4()), "mac": "fa:16:3e:" + ":".join(f"{x:02x}" for x in b[:3]),
-           "network": values.get("network") or "default"}
+    vif = {
+        "id": str(uuid.uuid4()),
+        "mac": "fa:16:3e:" + ":".join(f"{x:02x}" for x in b[:3]),
+        "network": values.get("network") or "default",
+    }
     return {"vif": vif, **p.columns(inst, vifs=list(inst.vifs) + [vif])}
 
 

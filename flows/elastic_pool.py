@@ -16,6 +16,7 @@ shrinks; taskflow's parallel engine accepts any `concurrent.futures.Executor`.
 It lives in flows/ because steps use it too (flows/step_pool.py, the pool
 steps run on, is one) and the conductor imports flows.
 """
+
 from __future__ import annotations
 
 import collections
@@ -38,8 +39,7 @@ class ElasticThreadPool(futures.Executor):
     """An Executor of at most `max_threads` threads, each started when a task
     finds no idle one and ended after `idle_seconds` without work."""
 
-    def __init__(self, max_threads: int, *, idle_seconds: float = 5.0,
-                 name: str = "elastic") -> None:
+    def __init__(self, max_threads: int, *, idle_seconds: float = 5.0, name: str = "elastic") -> None:
         if max_threads < 1:
             raise ValueError(f"max_threads must be >= 1, not {max_threads}")
         if idle_seconds <= 0:
@@ -128,8 +128,9 @@ class ElasticThreadPool(futures.Executor):
         if new is not None:
             new.start()
 
-    def _run(self, fut: futures.Future[Any], fn: Callable[..., Any], args: tuple[Any, ...],
-             kwargs: dict[str, Any]) -> None:
+    def _run(
+        self, fut: futures.Future[Any], fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> None:
         """Run one task and settle its future (a subclass adds what it needs)."""
         try:
             result = fn(*args, **kwargs)

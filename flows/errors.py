@@ -1,4 +1,5 @@
 """Errors raised while validating or running an operation."""
+
 from computeflow.errors import ComputeflowError
 
 
@@ -21,8 +22,10 @@ class InstanceLocked(OperationError):
     def __init__(self, instance: str, holder: str, holder_state: str | None = None) -> None:
         why = ""
         if holder_state == "FAILED":
-            why = (f" (it FAILED and needs repair: `computeflow ops show {holder}`, then "
-                   f"`ops retry-revert` or `ops mark-reverted`)")
+            why = (
+                f" (it FAILED and needs repair: `computeflow ops show {holder}`, then "
+                f"`ops retry-revert` or `ops mark-reverted`)"
+            )
         elif holder_state is not None:
             why = f" (it is {holder_state})"
         super().__init__(f"instance {instance} is busy: operation {holder} holds it{why}")
@@ -35,7 +38,8 @@ class InvalidState(OperationError):
     def __init__(self, instance: str, vm_state: str, operation: str, accepts: frozenset[str]) -> None:
         super().__init__(
             f"cannot {operation.replace('_', ' ')} instance {instance}: it is {vm_state} "
-            f"({operation} needs {', '.join(sorted(accepts))})")
+            f"({operation} needs {', '.join(sorted(accepts))})"
+        )
         self.instance = instance
         self.vm_state = vm_state
 

@@ -13,6 +13,7 @@ and stored. Everything is revertible: a failure leaves the instance on the
 dead host with its claims, as before. What the dead host still holds (guest,
 disks, ports) is cleaned when it is marked up again (conductor/moves.py).
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -46,15 +47,21 @@ def prepare(s: Session, inst: Instance, values: dict[str, Any], op_id: str) -> d
     if source is None or not source.down:
         raise InvalidRequest(
             f"cannot evacuate instance {inst.name}: its host {inst.host} is not marked down "
-            f"(computeflow hosts set-down {inst.host})")
+            f"(computeflow hosts set-down {inst.host})"
+        )
     flavor = p.flavor_dict(s, inst.flavor)
     dest = placement.place(s, flavor, values.get("target_host"), Move(inst.name, source.name))
-    return {"dest_host": dest, "new_flavor": flavor, "flavor": flavor,
-            "image": p.image_dict(s, inst.image), "admin_password": None,
-            "shared_storage": _shared_storage(s, inst, source, dest),
-            "power_on": inst.power_state == "running",
-            "source_claims": source_claims(s, inst, source.name),
-            **p.columns(inst, host=dest)}
+    return {
+        "dest_host": dest,
+        "new_flavor": flavor,
+        "flavor": flavor,
+        "image": p.image_dict(s, inst.image),
+        "admin_password": None,
+        "shared_storage": _shared_storage(s, inst, source, dest),
+        "power_on": inst.power_state == "running",
+        "source_claims": source_claims(s, inst, source.name),
+        **p.columns(inst, host=dest),
+    }
 
 
 def _shared_storage(s: Session, inst: Instance, source: Host, dest: str) -> bool:
@@ -72,8 +79,10 @@ def _shared_storage(s: Session, inst: Instance, source: Host, dest: str) -> bool
     try:
         data = dest_drv.check_instance_shared_storage_local(inst.uuid)
         if data is None:  # no guess: a wrong one recreates disks over the shared ones, or loses them
-            raise InvalidRequest(f"cannot evacuate instance {inst.name}: host {dest} cannot tell "
-                                 f"whether it shares storage with {source.name}")
+            raise InvalidRequest(
+                f"cannot evacuate instance {inst.name}: host {dest} cannot tell "
+                f"whether it shares storage with {source.name}"
+            )
         try:
             return bool(source_drv.check_instance_shared_storage_remote(data))
         finally:
@@ -82,14 +91,14 @@ def _shared_storage(s: Session, inst: Instance, source: Host, dest: str) -> bool
         raise InvalidRequest(f"cannot evacuate instance {inst.name}: {e}") from None
 
 
-def build(*, flavor: FlavorParams, vifs: list[dict[str, Any]], shared_storage: bool, power_on: bool,
-          **_params: object) -> linear_flow.Flow:
+def build(
+    *, flavor: FlavorParams, vifs: list[dict[str, Any]], shared_storage: bool, power_on: bool, **_params: object
+) -> linear_flow.Flow:
     plan = disk_plan(flavor)
     if shared_storage:
         disks = [ReuseSharedDisk(kind, size) for kind, size in plan]
     else:
-        disks = [EnsureBaseImage(rebind=_AT_DEST),
-                 *[CreateDisk(kind, size, rebind=_AT_DEST) for kind, size in plan]]
+        disks = [EnsureBaseImage(rebind=_AT_DEST), *[CreateDisk(kind, size, rebind=_AT_DEST) for kind, size in plan]]
     flow = linear_flow.Flow("evacuate").add(
         TakeHold(task_state=TaskState.REBUILDING),
         ClaimDestination(),

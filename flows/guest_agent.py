@@ -6,6 +6,7 @@ The password and the file contents are secret parameters: encrypted at
 submission, referenced by the operation, decrypted only inside the step. The
 metadata diff and its inverse are computed at submission from the record.
 """
+
 from __future__ import annotations
 
 from typing import Any

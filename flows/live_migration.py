@@ -15,6 +15,7 @@ Abort and force-complete cannot be operations of their own (the migration
 holds the instance), so they are requests: a flow-log row the running
 migration step polls for (`request` below; persistence/progress.py).
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -26,18 +27,36 @@ from taskflow.patterns import linear_flow
 from flows import placement, prepare as p, runtime
 from flows.errors import InvalidRequest, NotFound
 from flows.placement import Move
-from flows.steps.live import (STEP, CheckLiveMigration, ClaimOnDestination, DriverCall,
-                              HoldForMigration, LiveMigrate, MarkMigrated, PreLiveMigration,
-                              ReleaseSourceClaims, SwitchOver)
+from flows.steps.live import (
+    STEP,
+    CheckLiveMigration,
+    ClaimOnDestination,
+    DriverCall,
+    HoldForMigration,
+    LiveMigrate,
+    MarkMigrated,
+    PreLiveMigration,
+    ReleaseSourceClaims,
+    SwitchOver,
+)
 from persistence import instances, operations, progress
 from persistence.models import Instance
 
 VERSION = 1
-USES = ("check_can_live_migrate_destination", "check_can_live_migrate_destination_cleanup",
-        "check_can_live_migrate_source", "pre_live_migration", "live_migration",
-        "live_migration_abort", "live_migration_force_complete",
-        "rollback_live_migration_at_destination", "post_live_migration",
-        "post_live_migration_at_source", "post_live_migration_at_destination", "get_info")
+USES = (
+    "check_can_live_migrate_destination",
+    "check_can_live_migrate_destination_cleanup",
+    "check_can_live_migrate_source",
+    "pre_live_migration",
+    "live_migration",
+    "live_migration_abort",
+    "live_migration_force_complete",
+    "rollback_live_migration_at_destination",
+    "post_live_migration",
+    "post_live_migration_at_source",
+    "post_live_migration_at_destination",
+    "get_info",
+)
 REQUESTS = {"abort": progress.ABORT_REQUESTED, "force_complete": progress.FORCE_COMPLETE_REQUESTED}
 
 
@@ -57,8 +76,7 @@ NO_RETURN_STEP = "retry_live_migration_forward"
 
 def build(**_params: object) -> linear_flow.Flow:
     attempts = runtime.current().conf.forward_retries
-    forward = linear_flow.Flow("live_migration_forward",
-                               retry=retry.Times(attempts, name=NO_RETURN_STEP))
+    forward = linear_flow.Flow("live_migration_forward", retry=retry.Times(attempts, name=NO_RETURN_STEP))
     forward.add(
         SwitchOver(),
         DriverCall("post_live_migration", on="source", with_data=True),
@@ -90,13 +108,13 @@ def request(s: Session, instance: str, what: str) -> str:
     op = operations.get(s, inst.held_by) if inst.held_by else None
     if op is None or op.kind != "live_migration":
         busy = f" (operation {op.id} is a {op.kind})" if op is not None else ""
-        raise InvalidRequest(f"cannot {verb} live migration of {inst.name}: "
-                             f"no live migration is running{busy}")
+        raise InvalidRequest(f"cannot {verb} live migration of {inst.name}: no live migration is running{busy}")
     if op.state not in (operations.PENDING, operations.RUNNING):
-        raise InvalidRequest(f"cannot {verb} live migration {op.id} of {inst.name}: "
-                             f"it is {op.state}")
+        raise InvalidRequest(f"cannot {verb} live migration {op.id} of {inst.name}: it is {op.state}")
     if progress.last_step_state(s, op.id, STEP) == "SUCCESS":
-        raise InvalidRequest(f"cannot {verb} live migration {op.id} of {inst.name}: the guest "
-                             f"already runs on {op.parameters.get('destination')}")
+        raise InvalidRequest(
+            f"cannot {verb} live migration {op.id} of {inst.name}: the guest "
+            f"already runs on {op.parameters.get('destination')}"
+        )
     progress.add(s, op.id, STEP, REQUESTS[what], f"{verb} requested")
     return op.id

@@ -1,4 +1,5 @@
 """Options that shape how flows behave."""
+
 from oslo_config import cfg
 
 flow_opts = [
@@ -47,6 +48,7 @@ flow_opts = [
 def register(conf: cfg.ConfigOpts) -> None:
     conf.register_opts(flow_opts)
 
+
 # Every step's deadline and retries (read by flows/steps/attempts.py);
 # registered in [conductor] by conductor/options.py.
 step_opts = [
@@ -71,8 +73,7 @@ step_opts = [
         "step_retry_base_delay",
         default=1.0,
         min=0,
-        help="Seconds before the first retry of a transient error; doubled "
-        "before each further retry.",
+        help="Seconds before the first retry of a transient error; doubled before each further retry.",
     ),
     cfg.FloatOpt(
         "step_retry_max_delay",

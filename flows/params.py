@@ -5,6 +5,7 @@ travels between submission and steps (and across a crash) as a plain dict.
 These TypedDicts name the keys once; the driver dataclasses they convert to
 (drivers.base.Flavor, Image, Disk) stay the driver contract.
 """
+
 from __future__ import annotations
 
 from typing import Any, TypedDict
@@ -43,8 +44,13 @@ class DiskParams(TypedDict):
 
 
 def disk_params(disk: Disk) -> DiskParams:
-    return {"kind": disk.kind.value, "path": disk.path, "size_mb": disk.size_mb,
-            "backing_file": disk.backing_file, "preallocated": disk.preallocated}
+    return {
+        "kind": disk.kind.value,
+        "path": disk.path,
+        "size_mb": disk.size_mb,
+        "backing_file": disk.backing_file,
+        "preallocated": disk.preallocated,
+    }
 
 
 def disk_of(d: DiskParams) -> Disk:

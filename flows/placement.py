@@ -7,6 +7,7 @@ instance's own host for a move, and too little room (naming what is short).
 Only a first check at submission: the claim step's conditional UPDATE is what
 decides.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -43,8 +44,7 @@ def _need(flavor: FlavorParams) -> tuple[int, int, int]:
 
 def shortfall(h: Host, flavor: FlavorParams) -> str | None:
     """What `h` lacks for `flavor` ("needs 4 vCPU, 1 free, ..."), None if it fits."""
-    short = [f"needs {n} {u}, {f} free"
-             for f, n, u in zip(_free(h), _need(flavor), _UNITS, strict=True) if f < n]
+    short = [f"needs {n} {u}, {f} free" for f, n, u in zip(_free(h), _need(flavor), _UNITS, strict=True) if f < n]
     return ", ".join(short) + f" (flavor {flavor['name']})" if short else None
 
 
@@ -56,8 +56,7 @@ def check(s: Session, name: str, flavor: FlavorParams, move: Move | None = None)
     if h.down:
         raise InvalidRequest(f"host {h.name} is down")
     if move is not None and h.name == move.source and not move.same_host_ok:
-        raise InvalidRequest(f"instance {move.instance} is already on {h.name}: "
-                             f"choose another host{move.hint}")
+        raise InvalidRequest(f"instance {move.instance} is already on {h.name}: choose another host{move.hint}")
     short = shortfall(h, flavor)
     if short:
         raise InsufficientCapacity(h.name, short)
@@ -72,8 +71,7 @@ def choose(s: Session, flavor: FlavorParams, move: Move | None = None) -> str:
     every = hosts.list_hosts(s)
     if not every:
         raise InvalidRequest("no hosts registered: add one with `computeflow hosts add`")
-    candidates = [h for h in every if not h.down and shortfall(h, flavor) is None
-                  and (h.name != source or own_ok)]
+    candidates = [h for h in every if not h.down and shortfall(h, flavor) is None and (h.name != source or own_ok)]
     if not candidates:
         but = "" if own_ok else f" but {source}"
         raise InsufficientCapacity("(any)", f"no host{but} has room for flavor {flavor['name']}")

@@ -6,6 +6,7 @@ power_off/power_on, pause/unpause, suspend/resume and soft_delete/restore
 are each other's inverses, so every action's revert is its partner. A reboot
 cannot be undone: its failure restores the prior vm_state and nothing else.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -6,6 +6,7 @@ refuses bad requests before anything is written, and computes every value the
 flow will need, including what its reverts restore (`prior_columns`), so that
 no step ever has to read state a crash may have changed.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -26,16 +27,21 @@ def image_dict(s: Session, name: str) -> ImageParams:
     img = hosts.get_image(s, name)
     if img is None:
         raise NotFound("image", name)
-    return {"name": img.name, "disk_format": img.disk_format, "size_mb": img.size_mb,
-            "path": img.path}
+    return {"name": img.name, "disk_format": img.disk_format, "size_mb": img.size_mb, "path": img.path}
 
 
 def flavor_dict(s: Session, name: str) -> FlavorParams:
     f = hosts.get_flavor(s, name)
     if f is None:
         raise NotFound("flavor", name)
-    return {"name": f.name, "vcpus": f.vcpus, "ram_mb": f.ram_mb, "root_gb": f.root_gb,
-            "ephemeral_gb": f.ephemeral_gb, "swap_mb": f.swap_mb}
+    return {
+        "name": f.name,
+        "vcpus": f.vcpus,
+        "ram_mb": f.ram_mb,
+        "root_gb": f.root_gb,
+        "ephemeral_gb": f.ephemeral_gb,
+        "swap_mb": f.swap_mb,
+    }
 
 
 def columns(inst: Instance, **new: object) -> dict[str, dict[str, object]]:

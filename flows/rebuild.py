@@ -6,6 +6,7 @@ The ephemeral disk is re-created empty unless preserve_ephemeral is asked.
 A failure rebuilds back from the previous image and stops the guest again if
 it was stopped.
 """
+
 from __future__ import annotations
 
 from typing import Any

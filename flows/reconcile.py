@@ -10,6 +10,7 @@ counters), need no hold. Every action step looks again before it acts (see
 flows/steps/reconcile.py), so a plan run twice, or resumed after a crash,
 converges instead of repeating itself.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -41,8 +42,7 @@ NO_RETURN_STEP = "retry_reconcile_forward"
 
 def build(*, actions: list[dict[str, Any]], holds_instance: bool = False, **_params: object) -> linear_flow.Flow:
     attempts = runtime.current().conf.forward_retries
-    forward = linear_flow.Flow("reconcile_forward",
-                               retry=retry.Times(attempts, name=NO_RETURN_STEP))
+    forward = linear_flow.Flow("reconcile_forward", retry=retry.Times(attempts, name=NO_RETURN_STEP))
     for name, action in zip(step_names(actions), actions, strict=True):
         forward.add(ACTIONS[action["action"]](name, action))
     flow = linear_flow.Flow("reconcile")

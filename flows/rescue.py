@@ -7,6 +7,7 @@ The rescue image (by default the instance's own image) is resolved at
 submission and remembered in the instance's system metadata, so that an
 unrescue that fails can put the guest back into the same rescue.
 """
+
 from __future__ import annotations
 
 from typing import Any

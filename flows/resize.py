@@ -19,6 +19,7 @@ record marked by a confirm is refused a revert, and the other way round.
 
 `migrate` is a resize to the same flavor on another host.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -35,9 +36,16 @@ from flows.placement import Move
 from flows.steps.base import Step
 from flows.steps.guest import WaitRunning
 from flows.steps.instance import FinishOperation, TakeHold
-from flows.steps.migration import (ClaimDestination, ConfirmMigration, DestroyOnDestination,
-                                   FinishMigration, FinishRevertMigration, MarkResized,
-                                   MigrateDiskAndPowerOff, ReleaseClaims)
+from flows.steps.migration import (
+    ClaimDestination,
+    ConfirmMigration,
+    DestroyOnDestination,
+    FinishMigration,
+    FinishRevertMigration,
+    MarkResized,
+    MigrateDiskAndPowerOff,
+    ReleaseClaims,
+)
 from flows.steps.network import PlugVif, UnplugVifs
 from flows.steps.resources import flavor_disk_gb
 from persistence import claims
@@ -51,14 +59,19 @@ _AT_DEST = {"host": "dest_host"}
 def prepare_resize(s: Session, inst: Instance, values: dict[str, Any], op_id: str) -> dict[str, Any]:
     old, new = p.flavor_dict(s, inst.flavor), p.flavor_dict(s, values["flavor"])
     if new["name"] == old["name"]:
-        raise InvalidRequest(f"instance {inst.name} already has flavor {old['name']} "
-                             "(to move it, migrate)")
+        raise InvalidRequest(f"instance {inst.name} already has flavor {old['name']} (to move it, migrate)")
     if new["root_gb"] < old["root_gb"]:
-        raise InvalidRequest(f"flavor {new['name']} would shrink the root disk of {inst.name} "
-                             f"from {old['root_gb']} to {new['root_gb']} GB")
+        raise InvalidRequest(
+            f"flavor {new['name']} would shrink the root disk of {inst.name} "
+            f"from {old['root_gb']} to {new['root_gb']} GB"
+        )
     same_ok = runtime.current().conf.allow_resize_to_same_host
-    dest = placement.place(s, new, values.get("target_host"),
-                           Move(inst.name, host_of(inst), same_ok, " (or set allow_resize_to_same_host)"))
+    dest = placement.place(
+        s,
+        new,
+        values.get("target_host"),
+        Move(inst.name, host_of(inst), same_ok, " (or set allow_resize_to_same_host)"),
+    )
     return _move(s, inst, op_id, "resize", dest, old, new)
 
 
@@ -78,22 +91,35 @@ def host_of(inst: Instance) -> str:
 
 def source_claims(s: Session, inst: Instance, host: str) -> list[ClaimRow]:
     """The instance's claims on `host`, as rows a step can release or restore."""
-    return [[c.operation_id, c.host, c.vcpus, c.ram_mb, c.disk_gb]
-            for c in claims.claims_for_instance(s, inst.uuid) if c.host == host]
+    return [
+        [c.operation_id, c.host, c.vcpus, c.ram_mb, c.disk_gb]
+        for c in claims.claims_for_instance(s, inst.uuid)
+        if c.host == host
+    ]
 
 
-def _move(s: Session, inst: Instance, op_id: str, kind: str, dest: str, old: FlavorParams,
-          new: FlavorParams) -> dict[str, Any]:
+def _move(
+    s: Session, inst: Instance, op_id: str, kind: str, dest: str, old: FlavorParams, new: FlavorParams
+) -> dict[str, Any]:
     migration = {
-        "kind": kind, "operation": op_id, "source_host": inst.host, "dest_host": dest,
-        "old_flavor": old, "new_flavor": new,
+        "kind": kind,
+        "operation": op_id,
+        "source_host": inst.host,
+        "dest_host": dest,
+        "old_flavor": old,
+        "new_flavor": new,
         "source_claims": source_claims(s, inst, host_of(inst)),
         "dest_claims": [[op_id, dest, new["vcpus"], new["ram_mb"], flavor_disk_gb(new)]],
-        "vm_state": inst.vm_state, "power_state": inst.power_state,
+        "vm_state": inst.vm_state,
+        "power_state": inst.power_state,
     }
     meta = p.system_metadata(inst) | {"migration": migration}
-    return {"dest_host": dest, "new_flavor": new, "power_on": inst.power_state == "running",
-            **p.columns(inst, host=dest, flavor=new["name"], system_metadata=meta)}
+    return {
+        "dest_host": dest,
+        "new_flavor": new,
+        "power_on": inst.power_state == "running",
+        **p.columns(inst, host=dest, flavor=new["name"], system_metadata=meta),
+    }
 
 
 def prepare_confirm(s: Session, inst: Instance, values: dict[str, Any], op_id: str) -> dict[str, Any]:
@@ -115,25 +141,38 @@ def _settle(inst: Instance, verb: str, status: str) -> dict[str, Any]:
         raise InvalidRequest(f"instance {inst.name} has no resize to {verb}")
     if mig.get("status") not in (None, status):
         started = {"confirming": "confirm", "reverting": "revert"}[mig["status"]]
-        raise InvalidRequest(f"instance {inst.name}: a {started} of its resize was started and "
-                             f"did not finish; run {started}-resize again instead")
+        raise InvalidRequest(
+            f"instance {inst.name}: a {started} of its resize was started and "
+            f"did not finish; run {started}-resize again instead"
+        )
     rest = {k: v for k, v in meta.items() if k != "migration"}
     if verb == "confirm":
         end = (VmState.ACTIVE if inst.power_state == "running" else VmState.STOPPED, inst.power_state)
         columns = p.columns(inst, system_metadata=rest)
     else:
         end = (mig["vm_state"], mig["power_state"])
-        columns = p.columns(inst, system_metadata=rest, host=mig["source_host"],
-                            flavor=mig["old_flavor"]["name"])
+        columns = p.columns(inst, system_metadata=rest, host=mig["source_host"], flavor=mig["old_flavor"]["name"])
     inst.system_metadata = meta | {"migration": {**mig, "status": status}}
-    return {"source_host": mig["source_host"], "dest_host": mig["dest_host"],
-            "source_claims": mig["source_claims"], "dest_claims": mig["dest_claims"],
-            "power_on": mig["power_state"] == "running", "end_state": list(end), **columns}
+    return {
+        "source_host": mig["source_host"],
+        "dest_host": mig["dest_host"],
+        "source_claims": mig["source_claims"],
+        "dest_claims": mig["dest_claims"],
+        "power_on": mig["power_state"] == "running",
+        "end_state": list(end),
+        **columns,
+    }
 
 
 # -- flows -----------------------------------------------------------------------
-def build(*, operation: str, vifs: list[dict[str, Any]] | None = None, power_on: bool = False,
-          end_state: list[str] | None = None, **_params: object) -> linear_flow.Flow:
+def build(
+    *,
+    operation: str,
+    vifs: list[dict[str, Any]] | None = None,
+    power_on: bool = False,
+    end_state: list[str] | None = None,
+    **_params: object,
+) -> linear_flow.Flow:
     vifs = vifs or []
     if operation in ("resize", "migrate"):
         flow = linear_flow.Flow(operation).add(
@@ -149,14 +188,22 @@ def build(*, operation: str, vifs: list[dict[str, Any]] | None = None, power_on:
     if end_state is None:
         raise ValueError(f"{operation} needs end_state: the states the resize recorded")
     if operation == "confirm_resize":
-        return _forward_only(operation, TaskState.RESIZE_CONFIRMING, end_state,
-                             ConfirmMigration(),
-                             ReleaseClaims("release_source_claims", "source_claims"))
-    return _forward_only(operation, TaskState.RESIZE_REVERTING, end_state,
-                         DestroyOnDestination(),
-                         UnplugVifs([v["id"] for v in vifs], rebind=_AT_DEST),
-                         FinishRevertMigration(),
-                         ReleaseClaims("release_destination_claim", "dest_claims"))
+        return _forward_only(
+            operation,
+            TaskState.RESIZE_CONFIRMING,
+            end_state,
+            ConfirmMigration(),
+            ReleaseClaims("release_source_claims", "source_claims"),
+        )
+    return _forward_only(
+        operation,
+        TaskState.RESIZE_REVERTING,
+        end_state,
+        DestroyOnDestination(),
+        UnplugVifs([v["id"] for v in vifs], rebind=_AT_DEST),
+        FinishRevertMigration(),
+        ReleaseClaims("release_destination_claim", "dest_claims"),
+    )
 
 
 def _forward_only(name: str, task_state: str, end_state: list[str], *steps: Step) -> linear_flow.Flow:
@@ -166,6 +213,7 @@ def _forward_only(name: str, task_state: str, end_state: list[str], *steps: Step
     attempts = runtime.current().conf.forward_retries
     flow = linear_flow.Flow(name).add(TakeHold(task_state=task_state, revert_vm_state=VmState.ERROR))
     for step in (*steps, FinishOperation(*end_state)):
-        flow.add(linear_flow.Flow(f"{step.name}_retried",
-                                  retry=retry.Times(attempts, name=f"retry_{step.name}")).add(step))
+        flow.add(
+            linear_flow.Flow(f"{step.name}_retried", retry=retry.Times(attempts, name=f"retry_{step.name}")).add(step)
+        )
     return flow

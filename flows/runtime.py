@@ -8,6 +8,7 @@ into every task they run, so a step finds its own conductor's runtime even
 with two Conductors open in one process. Outside such a scope, `current()`
 falls back to the process default: the oldest Conductor still open.
 """
+
 from __future__ import annotations
 
 import contextlib

@@ -6,6 +6,7 @@ The file goes to `image_store_path` under a name unique to the operation and
 the record into the images table; a failed snapshot removes both, so nothing
 half-made is ever offered to a spawn. The instance keeps its state.
 """
+
 from __future__ import annotations
 
 import os

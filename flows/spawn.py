@@ -10,6 +10,7 @@ If any step fails, the completed ones are reverted in reverse order: the guest
 is undefined, disks deleted, ports unplugged, the claim released and the
 instance left in ERROR without a hold.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -43,8 +44,7 @@ def build(*, flavor: FlavorParams, vifs: list[dict[str, Any]], **_params: object
     prepare = unordered_flow.Flow("prepare_disks_and_network")
     for kind, size_mb in disks:
         if kind is DiskKind.ROOT:
-            prepare.add(linear_flow.Flow("root_disk").add(
-                EnsureBaseImage(), CreateDisk(kind, size_mb)))
+            prepare.add(linear_flow.Flow("root_disk").add(EnsureBaseImage(), CreateDisk(kind, size_mb)))
         else:
             prepare.add(CreateDisk(kind, size_mb))
     for i, vif in enumerate(vifs):

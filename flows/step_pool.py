@@ -21,6 +21,7 @@ A Python thread cannot be interrupted inside a call, so abandoning is all a
 deadline can do; flows/steps/attempts.py says how a revert never races the
 abandoned call.
 """
+
 from __future__ import annotations
 
 import contextvars
@@ -60,8 +61,14 @@ def _settle(fut: futures.Future[Any], result: Any = None, error: BaseException |
 class Slot:
     """One step task on one pool thread, and its driver call in progress."""
 
-    def __init__(self, pool: StepPool, fut: futures.Future[Any], fn: Callable[..., Any],
-                 args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        pool: StepPool,
+        fut: futures.Future[Any],
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> None:
         self._pool, self._fut, self._fn, self._args, self._kwargs = pool, fut, fn, args, kwargs
         # The task's context variables (the active runtime), for a stand-in
         # run from another thread: a copy, as the original is entered here.
@@ -119,8 +126,9 @@ class Slot:
 class StepPool(ElasticThreadPool):
     """An ElasticThreadPool whose tasks may be abandoned (see the module)."""
 
-    def _run(self, fut: futures.Future[Any], fn: Callable[..., Any], args: tuple[Any, ...],
-             kwargs: dict[str, Any]) -> None:
+    def _run(
+        self, fut: futures.Future[Any], fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> None:
         _local.slot = Slot(self, fut, fn, args, kwargs)
         try:
             result = fn(*args, **kwargs)

@@ -13,6 +13,7 @@ thread (which wakes at least every `idle_seconds` while deadlines are
 pending) or by a later `add`, and the heap is rebuilt when most of it is
 cancelled entries, so it stays about the size of the calls in flight.
 """
+
 from __future__ import annotations
 
 import heapq
@@ -104,8 +105,7 @@ class Watchdog:
                         # are dropped here (cancelling takes no lock, wakes nobody).
                         if self._cancelled > len(self._heap) * 3 // 4:
                             self._compact()
-                        self._cond.wait(min(self._heap[0][0] - now, self.idle_seconds)
-                                        if self._heap else 0)
+                        self._cond.wait(min(self._heap[0][0] - now, self.idle_seconds) if self._heap else 0)
                         continue
                     idle_since = idle_since if idle_since is not None else now
                     if now - idle_since >= self.idle_seconds:

@@ -2,6 +2,7 @@
 
 This package imports none of computeflow's other packages.
 """
+
 from oslo_config import cfg
 
 from persistence import options

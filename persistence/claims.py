@@ -3,6 +3,7 @@
 `claim` and `release` are idempotent on (operation, host): the claims row is
 the proof that usage was added, and both changes happen in one transaction.
 """
+
 from __future__ import annotations
 
 import sqlalchemy as sa
@@ -12,12 +13,12 @@ from persistence.models import Claim, Host
 from persistence.session import changed
 
 
-def claim(s: Session, operation_id: str, host: str, instance_uuid: str,
-          vcpus: int, ram_mb: int, disk_gb: int) -> bool:
+def claim(s: Session, operation_id: str, host: str, instance_uuid: str, vcpus: int, ram_mb: int, disk_gb: int) -> bool:
     """Add the claim; False if the host lacks room. True if already claimed."""
     if s.get(Claim, (operation_id, host)) is not None:
         return True
-    added = changed(s,
+    added = changed(
+        s,
         sa.update(Host)
         .where(
             Host.name == host,
@@ -29,12 +30,20 @@ def claim(s: Session, operation_id: str, host: str, instance_uuid: str,
             used_vcpus=Host.used_vcpus + vcpus,
             used_ram_mb=Host.used_ram_mb + ram_mb,
             used_disk_gb=Host.used_disk_gb + disk_gb,
-        )
+        ),
     )
     if added != 1:
         return False
-    s.add(Claim(operation_id=operation_id, host=host, instance_uuid=instance_uuid,
-                vcpus=vcpus, ram_mb=ram_mb, disk_gb=disk_gb))
+    s.add(
+        Claim(
+            operation_id=operation_id,
+            host=host,
+            instance_uuid=instance_uuid,
+            vcpus=vcpus,
+            ram_mb=ram_mb,
+            disk_gb=disk_gb,
+        )
+    )
     return True
 
 

@@ -1,4 +1,5 @@
 """Errors of the persistence layer, each carrying what a user needs to act."""
+
 from computeflow.errors import ComputeflowError
 
 
@@ -18,14 +19,15 @@ class DatabaseMissing(PersistenceError):
     become a new, empty database, so only `computeflow db upgrade` creates it."""
 
     def __init__(self, url: str, missing: str) -> None:
-        super().__init__(f"no database at {url} ({missing} does not exist): check [database] "
-                         "connection, or create it with `computeflow db upgrade`")
+        super().__init__(
+            f"no database at {url} ({missing} does not exist): check [database] "
+            "connection, or create it with `computeflow db upgrade`"
+        )
         self.url = url
 
 
 class SchemaOutOfDate(PersistenceError):
     def __init__(self, current: str | None, head: str) -> None:
         super().__init__(
-            f"database schema is at {current or 'nothing'}, this computeflow needs "
-            f"{head}: run `computeflow db upgrade`"
+            f"database schema is at {current or 'nothing'}, this computeflow needs {head}: run `computeflow db upgrade`"
         )

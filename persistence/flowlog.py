@@ -1,4 +1,5 @@
 """The read side of the flow log: what happened to each step of an operation."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -43,11 +44,13 @@ class StepSummary:
 
 def entries(s: Session, flow_detail_uuid: str, after_id: int = 0) -> list[FlowLogEntry]:
     """Every transition of one flow in the order it was committed."""
-    return list(s.scalars(
-        sa.select(FlowLogEntry)
-        .where(FlowLogEntry.flow_detail_uuid == flow_detail_uuid, FlowLogEntry.id > after_id)
-        .order_by(FlowLogEntry.id)
-    ))
+    return list(
+        s.scalars(
+            sa.select(FlowLogEntry)
+            .where(FlowLogEntry.flow_detail_uuid == flow_detail_uuid, FlowLogEntry.id > after_id)
+            .order_by(FlowLogEntry.id)
+        )
+    )
 
 
 @dataclass
@@ -102,10 +105,22 @@ def summarize(rows: list[FlowLogEntry]) -> list[StepSummary]:
         if fold is None:
             fold = folds[r.step] = _Fold("PENDING")
         fold.add(r)
-    return [StepSummary(name, f.state, f.start, f.end, f.attempts["execute"], f.error,
-                        f.traceback, f.spent["execute"], f.attempts["revert"], f.spent["revert"],
-                        f.open_since)
-            for name, f in folds.items()]
+    return [
+        StepSummary(
+            name,
+            f.state,
+            f.start,
+            f.end,
+            f.attempts["execute"],
+            f.error,
+            f.traceback,
+            f.spent["execute"],
+            f.attempts["revert"],
+            f.spent["revert"],
+            f.open_since,
+        )
+        for name, f in folds.items()
+    ]
 
 
 @dataclass(frozen=True)
@@ -123,11 +138,10 @@ class ChangeMarker:
 def change_marker(s: Session, op_id: str) -> ChangeMarker | None:
     """One cheap query (the flow log's (flow, id) index) for live updates to
     poll; None for an unknown operation id (a full id, not a prefix)."""
-    newest = (sa.select(sa.func.max(FlowLogEntry.id))
-              .where(FlowLogEntry.flow_detail_uuid == op_id).scalar_subquery())
+    newest = sa.select(sa.func.max(FlowLogEntry.id)).where(FlowLogEntry.flow_detail_uuid == op_id).scalar_subquery()
     row = s.execute(
-        sa.select(Operation.state, Operation.owner, Operation.cancel_requested_by, newest)
-        .where(Operation.id == op_id)).first()
+        sa.select(Operation.state, Operation.owner, Operation.cancel_requested_by, newest).where(Operation.id == op_id)
+    ).first()
     if row is None:
         return None
     last_at = s.scalar(sa.select(FlowLogEntry.at).where(FlowLogEntry.id == row[3])) if row[3] else None

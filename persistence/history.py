@@ -15,6 +15,7 @@ after that many operations of the index and says where (`scanned_to`), so a
 host that ran a handful of operations does not make one request read the
 whole history: the next page goes on from there.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -70,41 +71,46 @@ class Page:
     scanned_to: Position | None = None
 
 
-def read_page(s: Session, f: HistoryFilter, limit: int, cursor: Cursor = NEWEST,
-               scan: int | None = None) -> Page:
+def read_page(s: Session, f: HistoryFilter, limit: int, cursor: Cursor = NEWEST, scan: int | None = None) -> Page:
     """Up to `limit` operations from `cursor`, newest first; without `scan`,
     reading as far as it takes to find them (`ops list`). With `scan`, a
     host or error search reads at most `scan` operations of the index it
     walks (the first query finds the last of them: an index-only walk);
     when that is too few to find `limit`, the page says where it stopped."""
     older = cursor.older
-    order = ((Operation.created_at.desc(), Operation.id.desc()) if older
-             else (Operation.created_at.asc(), Operation.id.asc()))
+    order = (
+        (Operation.created_at.desc(), Operation.id.desc())
+        if older
+        else (Operation.created_at.asc(), Operation.id.asc())
+    )
     indexed = _indexed_terms(f)
     if cursor.position is not None:
         indexed += _past(cursor.position, older)
     inside = _inside_terms(f)
     bound = None
     if scan is not None and inside and not f.instance:  # an instance's history is short
-        row = s.execute(sa.select(Operation.created_at, Operation.id).where(*indexed)
-                        .order_by(*order).offset(scan - 1).limit(1)).first()
+        row = s.execute(
+            sa.select(Operation.created_at, Operation.id).where(*indexed).order_by(*order).offset(scan - 1).limit(1)
+        ).first()
         if row is not None:
             bound = (row.created_at, row.id)
             indexed += _up_to(bound, older)
-    q = (sa.select(Operation, Instance.name)
-         .outerjoin(Instance, Instance.uuid == Operation.instance_uuid)
-         .where(*indexed, *inside).order_by(*order).limit(limit))
+    q = (
+        sa.select(Operation, Instance.name)
+        .outerjoin(Instance, Instance.uuid == Operation.instance_uuid)
+        .where(*indexed, *inside)
+        .order_by(*order)
+        .limit(limit)
+    )
     rows: list[tuple[Operation, str | None]] = [(op, name) for op, name in s.execute(q)]
-    return Page(rows if older else rows[::-1],
-                scanned_to=bound if bound is not None and len(rows) < limit else None)
+    return Page(rows if older else rows[::-1], scanned_to=bound if bound is not None and len(rows) < limit else None)
 
 
 def _indexed_terms(f: HistoryFilter) -> list[Any]:
     """The filters an index answers: each leads an index ending in (created_at, id)."""
     terms: list[Any] = []
     if f.instance:
-        named = sa.select(Instance.uuid).where(
-            sa.or_(Instance.name == f.instance, Instance.uuid == f.instance))
+        named = sa.select(Instance.uuid).where(sa.or_(Instance.name == f.instance, Instance.uuid == f.instance))
         terms.append(Operation.instance_uuid.in_(named))
     if f.kind:
         terms.append(Operation.kind == f.kind)
@@ -123,8 +129,9 @@ def _inside_terms(f: HistoryFilter) -> list[Any]:
     """The filters read from each row (and its instance's row)."""
     terms: list[Any] = []
     if f.host:
-        terms.append(sa.or_(Instance.host == f.host,
-                            *(Operation.parameters[k].as_string() == f.host for k in HOST_PARAMS)))
+        terms.append(
+            sa.or_(Instance.host == f.host, *(Operation.parameters[k].as_string() == f.host for k in HOST_PARAMS))
+        )
     if f.error:
         terms.append(Operation.error.icontains(f.error, autoescape=True))
     return terms

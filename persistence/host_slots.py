@@ -17,6 +17,7 @@ nobody runs does not hold up the operations behind it.
 The caller (conductor/host_limits.py) calls `request` and, in the same
 transaction once it owns the operation, `take`; `release` when its run ends.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -66,13 +67,15 @@ class SlotRace(Exception):
 
 def _held_by_live_owner(now: dt.datetime) -> sa.Exists:
     """The row's operation still runs under a live lease (its slot counts)."""
-    return sa.exists().where(Operation.id == HostSlot.operation_id,
-                             Operation.state.in_(_ACTIVE), Operation.owner.is_not(None),
-                             Operation.lease_expires_at >= now)
+    return sa.exists().where(
+        Operation.id == HostSlot.operation_id,
+        Operation.state.in_(_ACTIVE),
+        Operation.owner.is_not(None),
+        Operation.lease_expires_at >= now,
+    )
 
 
-def request(s: Session, op_id: str, queued_at: dt.datetime, needs: list[Need],
-            grace: float) -> list[Wait]:
+def request(s: Session, op_id: str, queued_at: dt.datetime, needs: list[Need], grace: float) -> list[Wait]:
     """Record (or refresh) the operation's place in each line; return the
     needs it cannot have now (empty: `take` will succeed but for a race).
 
@@ -83,14 +86,14 @@ def request(s: Session, op_id: str, queued_at: dt.datetime, needs: list[Need],
     """
     now = utcnow()
     fresh = now - dt.timedelta(seconds=grace)
-    mine = {(r.host, r.category): r for r in s.scalars(
-        sa.select(HostSlot).where(HostSlot.operation_id == op_id))}
+    mine = {(r.host, r.category): r for r in s.scalars(sa.select(HostSlot).where(HostSlot.operation_id == op_id))}
     waits = []
     for need in needs:
         row = mine.get((need.host, need.category))
         if row is None:
-            s.add(HostSlot(operation_id=op_id, host=need.host, category=need.category,
-                           queued_at=queued_at, asked_at=now))
+            s.add(
+                HostSlot(operation_id=op_id, host=need.host, category=need.category, queued_at=queued_at, asked_at=now)
+            )
             try:
                 s.flush()
             except sa_exc.IntegrityError:  # another run of it asked at the same moment
@@ -100,16 +103,35 @@ def request(s: Session, op_id: str, queued_at: dt.datetime, needs: list[Need],
             if row.slot is not None:
                 continue  # already ours (a resumed or taken-over run)
         line = (HostSlot.host == need.host, HostSlot.category == need.category)
-        held = s.scalar(sa.select(sa.func.count()).select_from(HostSlot).where(
-            *line, HostSlot.slot.is_not(None), HostSlot.operation_id != op_id,
-            _held_by_live_owner(now))) or 0
-        ahead = s.scalar(sa.select(sa.func.count()).select_from(HostSlot).where(
-            *line, HostSlot.slot.is_(None), HostSlot.asked_at >= fresh,
-            sa.or_(HostSlot.queued_at < queued_at,
-                   sa.and_(HostSlot.queued_at == queued_at, HostSlot.operation_id < op_id)),
-            sa.exists().where(Operation.id == HostSlot.operation_id,
-                              Operation.state.in_(_ACTIVE),
-                              Operation.cancel_requested_by.is_(None)))) or 0
+        held = (
+            s.scalar(
+                sa.select(sa.func.count())
+                .select_from(HostSlot)
+                .where(*line, HostSlot.slot.is_not(None), HostSlot.operation_id != op_id, _held_by_live_owner(now))
+            )
+            or 0
+        )
+        ahead = (
+            s.scalar(
+                sa.select(sa.func.count())
+                .select_from(HostSlot)
+                .where(
+                    *line,
+                    HostSlot.slot.is_(None),
+                    HostSlot.asked_at >= fresh,
+                    sa.or_(
+                        HostSlot.queued_at < queued_at,
+                        sa.and_(HostSlot.queued_at == queued_at, HostSlot.operation_id < op_id),
+                    ),
+                    sa.exists().where(
+                        Operation.id == HostSlot.operation_id,
+                        Operation.state.in_(_ACTIVE),
+                        Operation.cancel_requested_by.is_(None),
+                    ),
+                )
+            )
+            or 0
+        )
         if held + ahead >= need.limit:
             waits.append(Wait(need.host, need.category, need.limit, held, ahead))
     return waits
@@ -126,9 +148,12 @@ def take(s: Session, op_id: str, needs: list[Need]) -> None:
         if mine is not None and mine.slot is not None:
             continue
         used: dict[int, bool] = {
-            number: live for number, live in s.execute(
-                sa.select(HostSlot.slot, _held_by_live_owner(now)).where(*line, HostSlot.slot.is_not(None)))
-            if number is not None}
+            number: live
+            for number, live in s.execute(
+                sa.select(HostSlot.slot, _held_by_live_owner(now)).where(*line, HostSlot.slot.is_not(None))
+            )
+            if number is not None
+        }
         free = [n for n in range(need.limit) if n not in used]
         if free:
             number = free[0]
@@ -140,8 +165,9 @@ def take(s: Session, op_id: str, needs: list[Need]) -> None:
             if not _reclaim(s, need, number, now):
                 raise SlotRace(need)
         try:
-            s.execute(sa.update(HostSlot).where(
-                HostSlot.operation_id == op_id, *line).values(slot=number, taken_at=now))
+            s.execute(
+                sa.update(HostSlot).where(HostSlot.operation_id == op_id, *line).values(slot=number, taken_at=now)
+            )
         except (sa_exc.IntegrityError, sa_exc.OperationalError) as e:
             if isinstance(e, sa_exc.OperationalError) and "deadlock" not in str(e).lower():
                 raise
@@ -152,43 +178,70 @@ def _reclaim(s: Session, need: Need, number: int, now: dt.datetime) -> bool:
     """Take slot `number` back from an operation that no longer runs under a
     live lease: it keeps its place in line if it is unfinished, else its row
     goes. False if it runs again (taken over meanwhile)."""
-    row = (HostSlot.host == need.host, HostSlot.category == need.category, HostSlot.slot == number,
-           ~_held_by_live_owner(now))
+    row = (
+        HostSlot.host == need.host,
+        HostSlot.category == need.category,
+        HostSlot.slot == number,
+        ~_held_by_live_owner(now),
+    )
     ended = ~sa.exists().where(Operation.id == HostSlot.operation_id, Operation.state.in_(_ACTIVE))
-    gone = changed(s, sa.delete(HostSlot).where(*row, ended)
-                   .execution_options(synchronize_session=False))
-    return gone + changed(s, sa.update(HostSlot).where(*row).values(slot=None, taken_at=None)
-                          .execution_options(synchronize_session=False)) == 1
+    gone = changed(s, sa.delete(HostSlot).where(*row, ended).execution_options(synchronize_session=False))
+    return (
+        gone
+        + changed(
+            s,
+            sa.update(HostSlot)
+            .where(*row)
+            .values(slot=None, taken_at=None)
+            .execution_options(synchronize_session=False),
+        )
+        == 1
+    )
 
 
 def release(s: Session, op_id: str, owner: str) -> int:
     """Leave every line and slot of the operation, unless another conductor
     owns it now (a take-over keeps its slots). Returns the rows removed."""
-    taken_over = sa.exists().where(Operation.id == op_id, Operation.state.in_(_ACTIVE),
-                                   Operation.owner.is_not(None), Operation.owner != owner)
-    return changed(s, sa.delete(HostSlot).where(HostSlot.operation_id == op_id, ~taken_over)
-                   .execution_options(synchronize_session=False))
+    taken_over = sa.exists().where(
+        Operation.id == op_id, Operation.state.in_(_ACTIVE), Operation.owner.is_not(None), Operation.owner != owner
+    )
+    return changed(
+        s,
+        sa.delete(HostSlot)
+        .where(HostSlot.operation_id == op_id, ~taken_over)
+        .execution_options(synchronize_session=False),
+    )
 
 
 def forget(s: Session, op_id: str) -> None:
     """The operation ended without running (cancelled while queued): leave its lines."""
-    s.execute(sa.delete(HostSlot).where(HostSlot.operation_id == op_id)
-              .execution_options(synchronize_session=False))
+    s.execute(sa.delete(HostSlot).where(HostSlot.operation_id == op_id).execution_options(synchronize_session=False))
 
 
 def waiting(s: Session, op_ids: list[str]) -> dict[str, list[HostSlot]]:
     """The lines each of these operations waits in (slot not yet taken)."""
     found: dict[str, list[HostSlot]] = {}
     if op_ids:
-        for row in s.scalars(sa.select(HostSlot).where(
-                HostSlot.operation_id.in_(op_ids), HostSlot.slot.is_(None))
-                .order_by(HostSlot.host, HostSlot.category)):
+        for row in s.scalars(
+            sa.select(HostSlot)
+            .where(HostSlot.operation_id.in_(op_ids), HostSlot.slot.is_(None))
+            .order_by(HostSlot.host, HostSlot.category)
+        ):
             found.setdefault(row.operation_id, []).append(row)
     return found
 
 
 def holders(s: Session, host: str, category: str) -> list[str]:
     """Operations holding a slot of `category` on `host` under a live lease."""
-    return list(s.scalars(sa.select(HostSlot.operation_id).where(
-        HostSlot.host == host, HostSlot.category == category, HostSlot.slot.is_not(None),
-        _held_by_live_owner(utcnow())).order_by(HostSlot.slot)))
+    return list(
+        s.scalars(
+            sa.select(HostSlot.operation_id)
+            .where(
+                HostSlot.host == host,
+                HostSlot.category == category,
+                HostSlot.slot.is_not(None),
+                _held_by_live_owner(utcnow()),
+            )
+            .order_by(HostSlot.slot)
+        )
+    )

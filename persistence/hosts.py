@@ -1,4 +1,5 @@
 """Hosts, flavors and images: the catalogue operations are checked against."""
+
 from __future__ import annotations
 
 import sqlalchemy as sa
@@ -9,8 +10,17 @@ from persistence.session import changed
 
 
 def add_host(s: Session, name: str, driver: str, uri: str | None, vcpus: int, ram_mb: int, disk_gb: int) -> Host:
-    host = Host(name=name, driver=driver, uri=uri, vcpus=vcpus, ram_mb=ram_mb, disk_gb=disk_gb,
-                used_vcpus=0, used_ram_mb=0, used_disk_gb=0)
+    host = Host(
+        name=name,
+        driver=driver,
+        uri=uri,
+        vcpus=vcpus,
+        ram_mb=ram_mb,
+        disk_gb=disk_gb,
+        used_vcpus=0,
+        used_ram_mb=0,
+        used_disk_gb=0,
+    )
     s.add(host)
     return host
 
@@ -49,8 +59,9 @@ def list_images(s: Session) -> list[Image]:
     return list(s.scalars(sa.select(Image).order_by(Image.name)))
 
 
-def add_image(s: Session, name: str, disk_format: str, size_mb: int, path: str | None,
-              checksum: str | None = None) -> Image:
+def add_image(
+    s: Session, name: str, disk_format: str, size_mb: int, path: str | None, checksum: str | None = None
+) -> Image:
     img = Image(name=name, disk_format=disk_format, size_mb=size_mb, path=path, checksum=checksum)
     s.add(img)
     return img

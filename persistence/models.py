@@ -4,6 +4,7 @@ State that decides who may do what (the instance hold, host usage) is kept in
 columns that a single conditional UPDATE can change, so that races between
 conductors are settled by the database and not by Python.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -95,9 +96,7 @@ class Instance(Base):
     # Volume attachments as [{"volume_id", "mountpoint"}]; NULL reads as empty.
     volumes: Mapped[list[dict[str, Any]] | None] = mapped_column(sa.JSON, default=list)
     created_at: Mapped[dt.datetime] = mapped_column(Timestamp, default=utcnow)
-    updated_at: Mapped[dt.datetime] = mapped_column(
-        Timestamp, default=utcnow, onupdate=utcnow
-    )
+    updated_at: Mapped[dt.datetime] = mapped_column(Timestamp, default=utcnow, onupdate=utcnow)
 
 
 class Claim(Base):
@@ -106,9 +105,7 @@ class Claim(Base):
     __tablename__ = "claims"
 
     operation_id: Mapped[str] = mapped_column(sa.String(36), primary_key=True)
-    host: Mapped[str] = mapped_column(
-        sa.String(64), sa.ForeignKey("hosts.name"), primary_key=True
-    )
+    host: Mapped[str] = mapped_column(sa.String(64), sa.ForeignKey("hosts.name"), primary_key=True)
     instance_uuid: Mapped[str] = mapped_column(sa.String(36), index=True)
     vcpus: Mapped[int] = mapped_column(sa.Integer)
     ram_mb: Mapped[int] = mapped_column(sa.Integer)

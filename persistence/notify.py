@@ -15,6 +15,7 @@ Receiving is best effort by design: a notice may be lost (a listener that was
 reconnecting), so every receiver keeps a slow safety-net poll, and a listener
 reports `healthy` so that its users poll quickly while it is not.
 """
+
 from __future__ import annotations
 
 import logging
@@ -30,7 +31,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 LOG = logging.getLogger(__name__)
 
-JOBS = "computeflow_jobs"    # payload: the operation id that became claimable (submitted, freed)
+JOBS = "computeflow_jobs"  # payload: the operation id that became claimable (submitted, freed)
 ENDED = "computeflow_ended"  # payload: the operation id that reached a final state
 CHANNELS = (JOBS, ENDED)
 _PENDING = "computeflow_announcements"
@@ -181,8 +182,7 @@ class PgListener(ListenerThread):
     def _listen(self) -> None:
         dialect = self.engine.dialect
         cargs, cparams = dialect.create_connect_args(self.engine.url)
-        cparams = {**cparams, "keepalives": 1, "keepalives_idle": 10,
-                   "keepalives_interval": 5, "keepalives_count": 3}
+        cparams = {**cparams, "keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3}
         conn = self._conn = dialect.loaded_dbapi.connect(*cargs, **cparams)
         conn.autocommit = True
         with conn.cursor() as cur:

@@ -4,6 +4,7 @@ Ownership is a lease: a conductor that runs an operation renews
 `lease_expires_at`; anyone may take over an operation whose lease has expired
 or whose owner is known to be dead. Taking over is one conditional UPDATE.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -17,8 +18,7 @@ from taskflow import states as _tf_states
 from computeflow.states import VmState
 from persistence import claims, host_slots, instances, notify
 from persistence.errors import PersistenceError
-from persistence.models import (FLOW_STEP, TASKFLOW_TABLES, Claim, FlowLogEntry,
-                               Operation, Secret, utcnow)
+from persistence.models import FLOW_STEP, TASKFLOW_TABLES, Claim, FlowLogEntry, Operation, Secret, utcnow
 from persistence.session import changed
 
 PENDING, RUNNING, REVERTING = "PENDING", "RUNNING", "REVERTING"
@@ -27,12 +27,28 @@ ACTIVE_STATES = (PENDING, RUNNING, REVERTING)
 FINAL_STATES = (SUCCEEDED, REVERTED, FAILED)
 
 
-def create(s: Session, op_id: str, kind: str, instance_uuid: str | None, parameters: dict[str, Any],
-           flow_version: int, owner: str | None, lease_seconds: float) -> Operation:
+def create(
+    s: Session,
+    op_id: str,
+    kind: str,
+    instance_uuid: str | None,
+    parameters: dict[str, Any],
+    flow_version: int,
+    owner: str | None,
+    lease_seconds: float,
+) -> Operation:
     now = utcnow()
-    op = Operation(id=op_id, kind=kind, instance_uuid=instance_uuid, parameters=parameters,
-                   state=PENDING, owner=owner, flow_version=flow_version, created_at=now,
-                   lease_expires_at=now + dt.timedelta(seconds=lease_seconds) if owner else None)
+    op = Operation(
+        id=op_id,
+        kind=kind,
+        instance_uuid=instance_uuid,
+        parameters=parameters,
+        state=PENDING,
+        owner=owner,
+        flow_version=flow_version,
+        created_at=now,
+        lease_expires_at=now + dt.timedelta(seconds=lease_seconds) if owner else None,
+    )
     s.add(op)
     notify.announce(s, notify.JOBS, op_id)
     return op
@@ -51,16 +67,20 @@ def not_found(s: Session, op_id: str) -> str:
     if len(op_id) < 4:
         return f"operation id {op_id!r} is too short: give at least 4 characters"
     if len(op_id) < 36:
-        matches = list(s.scalars(sa.select(Operation.id).where(Operation.id.startswith(op_id))
-                                 .order_by(Operation.id).limit(4)))
+        matches = list(
+            s.scalars(sa.select(Operation.id).where(Operation.id.startswith(op_id)).order_by(Operation.id).limit(4))
+        )
         if len(matches) > 1:
-            return (f"operation id prefix {op_id!r} is ambiguous: it matches "
-                    f"{', '.join(matches[:3])}{', ...' if len(matches) > 3 else ''}")
+            return (
+                f"operation id prefix {op_id!r} is ambiguous: it matches "
+                f"{', '.join(matches[:3])}{', ...' if len(matches) > 3 else ''}"
+            )
     return f"unknown operation {op_id!r}"
 
 
-def take_ownership(s: Session, op_id: str, owner: str, lease_seconds: float,
-                   dead_owners: tuple[str, ...] = ()) -> int | None:
+def take_ownership(
+    s: Session, op_id: str, owner: str, lease_seconds: float, dead_owners: tuple[str, ...] = ()
+) -> int | None:
     """Become the owner if the operation is free, ours, expired, or its owner is
     dead; returns the new ownership epoch (None: not taken).
 
@@ -74,12 +94,15 @@ def take_ownership(s: Session, op_id: str, owner: str, lease_seconds: float,
         Operation.lease_expires_at < now,
         Operation.owner.in_(dead_owners) if dead_owners else sa.false(),
     )
-    taken = changed(s,
-        sa.update(Operation)
-        .where(Operation.id == op_id, Operation.state.in_(ACTIVE_STATES), free)
-        .values(owner=owner, lease_expires_at=now + dt.timedelta(seconds=lease_seconds),
-                epoch=Operation.epoch + 1)
-    ) == 1
+    taken = (
+        changed(
+            s,
+            sa.update(Operation)
+            .where(Operation.id == op_id, Operation.state.in_(ACTIVE_STATES), free)
+            .values(owner=owner, lease_expires_at=now + dt.timedelta(seconds=lease_seconds), epoch=Operation.epoch + 1),
+        )
+        == 1
+    )
     if not taken:
         return None
     # Our own row, updated in this transaction: no one can change it before commit.
@@ -95,8 +118,16 @@ def renew_leases(s: Session, owner: str, op_ids: list[str], lease_seconds: float
         )
 
 
-def mark(s: Session, op_id: str, state: str, *, owner: str | None = None, error: str | None = None,
-         flow_detail_uuid: str | None = None, epoch: int | None = None) -> bool:
+def mark(
+    s: Session,
+    op_id: str,
+    state: str,
+    *,
+    owner: str | None = None,
+    error: str | None = None,
+    flow_detail_uuid: str | None = None,
+    epoch: int | None = None,
+) -> bool:
     """Record a state change; final states release ownership.
 
     With `owner` (and `epoch`), only while the caller still owns the operation
@@ -129,20 +160,27 @@ def mark_reverting(s: Session, op_id: str, owner: str, epoch: int, cause: str | 
     values: dict[str, Any] = {"state": REVERTING}
     if cause is not None:
         values["error"] = sa.func.coalesce(Operation.error, cause)
-    return changed(s, sa.update(Operation).where(
-        Operation.id == op_id, Operation.owner == owner, Operation.epoch == epoch)
-        .values(**values)) == 1
+    return (
+        changed(
+            s,
+            sa.update(Operation)
+            .where(Operation.id == op_id, Operation.owner == owner, Operation.epoch == epoch)
+            .values(**values),
+        )
+        == 1
+    )
 
 
 def resumable(s: Session) -> list[Operation]:
     """Operations not finished, oldest first."""
-    return list(s.scalars(
-        sa.select(Operation).where(Operation.state.in_(ACTIVE_STATES)).order_by(Operation.created_at)
-    ))
+    return list(
+        s.scalars(sa.select(Operation).where(Operation.state.in_(ACTIVE_STATES)).order_by(Operation.created_at))
+    )
 
 
-def listing(s: Session, *, limit: int = 50, state: str | None = None,
-            instance_uuid: str | None = None) -> list[Operation]:
+def listing(
+    s: Session, *, limit: int = 50, state: str | None = None, instance_uuid: str | None = None
+) -> list[Operation]:
     q = sa.select(Operation).order_by(Operation.created_at.desc()).limit(limit)
     if state:
         q = q.where(Operation.state == state)
@@ -160,8 +198,12 @@ HOST_LIST_PARAMS = ("copy_hosts",)
 
 def last_for_instance(s: Session, instance_uuid: str) -> Operation | None:
     """The instance's newest operation (ix_operations_instance_created)."""
-    return s.scalars(sa.select(Operation).where(Operation.instance_uuid == instance_uuid)
-                     .order_by(Operation.created_at.desc()).limit(1)).first()
+    return s.scalars(
+        sa.select(Operation)
+        .where(Operation.instance_uuid == instance_uuid)
+        .order_by(Operation.created_at.desc())
+        .limit(1)
+    ).first()
 
 
 # -- cancellation and operator repair (policy: conductor/cancel.py, conductor/repair.py) --
@@ -189,9 +231,15 @@ class CancelOutcome:
         return self.state == REVERTED
 
 
-def request_cancel(s: Session, op_id: str, by: str = "api", *,
-                   dead_owners: tuple[str, ...] = (), forward_only: bool = False,
-                   no_return_step: str | None = None) -> CancelOutcome:
+def request_cancel(
+    s: Session,
+    op_id: str,
+    by: str = "api",
+    *,
+    dead_owners: tuple[str, ...] = (),
+    forward_only: bool = False,
+    no_return_step: str | None = None,
+) -> CancelOutcome:
     """Cancel an operation: at once if it is pending and no live conductor
     owns it, else by recording the request for its owner's lease keeper.
 
@@ -206,23 +254,32 @@ def request_cancel(s: Session, op_id: str, by: str = "api", *,
     if op.state in FINAL_STATES:
         raise Refused(f"operation {op.id} already ended {op.state}: nothing to cancel")
     if forward_only and op.state != PENDING:
-        raise Refused(f"operation {op.id} ({op.kind}) is forward-only and already running: it "
-                      "cannot be cancelled and will finish (or stop in ERROR for an operator)")
+        raise Refused(
+            f"operation {op.id} ({op.kind}) is forward-only and already running: it "
+            "cannot be cancelled and will finish (or stop in ERROR for an operator)"
+        )
     if op.state != PENDING and forward_phase_started(s, op.id, no_return_step):
-        raise Refused(f"operation {op.id} ({op.kind}) is past its point of no return (its "
-                      "forward-only phase started): it cannot be cancelled and will finish")
+        raise Refused(
+            f"operation {op.id} ({op.kind}) is past its point of no return (its "
+            "forward-only phase started): it cannot be cancelled and will finish"
+        )
     now = utcnow()
     if op.state == PENDING and _cancel_pending(s, op, by, now, dead_owners):
         return CancelOutcome(op.id, op.kind, REVERTED, None)
     if forward_only:
-        raise Refused(f"operation {op.id} ({op.kind}) is forward-only and conductor {op.owner} "
-                      "is starting it: it cannot be cancelled")
-    recorded = changed(s,
-        sa.update(Operation)
-        .where(Operation.id == op.id, Operation.state.in_(ACTIVE_STATES),
-               Operation.cancel_requested_by.is_(None))
-        .values(cancel_requested_by=by, cancel_requested_at=now)
-    ) == 1
+        raise Refused(
+            f"operation {op.id} ({op.kind}) is forward-only and conductor {op.owner} "
+            "is starting it: it cannot be cancelled"
+        )
+    recorded = (
+        changed(
+            s,
+            sa.update(Operation)
+            .where(Operation.id == op.id, Operation.state.in_(ACTIVE_STATES), Operation.cancel_requested_by.is_(None))
+            .values(cancel_requested_by=by, cancel_requested_at=now),
+        )
+        == 1
+    )
     s.refresh(op)
     if op.state in FINAL_STATES:
         raise Refused(f"operation {op.id} ended {op.state} meanwhile: nothing to cancel")
@@ -241,38 +298,59 @@ def seize(s: Session, op_id: str, owner: str, lease_seconds: float, by: str) -> 
     if op.state in FINAL_STATES:
         raise Refused(f"operation {op.id} already ended {op.state}: nothing to terminate")
     former = op.owner
-    if changed(s, sa.update(Operation)
-                 .where(Operation.id == op.id, Operation.state.in_(ACTIVE_STATES))
-                 .values(owner=owner, epoch=Operation.epoch + 1,
-                         lease_expires_at=utcnow() + dt.timedelta(seconds=lease_seconds))
-                 ) != 1:
+    if (
+        changed(
+            s,
+            sa.update(Operation)
+            .where(Operation.id == op.id, Operation.state.in_(ACTIVE_STATES))
+            .values(
+                owner=owner, epoch=Operation.epoch + 1, lease_expires_at=utcnow() + dt.timedelta(seconds=lease_seconds)
+            ),
+        )
+        != 1
+    ):
         raise Refused(f"operation {op.id} ended meanwhile: nothing to terminate")
     _annotate(s, op.id, TERMINATED, f"by {by}; former owner {former or '-'} fenced")
     return former
 
 
-def _cancel_pending(s: Session, op: Operation, by: str, now: dt.datetime,
-                    dead_owners: tuple[str, ...]) -> bool:
+def _cancel_pending(s: Session, op: Operation, by: str, now: dt.datetime, dead_owners: tuple[str, ...]) -> bool:
     """End a pending operation that no live conductor owns, without running a
     step: one conditional UPDATE (bumping the epoch fences a runner that had
     claimed it and stalled), then the hold and secrets it took at submission."""
-    free = sa.or_(Operation.owner.is_(None), Operation.lease_expires_at < now,
-                  Operation.owner.in_(dead_owners) if dead_owners else sa.false())
-    ended = changed(s,
-        sa.update(Operation)
-        .where(Operation.id == op.id, Operation.state == PENDING, free)
-        .values(state=REVERTED, error=f"cancelled by {by} before it ran", finished_at=now,
-                owner=None, lease_expires_at=None, epoch=Operation.epoch + 1,
-                cancel_requested_by=by, cancel_requested_at=now)
-    ) == 1
+    free = sa.or_(
+        Operation.owner.is_(None),
+        Operation.lease_expires_at < now,
+        Operation.owner.in_(dead_owners) if dead_owners else sa.false(),
+    )
+    ended = (
+        changed(
+            s,
+            sa.update(Operation)
+            .where(Operation.id == op.id, Operation.state == PENDING, free)
+            .values(
+                state=REVERTED,
+                error=f"cancelled by {by} before it ran",
+                finished_at=now,
+                owner=None,
+                lease_expires_at=None,
+                epoch=Operation.epoch + 1,
+                cancel_requested_by=by,
+                cancel_requested_at=now,
+            ),
+        )
+        == 1
+    )
     if not ended:
         return False
     notify.announce(s, notify.ENDED, op.id)
     if op.instance_uuid:
         params = op.parameters or {}
-        restore = ({"vm_state": params["prior_vm_state"],
-                    "power_state": params.get("prior_power_state") or "nostate"}
-                   if params.get("prior_vm_state") else {"vm_state": VmState.ERROR})  # a spawn: as reverted
+        restore = (
+            {"vm_state": params["prior_vm_state"], "power_state": params.get("prior_power_state") or "nostate"}
+            if params.get("prior_vm_state")
+            else {"vm_state": VmState.ERROR}
+        )  # a spawn: as reverted
         instances.release_hold(s, op.instance_uuid, op.id, task_state=None, **restore)
     s.execute(sa.delete(Secret).where(Secret.operation_id == op.id))
     host_slots.forget(s, op.id)  # it may have waited in line for a host slot
@@ -286,16 +364,18 @@ def still_owned(s: Session, owner: str, op_ids: list[str]) -> dict[str, str | No
     read per lease renewal serves both the cancel requests and the losses."""
     if not op_ids:
         return {}
-    return dict(s.execute(
-        sa.select(Operation.id, Operation.cancel_requested_by)
-        .where(Operation.id.in_(op_ids), Operation.owner == owner)
-    ).all())
+    return dict(
+        s.execute(
+            sa.select(Operation.id, Operation.cancel_requested_by).where(
+                Operation.id.in_(op_ids), Operation.owner == owner
+            )
+        ).all()
+    )
 
 
 def run_context(s: Session, op_id: str) -> tuple[int, str | None] | None:
     """(epoch, cancel requested by) of an operation, read when a run starts."""
-    row = s.execute(sa.select(Operation.epoch, Operation.cancel_requested_by)
-                    .where(Operation.id == op_id)).first()
+    row = s.execute(sa.select(Operation.epoch, Operation.cancel_requested_by).where(Operation.id == op_id)).first()
     return (row[0], row[1]) if row else None
 
 
@@ -307,8 +387,13 @@ def needing_repair(s: Session, limit: int = 50) -> list[Operation]:
 def failed_reverts(s: Session, op: Operation) -> list[str]:
     """Names of the steps of this operation whose revert failed."""
     ad = TASKFLOW_TABLES.atomdetails
-    return list(s.scalars(sa.select(ad.c.name).where(
-        ad.c.parent_uuid == (op.flow_detail_uuid or op.id), ad.c.state == _tf_states.REVERT_FAILURE)))
+    return list(
+        s.scalars(
+            sa.select(ad.c.name).where(
+                ad.c.parent_uuid == (op.flow_detail_uuid or op.id), ad.c.state == _tf_states.REVERT_FAILURE
+            )
+        )
+    )
 
 
 def reopen_for_revert(s: Session, op_id: str, owner: str, lease_seconds: float, by: str) -> Operation:
@@ -328,17 +413,32 @@ def reopen_for_revert(s: Session, op_id: str, owner: str, lease_seconds: float, 
         raise Refused(f"operation {op.id} is {op.state}, not FAILED: nothing to retry")
     fd_uuid = op.flow_detail_uuid or op.id
     if not failed_reverts(s, op):
-        raise Refused(f"operation {op.id} has no failed revert to retry ({op.error}); after "
-                      "cleaning up by hand, record it with `computeflow ops mark-reverted`")
+        raise Refused(
+            f"operation {op.id} has no failed revert to retry ({op.error}); after "
+            "cleaning up by hand, record it with `computeflow ops mark-reverted`"
+        )
     now = utcnow()
-    if changed(s, sa.update(Operation).where(Operation.id == op.id, Operation.state == FAILED)
-                 .values(state=REVERTING, owner=owner, finished_at=None,
-                         lease_expires_at=now + dt.timedelta(seconds=lease_seconds))) != 1:
+    if (
+        changed(
+            s,
+            sa.update(Operation)
+            .where(Operation.id == op.id, Operation.state == FAILED)
+            .values(
+                state=REVERTING,
+                owner=owner,
+                finished_at=None,
+                lease_expires_at=now + dt.timedelta(seconds=lease_seconds),
+            ),
+        )
+        != 1
+    ):
         raise Refused(f"operation {op.id} changed meanwhile (another operator?): look again")
     ad, fd = TASKFLOW_TABLES.atomdetails, TASKFLOW_TABLES.flowdetails
-    s.execute(sa.update(ad)
-              .where(ad.c.parent_uuid == fd_uuid, ad.c.state == _tf_states.REVERT_FAILURE)
-              .values(state=_tf_states.FAILURE, intention=_tf_states.REVERT, revert_failure=None))
+    s.execute(
+        sa.update(ad)
+        .where(ad.c.parent_uuid == fd_uuid, ad.c.state == _tf_states.REVERT_FAILURE)
+        .values(state=_tf_states.FAILURE, intention=_tf_states.REVERT, revert_failure=None)
+    )
     s.execute(sa.update(fd).where(fd.c.uuid == fd_uuid).values(state=_tf_states.RUNNING, updated_at=now))
     _annotate(s, fd_uuid, REVERT_RETRIED, f"by {by}")
     s.flush()
@@ -353,21 +453,35 @@ def mark_reverted(s: Session, op_id: str, by: str, note: str | None = None) -> O
     if op is None:
         raise Refused(not_found(s, op_id))
     if op.state != FAILED:
-        raise Refused(f"operation {op.id} is {op.state}, not FAILED: only a failed operation "
-                      "is marked reverted")
+        raise Refused(f"operation {op.id} is {op.state}, not FAILED: only a failed operation is marked reverted")
     now = utcnow()
     text = f"cleaned up by hand, recorded by {by} at {now.isoformat(timespec='seconds')}Z"
-    if changed(s, sa.update(Operation).where(Operation.id == op.id, Operation.state == FAILED)
-                 .values(state=REVERTED, finished_at=now, owner=None, lease_expires_at=None,
-                         error=f"{op.error or 'failed'}; {text}")) != 1:
+    if (
+        changed(
+            s,
+            sa.update(Operation)
+            .where(Operation.id == op.id, Operation.state == FAILED)
+            .values(
+                state=REVERTED,
+                finished_at=now,
+                owner=None,
+                lease_expires_at=None,
+                error=f"{op.error or 'failed'}; {text}",
+            ),
+        )
+        != 1
+    ):
         raise Refused(f"operation {op.id} changed meanwhile (another operator?): look again")
     if op.instance_uuid:
         instances.release_hold(s, op.instance_uuid, op.id, task_state=None, vm_state=VmState.ERROR)
     for c in s.scalars(sa.select(Claim).where(Claim.operation_id == op.id)).all():
         claims.release(s, op.id, c.host)
     fd = TASKFLOW_TABLES.flowdetails
-    s.execute(sa.update(fd).where(fd.c.uuid == (op.flow_detail_uuid or op.id))
-              .values(state=_tf_states.REVERTED, updated_at=now))
+    s.execute(
+        sa.update(fd)
+        .where(fd.c.uuid == (op.flow_detail_uuid or op.id))
+        .values(state=_tf_states.REVERTED, updated_at=now)
+    )
     s.execute(sa.delete(Secret).where(Secret.operation_id == op.id))
     _annotate(s, op.flow_detail_uuid or op.id, MARKED_REVERTED, text + (f": {note}" if note else ""))
     s.flush()
@@ -377,13 +491,31 @@ def mark_reverted(s: Session, op_id: str, by: str, note: str | None = None) -> O
 
 def _annotate(s: Session, fd_uuid: str, state: str, text: str) -> None:
     """An operator's action as a "(flow)" row of the flow log (not a step move)."""
-    s.add(FlowLogEntry(flow_detail_uuid=fd_uuid, atom_uuid=fd_uuid, step=FLOW_STEP, state=state,
-                       attempt=0, at=utcnow(), result=text))
+    s.add(
+        FlowLogEntry(
+            flow_detail_uuid=fd_uuid,
+            atom_uuid=fd_uuid,
+            step=FLOW_STEP,
+            state=state,
+            attempt=0,
+            at=utcnow(),
+            result=text,
+        )
+    )
 
 
-def log_attempt(s: Session, op_id: str, owner: str, epoch: int | None, step: str, state: str, *,
-                error: str | None = None, traceback: str | None = None,
-                result: str | None = None) -> bool:
+def log_attempt(
+    s: Session,
+    op_id: str,
+    owner: str,
+    epoch: int | None,
+    step: str,
+    state: str,
+    *,
+    error: str | None = None,
+    traceback: str | None = None,
+    result: str | None = None,
+) -> bool:
     """A flow-log row for one retry of a step (RETRYING after a transient
     failure, RUNNING when the next attempt starts), numbered after the step's
     earlier runs. Written only while `owner` (at `epoch`) still owns the
@@ -395,13 +527,25 @@ def log_attempt(s: Session, op_id: str, owner: str, epoch: int | None, step: str
     if s.execute(owned.with_for_update()).first() is None:
         return False
     runs = s.execute(
-        sa.select(sa.func.count(), sa.func.max(FlowLogEntry.atom_uuid))
-        .where(FlowLogEntry.flow_detail_uuid == op_id, FlowLogEntry.step == step,
-               FlowLogEntry.state == _tf_states.RUNNING)).one()
+        sa.select(sa.func.count(), sa.func.max(FlowLogEntry.atom_uuid)).where(
+            FlowLogEntry.flow_detail_uuid == op_id, FlowLogEntry.step == step, FlowLogEntry.state == _tf_states.RUNNING
+        )
+    ).one()
     attempt = runs[0] + 1 if state == _tf_states.RUNNING else max(runs[0], 1)
-    s.add(FlowLogEntry(flow_detail_uuid=op_id, atom_uuid=runs[1] or "", step=step, state=state,
-                       attempt=attempt, at=utcnow(), error=error, traceback=traceback,
-                       result=result, epoch=epoch))
+    s.add(
+        FlowLogEntry(
+            flow_detail_uuid=op_id,
+            atom_uuid=runs[1] or "",
+            step=step,
+            state=state,
+            attempt=attempt,
+            at=utcnow(),
+            error=error,
+            traceback=traceback,
+            result=result,
+            epoch=epoch,
+        )
+    )
     return True
 
 
@@ -411,24 +555,39 @@ def forward_phase_started(s: Session, op_id: str, no_return_step: str | None) ->
     retry controller) started. Read only when a cancel is being decided."""
     if no_return_step is None:
         return False
-    return s.scalar(sa.select(FlowLogEntry.id).where(
-        FlowLogEntry.flow_detail_uuid == op_id, FlowLogEntry.step == no_return_step,
-        FlowLogEntry.state.in_((_tf_states.RUNNING, _tf_states.SUCCESS))).limit(1)) is not None
+    return (
+        s.scalar(
+            sa.select(FlowLogEntry.id)
+            .where(
+                FlowLogEntry.flow_detail_uuid == op_id,
+                FlowLogEntry.step == no_return_step,
+                FlowLogEntry.state.in_((_tf_states.RUNNING, _tf_states.SUCCESS)),
+            )
+            .limit(1)
+        )
+        is not None
+    )
 
 
 # -- what the conductor service asks of the operations table about its jobs --
 def mark_unloadable(s: Session, op_id: str, reason: str | None) -> None:
     """Report, on the operation itself, why a conductor left its job alone."""
-    s.execute(sa.update(Operation)
-              .where(Operation.id == op_id, Operation.state.in_(ACTIVE_STATES))
-              .values(error=reason))
+    s.execute(
+        sa.update(Operation).where(Operation.id == op_id, Operation.state.in_(ACTIVE_STATES)).values(error=reason)
+    )
 
 
 def release_ownership(s: Session, op_id: str, owner: str) -> bool:
     """A suspended operation is free at once for the next conductor."""
-    if changed(s, sa.update(Operation)
-               .where(Operation.id == op_id, Operation.owner == owner, Operation.state.in_(ACTIVE_STATES))
-               .values(owner=None, lease_expires_at=None)) != 1:
+    if (
+        changed(
+            s,
+            sa.update(Operation)
+            .where(Operation.id == op_id, Operation.owner == owner, Operation.state.in_(ACTIVE_STATES))
+            .values(owner=None, lease_expires_at=None),
+        )
+        != 1
+    ):
         return False
     notify.announce(s, notify.JOBS, op_id)
     return True
@@ -436,8 +595,11 @@ def release_ownership(s: Session, op_id: str, owner: str) -> bool:
 
 def unowned(s: Session) -> list[tuple[str, dt.datetime]]:
     """(id, created_at) of active operations nobody holds: free, or whose owner's lease lapsed."""
-    rows = s.execute(sa.select(Operation.id, Operation.created_at).where(
-        Operation.state.in_(ACTIVE_STATES),
-        sa.or_(Operation.owner.is_(None), Operation.lease_expires_at < utcnow()))
-        .order_by(Operation.created_at))
+    rows = s.execute(
+        sa.select(Operation.id, Operation.created_at)
+        .where(
+            Operation.state.in_(ACTIVE_STATES), sa.or_(Operation.owner.is_(None), Operation.lease_expires_at < utcnow())
+        )
+        .order_by(Operation.created_at)
+    )
     return [(r.id, r.created_at) for r in rows]

@@ -1,4 +1,5 @@
 """Options of the persistence layer ([database])."""
+
 from oslo_config import cfg
 
 database_opts = [

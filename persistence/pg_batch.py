@@ -21,6 +21,7 @@ The statements are SQLAlchemy Core statements compiled once for the dialect;
 each parameter goes through its column type's bind processor (JSON
 serialisation, enum checks) exactly as SQLAlchemy would apply it.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -46,8 +47,14 @@ Op = tuple[str, Mapping[str, Any]]
 
 
 class _Template:
-    def __init__(self, name: str, statement: sa.sql.ClauseElement, dialect: sa.Dialect,
-                 column_keys: list[str] | None, prepare: bool) -> None:
+    def __init__(
+        self,
+        name: str,
+        statement: sa.sql.ClauseElement,
+        dialect: sa.Dialect,
+        column_keys: list[str] | None,
+        prepare: bool,
+    ) -> None:
         compiled = statement.compile(dialect=dialect, column_keys=column_keys)
         assert isinstance(compiled, SQLCompiler)  # a DML statement compiles to SQL
         self.sql = str(compiled)
@@ -73,20 +80,23 @@ class _Template:
 
     def bind(self, params: Mapping[str, Any]) -> dict[str, Any]:
         processors = self.processors
-        return {k: (processors[k](v) if k in processors and v is not None else v)
-                for k, v in params.items()}
+        return {k: (processors[k](v) if k in processors and v is not None else v) for k, v in params.items()}
 
 
 class BatchRenderer:
     """Renders named statements with their parameters into one query string
     and sends it."""
 
-    def __init__(self, dialect: sa.Dialect,
-                 statements: Mapping[str, tuple[sa.sql.ClauseElement, list[str] | None]],
-                 prepared: Iterable[str] = ()) -> None:
+    def __init__(
+        self,
+        dialect: sa.Dialect,
+        statements: Mapping[str, tuple[sa.sql.ClauseElement, list[str] | None]],
+        prepared: Iterable[str] = (),
+    ) -> None:
         prepared = set(prepared)
-        self._templates = {name: _Template(name, stmt, dialect, keys, name in prepared)
-                           for name, (stmt, keys) in statements.items()}
+        self._templates = {
+            name: _Template(name, stmt, dialect, keys, name in prepared) for name, (stmt, keys) in statements.items()
+        }
         #: Batches sent (each one round trip and one commit); benchmarks read it.
         self.round_trips = 0
 

@@ -12,6 +12,7 @@ ignores them (flowlog.summarize).
 Listeners (the CLI's live output) are told about each progress row after it
 was committed, in the process that wrote it.
 """
+
 from __future__ import annotations
 
 import threading
@@ -34,8 +35,7 @@ _listeners: list[ProgressListener] = []
 _lock = threading.Lock()
 
 
-def add(s: Session, operation_id: str, step: str, state: str, text: str,
-        epoch: int | None = None) -> bool:
+def add(s: Session, operation_id: str, step: str, state: str, text: str, epoch: int | None = None) -> bool:
     """One annotation row for `step` of the operation (whose flow detail uuid is its id).
 
     With the writer's ownership `epoch` the row is fenced like a step
@@ -45,31 +45,44 @@ def add(s: Session, operation_id: str, step: str, state: str, text: str,
     if state not in ANNOTATIONS:
         raise ValueError(f"{state!r} is not a progress or request state")
     if epoch is not None:
-        current = s.scalar(sa.select(Operation.epoch).where(Operation.id == operation_id)
-                           .with_for_update(read=True))
+        current = s.scalar(sa.select(Operation.epoch).where(Operation.id == operation_id).with_for_update(read=True))
         if current != epoch:
             return False  # taken over: the new owner reports from now on
-    s.add(FlowLogEntry(flow_detail_uuid=operation_id, atom_uuid="", step=step, state=state,
-                       attempt=0, result=text, epoch=epoch))
+    s.add(
+        FlowLogEntry(
+            flow_detail_uuid=operation_id, atom_uuid="", step=step, state=state, attempt=0, result=text, epoch=epoch
+        )
+    )
     return True
 
 
 def requests_after(s: Session, operation_id: str, after_id: int = 0) -> list[FlowLogEntry]:
     """Requests (abort, force-complete) made to the operation since row `after_id`."""
-    return list(s.scalars(
-        sa.select(FlowLogEntry)
-        .where(FlowLogEntry.flow_detail_uuid == operation_id, FlowLogEntry.id > after_id,
-               FlowLogEntry.state.in_(REQUESTS))
-        .order_by(FlowLogEntry.id)))
+    return list(
+        s.scalars(
+            sa.select(FlowLogEntry)
+            .where(
+                FlowLogEntry.flow_detail_uuid == operation_id,
+                FlowLogEntry.id > after_id,
+                FlowLogEntry.state.in_(REQUESTS),
+            )
+            .order_by(FlowLogEntry.id)
+        )
+    )
 
 
 def last_step_state(s: Session, operation_id: str, step: str) -> str | None:
     """The latest transition (not annotation) of one step, or None if it never ran."""
     return s.scalar(
         sa.select(FlowLogEntry.state)
-        .where(FlowLogEntry.flow_detail_uuid == operation_id, FlowLogEntry.step == step,
-               FlowLogEntry.state.not_in(ANNOTATIONS))
-        .order_by(FlowLogEntry.id.desc()).limit(1))
+        .where(
+            FlowLogEntry.flow_detail_uuid == operation_id,
+            FlowLogEntry.step == step,
+            FlowLogEntry.state.not_in(ANNOTATIONS),
+        )
+        .order_by(FlowLogEntry.id.desc())
+        .limit(1)
+    )
 
 
 def add_listener(fn: ProgressListener) -> None:

@@ -4,6 +4,7 @@ Our version table is `computeflow_alembic_version` so that it never clashes
 with taskflow's own alembic history (which uses the default name); taskflow's
 tables are created by our migrations instead of taskflow's.
 """
+
 from __future__ import annotations
 
 import os
@@ -35,9 +36,7 @@ def head_revision() -> str:
 
 def current_revision(db: Database) -> str | None:
     with db.engine.connect() as conn:
-        return MigrationContext.configure(
-            conn, opts={"version_table": VERSION_TABLE}
-        ).get_current_revision()
+        return MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE}).get_current_revision()
 
 
 def upgrade(db: Database, revision: str = "head") -> None:

@@ -6,6 +6,7 @@ reference (`{"secret_ref": ...}`), the ciphertext lives here, and the one step
 that needs the value decrypts it in memory. When the operation ends the row is
 deleted; until then a database dump shows only Fernet ciphertext.
 """
+
 from __future__ import annotations
 
 import os
@@ -66,9 +67,7 @@ class SecretBox:
         try:
             return self._box().decrypt(row.ciphertext).decode()
         except InvalidToken:
-            raise SecretUnavailable(
-                f"secret {ref} cannot be decrypted with {self.key_file}: wrong key"
-            ) from None
+            raise SecretUnavailable(f"secret {ref} cannot be decrypted with {self.key_file}: wrong key") from None
 
     @staticmethod
     def purge(s: Session, operation_id: str) -> None:

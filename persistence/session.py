@@ -4,6 +4,7 @@ SQLite (the embedded default) runs in WAL mode with synchronous=FULL so that a
 committed step survives power loss, and with a busy timeout so that the
 parallel engine's threads wait for each other instead of failing.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -41,9 +42,14 @@ def safe_url(url: str | sa.URL) -> str:
 # classes; MySQL/MariaDB client errors for a refused, gone or lost connection.
 _LOST_SQLSTATE_PREFIXES = ("08", "57P")
 _LOST_MYSQL_ERRORS = frozenset({2003, 2006, 2013, 2055})
-_LOST_PG_MESSAGES = ("server closed the connection", "connection refused",
-                     "could not connect", "terminating connection", "the database system is",
-                     "connection already closed")
+_LOST_PG_MESSAGES = (
+    "server closed the connection",
+    "connection refused",
+    "could not connect",
+    "terminating connection",
+    "the database system is",
+    "connection already closed",
+)
 
 
 def connection_lost(e: BaseException) -> bool:
@@ -98,8 +104,7 @@ def _missing_part(path: str) -> str | None:
     return None if os.path.exists(path) else f"file {path}"
 
 
-def create_engine(url: str, *, pool_size: int = 10, connect_timeout: int = 5,
-                  create: bool = True) -> Engine:
+def create_engine(url: str, *, pool_size: int = 10, connect_timeout: int = 5, create: bool = True) -> Engine:
     """Build an engine; raises DatabaseUnreachable for a malformed URL.
 
     create: a missing SQLite file (and its directory) is created on first
@@ -151,11 +156,9 @@ def create_engine(url: str, *, pool_size: int = 10, connect_timeout: int = 5,
 class Database:
     """An engine and a session factory for one database."""
 
-    def __init__(self, url: str, *, pool_size: int = 10, connect_timeout: int = 5,
-                 create: bool = True) -> None:
+    def __init__(self, url: str, *, pool_size: int = 10, connect_timeout: int = 5, create: bool = True) -> None:
         self.url = url
-        self.engine = create_engine(url, pool_size=pool_size, connect_timeout=connect_timeout,
-                                    create=create)
+        self.engine = create_engine(url, pool_size=pool_size, connect_timeout=connect_timeout, create=create)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         notify.attach(self._sessions)  # wake-up notices leave with the commit
 

@@ -33,6 +33,7 @@ deferred writes, the write paths and the fencing are one invariant (a row is
 written once, under the right epoch, with its log row, before anything that
 depends on it); split, each part would need the others' private state.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -92,8 +93,10 @@ class Fenced(tf_exc.TaskFlowException):
     """
 
     def __init__(self, flow_uuid: str, epoch: int) -> None:
-        super().__init__(f"operation {flow_uuid}: ownership epoch {epoch} was superseded by a "
-                         "take-over; this conductor stops without writing")
+        super().__init__(
+            f"operation {flow_uuid}: ownership epoch {epoch} was superseded by a "
+            "take-over; this conductor stops without writing"
+        )
         self.flow_uuid, self.epoch = flow_uuid, epoch
 
 
@@ -145,7 +148,7 @@ def _storage_failure(what: str) -> Iterator[None]:
 
 
 def _backoff(attempt: int) -> float:
-    return min(0.5, 0.01 * 2.0 ** attempt)
+    return min(0.5, 0.01 * 2.0**attempt)
 
 
 @dataclass
@@ -185,9 +188,11 @@ class _Memory:
     def others_in_flight(self, memo: _AtomMemo) -> bool:
         """Whether another atom of this atom's flow is RUNNING or REVERTING."""
         atoms = self.atoms
-        return any(other is not memo and other.state in _INTERRUPTED
-                   for other in (atoms.get(u) for u in self.flows.get(memo.flow_uuid, ()))
-                   if other is not None)
+        return any(
+            other is not memo and other.state in _INTERRUPTED
+            for other in (atoms.get(u) for u in self.flows.get(memo.flow_uuid, ()))
+            if other is not None
+        )
 
     def forget_flow(self, flow_uuid: str) -> None:
         """Drop what is known of a flow, its unsent writes included."""
@@ -203,11 +208,30 @@ class _Statements:
     """The hot path's statements, built once: constructing a Core statement per
     write (and computing its cache key) cost more than executing it."""
 
-    ATOM_COLUMNS = ("failure", "revert_failure", "meta", "name", "results", "revert_results",
-                    "state", "version", "intention")
+    ATOM_COLUMNS = (
+        "failure",
+        "revert_failure",
+        "meta",
+        "name",
+        "results",
+        "revert_results",
+        "state",
+        "version",
+        "intention",
+    )
     NEW_ATOM_COLUMNS = ("uuid", "parent_uuid", "atom_type", "created_at", *ATOM_COLUMNS)
-    LOG_COLUMNS = ("flow_detail_uuid", "atom_uuid", "step", "state", "attempt", "at", "result",
-                   "error", "traceback", "epoch")
+    LOG_COLUMNS = (
+        "flow_detail_uuid",
+        "atom_uuid",
+        "step",
+        "state",
+        "attempt",
+        "at",
+        "result",
+        "error",
+        "traceback",
+        "epoch",
+    )
 
     #: Statements of every step transition, prepared once per connection (PostgreSQL).
     PER_STEP = ("update_atom", "insert_log", "update_flow")
@@ -219,42 +243,56 @@ class _Statements:
         self.insert_book = sa.insert(tables.logbooks).inline()  # inline: no RETURNING
         self.insert_flow = sa.insert(flows).inline()
         self.update_atom = (
-            sa.update(atoms).where(atoms.c.uuid == sa.bindparam("a_uuid"))
-            .values({"updated_at": sa.bindparam("a_updated_at"),
-                     **{c: sa.bindparam(f"a_{c}") for c in self.ATOM_COLUMNS}}))
+            sa.update(atoms)
+            .where(atoms.c.uuid == sa.bindparam("a_uuid"))
+            .values(
+                {"updated_at": sa.bindparam("a_updated_at"), **{c: sa.bindparam(f"a_{c}") for c in self.ATOM_COLUMNS}}
+            )
+        )
         self.insert_atom = sa.insert(atoms).inline()
         self.insert_log = sa.insert(_LOG).inline().values({c: sa.bindparam(f"l_{c}") for c in self.LOG_COLUMNS})
         self.update_flow = (
-            sa.update(flows).where(flows.c.uuid == sa.bindparam("f_uuid"))
-            .values(state=sa.bindparam("f_state"), meta=sa.bindparam("f_meta"),
-                    name=sa.bindparam("f_name"), updated_at=sa.bindparam("f_updated_at")))
+            sa.update(flows)
+            .where(flows.c.uuid == sa.bindparam("f_uuid"))
+            .values(
+                state=sa.bindparam("f_state"),
+                meta=sa.bindparam("f_meta"),
+                name=sa.bindparam("f_name"),
+                updated_at=sa.bindparam("f_updated_at"),
+            )
+        )
         # Inside a write transaction (SQLite, MariaDB): the operation's epoch,
         # read under a share lock so that a concurrent take-over waits for the
         # transaction (PostgreSQL: `computeflow_assert_epoch`, migration 0006).
         self.epoch_is_current = (
             sa.select(_OPS.c.id)
             .where(_OPS.c.id == sa.bindparam("f_op"), _OPS.c.epoch == sa.bindparam("f_epoch"))
-            .with_for_update(read=True))
+            .with_for_update(read=True)
+        )
 
     def for_batches(self) -> dict[str, tuple[sa.sql.ClauseElement, list[str] | None]]:
         """What `pg_batch.BatchRenderer` compiles: each write statement and,
         for the plain INSERT, the columns it binds."""
-        return {"insert_book": (self.insert_book, list(self.NEW_BOOK_COLUMNS)),
-                "insert_flow": (self.insert_flow, list(self.NEW_FLOW_COLUMNS)),
-                "update_atom": (self.update_atom, None),
-                "insert_atom": (self.insert_atom, list(self.NEW_ATOM_COLUMNS)),
-                "insert_log": (self.insert_log, None),
-                "update_flow": (self.update_flow, None)}
+        return {
+            "insert_book": (self.insert_book, list(self.NEW_BOOK_COLUMNS)),
+            "insert_flow": (self.insert_flow, list(self.NEW_FLOW_COLUMNS)),
+            "update_atom": (self.update_atom, None),
+            "insert_atom": (self.insert_atom, list(self.NEW_ATOM_COLUMNS)),
+            "insert_log": (self.insert_log, None),
+            "update_flow": (self.update_flow, None),
+        }
 
     @classmethod
     def update_atom_op(cls, row: dict[str, Any]) -> Op:
-        return "update_atom", {"a_uuid": row["uuid"], "a_updated_at": utcnow(),
-                               **{f"a_{c}": row.get(c) for c in cls.ATOM_COLUMNS}}
+        return "update_atom", {
+            "a_uuid": row["uuid"],
+            "a_updated_at": utcnow(),
+            **{f"a_{c}": row.get(c) for c in cls.ATOM_COLUMNS},
+        }
 
     @classmethod
     def insert_atom_op(cls, flow_uuid: str, ad: tf_models.AtomDetail) -> Op:
-        row = dict(ad.to_dict(), parent_uuid=flow_uuid, atom_type=tf_models.atom_detail_type(ad),
-                   created_at=utcnow())
+        row = dict(ad.to_dict(), parent_uuid=flow_uuid, atom_type=tf_models.atom_detail_type(ad), created_at=utcnow())
         return "insert_atom", {c: row.get(c) for c in cls.NEW_ATOM_COLUMNS}
 
     @classmethod
@@ -275,8 +313,13 @@ class _Statements:
 
     @staticmethod
     def update_flow_op(fd: tf_models.FlowDetail) -> Op:
-        return "update_flow", {"f_uuid": fd.uuid, "f_state": fd.state, "f_meta": fd.meta,
-                               "f_name": fd.name, "f_updated_at": utcnow()}
+        return "update_flow", {
+            "f_uuid": fd.uuid,
+            "f_state": fd.state,
+            "f_meta": fd.meta,
+            "f_name": fd.name,
+            "f_updated_at": utcnow(),
+        }
 
 
 class Backend(stock.SQLAlchemyBackend):
@@ -293,8 +336,9 @@ class Backend(stock.SQLAlchemyBackend):
         self.batches = None
         self.autocommit = self.autocommit_lazy = None
         if engine.dialect.name == "postgresql":
-            self.batches = batches = BatchRenderer(engine.dialect, self.statements.for_batches(),
-                                                   prepared=_Statements.PER_STEP)
+            self.batches = batches = BatchRenderer(
+                engine.dialect, self.statements.for_batches(), prepared=_Statements.PER_STEP
+            )
             self.autocommit = _autocommit_engine(engine)
             self.autocommit_lazy = _autocommit_engine(engine, synchronous_commit=False)
             for pool in (self.autocommit, self.autocommit_lazy):
@@ -317,11 +361,20 @@ class Backend(stock.SQLAlchemyBackend):
             if memo is None or ad.state not in _INTERRUPTED or ad.name.startswith(_INTERNAL_PREFIX):
                 continue
             memos.append(memo)
-            ops.append(_Statements.insert_log_op(dict(
-                flow_detail_uuid=flow_detail.uuid, atom_uuid=ad.uuid, step=ad.name,
-                state=ad.state, attempt=memo.attempts + 1, at=utcnow(),
-                result="interrupted: running it again",
-                epoch=self.memory.fences.get(flow_detail.uuid))))
+            ops.append(
+                _Statements.insert_log_op(
+                    dict(
+                        flow_detail_uuid=flow_detail.uuid,
+                        atom_uuid=ad.uuid,
+                        step=ad.name,
+                        state=ad.state,
+                        attempt=memo.attempts + 1,
+                        at=utcnow(),
+                        result="interrupted: running it again",
+                        epoch=self.memory.fences.get(flow_detail.uuid),
+                    )
+                )
+            )
         if ops:
             self.get_connection().send(flow_detail.uuid, ops)
             for memo in memos:
@@ -365,8 +418,14 @@ def _autocommit_engine(engine: sa.Engine, synchronous_commit: bool = True) -> sa
     connect_args = {"application_name": "computeflow-flow-writes"}
     if not synchronous_commit:
         connect_args["options"] = "-c synchronous_commit=off"
-    return sa.create_engine(engine.url, isolation_level="AUTOCOMMIT", pool_pre_ping=False,
-                            pool_size=4, max_overflow=12, connect_args=connect_args)
+    return sa.create_engine(
+        engine.url,
+        isolation_level="AUTOCOMMIT",
+        pool_pre_ping=False,
+        pool_size=4,
+        max_overflow=12,
+        connect_args=connect_args,
+    )
 
 
 class Connection(stock.Connection):
@@ -425,11 +484,13 @@ class Connection(stock.Connection):
 
     def _remember_loaded(self, fd: tf_models.FlowDetail) -> None:
         with _storage_failure(f"Failed reading flow {fd.uuid}"), self._engine.connect() as conn:
-            runs = dict(conn.execute(
-                sa.select(_LOG.c.atom_uuid, sa.func.count())
-                .where(_LOG.c.flow_detail_uuid == fd.uuid, _LOG.c.state == states.RUNNING)
-                .group_by(_LOG.c.atom_uuid)
-            ).all())
+            runs = dict(
+                conn.execute(
+                    sa.select(_LOG.c.atom_uuid, sa.func.count())
+                    .where(_LOG.c.flow_detail_uuid == fd.uuid, _LOG.c.state == states.RUNNING)
+                    .group_by(_LOG.c.atom_uuid)
+                ).all()
+            )
         self._memory.flow_states[fd.uuid] = fd.state
         for ad in fd:
             self._memory.remember(fd.uuid, ad, runs.get(ad.uuid, 0))
@@ -443,8 +504,7 @@ class Connection(stock.Connection):
         if change is None:
             return atom_detail  # nothing but progress changed: no write at all
         ops, remember = change
-        deferrable = (atom_detail.state in _DEFERRABLE_ATOM_STATES
-                      and not self._memory.others_in_flight(memo))
+        deferrable = atom_detail.state in _DEFERRABLE_ATOM_STATES and not self._memory.others_in_flight(memo)
         self._write(memo.flow_uuid, ops, deferrable, lazy=atom_detail.state in _LAZY_STATES)
         remember()
         return atom_detail
@@ -466,13 +526,21 @@ class Connection(stock.Connection):
                 remembers.append(change[1])
                 deferrable = deferrable and ad.state in _DEFERRABLE_ATOM_STATES
         if flow_detail.state and flow_detail.state != self._memory.flow_states.get(flow_detail.uuid):
-            ops.append(_Statements.insert_log_op(dict(
-                flow_detail_uuid=flow_detail.uuid, atom_uuid=flow_detail.uuid, step=FLOW_STEP,
-                state=flow_detail.state, attempt=0, at=utcnow(),
-                epoch=self._memory.fences.get(flow_detail.uuid))))
+            ops.append(
+                _Statements.insert_log_op(
+                    dict(
+                        flow_detail_uuid=flow_detail.uuid,
+                        atom_uuid=flow_detail.uuid,
+                        step=FLOW_STEP,
+                        state=flow_detail.state,
+                        attempt=0,
+                        at=utcnow(),
+                        epoch=self._memory.fences.get(flow_detail.uuid),
+                    )
+                )
+            )
         ops.append(_Statements.update_flow_op(flow_detail))  # last: its row count is the batch's
-        changed = self._write(flow_detail.uuid, ops, deferrable,
-                              lazy=flow_detail.state in _LAZY_FLOW_STATES)
+        changed = self._write(flow_detail.uuid, ops, deferrable, lazy=flow_detail.state in _LAZY_FLOW_STATES)
         if changed == 0:
             raise tf_exc.NotFound(f"No flow details found with uuid '{flow_detail.uuid}'")
         for remember in remembers:
@@ -485,8 +553,7 @@ class Connection(stock.Connection):
             self._memory.flow_states[flow_detail.uuid] = flow_detail.state
         return flow_detail
 
-    def _atom_change(self, memo: _AtomMemo, ad: tf_models.AtomDetail
-                     ) -> tuple[list[Op], Callable[[], None]] | None:
+    def _atom_change(self, memo: _AtomMemo, ad: tf_models.AtomDetail) -> tuple[list[Op], Callable[[], None]] | None:
         """The statements that bring the atom's row (and log) to `ad`, and how
         to update the memo once they are committed; None if nothing changed."""
         row = ad.to_dict()
@@ -500,10 +567,10 @@ class Connection(stock.Connection):
 
         def remember() -> None:
             memo.state, memo.attempts, memo.written = ad.state, attempts, significant
+
         return ops, remember
 
-    def _write(self, flow_uuid: str, ops: list[Op], deferrable: bool,
-               lazy: bool = False) -> int | None:
+    def _write(self, flow_uuid: str, ops: list[Op], deferrable: bool, lazy: bool = False) -> int | None:
         """Defer `ops` to the flow's next commit, or commit them now with the
         flow's deferred writes; the row count of the last statement (None if
         deferred)."""
@@ -576,8 +643,7 @@ class Connection(stock.Connection):
                         self._check_fence(conn, flow_uuid)
                     for name, group in itertools.groupby(batch, key=lambda op: op[0]):
                         rows = [params for _, params in group]  # several: one executemany
-                        rowcount = conn.execute(getattr(st, name),
-                                                rows if len(rows) > 1 else rows[0]).rowcount
+                        rowcount = conn.execute(getattr(st, name), rows if len(rows) > 1 else rows[0]).rowcount
             finally:
                 if lazy:
                     conn.connection.driver_connection.execute("PRAGMA synchronous=FULL")
@@ -591,8 +657,7 @@ class Connection(stock.Connection):
         epoch = self._memory.fences.get(flow_uuid)
         if epoch is None:
             return
-        current = conn.execute(self._backend.statements.epoch_is_current,
-                               {"f_op": flow_uuid, "f_epoch": epoch}).first()
+        current = conn.execute(self._backend.statements.epoch_is_current, {"f_op": flow_uuid, "f_epoch": epoch}).first()
         if current is None:
             raise Fenced(flow_uuid, epoch)
 
@@ -601,8 +666,7 @@ class Connection(stock.Connection):
         if ad.state == memo.state:
             return memo.attempts, None
         attempts = memo.attempts + 1 if ad.state == states.RUNNING else memo.attempts
-        return attempts, _log_row(memo.flow_uuid, ad, max(attempts, 1),
-                                  self._memory.fences.get(memo.flow_uuid))
+        return attempts, _log_row(memo.flow_uuid, ad, max(attempts, 1), self._memory.fences.get(memo.flow_uuid))
 
     def _update_atom_details_slowly(self, atom_detail: tf_models.AtomDetail) -> tf_models.AtomDetail:
         atoms = self._tables.atomdetails
@@ -615,8 +679,11 @@ class Connection(stock.Connection):
                 before = existing.state
                 self._update_atom_details(conn, atom_detail, existing)
                 if existing.state != before:
-                    runs = conn.execute(sa.select(sa.func.count()).select_from(_LOG).where(
-                        _LOG.c.atom_uuid == existing.uuid, _LOG.c.state == states.RUNNING)).scalar_one()
+                    runs = conn.execute(
+                        sa.select(sa.func.count())
+                        .select_from(_LOG)
+                        .where(_LOG.c.atom_uuid == existing.uuid, _LOG.c.state == states.RUNNING)
+                    ).scalar_one()
                     attempt = runs + 1 if existing.state == states.RUNNING else max(runs, 1)
                     flow_uuid = row._mapping["parent_uuid"]
                     self._check_fence(conn, flow_uuid)
@@ -625,13 +692,10 @@ class Connection(stock.Connection):
                         conn.execute(sa.insert(_LOG).values(log))
             return existing
         except sa_exc.SQLAlchemyError:
-            tf_exc.raise_with_cause(
-                tf_exc.StorageFailure, f"Failed updating atom details {atom_detail.uuid}")
+            tf_exc.raise_with_cause(tf_exc.StorageFailure, f"Failed updating atom details {atom_detail.uuid}")
 
 
-
-def _log_row(flow_uuid: str, ad: tf_models.AtomDetail, attempt: int,
-             epoch: int | None = None) -> dict[str, Any] | None:
+def _log_row(flow_uuid: str, ad: tf_models.AtomDetail, attempt: int, epoch: int | None = None) -> dict[str, Any] | None:
     """The flow_log row for an atom's new state (None for taskflow's injector)."""
     if ad.name.startswith(_INTERNAL_PREFIX):
         return None  # taskflow's own injector atom holds the store, not a step
@@ -643,6 +707,15 @@ def _log_row(flow_uuid: str, ad: tf_models.AtomDetail, attempt: int,
         traceback = failure.traceback_str
     elif state == states.SUCCESS:
         result = summarize(ad.results)
-    return dict(flow_detail_uuid=flow_uuid, atom_uuid=ad.uuid, step=ad.name, state=state,
-                attempt=attempt, at=utcnow(), result=result, error=error, traceback=traceback,
-                epoch=epoch)
+    return dict(
+        flow_detail_uuid=flow_uuid,
+        atom_uuid=ad.uuid,
+        step=ad.name,
+        state=state,
+        attempt=attempt,
+        at=utcnow(),
+        result=result,
+        error=error,
+        traceback=traceback,
+        epoch=epoch,
+    )

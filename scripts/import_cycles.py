@@ -7,6 +7,7 @@ deliberate late imports and are not followed), builds the graph between our
 modules and prints each strongly connected component of more than one module.
 Run by scripts/lint.sh.
 """
+
 from __future__ import annotations
 
 import ast
@@ -48,7 +49,7 @@ def top_level_imports(path: Path, name: str, known: set[str]) -> set[str]:
             while t and t not in known:
                 t = t.rpartition(".")[0]
             if t and t != name and not name.startswith(t + "."):  # a parent package is
-                found.add(t)                                       # always imported first
+                found.add(t)  # always imported first
     return found
 
 
@@ -103,8 +104,7 @@ def main() -> int:
     found = cycles(graph)
     for comp in found:
         print("import cycle at module level: " + " <-> ".join(comp), file=sys.stderr)
-    print(f"import_cycles: {len(graph)} modules, {sum(map(len, graph.values()))} imports, "
-          f"{len(found)} cycle(s)")
+    print(f"import_cycles: {len(graph)} modules, {sum(map(len, graph.values()))} imports, {len(found)} cycle(s)")
     return 1 if found else 0
 
 

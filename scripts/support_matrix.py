@@ -7,6 +7,7 @@ each driver implements.
     scripts/support_matrix.py            # rewrite docs/support-matrix.md
     scripts/support_matrix.py --check    # exit 1 if the committed file is stale
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,8 +38,7 @@ def driver_classes() -> dict[str, type[ComputeDriver]]:
                     continue  # that driver does not exist (yet) in this tree
                 raise
             for _, cls in inspect.getmembers(mod, inspect.isclass):
-                if issubclass(cls, ComputeDriver) and cls is not ComputeDriver \
-                        and getattr(cls, "name", None) == name:
+                if issubclass(cls, ComputeDriver) and cls is not ComputeDriver and getattr(cls, "name", None) == name:
                     found[name] = cls
             if name in found:
                 break
@@ -67,8 +67,7 @@ def render() -> str:
             missing = [m for m in kind.uses if m not in supported[n]]
             cells.append("yes" if not missing else "no (" + ", ".join(missing) + ")")
         lines.append(f"| {kind.name} | `{kind.verb}` | " + " | ".join(cells) + " |")
-    lines += ["", "## Driver methods", "",
-              "| method | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    lines += ["", "## Driver methods", "", "| method | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
     methods = sorted(m for m, v in vars(ComputeDriver).items() if callable(v) and not m.startswith("_"))
     for m in methods:
         lines.append(f"| {m} | " + " | ".join("yes" if m in supported[n] else "" for n in names) + " |")

@@ -4,6 +4,7 @@ slate per test, and conductors configured through real config files.
 Server databases are used for real. When one is unreachable the tests that
 need it are skipped locally, but with CI=true its absence is a failure.
 """
+
 from __future__ import annotations
 
 import os
@@ -28,8 +29,19 @@ SERVERS = {
     "mysql": os.environ.get("COMPUTEFLOW_TEST_MYSQL", "mysql+pymysql://root@127.0.0.1:3306/test"),
 }
 # Rows of these tables are test data; flavors and images are seeded by migrations.
-MUTABLE_TABLES = ("flow_log", "secrets", "claims", "host_slots", "operations", "instance_events",
-                  "instances", "hosts", "atomdetails", "flowdetails", "logbooks")
+MUTABLE_TABLES = (
+    "flow_log",
+    "secrets",
+    "claims",
+    "host_slots",
+    "operations",
+    "instance_events",
+    "instances",
+    "hosts",
+    "atomdetails",
+    "flowdetails",
+    "logbooks",
+)
 _SESSION_TAG = f"cf_test_{os.getpid()}_{uuid.uuid4().hex[:6]}"
 
 
@@ -45,15 +57,15 @@ def _unreachable(what: str, error: object) -> None:
 def _server_database(kind: str) -> Iterator[str]:
     """Create a private database on the server for this session; drop it after."""
     admin_url = sa.make_url(SERVERS[kind])
-    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT", pool_pre_ping=True,
-                             connect_args={"connect_timeout": 3})
+    admin = sa.create_engine(
+        admin_url, isolation_level="AUTOCOMMIT", pool_pre_ping=True, connect_args={"connect_timeout": 3}
+    )
     try:
         with admin.connect() as c:
             c.exec_driver_sql(f"CREATE DATABASE {_SESSION_TAG}")
     except sa.exc.OperationalError as e:
         admin.dispose()
-        _unreachable(f"{kind} server unreachable at {admin_url.render_as_string(hide_password=True)}",
-                     e.orig)
+        _unreachable(f"{kind} server unreachable at {admin_url.render_as_string(hide_password=True)}", e.orig)
     url = admin_url.set(database=_SESSION_TAG).render_as_string(hide_password=False)
     try:
         yield url
@@ -62,7 +74,8 @@ def _server_database(kind: str) -> Iterator[str]:
             with admin.connect() as c:
                 c.exec_driver_sql(
                     "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                    f"WHERE datname = '{_SESSION_TAG}' AND pid <> pg_backend_pid()")
+                    f"WHERE datname = '{_SESSION_TAG}' AND pid <> pg_backend_pid()"
+                )
         with admin.connect() as c:
             c.exec_driver_sql(f"DROP DATABASE IF EXISTS {_SESSION_TAG}")
         admin.dispose()
@@ -142,7 +155,11 @@ def run_cli(conf: Path, *args: str, stdin: str | None = None, timeout: float = 6
     """Run `computeflow` in a real subprocess (as an operator would)."""
     return subprocess.run(
         [sys.executable, "-m", "conductor.cli", "--config-file", str(conf), *args],
-        capture_output=True, text=True, input=stdin, timeout=timeout, cwd=REPO,
+        capture_output=True,
+        text=True,
+        input=stdin,
+        timeout=timeout,
+        cwd=REPO,
     )
 
 
@@ -257,12 +274,15 @@ def pytest_unconfigure(config) -> None:
     until CI's limit. Name such threads loudly and exit with the tests' status."""
     import threading
 
-    stuck = [t.name for t in threading.enumerate()
-             if t is not threading.main_thread() and t.is_alive() and not t.daemon]
+    stuck = [
+        t.name for t in threading.enumerate() if t is not threading.main_thread() and t.is_alive() and not t.daemon
+    ]
     if stuck and _exit_status:
-        sys.stderr.write(f"\nconftest: non-daemon threads left running after the tests (a "
-                         f"connection some test did not close): {', '.join(sorted(stuck))}; "
-                         f"exiting without waiting for them\n")
+        sys.stderr.write(
+            f"\nconftest: non-daemon threads left running after the tests (a "
+            f"connection some test did not close): {', '.join(sorted(stuck))}; "
+            f"exiting without waiting for them\n"
+        )
         sys.stderr.flush()
         sys.stdout.flush()
         os._exit(_exit_status[0])

@@ -1,4 +1,5 @@
 """etc/computeflow.conf.sample is generated from the code and must be current."""
+
 import subprocess
 import sys
 from pathlib import Path
@@ -9,12 +10,17 @@ REPO = Path(__file__).resolve().parent.parent
 def test_sample_config_is_current(tmp_path):
     out = tmp_path / "sample.conf"
     subprocess.run(
-        [Path(sys.executable).parent / "oslo-config-generator",
-         "--config-file", "etc/oslo-config-generator/computeflow.conf", "--output-file", str(out)],
-        cwd=REPO, check=True,
+        [
+            Path(sys.executable).parent / "oslo-config-generator",
+            "--config-file",
+            "etc/oslo-config-generator/computeflow.conf",
+            "--output-file",
+            str(out),
+        ],
+        cwd=REPO,
+        check=True,
     )
-    assert out.read_text() == (REPO / "etc/computeflow.conf.sample").read_text(), (
-        "regenerate it: make sample-config")
+    assert out.read_text() == (REPO / "etc/computeflow.conf.sample").read_text(), "regenerate it: make sample-config"
 
 
 def test_every_package_exposes_its_options():
@@ -27,16 +33,23 @@ def test_every_package_exposes_its_options():
     groups = {g for pkg in (conductor, drivers, flows, persistence, web) for g, _ in pkg.list_opts()}
     assert {"DEFAULT", "database", "conductor", "fake", "web"} <= groups
     names = {o.name for pkg in (drivers, flows) for _, opts in pkg.list_opts() for o in opts}
-    assert {"compute_driver", "use_cow_images", "preallocate_images", "vif_plugging_timeout",
-            "vif_plugging_is_fatal", "default_ephemeral_format"} <= names
+    assert {
+        "compute_driver",
+        "use_cow_images",
+        "preallocate_images",
+        "vif_plugging_timeout",
+        "vif_plugging_is_fatal",
+        "default_ephemeral_format",
+    } <= names
 
 
 def test_options_import_no_client_library():
     """Options are collected without importing what reads them: a light
     `import conductor.ownership` pulls in no jobboard client and no taskflow."""
-    code = ("import sys, conductor.ownership; "
-            "print(sorted(m for m in sys.modules if m.split('.')[0] in "
-            "('redis', 'kazoo', 'etcd3gw', 'taskflow', 'sqlalchemy')))")
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
-                         check=True)
+    code = (
+        "import sys, conductor.ownership; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('redis', 'kazoo', 'etcd3gw', 'taskflow', 'sqlalchemy')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout

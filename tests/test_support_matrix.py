@@ -1,4 +1,5 @@
 """docs/support-matrix.md is generated from the code and must be current."""
+
 import subprocess
 import sys
 from pathlib import Path
@@ -7,8 +8,9 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def test_support_matrix_is_current():
-    r = subprocess.run([sys.executable, "scripts/support_matrix.py", "--check"], cwd=REPO,
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "scripts/support_matrix.py", "--check"], cwd=REPO, capture_output=True, text=True
+    )
     assert r.returncode == 0, r.stderr + " (regenerate it: scripts/support_matrix.py)"
 
 

@@ -3,6 +3,7 @@ dashboard, served by `computeflow serve` from the CLI's database.
 
 web -> conductor -> flows -> drivers; nothing below imports this package.
 """
+
 from web import options
 
 

@@ -12,6 +12,7 @@ A refusal by conductor/ (operations.Refused) is a 409 with its message; what
 runs a flow (retry-revert) is started in the server's runner threads after
 the state change is committed, and the answer is 202.
 """
+
 from __future__ import annotations
 
 import logging
@@ -54,12 +55,14 @@ def _by(role: str) -> str:
 
 def _refused(fn):
     """operations.Refused -> 409 with its own message."""
+
     def wrapped(ws: WebState, op_id: str, role: str, body: dict) -> dict:
         op_id = _resolve(ws, op_id)
         try:
             return fn(ws, op_id, role, body)
         except operations.Refused as e:
             raise ApiError(409, str(e)) from None
+
     return wrapped
 
 
@@ -69,8 +72,7 @@ def _cancel(ws: WebState, op_id: str, role: str, body: dict) -> dict:
     (conductor/cancel.py): its running thread stops it at the next step."""
     res = cancel_mod.cancel(ws.conductor(), op_id, _by(role))
     o = res.outcome
-    return {"id": o.op_id, "kind": o.kind, "state": res.state, "error": res.error,
-            "owner": o.owner, "ended": res.ended}
+    return {"id": o.op_id, "kind": o.kind, "state": res.state, "error": res.error, "owner": o.owner, "ended": res.ended}
 
 
 @_refused
@@ -102,26 +104,59 @@ def _mark_reverted(ws: WebState, op_id: str, role: str, body: dict) -> dict:
     if note is not None and not isinstance(note, str):
         raise ApiError(400, "note must be a string")
     item = repair.mark_reverted(ws.conductor(), op_id, _by(role), note)
-    return render.operation_dict(item.op) | {"left_behind": [
-        {"step": lb.step, "state": lb.state, "error": lb.error, "resources": lb.resources}
-        for lb in item.left_behind]}
+    return render.operation_dict(item.op) | {
+        "left_behind": [
+            {"step": lb.step, "state": lb.state, "error": lb.error, "resources": lb.resources}
+            for lb in item.left_behind
+        ]
+    }
 
 
 ACTIVE = frozenset(operations.ACTIVE_STATES)
 FAILED = frozenset({operations.FAILED})
-ACTIONS: dict[str, Action] = {a.name: a for a in (
-    Action("cancel", "cancel", auth.OPERATOR, ACTIVE,
-           "Cancel this operation? It stops at its next step and what it did is reverted.",
-           "stop at the next step and revert", _cancel),
-    Action("resume-plan", "what would a resume do?", auth.OPERATOR, ACTIVE, "",
-           "computeflow resume --dry-run: probes the hosts, changes nothing", _resume_plan, 200),
-    Action("retry-revert", "retry the revert", auth.ADMIN, FAILED,
-           "Run the failed reverts of this operation again (fix their cause first)?",
-           "computeflow ops retry-revert", _retry_revert),
-    Action("mark-reverted", "mark reverted", auth.ADMIN, FAILED,
-           "Record that what this operation left behind was cleaned up by hand? "
-           "Nothing is undone by this.", "computeflow ops mark-reverted", _mark_reverted, 200),
-)}
+ACTIONS: dict[str, Action] = {
+    a.name: a
+    for a in (
+        Action(
+            "cancel",
+            "cancel",
+            auth.OPERATOR,
+            ACTIVE,
+            "Cancel this operation? It stops at its next step and what it did is reverted.",
+            "stop at the next step and revert",
+            _cancel,
+        ),
+        Action(
+            "resume-plan",
+            "what would a resume do?",
+            auth.OPERATOR,
+            ACTIVE,
+            "",
+            "computeflow resume --dry-run: probes the hosts, changes nothing",
+            _resume_plan,
+            200,
+        ),
+        Action(
+            "retry-revert",
+            "retry the revert",
+            auth.ADMIN,
+            FAILED,
+            "Run the failed reverts of this operation again (fix their cause first)?",
+            "computeflow ops retry-revert",
+            _retry_revert,
+        ),
+        Action(
+            "mark-reverted",
+            "mark reverted",
+            auth.ADMIN,
+            FAILED,
+            "Record that what this operation left behind was cleaned up by hand? Nothing is undone by this.",
+            "computeflow ops mark-reverted",
+            _mark_reverted,
+            200,
+        ),
+    )
+}
 
 
 def get(name: str) -> Action:

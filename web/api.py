@@ -6,6 +6,7 @@ instance or operation is not in a state that allows it), and a refused
 request writes nothing. Secret parameters travel only in a POST body and are
 never logged or echoed.
 """
+
 from __future__ import annotations
 
 import json
@@ -51,8 +52,7 @@ def show_operation(request: Request):
     ws = state(request)
     ws.conductor()  # before the session: on SQLite its start may write (the plan needs it)
     with ws.db.session() as s:
-        op = views.operation_detail(s, request.path_params["op_id"],
-                                    ws.conf.conductor.step_timeout, ws.plan)
+        op = views.operation_detail(s, request.path_params["op_id"], ws.conf.conductor.step_timeout, ws.plan)
     op.pop("_plan")
     return json_response(op)
 
@@ -86,8 +86,7 @@ async def operation_action(request: Request):
         raise ApiError(400, "the body must be a JSON object")
     from starlette.concurrency import run_in_threadpool
 
-    result = await run_in_threadpool(action.run, state(request), request.path_params["op_id"],
-                                     role, body)
+    result = await run_in_threadpool(action.run, state(request), request.path_params["op_id"], role, body)
     return json_response(result, action.status)
 
 
@@ -124,9 +123,16 @@ def _submit(request: Request, body: dict) -> str:
             networks = params.get("networks") or ["default"]
             if not isinstance(networks, list) or not all(isinstance(n, str) for n in networks):
                 raise ApiError(400, "spawn: networks must be a list of strings")
-            handle = c.submit_spawn(SpawnRequest(
-                name=instance, flavor=params["flavor"], image=params["image"],
-                host=params.get("host"), networks=tuple(networks), admin_password=password))
+            handle = c.submit_spawn(
+                SpawnRequest(
+                    name=instance,
+                    flavor=params["flavor"],
+                    image=params["image"],
+                    host=params.get("host"),
+                    networks=tuple(networks),
+                    admin_password=password,
+                )
+            )
         else:
             handle = c.submit(kind_name, instance, **params)
     except (InstanceLocked, InvalidState) as e:
@@ -144,8 +150,7 @@ def _submit(request: Request, body: dict) -> str:
 async def submit_operation(request: Request):
     require(request, auth.OPERATOR)
     if request.query_params:  # a secret in a URL ends up in logs and histories
-        raise ApiError(400, "no query parameters here: the operation and its parameters go "
-                            "in the JSON body")
+        raise ApiError(400, "no query parameters here: the operation and its parameters go in the JSON body")
     try:
         body = json.loads(await request.body() or b"null")
     except (ValueError, UnicodeDecodeError):

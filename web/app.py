@@ -1,5 +1,6 @@
 """The Starlette application: API routes, pages, static files, and the
 JSON error every refused API request gets."""
+
 from __future__ import annotations
 
 import contextlib
@@ -30,8 +31,9 @@ async def _api_error(request: Request, err: ApiError):
     if err.status == 401:
         return RedirectResponse("/login", 303)
     back = request.headers.get("referer", "/operations")
-    body = pages.message_page(err.message, back if back.startswith(str(request.base_url)) or
-                              back.startswith("/") else "/operations")
+    body = pages.message_page(
+        err.message, back if back.startswith(str(request.base_url)) or back.startswith("/") else "/operations"
+    )
     return HTMLResponse(body, err.status)
 
 
@@ -41,8 +43,7 @@ async def _not_found(request: Request, exc):
         return json_response({"error": getattr(exc, "detail", "not found")}, status)
     from starlette.responses import PlainTextResponse
 
-    return PlainTextResponse(str(getattr(exc, "detail", "not found")),
-                             getattr(exc, "status_code", 404))
+    return PlainTextResponse(str(getattr(exc, "detail", "not found")), getattr(exc, "status_code", 404))
 
 
 async def _internal(request: Request, exc: Exception):
@@ -50,8 +51,7 @@ async def _internal(request: Request, exc: Exception):
     LOG.error("%s %s failed: %s", request.method, request.url.path, redact(str(exc)))
     if request.url.path.startswith("/api/"):
         return json_response({"error": f"internal error: {type(exc).__name__}"}, 500)
-    return HTMLResponse(pages.message_page(f"internal error: {type(exc).__name__}",
-                                           "/operations"), 500)
+    return HTMLResponse(pages.message_page(f"internal error: {type(exc).__name__}", "/operations"), 500)
 
 
 class ServerTiming:
@@ -71,8 +71,7 @@ class ServerTiming:
         async def timed_send(message) -> None:
             if message["type"] == "http.response.start":
                 ms = (time.perf_counter() - t0) * 1000
-                message["headers"] = [*message.get("headers", []),
-                                      (b"server-timing", f"app;dur={ms:.2f}".encode())]
+                message["headers"] = [*message.get("headers", []), (b"server-timing", f"app;dur={ms:.2f}".encode())]
             await send(message)
 
         await self.app(scope, receive, timed_send)
@@ -88,8 +87,9 @@ def build_app(conf: cfg.ConfigOpts) -> Starlette:
 
     app = Starlette(
         routes=api.routes + pages_fleet.routes + pages.routes + [Mount("/static", StaticFiles(directory=STATIC))],
-        exception_handlers={ApiError: _api_error, 404: _not_found, 405: _not_found,
-                            Exception: _internal},
-        middleware=[Middleware(ServerTiming)], lifespan=lifespan)
+        exception_handlers={ApiError: _api_error, 404: _not_found, 405: _not_found, Exception: _internal},
+        middleware=[Middleware(ServerTiming)],
+        lifespan=lifespan,
+    )
     app.state.web = ws
     return app

@@ -10,6 +10,7 @@ form field `csrf` or the header `X-CSRF-Token` must repeat it (double
 submit). A Bearer request needs no CSRF token: a browser never adds that
 header by itself.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -47,7 +48,8 @@ class Tokens:
             if m is None:
                 raise BadTokenConfig(
                     f"[web] tokens: {entry[:20]!r}... is not ROLE:SHA256HEX with ROLE one of "
-                    f"{', '.join(ROLES)} (hash a token with `computeflow serve --hash-token`)")
+                    f"{', '.join(ROLES)} (hash a token with `computeflow serve --hash-token`)"
+                )
             by_hash[m.group(2)] = m.group(1)
         return cls(by_hash)
 

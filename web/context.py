@@ -1,5 +1,6 @@
 """What every request handler shares: the configuration, the database, one
 Conductor for actions, and who the caller is."""
+
 from __future__ import annotations
 
 import json
@@ -38,7 +39,8 @@ class WebState:
     _lock: threading.Lock = field(default_factory=threading.Lock)
     #: Runs submitted operations in the embedded mode (no jobboard), as the CLI does.
     runs: futures.ThreadPoolExecutor = field(
-        default_factory=lambda: futures.ThreadPoolExecutor(4, thread_name_prefix="web-run"))
+        default_factory=lambda: futures.ThreadPoolExecutor(4, thread_name_prefix="web-run")
+    )
 
     #: Planned flow shapes by (operation id, flow version): a shape never
     #: changes once the operation is recorded, and building it costs a factory call.
@@ -47,8 +49,9 @@ class WebState:
     @classmethod
     def open(cls, conf: cfg.ConfigOpts) -> WebState:
         tokens = auth.Tokens.parse(conf.web.tokens)
-        db = Database(conf.database.connection, pool_size=conf.database.pool_size,
-                      connect_timeout=conf.database.connect_timeout)
+        db = Database(
+            conf.database.connection, pool_size=conf.database.pool_size, connect_timeout=conf.database.connect_timeout
+        )
         db.check_reachable()
         schema.ensure_current(db, auto_upgrade=conf.conductor.auto_upgrade and db.dialect == "sqlite")
         return cls(conf, tokens, db)

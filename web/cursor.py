@@ -6,6 +6,7 @@ A token is not secret and not signed: an edited one can only point at
 another place in the history the caller may read anyway. One that does not
 decode is a 400.
 """
+
 from __future__ import annotations
 
 import base64
@@ -46,6 +47,7 @@ def decode(token: str) -> Cursor:
             raise ValueError(at)
     except (ValueError, TypeError, binascii.Error):
         shown = token if len(token) <= 40 else token[:40] + "..."
-        raise ApiError(400, f"bad cursor {shown!r}: pass a page's next, prev or last "
-                            "exactly as the API gave it") from None
+        raise ApiError(
+            400, f"bad cursor {shown!r}: pass a page's next, prev or last exactly as the API gave it"
+        ) from None
     return Cursor(older=way == _OLDER, created_at=when, id=op_id)

@@ -8,6 +8,7 @@ runs and stays the same during the run. Factories read configuration through
 the process's runtime: the caller must have one installed (the web server's
 Conductor does).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -63,9 +64,13 @@ def _walk(flow) -> Block:
     for child in flow:
         children.append(_walk(child) if hasattr(child, "iter_links") else Step(child.name))
     retry = getattr(flow, "retry", None)
-    return Block(flow.name, isinstance(flow, unordered_flow.Flow), tuple(children),
-                 retry.name if retry is not None else None,
-                 getattr(retry, "_attempts", None) if retry is not None else None)
+    return Block(
+        flow.name,
+        isinstance(flow, unordered_flow.Flow),
+        tuple(children),
+        retry.name if retry is not None else None,
+        getattr(retry, "_attempts", None) if retry is not None else None,
+    )
 
 
 def steps_in(node: Node) -> list[str]:

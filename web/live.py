@@ -10,6 +10,7 @@ the operation has ended it sends `end` and closes; a stream also closes after
 MAX_STREAM_S (the browser's EventSource reconnects by itself), so a server
 stopping never waits for an idle page.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -67,8 +68,10 @@ async def operation_events(request: Request) -> StreamingResponse:
             if m != seen:
                 seen = m
                 html = await run_in_threadpool(render)
-                yield _event("update", {"id": op_id, "state": m.state, "last_row": m.last_row,
-                                        "committed_at": m.last_at, "html": html})
+                yield _event(
+                    "update",
+                    {"id": op_id, "state": m.state, "last_row": m.last_row, "committed_at": m.last_at, "html": html},
+                )
                 last_sent = time.monotonic()
                 if m.state in operations.FINAL_STATES:
                     yield _event("end", {"id": op_id, "state": m.state})
@@ -78,5 +81,6 @@ async def operation_events(request: Request) -> StreamingResponse:
                 last_sent = time.monotonic()
             await asyncio.sleep(POLL_S)
 
-    return StreamingResponse(stream(), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+    return StreamingResponse(
+        stream(), media_type="text/event-stream", headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+    )

@@ -1,4 +1,5 @@
 """Options of the web dashboard and REST API ([web]); imports nothing heavy."""
+
 from oslo_config import cfg
 
 web_opts = [

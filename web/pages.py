@@ -4,6 +4,7 @@ Plain HTML, one stylesheet and one small script from web/static/ (nothing is
 fetched from the internet). A page without a valid cookie sends the browser
 to the login form.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -32,21 +33,24 @@ def when(value: str | None) -> str:
 
 
 def _page(title: str, body: str, role: str | None = None, csrf: str = "") -> HTMLResponse:
-    who = (f'<form method="post" action="/logout" class="who">{role} '
-           f'<input type="hidden" name="csrf" value="{e(csrf)}"><button>log out</button></form>'
-           if role else "")
+    who = (
+        f'<form method="post" action="/logout" class="who">{role} '
+        f'<input type="hidden" name="csrf" value="{e(csrf)}"><button>log out</button></form>'
+        if role
+        else ""
+    )
     return HTMLResponse(
         f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{e(title)} - '
         f'computeflow</title><link rel="stylesheet" href="/static/style.css"></head><body>'
         f'<header><nav><a href="/operations">computeflow</a> <a href="/operations">operations'
         f'</a> <a href="/hosts">hosts</a></nav> {who}</header><main>{body}</main>'
-        f'<script src="/static/app.js"></script></body></html>')
+        f'<script src="/static/app.js"></script></body></html>'
+    )
 
 
 async def _form(request: Request) -> dict[str, str]:
     """An urlencoded form's fields (the pages post nothing else; no multipart)."""
-    if request.headers.get("content-type", "").split(";")[0].strip() != \
-            "application/x-www-form-urlencoded":
+    if request.headers.get("content-type", "").split(";")[0].strip() != "application/x-www-form-urlencoded":
         raise ApiError(400, "expected a form (application/x-www-form-urlencoded)")
     body = (await request.body()).decode("utf-8", "replace")
     return {k: v[0] for k, v in parse_qs(body, keep_blank_values=True).items()}
@@ -54,8 +58,7 @@ async def _form(request: Request) -> dict[str, str]:
 
 def message_page(message: str, back: str) -> bytes:
     """A refused page action (403, 409, ...): the reason and the way back."""
-    return _page("refused", f'<p class="error" id="message">{e(message)}</p>'
-                 f'<p><a href="{e(back)}">back</a></p>').body
+    return _page("refused", f'<p class="error" id="message">{e(message)}</p><p><a href="{e(back)}">back</a></p>').body
 
 
 def _viewer(request: Request) -> str | None:
@@ -75,12 +78,15 @@ def login_form(request: Request, error: str = "", status: int = 200) -> HTMLResp
     nxt = request.query_params.get("next", "/operations")
     csrf = request.cookies.get(auth.CSRF_COOKIE) or auth.new_csrf()
     msg = f'<p class="error">{e(error)}</p>' if error else ""
-    resp = _page("log in", f'<h1>Log in</h1>{msg}<form method="post" action="/login">'
-                 f'<input type="hidden" name="next" value="{e(nxt)}">'
-                 f'<input type="hidden" name="csrf" value="{e(csrf)}">'
-                 '<label>Token <input type="password" name="token" id="token" autofocus '
-                 'autocomplete="current-password"></label> <button id="login">Log in</button>'
-                 '</form>')
+    resp = _page(
+        "log in",
+        f'<h1>Log in</h1>{msg}<form method="post" action="/login">'
+        f'<input type="hidden" name="next" value="{e(nxt)}">'
+        f'<input type="hidden" name="csrf" value="{e(csrf)}">'
+        '<label>Token <input type="password" name="token" id="token" autofocus '
+        'autocomplete="current-password"></label> <button id="login">Log in</button>'
+        "</form>",
+    )
     resp.status_code = status
     resp.set_cookie(auth.CSRF_COOKIE, csrf, httponly=False, samesite="strict", path="/")
     return resp
@@ -127,22 +133,26 @@ def op_rows(ops: list[dict]) -> str:
     """Operations as a table (the list page, an instance's history)."""
     rows = "".join(
         f'<tr class="op-{o["state"].lower()}"><td><a href="/operations/{o["id"]}">{o["id"][:8]}'
-        f'</a></td><td>{e(o["kind"])}</td><td>{_instance_link(o)}</td>'
+        f"</a></td><td>{e(o['kind'])}</td><td>{_instance_link(o)}</td>"
         f'<td class="state">{o["state"]}</td><td>{e(when(o["created_at"]))}</td>'
-        f'<td>{"" if o["duration_s"] is None else o["duration_s"]}</td>'
-        f'<td>{e((o["error"] or "")[:80])}</td></tr>' for o in ops)
-    return ('<table id="operations"><thead><tr><th>id</th><th>kind</th><th>instance</th>'
-            '<th>state</th><th>created (UTC)</th><th>seconds</th><th>error</th></tr></thead>'
-            f'<tbody>{rows}</tbody></table>')
+        f"<td>{'' if o['duration_s'] is None else o['duration_s']}</td>"
+        f"<td>{e((o['error'] or '')[:80])}</td></tr>"
+        for o in ops
+    )
+    return (
+        '<table id="operations"><thead><tr><th>id</th><th>kind</th><th>instance</th>'
+        "<th>state</th><th>created (UTC)</th><th>seconds</th><th>error</th></tr></thead>"
+        f"<tbody>{rows}</tbody></table>"
+    )
 
 
 def _filters_form(params) -> str:
-    fields = "".join(
-        f'<label>{k} <input name="{k}" value="{e(params.get(k, ""))}"></label> '
-        for k in views.FILTERS)
-    return (f'<form method="get" action="/operations" class="filters">{fields}'
-            f'<label>limit <input name="limit" size="4" value="{e(params.get("limit", "50"))}">'
-            '</label> <button>filter</button></form>')
+    fields = "".join(f'<label>{k} <input name="{k}" value="{e(params.get(k, ""))}"></label> ' for k in views.FILTERS)
+    return (
+        f'<form method="get" action="/operations" class="filters">{fields}'
+        f'<label>limit <input name="limit" size="4" value="{e(params.get("limit", "50"))}">'
+        "</label> <button>filter</button></form>"
+    )
 
 
 def _pager(params, page: dict) -> str:
@@ -154,11 +164,15 @@ def _pager(params, page: dict) -> str:
 
     links = []
     if page["prev"]:
-        links += [f'<a id="newest" href="{e(href(None))}" rel="first">newest</a>',
-                  f'<a id="newer" href="{e(href(page["prev"]))}" rel="prev">newer</a>']
+        links += [
+            f'<a id="newest" href="{e(href(None))}" rel="first">newest</a>',
+            f'<a id="newer" href="{e(href(page["prev"]))}" rel="prev">newer</a>',
+        ]
     if page["next"]:
-        links += [f'<a id="older" href="{e(href(page["next"]))}" rel="next">older</a>',
-                  f'<a id="oldest" href="{e(href(page["last"]))}" rel="last">oldest</a>']
+        links += [
+            f'<a id="older" href="{e(href(page["next"]))}" rel="next">older</a>',
+            f'<a id="oldest" href="{e(href(page["last"]))}" rel="last">oldest</a>',
+        ]
     return f'<nav class="pager">{" ".join(links)}</nav>'
 
 
@@ -172,20 +186,25 @@ def operations_page(request: Request) -> Response:
         with state(request).db.session() as s:
             page = views.history_page(s, f, limit, at)
     except ApiError as err:
-        return _page("operations", f'<h1>Operations</h1>{_filters_form(params)}'
-                     f'<p class="error">{e(err.message)}</p>', role,
-                     request.cookies.get(auth.CSRF_COOKIE, ""))
-    return _page("operations", operations_body(params, page), role,
-                 request.cookies.get(auth.CSRF_COOKIE, ""))
+        return _page(
+            "operations",
+            f'<h1>Operations</h1>{_filters_form(params)}<p class="error">{e(err.message)}</p>',
+            role,
+            request.cookies.get(auth.CSRF_COOKIE, ""),
+        )
+    return _page("operations", operations_body(params, page), role, request.cookies.get(auth.CSRF_COOKIE, ""))
 
 
 def operations_body(params, page: dict) -> str:
     """The list page's body: the filters, one page (views.history_page), the links."""
-    partial = (f'<p id="partial" class="muted">This page stopped after reading '
-               f'{views.SCAN_ROWS:,} operations for these filters, fewer matching than the '
-               'limit: page on to search further.</p>' if page["partial"] else "")
-    return (f'<h1>Operations</h1>{_filters_form(params)}{op_rows(page["operations"])}'
-            f'{partial}{_pager(params, page)}')
+    partial = (
+        f'<p id="partial" class="muted">This page stopped after reading '
+        f"{views.SCAN_ROWS:,} operations for these filters, fewer matching than the "
+        "limit: page on to search further.</p>"
+        if page["partial"]
+        else ""
+    )
+    return f"<h1>Operations</h1>{_filters_form(params)}{op_rows(page['operations'])}{partial}{_pager(params, page)}"
 
 
 # -- one operation -----------------------------------------------------------------
@@ -214,20 +233,25 @@ def timeline_svg(op: dict) -> str:
             continue
         x = label + (_t(st["started_at"]) - t0).total_seconds() * scale
         ex = (st["execute_s"] or 0) * scale
-        bars.append(f'<rect class="exec {st["class"]}" x="{x:.1f}" y="{y + 3}" '
-                    f'width="{max(ex, 2):.1f}" height="{row - 6}"><title>{e(st["step"])} '
-                    f'execute {st["execute_s"] or 0:.3f}s, {st["attempts"]} tries</title></rect>')
+        bars.append(
+            f'<rect class="exec {st["class"]}" x="{x:.1f}" y="{y + 3}" '
+            f'width="{max(ex, 2):.1f}" height="{row - 6}"><title>{e(st["step"])} '
+            f"execute {st['execute_s'] or 0:.3f}s, {st['attempts']} tries</title></rect>"
+        )
         if st["revert_s"] is not None and st["ended_at"]:
             rx = (_t(st["ended_at"]) - t0).total_seconds() * scale + label - st["revert_s"] * scale
-            bars.append(f'<rect class="revert" x="{rx:.1f}" y="{y + 3}" '
-                        f'width="{max(st["revert_s"] * scale, 2):.1f}" height="{row - 6}">'
-                        f'<title>{e(st["step"])} revert {st["revert_s"]:.3f}s, '
-                        f'{st["revert_attempts"]} tries</title></rect>')
+            bars.append(
+                f'<rect class="revert" x="{rx:.1f}" y="{y + 3}" '
+                f'width="{max(st["revert_s"] * scale, 2):.1f}" height="{row - 6}">'
+                f"<title>{e(st['step'])} revert {st['revert_s']:.3f}s, "
+                f"{st['revert_attempts']} tries</title></rect>"
+            )
     height = len(steps) * row + 20
-    axis = (f'<text x="{label}" y="{height - 4}">0s</text><text x="{width - 60}" '
-            f'y="{height - 4}">{total:.3f}s</text>')
-    return (f'<svg id="timeline" xmlns="http://www.w3.org/2000/svg" width="{width}" '
-            f'height="{height}" viewBox="0 0 {width} {height}">{"".join(bars)}{axis}</svg>')
+    axis = f'<text x="{label}" y="{height - 4}">0s</text><text x="{width - 60}" y="{height - 4}">{total:.3f}s</text>'
+    return (
+        f'<svg id="timeline" xmlns="http://www.w3.org/2000/svg" width="{width}" '
+        f'height="{height}" viewBox="0 0 {width} {height}">{"".join(bars)}{axis}</svg>'
+    )
 
 
 def _span(seconds: float | None, tries: int) -> str:
@@ -247,7 +271,8 @@ def actions_bar(op: dict, role: str, csrf: str) -> str:
             f'<form method="post" class="action" action="/operations/{op["id"]}/{a.name}" '
             f'data-api="/api/v1/operations/{op["id"]}/{a.name}" data-confirm="{e(a.confirm)}">'
             f'<input type="hidden" name="csrf" value="{e(csrf)}">'
-            f'<button id="{a.name}" title="{e(a.help)}">{e(a.label)}</button></form>')
+            f'<button id="{a.name}" title="{e(a.help)}">{e(a.label)}</button></form>'
+        )
     return f'<div class="actions">{"".join(forms)}</div>'
 
 
@@ -255,11 +280,13 @@ def operation_live(op: dict, role: str, csrf: str = "") -> str:
     """The part of the page that live updates replace."""
     steps = "".join(
         f'<tr class="step {st["class"]}" id="step-{e(st["step"])}" data-step="{e(st["step"])}">'
-        f'<td>{e(st["step"])}</td>'
+        f"<td>{e(st['step'])}</td>"
         f'<td class="state">{st["state"]}</td><td>{e(when(st["started_at"]))}</td>'
-        f'<td>{_span(st["execute_s"], st["attempts"])}</td>'
-        f'<td>{_span(st["revert_s"], st["revert_attempts"])}</td>'
-        f'<td>{e(st["error"] or "")}</td></tr>' for st in op["steps"])
+        f"<td>{_span(st['execute_s'], st['attempts'])}</td>"
+        f"<td>{_span(st['revert_s'], st['revert_attempts'])}</td>"
+        f"<td>{e(st['error'] or '')}</td></tr>"
+        for st in op["steps"]
+    )
     live = op["live"]
     facts = "".join(f"<li>{e(n)}</li>" for n in live["notes"])
     graph = graph_svg(op["_plan"], op["steps"])
@@ -267,29 +294,31 @@ def operation_live(op: dict, role: str, csrf: str = "") -> str:
     planned = len(flowshape.steps_in(op["_plan"].root))
     summary = ", ".join(f"{n} {c}" for c, n in sorted(counts.items()))
     note = "" if op["plan_complete"] else " (planned shape unavailable: the steps seen so far)"
-    return (f'{actions_bar(op, role, csrf)}<p>state <b id="op-state" class="op-{op["state"].lower()}">{op["state"]}</b>'
-            f'{" (" + e(live["situation"]) + ")" if live["situation"] else ""}'
-            f' &middot; started {e(when(op["started_at"]))} &middot; finished '
-            f'{e(when(op["finished_at"]))} &middot; owner {e(op["owner"] or "-")} '
-            f'({e(live["owner_status"] or "-")}), lease until {e(when(op["lease_expires_at"]))}'
-            f'{" &middot; cancel requested by " + e(op["cancel_requested_by"]) if op["cancel_requested_by"] else ""}'
-            '</p>'
-            f'{"<ul>" + facts + "</ul>" if facts else ""}'
-            f'{"<p class=error>" + e(op["error"]) + "</p>" if op["error"] else ""}'
-            f'<h2>Flow</h2><p class="muted" id="graph-summary">{planned} planned steps; '
-            f'{e(summary) or "none run yet"}{note}</p><div class="graph-box">{graph}</div>'
-            '<p class="legend"><span class="key ok"></span>succeeded <span class="key failed">'
-            '</span>failed <span class="key reverted"></span>reverted <span class="key running">'
-            '</span>running <span class="key pending"></span>not run <span class="key parallel">'
-            '</span>parallel branches <span class="key retry"></span>retried block '
-            '<span class="key no-return"></span>point of no return</p>'
-            '<h2>Steps</h2><table id="steps"><thead><tr><th>step</th><th>state</th>'
-            '<th>started (UTC)</th><th>execute</th><th>revert</th><th>error</th></tr></thead>'
-            f'<tbody>{steps}</tbody></table><h2>Timeline</h2>{timeline_svg(op)}'
-            '<p class="legend"><span class="key ok"></span>succeeded <span class="key failed">'
-            '</span>failed <span class="key reverted"></span>reverted <span class="key running">'
-            '</span>running <span class="key revert"></span>revert span</p>'
-            f'{transitions_table(op)}')
+    return (
+        f'{actions_bar(op, role, csrf)}<p>state <b id="op-state" class="op-{op["state"].lower()}">{op["state"]}</b>'
+        f"{' (' + e(live['situation']) + ')' if live['situation'] else ''}"
+        f" &middot; started {e(when(op['started_at']))} &middot; finished "
+        f"{e(when(op['finished_at']))} &middot; owner {e(op['owner'] or '-')} "
+        f"({e(live['owner_status'] or '-')}), lease until {e(when(op['lease_expires_at']))}"
+        f"{' &middot; cancel requested by ' + e(op['cancel_requested_by']) if op['cancel_requested_by'] else ''}"
+        "</p>"
+        f"{'<ul>' + facts + '</ul>' if facts else ''}"
+        f"{'<p class=error>' + e(op['error']) + '</p>' if op['error'] else ''}"
+        f'<h2>Flow</h2><p class="muted" id="graph-summary">{planned} planned steps; '
+        f'{e(summary) or "none run yet"}{note}</p><div class="graph-box">{graph}</div>'
+        '<p class="legend"><span class="key ok"></span>succeeded <span class="key failed">'
+        '</span>failed <span class="key reverted"></span>reverted <span class="key running">'
+        '</span>running <span class="key pending"></span>not run <span class="key parallel">'
+        '</span>parallel branches <span class="key retry"></span>retried block '
+        '<span class="key no-return"></span>point of no return</p>'
+        '<h2>Steps</h2><table id="steps"><thead><tr><th>step</th><th>state</th>'
+        "<th>started (UTC)</th><th>execute</th><th>revert</th><th>error</th></tr></thead>"
+        f"<tbody>{steps}</tbody></table><h2>Timeline</h2>{timeline_svg(op)}"
+        '<p class="legend"><span class="key ok"></span>succeeded <span class="key failed">'
+        '</span>failed <span class="key reverted"></span>reverted <span class="key running">'
+        '</span>running <span class="key revert"></span>revert span</p>'
+        f"{transitions_table(op)}"
+    )
 
 
 def transitions_table(op: dict) -> str:
@@ -301,13 +330,17 @@ def transitions_table(op: dict) -> str:
         tb = tracebacks.get(t["step"]) if t["error"] else None
         if tb:
             err = f'<details><summary>{err}</summary><pre class="tb">{e(tb)}</pre></details>'
-        rows.append(f'<tr class="t-{e(t["state"].lower())}"><td>{e(when(t["at"]))}</td>'
-                    f'<td>{e(t["step"])}</td><td>{e(t["state"])}</td><td>{t["attempt"]}</td>'
-                    f'<td>{err}</td></tr>')
-    return (f'<details id="transitions-box"><summary>Transitions ({len(rows)})</summary>'
-            '<table id="transitions"><thead><tr><th>at (UTC)</th><th>step</th><th>state</th>'
-            f'<th>try</th><th>error</th></tr></thead><tbody>{"".join(rows)}</tbody></table>'
-            '</details>')
+        rows.append(
+            f'<tr class="t-{e(t["state"].lower())}"><td>{e(when(t["at"]))}</td>'
+            f"<td>{e(t['step'])}</td><td>{e(t['state'])}</td><td>{t['attempt']}</td>"
+            f"<td>{err}</td></tr>"
+        )
+    return (
+        f'<details id="transitions-box"><summary>Transitions ({len(rows)})</summary>'
+        '<table id="transitions"><thead><tr><th>at (UTC)</th><th>step</th><th>state</th>'
+        f"<th>try</th><th>error</th></tr></thead><tbody>{''.join(rows)}</tbody></table>"
+        "</details>"
+    )
 
 
 def operation_page(request: Request) -> Response:
@@ -321,18 +354,19 @@ def operation_page(request: Request) -> Response:
         with ws.db.session() as s:
             op = views.operation_detail(s, op_id, ws.conf.conductor.step_timeout, ws.plan)
     except ApiError as err:
-        return HTMLResponse(_page("operation", f'<p class="error">{e(err.message)}</p>',
-                                  role).body, err.status)
+        return HTMLResponse(_page("operation", f'<p class="error">{e(err.message)}</p>', role).body, err.status)
     csrf = request.cookies.get(auth.CSRF_COOKIE, "")
     if request.query_params.get("fragment") == "live":
         return HTMLResponse(operation_live(op, role, csrf))
     params = " ".join(f"{e(k)}={e(str(v))}" for k, v in op["parameters"].items())
-    body = (f'<h1>{e(op["kind"])} {_instance_link(op)}</h1>'
-            f'<p class="muted">operation {op["id"]} &middot; hosts {e(", ".join(op["hosts"]))}'
-            f' &middot; {params}</p>'
-            '<pre id="action-result"></pre>'
-            f'<div id="live" data-op="{op["id"]}" data-active="{str(op["state"] in ACTIVE).lower()}">'
-            f'{operation_live(op, role, csrf)}</div>')
+    body = (
+        f"<h1>{e(op['kind'])} {_instance_link(op)}</h1>"
+        f'<p class="muted">operation {op["id"]} &middot; hosts {e(", ".join(op["hosts"]))}'
+        f" &middot; {params}</p>"
+        '<pre id="action-result"></pre>'
+        f'<div id="live" data-op="{op["id"]}" data-active="{str(op["state"] in ACTIVE).lower()}">'
+        f"{operation_live(op, role, csrf)}</div>"
+    )
     return _page(f"operation {op['id'][:8]}", body, role, csrf)
 
 
@@ -346,8 +380,13 @@ async def action_from_page(request: Request) -> Response:
     op_id = request.path_params["op_id"]
     result = await run_in_threadpool(action.run, state(request), op_id, role, {})
     if action.status == 200 and "text" in result:  # a read: show it
-        return HTMLResponse(_page(action.label, f'<pre id="message">{e(result["text"])}</pre>'
-                                  f'<p><a href="/operations/{e(op_id)}">back</a></p>', role).body)
+        return HTMLResponse(
+            _page(
+                action.label,
+                f'<pre id="message">{e(result["text"])}</pre><p><a href="/operations/{e(op_id)}">back</a></p>',
+                role,
+            ).body
+        )
     return RedirectResponse(f"/operations/{op_id}", 303)
 
 

@@ -1,6 +1,7 @@
 """Instances and hosts: the API routes and pages of web/fleet.py's read side,
 and reconcile (`computeflow reconcile`: a dry run for an operator, --apply
 for an admin)."""
+
 from __future__ import annotations
 
 import json
@@ -63,9 +64,12 @@ async def api_reconcile(request: Request):
         body = json.loads(raw) if raw.strip() else {}
     except (ValueError, UnicodeDecodeError):
         raise ApiError(400, "the body is not JSON") from None
-    if not isinstance(body, dict) or set(body) - {"apply", "host"} \
-            or not isinstance(body.get("apply", False), bool) \
-            or not isinstance(body.get("host", ""), str):
+    if (
+        not isinstance(body, dict)
+        or set(body) - {"apply", "host"}
+        or not isinstance(body.get("apply", False), bool)
+        or not isinstance(body.get("host", ""), str)
+    ):
         raise ApiError(400, 'body must be {"apply": bool, "host": str} (both optional)')
     apply = body.get("apply", False)
     if apply:
@@ -84,36 +88,56 @@ def instance_page(request: Request) -> Response:
         with state(request).db.session() as s:
             d = fleet.instance_detail(s, request.path_params["name"])
     except ApiError as err:
-        return HTMLResponse(_page("instance", f'<p class="error">{e(err.message)}</p>', role,
-                                  csrf).body, err.status)
+        return HTMLResponse(_page("instance", f'<p class="error">{e(err.message)}</p>', role, csrf).body, err.status)
     i = d["instance"]
-    facts = [("uuid", i["uuid"]), ("host", (i["host"] or "-") + (" (down)" if i["host_down"] else "")),
-             ("flavor", i["flavor"]), ("image", i["image"]), ("vm state", i["vm_state"]),
-             ("power", i["power_state"]), ("task", i["task_state"] or "-"),
-             ("held by", i["held_by"] or "-"), ("created", when(i["created_at"])),
-             ("updated", when(i["updated_at"]))]
-    held = (f' <a href="/operations/{e(i["held_by"])}">(its operation)</a>' if i["held_by"] else "")
+    facts = [
+        ("uuid", i["uuid"]),
+        ("host", (i["host"] or "-") + (" (down)" if i["host_down"] else "")),
+        ("flavor", i["flavor"]),
+        ("image", i["image"]),
+        ("vm state", i["vm_state"]),
+        ("power", i["power_state"]),
+        ("task", i["task_state"] or "-"),
+        ("held by", i["held_by"] or "-"),
+        ("created", when(i["created_at"])),
+        ("updated", when(i["updated_at"])),
+    ]
+    held = f' <a href="/operations/{e(i["held_by"])}">(its operation)</a>' if i["held_by"] else ""
     rows = "".join(f"<tr><th>{k}</th><td>{e(str(v))}</td></tr>" for k, v in facts)
-    claims = "".join(f'<li>{e(c["host"])}: {c["vcpus"]} vCPU, {c["ram_mb"]} MB, {c["disk_gb"]} GB '
-                     f'(operation <a href="/operations/{e(c["operation_id"])}">'
-                     f'{e(c["operation_id"][:8])}</a>)</li>' for c in d["claims"])
-    evs = "".join(f'<tr><td>{e(when(ev["at"]))}</td><td>{e(ev["host"])}</td><td>{e(ev["event"])}'
-                  f'</td><td>{e(ev["power_state"])}</td></tr>' for ev in d["events"])
-    body = (f'<h1>instance {e(i["name"])}{" (deleted)" if i["deleted"] else ""}</h1>'
-            f'<table id="instance">{rows}</table>{held}'
-            f'<h2>Claims</h2>{"<ul>" + claims + "</ul>" if claims else "<p class=muted>none</p>"}'
-            f'<h2>History</h2>{op_rows(d["operations"])}'
-            f'{"<p class=muted>only the newest shown</p>" if d["more"] else ""}'
-            '<h2>Hypervisor events</h2>'
-            + (f'<table id="events"><thead><tr><th>at (UTC)</th><th>host</th><th>event</th>'
-               f'<th>power</th></tr></thead><tbody>{evs}</tbody></table>' if evs
-               else '<p class="muted">none</p>'))
+    claims = "".join(
+        f"<li>{e(c['host'])}: {c['vcpus']} vCPU, {c['ram_mb']} MB, {c['disk_gb']} GB "
+        f'(operation <a href="/operations/{e(c["operation_id"])}">'
+        f"{e(c['operation_id'][:8])}</a>)</li>"
+        for c in d["claims"]
+    )
+    evs = "".join(
+        f"<tr><td>{e(when(ev['at']))}</td><td>{e(ev['host'])}</td><td>{e(ev['event'])}"
+        f"</td><td>{e(ev['power_state'])}</td></tr>"
+        for ev in d["events"]
+    )
+    body = (
+        f"<h1>instance {e(i['name'])}{' (deleted)' if i['deleted'] else ''}</h1>"
+        f'<table id="instance">{rows}</table>{held}'
+        f"<h2>Claims</h2>{'<ul>' + claims + '</ul>' if claims else '<p class=muted>none</p>'}"
+        f"<h2>History</h2>{op_rows(d['operations'])}"
+        f"{'<p class=muted>only the newest shown</p>' if d['more'] else ''}"
+        "<h2>Hypervisor events</h2>"
+        + (
+            f'<table id="events"><thead><tr><th>at (UTC)</th><th>host</th><th>event</th>'
+            f"<th>power</th></tr></thead><tbody>{evs}</tbody></table>"
+            if evs
+            else '<p class="muted">none</p>'
+        )
+    )
     return _page(f"instance {i['name']}", body, role, csrf)
 
 
 def _list(items, cls: str = "") -> str:
-    return (f'<ul class="{cls}">' + "".join(f"<li>{e(str(x))}</li>" for x in items) + "</ul>"
-            if items else '<p class="muted">none</p>')
+    return (
+        f'<ul class="{cls}">' + "".join(f"<li>{e(str(x))}</li>" for x in items) + "</ul>"
+        if items
+        else '<p class="muted">none</p>'
+    )
 
 
 def hosts_page(request: Request) -> Response:
@@ -125,43 +149,58 @@ def hosts_page(request: Request) -> Response:
     sections = []
     for entry in inv["hosts"]:
         h, db = entry["host"], entry["database"]
-        cap = (f'{h["used_vcpus"]}/{h["vcpus"]} vCPU, {h["used_ram_mb"]}/{h["ram_mb"]} MB RAM, '
-               f'{h["used_disk_gb"]}/{h["disk_gb"]} GB disk')
-        placed = [f'{i["name"]} ({i["vm_state"]})' for i in db["instances"]]
-        db_side = (f'<h3>database</h3><p>{len(db["instances"])} instances</p>{_list(placed)}'
-                   f'<p>open claims: {len(db["claims"])}</p>')
+        cap = (
+            f"{h['used_vcpus']}/{h['vcpus']} vCPU, {h['used_ram_mb']}/{h['ram_mb']} MB RAM, "
+            f"{h['used_disk_gb']}/{h['disk_gb']} GB disk"
+        )
+        placed = [f"{i['name']} ({i['vm_state']})" for i in db["instances"]]
+        db_side = (
+            f"<h3>database</h3><p>{len(db['instances'])} instances</p>{_list(placed)}"
+            f"<p>open claims: {len(db['claims'])}</p>"
+        )
         if "driver_error" in entry:
             drv = f'<h3>driver</h3><p class="error">{e(entry["driver_error"])}</p>'
         else:
             d = entry["driver"]
-            drv = (f'<h3>driver</h3><p>{len(d["guests"])} guests, {len(d["disks"])} disks, '
-                   f'{len(d["ports"])} ports, {len(d["volumes"])} volumes, '
-                   f'{len(d["base_images"])} cached base images</p>'
-                   f'<details><summary>guests</summary>{_list(d["guests"])}</details>'
-                   f'<details><summary>disks</summary>{_list(d["disks"])}</details>'
-                   f'<details><summary>ports</summary>{_list(d["ports"])}</details>')
-            diff = ([f'on the host only: {g["name"] or g["uuid"]}' for g in entry["only_driver"]] +
-                    [f'in the database only: {i["name"]}' for i in entry["only_database"]])
-            drv += (f'<p class="error">disagree:</p>{_list(diff, "disagree")}' if diff
-                    else '<p class="agree">agrees with the database</p>')
+            drv = (
+                f"<h3>driver</h3><p>{len(d['guests'])} guests, {len(d['disks'])} disks, "
+                f"{len(d['ports'])} ports, {len(d['volumes'])} volumes, "
+                f"{len(d['base_images'])} cached base images</p>"
+                f"<details><summary>guests</summary>{_list(d['guests'])}</details>"
+                f"<details><summary>disks</summary>{_list(d['disks'])}</details>"
+                f"<details><summary>ports</summary>{_list(d['ports'])}</details>"
+            )
+            diff = [f"on the host only: {g['name'] or g['uuid']}" for g in entry["only_driver"]] + [
+                f"in the database only: {i['name']}" for i in entry["only_database"]
+            ]
+            drv += (
+                f'<p class="error">disagree:</p>{_list(diff, "disagree")}'
+                if diff
+                else '<p class="agree">agrees with the database</p>'
+            )
         sections.append(
             f'<section class="host" id="host-{e(h["name"])}"><h2>{e(h["name"])}'
             f'{" (down)" if h["down"] else ""}</h2><p class="muted">{e(h["driver"])} &middot; {cap}'
-            f'</p><div class="sides"><div>{db_side}</div><div>{drv}</div></div></section>')
+            f'</p><div class="sides"><div>{db_side}</div><div>{drv}</div></div></section>'
+        )
     buttons = ""
     if auth.allows(role, auth.OPERATOR):
-        buttons = ('<div class="actions">'
-                   f'<form method="post" class="action" action="/hosts/reconcile" '
-                   f'data-api="/api/v1/reconcile" data-confirm=""><input type="hidden" name="csrf" '
-                   f'value="{e(csrf)}"><button id="reconcile-dry-run">reconcile: dry run</button>'
-                   '</form>')
+        buttons = (
+            '<div class="actions">'
+            f'<form method="post" class="action" action="/hosts/reconcile" '
+            f'data-api="/api/v1/reconcile" data-confirm=""><input type="hidden" name="csrf" '
+            f'value="{e(csrf)}"><button id="reconcile-dry-run">reconcile: dry run</button>'
+            "</form>"
+        )
         if auth.allows(role, auth.ADMIN):
-            buttons += ('<form method="post" class="action" action="/hosts/reconcile" '
-                        'data-api="/api/v1/reconcile" data-body=\'{"apply": true}\' '
-                        'data-confirm="Fix every finding that has an action (computeflow '
-                        'reconcile --apply)?"><input type="hidden" name="apply" value="true">'
-                        f'<input type="hidden" name="csrf" value="{e(csrf)}">'
-                        '<button id="reconcile-apply">reconcile: apply</button></form>')
+            buttons += (
+                '<form method="post" class="action" action="/hosts/reconcile" '
+                'data-api="/api/v1/reconcile" data-body=\'{"apply": true}\' '
+                'data-confirm="Fix every finding that has an action (computeflow '
+                'reconcile --apply)?"><input type="hidden" name="apply" value="true">'
+                f'<input type="hidden" name="csrf" value="{e(csrf)}">'
+                '<button id="reconcile-apply">reconcile: apply</button></form>'
+            )
         buttons += '</div><pre id="action-result"></pre>'
     return _page("hosts", f"<h1>Hosts</h1>{buttons}{''.join(sections)}", role, csrf)
 
@@ -171,8 +210,9 @@ async def reconcile_from_page(request: Request) -> Response:
     apply = form.get("apply") == "true"
     role = require(request, auth.ADMIN if apply else auth.OPERATOR, form.get(auth.CSRF_FIELD))
     _, payload = await run_in_threadpool(_reconcile, state(request), apply, None)
-    return HTMLResponse(_page("reconcile", f'<pre id="message">{e(payload["text"])}</pre>'
-                              '<p><a href="/hosts">back</a></p>', role).body)
+    return HTMLResponse(
+        _page("reconcile", f'<pre id="message">{e(payload["text"])}</pre><p><a href="/hosts">back</a></p>', role).body
+    )
 
 
 routes = [

@@ -1,4 +1,5 @@
 """`computeflow serve`: the API and the dashboard in one uvicorn process."""
+
 from __future__ import annotations
 
 import sys
@@ -26,6 +27,5 @@ def serve(conf: cfg.ConfigOpts, host: str, port: int) -> int:
     print(f"computeflow: serving the API and dashboard on http://{host}:{port}/", flush=True)
     # No access log: the default format has no secret, but it is noise for an operator.
     # An open live-update stream must not hold a stop for long (web/live.py).
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False,
-                timeout_graceful_shutdown=2)
+    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False, timeout_graceful_shutdown=2)
     return 0

@@ -1,5 +1,6 @@
 """The read side shared by the API and the pages: request values checked and
 turned into queries, records turned into dicts (conductor/render.py's)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -37,8 +38,11 @@ def _int(value: str | None, name: str, default: int, low: int, high: int) -> int
 def history_query(params) -> tuple[HistoryFilter, int, Cursor]:
     """Filters, limit and page cursor from query parameters; a typo is a 400, not an empty list."""
     if "offset" in params:
-        raise ApiError(400, "offset is not accepted: page with cursor= (a page's next, prev "
-                            "or last), which costs the same on every page")
+        raise ApiError(
+            400,
+            "offset is not accepted: page with cursor= (a page's next, prev "
+            "or last), which costs the same on every page",
+        )
     unknown = set(params) - set(FILTERS) - {"limit", "cursor"}
     if unknown:
         raise ApiError(400, f"unknown query parameter(s): {', '.join(sorted(unknown))}")
@@ -49,14 +53,18 @@ def history_query(params) -> tuple[HistoryFilter, int, Cursor]:
     try:
         history.check_kind(kind)
         f = HistoryFilter(
-            instance=get("instance"), kind=kind, state=state.upper() if state else None,
-            host=get("host"), since=history.utc_time(get("since"), "since"),
-            until=history.utc_time(get("until"), "until"), error=get("error"))
+            instance=get("instance"),
+            kind=kind,
+            state=state.upper() if state else None,
+            host=get("host"),
+            since=history.utc_time(get("since"), "since"),
+            until=history.utc_time(get("until"), "until"),
+            error=get("error"),
+        )
     except history.BadQuery as e:
         raise ApiError(400, str(e)) from None
     token = get("cursor")
-    return (f, _int(params.get("limit"), "limit", 50, 1, MAX_LIMIT),
-            NEWEST if token is None else cursor.decode(token))
+    return (f, _int(params.get("limit"), "limit", 50, 1, MAX_LIMIT), NEWEST if token is None else cursor.decode(token))
 
 
 def history_page(s, f: HistoryFilter, limit: int, at: Cursor = NEWEST) -> dict:
@@ -87,14 +95,17 @@ def history_page(s, f: HistoryFilter, limit: int, at: Cursor = NEWEST) -> dict:
     else:
         older, newer = last if at.position else None, cut or (first if beyond else None)
     now = utcnow()
-    return {"operations": [render.history_dict(o, name, now) | {"parameters": render.shown_parameters(o)}
-                           for o, name in rows],
-            "limit": limit,
-            "next": cursor.encode(Cursor(True, *older)) if older else None,
-            "prev": cursor.encode(Cursor(False, *newer)) if newer else None,
-            "last": cursor.encode(OLDEST),
-            "more": older is not None,
-            "partial": cut is not None and len(rows) < limit}
+    return {
+        "operations": [
+            render.history_dict(o, name, now) | {"parameters": render.shown_parameters(o)} for o, name in rows
+        ],
+        "limit": limit,
+        "next": cursor.encode(Cursor(True, *older)) if older else None,
+        "prev": cursor.encode(Cursor(False, *newer)) if newer else None,
+        "last": cursor.encode(OLDEST),
+        "more": older is not None,
+        "partial": cut is not None and len(rows) < limit,
+    }
 
 
 def step_class(st: StepSummary) -> str:
@@ -113,8 +124,9 @@ def step_class(st: StepSummary) -> str:
     return "pending"
 
 
-def operation_detail(s, op_id: str, step_timeout: float,
-                     planner: Callable[[object], flowshape.Plan | None] | None = None) -> dict:
+def operation_detail(
+    s, op_id: str, step_timeout: float, planner: Callable[[object], flowshape.Plan | None] | None = None
+) -> dict:
     """`ops show --json --transitions`, plus each step's colour class and,
     given a planner (WebState.plan), the flow's planned graph (`plan`)."""
     op = operations.get(s, op_id)
@@ -136,8 +148,7 @@ def operation_detail(s, op_id: str, step_timeout: float,
         shape = planner(op)
         detail["plan_complete"] = shape is not None
         if shape is None:  # the flow log's steps in a line: better than no graph
-            shape = flowshape.fallback([d["step"] for d in detail["steps"]
-                                        if d["step"] != FLOW_STEP])
+            shape = flowshape.fallback([d["step"] for d in detail["steps"] if d["step"] != FLOW_STEP])
         detail["plan"] = dataclasses.asdict(shape)
         detail["_plan"] = shape  # for the page; dropped from the API's JSON
     return detail
@@ -145,8 +156,10 @@ def operation_detail(s, op_id: str, step_timeout: float,
 
 def instances_list(s, include_deleted: bool) -> list[dict]:
     down = hosts.down_names(s)
-    return [render.instance_dict(i) | {"host_down": i.host in down}
-            for i in instances.list_live(s, include_deleted=include_deleted)]
+    return [
+        render.instance_dict(i) | {"host_down": i.host in down}
+        for i in instances.list_live(s, include_deleted=include_deleted)
+    ]
 
 
 def hosts_list(s) -> list[dict]:

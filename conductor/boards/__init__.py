@@ -16,6 +16,7 @@ What taskflow keeps private and we still use is reached through
 `taskflow_internals` alone, which a test checks against the installed
 taskflow. `open_board` picks the board `[conductor] jobboard` names.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -33,8 +34,7 @@ from conductor.boards.redis_board import RedisBoard
 from conductor.boards.taskflow_board import TaskflowBoard, close_quietly
 from persistence.session import Database
 
-__all__ = ["JOB_NAME", "Board", "Claim", "EmbeddedBoard", "JobboardError", "RedisBoard",
-           "TaskflowBoard", "open_board"]
+__all__ = ["JOB_NAME", "Board", "Claim", "EmbeddedBoard", "JobboardError", "RedisBoard", "TaskflowBoard", "open_board"]
 
 _SCHEMES = {"redis": None, "zookeeper": "kazoo", "etcd": "etcd3gw"}
 
@@ -46,12 +46,15 @@ def open_board(conf: cfg.ConfigOpts, who: str, db: Database) -> Board:
         return EmbeddedBoard(db)
     scheme = parse.urlsplit(url).scheme
     if scheme not in _SCHEMES:
-        raise JobboardError(f"[conductor] jobboard {url!r}: unknown scheme {scheme!r} "
-                            f"(known: {', '.join(s + '://' for s in _SCHEMES)})")
+        raise JobboardError(
+            f"[conductor] jobboard {url!r}: unknown scheme {scheme!r} (known: {', '.join(s + '://' for s in _SCHEMES)})"
+        )
     module = _SCHEMES[scheme]
     if module and importlib.util.find_spec(module) is None:
-        raise JobboardError(f"[conductor] jobboard {scheme}:// needs the Python package "
-                            f"{module!r}, which is not installed (pip install {module})")
+        raise JobboardError(
+            f"[conductor] jobboard {scheme}:// needs the Python package "
+            f"{module!r}, which is not installed (pip install {module})"
+        )
     _, board_conf = misc.extract_driver_and_conf(url, "board")
     if scheme == "redis":
         board_conf.setdefault("socket_timeout", 5)
@@ -59,8 +62,8 @@ def open_board(conf: cfg.ConfigOpts, who: str, db: Database) -> Board:
         board = impl_redis.RedisJobBoard("computeflow", board_conf)
     else:
         from taskflow.jobs import backends
-        board = backends.fetch("computeflow", _server_conf(scheme, url, board_conf,
-                                                           conf.conductor.claim_expiry))
+
+        board = backends.fetch("computeflow", _server_conf(scheme, url, board_conf, conf.conductor.claim_expiry))
     try:
         board.connect()
     except (tf_exc.JobFailure, tf_exc.TaskFlowException, OSError) as e:

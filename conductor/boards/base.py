@@ -1,4 +1,5 @@
 """What every board offers the conductor service, and the job's two details."""
+
 from __future__ import annotations
 
 import abc

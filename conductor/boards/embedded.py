@@ -1,4 +1,5 @@
 """No server: the operations table is the board, ownership is the claim."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -23,8 +24,12 @@ class EmbeddedBoard(Board):
         now = utcnow()
         with self.db.session() as s:
             for op in operations.resumable(s):
-                free = (op.owner is None or op.lease_expires_at is None
-                        or op.lease_expires_at < now or ownership.is_dead(op.owner))
+                free = (
+                    op.owner is None
+                    or op.lease_expires_at is None
+                    or op.lease_expires_at < now
+                    or ownership.is_dead(op.owner)
+                )
                 if free and op.id not in skip:
                     return Claim(op.id)
         return None

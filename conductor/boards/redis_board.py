@@ -5,6 +5,7 @@ Redis restart is simply posted again (`post`), by its running owner's
 heartbeat or by any conductor's reconciliation. Posting, consuming and
 releasing publish on the board's wake-up channels (conductor/wakeups.py).
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -49,8 +50,7 @@ class RedisBoard(TaskflowBoard):
 
     def post(self, op_id: str, created_at: dt.datetime) -> None:
         b = self.board
-        posting = jobs_base.format_posting(op_id, JOB_NAME, created_on=utcnow(),
-                                           details=job_details(op_id, created_at))
+        posting = jobs_base.format_posting(op_id, JOB_NAME, created_on=utcnow(), details=job_details(op_id, created_at))
         with board_errors():
             posting["sequence"] = self.client.incr(b.sequence_key)
             self.client.hsetnx(b.listings_key, op_id.encode(), internals.redis_encode(b, posting))

@@ -16,6 +16,7 @@ On etcd a claim is a key under a lease of `claim_expiry` seconds that the
 heartbeat refreshes; on ZooKeeper an ephemeral node that lives as long as the
 conductor's session, whose timeout is `claim_expiry`.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -117,8 +118,7 @@ class TaskflowBoard(Board):
 
     def waiting(self) -> list[tuple[str, bool]]:
         with board_errors():
-            return [(j.details.get("operation_id"), j.state == "CLAIMED")
-                    for j in sorted(self._jobs(), key=job_age)]
+            return [(j.details.get("operation_id"), j.state == "CLAIMED") for j in sorted(self._jobs(), key=job_age)]
 
     def close(self) -> None:
         close_quietly(self.board)

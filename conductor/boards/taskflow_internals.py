@@ -10,6 +10,7 @@ Why each is needed:
 - etcd: the client and the jobs' key prefix and data suffix, for a watch that
   wakes conductors (taskflow's own watch only feeds its cache).
 """
+
 from __future__ import annotations
 
 from typing import Any

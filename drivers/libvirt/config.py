@@ -9,6 +9,7 @@ addresses) parses into the same objects that were rendered.
 There is deliberately no <graphics> element: the guests are headless and the
 console is a file.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -28,9 +29,21 @@ def _xml(el: ET.Element) -> str:
     ET.register_namespace(METADATA_PREFIX, METADATA_NS)
     return ET.tostring(el, encoding="unicode")
 
+
 _MEMORY_UNITS = {
-    "b": 1, "bytes": 1, "kb": 1000, "k": 1024, "kib": 1024, "mb": 1000**2, "m": 1024**2,
-    "mib": 1024**2, "gb": 1000**3, "g": 1024**3, "gib": 1024**3, "tb": 1000**4, "t": 1024**4,
+    "b": 1,
+    "bytes": 1,
+    "kb": 1000,
+    "k": 1024,
+    "kib": 1024,
+    "mb": 1000**2,
+    "m": 1024**2,
+    "mib": 1024**2,
+    "gb": 1000**3,
+    "g": 1024**3,
+    "gib": 1024**3,
+    "tb": 1000**4,
+    "t": 1024**4,
     "tib": 1024**4,
 }
 
@@ -294,8 +307,7 @@ class DomainConfig:
             acpi=features is not None and features.find("acpi") is not None,
             apic=features is not None and features.find("apic") is not None,
             disks=tuple(d for d in (DiskConfig.from_element(e) for e in devices.findall("disk")) if d),
-            interfaces=tuple(i for i in (InterfaceConfig.from_element(e)
-                                         for e in devices.findall("interface")) if i),
+            interfaces=tuple(i for i in (InterfaceConfig.from_element(e) for e in devices.findall("interface")) if i),
             serial=serials[0] if serials else None,
             metadata=meta,
         )

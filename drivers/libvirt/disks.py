@@ -5,6 +5,7 @@ then renamed into place, so a process killed half way leaves either nothing or
 a stray `*.tmp` under the final name's directory (which the next attempt and
 the delete calls remove), never a half-written file under the final name.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -54,8 +55,7 @@ def run(command: list[str]) -> str:
     if shutil.which(command[0]) is None:
         raise DiskCommandFailed(command, f"{command[0]} is not installed (Debian: qemu-utils)")
     try:
-        done = subprocess.run([*_DIE_WITH_CALLER, *command], capture_output=True, text=True,
-                              timeout=600)
+        done = subprocess.run([*_DIE_WITH_CALLER, *command], capture_output=True, text=True, timeout=600)
     except FileNotFoundError:
         raise DiskCommandFailed(command, f"{command[0]} is not installed (Debian: qemu-utils)") from None
     except subprocess.TimeoutExpired:
@@ -68,9 +68,13 @@ def run(command: list[str]) -> str:
 def info(path: str) -> DiskFileInfo:
     """What qemu-img reads from a disk file; -U: also while a running guest holds its lock."""
     data = json.loads(run(["qemu-img", "info", "-U", "--output=json", path]))
-    return DiskFileInfo(data["format"], data["virtual-size"], data.get("actual-size", 0),
-                        data.get("full-backing-filename") or data.get("backing-filename"),
-                        data.get("backing-filename-format"))
+    return DiskFileInfo(
+        data["format"],
+        data["virtual-size"],
+        data.get("actual-size", 0),
+        data.get("full-backing-filename") or data.get("backing-filename"),
+        data.get("backing-filename-format"),
+    )
 
 
 def make_dir(path: str) -> None:
@@ -101,7 +105,7 @@ def remove_stale(final: str) -> None:
     pattern = glob.escape(final)
     for stale in glob.glob(pattern + ".*.tmp") + glob.glob(pattern + ".*.tmp.*"):
         try:
-            pid = int(stale[len(final) + 1:].split(".", 1)[0])
+            pid = int(stale[len(final) + 1 :].split(".", 1)[0])
         except ValueError:
             continue
         if pid == os.getpid() or not _alive(pid):
@@ -194,9 +198,15 @@ class ImageCache:
             return []
 
 
-def create_qcow2(final: str, size_mb: int, *, backing: str | None = None,
-                 backing_format: str | None = None, preallocate: bool = False,
-                 fill: str | None = None) -> None:
+def create_qcow2(
+    final: str,
+    size_mb: int,
+    *,
+    backing: str | None = None,
+    backing_format: str | None = None,
+    preallocate: bool = False,
+    fill: str | None = None,
+) -> None:
     """Create a qcow2 disk at `final` (the caller holds `path_lock(final)`).
 
     `backing`: copy-on-write overlay over that file. `fill`: a filesystem type
@@ -250,8 +260,7 @@ def export_flat(source: str, final: str, *, force_share: bool = False) -> DiskFi
     with path_lock(final):
         remove_stale(final)
         with publishing(final) as tmp:
-            run(["qemu-img", "convert", "-q", *(["-U"] if force_share else []),
-                 "-O", "qcow2", source, tmp])
+            run(["qemu-img", "convert", "-q", *(["-U"] if force_share else []), "-O", "qcow2", source, tmp])
     return info(final)
 
 

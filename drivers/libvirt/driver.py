@@ -23,6 +23,7 @@ migration.py, where the libvirt work itself lives, plus `_translated`, the
 wrapper every method goes through (errors translated, a daemon restart waited
 out and the call repeated).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -38,14 +39,31 @@ import uuid as uuidlib
 import libvirt
 
 from drivers import base
-from drivers.base import (Disk, DiskKind, DiskSpec, GuestInfo, GuestSpec, HostResources, Image,
-                          Inventory, LifecycleEvent, PowerState, Vif)
-from drivers.errors import (ConnectionLost, DriverError, GuestNotFound, HypervisorUnavailable,
-                            InvalidGuestState, RootDiskTooSmall, SoftRebootFailed)
+from drivers.base import (
+    Disk,
+    DiskKind,
+    DiskSpec,
+    GuestInfo,
+    GuestSpec,
+    HostResources,
+    Image,
+    Inventory,
+    LifecycleEvent,
+    PowerState,
+    Vif,
+)
+from drivers.errors import (
+    ConnectionLost,
+    DriverError,
+    GuestNotFound,
+    HypervisorUnavailable,
+    InvalidGuestState,
+    RootDiskTooSmall,
+    SoftRebootFailed,
+)
 from drivers.libvirt import disks, resize, snapshot
 from drivers.libvirt import migration
-from drivers.libvirt.config import (DiskConfig, DomainConfig, InstanceMetadata, InterfaceConfig,
-                                    OsConfig, SerialConfig)
+from drivers.libvirt.config import DiskConfig, DomainConfig, InstanceMetadata, InterfaceConfig, OsConfig, SerialConfig
 from drivers.libvirt.guest import Guest
 from drivers.libvirt.host import Host, is_connection_error
 from drivers.libvirt.ports import PortRecords
@@ -89,8 +107,7 @@ def _translated(method=None, *, repeatable: bool = True):
                 return method(self, *args, **kwargs)
             except libvirt.libvirtError as e:
                 if not is_connection_error(e):
-                    instance_uuid = kwargs.get("instance_uuid",
-                                               args[0] if has_uuid and args else None)
+                    instance_uuid = kwargs.get("instance_uuid", args[0] if has_uuid and args else None)
                     if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN and instance_uuid:
                         raise GuestNotFound(instance_uuid) from None
                     raise DriverError(f"libvirt on {self.host}: {e}") from None
@@ -105,11 +122,17 @@ def _translated(method=None, *, repeatable: bool = True):
             left = deadline - time.monotonic()
             if left <= 0:
                 raise lost from None
-            LOG.warning("%s on %s: %s; waiting up to %.0fs for the daemon, then repeating the "
-                        "call", method.__name__, self.host, lost, left)
+            LOG.warning(
+                "%s on %s: %s; waiting up to %.0fs for the daemon, then repeating the call",
+                method.__name__,
+                self.host,
+                lost,
+                left,
+            )
             if not self._host.wait_until_reachable(deadline):
                 raise lost from None
             threading.Event().wait(_REPEAT_PAUSE_S)  # a peer's error comes back at once
+
     return wrapper
 
 
@@ -147,8 +170,9 @@ class LibvirtDriver(base.ComputeDriver):
         # Absolute: the paths go into domain XML and qcow2 headers.
         instances_path = os.path.abspath(instances_path)
         self.root = os.path.join(instances_path, host)
-        self.images = disks.ImageCache(os.path.abspath(base_images_path)
-                                       if base_images_path else os.path.join(instances_path, "_base"))
+        self.images = disks.ImageCache(
+            os.path.abspath(base_images_path) if base_images_path else os.path.join(instances_path, "_base")
+        )
         self.ports = PortRecords(os.path.join(self.root, "ports.json"))
         self._host = Host(uri, host, on_lifecycle=self._on_lifecycle)
         self._domain_type: str | None = None
@@ -174,8 +198,13 @@ class LibvirtDriver(base.ComputeDriver):
         cpus, ram_mb, hypervisor, version = self._host.resources()
         disks.make_dir(self.root)
         st = os.statvfs(self.root)
-        return HostResources(vcpus=cpus, ram_mb=ram_mb, disk_gb=st.f_blocks * st.f_frsize // 1024**3,
-                             hypervisor=hypervisor, hypervisor_version=version)
+        return HostResources(
+            vcpus=cpus,
+            ram_mb=ram_mb,
+            disk_gb=st.f_blocks * st.f_frsize // 1024**3,
+            hypervisor=hypervisor,
+            hypervisor_version=version,
+        )
 
     @_translated
     def inventory(self) -> Inventory:
@@ -200,18 +229,18 @@ class LibvirtDriver(base.ComputeDriver):
             try:
                 meta = guest.instance_metadata()
                 if meta is not None and meta.host == self.host:
-                    found.append(base.HeldResource(H.GUEST, guest.uuid, guest.uuid,
-                                                   guest.power_state(), guest.name))
+                    found.append(base.HeldResource(H.GUEST, guest.uuid, guest.uuid, guest.power_state(), guest.name))
                     own.add(guest.uuid)
                 elif meta is None and guest.name.startswith(DOMAIN_PREFIX):
-                    found.append(base.HeldResource(H.GUEST, guest.name, None,
-                                                   guest.power_state(), guest.name))
+                    found.append(base.HeldResource(H.GUEST, guest.name, None, guest.power_state(), guest.name))
             except libvirt.libvirtError as e:
                 if e.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:  # gone since listed
                     raise
         found += self._file_resources(own)
-        found += [base.HeldResource(H.PORT, vif, p.get("instance"), detail=p.get("network", ""))
-                  for vif, p in sorted(self.ports.read().items())]
+        found += [
+            base.HeldResource(H.PORT, vif, p.get("instance"), detail=p.get("network", ""))
+            for vif, p in sorted(self.ports.read().items())
+        ]
         return base.HostReport(self.host, tuple(found))
 
     def _file_resources(self, own_guests: set[str]) -> list[base.HeldResource]:
@@ -238,8 +267,7 @@ class LibvirtDriver(base.ComputeDriver):
                 continue
             if resize.DOMAIN_XML in files and uuid not in own_guests:
                 found.append(base.HeldResource(H.INCOMING_COPY, uuid, uuid, detail=path))
-            found += [base.HeldResource(H.DISK, os.path.join(path, f), uuid, detail=f)
-                      for f in files]
+            found += [base.HeldResource(H.DISK, os.path.join(path, f), uuid, detail=f) for f in files]
         return found
 
     def _instance_files(self) -> list[str]:
@@ -307,8 +335,15 @@ class LibvirtDriver(base.ComputeDriver):
             path = self._disk_path(instance_uuid, kind)
             if os.path.exists(path):
                 i = disks.info(path)
-                found.append(Disk(kind, path, i.virtual_size // disks.MIB, i.backing_file,
-                                  preallocated=i.actual_size >= i.virtual_size))
+                found.append(
+                    Disk(
+                        kind,
+                        path,
+                        i.virtual_size // disks.MIB,
+                        i.backing_file,
+                        preallocated=i.actual_size >= i.virtual_size,
+                    )
+                )
         return found
 
     # -- files --------------------------------------------------------------
@@ -337,11 +372,9 @@ class LibvirtDriver(base.ComputeDriver):
             backing = self.images.path(spec.image)
             backing_format = self.images.format(spec.image)
             if not os.path.exists(backing):
-                raise InvalidGuestState(instance_uuid, "missing its base image",
-                                        "create the root disk of")
+                raise InvalidGuestState(instance_uuid, "missing its base image", "create the root disk of")
             if spec.image.size_mb > spec.size_mb:
-                raise RootDiskTooSmall(instance_uuid, spec.size_mb, spec.image.name,
-                                       spec.image.size_mb)
+                raise RootDiskTooSmall(instance_uuid, spec.size_mb, spec.image.name, spec.image.size_mb)
             if not self.use_cow_images:
                 backing = None
         fill = None
@@ -355,16 +388,22 @@ class LibvirtDriver(base.ComputeDriver):
                 if spec.kind is DiskKind.ROOT and spec.image is not None and backing is None:
                     self._copy_root(path, spec.image, spec, backing_format or "raw")
                 else:
-                    disks.create_qcow2(path, spec.size_mb, backing=backing,
-                                       backing_format=backing_format, preallocate=self.preallocate,
-                                       fill=fill)
+                    disks.create_qcow2(
+                        path,
+                        spec.size_mb,
+                        backing=backing,
+                        backing_format=backing_format,
+                        preallocate=self.preallocate,
+                        fill=fill,
+                    )
             found = disks.info(path)
-        if (found.format, found.virtual_size, found.backing_file) != (
-                "qcow2", spec.size_mb * disks.MIB, backing):
+        if (found.format, found.virtual_size, found.backing_file) != ("qcow2", spec.size_mb * disks.MIB, backing):
             raise InvalidGuestState(
-                instance_uuid, f"holding a different {spec.kind.value} disk at {path} ("
+                instance_uuid,
+                f"holding a different {spec.kind.value} disk at {path} ("
                 f"{found.format}, {found.virtual_size} bytes, backing file {found.backing_file})",
-                "create a disk for")
+                "create a disk for",
+            )
         return Disk(spec.kind, path, spec.size_mb, backing, self.preallocate)
 
     def _copy_root(self, path: str, image: Image, spec: DiskSpec, source_format: str) -> None:
@@ -372,10 +411,30 @@ class LibvirtDriver(base.ComputeDriver):
         disks.remove_stale(path)
         options = ["-o", "preallocation=falloc"] if self.preallocate else []
         with disks.publishing(path) as tmp:
-            disks.run(["qemu-img", "convert", "-q", "-f", source_format, "-O", "qcow2", *options,
-                       self.images.path(image), tmp])
-            disks.run(["qemu-img", "resize", "-q", *(["--preallocation=falloc"] if self.preallocate
-                                                     else []), tmp, f"{spec.size_mb}M"])
+            disks.run(
+                [
+                    "qemu-img",
+                    "convert",
+                    "-q",
+                    "-f",
+                    source_format,
+                    "-O",
+                    "qcow2",
+                    *options,
+                    self.images.path(image),
+                    tmp,
+                ]
+            )
+            disks.run(
+                [
+                    "qemu-img",
+                    "resize",
+                    "-q",
+                    *(["--preallocation=falloc"] if self.preallocate else []),
+                    tmp,
+                    f"{spec.size_mb}M",
+                ]
+            )
 
     def delete_disk(self, instance_uuid: str, kind: DiskKind) -> None:
         path = self._disk_path(instance_uuid, kind)
@@ -392,8 +451,9 @@ class LibvirtDriver(base.ComputeDriver):
 
     def plug_vif(self, instance_uuid: str, vif: Vif) -> None:
         with self.ports.change() as ports:
-            ports.setdefault(vif.id, {"instance": instance_uuid, "mac": vif.mac,
-                                      "network": vif.network, "tap": _tap_name(vif.id)})
+            ports.setdefault(
+                vif.id, {"instance": instance_uuid, "mac": vif.mac, "network": vif.network, "tap": _tap_name(vif.id)}
+            )
 
     def unplug_vif(self, instance_uuid: str, vif_id: str) -> None:
         with self.ports.change() as ports:
@@ -422,8 +482,7 @@ class LibvirtDriver(base.ComputeDriver):
 
     def _boot_config(self) -> OsConfig:
         if self.kernel:
-            return OsConfig(kernel=self.kernel, initrd=self.initrd,
-                            cmdline=self.cmdline or DEFAULT_CMDLINE)
+            return OsConfig(kernel=self.kernel, initrd=self.initrd, cmdline=self.cmdline or DEFAULT_CMDLINE)
         return OsConfig(boot_dev="hd")
 
     def _domain_config(self, spec: GuestSpec) -> DomainConfig:
@@ -436,8 +495,7 @@ class LibvirtDriver(base.ComputeDriver):
             memory_mb=spec.flavor.ram_mb,
             vcpus=spec.flavor.vcpus,
             os=os_config,
-            disks=tuple(DiskConfig(d.path, f"vd{chr(ord('a') + i)}", "qcow2")
-                        for i, d in enumerate(spec.disks)),
+            disks=tuple(DiskConfig(d.path, f"vd{chr(ord('a') + i)}", "qcow2") for i, d in enumerate(spec.disks)),
             interfaces=tuple(self._interface(v) for v in spec.vifs),
             serial=SerialConfig(self._console_path(spec.instance_uuid)),
             metadata=InstanceMetadata(spec.name, self.host, spec.flavor.name),
@@ -464,8 +522,7 @@ class LibvirtDriver(base.ComputeDriver):
             os.rmdir(self._instance_dir(instance_uuid))
 
     # -- power --------------------------------------------------------------
-    def _require(self, instance_uuid: str, guest: Guest, action: str,
-                 allowed: set[PowerState]) -> PowerState:
+    def _require(self, instance_uuid: str, guest: Guest, action: str, allowed: set[PowerState]) -> PowerState:
         state = guest.power_state()
         if state not in allowed:
             raise InvalidGuestState(instance_uuid, state.value, action)
@@ -474,8 +531,12 @@ class LibvirtDriver(base.ComputeDriver):
     @_translated
     def power_on(self, instance_uuid: str) -> None:
         guest = self._guest(instance_uuid)
-        state = self._require(instance_uuid, guest, "power on", {
-            PowerState.RUNNING, PowerState.SHUTDOWN, PowerState.CRASHED, PowerState.SUSPENDED})
+        state = self._require(
+            instance_uuid,
+            guest,
+            "power on",
+            {PowerState.RUNNING, PowerState.SHUTDOWN, PowerState.CRASHED, PowerState.SUSPENDED},
+        )
         if state is not PowerState.RUNNING:
             self._launch(guest)
 
@@ -519,8 +580,10 @@ class LibvirtDriver(base.ComputeDriver):
             self._require(instance_uuid, guest, "soft reboot", {PowerState.RUNNING})
             guest.shutdown()
             if not self._wait_stopped(guest, self.soft_reboot_timeout):
-                raise SoftRebootFailed(instance_uuid, "the guest did not shut down within "
-                                       f"{self.soft_reboot_timeout:g}s of the ACPI request")
+                raise SoftRebootFailed(
+                    instance_uuid,
+                    f"the guest did not shut down within {self.soft_reboot_timeout:g}s of the ACPI request",
+                )
         else:
             guest.poweroff()
             guest.discard_saved_state()
@@ -535,30 +598,32 @@ class LibvirtDriver(base.ComputeDriver):
     @_translated
     def pause(self, instance_uuid: str) -> None:
         guest = self._guest(instance_uuid)
-        if self._require(instance_uuid, guest, "pause",
-                         {PowerState.RUNNING, PowerState.PAUSED}) is PowerState.RUNNING:
+        if self._require(instance_uuid, guest, "pause", {PowerState.RUNNING, PowerState.PAUSED}) is PowerState.RUNNING:
             guest.pause()
 
     @_translated
     def unpause(self, instance_uuid: str) -> None:
         guest = self._guest(instance_uuid)
-        if self._require(instance_uuid, guest, "unpause",
-                         {PowerState.RUNNING, PowerState.PAUSED}) is PowerState.PAUSED:
+        if self._require(instance_uuid, guest, "unpause", {PowerState.RUNNING, PowerState.PAUSED}) is PowerState.PAUSED:
             guest.unpause()
 
     @_translated
     def suspend(self, instance_uuid: str) -> None:
         """Save the guest's RAM to the daemon's managed-save file and stop it."""
         guest = self._guest(instance_uuid)
-        if self._require(instance_uuid, guest, "suspend",
-                         {PowerState.RUNNING, PowerState.SUSPENDED}) is PowerState.RUNNING:
+        if (
+            self._require(instance_uuid, guest, "suspend", {PowerState.RUNNING, PowerState.SUSPENDED})
+            is PowerState.RUNNING
+        ):
             guest.save_to_host()
 
     @_translated
     def resume(self, instance_uuid: str) -> None:
         guest = self._guest(instance_uuid)
-        if self._require(instance_uuid, guest, "resume",
-                         {PowerState.RUNNING, PowerState.SUSPENDED}) is PowerState.SUSPENDED:
+        if (
+            self._require(instance_uuid, guest, "resume", {PowerState.RUNNING, PowerState.SUSPENDED})
+            is PowerState.SUSPENDED
+        ):
             self._launch(guest)
 
     # -- snapshot (snapshot.py) ----------------------------------------------
@@ -566,19 +631,21 @@ class LibvirtDriver(base.ComputeDriver):
     def snapshot(self, instance_uuid: str, image_path: str) -> Image:
         """The root disk, flattened to a qcow2 at `image_path`; a running guest is
         paused for the copy (see snapshot.py)."""
-        return snapshot.export_root_disk(self._guest(instance_uuid), self._instance_dir(instance_uuid),
-                                         self._disk_path(instance_uuid, DiskKind.ROOT), image_path)
+        return snapshot.export_root_disk(
+            self._guest(instance_uuid),
+            self._instance_dir(instance_uuid),
+            self._disk_path(instance_uuid, DiskKind.ROOT),
+            image_path,
+        )
 
     # -- cold resize and migration (resize.py) -------------------------------
     @_translated
-    def migrate_disk_and_power_off(self, instance_uuid: str, dest_host: str,
-                                   flavor: base.Flavor) -> list[Disk]:
+    def migrate_disk_and_power_off(self, instance_uuid: str, dest_host: str, flavor: base.Flavor) -> list[Disk]:
         """Stop the guest and copy its disks to `{instances_path}/{dest_host}/{uuid}`."""
         return resize.migrate_disk_and_power_off(self, instance_uuid, dest_host, flavor)
 
     @_translated
-    def finish_migration(self, instance_uuid: str, disks: list[Disk], flavor: base.Flavor,
-                         power_on: bool) -> None:
+    def finish_migration(self, instance_uuid: str, disks: list[Disk], flavor: base.Flavor, power_on: bool) -> None:
         """Define (and start) the guest here from the copied disks, at the new flavor."""
         resize.finish_migration(self, instance_uuid, disks, flavor, power_on)
 
@@ -607,8 +674,7 @@ class LibvirtDriver(base.ComputeDriver):
         return migration.pre_migration(self, instance_uuid, migrate_data)
 
     @_translated
-    def live_migration(self, instance_uuid: str, dest_host: str, migrate_data: dict,
-                       progress=None) -> None:
+    def live_migration(self, instance_uuid: str, dest_host: str, migrate_data: dict, progress=None) -> None:
         migration.migrate(self, instance_uuid, dest_host, migrate_data, progress)
 
     @_translated
@@ -671,7 +737,7 @@ def _instance_dir_uuid(entry: str) -> tuple[str | None, bool]:
     """(instance uuid, is a kept resize copy) of a directory name under a
     host's root; (None, False) if it is not an instance directory."""
     kept = entry.endswith(resize.RESIZE_SUFFIX)
-    name = entry[:-len(resize.RESIZE_SUFFIX)] if kept else entry
+    name = entry[: -len(resize.RESIZE_SUFFIX)] if kept else entry
     try:
         canonical = str(uuidlib.UUID(name))
     except ValueError:
@@ -681,8 +747,7 @@ def _instance_dir_uuid(entry: str) -> tuple[str | None, bool]:
 
 def _is_ports_file(entry: str, ports: str) -> bool:
     """The port records, their lock, or a temporary file of a write (disks.tmp_name)."""
-    return entry in (ports, ports + ".lock") or (
-        entry.startswith(ports + ".") and entry.endswith(".tmp"))
+    return entry in (ports, ports + ".lock") or (entry.startswith(ports + ".") and entry.endswith(".tmp"))
 
 
 _SHARED_CHECK = ".shared-check-"
@@ -697,4 +762,3 @@ def _marker_name(data: dict) -> str:
 
 def _tap_name(vif_id: str) -> str:
     return "tap" + vif_id[:11]  # interface names are at most 15 characters
-

@@ -4,6 +4,7 @@
 GuestInfo); it does not decide policy (whether an action is allowed in a given
 state, how long to wait): that is the driver's job.
 """
+
 from __future__ import annotations
 
 import libvirt
@@ -14,14 +15,16 @@ from drivers.libvirt.config import METADATA_NS, ConfigError, DomainConfig, Insta
 # Undefine flags from the most to the least complete; a driver that refuses a
 # flag (the test driver knows no NVRAM) is asked again without it.
 _UNDEFINE_FLAG_SETS = (
-    libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA | libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
+    libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
+    | libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
     | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM,
     libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA | libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE,
     libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE,
     0,
 )
-_UNSUPPORTED = frozenset({libvirt.VIR_ERR_INVALID_ARG, libvirt.VIR_ERR_NO_SUPPORT,
-                          libvirt.VIR_ERR_ARGUMENT_UNSUPPORTED})
+_UNSUPPORTED = frozenset(
+    {libvirt.VIR_ERR_INVALID_ARG, libvirt.VIR_ERR_NO_SUPPORT, libvirt.VIR_ERR_ARGUMENT_UNSUPPORTED}
+)
 
 
 class Guest:
@@ -74,8 +77,7 @@ class Guest:
     def info(self) -> GuestInfo:
         state, _max_mem, mem_kib, vcpus, cpu_time = self._domain.info()
         _, reason = self._domain.state()
-        return GuestInfo(_power_state(state, reason, self.has_managed_save), vcpus,
-                         mem_kib // 1024, cpu_time)
+        return GuestInfo(_power_state(state, reason, self.has_managed_save), vcpus, mem_kib // 1024, cpu_time)
 
     # -- what it does -------------------------------------------------------
     def launch(self) -> None:
@@ -123,8 +125,11 @@ class Guest:
 
 
 def _power_state(state: int, reason: int, has_managed_save) -> PowerState:
-    if state in (libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_BLOCKED,
-                 libvirt.VIR_DOMAIN_SHUTDOWN):  # SHUTDOWN: still running, on its way down
+    if state in (
+        libvirt.VIR_DOMAIN_RUNNING,
+        libvirt.VIR_DOMAIN_BLOCKED,
+        libvirt.VIR_DOMAIN_SHUTDOWN,
+    ):  # SHUTDOWN: still running, on its way down
         return PowerState.RUNNING
     if state == libvirt.VIR_DOMAIN_PAUSED:
         return PowerState.PAUSED

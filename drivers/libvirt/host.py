@@ -8,6 +8,7 @@ calling back into libvirt is best avoided, so `Host` only queues them; a
 dispatcher thread per Host resolves each into a `LifecycleEvent` and hands it
 to the driver.
 """
+
 from __future__ import annotations
 
 import logging
@@ -49,8 +50,7 @@ def start_event_loop() -> None:
         # Errors are raised as libvirtError; the default handler would also print each to stderr.
         libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
         libvirt.virEventRegisterDefaultImpl()
-        _loop_thread = threading.Thread(target=_run_event_loop, name="libvirt-event-loop",
-                                        daemon=True)
+        _loop_thread = threading.Thread(target=_run_event_loop, name="libvirt-event-loop", daemon=True)
         _loop_thread.start()
 
 
@@ -76,8 +76,7 @@ def _ignore_errors(call: Callable, *args) -> None:
 
 
 def is_connection_error(e: libvirt.libvirtError) -> bool:
-    return (e.get_error_code() in _CONNECTION_CODES
-            or e.get_error_domain() in _CONNECTION_DOMAINS)
+    return e.get_error_code() in _CONNECTION_CODES or e.get_error_domain() in _CONNECTION_DOMAINS
 
 
 @dataclass(frozen=True)
@@ -110,8 +109,7 @@ class Host:
     thread, for every lifecycle event of any domain on the connection.
     """
 
-    def __init__(self, uri: str, host_name: str,
-                 on_lifecycle: Callable[[Guest, int, int], None] | None = None) -> None:
+    def __init__(self, uri: str, host_name: str, on_lifecycle: Callable[[Guest, int, int], None] | None = None) -> None:
         self.uri = uri
         self.host_name = host_name
         self._on_lifecycle = on_lifecycle
@@ -163,7 +161,8 @@ class Host:
         if self._on_lifecycle is not None:
             try:
                 self._callback_id = conn.domainEventRegisterAny(
-                    None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._queue_lifecycle_event, None)
+                    None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._queue_lifecycle_event, None
+                )
             except libvirt.libvirtError as e:
                 LOG.warning("no lifecycle events from %s: %s", self.uri, e)
             else:
@@ -283,11 +282,14 @@ class Host:
         offered = self.capabilities().domain_types
         if requested not in offered:
             raise HypervisorUnavailable(
-                self.host_name, f"virt_type {requested!r} is not offered by {self.uri} "
-                f"(offered: {', '.join(sorted(offered)) or 'none'})")
+                self.host_name,
+                f"virt_type {requested!r} is not offered by {self.uri} "
+                f"(offered: {', '.join(sorted(offered)) or 'none'})",
+            )
         if requested == "kvm" and self.is_local() and not _kvm_device_opens():
-            raise HypervisorUnavailable(self.host_name, "virt_type 'kvm' but /dev/kvm cannot be "
-                                        "opened; set [libvirt] virt_type = qemu")
+            raise HypervisorUnavailable(
+                self.host_name, "virt_type 'kvm' but /dev/kvm cannot be opened; set [libvirt] virt_type = qemu"
+            )
         return requested
 
     # -- domains ------------------------------------------------------------
@@ -321,8 +323,7 @@ class Host:
         return info[2], info[1], self.hypervisor_type(), conn.getVersion()
 
     # -- events -------------------------------------------------------------
-    def _queue_lifecycle_event(self, _conn, dom: libvirt.virDomain, event: int, detail: int,
-                               _opaque) -> None:
+    def _queue_lifecycle_event(self, _conn, dom: libvirt.virDomain, event: int, detail: int, _opaque) -> None:
         # Runs on the event-loop thread: no calls into libvirt that need the daemon.
         try:
             self._events.put((dom.UUIDString(), event, detail))
@@ -332,7 +333,8 @@ class Host:
     def _start_dispatcher(self) -> None:
         if self._dispatcher is None:
             self._dispatcher = threading.Thread(
-                target=self._dispatch_events, name=f"libvirt-events-{self.host_name}", daemon=True)
+                target=self._dispatch_events, name=f"libvirt-events-{self.host_name}", daemon=True
+            )
             self._dispatcher.start()
 
     def _dispatch_events(self) -> None:

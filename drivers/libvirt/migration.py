@@ -19,6 +19,7 @@ cannot be used twice at once).
 The destination URI is handed over in the migrate data (the destination
 driver's own URI): it must be reachable by the source *daemon*.
 """
+
 from __future__ import annotations
 
 import os
@@ -38,9 +39,14 @@ from drivers.libvirt.ports import PortRecords
 if TYPE_CHECKING:
     from drivers.libvirt.driver import LibvirtDriver
 
-FLAGS = (libvirt.VIR_MIGRATE_LIVE | libvirt.VIR_MIGRATE_PEER2PEER | libvirt.VIR_MIGRATE_UNSAFE
-         | libvirt.VIR_MIGRATE_PERSIST_DEST | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE
-         | libvirt.VIR_MIGRATE_NON_SHARED_INC)
+FLAGS = (
+    libvirt.VIR_MIGRATE_LIVE
+    | libvirt.VIR_MIGRATE_PEER2PEER
+    | libvirt.VIR_MIGRATE_UNSAFE
+    | libvirt.VIR_MIGRATE_PERSIST_DEST
+    | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE
+    | libvirt.VIR_MIGRATE_NON_SHARED_INC
+)
 MIGRATION_ADDRESS = "127.0.0.1"  # both daemons on one machine; see docs/live-migration.md
 POLL_S = 0.5
 #: Downtime (ms) allowed after force-complete: the switch-over happens at once.
@@ -53,8 +59,13 @@ def host_uuid(drv: LibvirtDriver) -> str:
 
 
 def check_destination(drv: LibvirtDriver, block_migration: bool) -> dict:
-    return {"dest_host": drv.host, "dest_uri": drv.uri, "dest_root": drv.root,
-            "dest_host_uuid": host_uuid(drv), "block_migration": block_migration}
+    return {
+        "dest_host": drv.host,
+        "dest_uri": drv.uri,
+        "dest_root": drv.root,
+        "dest_host_uuid": host_uuid(drv),
+        "block_migration": block_migration,
+    }
 
 
 def post_copy(migrate_data: dict) -> bool:
@@ -70,8 +81,9 @@ def check_source(drv: LibvirtDriver, instance_uuid: str, dest_check: dict) -> di
     if state not in (PowerState.RUNNING, PowerState.PAUSED):
         raise InvalidGuestState(instance_uuid, state.value, "live-migrate")
     if dest_check["dest_host_uuid"] == host_uuid(drv):
-        raise InvalidGuestState(instance_uuid, f"on the same libvirt daemon as host "
-                                f"{dest_check['dest_host']}", "live-migrate")
+        raise InvalidGuestState(
+            instance_uuid, f"on the same libvirt daemon as host {dest_check['dest_host']}", "live-migrate"
+        )
     found = []
     for kind in DiskKind:
         path = drv._disk_path(instance_uuid, kind)
@@ -79,11 +91,23 @@ def check_source(drv: LibvirtDriver, instance_uuid: str, dest_check: dict) -> di
             i = disks.info(path)
         except DriverError:
             continue  # no such disk
-        found.append({"kind": kind.value, "size_mb": i.virtual_size // disks.MIB,
-                      "backing": i.backing_file, "backing_format": i.backing_format})
-    return {**dest_check, "source_host": drv.host, "source_uri": drv.uri,
-            "source_root": drv.root, "source_state": state.value, "disks": found,
-            "post_copy": drv.permit_post_copy}
+        found.append(
+            {
+                "kind": kind.value,
+                "size_mb": i.virtual_size // disks.MIB,
+                "backing": i.backing_file,
+                "backing_format": i.backing_format,
+            }
+        )
+    return {
+        **dest_check,
+        "source_host": drv.host,
+        "source_uri": drv.uri,
+        "source_root": drv.root,
+        "source_state": state.value,
+        "disks": found,
+        "post_copy": drv.permit_post_copy,
+    }
 
 
 def pre_migration(drv: LibvirtDriver, instance_uuid: str, migrate_data: dict) -> dict:
@@ -93,8 +117,7 @@ def pre_migration(drv: LibvirtDriver, instance_uuid: str, migrate_data: dict) ->
         disks.make_dir(drv._instance_dir(instance_uuid))
         with disks.path_lock(path):
             if not os.path.exists(path):
-                disks.create_qcow2(path, d["size_mb"], backing=d["backing"],
-                                   backing_format=d["backing_format"])
+                disks.create_qcow2(path, d["size_mb"], backing=d["backing"], backing_format=d["backing_format"])
     src_ports = _peer_ports(migrate_data["source_root"])
     with drv.ports.change() as ports:
         for vif, rec in src_ports.items():
@@ -111,11 +134,13 @@ def destination_xml(xml: str, migrate_data: dict) -> str:
     """The source's migratable XML, made the destination's."""
     src_root, dest_root = migrate_data["source_root"], migrate_data["dest_root"]
     xml = xml.replace(src_root + "/", dest_root + "/")
-    xml = re.sub(r"(<(?:\w+:)?host>)" + re.escape(migrate_data["source_host"]) + r"(</(?:\w+:)?host>)",
-                 lambda m: m.group(1) + migrate_data["dest_host"] + m.group(2), xml)
+    xml = re.sub(
+        r"(<(?:\w+:)?host>)" + re.escape(migrate_data["source_host"]) + r"(</(?:\w+:)?host>)",
+        lambda m: m.group(1) + migrate_data["dest_host"] + m.group(2),
+        xml,
+    )
     # interface target names: generated anew on the destination
-    return re.sub(r"(<interface\b.*?)<target dev=['\"][^'\"]*['\"]\s*/>(.*?</interface>)",
-                  r"\1\2", xml, flags=re.S)
+    return re.sub(r"(<interface\b.*?)<target dev=['\"][^'\"]*['\"]\s*/>(.*?</interface>)", r"\1\2", xml, flags=re.S)
 
 
 def _dest_guest(instance_uuid: str, conn: libvirt.virConnect):
@@ -129,10 +154,12 @@ def _dest_guest(instance_uuid: str, conn: libvirt.virConnect):
 
 def _job_running(dom: libvirt.virDomain) -> bool:
     try:
-        return dom.jobInfo()[0] not in (libvirt.VIR_DOMAIN_JOB_NONE,
-                                        libvirt.VIR_DOMAIN_JOB_COMPLETED,
-                                        libvirt.VIR_DOMAIN_JOB_FAILED,
-                                        libvirt.VIR_DOMAIN_JOB_CANCELLED)
+        return dom.jobInfo()[0] not in (
+            libvirt.VIR_DOMAIN_JOB_NONE,
+            libvirt.VIR_DOMAIN_JOB_COMPLETED,
+            libvirt.VIR_DOMAIN_JOB_FAILED,
+            libvirt.VIR_DOMAIN_JOB_CANCELLED,
+        )
     except libvirt.libvirtError as e:
         if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
             return False
@@ -149,14 +176,17 @@ def _percent(dom: libvirt.virDomain) -> int | None:
     return min(99, int(100 * done / total)) if total else None
 
 
-def migrate(drv: LibvirtDriver, instance_uuid: str, dest_host: str, migrate_data: dict,
-            progress: Callable[[int], None] | None) -> None:
+def migrate(
+    drv: LibvirtDriver, instance_uuid: str, dest_host: str, migrate_data: dict, progress: Callable[[int], None] | None
+) -> None:
     """Migrate, or re-attach to the migration job the source still runs, or
     recognise one that completed; report progress every POLL_S seconds."""
     if "dest_uri" not in migrate_data:
-        raise DriverError(f"cannot live-migrate instance {instance_uuid}: the migration data has no "
-                          "destination connection (dest_uri); pre_live_migration on the "
-                          "destination provides it")
+        raise DriverError(
+            f"cannot live-migrate instance {instance_uuid}: the migration data has no "
+            "destination connection (dest_uri); pre_live_migration on the "
+            "destination provides it"
+        )
     dest_conn = libvirt.open(migrate_data["dest_uri"])
     try:
         guest = drv._find(instance_uuid)
@@ -179,8 +209,7 @@ def migrate(drv: LibvirtDriver, instance_uuid: str, dest_host: str, migrate_data
             if progress is not None:
                 progress(100)
             return
-        raise DriverError(f"live migration of {instance_uuid} to {dest_host} ended without "
-                          "moving the guest")
+        raise DriverError(f"live migration of {instance_uuid} to {dest_host} ended without moving the guest")
     finally:
         dest_conn.close()
 
@@ -216,8 +245,7 @@ def _arrived(drv: LibvirtDriver, instance_uuid: str, dest_conn: libvirt.virConne
     return left is None or not left.is_active()
 
 
-def _run_or_watch(dom: libvirt.virDomain, migrate_data: dict,
-                  progress: Callable[[int], None] | None) -> None:
+def _run_or_watch(dom: libvirt.virDomain, migrate_data: dict, progress: Callable[[int], None] | None) -> None:
     """Start the migration unless the source already runs its job, then watch
     the job until it ends. A failed migration is re-raised unless the guest
     arrived anyway (the caller looks)."""
@@ -227,10 +255,12 @@ def _run_or_watch(dom: libvirt.virDomain, migrate_data: dict,
     # (the job of a killed conductor ended meanwhile); the caller looks where it is.
     if not _job_running(dom) and dom.isActive():
         xml = destination_xml(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_MIGRATABLE), migrate_data)
-        params = {libvirt.VIR_MIGRATE_PARAM_URI: f"tcp://{MIGRATION_ADDRESS}",
-                  libvirt.VIR_MIGRATE_PARAM_LISTEN_ADDRESS: MIGRATION_ADDRESS,
-                  libvirt.VIR_MIGRATE_PARAM_DEST_XML: xml,
-                  libvirt.VIR_MIGRATE_PARAM_PERSIST_XML: xml}
+        params = {
+            libvirt.VIR_MIGRATE_PARAM_URI: f"tcp://{MIGRATION_ADDRESS}",
+            libvirt.VIR_MIGRATE_PARAM_LISTEN_ADDRESS: MIGRATION_ADDRESS,
+            libvirt.VIR_MIGRATE_PARAM_DEST_XML: xml,
+            libvirt.VIR_MIGRATE_PARAM_PERSIST_XML: xml,
+        }
 
         def run() -> None:
             try:
@@ -243,7 +273,7 @@ def _run_or_watch(dom: libvirt.virDomain, migrate_data: dict,
         worker.start()
     pause = threading.Event()
     # Watch the job (ours, or one a killed conductor started) until it ends.
-    while (worker.is_alive() if worker is not None else _job_running(dom)):
+    while worker.is_alive() if worker is not None else _job_running(dom):
         pct = _percent(dom)
         if progress is not None and pct is not None:
             progress(pct)
@@ -289,7 +319,9 @@ def force_complete(drv: LibvirtDriver, instance_uuid: str) -> None:
 def _in_post_copy(dom: libvirt.virDomain) -> bool:
     state, reason = dom.state()
     return state == libvirt.VIR_DOMAIN_PAUSED and reason in (
-        libvirt.VIR_DOMAIN_PAUSED_POSTCOPY, libvirt.VIR_DOMAIN_PAUSED_POSTCOPY_FAILED)
+        libvirt.VIR_DOMAIN_PAUSED_POSTCOPY,
+        libvirt.VIR_DOMAIN_PAUSED_POSTCOPY_FAILED,
+    )
 
 
 def rollback_at_destination(drv: LibvirtDriver, instance_uuid: str, destroy_disks: bool) -> None:
@@ -311,8 +343,7 @@ def post_at_source(drv: LibvirtDriver, instance_uuid: str) -> None:
     guest = drv._find(instance_uuid)
     if guest is not None:
         if guest.is_active():
-            raise InvalidGuestState(instance_uuid, "still running on the source",
-                                    "clean up the migration source of")
+            raise InvalidGuestState(instance_uuid, "still running on the source", "clean up the migration source of")
         guest.undefine()
     with drv.ports.change() as ports:
         for vif in [v for v, p in ports.items() if p.get("instance") == instance_uuid]:
@@ -325,8 +356,6 @@ def post_at_destination(drv: LibvirtDriver, instance_uuid: str) -> None:
     guest = drv._guest(instance_uuid)
     dom = guest._domain
     if not dom.isActive():
-        raise InvalidGuestState(instance_uuid, guest.power_state().value,
-                                "finish the migration of")
+        raise InvalidGuestState(instance_uuid, guest.power_state().value, "finish the migration of")
     if not dom.isPersistent():
         drv._host.define_guest(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_MIGRATABLE))
-

@@ -6,6 +6,7 @@ belongs to which instance, with its MAC and network. The records live in one
 JSON file per host, changed under a lock and replaced atomically, so a process
 killed at any moment leaves the old or the new set, never a torn file.
 """
+
 from __future__ import annotations
 
 import contextlib

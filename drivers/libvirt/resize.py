@@ -39,6 +39,7 @@ Each call is idempotent and works out where an interrupted run stopped from
 what is on disk and on the daemon: files appear under their final names only
 complete (disks.publishing), and the rename is atomic.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -68,8 +69,7 @@ def kept_dir(drv: LibvirtDriver, instance_uuid: str) -> str:
 
 def _host_root(drv: LibvirtDriver, instance_uuid: str, host: str) -> str:
     if not host or "/" in host or host.startswith("."):
-        raise InvalidGuestState(instance_uuid, f"asked to move to {host!r}, not a host name",
-                                "migrate")
+        raise InvalidGuestState(instance_uuid, f"asked to move to {host!r}, not a host name", "migrate")
     return os.path.join(os.path.dirname(drv.root), host)
 
 
@@ -98,8 +98,7 @@ def check_fits(drv: LibvirtDriver, instance_uuid: str, flavor: Flavor, directory
                 raise DiskCannotShrink(instance_uuid, kind.value, have_mb, want_mb)
 
 
-def migrate_disk_and_power_off(drv: LibvirtDriver, instance_uuid: str, dest_host: str,
-                               flavor: Flavor) -> list[Disk]:
+def migrate_disk_and_power_off(drv: LibvirtDriver, instance_uuid: str, dest_host: str, flavor: Flavor) -> list[Disk]:
     here, kept = drv._instance_dir(instance_uuid), kept_dir(drv, instance_uuid)
     dest_root = _host_root(drv, instance_uuid, dest_host)
     dest_dir = os.path.join(dest_root, os.path.basename(here))
@@ -111,14 +110,14 @@ def migrate_disk_and_power_off(drv: LibvirtDriver, instance_uuid: str, dest_host
         guest.poweroff()
         guest.discard_saved_state()  # a suspended guest's RAM does not travel
         ports = {v: p for v, p in drv.ports.read().items() if p.get("instance") == instance_uuid}
-        _write(os.path.join(here, MIGRATION_JSON),
-               json.dumps({"dest_host": dest_host, "ports": ports}, sort_keys=True))
+        _write(os.path.join(here, MIGRATION_JSON), json.dumps({"dest_host": dest_host, "ports": ports}, sort_keys=True))
         _write(os.path.join(here, DOMAIN_XML), guest.definition_xml())
         os.rename(here, kept)  # the point from which a revert has something to restore
     record = _read_json(os.path.join(kept, MIGRATION_JSON))
     if record is None or record["dest_host"] != dest_host:
-        raise InvalidGuestState(instance_uuid, f"already being moved to "
-                                f"{record and record['dest_host']}", f"migrate to {dest_host}")
+        raise InvalidGuestState(
+            instance_uuid, f"already being moved to {record and record['dest_host']}", f"migrate to {dest_host}"
+        )
 
     copied = []
     disks.make_dir(dest_dir)
@@ -138,22 +137,20 @@ def migrate_disk_and_power_off(drv: LibvirtDriver, instance_uuid: str, dest_host
 
 
 # -- destination: finish_migration ---------------------------------------------------------
-def finish_migration(drv: LibvirtDriver, instance_uuid: str, copied: list[Disk], flavor: Flavor,
-                     power_on: bool) -> None:
+def finish_migration(
+    drv: LibvirtDriver, instance_uuid: str, copied: list[Disk], flavor: Flavor, power_on: bool
+) -> None:
     here = drv._instance_dir(instance_uuid)
     guest = drv._find(instance_uuid)
     if guest is None:
         if drv._host.find_guest(instance_uuid) is not None:  # defining would replace it
-            raise InvalidGuestState(instance_uuid, "still defined for another host",
-                                    "finish the migration of")
+            raise InvalidGuestState(instance_uuid, "still defined for another host", "finish the migration of")
         saved = os.path.join(here, DOMAIN_XML)
         if not os.path.exists(saved):
-            raise InvalidGuestState(instance_uuid, f"without disks migrated to {drv.host}",
-                                    "finish the migration of")
+            raise InvalidGuestState(instance_uuid, f"without disks migrated to {drv.host}", "finish the migration of")
         for disk in copied:
             if os.path.dirname(disk.path) != here:
-                raise InvalidGuestState(instance_uuid, f"given a disk outside {here}",
-                                        "finish the migration of")
+                raise InvalidGuestState(instance_uuid, f"given a disk outside {here}", "finish the migration of")
         paths = _fit_disks(drv, instance_uuid, flavor)
         with open(saved) as f:
             source = DomainConfig.from_xml(f.read())
@@ -167,8 +164,11 @@ def finish_migration(drv: LibvirtDriver, instance_uuid: str, copied: list[Disk],
 
 def _fit_disks(drv: LibvirtDriver, instance_uuid: str, flavor: Flavor) -> list[str]:
     """Grow the copied disks to the flavor and make the swap disk; the disk paths, in order."""
-    wanted = {DiskKind.ROOT: flavor.root_gb * 1024, DiskKind.EPHEMERAL: flavor.ephemeral_gb * 1024,
-              DiskKind.SWAP: flavor.swap_mb}
+    wanted = {
+        DiskKind.ROOT: flavor.root_gb * 1024,
+        DiskKind.EPHEMERAL: flavor.ephemeral_gb * 1024,
+        DiskKind.SWAP: flavor.swap_mb,
+    }
     paths = []
     for kind in _DISK_ORDER:
         path, want_mb = drv._disk_path(instance_uuid, kind), wanted[kind]
@@ -181,17 +181,19 @@ def _fit_disks(drv: LibvirtDriver, instance_uuid: str, flavor: Flavor) -> list[s
                 if not os.path.exists(path):
                     disks.create_qcow2(path, want_mb, preallocate=drv.preallocate, fill="swap")
             elif not os.path.exists(path):  # a new ephemeral disk (the old flavor had none)
-                disks.create_qcow2(path, want_mb, preallocate=drv.preallocate,
-                                   fill=drv.default_ephemeral_format if kind is DiskKind.EPHEMERAL
-                                   else None)
+                disks.create_qcow2(
+                    path,
+                    want_mb,
+                    preallocate=drv.preallocate,
+                    fill=drv.default_ephemeral_format if kind is DiskKind.EPHEMERAL else None,
+                )
             elif disks.info(path).virtual_size < want_mb * disks.MIB:
                 disks.run(["qemu-img", "resize", "-q", path, f"{want_mb}M"])
         paths.append(path)
     return paths
 
 
-def _destination_config(drv: LibvirtDriver, source: DomainConfig, flavor: Flavor,
-                        paths: list[str]) -> DomainConfig:
+def _destination_config(drv: LibvirtDriver, source: DomainConfig, flavor: Flavor, paths: list[str]) -> DomainConfig:
     """The source's definition with this host's paths, kernel and type, and the new size."""
     fresh = drv._boot_config()
     meta = source.metadata or InstanceMetadata(source.title or source.name, drv.host)
@@ -223,8 +225,11 @@ def finish_revert_migration(drv: LibvirtDriver, instance_uuid: str, power_on: bo
     on_daemon = drv._host.find_guest(instance_uuid)
     if os.path.isdir(kept):
         if on_daemon is not None and not drv._owns(on_daemon):
-            raise InvalidGuestState(instance_uuid, "still defined for another host (clean up the "
-                                    "destination first)", "revert the migration of")
+            raise InvalidGuestState(
+                instance_uuid,
+                "still defined for another host (clean up the destination first)",
+                "revert the migration of",
+            )
         if on_daemon is not None:  # a resize in place: the resized domain is this host's too
             on_daemon.poweroff()
             on_daemon.undefine()
@@ -232,8 +237,10 @@ def finish_revert_migration(drv: LibvirtDriver, instance_uuid: str, power_on: bo
         record = _read_json(os.path.join(kept, MIGRATION_JSON)) or {"dest_host": drv.host}
         # The destination's copy: what finish_migration did not get to use when the
         # move failed half way (with a resize in place, the resized files).
-        shutil.rmtree(os.path.join(_host_root(drv, instance_uuid, record["dest_host"]),
-                                   os.path.basename(here)), ignore_errors=True)
+        shutil.rmtree(
+            os.path.join(_host_root(drv, instance_uuid, record["dest_host"]), os.path.basename(here)),
+            ignore_errors=True,
+        )
         os.rename(kept, here)
     saved = os.path.join(here, DOMAIN_XML)
     moved = _read_json(os.path.join(here, MIGRATION_JSON))
@@ -246,8 +253,11 @@ def finish_revert_migration(drv: LibvirtDriver, instance_uuid: str, power_on: bo
         if not os.path.exists(saved):
             raise GuestNotFound(instance_uuid)
         if on_daemon is not None:
-            raise InvalidGuestState(instance_uuid, "still defined for another host (clean up the "
-                                    "destination first)", "revert the migration of")
+            raise InvalidGuestState(
+                instance_uuid,
+                "still defined for another host (clean up the destination first)",
+                "revert the migration of",
+            )
         with open(saved) as f:
             guest = drv._host.define_guest(f.read())
     for name in (DOMAIN_XML, MIGRATION_JSON):

@@ -12,6 +12,7 @@ snapshot's", written before pausing and removed after unpausing. The next
 attempt (a crashed step runs again) sees the marker and unpauses the guest
 when it is done, as the first attempt would have.
 """
+
 from __future__ import annotations
 
 import contextlib

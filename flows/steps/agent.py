@@ -5,6 +5,7 @@ decrypted here, in memory, for the driver call only. Setting a password or
 injecting a file cannot be undone (the old value is not known to anyone), so
 those steps have no revert; the record is restored by mark_done's revert.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -32,8 +33,7 @@ class InjectFile(Step):
         super().__init__(name="inject_file", **kw)
 
     def execute(self, instance_uuid: str, host: str, path: str, contents: dict[str, Any]) -> None:
-        runtime.current().driver_for(host).inject_file(instance_uuid, path,
-                                                       _reveal(contents).encode())
+        runtime.current().driver_for(host).inject_file(instance_uuid, path, _reveal(contents).encode())
 
 
 class UpdateGuestMetadata(Step):

@@ -41,6 +41,7 @@ The retry rows are written when the database answers again; if it does not,
 they are skipped (a warning in the log) and fencing still applies at the
 step's next state write.
 """
+
 from __future__ import annotations
 
 import logging
@@ -89,8 +90,13 @@ class Policy:
     def of(cls, step: task.Task) -> Policy:
         c = runtime.current().conf.conductor
         own = getattr(step, "step_timeout", None)
-        return cls(c.step_timeout if own is None else own, c.step_retry_attempts,
-                   c.step_retry_base_delay, c.step_retry_max_delay, c.database_outage_tolerance)
+        return cls(
+            c.step_timeout if own is None else own,
+            c.step_retry_attempts,
+            c.step_retry_base_delay,
+            c.step_retry_max_delay,
+            c.database_outage_tolerance,
+        )
 
     def delay(self, failed_attempt: int) -> float:
         return min(self.max_delay, self.base_delay * 2.0 ** (failed_attempt - 1))
@@ -120,8 +126,7 @@ def run(step: task.Task, phase: str, op_id: str | None, work: Callable[[], objec
                 outage_ends = outage_ends if outage_ends is not None else now + policy.outage_tolerance
                 if now >= outage_ends:
                     raise
-                delay = min(_OUTAGE_MAX_DELAY, _OUTAGE_FIRST_DELAY * 2 ** (outage_failures - 1),
-                            outage_ends - now)
+                delay = min(_OUTAGE_MAX_DELAY, _OUTAGE_FIRST_DELAY * 2 ** (outage_failures - 1), outage_ends - now)
                 note = f"database unreachable; attempt {attempt + 1} in {delay:.3g}s"
                 # The driver's message only: SQLAlchemy's text adds the statement and its parameters.
                 error = f"{type(e).__name__}: {str(getattr(e, 'orig', e)).strip().splitlines()[0]}"
@@ -129,8 +134,7 @@ def run(step: task.Task, phase: str, op_id: str | None, work: Callable[[], objec
             elif getattr(e, "transient", False) and transient_failures + 1 < policy.attempts:
                 transient_failures += 1
                 delay = policy.delay(transient_failures)
-                note = (f"transient; attempt {transient_failures + 1} of {policy.attempts} "
-                        f"in {delay:.3g}s")
+                note = f"transient; attempt {transient_failures + 1} of {policy.attempts} in {delay:.3g}s"
                 error = f"{type(e).__name__}: {e}"
                 trace = "".join(tb.format_exception(e))
             else:
@@ -170,6 +174,7 @@ def configure_call_threads(idle_seconds: float) -> None:
 def _named(name: str, fn: Callable[[], None]) -> Callable[[], None]:
     """fn, run under the thread name `name` (the step and phase), which the
     timeout error names."""
+
     def call() -> None:
         me = threading.current_thread()
         idle_name, me.name = me.name, name
@@ -177,6 +182,7 @@ def _named(name: str, fn: Callable[[], None]) -> Callable[[], None]:
             fn()
         finally:
             me.name = idle_name
+
     return call
 
 
@@ -192,8 +198,7 @@ def _check_cancel(run_: cancellation.Run | None, op_id: str | None) -> None:
             if not operations.forward_phase_started(s, op_id, run_.no_return_step):
                 raise
         run_.past_no_return = True
-        LOG.warning("operation %s: cancel by %s ignored: its forward-only phase has started",
-                    op_id, run_.cancelled_by)
+        LOG.warning("operation %s: cancel by %s ignored: its forward-only phase has started", op_id, run_.cancelled_by)
 
 
 class _Abandoned(Exception):
@@ -201,8 +206,7 @@ class _Abandoned(Exception):
     (deadline or takeover); the engine never sees it."""
 
 
-def _call(step: task.Task, phase: str, work: Callable[[], object], timeout: float,
-          op_id: str | None = None) -> object:
+def _call(step: task.Task, phase: str, work: Callable[[], object], timeout: float, op_id: str | None = None) -> object:
     if not timeout:
         return work()
     slot = step_pool.current()
@@ -216,8 +220,9 @@ def _call(step: task.Task, phase: str, work: Callable[[], object], timeout: floa
             return  # the call returned first
         if phase == "execute":
             step._abandoned_execute = slot.call_returned  # its revert waits for it
-        LOG.error("step %s %s: %s; the call is abandoned (still running in thread %s)",
-                  step.name, phase, why, thread_name)
+        LOG.error(
+            "step %s %s: %s; the call is abandoned (still running in thread %s)", step.name, phase, why, thread_name
+        )
         slot.report(error)
 
     def deadline_passed() -> None:
@@ -225,8 +230,7 @@ def _call(step: task.Task, phase: str, work: Callable[[], object], timeout: floa
 
     def taken_over() -> None:
         assert run_ is not None
-        give_up(cancellation.TakenOver(run_.op_id, step.name),
-                f"operation {run_.op_id} taken over")
+        give_up(cancellation.TakenOver(run_.op_id, step.name), f"operation {run_.op_id} taken over")
 
     slot.enter_call()
     forget = _unless_lost(run_, taken_over, step.name, slot.leave_call)
@@ -245,8 +249,9 @@ def _call(step: task.Task, phase: str, work: Callable[[], object], timeout: floa
     return result
 
 
-def _unless_lost(run_: cancellation.Run | None, callback: Callable[[], None], step: str,
-                 undo: Callable[[], object] = lambda: None) -> Callable[[], None]:
+def _unless_lost(
+    run_: cancellation.Run | None, callback: Callable[[], None], step: str, undo: Callable[[], object] = lambda: None
+) -> Callable[[], None]:
     """Register `callback` for a takeover of the operation during the call;
     the function that unregisters it. TakenOver (after `undo()`) if it was
     taken already: the call is not made."""
@@ -259,8 +264,9 @@ def _unless_lost(run_: cancellation.Run | None, callback: Callable[[], None], st
     return forget
 
 
-def _call_on_own_thread(step: task.Task, phase: str, work: Callable[[], object], timeout: float,
-                        op_id: str | None) -> object:
+def _call_on_own_thread(
+    step: task.Task, phase: str, work: Callable[[], object], timeout: float, op_id: str | None
+) -> object:
     """`work` on a call thread, waited for until it returns, its deadline
     passes or the operation is taken over (no polling: each of them wakes
     the step)."""
@@ -289,13 +295,17 @@ def _call_on_own_thread(step: task.Task, phase: str, work: Callable[[], object],
         forget()
     if not returned.is_set():
         if run_ is not None and run_.lost:
-            LOG.error("operation %s taken over while step %s ran; its call is abandoned",
-                      run_.op_id, step.name)
+            LOG.error("operation %s taken over while step %s ran; its call is abandoned", run_.op_id, step.name)
             raise cancellation.TakenOver(run_.op_id, step.name)
         if phase == "execute":
             step._abandoned_execute = returned  # its revert waits for it
-        LOG.error("step %s %s exceeded %gs; the call is abandoned (still running in thread %s)",
-                  step.name, phase, timeout, thread_name)
+        LOG.error(
+            "step %s %s exceeded %gs; the call is abandoned (still running in thread %s)",
+            step.name,
+            phase,
+            timeout,
+            thread_name,
+        )
         raise StepTimedOut(step.name, phase, timeout)
     if "error" in box:
         raise box["error"]  # type: ignore[misc]
@@ -308,9 +318,12 @@ def _await_abandoned_execute(step: task.Task, timeout: float) -> None:
     if done is None:
         return
     if not done.wait(timeout or None):
-        raise StepTimedOut(step.name, "revert", timeout,
-                           ": its execute, abandoned after a timeout, is still running in this "
-                           "process; reverting now could race it")
+        raise StepTimedOut(
+            step.name,
+            "revert",
+            timeout,
+            ": its execute, abandoned after a timeout, is still running in this process; reverting now could race it",
+        )
     step._abandoned_execute = None
 
 
@@ -324,8 +337,7 @@ def _log(run_: cancellation.Run | None, step: str, state: str, note: str = "", *
         return True  # run outside a conductor (a test's engine): nothing to fence or log
     try:
         with runtime.current().db.session() as s:
-            logged = operations.log_attempt(s, run_.op_id, run_.owner, run_.epoch, step, state,
-                                            **row)
+            logged = operations.log_attempt(s, run_.op_id, run_.owner, run_.epoch, step, state, **row)
         if logged:  # live output shows retries, as the flow log does
             text = f"{row.get('error')} ({row.get('result')})" if state == "RETRYING" else note
             progress.notify(run_.op_id, step, text, state)
@@ -333,6 +345,5 @@ def _log(run_: cancellation.Run | None, step: str, state: str, note: str = "", *
     except Exception as e:
         if not connection_lost(e):
             raise
-        LOG.warning("operation %s: %s row of step %s not logged, database unreachable: %s",
-                    run_.op_id, state, step, e)
+        LOG.warning("operation %s: %s row of step %s not logged, database unreachable: %s", run_.op_id, state, step, e)
         return True

@@ -1,4 +1,5 @@
 """The Step base class: a taskflow Task with fault-injection checkpoints."""
+
 from __future__ import annotations
 
 import functools
@@ -46,7 +47,9 @@ def _with_checkpoints(fn: _Fn, phase: str) -> _Fn:
             result = fn(self, *args, **kwargs)
             _checkpoint(self.name, phase, "after")
             return result
+
         return attempts.run(self, phase, op_id, work)
+
     marked: Any = wrapper  # function attributes taskflow and __init_subclass__ read
     marked._checkpointed = True
     if not wants_op:

@@ -11,6 +11,7 @@ next step boundary after the keeper saw it (at most lease_seconds/3 later).
 The record also carries the run's owner and epoch, which a step's retries use
 to write their attempt rows only while this process still owns the operation.
 """
+
 from __future__ import annotations
 
 import threading
@@ -34,8 +35,9 @@ class TakenOver(OperationError):
     terminate`): the call it waited for is abandoned, nothing more is done here."""
 
     def __init__(self, op_id: str, step: str) -> None:
-        super().__init__(f"operation {op_id} was taken over by another process while step "
-                         f"{step} ran; its call is abandoned here")
+        super().__init__(
+            f"operation {op_id} was taken over by another process while step {step} ran; its call is abandoned here"
+        )
         self.op_id = op_id
 
 
@@ -73,8 +75,9 @@ _runs: dict[str, Run] = {}
 _lock = threading.Lock()
 
 
-def enter(op_id: str, owner: str, epoch: int | None, cancelled_by: str | None = None,
-          no_return_step: str | None = None) -> Run:
+def enter(
+    op_id: str, owner: str, epoch: int | None, cancelled_by: str | None = None, no_return_step: str | None = None
+) -> Run:
     run = Run(op_id, owner, epoch, no_return_step=no_return_step)
     with _lock:
         _runs[op_id] = run

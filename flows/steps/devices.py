@@ -1,4 +1,5 @@
 """Volumes and interfaces attached to a running guest; each undone by its inverse."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -38,15 +39,17 @@ class SwapVolume(Step):
     def __init__(self, **kw: Any) -> None:
         super().__init__(name="swap_volume", **kw)
 
-    def execute(self, instance_uuid: str, host: str, volume_id: str, new_volume_id: str,
-                mountpoint: str) -> None:
+    def execute(self, instance_uuid: str, host: str, volume_id: str, new_volume_id: str, mountpoint: str) -> None:
         runtime.current().driver_for(host).swap_volume(
-            instance_uuid, _info(volume_id), _info(new_volume_id), mountpoint)
+            instance_uuid, _info(volume_id), _info(new_volume_id), mountpoint
+        )
 
-    def revert(self, instance_uuid: str, host: str, volume_id: str, new_volume_id: str,
-               mountpoint: str, **_: object) -> None:
+    def revert(
+        self, instance_uuid: str, host: str, volume_id: str, new_volume_id: str, mountpoint: str, **_: object
+    ) -> None:
         runtime.current().driver_for(host).swap_volume(
-            instance_uuid, _info(new_volume_id), _info(volume_id), mountpoint)
+            instance_uuid, _info(new_volume_id), _info(volume_id), mountpoint
+        )
 
 
 class AttachInterface(Step):

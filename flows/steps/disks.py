@@ -1,4 +1,5 @@
 """Instance disks: the base-image cache and one step per disk."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -20,8 +21,11 @@ class EnsureBaseImage(Step):
 
 
 #: Step names spelled out so a search for one finds where it is made.
-CREATE_DISK_STEP = {DiskKind.ROOT: "create_root_disk", DiskKind.EPHEMERAL: "create_ephemeral_disk",
-                    DiskKind.SWAP: "create_swap_disk"}
+CREATE_DISK_STEP = {
+    DiskKind.ROOT: "create_root_disk",
+    DiskKind.EPHEMERAL: "create_ephemeral_disk",
+    DiskKind.SWAP: "create_swap_disk",
+}
 
 
 class CreateDisk(Step):

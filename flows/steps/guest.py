@@ -1,4 +1,5 @@
 """The guest itself: define, start, wait for it, stop, undefine."""
+
 from __future__ import annotations
 
 import contextlib
@@ -19,13 +20,26 @@ from persistence import instances
 _POLL_S = 0.2
 #: The guest's power state once a power action is done (probed by recovery).
 #: Each power action's step, spelled out so a search for the name finds it.
-_ACTION_STEP = {"power_on": "power_on_guest", "power_off": "power_off_guest",
-                "pause": "pause_guest", "unpause": "unpause_guest",
-                "suspend": "suspend_guest", "resume": "resume_guest",
-                "soft_delete": "soft_delete_guest", "restore": "restore_guest"}
-_POWER_AFTER = {"power_on": "running", "power_off": "shutdown", "pause": "paused",
-                "unpause": "running", "suspend": "suspended", "resume": "running",
-                "soft_delete": "shutdown", "restore": "running"}
+_ACTION_STEP = {
+    "power_on": "power_on_guest",
+    "power_off": "power_off_guest",
+    "pause": "pause_guest",
+    "unpause": "unpause_guest",
+    "suspend": "suspend_guest",
+    "resume": "resume_guest",
+    "soft_delete": "soft_delete_guest",
+    "restore": "restore_guest",
+}
+_POWER_AFTER = {
+    "power_on": "running",
+    "power_off": "shutdown",
+    "pause": "paused",
+    "unpause": "running",
+    "suspend": "suspended",
+    "resume": "running",
+    "soft_delete": "shutdown",
+    "restore": "running",
+}
 LOG = logging.getLogger(__name__)
 
 
@@ -41,15 +55,24 @@ class DefineGuest(Step):
         self.vifs = vifs
         self.disk_names = requires
 
-    def execute(self, instance_uuid: str, name: str, host: str, flavor: FlavorParams,
-                admin_password: dict[str, Any] | None, **disks: DiskParams) -> None:
+    def execute(
+        self,
+        instance_uuid: str,
+        name: str,
+        host: str,
+        flavor: FlavorParams,
+        admin_password: dict[str, Any] | None,
+        **disks: DiskParams,
+    ) -> None:
         rt = runtime.current()
         password = None
         if admin_password is not None:
             with rt.db.session() as s:
                 password = rt.secrets.reveal(s, admin_password)
         spec = GuestSpec(
-            instance_uuid=instance_uuid, name=name, flavor=Flavor(**flavor),
+            instance_uuid=instance_uuid,
+            name=name,
+            flavor=Flavor(**flavor),
             disks=tuple(disk_of(disks[n]) for n in self.disk_names),
             vifs=tuple(Vif(**v) for v in self.vifs),
             admin_password=password,
@@ -141,7 +164,7 @@ class GuestAction(Step):
 
     def revert(self, instance_uuid: str, host: str, **_: object) -> None:
         if self.undo:
-            with contextlib.suppress(GuestNotFound):   # gone: nothing of ours to undo
+            with contextlib.suppress(GuestNotFound):  # gone: nothing of ours to undo
                 getattr(runtime.current().driver_for(host), self.undo)(instance_uuid)
 
 

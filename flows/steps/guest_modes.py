@@ -7,6 +7,7 @@ or removes a guest, so a revert that finds no guest has nothing to undo (the
 execute failed on the same missing guest): it ends quietly, and the instance
 is shown in error by the failed operation, not held for a repair.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -57,13 +58,12 @@ class RebuildGuest(Step):
     def __init__(self, **kw: Any) -> None:
         super().__init__(name="rebuild_guest", **kw)
 
-    def execute(self, instance_uuid: str, host: str, new_image: ImageParams,
-                preserve_ephemeral: bool = False) -> None:
-        runtime.current().driver_for(host).rebuild(instance_uuid, Image(**new_image),
-                                                   preserve_ephemeral)
+    def execute(self, instance_uuid: str, host: str, new_image: ImageParams, preserve_ephemeral: bool = False) -> None:
+        runtime.current().driver_for(host).rebuild(instance_uuid, Image(**new_image), preserve_ephemeral)
 
-    def revert(self, instance_uuid: str, host: str, prior_image: ImageParams,
-               prior_power_state: str | None = None, **_: object) -> None:
+    def revert(
+        self, instance_uuid: str, host: str, prior_image: ImageParams, prior_power_state: str | None = None, **_: object
+    ) -> None:
         drv = runtime.current().driver_for(host)
         with contextlib.suppress(GuestNotFound):
             drv.rebuild(instance_uuid, Image(**prior_image), preserve_ephemeral=True)

@@ -1,4 +1,5 @@
 """The local image store: a snapshot's file and its images-table record."""
+
 from __future__ import annotations
 
 import glob
@@ -47,8 +48,7 @@ class RegisterImage(Step):
         with runtime.current().db.session() as s:
             existing = hosts.get_image(s, image_name)
             if existing is None:
-                hosts.add_image(s, image_name, snapshot["disk_format"], snapshot["size_mb"],
-                                image_path)
+                hosts.add_image(s, image_name, snapshot["disk_format"], snapshot["size_mb"], image_path)
             elif existing.path != image_path:
                 raise InvalidRequest(f"an image named {image_name!r} already exists")
 

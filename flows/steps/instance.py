@@ -1,4 +1,5 @@
 """Steps on the instance record: the hold and the states users see."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -44,8 +45,14 @@ class TakeHold(Step):
             hold_or_refuse(s, instance_uuid, operation_id)
             instances.update_if_held(s, instance_uuid, operation_id, task_state=self.task_state)
 
-    def revert(self, operation_id: str, instance_uuid: str, prior_vm_state: str | None = None,
-               prior_power_state: str | None = None, **_: object) -> None:
+    def revert(
+        self,
+        operation_id: str,
+        instance_uuid: str,
+        prior_vm_state: str | None = None,
+        prior_power_state: str | None = None,
+        **_: object,
+    ) -> None:
         restore = {"vm_state": self.revert_vm_state or prior_vm_state or "error"}
         if prior_power_state is not None and self.revert_vm_state is None:
             restore["power_state"] = prior_power_state
@@ -61,14 +68,22 @@ class MarkActive(Step):
 
     def execute(self, operation_id: str, instance_uuid: str, host: str) -> None:
         with runtime.current().db.session() as s:
-            instances.release_hold(s, instance_uuid, operation_id, vm_state=VmState.ACTIVE,
-                                   power_state="running", task_state=None, host=host)
+            instances.release_hold(
+                s,
+                instance_uuid,
+                operation_id,
+                vm_state=VmState.ACTIVE,
+                power_state="running",
+                task_state=None,
+                host=host,
+            )
 
     def revert(self, operation_id: str, instance_uuid: str, **_: object) -> None:
         with runtime.current().db.session() as s:
             hold_or_refuse(s, instance_uuid, operation_id)
-            instances.update_if_held(s, instance_uuid, operation_id, vm_state=VmState.BUILDING,
-                                     task_state=TaskState.SPAWNING)
+            instances.update_if_held(
+                s, instance_uuid, operation_id, vm_state=VmState.BUILDING, task_state=TaskState.SPAWNING
+            )
 
 
 class MarkDeleted(Step):
@@ -79,9 +94,16 @@ class MarkDeleted(Step):
 
     def execute(self, operation_id: str, instance_uuid: str) -> None:
         with runtime.current().db.session() as s:
-            instances.release_hold(s, instance_uuid, operation_id, vm_state=VmState.DELETED,
-                                   power_state="nostate", task_state=None, host=None,
-                                   live_marker=instance_uuid)
+            instances.release_hold(
+                s,
+                instance_uuid,
+                operation_id,
+                vm_state=VmState.DELETED,
+                power_state="nostate",
+                task_state=None,
+                host=None,
+                live_marker=instance_uuid,
+            )
 
 
 class MarkState(Step):
@@ -94,15 +116,18 @@ class MarkState(Step):
 
     def execute(self, operation_id: str, instance_uuid: str) -> None:
         with runtime.current().db.session() as s:
-            instances.release_hold(s, instance_uuid, operation_id, vm_state=self.vm_state,
-                                   power_state=self.power_state, task_state=None)
+            instances.release_hold(
+                s, instance_uuid, operation_id, vm_state=self.vm_state, power_state=self.power_state, task_state=None
+            )
 
-    def revert(self, operation_id: str, instance_uuid: str, prior_vm_state: str,
-               prior_power_state: str, **_: object) -> None:
+    def revert(
+        self, operation_id: str, instance_uuid: str, prior_vm_state: str, prior_power_state: str, **_: object
+    ) -> None:
         with runtime.current().db.session() as s:
             hold_or_refuse(s, instance_uuid, operation_id)
-            instances.update_if_held(s, instance_uuid, operation_id, vm_state=prior_vm_state,
-                                     power_state=prior_power_state)
+            instances.update_if_held(
+                s, instance_uuid, operation_id, vm_state=prior_vm_state, power_state=prior_power_state
+            )
 
 
 class FinishOperation(Step):
@@ -120,17 +145,41 @@ class FinishOperation(Step):
         self.vm_state = vm_state
         self.power_state = power_state
 
-    def execute(self, operation_id: str, instance_uuid: str, prior_vm_state: str,
-                prior_power_state: str, set_columns: dict[str, Any] | None = None) -> None:
+    def execute(
+        self,
+        operation_id: str,
+        instance_uuid: str,
+        prior_vm_state: str,
+        prior_power_state: str,
+        set_columns: dict[str, Any] | None = None,
+    ) -> None:
         with runtime.current().db.session() as s:
-            instances.release_hold(s, instance_uuid, operation_id, task_state=None,
-                                   vm_state=self.vm_state or prior_vm_state,
-                                   power_state=self.power_state or prior_power_state,
-                                   **(set_columns or {}))
+            instances.release_hold(
+                s,
+                instance_uuid,
+                operation_id,
+                task_state=None,
+                vm_state=self.vm_state or prior_vm_state,
+                power_state=self.power_state or prior_power_state,
+                **(set_columns or {}),
+            )
 
-    def revert(self, operation_id: str, instance_uuid: str, prior_vm_state: str,
-               prior_power_state: str, prior_columns: dict[str, Any] | None = None, **_: object) -> None:
+    def revert(
+        self,
+        operation_id: str,
+        instance_uuid: str,
+        prior_vm_state: str,
+        prior_power_state: str,
+        prior_columns: dict[str, Any] | None = None,
+        **_: object,
+    ) -> None:
         with runtime.current().db.session() as s:
             hold_or_refuse(s, instance_uuid, operation_id)
-            instances.update_if_held(s, instance_uuid, operation_id, vm_state=prior_vm_state,
-                                     power_state=prior_power_state, **(prior_columns or {}))
+            instances.update_if_held(
+                s,
+                instance_uuid,
+                operation_id,
+                vm_state=prior_vm_state,
+                power_state=prior_power_state,
+                **(prior_columns or {}),
+            )

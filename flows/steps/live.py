@@ -11,6 +11,7 @@ the switch-over before post-copy starts (see _Watcher).
 (After forward retries ran out, nothing is undone and take_hold's revert
 leaves the instance in ERROR on the destination for an operator.)
 """
+
 from __future__ import annotations
 
 import inspect
@@ -48,18 +49,27 @@ class HoldForMigration(TakeHold):
 
     # taskflow passes every argument by name from the flow's store: the extra
     # `destination` is no Liskov hazard here.
-    def revert(self, operation_id: str, instance_uuid: str, destination: str,  # type: ignore[override]
-               prior_vm_state: str | None = None, prior_power_state: str | None = None,
-               **_: object) -> None:
+    def revert(  # type: ignore[override]
+        self,
+        operation_id: str,
+        instance_uuid: str,
+        destination: str,
+        prior_vm_state: str | None = None,
+        prior_power_state: str | None = None,
+        **_: object,
+    ) -> None:
         if switched_over(instance_uuid, destination):
             with runtime.current().db.session() as s:
-                instances.release_hold(s, instance_uuid, operation_id, task_state=None,
-                                       vm_state=VmState.ERROR)
+                instances.release_hold(s, instance_uuid, operation_id, task_state=None, vm_state=VmState.ERROR)
             return
         # TakeHold's own revert, without passing its fault checkpoints a second time.
-        inspect.unwrap(TakeHold.revert)(self, operation_id=operation_id, instance_uuid=instance_uuid,
-                                    prior_vm_state=prior_vm_state,
-                                    prior_power_state=prior_power_state)
+        inspect.unwrap(TakeHold.revert)(
+            self,
+            operation_id=operation_id,
+            instance_uuid=instance_uuid,
+            prior_vm_state=prior_vm_state,
+            prior_power_state=prior_power_state,
+        )
 
 
 class ClaimOnDestination(Step):
@@ -71,10 +81,12 @@ class ClaimOnDestination(Step):
     def execute(self, operation_id: str, instance_uuid: str, destination: str, flavor: FlavorParams) -> None:
         disk_gb = flavor_disk_gb(flavor)
         with runtime.current().db.session() as s:
-            if not claims.claim(s, operation_id, destination, instance_uuid,
-                                flavor["vcpus"], flavor["ram_mb"], disk_gb):
-                raise InsufficientCapacity(destination, f"{flavor['vcpus']} vCPU, "
-                                           f"{flavor['ram_mb']} MB RAM, {disk_gb} GB disk requested")
+            if not claims.claim(
+                s, operation_id, destination, instance_uuid, flavor["vcpus"], flavor["ram_mb"], disk_gb
+            ):
+                raise InsufficientCapacity(
+                    destination, f"{flavor['vcpus']} vCPU, {flavor['ram_mb']} MB RAM, {disk_gb} GB disk requested"
+                )
 
     def revert(self, operation_id: str, instance_uuid: str, destination: str, **_: object) -> None:
         if not switched_over(instance_uuid, destination):
@@ -109,13 +121,13 @@ class PreLiveMigration(Step):
         super().__init__(name="pre_live_migration", provides="live_migrate_data", **kw)
 
     def execute(self, instance_uuid: str, destination: str, migrate_data: dict[str, Any]) -> dict[str, Any]:
-        return runtime.current().driver_for(destination).pre_live_migration(instance_uuid,
-                                                                            migrate_data)
+        return runtime.current().driver_for(destination).pre_live_migration(instance_uuid, migrate_data)
 
     def revert(self, instance_uuid: str, destination: str, **_: object) -> None:
         if not switched_over(instance_uuid, destination):
             runtime.current().driver_for(destination).rollback_live_migration_at_destination(
-                instance_uuid, destroy_disks=True)
+                instance_uuid, destroy_disks=True
+            )
 
 
 class _Watcher:
@@ -126,8 +138,9 @@ class _Watcher:
     is the point of no return: the switch-over is recorded before it is asked
     for, so that no revert, now or after a crash, tries to undo the move."""
 
-    def __init__(self, operation_id: str, instance_uuid: str, drv: ComputeDriver, destination: str,
-                 migrate_data: dict[str, Any]) -> None:
+    def __init__(
+        self, operation_id: str, instance_uuid: str, drv: ComputeDriver, destination: str, migrate_data: dict[str, Any]
+    ) -> None:
         self.op, self.uuid, self.drv = operation_id, instance_uuid, drv
         self.destination, self.migrate_data = destination, migrate_data
         self.last_pct: int | None = None
@@ -148,8 +161,7 @@ class _Watcher:
                 if self.drv.live_migration_force_complete_is_final(self.migrate_data):
                     with runtime.current().db.session() as s:
                         instances.update_if_held(s, self.uuid, self.op, host=self.destination)
-                    LOG.info("live migration of %s: switched over to %s before post-copy",
-                             self.uuid, self.destination)
+                    LOG.info("live migration of %s: switched over to %s before post-copy", self.uuid, self.destination)
                 self.drv.live_migration_force_complete(self.uuid)
 
     def __call__(self, pct: int) -> None:
@@ -179,8 +191,9 @@ class LiveMigrate(Step):
     def __init__(self, **kw: Any) -> None:
         super().__init__(name=STEP, **kw)
 
-    def execute(self, operation_id: str, instance_uuid: str, host: str, destination: str,
-                live_migrate_data: dict[str, Any]) -> None:
+    def execute(
+        self, operation_id: str, instance_uuid: str, host: str, destination: str, live_migrate_data: dict[str, Any]
+    ) -> None:
         drv = runtime.current().driver_for(host)
         watcher = _Watcher(operation_id, instance_uuid, drv, destination, live_migrate_data)
         watcher.poll_requests()  # an abort asked for before the migration began
@@ -203,7 +216,8 @@ class LiveMigrate(Step):
             # It completed but was never switched over: the inverse of a migration.
             LOG.info("live migration of %s reverted: migrating it back to %s", instance_uuid, host)
             back = rt.driver_for(host).pre_live_migration(
-                instance_uuid, checked_migrate_data(instance_uuid, destination, host))
+                instance_uuid, checked_migrate_data(instance_uuid, destination, host)
+            )
             dest.live_migration(instance_uuid, host, back)
 
 
@@ -233,8 +247,7 @@ class DriverCall(Step):
         super().__init__(name=method, **kw)
         self.method, self.on, self.with_data = method, on, with_data
 
-    def execute(self, instance_uuid: str, host: str, destination: str,
-                live_migrate_data: dict[str, Any]) -> None:
+    def execute(self, instance_uuid: str, host: str, destination: str, live_migrate_data: dict[str, Any]) -> None:
         drv = runtime.current().driver_for(host if self.on == "source" else destination)
         args = (live_migrate_data,) if self.with_data else ()
         getattr(drv, self.method)(instance_uuid, *args)
@@ -257,9 +270,16 @@ class MarkMigrated(Step):
     def __init__(self, **kw: Any) -> None:
         super().__init__(name="mark_done", **kw)
 
-    def execute(self, operation_id: str, instance_uuid: str, destination: str,
-                prior_vm_state: str, prior_power_state: str) -> None:
+    def execute(
+        self, operation_id: str, instance_uuid: str, destination: str, prior_vm_state: str, prior_power_state: str
+    ) -> None:
         with runtime.current().db.session() as s:
-            instances.release_hold(s, instance_uuid, operation_id, task_state=None,
-                                   vm_state=prior_vm_state, power_state=prior_power_state,
-                                   host=destination)
+            instances.release_hold(
+                s,
+                instance_uuid,
+                operation_id,
+                task_state=None,
+                vm_state=prior_vm_state,
+                power_state=prior_power_state,
+                host=destination,
+            )

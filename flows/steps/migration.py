@@ -6,6 +6,7 @@ Every step names its hosts explicitly (`host` is the source, `dest_host` the
 destination; both may be the same host for a resize in place), and finds what
 it undoes from the instance uuid, never from a stored result.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -34,15 +35,15 @@ class ClaimDestination(Step):
     def __init__(self, **kw: Any) -> None:
         super().__init__(name="claim_destination", **kw)
 
-    def execute(self, operation_id: str, instance_uuid: str, dest_host: str,
-                new_flavor: FlavorParams) -> None:
+    def execute(self, operation_id: str, instance_uuid: str, dest_host: str, new_flavor: FlavorParams) -> None:
         disk_gb = flavor_disk_gb(new_flavor)
         with runtime.current().db.session() as s:
-            if not claims.claim(s, operation_id, dest_host, instance_uuid,
-                                new_flavor["vcpus"], new_flavor["ram_mb"], disk_gb):
+            if not claims.claim(
+                s, operation_id, dest_host, instance_uuid, new_flavor["vcpus"], new_flavor["ram_mb"], disk_gb
+            ):
                 raise InsufficientCapacity(
-                    dest_host, f"{new_flavor['vcpus']} vCPU, {new_flavor['ram_mb']} MB RAM, "
-                               f"{disk_gb} GB disk requested")
+                    dest_host, f"{new_flavor['vcpus']} vCPU, {new_flavor['ram_mb']} MB RAM, {disk_gb} GB disk requested"
+                )
 
     def revert(self, operation_id: str, dest_host: str, **_: object) -> None:
         with runtime.current().db.session() as s:
@@ -60,8 +61,11 @@ class MigrateDiskAndPowerOff(Step):
         super().__init__(name="migrate_disk_and_power_off", provides="migrated_disks", **kw)
 
     def execute(self, instance_uuid: str, host: str, dest_host: str, new_flavor: FlavorParams) -> list[DiskParams]:
-        disks = runtime.current().driver_for(host).migrate_disk_and_power_off(
-            instance_uuid, dest_host, Flavor(**new_flavor))
+        disks = (
+            runtime.current()
+            .driver_for(host)
+            .migrate_disk_and_power_off(instance_uuid, dest_host, Flavor(**new_flavor))
+        )
         return [disk_params(d) for d in disks]
 
     def revert(self, instance_uuid: str, host: str, power_on: bool, **_: object) -> None:
@@ -78,11 +82,16 @@ class FinishMigration(Step):
     def __init__(self, **kw: Any) -> None:
         super().__init__(name="finish_migration", **kw)
 
-    def execute(self, instance_uuid: str, dest_host: str, migrated_disks: list[DiskParams],
-                new_flavor: FlavorParams, power_on: bool) -> None:
+    def execute(
+        self,
+        instance_uuid: str,
+        dest_host: str,
+        migrated_disks: list[DiskParams],
+        new_flavor: FlavorParams,
+        power_on: bool,
+    ) -> None:
         disks = [disk_of(d) for d in migrated_disks]
-        runtime.current().driver_for(dest_host).finish_migration(
-            instance_uuid, disks, Flavor(**new_flavor), power_on)
+        runtime.current().driver_for(dest_host).finish_migration(instance_uuid, disks, Flavor(**new_flavor), power_on)
 
     def revert(self, instance_uuid: str, dest_host: str, **_: object) -> None:
         destroy_guest(dest_host, instance_uuid)
@@ -142,8 +151,14 @@ class MarkResized(FinishOperation):
     def __init__(self, **kw: Any) -> None:
         super().__init__(vm_state=VmState.RESIZED, **kw)
 
-    def execute(self, operation_id: str, instance_uuid: str, prior_vm_state: str,
-                prior_power_state: str, set_columns: dict[str, Any] | None = None) -> None:
+    def execute(
+        self,
+        operation_id: str,
+        instance_uuid: str,
+        prior_vm_state: str,
+        prior_power_state: str,
+        set_columns: dict[str, Any] | None = None,
+    ) -> None:
         columns = dict(set_columns or {})
         meta = dict(columns["system_metadata"])
         meta["migration"] = {**meta["migration"], "resized_at": utcnow().isoformat()}
@@ -210,8 +225,11 @@ class ReleaseSourceClaims(ReleaseClaims):
 
 
 #: Step names spelled out so a search for one finds where it is made.
-REUSE_DISK_STEP = {DiskKind.ROOT: "reuse_root_disk", DiskKind.EPHEMERAL: "reuse_ephemeral_disk",
-                   DiskKind.SWAP: "reuse_swap_disk"}
+REUSE_DISK_STEP = {
+    DiskKind.ROOT: "reuse_root_disk",
+    DiskKind.EPHEMERAL: "reuse_ephemeral_disk",
+    DiskKind.SWAP: "reuse_swap_disk",
+}
 
 
 class ReuseSharedDisk(Step):
@@ -224,8 +242,7 @@ class ReuseSharedDisk(Step):
         self.size_mb = size_mb
 
     def execute(self, instance_uuid: str, dest_host: str) -> DiskParams:
-        disk = runtime.current().driver_for(dest_host).create_disk(
-            instance_uuid, DiskSpec(self.kind, self.size_mb))
+        disk = runtime.current().driver_for(dest_host).create_disk(instance_uuid, DiskSpec(self.kind, self.size_mb))
         return disk_params(disk)
 
     def revert(self, instance_uuid: str, dest_host: str, **_: object) -> None:

@@ -1,4 +1,5 @@
 """Virtual interfaces and the wait for the network to report them plugged."""
+
 from __future__ import annotations
 
 import logging
@@ -40,8 +41,11 @@ class WaitVifPlugged(Step):
             return True
         if fatal:
             raise VifPlugTimeout(instance_uuid, timeout)
-        LOG.warning("vif-plugged events for %s missing after %ss; booting anyway "
-                    "(vif_plugging_is_fatal=False)", instance_uuid, timeout)
+        LOG.warning(
+            "vif-plugged events for %s missing after %ss; booting anyway (vif_plugging_is_fatal=False)",
+            instance_uuid,
+            timeout,
+        )
         return False
 
 

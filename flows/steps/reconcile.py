@@ -11,6 +11,7 @@ what they record is what the hypervisor says.
 A step never removes a resource that does not carry computeflow's marks:
 drivers report such resources with no instance, and they never reach a plan.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -31,9 +32,13 @@ from persistence.models import Claim, Host, Instance, Operation
 
 #: vm_state that follows a power state the hypervisor reports, for the
 #: vm_states that only mean "how the guest runs" (others keep theirs).
-_VM_STATE_OF_POWER = {PowerState.RUNNING: VmState.ACTIVE, PowerState.SHUTDOWN: VmState.STOPPED,
-                      PowerState.CRASHED: VmState.STOPPED, PowerState.PAUSED: VmState.PAUSED,
-                      PowerState.SUSPENDED: VmState.SUSPENDED}
+_VM_STATE_OF_POWER = {
+    PowerState.RUNNING: VmState.ACTIVE,
+    PowerState.SHUTDOWN: VmState.STOPPED,
+    PowerState.CRASHED: VmState.STOPPED,
+    PowerState.PAUSED: VmState.PAUSED,
+    PowerState.SUSPENDED: VmState.SUSPENDED,
+}
 _POWER_DRIVEN_VM_STATES = frozenset({VmState.ACTIVE, VmState.STOPPED, VmState.PAUSED, VmState.SUSPENDED})
 
 
@@ -84,11 +89,13 @@ class RemoveFromHost(ReconcileStep):
         with runtime.current().db.session() as s:
             inst = instances.get(s, uuid)
             if inst is not None and inst.live_marker == "" and self.host in expected_hosts(inst):
-                raise InvalidRequest(f"instance {inst.name} now lives on {self.host}: "
-                                     "its resources there are not removed")
+                raise InvalidRequest(
+                    f"instance {inst.name} now lives on {self.host}: its resources there are not removed"
+                )
             if inst is not None and inst.held_by not in (None, operation_id):
-                raise InvalidRequest(f"instance {inst.name} is held by operation "
-                                     f"{inst.held_by}: its resources are not removed")
+                raise InvalidRequest(
+                    f"instance {inst.name} is held by operation {inst.held_by}: its resources are not removed"
+                )
         remove_everything(self.host, uuid)
 
 
@@ -100,15 +107,14 @@ class UnplugPort(ReconcileStep):
 class PlugPort(ReconcileStep):
     def execute(self) -> None:
         vif = self.action["vif"]
-        self.driver().plug_vif(self.action["instance_uuid"],
-                               Vif(vif["id"], vif["mac"], vif.get("network", "default")))
+        self.driver().plug_vif(self.action["instance_uuid"], Vif(vif["id"], vif["mac"], vif.get("network", "default")))
 
 
 class DetachVolume(ReconcileStep):
     def execute(self) -> None:
-        self.driver().detach_volume(self.action["instance_uuid"],
-                                    {"volume_id": self.action["volume_id"]},
-                                    self.action.get("mountpoint", ""))
+        self.driver().detach_volume(
+            self.action["instance_uuid"], {"volume_id": self.action["volume_id"]}, self.action.get("mountpoint", "")
+        )
 
 
 class DiscardKeptCopy(ReconcileStep):
@@ -122,8 +128,7 @@ class _OnHeldInstance(ReconcileStep):
     """An action that changes the instance record: it runs under the
     operation's hold (take_hold comes first in the flow)."""
 
-    def record(self, operation_id: str, event: str, power: PowerState | None,
-               **columns: object) -> None:
+    def record(self, operation_id: str, event: str, power: PowerState | None, **columns: object) -> None:
         uuid = self.action["instance_uuid"]
         with runtime.current().db.session() as s:
             if not instances.update_if_held(s, uuid, operation_id, **columns):
@@ -140,12 +145,22 @@ class RestoreKeptCopy(_OnHeldInstance):
         drv = self.driver()
         with contextlib.suppress(GuestNotFound):
             drv.get_info(uuid)
-            return self.record(operation_id, "reconcile:restored", PowerState.SHUTDOWN,
-                               vm_state=VmState.STOPPED, power_state=PowerState.SHUTDOWN.value)
+            return self.record(
+                operation_id,
+                "reconcile:restored",
+                PowerState.SHUTDOWN,
+                vm_state=VmState.STOPPED,
+                power_state=PowerState.SHUTDOWN.value,
+            )
         drv.finish_revert_migration(uuid, power_on=False)
         power = drv.get_info(uuid).state
-        self.record(operation_id, "reconcile:restored", power,
-                    vm_state=_VM_STATE_OF_POWER.get(power, VmState.STOPPED), power_state=power.value)
+        self.record(
+            operation_id,
+            "reconcile:restored",
+            power,
+            vm_state=_VM_STATE_OF_POWER.get(power, VmState.STOPPED),
+            power_state=power.value,
+        )
 
 
 class RecordPowerState(_OnHeldInstance):
@@ -160,8 +175,7 @@ class RecordPowerState(_OnHeldInstance):
             if inst is None:  # held by this operation: a record cannot go while held
                 raise LookupError(f"instance {uuid} is gone although operation {operation_id} holds it")
             vm_state = vm_state_for(inst.vm_state, power)
-        self.record(operation_id, "reconcile:power-state", power,
-                    power_state=power.value, vm_state=vm_state)
+        self.record(operation_id, "reconcile:power-state", power, power_state=power.value, vm_state=vm_state)
 
 
 class MarkGuestMissing(_OnHeldInstance):
@@ -176,8 +190,9 @@ class MarkGuestMissing(_OnHeldInstance):
             return
         except GuestNotFound:
             pass
-        self.record(operation_id, "reconcile:guest-missing", None,
-                    vm_state=VmState.ERROR, power_state=PowerState.NOSTATE.value)
+        self.record(
+            operation_id, "reconcile:guest-missing", None, vm_state=VmState.ERROR, power_state=PowerState.NOSTATE.value
+        )
 
 
 class ReleaseStaleClaim(ReconcileStep):
@@ -209,8 +224,11 @@ class ReleaseStaleHold(ReconcileStep):
             op = s.get(Operation, holder)
             if op is not None and op.state in operations.ACTIVE_STATES:
                 raise InvalidRequest(f"operation {holder} holding {uuid} is running again")
-            s.execute(sa.update(Instance).where(Instance.uuid == uuid, Instance.held_by == holder)
-                      .values(held_by=None, task_state=None))
+            s.execute(
+                sa.update(Instance)
+                .where(Instance.uuid == uuid, Instance.held_by == holder)
+                .values(held_by=None, task_state=None)
+            )
 
 
 class RecountUsage(ReconcileStep):
@@ -220,12 +238,16 @@ class RecountUsage(ReconcileStep):
         host = self.action["host"]
 
         def total(col: orm.InstrumentedAttribute[int]) -> sa.ScalarSelect[int]:
-            return (sa.select(sa.func.coalesce(sa.func.sum(col), 0))
-                    .where(Claim.host == host).scalar_subquery())
+            return sa.select(sa.func.coalesce(sa.func.sum(col), 0)).where(Claim.host == host).scalar_subquery()
+
         with runtime.current().db.session() as s:
-            s.execute(sa.update(Host).where(Host.name == host).values(
-                used_vcpus=total(Claim.vcpus), used_ram_mb=total(Claim.ram_mb),
-                used_disk_gb=total(Claim.disk_gb)))
+            s.execute(
+                sa.update(Host)
+                .where(Host.name == host)
+                .values(
+                    used_vcpus=total(Claim.vcpus), used_ram_mb=total(Claim.ram_mb), used_disk_gb=total(Claim.disk_gb)
+                )
+            )
 
 
 class ReleaseHeldInstance(Step):
@@ -255,5 +277,14 @@ ACTIONS: dict[str, type[ReconcileStep]] = {
     "recount_usage": RecountUsage,
 }
 #: Actions that change an instance's record: their operation holds it.
-HOLDING_ACTIONS = frozenset({"restore_kept_copy", "record_power_state", "mark_guest_missing",
-                             "plug_port", "unplug_port", "detach_volume", "discard_kept_copy"})
+HOLDING_ACTIONS = frozenset(
+    {
+        "restore_kept_copy",
+        "record_power_state",
+        "mark_guest_missing",
+        "plug_port",
+        "unplug_port",
+        "detach_volume",
+        "discard_kept_copy",
+    }
+)

@@ -1,4 +1,5 @@
 """Resource claims on a host."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -27,8 +28,7 @@ class ClaimResources(Step):
     def execute(self, operation_id: str, instance_uuid: str, host: str, flavor: FlavorParams) -> None:
         disk_gb = flavor_disk_gb(flavor)
         with runtime.current().db.session() as s:
-            if not claims.claim(s, operation_id, host, instance_uuid,
-                                flavor["vcpus"], flavor["ram_mb"], disk_gb):
+            if not claims.claim(s, operation_id, host, instance_uuid, flavor["vcpus"], flavor["ram_mb"], disk_gb):
                 raise InsufficientCapacity(
                     host, f"{flavor['vcpus']} vCPU, {flavor['ram_mb']} MB RAM, {disk_gb} GB disk requested"
                 )

@@ -1,4 +1,5 @@
 """Alembic environment: always driven programmatically by persistence.schema."""
+
 from alembic import context
 
 from persistence.models import Base

@@ -1,6 +1,7 @@
 """docs/web-operation.png: the operation page of a spawn that failed at
 wait_running, in headless Debian chromium (run from the repository root with
 the venv's python). Makes its own SQLite database in a temporary directory."""
+
 from __future__ import annotations
 
 import sys
@@ -22,8 +23,13 @@ def main() -> int:
         with site_on(fresh_sqlite(Path(tmp)), Path(tmp)) as site:
             opts = webdriver.ChromeOptions()
             opts.binary_location = CHROMIUM
-            for arg in ("--headless=new", "--no-sandbox", "--disable-gpu",
-                        "--window-size=1200,1100", "--hide-scrollbars"):
+            for arg in (
+                "--headless=new",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--window-size=1200,1100",
+                "--hide-scrollbars",
+            ):
                 opts.add_argument(arg)
             driver = webdriver.Chrome(options=opts, service=Service(executable_path=CHROMEDRIVER))
             try:

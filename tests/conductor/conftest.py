@@ -5,6 +5,7 @@ ZooKeeper and etcd clients run non-daemon threads of their own, and one board
 left open (test_wakeups used `_board` without test_jobboard's closing fixture)
 kept a finished CI run alive after its last test.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator

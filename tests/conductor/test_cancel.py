@@ -2,6 +2,7 @@
 stops at its next step boundary (flagged by its owner's lease keeper, no
 database read per step) and reverts; ended and forward-only running
 operations refuse with a clear error."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -121,8 +122,10 @@ def test_running_confirm_or_revert_of_a_resize_is_forward_only(conductor, kind):
     half-way would leave the destination destroyed and the source not back."""
     conductor.add_host("h2", vcpus=16, ram_mb=32768, disk_gb=500)
     spawn(conductor)
-    assert conductor.run(conductor.submit("resize", "vm1", flavor="m1.large",
-                                          target_host="h2")).state == operations.SUCCEEDED
+    assert (
+        conductor.run(conductor.submit("resize", "vm1", flavor="m1.large", target_host="h2")).state
+        == operations.SUCCEEDED
+    )
     op_id = conductor.submit(kind, "vm1")
     _set(conductor, op_id, state=operations.RUNNING)
     with pytest.raises(operations.Refused, match="forward-only and already running"):
@@ -134,10 +137,16 @@ def test_running_confirm_or_revert_of_a_resize_is_forward_only(conductor, kind):
 def test_cancel_wait_that_expires_exits_non_zero(conductor, conf_file):
     """The owner (on another machine, lease valid) does not stop in time."""
     from persistence.models import utcnow
+
     spawn(conductor)
     op_id = conductor.submit("reboot", "vm1")
-    _set(conductor, op_id, state=operations.RUNNING, owner="elsewhere:1:1",
-         lease_expires_at=utcnow() + dt.timedelta(hours=1))
+    _set(
+        conductor,
+        op_id,
+        state=operations.RUNNING,
+        owner="elsewhere:1:1",
+        lease_expires_at=utcnow() + dt.timedelta(hours=1),
+    )
     out = run_cli(conf_file, "cancel", op_id, "--wait", "0.3")
     assert out.returncode == 1, out.stdout + out.stderr
     assert "still RUNNING after --wait 0.3 s" in out.stdout
@@ -155,23 +164,45 @@ def test_cli_cancel_of_a_running_spawn_reverts_it(tmp_path, crash_db_url):
     takes seconds on a loaded machine) records the request, the spawn's lease
     keeper (every lease_seconds/3 = 1 s) flags it, the next step raises
     Cancelled and everything is reverted."""
-    conf = _conf(tmp_path, crash_db_url,
-                 "lease_seconds = 3\n[DEFAULT]\nvif_plugging_timeout = 10\nvif_plugging_is_fatal = false\n"
-                 "[fake]\ndeliver_vif_events = false\n")
+    conf = _conf(
+        tmp_path,
+        crash_db_url,
+        "lease_seconds = 3\n[DEFAULT]\nvif_plugging_timeout = 10\nvif_plugging_is_fatal = false\n"
+        "[fake]\ndeliver_vif_events = false\n",
+    )
     with Conductor(config.load([str(conf)])) as c:
         c.add_host("h1", vcpus=4, ram_mb=8192, disk_gb=100)
         proc = subprocess.Popen(
-            [sys.executable, "-m", "conductor.cli", "--config-file", str(conf), "spawn", "vm1",
-             "--flavor", "m1.small", "--image", "cirros", "--json"],
-            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            [
+                sys.executable,
+                "-m",
+                "conductor.cli",
+                "--config-file",
+                str(conf),
+                "spawn",
+                "vm1",
+                "--flavor",
+                "m1.small",
+                "--image",
+                "cirros",
+                "--json",
+            ],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         try:
             deadline = time.monotonic() + 60
             op_id = None
             while op_id is None:
                 assert time.monotonic() < deadline and proc.poll() is None, "spawn never waited"
                 with c.db.session() as s:
-                    op_id = s.scalar(sa.select(FlowLogEntry.flow_detail_uuid).where(
-                        FlowLogEntry.step == "wait_vif_plugged", FlowLogEntry.state == "RUNNING"))
+                    op_id = s.scalar(
+                        sa.select(FlowLogEntry.flow_detail_uuid).where(
+                            FlowLogEntry.step == "wait_vif_plugged", FlowLogEntry.state == "RUNNING"
+                        )
+                    )
                 time.sleep(0.05)
             res = cancel.cancel(c, op_id, "alice@test")
             assert not res.ended and res.outcome.owner  # its live owner stops it

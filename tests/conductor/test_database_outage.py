@@ -4,6 +4,7 @@ The errors are real: a refused connection, connections terminated by the
 server (what a PostgreSQL restart does to a pool), a bad statement; nothing
 is mocked but the moment at which the server drops the connections.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -32,8 +33,9 @@ def _error_of(url: str, statement: str) -> sa_exc.DBAPIError:
     raise AssertionError(f"{statement!r} did not fail on {url}")
 
 
-@pytest.mark.parametrize("url", ["postgresql+psycopg2://root@127.0.0.1:1/test",
-                                 "mysql+pymysql://root@127.0.0.1:1/test"])
+@pytest.mark.parametrize(
+    "url", ["postgresql+psycopg2://root@127.0.0.1:1/test", "mysql+pymysql://root@127.0.0.1:1/test"]
+)
 def test_a_refused_connection_is_an_outage(url):
     assert connection_lost(_error_of(url, "SELECT 1"))
 
@@ -50,10 +52,15 @@ def _terminate_other_sessions(url: str) -> int:
     engine = create_engine(url)
     try:
         with engine.begin() as conn:
-            return len(conn.execute(sa.text(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                "WHERE datname = current_database() AND pid <> pg_backend_pid() "
-                "AND usename = current_user")).all())
+            return len(
+                conn.execute(
+                    sa.text(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                        "WHERE datname = current_database() AND pid <> pg_backend_pid() "
+                        "AND usename = current_user"
+                    )
+                ).all()
+            )
     finally:
         engine.dispose()
 
@@ -96,9 +103,14 @@ def test_step_rides_out_its_connections_dropped(tmp_path, pg_url, drop_connectio
         assert drop_connections_at_claim and drop_connections_at_claim[0] >= 1
         assert state == operations.SUCCEEDED
         with c.db.session() as s:
-            rows = [(r.state, r.error or "") for r in s.scalars(sa.select(FlowLogEntry).where(
-                FlowLogEntry.flow_detail_uuid == op_id, FlowLogEntry.step == "claim_resources")
-                .order_by(FlowLogEntry.id))]
+            rows = [
+                (r.state, r.error or "")
+                for r in s.scalars(
+                    sa.select(FlowLogEntry)
+                    .where(FlowLogEntry.flow_detail_uuid == op_id, FlowLogEntry.step == "claim_resources")
+                    .order_by(FlowLogEntry.id)
+                )
+            ]
         states = [st for st, _ in rows]
         assert states[-1] == "SUCCESS" and "REVERTING" not in states
         retries = [err for st, err in rows if st == "RETRYING"]

@@ -1,5 +1,6 @@
 """Hypervisor lifecycle events: a guest that stops by itself updates the record
 (unless an operation holds it) and leaves an instance_events row."""
+
 from __future__ import annotations
 
 import pytest

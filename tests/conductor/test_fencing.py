@@ -5,6 +5,7 @@ The take-over happens *inside* a step of the first runner (the situation of a
 conductor paused mid-step past its lease), so the first write it attempts
 after its side effect is the one that must be refused.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -21,8 +22,11 @@ from persistence.taskflow_backend import Fenced
 
 def _log(c: Conductor, op_id: str) -> list[tuple[str, str, int | None]]:
     with c.db.session() as s:
-        rows = s.execute(sa.select(FlowLogEntry.step, FlowLogEntry.state, FlowLogEntry.epoch)
-                         .where(FlowLogEntry.flow_detail_uuid == op_id).order_by(FlowLogEntry.id))
+        rows = s.execute(
+            sa.select(FlowLogEntry.step, FlowLogEntry.state, FlowLogEntry.epoch)
+            .where(FlowLogEntry.flow_detail_uuid == op_id)
+            .order_by(FlowLogEntry.id)
+        )
         return [tuple(r) for r in rows]
 
 
@@ -42,8 +46,7 @@ def test_taken_over_mid_step_writes_nothing_more_and_new_owner_finishes(conducto
         real_power_on(self, instance_uuid)  # the side effect happens...
         if not taken:  # ...then another conductor takes over (our lease "expired")
             with second.db.session() as s:
-                epoch = operations.take_ownership(s, op_id, second.owner, 30,
-                                                  dead_owners=(conductor.owner,))
+                epoch = operations.take_ownership(s, op_id, second.owner, 30, dead_owners=(conductor.owner,))
             taken.append(epoch)
 
     monkeypatch.setattr(FakeDriver, "power_on", power_on_then_lose_the_claim)
@@ -65,7 +68,7 @@ def test_taken_over_mid_step_writes_nothing_more_and_new_owner_finishes(conducto
     final = second.runner.run(op_id)
     assert final.state == operations.SUCCEEDED
     assert final.epoch == new_epoch + 1  # running it is another take
-    after = _log(second, op_id)[len(log):]
+    after = _log(second, op_id)[len(log) :]
     assert after and all(row[2] == final.epoch for row in after)
     # The interrupted power_on ran again under the new owner (idempotent), then the rest.
     assert after[0] == ("power_on", "RUNNING", final.epoch)
@@ -92,10 +95,16 @@ def test_backend_refuses_writes_under_a_superseded_epoch(conductor, second):
         op = operations.get(s, op_id)
     from flows import catalog
     from taskflow import engines, states
+
     runner = conductor.runner
     flow_detail, book = runner._flow_detail(op, catalog.get(op.kind))
-    engine = engines.load(engines.flow_from_detail(flow_detail), flow_detail=flow_detail, book=book,
-                          backend=runner.backend, store={"operation_id": op_id, **op.parameters})
+    engine = engines.load(
+        engines.flow_from_detail(flow_detail),
+        flow_detail=flow_detail,
+        book=book,
+        backend=runner.backend,
+        store={"operation_id": op_id, **op.parameters},
+    )
     engine.compile()
     engine.prepare()  # atoms now exist and are remembered by the backend
     with second.db.session() as s:
@@ -120,6 +129,7 @@ def test_backend_refuses_writes_under_a_superseded_epoch(conductor, second):
 
 def test_progress_rows_are_fenced_and_stamped_with_the_epoch(conductor, second):
     from persistence import progress
+
     op_id = conductor.submit_spawn(SpawnRequest(name="vm1", flavor="m1.small", image="cirros"))
     with conductor.db.session() as s:
         mine = operations.take_ownership(s, op_id, conductor.owner, 30)

@@ -3,6 +3,7 @@ bad settings refused, the line is first-come first-served, a queued
 operation runs when a slot frees and shows that it waits, and the bound holds
 under a burst on one service. With real processes (a killed holder, two
 conductors): tests/integration/test_host_limits_processes.py."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -40,9 +41,16 @@ def _op(c: Conductor, op_id: str) -> Operation:
 
 def _reached(c: Conductor, op_id: str, step: str) -> bool:
     with c.db.session() as s:
-        return s.scalar(sa.select(FlowLogEntry.id).where(
-            FlowLogEntry.flow_detail_uuid == op_id, FlowLogEntry.step == step,
-            FlowLogEntry.state == "RUNNING").limit(1)) is not None
+        return (
+            s.scalar(
+                sa.select(FlowLogEntry.id)
+                .where(
+                    FlowLogEntry.flow_detail_uuid == op_id, FlowLogEntry.step == step, FlowLogEntry.state == "RUNNING"
+                )
+                .limit(1)
+            )
+            is not None
+        )
 
 
 def _slot_rows(c: Conductor) -> list[tuple]:
@@ -51,15 +59,22 @@ def _slot_rows(c: Conductor) -> list[tuple]:
 
 
 # -- settings ---------------------------------------------------------------------
-@pytest.mark.parametrize("line, message", [
-    ("max_concurrent_per_host = teleport:1",
-     "max_concurrent_per_host teleport:1: unknown operation kind 'teleport'"),
-    ("max_concurrent_per_host = snapshot:two",
-     "max_concurrent_per_host snapshot:two: the limit must be a whole number >= 0"),
-    ("max_concurrent_per_host = snapshot:-1", "the limit must be a whole number >= 0"),
-    ("max_concurrent_builds = -1", "[conductor] max_concurrent_builds = '-1'"),
-    ("max_concurrent_live_migrations = one", "max_concurrent_live_migrations = 'one'"),
-])
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        (
+            "max_concurrent_per_host = teleport:1",
+            "max_concurrent_per_host teleport:1: unknown operation kind 'teleport'",
+        ),
+        (
+            "max_concurrent_per_host = snapshot:two",
+            "max_concurrent_per_host snapshot:two: the limit must be a whole number >= 0",
+        ),
+        ("max_concurrent_per_host = snapshot:-1", "the limit must be a whole number >= 0"),
+        ("max_concurrent_builds = -1", "[conductor] max_concurrent_builds = '-1'"),
+        ("max_concurrent_live_migrations = one", "max_concurrent_live_migrations = 'one'"),
+    ],
+)
 def test_bad_limits_are_refused_when_the_configuration_loads(tmp_path, line, message):
     conf = write_conf(tmp_path / "c.conf", tmp_path / "state", "sqlite:///unused", line + "\n")
     with pytest.raises(ConfigError) as e:
@@ -77,9 +92,13 @@ def test_which_slots_each_operation_needs():
     assert limits.needs(op("spawn", host="h1")) == [Need("h1", "builds", 2)]
     assert limits.needs(op("evacuate", host="down", dest_host="h2")) == [Need("h2", "builds", 2)]
     assert limits.needs(op("live_migration", host="h1", destination="h2")) == [
-        Need("h1", "live_migrations", 1), Need("h2", "live_migrations", 1)]
+        Need("h1", "live_migrations", 1),
+        Need("h2", "live_migrations", 1),
+    ]
     assert limits.needs(op("migrate", host="h1", dest_host="h2")) == [
-        Need("h1", "migrate", 3), Need("h2", "migrate", 3)]
+        Need("h1", "migrate", 3),
+        Need("h2", "migrate", 3),
+    ]
     assert limits.needs(op("reboot", host="h1")) == []
     assert limits.needs(op("spawn", state="REVERTING", host="h1")) == []  # undoing never waits
     cancelled = op("spawn", host="h1")
@@ -98,8 +117,9 @@ def _ops(db: Database, n: int) -> list[str]:
             op_id = str(uuid.uuid4())
             operations.create(s, op_id, "spawn", None, {"host": "h1"}, 1, None, 30)
             s.flush()
-            s.execute(sa.update(Operation).where(Operation.id == op_id)
-                      .values(created_at=t0 + dt.timedelta(milliseconds=i)))
+            s.execute(
+                sa.update(Operation).where(Operation.id == op_id).values(created_at=t0 + dt.timedelta(milliseconds=i))
+            )
             ids.append(op_id)
     return ids
 
@@ -135,15 +155,17 @@ def test_line_is_first_come_first_served_and_a_lapsed_slot_is_reclaimed(db_url):
             assert host_slots.holders(s, "h1", "builds") == [second]
             assert s.get(HostSlot, (first, "h1", "builds")) is None  # its row went with it
             # The second's conductor dies: once its lease lapses its slot is free.
-            s.execute(sa.update(Operation).where(Operation.id == second)
-                      .values(lease_expires_at=utcnow() - dt.timedelta(seconds=1)))
+            s.execute(
+                sa.update(Operation)
+                .where(Operation.id == second)
+                .values(lease_expires_at=utcnow() - dt.timedelta(seconds=1))
+            )
         assert _try(db, third, 1) == []
         with db.session() as s:
             assert host_slots.holders(s, "h1", "builds") == [third]
             # The orphan keeps its place in line for when it is resumed.
             assert s.get(HostSlot, (second, "h1", "builds")).slot is None
-            assert host_limits.waiting(s, [second, third]) == {
-                second: "waiting for a host slot: builds on h1"}
+            assert host_limits.waiting(s, [second, third]) == {second: "waiting for a host slot: builds on h1"}
     finally:
         db.dispose()
 
@@ -193,16 +215,21 @@ def test_limit_holds_under_a_burst_on_one_service(tmp_path, postgresql_url, redi
 
     clean(postgresql_url)
     limit, count = 3, 30
-    c = _conductor(tmp_path, postgresql_url,
-                   f"max_concurrent_builds = {limit}\nmax_operations = 12\njobboard = {redis_url}\n"
-                   "claim_expiry = 5\npoll_interval = 0.05\n[fake]\nlatency = define_guest:0.05\n")
+    c = _conductor(
+        tmp_path,
+        postgresql_url,
+        f"max_concurrent_builds = {limit}\nmax_operations = 12\njobboard = {redis_url}\n"
+        "claim_expiry = 5\npoll_interval = 0.05\n[fake]\nlatency = define_guest:0.05\n",
+    )
     c.add_host("h2", vcpus=64, ram_mb=65536, disk_gb=1000)
     svc = ConductorService(c, boards.open_board(c.conf, c.owner, c.db))
     t = threading.Thread(target=svc.serve)
     t.start()
     try:
-        handles = [c.submit_spawn(SpawnRequest(name=f"vm{i}", flavor="m1.tiny", image="cirros",
-                                               host=f"h{1 + i % 2}")) for i in range(count)]
+        handles = [
+            c.submit_spawn(SpawnRequest(name=f"vm{i}", flavor="m1.tiny", image="cirros", host=f"h{1 + i % 2}"))
+            for i in range(count)
+        ]
         states = {h: h.wait(timeout=120).state for h in handles}
         assert set(states.values()) == {operations.SUCCEEDED}
         with c.db.session() as s:

@@ -1,5 +1,6 @@
 """With default options one conductor keeps hundreds of waiting operations in
 flight, and waiting steps hold no database connection."""
+
 from __future__ import annotations
 
 import threading
@@ -48,8 +49,11 @@ def held(tmp_path, postgresql_url) -> Iterator[Conductor]:
 
 def _waiting(c: Conductor) -> int:
     with c.db.session() as s:
-        return s.scalar(sa.select(sa.func.count(sa.distinct(FlowLogEntry.flow_detail_uuid)))
-                        .where(FlowLogEntry.step == WAIT_STEP, FlowLogEntry.state == "RUNNING"))
+        return s.scalar(
+            sa.select(sa.func.count(sa.distinct(FlowLogEntry.flow_detail_uuid))).where(
+                FlowLogEntry.step == WAIT_STEP, FlowLogEntry.state == "RUNNING"
+            )
+        )
 
 
 def _connections(c: Conductor) -> int:
@@ -60,9 +64,10 @@ def _connections(c: Conductor) -> int:
 def test_hundreds_of_waiting_operations_are_in_flight_at_once_with_default_options(held):
     assert held.conf.conductor.max_operations >= 1000  # the defaults under test
     assert held.conf.conductor.max_concurrent_builds * HOSTS >= IN_FLIGHT
-    ids = [held.submit_spawn(SpawnRequest(name=f"vm{i}", flavor="m1.tiny", image="cirros",
-                                          host=f"h{i % HOSTS}"))
-           for i in range(IN_FLIGHT)]
+    ids = [
+        held.submit_spawn(SpawnRequest(name=f"vm{i}", flavor="m1.tiny", image="cirros", host=f"h{i % HOSTS}"))
+        for i in range(IN_FLIGHT)
+    ]
     svc = ConductorService(held, boards.open_board(held.conf, held.owner, held.db))
     serving = threading.Thread(target=svc.serve)
     serving.start()
@@ -80,8 +85,10 @@ def test_hundreds_of_waiting_operations_are_in_flight_at_once_with_default_optio
         serving.join(60)
     assert not serving.is_alive()
     with held.db.session() as s:
-        assert s.scalar(sa.select(sa.func.count()).select_from(Operation)
-                        .where(Operation.state == operations.SUCCEEDED)) == IN_FLIGHT
+        assert (
+            s.scalar(sa.select(sa.func.count()).select_from(Operation).where(Operation.state == operations.SUCCEEDED))
+            == IN_FLIGHT
+        )
 
 
 STRUCTURE_IN_FLIGHT = 40
@@ -97,16 +104,16 @@ def test_a_waiting_step_costs_its_own_thread_and_a_deadline_entry_not_a_thread_w
     from flows.steps import attempts
 
     assert held.conf.conductor.step_timeout > 0  # the default deadline is what is under test
-    ids = [held.submit_spawn(SpawnRequest(name=f"vm{i}", flavor="m1.tiny", image="cirros",
-                                          host=f"h{i % HOSTS}"))
-           for i in range(STRUCTURE_IN_FLIGHT)]
+    ids = [
+        held.submit_spawn(SpawnRequest(name=f"vm{i}", flavor="m1.tiny", image="cirros", host=f"h{i % HOSTS}"))
+        for i in range(STRUCTURE_IN_FLIGHT)
+    ]
     svc = ConductorService(held, boards.open_board(held.conf, held.owner, held.db))
     before = threading.active_count()
     serving = threading.Thread(target=svc.serve)
     serving.start()
     try:
-        _until(lambda: _waiting(held) == STRUCTURE_IN_FLIGHT, 120,
-               f"{STRUCTURE_IN_FLIGHT} operations to wait")
+        _until(lambda: _waiting(held) == STRUCTURE_IN_FLIGHT, 120, f"{STRUCTURE_IN_FLIGHT} operations to wait")
         # Each waiting call runs in its step's own thread, renamed for the call.
         names = [t.name for t in threading.enumerate()]
         assert names.count(f"{WAIT_STEP}-execute") == STRUCTURE_IN_FLIGHT

@@ -1,6 +1,7 @@
 """`instances show`, `instances list` and `instances events` as an operator
 reads them: no Python reprs, UTC times, the last operation and its fault, a
 host marked down, and the hypervisor's unasked-for events."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -18,7 +19,7 @@ TIME = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\dZ"
 
 def _field(out: str, key: str) -> str:
     (line,) = [ln for ln in out.splitlines() if ln.split(" ", 1)[0] == key]
-    return line[len(key):].strip()
+    return line[len(key) :].strip()
 
 
 def test_show_is_readable_and_json_stays_json(conductor, conf_file):
@@ -94,8 +95,7 @@ def test_events_lists_what_the_hypervisor_reported(conductor, conf_file):
     assert header.split() == ["AT", "HOST", "EVENT", "POWER_STATE"]
     assert re.fullmatch(TIME + rf"\s+h1\s+{ev[0]}\s+shutdown", row), row
     listed = json.loads(run_cli(conf_file, "instances", "events", uuid1, "--json").stdout)
-    assert listed == [{"at": ev[1].isoformat() + "Z", "host": "h1", "event": ev[0],
-                       "power_state": "shutdown"}]
+    assert listed == [{"at": ev[1].isoformat() + "Z", "host": "h1", "event": ev[0], "power_state": "shutdown"}]
     none = run_cli(conf_file, "instances", "events", "vm2")
     assert none.returncode == 0 and none.stdout.strip() == "no events recorded for vm2"
     bad = run_cli(conf_file, "instances", "events", "nobody")
@@ -111,8 +111,6 @@ def test_events_of_a_deleted_instance_by_its_name(conductor, conf_file):
     gone = run_cli(conf_file, "instances", "events", "vm1")  # no live vm1: the deleted one
     assert gone.returncode == 0 and "shutdown" in gone.stdout, gone.stdout + gone.stderr
     spawn(conductor)  # a new vm1, with no events of its own
-    assert run_cli(conf_file, "instances", "events", "vm1").stdout.strip() == \
-        "no events recorded for vm1"
-    listed = json.loads(run_cli(conf_file, "instances", "events", "vm1", "--deleted",
-                                "--json").stdout)
+    assert run_cli(conf_file, "instances", "events", "vm1").stdout.strip() == "no events recorded for vm1"
+    listed = json.loads(run_cli(conf_file, "instances", "events", "vm1", "--deleted", "--json").stdout)
     assert [(e["host"], e["power_state"]) for e in listed] == [("h1", "shutdown")]

@@ -2,6 +2,7 @@
 for the service): oldest first, idempotent posts, expiring claims kept by a heartbeat, claims
 re-taken after Redis lost them, unloadable jobs kept and reported, ended
 operations consumed without running, the operation handle."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -86,6 +87,7 @@ def test_claim_expires_without_heartbeat_and_survives_with_it(request, kind, exp
     def beat():
         while not stop.wait(expiry / 5):
             assert a.heartbeat(claim)
+
     t = threading.Thread(target=beat)
     t.start()
     try:
@@ -141,8 +143,11 @@ def test_unknown_scheme_unreachable_server_and_missing_client_library_are_clear_
             boards.open_board(conf, "c", None)
     real_find_spec = boards.importlib.util.find_spec
     for scheme, module in (("zookeeper", "kazoo"), ("etcd", "etcd3gw")):
-        monkeypatch.setattr(boards.importlib.util, "find_spec",
-                            lambda name, *a, m=module: None if name == m else real_find_spec(name, *a))
+        monkeypatch.setattr(
+            boards.importlib.util,
+            "find_spec",
+            lambda name, *a, m=module: None if name == m else real_find_spec(name, *a),
+        )
         conf.set_override("jobboard", f"{scheme}://127.0.0.1:1", "conductor")
         with pytest.raises(boards.JobboardError, match=f"needs the Python package '{module}'"):
             boards.open_board(conf, "c", None)
@@ -152,8 +157,12 @@ def test_unknown_scheme_unreachable_server_and_missing_client_library_are_clear_
 @pytest.fixture
 def scaleout(tmp_path, postgresql_url, redis_url) -> Iterator[Conductor]:
     clean(postgresql_url)
-    conf = write_conf(tmp_path / "c.conf", tmp_path / "state", postgresql_url,
-                      f"jobboard = {redis_url}\nclaim_expiry = 3\npoll_interval = 0.05\n")
+    conf = write_conf(
+        tmp_path / "c.conf",
+        tmp_path / "state",
+        postgresql_url,
+        f"jobboard = {redis_url}\nclaim_expiry = 3\npoll_interval = 0.05\n",
+    )
     c = Conductor(config.load([str(conf)]))
     c.add_host("h1", vcpus=16, ram_mb=32768, disk_gb=500)
     try:
@@ -196,8 +205,10 @@ def test_unloadable_job_is_kept_and_reported_not_trashed(scaleout, service, tmp_
     with scaleout.db.session() as s:
         operations.create(s, op_id, "teleport", None, {}, 1, None, 30)
     scaleout.board.post(op_id, utcnow())
-    err = eventually(lambda: (_op(scaleout, op_id).error or "").startswith("not loadable here")
-                     and _op(scaleout, op_id).error, what="the unloadable job to be reported")
+    err = eventually(
+        lambda: (_op(scaleout, op_id).error or "").startswith("not loadable here") and _op(scaleout, op_id).error,
+        what="the unloadable job to be reported",
+    )
     assert "unknown operation kind 'teleport'" in err[:60]  # what `ops list` shows of it
     assert "kept on the jobboard" in err
     assert _op(scaleout, op_id).state == operations.PENDING
@@ -217,8 +228,10 @@ def test_job_of_an_ended_operation_is_consumed_without_running(scaleout, service
     scaleout.board.post(op_id, utcnow())
     eventually(lambda: scaleout.board.waiting() == [], what="the job to be consumed")
     with scaleout.db.session() as s:
-        assert s.scalar(sa.select(sa.func.count()).select_from(FlowLogEntry)
-                        .where(FlowLogEntry.flow_detail_uuid == op_id)) == 0
+        assert (
+            s.scalar(sa.select(sa.func.count()).select_from(FlowLogEntry).where(FlowLogEntry.flow_detail_uuid == op_id))
+            == 0
+        )
 
 
 def test_handle_cancel_records_the_request(scaleout):
@@ -246,14 +259,14 @@ def test_embedded_handle_runs_in_process_without_a_server(tmp_path, sqlite_url):
 def test_embedded_service_finishes_a_dead_submitters_operation(tmp_path, sqlite_url):
     """No jobboard: `computeflow conductor` works from the operations table."""
     clean(sqlite_url)
-    c = Conductor(config.load([str(write_conf(tmp_path / "c.conf", tmp_path / "state", sqlite_url,
-                                              "poll_interval = 0.05\n"))]))
+    c = Conductor(
+        config.load([str(write_conf(tmp_path / "c.conf", tmp_path / "state", sqlite_url, "poll_interval = 0.05\n"))])
+    )
     try:
         c.add_host("h1", vcpus=4, ram_mb=8192, disk_gb=100)
         h = c.submit_spawn(SpawnRequest(name="vm1", flavor="m1.tiny", image="cirros"))
         with c.db.session() as s:  # its submitter died before running it
-            s.execute(sa.update(Operation).where(Operation.id == h)
-                      .values(owner=f"{socket.gethostname()}:999999999:0"))
+            s.execute(sa.update(Operation).where(Operation.id == h).values(owner=f"{socket.gethostname()}:999999999:0"))
         svc = ConductorService(c, boards.open_board(c.conf, c.owner, c.db))
         assert svc.board.embedded
         t = threading.Thread(target=svc.serve)

@@ -1,5 +1,6 @@
 """The live step output (`Progress`, what spawn, resume and retry-revert
 print): step moves only, never the flow's own state changes."""
+
 from __future__ import annotations
 
 from conductor.cli_support import Progress

@@ -8,6 +8,7 @@ is never above its capacity (sampled while they run and checked at the end,
 where usage equals the sum of the claims), and every instance ends with no
 holder. Many operations on one instance at once: exactly one holds it.
 """
+
 from __future__ import annotations
 
 import subprocess
@@ -71,10 +72,15 @@ def assert_consistent(c: Conductor) -> None:
         live = instances.list_live(s)
         moved = [i for i in live if i.host == "small"]
         assert (small.used_vcpus, small.used_ram_mb, small.used_disk_gb) == (
-            sum(cl.vcpus for cl in on_small), sum(cl.ram_mb for cl in on_small),
-            sum(cl.disk_gb for cl in on_small))
-        assert small.used_vcpus <= small.vcpus and small.used_ram_mb <= small.ram_mb \
+            sum(cl.vcpus for cl in on_small),
+            sum(cl.ram_mb for cl in on_small),
+            sum(cl.disk_gb for cl in on_small),
+        )
+        assert (
+            small.used_vcpus <= small.vcpus
+            and small.used_ram_mb <= small.ram_mb
             and small.used_disk_gb <= small.disk_gb
+        )
         assert len(moved) == ROOM and all(i.vm_state == "resized" for i in moved)
         assert all(i.held_by is None for i in live)
         assert all(i.vm_state == "active" and i.host == "big" for i in live if i.host != "small")
@@ -103,12 +109,27 @@ def test_threads_migrating_everything_at_once_fill_the_host_exactly(busy):
 def test_processes_migrating_everything_at_once_fill_the_host_exactly(busy):
     c, conf_file = busy
     with Sampler(c) as sampler:
-        procs = [subprocess.Popen([sys.executable, "-m", "conductor.cli", "--config-file",
-                                   str(conf_file), "migrate", f"vm{i}", "--target-host", "small"],
-                                  cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-                 for i in range(N)]
-        results = [(p.returncode, err) for p in procs
-                   for _, err in [p.communicate(timeout=120)]]
+        procs = [
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "conductor.cli",
+                    "--config-file",
+                    str(conf_file),
+                    "migrate",
+                    f"vm{i}",
+                    "--target-host",
+                    "small",
+                ],
+                cwd=REPO,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for i in range(N)
+        ]
+        results = [(p.returncode, err) for p in procs for _, err in [p.communicate(timeout=120)]]
     codes = [rc for rc, _ in results]
     assert codes.count(0) == ROOM, results
     assert all(rc in (0, 1, 2) for rc in codes), results  # 1: reverted at the claim, 2: refused

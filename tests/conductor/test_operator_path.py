@@ -2,6 +2,7 @@
 that fails says both causes, exits 3 and names the next command; a process
 killed mid-revert shows REVERTING and an orphan; a hung step is terminated
 from another shell; step times leave out the waits between attempts."""
+
 from __future__ import annotations
 
 import json
@@ -30,11 +31,12 @@ def make_conf(tmp_path, sqlite_url):
     state = tmp_path / "state"
 
     def make(faults: str = "", extra: str = "") -> Path:
-        return write_conf(tmp_path / "c.conf", state, sqlite_url,
-                          f"step_retry_base_delay = 0.05\n{extra}[fake]\nfaults = {faults}\n")
+        return write_conf(
+            tmp_path / "c.conf", state, sqlite_url, f"step_retry_base_delay = 0.05\n{extra}[fake]\nfaults = {faults}\n"
+        )
+
     conf = make()
-    assert run_cli(conf, "hosts", "add", "h1", "--vcpus", "8", "--ram-mb", "16384",
-                   "--disk-gb", "200").returncode == 0
+    assert run_cli(conf, "hosts", "add", "h1", "--vcpus", "8", "--ram-mb", "16384", "--disk-gb", "200").returncode == 0
     return make
 
 
@@ -76,10 +78,8 @@ def test_a_failed_revert_shows_both_causes_exits_3_and_the_instance_is_in_error(
     assert out.returncode == 3, out.stdout + out.stderr
     assert "spawn FAILED and needs repair: instance vm1" in out.stdout
     assert "is in error on h1, held by this operation" in out.stdout
-    assert "cause: wait_running: InjectedFault: injected failure at step wait_running during " \
-           "execute" in out.stdout
-    assert "revert failed: InjectedFault: injected failure at step define_guest during revert" \
-        in out.stdout
+    assert "cause: wait_running: InjectedFault: injected failure at step wait_running during execute" in out.stdout
+    assert "revert failed: InjectedFault: injected failure at step define_guest during revert" in out.stdout
     op_id = _op_id(out.stdout)
     assert f"next: fix the cause, then `computeflow ops retry-revert {op_id}`" in out.stdout
     inst = _instance(conf)
@@ -97,14 +97,14 @@ def test_a_failed_revert_shows_both_causes_exits_3_and_the_instance_is_in_error(
     steps = {st["step"]: st for st in shown["steps"]}
     assert steps["define_guest"]["revert_attempts"] == 2
     transitions = shown["transitions"]
-    reverting = [t["at"] for t in transitions
-                 if t["step"] == "define_guest" and t["state"] == "REVERTING"]
+    reverting = [t["at"] for t in transitions if t["step"] == "define_guest" and t["state"] == "REVERTING"]
     gap = _seconds(reverting[1]) - _seconds(reverting[0])  # a new process started in between
     assert steps["define_guest"]["revert_s"] < gap, (steps["define_guest"], gap)
 
 
 def _seconds(ts: str) -> float:
     import datetime as dt
+
     return dt.datetime.fromisoformat(ts.rstrip("Z")).timestamp()
 
 
@@ -135,9 +135,13 @@ def test_transient_retries_show_live_and_count_as_execute_attempts(make_conf):
 def test_a_hung_step_is_terminated_from_another_shell(make_conf):
     # A short lease: the former owner learns of the take-over at its next renewal.
     conf = make_conf("power_on:execute:hang", extra="lease_seconds = 3\n")
-    hung = subprocess.Popen([sys.executable, "-m", "conductor.cli", "--config-file", str(conf),
-                             *SPAWN], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    hung = subprocess.Popen(
+        [sys.executable, "-m", "conductor.cli", "--config-file", str(conf), *SPAWN],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         op_id = _read_until(hung, r"\] power_on +RUNNING")
         shown = run_cli(conf, "ops", "show", op_id).stdout

@@ -2,6 +2,7 @@
 once (log and instance event), nothing changes unless the configuration lets
 a kind be fixed, a failed audit does not end the watch, a typo in that list is
 a configuration error."""
+
 from __future__ import annotations
 
 import logging
@@ -47,8 +48,7 @@ def test_report_only_by_default_and_each_finding_once(conductor, caplog):
     assert len(warned) == 1 and "power-drift" in warned[0]
     with conductor.db.session() as s:
         assert instances.get(s, uuid).power_state == "running"  # report only: unchanged
-        assert s.scalar(sa.select(sa.func.count()).select_from(Operation)
-                        .where(Operation.kind == "reconcile")) == 0
+        assert s.scalar(sa.select(sa.func.count()).select_from(Operation).where(Operation.kind == "reconcile")) == 0
 
 
 def test_allowed_kinds_are_fixed_as_operations(conductor, caplog):
@@ -58,8 +58,7 @@ def test_allowed_kinds_are_fixed_as_operations(conductor, caplog):
         watch.pass_once()
         watch.pass_once()
     with conductor.db.session() as s:
-        assert (instances.get(s, uuid).vm_state, instances.get(s, uuid).power_state) == (
-            "stopped", "shutdown")
+        assert (instances.get(s, uuid).vm_state, instances.get(s, uuid).power_state) == ("stopped", "shutdown")
         (op,) = s.scalars(sa.select(Operation).where(Operation.kind == "reconcile")).all()
         assert op.state == operations.SUCCEEDED
     assert any("resolved" in r.getMessage() for r in caplog.records)
@@ -84,6 +83,7 @@ def test_a_failed_audit_is_logged_and_the_watch_goes_on(monkeypatch, caplog):
         if len(audits) == 1:
             raise RuntimeError("database unreachable")
         return reconcile.Audit()
+
     monkeypatch.setattr(drift_watch.reconcile, "audit", audit)
     ticks = _Ticks(2)
     with caplog.at_level(logging.INFO, logger="conductor.drift_watch"):
@@ -107,8 +107,9 @@ def test_the_watch_stops_at_once_when_asked_and_never_runs_at_interval_0():
 
 
 def test_a_typo_in_reconcile_apply_is_a_configuration_error(tmp_path, sqlite_url):
-    conf = write_conf(tmp_path / "c.conf", tmp_path / "state", sqlite_url,
-                      "reconcile_apply = power-drift,orphan-gost\n")
+    conf = write_conf(
+        tmp_path / "c.conf", tmp_path / "state", sqlite_url, "reconcile_apply = power-drift,orphan-gost\n"
+    )
     out = run_cli(conf, "conductor", timeout=30)
     assert out.returncode == 2, out.stdout + out.stderr
     assert "orphan-gost" in out.stderr and "Traceback" not in out.stderr
@@ -124,6 +125,7 @@ class _SlowHandle:
 
     def wait(self, timeout=None):
         from conductor.handle import OperationTimeout
+
         if self.left:
             self.left -= 1
             raise OperationTimeout("op", "RUNNING", timeout)

@@ -2,6 +2,7 @@
 left behind; retry-revert re-runs the failed revert and every earlier one
 (not taskflow's plain re-run, which would skip them); mark-reverted records
 a manual cleanup."""
+
 from __future__ import annotations
 
 import json
@@ -29,9 +30,13 @@ def _failed_spawn(c: Conductor) -> str:
 
 def _annotations(c: Conductor, op_id: str) -> list[FlowLogEntry]:
     with c.db.session() as s:
-        return s.scalars(sa.select(FlowLogEntry).where(
-            FlowLogEntry.flow_detail_uuid == op_id, FlowLogEntry.step == "(flow)",
-            FlowLogEntry.state.in_((operations.REVERT_RETRIED, operations.MARKED_REVERTED)))).all()
+        return s.scalars(
+            sa.select(FlowLogEntry).where(
+                FlowLogEntry.flow_detail_uuid == op_id,
+                FlowLogEntry.step == "(flow)",
+                FlowLogEntry.state.in_((operations.REVERT_RETRIED, operations.MARKED_REVERTED)),
+            )
+        ).all()
 
 
 def test_failed_revert_is_listed_with_what_it_left_behind(conductor):
@@ -115,8 +120,7 @@ def _with_host(conf) -> None:
 def _leaks(conf) -> bool:
     with Conductor(config.load([str(conf)])) as c:
         leaks = c.leaks()
-    return bool(leaks["claims"]) or any(inv.guests or inv.disks or inv.ports
-                                        for inv in leaks["hosts"].values())
+    return bool(leaks["claims"]) or any(inv.guests or inv.disks or inv.ports for inv in leaks["hosts"].values())
 
 
 @pytest.mark.integration
@@ -164,8 +168,9 @@ def test_cli_hung_call_then_retry_revert_from_another_process(tmp_path, crash_db
 def test_cli_mark_reverted(tmp_path, crash_db_url):
     conf = _conf(tmp_path, crash_db_url, f"[fake]\nfaults = {', '.join(REVERT_FAILS)}\n")
     _with_host(conf)
-    op_id = json.loads(run_cli(conf, "spawn", "vm1", "--flavor", "m1.small", "--image", "cirros",
-                               "--json").stdout)["id"]
+    op_id = json.loads(run_cli(conf, "spawn", "vm1", "--flavor", "m1.small", "--image", "cirros", "--json").stdout)[
+        "id"
+    ]
     r = run_cli(conf, "ops", "mark-reverted", op_id, "--note", "virsh undefine")
     assert r.returncode == 0, r.stderr
     assert "marked REVERTED" in r.stdout and "define_guest" in r.stdout

@@ -1,4 +1,5 @@
 """The runner's guards: versions, finished flows, ownership and leases."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -17,14 +18,14 @@ from tests.flows.test_spawn import spawn
 
 def _flow_log_count(c, op_id: str) -> int:
     with c.db.session() as s:
-        return s.scalar(sa.select(sa.func.count()).select_from(FlowLogEntry)
-                        .where(FlowLogEntry.flow_detail_uuid == op_id))
+        return s.scalar(
+            sa.select(sa.func.count()).select_from(FlowLogEntry).where(FlowLogEntry.flow_detail_uuid == op_id)
+        )
 
 
 def test_older_flow_version_is_refused_not_run(conductor, monkeypatch):
     op_id = conductor.submit_spawn(SpawnRequest(name="vm1", flavor="m1.tiny", image="cirros"))
-    monkeypatch.setitem(catalog.CATALOG, "spawn",
-                        dataclasses.replace(catalog.CATALOG["spawn"], version=2))
+    monkeypatch.setitem(catalog.CATALOG, "spawn", dataclasses.replace(catalog.CATALOG["spawn"], version=2))
     status = conductor.run(op_id)
     assert status.state == operations.FAILED
     assert "flow version 1" in status.error and "only has version 2" in status.error
@@ -40,9 +41,13 @@ def test_flow_that_already_reverted_is_recorded_not_rerun(conductor):
     logged = _flow_log_count(conductor, op_id)
     # The conductor "died" after the revert, before recording the outcome.
     with conductor.db.session() as s:
-        s.execute(sa.update(Operation).where(Operation.id == op_id)
-                  .values(state=operations.REVERTING, owner="elsewhere:1:1",
-                          lease_expires_at=utcnow() - dt.timedelta(seconds=1)))
+        s.execute(
+            sa.update(Operation)
+            .where(Operation.id == op_id)
+            .values(
+                state=operations.REVERTING, owner="elsewhere:1:1", lease_expires_at=utcnow() - dt.timedelta(seconds=1)
+            )
+        )
     (resumed,) = conductor.resume()
     assert resumed.state == operations.REVERTED
     assert _flow_log_count(conductor, op_id) == logged  # not one step ran again
@@ -52,8 +57,11 @@ def test_flow_that_already_reverted_is_recorded_not_rerun(conductor):
 def test_resume_leaves_operations_of_live_owners_alone(conductor):
     op_id = conductor.submit_spawn(SpawnRequest(name="vm1", flavor="m1.tiny", image="cirros"))
     with conductor.db.session() as s:
-        s.execute(sa.update(Operation).where(Operation.id == op_id)
-                  .values(owner="otherhost:1:1", lease_expires_at=utcnow() + dt.timedelta(seconds=60)))
+        s.execute(
+            sa.update(Operation)
+            .where(Operation.id == op_id)
+            .values(owner="otherhost:1:1", lease_expires_at=utcnow() + dt.timedelta(seconds=60))
+        )
     assert conductor.resume() == []
     assert conductor.status(op_id).state == operations.PENDING
 
@@ -61,8 +69,11 @@ def test_resume_leaves_operations_of_live_owners_alone(conductor):
 def test_resume_takes_over_an_expired_lease(conductor):
     op_id = conductor.submit_spawn(SpawnRequest(name="vm1", flavor="m1.tiny", image="cirros"))
     with conductor.db.session() as s:
-        s.execute(sa.update(Operation).where(Operation.id == op_id)
-                  .values(owner="otherhost:1:1", lease_expires_at=utcnow() - dt.timedelta(seconds=1)))
+        s.execute(
+            sa.update(Operation)
+            .where(Operation.id == op_id)
+            .values(owner="otherhost:1:1", lease_expires_at=utcnow() - dt.timedelta(seconds=1))
+        )
     (resumed,) = conductor.resume()
     assert resumed.state == operations.SUCCEEDED
 

@@ -1,5 +1,6 @@
 """The admin password reaches the driver and nowhere else: not the database
 (full dump, during and after the operation), not the logs, not CLI output."""
+
 from __future__ import annotations
 
 import hashlib
@@ -35,8 +36,19 @@ def test_password_never_stored_logged_or_printed(tmp_path, db_url):
     # Kill the first attempt after the guest was defined: the secret must survive
     # (encrypted) for the resume, and still never be in clear text.
     crash = write_conf(tmp_path / "crash.conf", state, db_url, "[fake]\nfaults = power_on:execute:kill\n")
-    died = run_cli(crash, "--debug", "spawn", "vm1", "--flavor", "m1.tiny", "--image", "cirros",
-                   "--admin-password-file", "-", stdin=PASSWORD + "\n")
+    died = run_cli(
+        crash,
+        "--debug",
+        "spawn",
+        "vm1",
+        "--flavor",
+        "m1.tiny",
+        "--image",
+        "cirros",
+        "--admin-password-file",
+        "-",
+        stdin=PASSWORD + "\n",
+    )
     assert died.returncode == -signal.SIGKILL
     outputs.append(died)
     during = full_dump(db_url)
@@ -48,8 +60,11 @@ def test_password_never_stored_logged_or_printed(tmp_path, db_url):
     assert json.loads(outputs[-1].stdout)["state"] == "SUCCEEDED"
     # A failing spawn with a password (the error path formats exceptions).
     failing = write_conf(tmp_path / "fail.conf", state, db_url, "[fake]\nfaults = define_guest:execute:fail\n")
-    outputs.append(run_cli(failing, "--debug", "spawn", "vm2", "--flavor", "m1.tiny", "--image", "cirros",
-                           "--admin-password", PASSWORD))
+    outputs.append(
+        run_cli(
+            failing, "--debug", "spawn", "vm2", "--flavor", "m1.tiny", "--image", "cirros", "--admin-password", PASSWORD
+        )
+    )
     after = full_dump(db_url)
 
     assert PASSWORD not in during and PASSWORD not in after

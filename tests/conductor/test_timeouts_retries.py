@@ -4,6 +4,7 @@ A transient error is retried with exponential backoff and every attempt is a
 flow-log row; a permanent one reverts at once; a hung call fails its step
 and the operation reverts, the revert never racing the abandoned call.
 """
+
 from __future__ import annotations
 
 import threading
@@ -48,9 +49,14 @@ def fast(tmp_path, crash_db_url):
 
 def _rows(c: Conductor, op_id: str, step: str) -> list[tuple[str, int]]:
     with c.db.session() as s:
-        return [(r.state, r.attempt) for r in s.scalars(
-            sa.select(FlowLogEntry).where(FlowLogEntry.flow_detail_uuid == op_id,
-                                          FlowLogEntry.step == step).order_by(FlowLogEntry.id))]
+        return [
+            (r.state, r.attempt)
+            for r in s.scalars(
+                sa.select(FlowLogEntry)
+                .where(FlowLogEntry.flow_detail_uuid == op_id, FlowLogEntry.step == step)
+                .order_by(FlowLogEntry.id)
+            )
+        ]
 
 
 def test_transient_errors_are_retried_and_every_attempt_is_logged(retrying):
@@ -62,8 +68,9 @@ def test_transient_errors_are_retried_and_every_attempt_is_logged(retrying):
     assert [a for s, a in rows if s in ("RUNNING", "RETRYING")] == [1, 1, 2, 2, 3]
     with retrying.db.session() as s:
         (power_on,) = [st for st in flowlog.summarize(flowlog.entries(s, op_id)) if st.step == "power_on"]
-        retry_rows = s.scalars(sa.select(FlowLogEntry).where(
-            FlowLogEntry.flow_detail_uuid == op_id, FlowLogEntry.state == "RETRYING")).all()
+        retry_rows = s.scalars(
+            sa.select(FlowLogEntry).where(FlowLogEntry.flow_detail_uuid == op_id, FlowLogEntry.state == "RETRYING")
+        ).all()
     assert power_on.attempts == 3 and power_on.state == "SUCCESS"
     assert all("InjectedTransientFault" in r.error and "attempt" in r.result for r in retry_rows)
 
@@ -136,6 +143,7 @@ def test_call_still_hung_at_revert_leaves_it_for_an_operator(fast, monkeypatch):
 
 def spawn_op(c: Conductor) -> str:
     from conductor.api import SpawnRequest
+
     return c.submit_spawn(SpawnRequest(name="vm1", flavor="m1.small", image="cirros"))
 
 

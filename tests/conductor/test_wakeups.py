@@ -3,6 +3,7 @@ each source delivers its notices, a notice leaves only with its transaction's
 commit, and a dropped notification connection is noticed, falls back to
 polling and reconnects. Intervals are set to an hour wherever a poll could
 otherwise explain an outcome: only a notice can end those waits in time."""
+
 from __future__ import annotations
 
 import queue
@@ -116,8 +117,9 @@ def test_a_dropped_postgresql_listener_falls_back_to_polling_and_reconnects(pg):
         _, _, covered_then = rec.next(None)  # "notices may have been missed": everyone looks
         assert not covered_then  # ... and polls at poll_interval until reconnected
         assert loop_wake.is_set()
-        eventually(lambda: src.healthy and src.backend_pid() not in (None, old_pid), DEADLINE,
-                   "the listener to reconnect")
+        eventually(
+            lambda: src.healthy and src.backend_pid() not in (None, old_pid), DEADLINE, "the listener to reconnect"
+        )
         op_id = _create(pg)
         assert rec.next(notify.JOBS, op_id)
     finally:
@@ -176,8 +178,9 @@ def test_zookeeper_and_etcd_watches_announce_new_jobs(request, kind):
 def test_sqlite_submission_wakes_a_service_of_the_same_process(tmp_path, sqlite_url):
     """No server: the in-process hub wakes a loop that would otherwise sleep an hour."""
     clean(sqlite_url)
-    conf = write_conf(tmp_path / "c.conf", tmp_path / "state", sqlite_url,
-                      f"poll_interval = {HOUR}\nsafety_poll_interval = {HOUR}\n")
+    conf = write_conf(
+        tmp_path / "c.conf", tmp_path / "state", sqlite_url, f"poll_interval = {HOUR}\nsafety_poll_interval = {HOUR}\n"
+    )
     c = Conductor(config.load([str(conf)]))
     svc = ConductorService(c, boards.open_board(c.conf, c.owner, c.db))
     t = threading.Thread(target=svc.serve)

@@ -1,4 +1,5 @@
 """The fake hypervisor: state on disk, idempotent calls, faults."""
+
 import os
 import signal
 import subprocess
@@ -30,8 +31,12 @@ def test_every_mutation_is_idempotent(tmp_path):
     first = d.inventory()
     build_guest(d)  # the whole sequence again: nothing new
     assert d.inventory() == first and d.get_info("u1").state is PowerState.RUNNING
-    for undo in (lambda: d.power_off("u1"), lambda: d.undefine_guest("u1"),
-                 lambda: d.unplug_vif("u1", "p1"), lambda: d.delete_disk("u1", DiskKind.ROOT)):
+    for undo in (
+        lambda: d.power_off("u1"),
+        lambda: d.undefine_guest("u1"),
+        lambda: d.unplug_vif("u1", "p1"),
+        lambda: d.delete_disk("u1", DiskKind.ROOT),
+    ):
         undo()
         undo()
     assert d.inventory().empty
@@ -81,8 +86,14 @@ def test_fail_once_fires_once():
 
 
 def test_kill_fault_kills_the_process():
-    code = ("from drivers.faults import FaultPlan; "
-            "FaultPlan(['s:revert:kill:after']).checkpoint('s', 'revert', 'after'); print('alive')")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                       cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+    code = (
+        "from drivers.faults import FaultPlan; "
+        "FaultPlan(['s:revert:kill:after']).checkpoint('s', 'revert', 'after'); print('alive')"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))),
+    )
     assert r.returncode == -signal.SIGKILL and "alive" not in r.stdout

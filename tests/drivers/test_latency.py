@@ -1,5 +1,6 @@
 """The fake hypervisor's latency model: parsed strictly, drawn reproducibly,
 and spent by the driver's calls."""
+
 from __future__ import annotations
 
 import time
@@ -11,12 +12,15 @@ from drivers.latency import BadLatencySpec, LatencyModel
 from tests.conftest import run_cli, write_conf
 
 
-@pytest.mark.parametrize("spec, message", [
-    (["pwer_on:1"], "'pwer_on' is not a driver call; did you mean power_on"),
-    (["power_on"], "expected METHOD:SECONDS"),
-    (["power_on:-1"], "seconds must be a number >= 0"),
-    (["power_on:abc"], "seconds must be a number >= 0"),
-])
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        (["pwer_on:1"], "'pwer_on' is not a driver call; did you mean power_on"),
+        (["power_on"], "expected METHOD:SECONDS"),
+        (["power_on:-1"], "seconds must be a number >= 0"),
+        (["power_on:abc"], "seconds must be a number >= 0"),
+    ],
+)
 def test_a_bad_latency_is_refused_with_what_was_expected(spec, message):
     with pytest.raises(BadLatencySpec, match=message):
         LatencyModel.parse(spec)
@@ -26,6 +30,7 @@ def test_draws_are_seeded_per_host_and_keep_their_mean():
     def draws(seed: int, host: str) -> list[float]:
         model = LatencyModel.parse(["*:0.5", "power_on:0"], "exponential", seed)
         return [model.draw(host, "define_guest") for _ in range(2000)]
+
     first = draws(7, "h1")
     assert first == draws(7, "h1") and first != draws(8, "h1") and first != draws(7, "h2")
     assert 0.45 < sum(first) / len(first) < 0.55
@@ -48,10 +53,13 @@ def test_the_driver_spends_each_call_s_latency(tmp_path):
 
 
 def test_a_bad_latency_in_the_config_is_one_line_exit_2(tmp_path, sqlite_url):
-    conf = write_conf(tmp_path / "c.conf", tmp_path / "state", sqlite_url,
-                      "[fake]\nlatency = define_guest:1,plug_vfi:2\n")
+    conf = write_conf(
+        tmp_path / "c.conf", tmp_path / "state", sqlite_url, "[fake]\nlatency = define_guest:1,plug_vfi:2\n"
+    )
     out = run_cli(conf, "hosts", "list")
     assert out.returncode == 2
-    assert out.stderr.strip() == ("computeflow: error: configuration: [fake] latency "
-                                  "'plug_vfi:2': 'plug_vfi' is not a driver call; did you mean "
-                                  "plug_vif, unplug_vif?"), out.stderr
+    assert out.stderr.strip() == (
+        "computeflow: error: configuration: [fake] latency "
+        "'plug_vfi:2': 'plug_vfi' is not a driver call; did you mean "
+        "plug_vif, unplug_vif?"
+    ), out.stderr

@@ -2,6 +2,7 @@
 expected end state, its steps, and a snapshot of everything an operation may
 touch (instance record, claims, host usage, images, every fake host's state
 file and the image store), so that "reverted" can mean "exactly as before"."""
+
 from __future__ import annotations
 
 import importlib
@@ -63,10 +64,12 @@ def world(c: Conductor, uuid: str, ignore: tuple[str, ...] = ()) -> dict:
     """Everything an operation may change, as plain data."""
     with c.db.session() as s:
         inst = instances.get(s, uuid)
-        record = {col.key: getattr(inst, col.key) for col in Instance.__table__.columns
-                  if col.key not in ("updated_at", "created_at")}
-        claim_rows = sorted((cl.operation_id, cl.host, cl.vcpus, cl.ram_mb, cl.disk_gb)
-                            for cl in claims.all_claims(s))
+        record = {
+            col.key: getattr(inst, col.key)
+            for col in Instance.__table__.columns
+            if col.key not in ("updated_at", "created_at")
+        }
+        claim_rows = sorted((cl.operation_id, cl.host, cl.vcpus, cl.ram_mb, cl.disk_gb) for cl in claims.all_claims(s))
         usage = [(h.name, h.used_vcpus, h.used_ram_mb, h.used_disk_gb) for h in hosts.list_hosts(s)]
         images = sorted((i.name, i.path) for i in hosts.list_images(s))
     state_dir = c.conf.fake.state_dir
@@ -77,8 +80,14 @@ def world(c: Conductor, uuid: str, ignore: tuple[str, ...] = ()) -> dict:
                 fake[name] = _without(json.load(f), ignore)
     store = c.conf.image_store_path
     files = sorted(os.listdir(store)) if os.path.isdir(store) else []
-    return {"instance": record, "claims": claim_rows, "usage": usage, "images": images,
-            "fake": fake, "image_store": files}
+    return {
+        "instance": record,
+        "claims": claim_rows,
+        "usage": usage,
+        "images": images,
+        "fake": fake,
+        "image_store": files,
+    }
 
 
 def _without(state: dict, keys: tuple[str, ...]) -> dict:

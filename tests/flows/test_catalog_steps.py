@@ -1,5 +1,6 @@
 """The catalogue's step names are the names of the steps its flows build: a
 fault spec ([fake] faults) is checked against them, so they must not drift."""
+
 from __future__ import annotations
 
 import importlib
@@ -23,10 +24,17 @@ def built_step_names(kind: catalog.OperationKind) -> set[str]:
     names = set()
     for shared in (True, False):
         for power_on in (True, False):
-            flow = build(operation=kind.name, flavor=FLAVOR, vifs=VIFS, host="h1",
-                         end_state=["active", "running"], shared_storage=shared,
-                         power_on=power_on, holds_instance=True,
-                         actions=[{"action": a, "host": "h1"} for a in ACTIONS] * 3)
+            flow = build(
+                operation=kind.name,
+                flavor=FLAVOR,
+                vifs=VIFS,
+                host="h1",
+                end_state=["active", "running"],
+                shared_storage=shared,
+                power_on=power_on,
+                holds_instance=True,
+                actions=[{"action": a, "host": "h1"} for a in ACTIONS] * 3,
+            )
             names |= {atom.name for atom in _atoms(flow)}
     return names
 

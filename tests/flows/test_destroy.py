@@ -1,4 +1,5 @@
 """Destroy is forward-only: it retries forward, and never re-creates anything."""
+
 from __future__ import annotations
 
 import pytest
@@ -22,9 +23,18 @@ def test_destroy_removes_everything(conductor):
     assert conductor.rt.driver_for("h1").inventory().empty
 
 
-@pytest.mark.parametrize("step", ["power_off", "undefine_guest", "unplug_vifs",
-                                  "delete_instance_files", "remove_other_copies",
-                                  "release_claims", "mark_deleted"])
+@pytest.mark.parametrize(
+    "step",
+    [
+        "power_off",
+        "undefine_guest",
+        "unplug_vifs",
+        "delete_instance_files",
+        "remove_other_copies",
+        "release_claims",
+        "mark_deleted",
+    ],
+)
 def test_transient_failure_is_retried_forward(conductor, step):
     spawn(conductor)
     conductor.rt.faults.arm(f"{step}:execute:fail-once")
@@ -33,6 +43,7 @@ def test_transient_failure_is_retried_forward(conductor, step):
     assert conductor.rt.driver_for("h1").inventory().empty
     with conductor.db.session() as s:
         from persistence import flowlog
+
         attempts = {st.step: st.attempts for st in flowlog.summarize(flowlog.entries(s, op_id))}
     assert attempts[step] == 2
 
@@ -65,6 +76,7 @@ def failed_resize_marked_reverted(conductor, name: str) -> None:
     """A resize of `name` (on h1) to h2 whose revert failed, then marked
     reverted by an operator: its guest exists only as the resize source copy."""
     from conductor import repair
+
     conductor.add_host("h2", vcpus=16, ram_mb=32768, disk_gb=500)
     for f in ("finish_migration:execute:fail:after", "migrate_disk_and_power_off:revert:fail"):
         conductor.rt.faults.arm(f)
@@ -89,8 +101,10 @@ def test_destroy_of_a_resize_stuck_in_error_removes_both_sides(conductor):
     copy on both hosts and both claims: destroy removes all of it."""
     conductor.add_host("h2", vcpus=16, ram_mb=32768, disk_gb=500)
     spawn(conductor)
-    assert conductor.run(conductor.submit("resize", "vm1", flavor="m1.large",
-                                          target_host="h2")).state == operations.SUCCEEDED
+    assert (
+        conductor.run(conductor.submit("resize", "vm1", flavor="m1.large", target_host="h2")).state
+        == operations.SUCCEEDED
+    )
     conductor.rt.faults.arm("confirm_migration:execute:fail")
     assert conductor.run(conductor.submit("confirm_resize", "vm1")).state == operations.REVERTED
     conductor.rt.faults.clear()

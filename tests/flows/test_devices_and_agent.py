@@ -3,6 +3,7 @@ operations: each succeeds on every database; a failure injected at each step,
 before or after its side effect, restores the record and the fake host exactly
 (SQLite). A password or an injected file cannot be un-set: those digests are
 the only thing a failure after the side effect leaves changed."""
+
 from __future__ import annotations
 
 import threading
@@ -17,26 +18,29 @@ from tests.flows.test_spawn import spawn
 FIRST_PORT = "<first-port>"  # resolved to the spawned interface's id
 CASES = [
     Case("set_admin_password", {"password": "n3w-Pa55word"}, irreversible=("admin_password_sha256",)),
-    Case("inject_file", {"path": "/etc/motd", "contents": "hello from the secret file\n"},
-         irreversible=("files",)),
+    Case("inject_file", {"path": "/etc/motd", "contents": "hello from the secret file\n"}, irreversible=("files",)),
     Case("change_metadata", {"set": ["role=web", "tier=1"]}),
-    Case("change_metadata", {"unset": ["role"], "set": ["tier=2"]},
-         setup=(("change_metadata", {"set": ["role=web", "tier=1"]}),)),
+    Case(
+        "change_metadata",
+        {"unset": ["role"], "set": ["tier=2"]},
+        setup=(("change_metadata", {"set": ["role=web", "tier=1"]}),),
+    ),
     Case("attach_volume", {"volume_id": "vol-1"}),
     Case("detach_volume", {"volume_id": "vol-1"}, setup=(("attach_volume", {"volume_id": "vol-1"}),)),
-    Case("swap_volume", {"volume_id": "vol-1", "new_volume_id": "vol-2"},
-         setup=(("attach_volume", {"volume_id": "vol-1"}),)),
+    Case(
+        "swap_volume",
+        {"volume_id": "vol-1", "new_volume_id": "vol-2"},
+        setup=(("attach_volume", {"volume_id": "vol-1"}),),
+    ),
     Case("attach_interface", {"network": "blue"}),
     Case("detach_interface", {"port_id": FIRST_PORT}),
 ]
-FAILURES = [(case, step, when) for case in CASES for step in steps_of(case)
-            for when in ("before", "after")]
+FAILURES = [(case, step, when) for case in CASES for step in steps_of(case) for when in ("before", "after")]
 sqlite_only = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 
 
 def resolved(c, uuid: str, case: Case) -> dict:
-    return {k: (instance(c, uuid).vifs[0]["id"] if v == FIRST_PORT else v)
-            for k, v in case.params.items()}
+    return {k: (instance(c, uuid).vifs[0]["id"] if v == FIRST_PORT else v) for k, v in case.params.items()}
 
 
 def _id(v):
@@ -73,11 +77,14 @@ def test_devices_reach_the_guest_and_the_record(conductor):
     assert run("attach_volume", volume_id="vol-1") == "SUCCEEDED"
     assert run("attach_volume", volume_id="vol-2", mountpoint="/dev/vdq") == "SUCCEEDED"
     assert instance(conductor, uuid).volumes == [
-        {"volume_id": "vol-1", "mountpoint": "/dev/vdb"}, {"volume_id": "vol-2", "mountpoint": "/dev/vdq"}]
+        {"volume_id": "vol-1", "mountpoint": "/dev/vdb"},
+        {"volume_id": "vol-2", "mountpoint": "/dev/vdq"},
+    ]
     assert run("swap_volume", volume_id="vol-1", new_volume_id="vol-3") == "SUCCEEDED"
     assert drv.state.read()["volumes"] == {
         "vol-2": {"instance": uuid, "mountpoint": "/dev/vdq"},
-        "vol-3": {"instance": uuid, "mountpoint": "/dev/vdb"}}
+        "vol-3": {"instance": uuid, "mountpoint": "/dev/vdb"},
+    }
     assert run("attach_interface", network="blue") == "SUCCEEDED"
     vifs = instance(conductor, uuid).vifs
     assert [v["network"] for v in vifs] == ["default", "blue"]
@@ -99,17 +106,20 @@ def test_metadata_reaches_the_guest_and_the_record(conductor):
 
 
 @sqlite_only
-@pytest.mark.parametrize("op,params,match", [
-    ("detach_volume", {"volume_id": "vol-9"}, "volume vol-9 is not attached to instance vm1"),
-    ("attach_volume", {"volume_id": "vol-1"}, "vol-1 is already attached to instance vm1"),
-    ("attach_volume", {"volume_id": "vol-2", "mountpoint": "/dev/vdb"}, "/dev/vdb of instance vm1 is in use"),
-    ("swap_volume", {"volume_id": "vol-1", "new_volume_id": "vol-1"}, "already attached"),
-    ("detach_interface", {"port_id": "nope"}, "has no interface nope"),
-    ("change_metadata", {"set": ["novalue"]}, "expected KEY=VALUE"),
-    ("change_metadata", {}, "needs at least one"),
-    ("inject_file", {"path": "etc/motd", "contents": "x"}, "path must be absolute"),
-    ("set_admin_password", {}, "set_admin_password needs password"),
-])
+@pytest.mark.parametrize(
+    "op,params,match",
+    [
+        ("detach_volume", {"volume_id": "vol-9"}, "volume vol-9 is not attached to instance vm1"),
+        ("attach_volume", {"volume_id": "vol-1"}, "vol-1 is already attached to instance vm1"),
+        ("attach_volume", {"volume_id": "vol-2", "mountpoint": "/dev/vdb"}, "/dev/vdb of instance vm1 is in use"),
+        ("swap_volume", {"volume_id": "vol-1", "new_volume_id": "vol-1"}, "already attached"),
+        ("detach_interface", {"port_id": "nope"}, "has no interface nope"),
+        ("change_metadata", {"set": ["novalue"]}, "expected KEY=VALUE"),
+        ("change_metadata", {}, "needs at least one"),
+        ("inject_file", {"path": "etc/motd", "contents": "x"}, "path must be absolute"),
+        ("set_admin_password", {}, "set_admin_password needs password"),
+    ],
+)
 def test_bad_requests_are_refused_before_anything_is_written(conductor, op, params, match):
     uuid = prepare(conductor, Case("x", setup=(("attach_volume", {"volume_id": "vol-1"}),)))
     before = world(conductor, uuid)
@@ -120,9 +130,16 @@ def test_bad_requests_are_refused_before_anything_is_written(conductor, op, para
 
 def test_concurrent_operations_on_one_instance_have_one_holder(conductor):
     spawn(conductor)
-    kinds = [("attach_volume", {"volume_id": "v"}), ("rescue", {}), ("snapshot", {"image_name": "s"}),
-             ("change_metadata", {"set": ["a=b"]}), ("attach_interface", {}), ("reboot", {}),
-             ("power_off", {}), ("rebuild", {"image": "cirros"})]
+    kinds = [
+        ("attach_volume", {"volume_id": "v"}),
+        ("rescue", {}),
+        ("snapshot", {"image_name": "s"}),
+        ("change_metadata", {"set": ["a=b"]}),
+        ("attach_interface", {}),
+        ("reboot", {}),
+        ("power_off", {}),
+        ("rebuild", {"image": "cirros"}),
+    ]
     results: list[object] = []
     barrier = threading.Barrier(len(kinds))
 
@@ -158,6 +175,7 @@ def test_one_volume_raced_onto_many_instances_ends_on_one(conductor):
     assert sorted(states) == ["REVERTED"] * 3 + ["SUCCEEDED"]
     with conductor.db.session() as s:
         from persistence import instances
+
         holders = [i.name for i in instances.list_live(s) if i.volumes]
     assert len(holders) == 1
     assert conductor.rt.driver_for("h1").inventory().volumes == ("shared",)

@@ -1,5 +1,6 @@
 """The elastic thread pool: grows on demand up to its cap, starts tasks in
 submission order, and ends threads that stay idle."""
+
 from __future__ import annotations
 
 import threading
@@ -32,6 +33,7 @@ def _blocked(pool: ElasticThreadPool, gate: threading.Event, n: int, started: li
             started.append(i)
         gate.wait(10)
         return i
+
     return [pool.submit(task, i) for i in range(n)]
 
 
@@ -82,6 +84,7 @@ def test_idle_threads_end_and_the_pool_grows_again_afterwards(pool):
 def test_errors_reach_the_future_and_a_shut_down_pool_refuses_work(pool):
     def boom() -> None:
         raise ValueError("step failed")
+
     with pytest.raises(ValueError, match="step failed"):
         pool.submit(boom).result(10)
     pool.shutdown(wait=True)

@@ -2,6 +2,7 @@
 another host, with fresh disks or (shared storage) the same disks; the dead
 host's leftovers removed when it is marked up. A failure at each step leaves
 everything (record, claims, usage, every fake host) as before."""
+
 from __future__ import annotations
 
 import pytest
@@ -15,13 +16,11 @@ from persistence.models import Host
 from tests.flows.catalogue import Case, _atoms, instance, prepare, world
 
 sqlite_only = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
-SMALL = {"name": "m1.small", "vcpus": 1, "ram_mb": 2048, "root_gb": 10, "ephemeral_gb": 5,
-         "swap_mb": 512}
+SMALL = {"name": "m1.small", "vcpus": 1, "ram_mb": 2048, "root_gb": 10, "ephemeral_gb": 5, "swap_mb": 512}
 
 
 def steps(shared: bool, running: bool = True) -> list[str]:
-    flow = evacuate.build(flavor=SMALL, vifs=[{"id": "v", "mac": "m"}], shared_storage=shared,
-                          power_on=running)
+    flow = evacuate.build(flavor=SMALL, vifs=[{"id": "v", "mac": "m"}], shared_storage=shared, power_on=running)
     return [a.name for a in _atoms(flow)]
 
 
@@ -46,8 +45,7 @@ def usage(c, host: str) -> tuple[int, int, int]:
 
 
 def root_disk(c, host: str) -> dict:
-    return next(d for d in c.rt.driver_for(host).state.read()["disks"].values()
-                if d["kind"] == "root")
+    return next(d for d in c.rt.driver_for(host).state.read()["disks"].values() if d["kind"] == "root")
 
 
 @pytest.mark.parametrize("shared", [False, True], ids=["own-storage", "shared-storage"])
@@ -91,9 +89,11 @@ def test_a_stopped_instance_is_evacuated_stopped(conductor):
 
 
 @sqlite_only
-@pytest.mark.parametrize("shared,step,when", [
-    (shared, step, when) for shared in (False, True) for step in steps(shared)
-    for when in ("before", "after")], ids=lambda v: v if isinstance(v, str) else None)
+@pytest.mark.parametrize(
+    "shared,step,when",
+    [(shared, step, when) for shared in (False, True) for step in steps(shared) for when in ("before", "after")],
+    ids=lambda v: v if isinstance(v, str) else None,
+)
 def test_failure_at_each_step_restores_everything(conductor, shared, step, when):
     uuid = down_with_vm1(conductor, shared)
     before = world(conductor, uuid)
@@ -108,8 +108,7 @@ def test_failure_at_each_step_restores_everything(conductor, shared, step, when)
 def test_hosts_evacuate_moves_every_instance_and_nothing_lands_on_a_down_host(conductor):
     c = conductor
     for name in ("vm1", "vm2"):
-        assert c.run(c.submit_spawn(SpawnRequest(name=name, flavor="m1.small",
-                                                 image="cirros"))).state == "SUCCEEDED"
+        assert c.run(c.submit_spawn(SpawnRequest(name=name, flavor="m1.small", image="cirros"))).state == "SUCCEEDED"
     c.add_host("h2", vcpus=16, ram_mb=32768, disk_gb=500)
     c.add_host("h3", vcpus=16, ram_mb=32768, disk_gb=500)
     moves.set_host_down(c, "h1")
@@ -124,11 +123,14 @@ def test_hosts_evacuate_moves_every_instance_and_nothing_lands_on_a_down_host(co
 
 
 @sqlite_only
-@pytest.mark.parametrize("target,down,match", [
-    (None, False, "its host h1 is not marked down"),
-    ("h1", True, "host h1 is down"),
-    ("h3", True, "host h3 is down"),
-])
+@pytest.mark.parametrize(
+    "target,down,match",
+    [
+        (None, False, "its host h1 is not marked down"),
+        ("h1", True, "host h1 is down"),
+        ("h3", True, "host h3 is down"),
+    ],
+)
 def test_bad_requests_are_refused_before_anything_is_written(conductor, target, down, match):
     c = conductor
     uuid = prepare(c, Case("evacuate"))

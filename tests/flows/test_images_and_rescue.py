@@ -3,6 +3,7 @@ and a failure injected at each step, before or after its side effect, leaves
 the instance record, claims, images, image store and every fake host exactly
 as before (on SQLite: the code paths are the database-independent ones that
 the spawn tests cover on all three)."""
+
 from __future__ import annotations
 
 import pytest
@@ -18,11 +19,14 @@ CASES = [
     Case("unrescue", setup=(("rescue", {}),), end=("active", "running")),
     Case("snapshot", {"image_name": "snap1"}, end=("active", "running")),
     Case("rebuild", {"image": "debian-12"}, end=("active", "running")),
-    Case("rebuild", {"image": "debian-12", "preserve_ephemeral": True},
-         setup=(("power_off", {}),), end=("active", "running")),
+    Case(
+        "rebuild",
+        {"image": "debian-12", "preserve_ephemeral": True},
+        setup=(("power_off", {}),),
+        end=("active", "running"),
+    ),
 ]
-FAILURES = [(case, step, when) for case in CASES for step in steps_of(case)
-            for when in ("before", "after")]
+FAILURES = [(case, step, when) for case in CASES for step in steps_of(case) for when in ("before", "after")]
 sqlite_only = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 
 
@@ -75,8 +79,9 @@ def test_snapshot_is_a_usable_image(conductor):
     with open(img.path) as f:
         assert uuid in f.read()
     # usable by a spawn, and refused twice under one name
-    op_id = conductor.submit_spawn(__import__("conductor.api").api.SpawnRequest(
-        name="vm2", flavor="m1.small", image="snap1"))
+    op_id = conductor.submit_spawn(
+        __import__("conductor.api").api.SpawnRequest(name="vm2", flavor="m1.small", image="snap1")
+    )
     assert conductor.run(op_id).state == "SUCCEEDED"
     with pytest.raises(InvalidRequest, match="'snap1' already exists"):
         conductor.submit("snapshot", "vm1", image_name="snap1")
@@ -91,21 +96,25 @@ def test_rebuild_changes_the_image_and_honours_preserve_ephemeral(conductor):
     assert disks["root"]["image"] == "debian-12" and disks["root"]["backing"].endswith("debian-12")
     assert disks["ephemeral"]["image_of_data"] == "debian-12"  # wiped
     assert instance(conductor, uuid).image == "debian-12"
-    assert conductor.run(conductor.submit("rebuild", "vm1", image="cirros",
-                                          preserve_ephemeral=True)).state == "SUCCEEDED"
+    assert (
+        conductor.run(conductor.submit("rebuild", "vm1", image="cirros", preserve_ephemeral=True)).state == "SUCCEEDED"
+    )
     disks = {d["kind"]: d for d in drv.state.read()["disks"].values()}
     assert "image_of_data" not in disks["ephemeral"]
 
 
 @sqlite_only
-@pytest.mark.parametrize("op,params,error,match", [
-    ("unrescue", {}, InvalidState, "cannot unrescue instance vm1: it is active"),
-    ("rescue", {"image": "nope"}, NotFound, "unknown image 'nope'"),
-    ("rebuild", {}, InvalidRequest, "rebuild needs image"),
-    ("rebuild", {"image": "nope"}, NotFound, "unknown image 'nope'"),
-    ("snapshot", {"image_name": "cirros"}, InvalidRequest, "'cirros' already exists"),
-    ("snapshot", {"image_name": "bad name"}, InvalidRequest, "invalid image name"),
-])
+@pytest.mark.parametrize(
+    "op,params,error,match",
+    [
+        ("unrescue", {}, InvalidState, "cannot unrescue instance vm1: it is active"),
+        ("rescue", {"image": "nope"}, NotFound, "unknown image 'nope'"),
+        ("rebuild", {}, InvalidRequest, "rebuild needs image"),
+        ("rebuild", {"image": "nope"}, NotFound, "unknown image 'nope'"),
+        ("snapshot", {"image_name": "cirros"}, InvalidRequest, "'cirros' already exists"),
+        ("snapshot", {"image_name": "bad name"}, InvalidRequest, "invalid image name"),
+    ],
+)
 def test_bad_requests_are_refused_before_anything_is_written(conductor, op, params, error, match):
     spawn(conductor)
     uuid = instance_uuid(conductor)

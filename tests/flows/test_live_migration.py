@@ -3,6 +3,7 @@ failure at each step before the switch-over reverts everything exactly (the
 guest back on the source, nothing on the destination, no claim there); after
 it, a failure retries forward and never reverts; abort and force-complete of
 a migration that does not converge; requests and bad input refused cleanly."""
+
 from __future__ import annotations
 
 import threading
@@ -17,12 +18,21 @@ from persistence import claims, flowlog, instances, operations, progress
 from tests.flows.catalogue import Case, instance, steps_of, world
 
 CASE = Case("live_migration", {"target_host": "h2"})
-STEPS = ["take_hold", "claim_destination", "check_live_migration", "pre_live_migration",
-         "live_migration", "switch_over", "post_live_migration", "post_live_migration_at_source",
-         "release_source_claims", "post_live_migration_at_destination", "mark_done"]
+STEPS = [
+    "take_hold",
+    "claim_destination",
+    "check_live_migration",
+    "pre_live_migration",
+    "live_migration",
+    "switch_over",
+    "post_live_migration",
+    "post_live_migration_at_source",
+    "release_source_claims",
+    "post_live_migration_at_destination",
+    "mark_done",
+]
 SWITCH = STEPS.index("switch_over")
-BEFORE_SWITCH = [(s, w) for s in STEPS[:SWITCH] for w in ("before", "after")] + [
-    ("switch_over", "before")]
+BEFORE_SWITCH = [(s, w) for s in STEPS[:SWITCH] for w in ("before", "after")] + [("switch_over", "before")]
 AFTER_SWITCH = [(s, "after" if s == "switch_over" else "before") for s in STEPS[SWITCH:]]
 sqlite_only = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 
@@ -61,8 +71,7 @@ def test_live_migration_moves_the_guest_and_its_claim(conductor, paused):
     assert status.state == operations.SUCCEEDED, status.error
     inst = instance(conductor, uuid)
     state = ("paused", "paused") if paused else ("active", "running")
-    assert (inst.host, inst.vm_state, inst.power_state, inst.task_state, inst.held_by) == (
-        "h2", *state, None, None)
+    assert (inst.host, inst.vm_state, inst.power_state, inst.task_state, inst.held_by) == ("h2", *state, None, None)
     assert_on(conductor, uuid, "h2", "h1")
     guest = conductor.rt.driver_for("h2").state.read()["guests"][uuid]
     assert all("/h2/instances/" in p for p in guest["disks"])
@@ -73,8 +82,7 @@ def test_live_migration_moves_the_guest_and_its_claim(conductor, paused):
     assert steps_of(CASE) == STEPS  # the flow as built (needs the runtime a conductor installs)
     assert {st.state for st in steps} == {"SUCCESS"}  # progress rows do not move a step
     # and back again: the claims follow
-    assert conductor.run(conductor.submit("live_migration", "vm1", target_host="h1")).state == \
-        operations.SUCCEEDED
+    assert conductor.run(conductor.submit("live_migration", "vm1", target_host="h1")).state == operations.SUCCEEDED
     assert_on(conductor, uuid, "h1", "h2")
 
 
@@ -208,12 +216,15 @@ def test_requests_without_a_running_migration_are_refused(conductor):
 
 
 @sqlite_only
-@pytest.mark.parametrize("params,error,match", [
-    ({"target_host": "nope"}, NotFound, "unknown host 'nope'"),
-    ({"target_host": "h1"}, InvalidRequest, "instance vm1 is already on h1: choose another host"),
-    ({"target_host": "tiny"}, InsufficientCapacity, "host tiny lacks capacity"),
-    ({}, InvalidRequest, "live_migration needs target_host"),
-])
+@pytest.mark.parametrize(
+    "params,error,match",
+    [
+        ({"target_host": "nope"}, NotFound, "unknown host 'nope'"),
+        ({"target_host": "h1"}, InvalidRequest, "instance vm1 is already on h1: choose another host"),
+        ({"target_host": "tiny"}, InsufficientCapacity, "host tiny lacks capacity"),
+        ({}, InvalidRequest, "live_migration needs target_host"),
+    ],
+)
 def test_bad_requests_are_refused_before_anything_is_written(conductor, params, error, match):
     uuid = two_hosts(conductor)
     conductor.add_host("tiny", vcpus=1, ram_mb=512, disk_gb=1)

@@ -1,5 +1,6 @@
 """Power operations: each succeeds, and a failure at any step (before or after
 its side effect) puts the instance and the guest back exactly as they were."""
+
 from __future__ import annotations
 
 import pytest
@@ -41,16 +42,23 @@ def test_operation_reaches_its_state(conductor, op):
     assert guest.value == t.power_state
 
 
-@pytest.mark.parametrize("op,step,when", [(op, st, w) for op in OPS for st in steps_of(op)
-                                          for w in ("before", "after")])
+@pytest.mark.parametrize(
+    "op,step,when", [(op, st, w) for op in OPS for st in steps_of(op) for w in ("before", "after")]
+)
 def test_failure_at_each_step_restores_the_prior_state(conductor, op, step, when):
     uuid = prepared(conductor, op)
     before = snapshot(conductor, uuid)
     conductor.rt.faults.arm(f"{step}:execute:fail:{when}")
     assert conductor.run(conductor.submit(op, "vm1")).state == operations.REVERTED
     after = snapshot(conductor, uuid)
-    if op == "reboot" and step == "mark_done" or op == "reboot" and (step, when) == ("reboot_guest", "after") \
-            or op == "reboot" and step == "wait_running":
+    if (
+        op == "reboot"
+        and step == "mark_done"
+        or op == "reboot"
+        and (step, when) == ("reboot_guest", "after")
+        or op == "reboot"
+        and step == "wait_running"
+    ):
         assert after[:3] == before[:3]  # a reboot cannot be undone; the record is restored
     else:
         assert after == before
@@ -62,6 +70,7 @@ def test_soft_reboot_falls_back_to_hard(conductor):
     op_id = conductor.submit("reboot", "vm1")
     assert conductor.run(op_id).state == operations.SUCCEEDED
     from persistence import flowlog
+
     with conductor.db.session() as s:
         rows = flowlog.entries(s, op_id)
     assert any(r.step == "reboot_guest" and r.result == "'hard'" for r in rows)

@@ -7,6 +7,7 @@ forward-only: a step failing once is retried, and when retries run out the
 instance is left in ERROR with the migration record, which only the same
 kind of operation may finish.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -28,8 +29,15 @@ MOVES = [
     Case("migrate", {}, end=("resized", "running")),
     Case("migrate", {}, setup=(("power_off", {}),), end=("resized", "shutdown")),
 ]
-RUNNING_STEPS = ["take_hold", "claim_destination", "migrate_disk_and_power_off", "plug_vif_0",
-                 "finish_migration", "wait_running", "mark_done"]
+RUNNING_STEPS = [
+    "take_hold",
+    "claim_destination",
+    "migrate_disk_and_power_off",
+    "plug_vif_0",
+    "finish_migration",
+    "wait_running",
+    "mark_done",
+]
 
 
 def _id(v):
@@ -76,11 +84,11 @@ def test_move_waits_in_resized_then_confirm_cleans_the_source(two_hosts, case):
     assert (inst.vm_state, inst.power_state, inst.task_state, inst.held_by) == (*case.end, None, None)
     assert (inst.host, inst.flavor) == ("h2", flavor)
     mig = inst.system_metadata["migration"]
-    assert (mig["source_host"], mig["old_flavor"]["name"], mig["new_flavor"]["name"]) == (
-        "h1", "m1.small", flavor)
+    assert (mig["source_host"], mig["old_flavor"]["name"], mig["new_flavor"]["name"]) == ("h1", "m1.small", flavor)
     # both sides hold their claim and their copy until confirm
-    assert claim_rows(c) == sorted([("h1", 1, 2048, 16), ("h2", *{"m1.small": (1, 2048, 16),
-                                                                  "m1.medium": (2, 4096, 31)}[flavor])])
+    assert claim_rows(c) == sorted(
+        [("h1", 1, 2048, 16), ("h2", *{"m1.small": (1, 2048, 16), "m1.medium": (2, 4096, 31)}[flavor])]
+    )
     h1, h2 = c.rt.driver_for("h1").inventory(), c.rt.driver_for("h2").inventory()
     assert h1.guests == (f"{uuid} (resize source)",)
     assert all(x.endswith("(resize source)") for x in h1.disks + h1.ports) and len(h1.ports) == 1
@@ -93,8 +101,7 @@ def test_move_waits_in_resized_then_confirm_cleans_the_source(two_hosts, case):
     assert status.state == operations.SUCCEEDED, status.error
     inst = instance(c, uuid)
     expected_vm = "active" if case.end[1] == "running" else "stopped"
-    assert (inst.vm_state, inst.power_state, inst.host, inst.held_by) == (
-        expected_vm, case.end[1], "h2", None)
+    assert (inst.vm_state, inst.power_state, inst.host, inst.held_by) == (expected_vm, case.end[1], "h2", None)
     assert "migration" not in inst.system_metadata
     assert c.rt.driver_for("h1").inventory().empty
     assert usage(c, "h1") == (0, 0, 0)
@@ -135,9 +142,11 @@ def test_resize_in_place_holds_both_flavors_until_settled(two_hosts, then):
 
 
 @sqlite_only
-@pytest.mark.parametrize("case,step,when", [(c, s, w) for c in MOVES for s in steps(c)
-                                            for w in ("before", "after")],
-                         ids=lambda v: _id(v) or v)
+@pytest.mark.parametrize(
+    "case,step,when",
+    [(c, s, w) for c in MOVES for s in steps(c) for w in ("before", "after")],
+    ids=lambda v: _id(v) or v,
+)
 def test_failure_at_each_step_restores_everything(two_hosts, case, step, when):
     c = two_hosts
     uuid = prepare(c, case)
@@ -150,13 +159,20 @@ def test_failure_at_each_step_restores_everything(two_hosts, case, step, when):
 
 
 @sqlite_only
-@pytest.mark.parametrize("op,step", [
-    ("confirm_resize", s) for s in ("confirm_migration", "release_source_claims", "mark_done")
-] + [
-    ("revert_resize", s) for s in ("destroy_on_destination", "unplug_vifs",
-                                   "finish_revert_migration", "release_destination_claim",
-                                   "mark_done")
-])
+@pytest.mark.parametrize(
+    "op,step",
+    [("confirm_resize", s) for s in ("confirm_migration", "release_source_claims", "mark_done")]
+    + [
+        ("revert_resize", s)
+        for s in (
+            "destroy_on_destination",
+            "unplug_vifs",
+            "finish_revert_migration",
+            "release_destination_claim",
+            "mark_done",
+        )
+    ],
+)
 def test_forward_only_steps_are_retried_never_reverted(two_hosts, op, step):
     c = two_hosts
     uuid = prepare(c, MOVES[1])
@@ -218,8 +234,7 @@ def _age(c, seconds: int) -> None:
         inst = s.get(Instance, instance_uuid(c))
         meta = dict(inst.system_metadata)
         at = dt.datetime.fromisoformat(meta["migration"]["resized_at"])
-        meta["migration"] = {**meta["migration"],
-                             "resized_at": (at - dt.timedelta(seconds=seconds)).isoformat()}
+        meta["migration"] = {**meta["migration"], "resized_at": (at - dt.timedelta(seconds=seconds)).isoformat()}
         inst.system_metadata = meta
 
 
@@ -229,20 +244,22 @@ def instance_uuid(c) -> str:
 
 
 @sqlite_only
-@pytest.mark.parametrize("op,params,error,match", [
-    ("resize", {"flavor": "m1.small"}, InvalidRequest, "already has flavor m1.small"),
-    ("resize", {"flavor": "m1.tiny"}, InvalidRequest, "would shrink the root disk"),
-    ("resize", {"flavor": "nope"}, NotFound, "unknown flavor 'nope'"),
-    ("resize", {}, InvalidRequest, "resize needs flavor"),
-    ("resize", {"flavor": "m1.medium", "target_host": "h1"}, InvalidRequest,
-     "already on h1: choose another host"),
-    ("migrate", {"target_host": "h1"}, InvalidRequest, "already on h1"),
-    ("migrate", {"target_host": "h9"}, NotFound, "unknown host 'h9'"),
-    ("migrate", {"target_host": "small"}, InsufficientCapacity, "host small lacks capacity"),
-    ("migrate", {"target_host": "h2"}, InvalidRequest, "host h2 is down"),
-    ("confirm_resize", {}, InvalidState, "it is active"),
-    ("revert_resize", {}, InvalidState, "it is active"),
-])
+@pytest.mark.parametrize(
+    "op,params,error,match",
+    [
+        ("resize", {"flavor": "m1.small"}, InvalidRequest, "already has flavor m1.small"),
+        ("resize", {"flavor": "m1.tiny"}, InvalidRequest, "would shrink the root disk"),
+        ("resize", {"flavor": "nope"}, NotFound, "unknown flavor 'nope'"),
+        ("resize", {}, InvalidRequest, "resize needs flavor"),
+        ("resize", {"flavor": "m1.medium", "target_host": "h1"}, InvalidRequest, "already on h1: choose another host"),
+        ("migrate", {"target_host": "h1"}, InvalidRequest, "already on h1"),
+        ("migrate", {"target_host": "h9"}, NotFound, "unknown host 'h9'"),
+        ("migrate", {"target_host": "small"}, InsufficientCapacity, "host small lacks capacity"),
+        ("migrate", {"target_host": "h2"}, InvalidRequest, "host h2 is down"),
+        ("confirm_resize", {}, InvalidState, "it is active"),
+        ("revert_resize", {}, InvalidState, "it is active"),
+    ],
+)
 def test_bad_requests_are_refused_before_anything_is_written(two_hosts, op, params, error, match):
     c = two_hosts
     c.add_host("small", vcpus=1, ram_mb=512, disk_gb=5)

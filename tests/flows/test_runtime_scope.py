@@ -2,6 +2,7 @@
 runtime (database, drivers, faults), whichever was opened first; closing one
 leaves the other's as the default. Before, the second silently replaced the first's
 for every step of both (issue 16)."""
+
 from __future__ import annotations
 
 from conductor import config

@@ -1,5 +1,6 @@
 """Spawn on every database: success, and a failure injected at each step
 reverts everything (no hold, no claim, nothing on the fake hypervisor)."""
+
 from __future__ import annotations
 
 import pytest
@@ -12,9 +13,19 @@ from persistence.models import Claim, Host
 
 FLAVOR = {"name": "m1.small", "vcpus": 1, "ram_mb": 2048, "root_gb": 10, "ephemeral_gb": 5, "swap_mb": 512}
 SPAWN_STEPS = [
-    "take_hold", "claim_resources", "ensure_base_image", "create_root_disk", "create_ephemeral_disk",
-    "create_swap_disk", "plug_vif_0", "wait_vif_plugged", "define_guest", "power_on",
-    "wait_running", "mark_active"]
+    "take_hold",
+    "claim_resources",
+    "ensure_base_image",
+    "create_root_disk",
+    "create_ephemeral_disk",
+    "create_swap_disk",
+    "plug_vif_0",
+    "wait_vif_plugged",
+    "define_guest",
+    "power_on",
+    "wait_running",
+    "mark_active",
+]
 
 
 def spawn(c: Conductor, name: str = "vm1", **kw) -> tuple[str, str]:
@@ -43,7 +54,12 @@ def test_spawn_succeeds_and_releases_hold(conductor):
         op = operations.get(s, op_id)
         inst = instances.get(s, op.instance_uuid)
         assert (inst.vm_state, inst.power_state, inst.task_state, inst.held_by, inst.host) == (
-            "active", "running", None, None, "h1")
+            "active",
+            "running",
+            None,
+            None,
+            "h1",
+        )
         assert s.get(Host, "h1").used_vcpus == 1
     inv = conductor.rt.driver_for("h1").inventory()
     assert (len(inv.guests), len(inv.disks), len(inv.ports)) == (1, 3, 1)
@@ -53,6 +69,7 @@ def test_flow_has_the_documented_steps(conductor):
     op_id, _ = spawn(conductor)
     with conductor.db.session() as s:
         from persistence import flowlog
+
         steps = [st.step for st in flowlog.summarize(flowlog.entries(s, op_id))]
     assert sorted(steps) == sorted(SPAWN_STEPS)
 
@@ -105,16 +122,24 @@ def test_use_cow_images_and_preallocation_are_honoured(conductor):
     conductor.conf.set_override("preallocate_images", "space")
     conductor.rt._drivers.clear()
     spawn(conductor)
-    disks = {d.kind.value: d for d in conductor.rt.driver_for("h1").get_instance_disk_info(
-        conductor.rt.driver_for("h1").list_instance_uuids()[0])}
+    disks = {
+        d.kind.value: d
+        for d in conductor.rt.driver_for("h1").get_instance_disk_info(
+            conductor.rt.driver_for("h1").list_instance_uuids()[0]
+        )
+    }
     assert disks["root"].backing_file is None and disks["root"].preallocated
     conductor.conf.clear_override("use_cow_images")
     conductor.conf.clear_override("preallocate_images")
     conductor.rt._drivers.clear()
     spawn(conductor, name="vm2")
     uuids = conductor.rt.driver_for("h1").list_instance_uuids()
-    backed = [d for u in uuids for d in conductor.rt.driver_for("h1").get_instance_disk_info(u)
-              if d.kind.value == "root" and d.backing_file]
+    backed = [
+        d
+        for u in uuids
+        for d in conductor.rt.driver_for("h1").get_instance_disk_info(u)
+        if d.kind.value == "root" and d.backing_file
+    ]
     assert len(backed) == 1 and backed[0].backing_file.endswith("_base/cirros")
 
 
@@ -128,8 +153,9 @@ def test_each_step_is_idempotent_when_run_twice(conductor):
         op = operations.get(s, op_id)
         params = dict(op.parameters)
         instances.take_hold(s, op.instance_uuid, op_id)  # re-arm the hold for a second pass
-    engines.run(build(flavor=params["flavor"], vifs=params["vifs"]),
-                store={"operation_id": op_id, **params}, engine="serial")
+    engines.run(
+        build(flavor=params["flavor"], vifs=params["vifs"]), store={"operation_id": op_id, **params}, engine="serial"
+    )
     assert conductor.rt.driver_for("h1").inventory() == before
     with conductor.db.session() as s:
         assert s.get(Host, "h1").used_vcpus == 1

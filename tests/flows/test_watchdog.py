@@ -1,5 +1,6 @@
 """The watchdog: one thread fires every deadline, in order, none that was
 cancelled, and ends when none is left."""
+
 from __future__ import annotations
 
 import threading
@@ -26,7 +27,9 @@ def test_deadlines_fire_in_order_on_one_thread_and_cancelled_ones_never():
             fired.append((name, threading.current_thread().name))
             if name == "c":
                 last.set()
+
         return f
+
     # Added out of order, the later one first: the thread must wake earlier for "a".
     w.add(now + 0.2, fire("c"))
     w.add(now + 0.05, fire("a"))

@@ -6,6 +6,7 @@ Every matrix (spawn, catalogue, moves, power, live migration) calls
 `resume --dry-run` is checked against what the resume did where the matrix
 asks for it (tests/integration/resume_plan.py says where and why).
 """
+
 from __future__ import annotations
 
 import signal
@@ -23,13 +24,21 @@ def fault_conf(faults: list[str] | tuple[str, ...], fake_extra: str = "") -> str
     return "[fake]\n" + fake_extra + (f"faults = {','.join(faults)}\n" if faults else "")
 
 
-def kill_then_resume(tmp_path: Path, calm: Path, url: str, cli_args: list[str],
-                     faults: list[str], *, fake_extra: str = "",
-                     check_plan: bool = False) -> subprocess.CompletedProcess:
+def kill_then_resume(
+    tmp_path: Path,
+    calm: Path,
+    url: str,
+    cli_args: list[str],
+    faults: list[str],
+    *,
+    fake_extra: str = "",
+    check_plan: bool = False,
+) -> subprocess.CompletedProcess:
     """Run `cli_args` with `faults` armed (one must kill the process), then
     resume with the calm configuration; returns the resume's result."""
-    state = Path(next(line.split("=", 1)[1].strip() for line in calm.read_text().splitlines()
-                      if line.startswith("state_path")))
+    state = Path(
+        next(line.split("=", 1)[1].strip() for line in calm.read_text().splitlines() if line.startswith("state_path"))
+    )
     crash = write_conf(tmp_path / "crash.conf", state, url, fault_conf(faults, fake_extra))
     died = run_cli(crash, *cli_args)
     assert died.returncode == -signal.SIGKILL, (died.returncode, died.stdout, died.stderr)

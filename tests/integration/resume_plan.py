@@ -4,6 +4,7 @@ crash matrices call these around their resume (compared with the flow log).
 Checked on the SQLite cells only: the plan is computed from the flow log and
 the hypervisor, the same rows on every backend, and each check costs a
 process start (the PostgreSQL cells still prove the resume itself)."""
+
 from __future__ import annotations
 
 import json
@@ -27,8 +28,9 @@ def dry_run(calm: Path) -> tuple[dict, int] | None:
     (plan,) = json.loads(out.stdout)
     assert plan["owner_status"] == "dead" and plan["direction"] in ("forward", "revert"), plan
     with Conductor(config.load([str(calm)])) as c, c.db.session() as s:
-        last = s.scalar(sa.select(sa.func.max(FlowLogEntry.id))
-                        .where(FlowLogEntry.flow_detail_uuid == plan["op_id"])) or 0
+        last = (
+            s.scalar(sa.select(sa.func.max(FlowLogEntry.id)).where(FlowLogEntry.flow_detail_uuid == plan["op_id"])) or 0
+        )
     return plan, last
 
 
@@ -39,8 +41,14 @@ def assert_followed(calm: Path, planned: tuple[dict, int] | None) -> None:
     plan, after_id = planned
     state = "RUNNING" if plan["direction"] == "forward" else "REVERTING"
     with Conductor(config.load([str(calm)])) as c, c.db.session() as s:
-        moved = set(s.scalars(sa.select(FlowLogEntry.step).where(
-            FlowLogEntry.flow_detail_uuid == plan["op_id"], FlowLogEntry.id > after_id,
-            FlowLogEntry.state == state)))
+        moved = set(
+            s.scalars(
+                sa.select(FlowLogEntry.step).where(
+                    FlowLogEntry.flow_detail_uuid == plan["op_id"],
+                    FlowLogEntry.id > after_id,
+                    FlowLogEntry.state == state,
+                )
+            )
+        )
     moved = {m for m in moved if not m.startswith("retry_") and m != "(flow)"}
     assert moved == set(plan["steps"]), (plan, sorted(moved))

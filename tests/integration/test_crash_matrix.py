@@ -2,6 +2,7 @@
 boundary (before and after the step's side effect), during execute and during
 revert; a new `computeflow resume` process must converge to ACTIVE or to a
 full revert with nothing leaked. On SQLite and PostgreSQL."""
+
 from __future__ import annotations
 
 import signal
@@ -29,14 +30,14 @@ def _setup(tmp_path, url, faults: list[str]):
     state = tmp_path / "state"
     crash = write_conf(tmp_path / "crash.conf", state, url, fault_conf(faults))
     calm = write_conf(tmp_path / "calm.conf", state, url)
-    assert run_cli(calm, "hosts", "add", "h1", "--vcpus", "8", "--ram-mb", "16384",
-                   "--disk-gb", "100").returncode == 0
+    assert run_cli(calm, "hosts", "add", "h1", "--vcpus", "8", "--ram-mb", "16384", "--disk-gb", "100").returncode == 0
     return crash, calm
 
 
 def _crash_then_resume(tmp_path, calm, url, faults: list[str]) -> str:
-    kill_then_resume(tmp_path, calm, url, ["spawn", "vm1", "--flavor", "m1.small", "--image", "cirros"],
-                     faults, check_plan=True)
+    kill_then_resume(
+        tmp_path, calm, url, ["spawn", "vm1", "--flavor", "m1.small", "--image", "cirros"], faults, check_plan=True
+    )
     with Conductor(config.load([str(calm)])) as c:
         with c.db.session() as s:
             (op,) = s.scalars(sa.select(Operation)).all()
@@ -77,8 +78,7 @@ def test_kill_during_revert_then_resume_reverts(tmp_path, crash_db_url, step, wh
     _, calm = _setup(tmp_path, crash_db_url, [])
     # The resumed process must not succeed by re-running mark_active: it keeps
     # reverting, because the flow was already REVERTING when it died.
-    op_id = _crash_then_resume(tmp_path, calm, crash_db_url,
-                               ["mark_active:execute:fail", f"{step}:revert:kill:{when}"])
+    op_id = _crash_then_resume(tmp_path, calm, crash_db_url, ["mark_active:execute:fail", f"{step}:revert:kill:{when}"])
     _assert_converged(calm, op_id, operations.REVERTED)
 
 
@@ -86,9 +86,11 @@ def _runs(calm, op_id: str) -> dict[tuple[str, str], int]:
     """How many flow-log rows each (step, state) has."""
     with Conductor(config.load([str(calm)])) as c:
         with c.db.session() as s:
-            rows = s.execute(sa.select(FlowLogEntry.step, FlowLogEntry.state, sa.func.count())
-                             .where(FlowLogEntry.flow_detail_uuid == op_id)
-                             .group_by(FlowLogEntry.step, FlowLogEntry.state)).all()
+            rows = s.execute(
+                sa.select(FlowLogEntry.step, FlowLogEntry.state, sa.func.count())
+                .where(FlowLogEntry.flow_detail_uuid == op_id)
+                .group_by(FlowLogEntry.step, FlowLogEntry.state)
+            ).all()
     return {(step, state): n for step, state, n in rows}
 
 
@@ -120,8 +122,7 @@ def test_a_finished_step_is_durable_before_the_next_one_starts(tmp_path, crash_d
 def test_a_finished_revert_is_durable_before_the_next_one_starts(tmp_path, crash_db_url, step):
     """Same for reverts: REVERTED rides on the next step's REVERTING commit."""
     reverted_before = SPAWN_STEPS[SPAWN_STEPS.index(step) + 1]
-    crash, calm = _setup(tmp_path, crash_db_url,
-                         ["mark_active:execute:fail", f"{step}:revert:kill:before"])
+    crash, calm = _setup(tmp_path, crash_db_url, ["mark_active:execute:fail", f"{step}:revert:kill:before"])
     died = run_cli(crash, "spawn", "vm1", "--flavor", "m1.small", "--image", "cirros")
     assert died.returncode == -signal.SIGKILL, (died.returncode, died.stderr)
     op_id = _only_operation(calm)

@@ -5,6 +5,7 @@ operation. For each operation one more case kills inside a revert (the last
 step failed) and the resume must converge back to exactly the prior state.
 On SQLite and PostgreSQL. `when=before` only, to keep the suite short: the
 after-side-effect boundaries are covered without a crash in tests/flows."""
+
 from __future__ import annotations
 
 
@@ -27,8 +28,7 @@ CASES = list({c.op: c for c in reversed(IMAGE_CASES + DEVICE_CASES)}.values())[:
 # take_hold and mark_done are the same steps in every one of these flows: they
 # are killed in the first case only, the operation's own steps in every case.
 _SHARED = {"take_hold", "mark_done"}
-EXECUTE = [(c, step) for i, c in enumerate(CASES) for step in catalogue.steps_of(c)
-           if i == 0 or step not in _SHARED]
+EXECUTE = [(c, step) for i, c in enumerate(CASES) for step in catalogue.steps_of(c) if i == 0 or step not in _SHARED]
 # One revert crash per operation kind: inside the revert of its first real step.
 REVERT = [(c, catalogue.steps_of(c)[1]) for c in CASES]
 
@@ -94,8 +94,9 @@ def test_kill_before_each_step_then_resume_finishes(tmp_path, crash_db_url, case
 @pytest.mark.parametrize("case,step,crash_db_url", alternating(REVERT, _name), indirect=["crash_db_url"])
 def test_kill_during_revert_then_resume_restores(tmp_path, crash_db_url, case, step):
     calm, uuid, before = _prepare(tmp_path, crash_db_url, case)
-    c, op = _crash_and_resume(tmp_path, calm, crash_db_url, case,
-                              ["mark_done:execute:fail:after", f"{step}:revert:kill:before"])
+    c, op = _crash_and_resume(
+        tmp_path, calm, crash_db_url, case, ["mark_done:execute:fail:after", f"{step}:revert:kill:before"]
+    )
     with c:
         assert op.state == operations.REVERTED, op.error
         after = catalogue.world(c, uuid, ignore=case.irreversible)

@@ -8,6 +8,7 @@ empty, only h2's claim left. Past the switch-over that is "finishing
 forward": the post-migration phase never reverts. Kills inside reverts
 (the migration failed) must converge back to exactly the prior state.
 """
+
 from __future__ import annotations
 
 
@@ -24,12 +25,17 @@ from tests.flows.test_live_migration import STEPS
 pytestmark = pytest.mark.integration
 
 KILLS = [(s, "before") for s in STEPS] + [
-    ("live_migration", "after"), ("switch_over", "after"), ("post_live_migration_at_source", "after")]
+    ("live_migration", "after"),
+    ("switch_over", "after"),
+    ("post_live_migration_at_source", "after"),
+]
 # (the failure that starts the revert, the revert step killed)
-REVERTS = [("live_migration:execute:fail:before", "pre_live_migration"),
-           ("live_migration:execute:fail:before", "claim_destination"),
-           ("live_migration:execute:fail:after", "live_migration"),
-           ("switch_over:execute:fail:before", "pre_live_migration")]
+REVERTS = [
+    ("live_migration:execute:fail:before", "pre_live_migration"),
+    ("live_migration:execute:fail:before", "claim_destination"),
+    ("live_migration:execute:fail:after", "live_migration"),
+    ("switch_over:execute:fail:before", "pre_live_migration"),
+]
 
 
 def _prepare(tmp_path, url):
@@ -48,8 +54,9 @@ def _prepare(tmp_path, url):
 
 
 def _crash_and_resume(tmp_path, calm, url, faults: list[str]):
-    resumed = kill_then_resume(tmp_path, calm, url, ["live-migration", "vm1", "--target-host", "h2"],
-                               faults, check_plan=True)
+    resumed = kill_then_resume(
+        tmp_path, calm, url, ["live-migration", "vm1", "--target-host", "h2"], faults, check_plan=True
+    )
     c = Conductor(config.load([str(calm)]))
     with c.db.session() as s:
         (op,) = operations.listing(s, limit=1)
@@ -59,15 +66,19 @@ def _crash_and_resume(tmp_path, calm, url, faults: list[str]):
 @pytest.mark.parametrize("step,when", KILLS)
 def test_kill_at_each_step_then_resume_finishes_the_migration(tmp_path, crash_db_url, step, when):
     calm, uuid, _ = _prepare(tmp_path, crash_db_url)
-    c, op, resumed = _crash_and_resume(tmp_path, calm, crash_db_url,
-                                       [f"{step}:execute:kill:{when}"])
+    c, op, resumed = _crash_and_resume(tmp_path, calm, crash_db_url, [f"{step}:execute:kill:{when}"])
     with c:
         assert (op.kind, op.state) == ("live_migration", operations.SUCCEEDED), op.error
         with c.db.session() as s:
             inst = instances.get(s, uuid)
             held = {(cl.host, cl.instance_uuid) for cl in claims.all_claims(s)}
         assert (inst.host, inst.vm_state, inst.power_state, inst.held_by, inst.task_state) == (
-            "h2", "active", "running", None, None)
+            "h2",
+            "active",
+            "running",
+            None,
+            None,
+        )
         assert held == {("h2", uuid)}
         assert c.rt.driver_for("h2").inventory().guests == (uuid,)
         assert c.rt.driver_for("h1").inventory().empty
@@ -78,8 +89,7 @@ def test_kill_at_each_step_then_resume_finishes_the_migration(tmp_path, crash_db
 @pytest.mark.parametrize("failure,step", REVERTS)
 def test_kill_during_revert_then_resume_restores(tmp_path, crash_db_url, failure, step):
     calm, uuid, before = _prepare(tmp_path, crash_db_url)
-    c, op, _ = _crash_and_resume(tmp_path, calm, crash_db_url,
-                                 [failure, f"{step}:revert:kill:before"])
+    c, op, _ = _crash_and_resume(tmp_path, calm, crash_db_url, [failure, f"{step}:revert:kill:before"])
     with c:
         assert op.state == operations.REVERTED, op.error
         assert catalogue.world(c, uuid) == before

@@ -7,6 +7,7 @@ revert are forward-only: after a crash they finish forward, and their flow
 log shows no revert at all. On SQLite and PostgreSQL. `when=before` only:
 the after-side-effect boundaries are covered without a crash in tests/flows.
 """
+
 from __future__ import annotations
 
 
@@ -27,11 +28,21 @@ pytestmark = pytest.mark.integration
 CASES = {
     "resize": (Case("resize", {"flavor": "m1.medium"}, end=("resized", "running")), RUNNING_STEPS),
     "migrate": (Case("migrate", {"target_host": "h2"}, end=("resized", "running")), RUNNING_STEPS),
-    "confirm": (Case("confirm_resize", setup=(("migrate", {}),), end=("active", "running")),
-                ["take_hold", "confirm_migration", "release_source_claims", "mark_done"]),
-    "revert": (Case("revert_resize", setup=(("migrate", {}),), end=("active", "running")),
-               ["take_hold", "destroy_on_destination", "unplug_vifs", "finish_revert_migration",
-                "release_destination_claim", "mark_done"]),
+    "confirm": (
+        Case("confirm_resize", setup=(("migrate", {}),), end=("active", "running")),
+        ["take_hold", "confirm_migration", "release_source_claims", "mark_done"],
+    ),
+    "revert": (
+        Case("revert_resize", setup=(("migrate", {}),), end=("active", "running")),
+        [
+            "take_hold",
+            "destroy_on_destination",
+            "unplug_vifs",
+            "finish_revert_migration",
+            "release_destination_claim",
+            "mark_done",
+        ],
+    ),
     "evacuate": (Case("evacuate", end=("active", "running")), evacuate_steps(False)),
     "evacuate-shared": (Case("evacuate", end=("active", "running")), evacuate_steps(True)),
 }
@@ -40,8 +51,7 @@ _SHARED_STEPS = {"take_hold", "mark_done"}  # killed in the first case that has 
 EXECUTE = []
 for label, (_case, steps) in CASES.items():
     seen = {s for _, s in EXECUTE}
-    EXECUTE += [(label, s) for s in steps
-                if not (s in seen and (s in _SHARED_STEPS or label == "evacuate-shared"))]
+    EXECUTE += [(label, s) for s in steps if not (s in seen and (s in _SHARED_STEPS or label == "evacuate-shared"))]
 REVERT = [(label, "claim_destination") for label in ("resize", "migrate", "evacuate")]
 
 
@@ -85,15 +95,17 @@ def assert_usage_matches_claims(c: Conductor) -> None:
         for h in hosts.list_hosts(s):
             mine = [r for r in rows if r.host == h.name]
             assert (h.used_vcpus, h.used_ram_mb, h.used_disk_gb) == (
-                sum(r.vcpus for r in mine), sum(r.ram_mb for r in mine), sum(r.disk_gb for r in mine))
+                sum(r.vcpus for r in mine),
+                sum(r.ram_mb for r in mine),
+                sum(r.disk_gb for r in mine),
+            )
 
 
 @pytest.mark.parametrize("label,step,crash_db_url", alternating(EXECUTE), indirect=["crash_db_url"])
 def test_kill_before_each_step_then_resume_finishes(tmp_path, crash_db_url, label, step):
     case = CASES[label][0]
     calm, uuid, _ = _prepare(tmp_path, crash_db_url, label)
-    c, op, log = _crash_and_resume(tmp_path, calm, crash_db_url, label,
-                                   [f"{step}:execute:kill:before"])
+    c, op, log = _crash_and_resume(tmp_path, calm, crash_db_url, label, [f"{step}:execute:kill:before"])
     with c:
         assert op.state == operations.SUCCEEDED, op.error
         with c.db.session() as s:
@@ -114,15 +126,15 @@ def test_kill_before_each_step_then_resume_finishes(tmp_path, crash_db_url, labe
         else:
             assert (inst.host, on) == ("h2", ["h2"]) and inv["h2"].guests == (uuid,)
         if label in FORWARD_ONLY:  # forward after the crash, never a revert
-            assert not [e for e in log if e.state.startswith("REVERT")], [
-                (e.step, e.state) for e in log]
+            assert not [e for e in log if e.state.startswith("REVERT")], [(e.step, e.state) for e in log]
 
 
 @pytest.mark.parametrize("label,step,crash_db_url", alternating(REVERT), indirect=["crash_db_url"])
 def test_kill_during_revert_then_resume_restores(tmp_path, crash_db_url, label, step):
     calm, uuid, before = _prepare(tmp_path, crash_db_url, label)
-    c, op, _ = _crash_and_resume(tmp_path, calm, crash_db_url, label,
-                                 ["mark_done:execute:fail:after", f"{step}:revert:kill:before"])
+    c, op, _ = _crash_and_resume(
+        tmp_path, calm, crash_db_url, label, ["mark_done:execute:fail:after", f"{step}:revert:kill:before"]
+    )
     with c:
         assert op.state == operations.REVERTED, op.error
         assert catalogue.world(c, uuid) == before

@@ -2,6 +2,7 @@
 is SIGKILLed at every step boundary, during execute and during revert; a new
 `computeflow resume` process converges to the target state or back to the
 prior one. On SQLite and PostgreSQL."""
+
 from __future__ import annotations
 
 
@@ -49,18 +50,24 @@ def _crash_and_resume(tmp_path, state, calm, url, op: str, faults: list[str]) ->
 def test_kill_during_execute_converges_forward(tmp_path, crash_db_url, op, step, when):
     state, calm, _, _ = _prepare(tmp_path, crash_db_url, op)
     (op_state, vm_state, power_state, held), guest = _crash_and_resume(
-        tmp_path, state, calm, crash_db_url, op, [f"{step}:execute:kill:{when}"])
+        tmp_path, state, calm, crash_db_url, op, [f"{step}:execute:kill:{when}"]
+    )
     t = power.TRANSITIONS[op]
     assert (op_state, vm_state, power_state, held, guest) == (
-        "SUCCEEDED", t.vm_state, t.power_state, None, t.power_state)
+        "SUCCEEDED",
+        t.vm_state,
+        t.power_state,
+        None,
+        t.power_state,
+    )
 
 
 @pytest.mark.parametrize("op,step,when,crash_db_url", alternating(CASES), indirect=["crash_db_url"])
 def test_kill_during_revert_converges_back(tmp_path, crash_db_url, op, step, when):
     state, calm, before, guest_before = _prepare(tmp_path, crash_db_url, op)
     (op_state, vm_state, power_state, held), guest = _crash_and_resume(
-        tmp_path, state, calm, crash_db_url, op,
-        ["mark_done:execute:fail:after", f"{step}:revert:kill:{when}"])
+        tmp_path, state, calm, crash_db_url, op, ["mark_done:execute:fail:after", f"{step}:revert:kill:{when}"]
+    )
     assert (op_state, vm_state, power_state, held) == ("REVERTED", *before, None)
     if op != "reboot":  # a reboot is not undone; everything else is
         assert guest == guest_before

@@ -1,6 +1,7 @@
 """Per-host limits with real processes: the slot of a SIGKILLed holder is
 reclaimed once its lease lapses, and the bound holds across two `computeflow
 conductor` processes sharing the database (conductor/host_limits.py)."""
+
 from __future__ import annotations
 
 import os
@@ -25,15 +26,36 @@ pytestmark = pytest.mark.integration
 def test_slot_of_a_killed_process_is_reclaimed(tmp_path, crash_db_url):
     c = _conductor(tmp_path, crash_db_url, "max_concurrent_builds = 1\n")
     try:
-        crashing = write_conf(tmp_path / "crash.conf", tmp_path / "state", crash_db_url,
-                              f"max_concurrent_builds = 1\nlease_seconds = 2\n[fake]\nfaults = {HANG}\n")
-        proc = subprocess.Popen([sys.executable, "-m", "conductor.cli", "--config-file",
-                                 str(crashing), "spawn", "vm1", "--flavor", "m1.tiny",
-                                 "--image", "cirros"], cwd=REPO, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
+        crashing = write_conf(
+            tmp_path / "crash.conf",
+            tmp_path / "state",
+            crash_db_url,
+            f"max_concurrent_builds = 1\nlease_seconds = 2\n[fake]\nfaults = {HANG}\n",
+        )
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "conductor.cli",
+                "--config-file",
+                str(crashing),
+                "spawn",
+                "vm1",
+                "--flavor",
+                "m1.tiny",
+                "--image",
+                "cirros",
+            ],
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         try:
-            held = eventually(lambda: [op_id for op_id, slot in _slot_rows(c) if slot == 0],
-                              30, "the spawning process to hold the slot")
+            held = eventually(
+                lambda: [op_id for op_id, slot in _slot_rows(c) if slot == 0],
+                30,
+                "the spawning process to hold the slot",
+            )
             (orphan,) = held
             eventually(lambda: _reached(c, orphan, "define_guest"), 30, "it to hang")
         finally:
@@ -57,21 +79,30 @@ def test_limit_holds_across_two_conductor_processes(tmp_path, crash_db_url):
     c = _conductor(tmp_path, crash_db_url, f"max_concurrent_builds = {limit}\n")
     procs = []
     try:
-        handles = [c.submit_spawn(SpawnRequest(name=f"vm{i}", flavor="m1.tiny", image="cirros"))
-                   for i in range(count)]
+        handles = [c.submit_spawn(SpawnRequest(name=f"vm{i}", flavor="m1.tiny", image="cirros")) for i in range(count)]
         with c.db.session() as s:  # this submitter leaves them to the conductors
             s.execute(sa.update(Operation).values(owner=None, lease_expires_at=None))
         for name in ("a", "b"):
-            conf = write_conf(tmp_path / f"{name}.conf", tmp_path / "state", crash_db_url,
-                              f"max_concurrent_builds = {limit}\nmax_operations = 6\n"
-                              f"poll_interval = 0.05\nlog_file = {tmp_path / name}.log\n"
-                              "[fake]\nlatency = define_guest:0.2\n")
-            procs.append(subprocess.Popen(
-                [sys.executable, "-m", "conductor.cli", "--config-file", str(conf), "conductor"],
-                cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            conf = write_conf(
+                tmp_path / f"{name}.conf",
+                tmp_path / "state",
+                crash_db_url,
+                f"max_concurrent_builds = {limit}\nmax_operations = 6\n"
+                f"poll_interval = 0.05\nlog_file = {tmp_path / name}.log\n"
+                "[fake]\nlatency = define_guest:0.2\n",
+            )
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "conductor.cli", "--config-file", str(conf), "conductor"],
+                    cwd=REPO,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
 
         def ended() -> bool:
             return all(_op(c, h).state in operations.FINAL_STATES for h in handles)
+
         eventually(ended, 120, "every spawn to end")
         assert {_op(c, h).state for h in handles} == {operations.SUCCEEDED}
         with c.db.session() as s:

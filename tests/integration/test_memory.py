@@ -4,6 +4,7 @@ taskflow's stock SQLAlchemy backend grows ~5 MB per flow that is never
 returned; ours shares one table set per backend. One process runs many
 spawn+destroy pairs; RSS after warm-up must not grow with the count.
 """
+
 import subprocess
 import sys
 
@@ -45,8 +46,9 @@ print(json.dumps(samples))
 def test_rss_is_flat_over_many_operations(sqlite_url, tmp_path):
     # Separate file so the subprocess owns its database.
     url = f"sqlite:///{tmp_path}/mem.sqlite"
-    out = subprocess.run([sys.executable, "-c", SCRIPT, url, "160"], cwd=REPO,
-                         capture_output=True, text=True, timeout=600, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", SCRIPT, url, "160"], cwd=REPO, capture_output=True, text=True, timeout=600, check=True
+    )
     samples = [float(x) for x in out.stdout.split("[", 1)[1].rstrip("]\n").split(",")]
     warm, last = samples[1], samples[-1]  # after 40 pairs, after 160 pairs
     # The stock backend would add ~5 MB per flow: 240 flows -> ~1.2 GB.

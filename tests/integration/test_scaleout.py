@@ -1,6 +1,7 @@
 """Scale-out conductors as real processes on PostgreSQL + Redis: takeover after
 SIGKILL, SIGTERM at a step boundary, fencing of a paused (SIGSTOP) conductor,
 and many operations while conductors are killed and restarted at random."""
+
 from __future__ import annotations
 
 import os
@@ -35,15 +36,22 @@ class Cluster:
         self.c = Conductor(config.load([str(self.conf("client"))]))
 
     def conf(self, name: str, extra: str = "") -> Path:
-        return write_conf(self.tmp / f"{name}.conf", self.tmp / "state", self.db_url,
-                          f"jobboard = {self.redis_url}\nclaim_expiry = {EXPIRY}\n"
-                          f"poll_interval = 0.05\nlog_file = {self.tmp / name}.log\n{extra}")
+        return write_conf(
+            self.tmp / f"{name}.conf",
+            self.tmp / "state",
+            self.db_url,
+            f"jobboard = {self.redis_url}\nclaim_expiry = {EXPIRY}\n"
+            f"poll_interval = 0.05\nlog_file = {self.tmp / name}.log\n{extra}",
+        )
 
     def start(self, name: str, extra: str = "") -> subprocess.Popen:
         with open(self.tmp / f"{name}.err", "a") as err:
-            p = subprocess.Popen([sys.executable, "-m", "conductor.cli", "--config-file",
-                                  str(self.conf(name, extra)), "conductor"], cwd=REPO,
-                                 stdout=subprocess.DEVNULL, stderr=err)
+            p = subprocess.Popen(
+                [sys.executable, "-m", "conductor.cli", "--config-file", str(self.conf(name, extra)), "conductor"],
+                cwd=REPO,
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+            )
         self.procs.append(p)
         return p
 
@@ -59,8 +67,11 @@ class Cluster:
 
     def rows(self, op_id: str) -> list[FlowLogEntry]:
         with self.c.db.session() as s:
-            return list(s.scalars(sa.select(FlowLogEntry).where(FlowLogEntry.flow_detail_uuid == op_id)
-                                  .order_by(FlowLogEntry.id)))
+            return list(
+                s.scalars(
+                    sa.select(FlowLogEntry).where(FlowLogEntry.flow_detail_uuid == op_id).order_by(FlowLogEntry.id)
+                )
+            )
 
     def op(self, op_id: str) -> Operation:
         with self.c.db.session() as s:
@@ -104,13 +115,19 @@ def assert_consistent(cl: Cluster, op_ids: list[str]) -> None:
     """Every operation succeeded once: one SUCCESS per step, an active
     instance without a hold, a claim each, a running guest each."""
     with cl.c.db.session() as s:
-        states = dict((r[0], r[1]) for r in s.execute(sa.select(Operation.id, Operation.state)
-                                .where(Operation.id.in_([str(i) for i in op_ids]))).all())
+        states = dict(
+            (r[0], r[1])
+            for r in s.execute(
+                sa.select(Operation.id, Operation.state).where(Operation.id.in_([str(i) for i in op_ids]))
+            ).all()
+        )
         assert set(states.values()) == {operations.SUCCEEDED}, states
-        dup = s.execute(sa.select(FlowLogEntry.flow_detail_uuid, FlowLogEntry.step, sa.func.count())
-                        .where(FlowLogEntry.state == "SUCCESS")
-                        .group_by(FlowLogEntry.flow_detail_uuid, FlowLogEntry.step)
-                        .having(sa.func.count() > 1)).all()
+        dup = s.execute(
+            sa.select(FlowLogEntry.flow_detail_uuid, FlowLogEntry.step, sa.func.count())
+            .where(FlowLogEntry.state == "SUCCESS")
+            .group_by(FlowLogEntry.flow_detail_uuid, FlowLogEntry.step)
+            .having(sa.func.count() > 1)
+        ).all()
         assert dup == []  # no step (so no operation) completed twice
         insts = list(s.scalars(sa.select(Instance)))
         assert len(insts) == len(op_ids)
@@ -186,16 +203,16 @@ def test_cli_submission_waits_for_a_conductor(cluster):
 
 def test_many_operations_while_conductors_are_killed_and_restarted(cluster):
     n = int(os.environ.get("COMPUTEFLOW_SCALEOUT_OPS", "100"))
-    op_ids = [cluster.c.submit_spawn(SpawnRequest(name=f"vm{i}", flavor="m1.tiny", image="cirros"))
-              for i in range(n)]
+    op_ids = [cluster.c.submit_spawn(SpawnRequest(name=f"vm{i}", flavor="m1.tiny", image="cirros")) for i in range(n)]
     live = {name: cluster.start(name) for name in ("c0", "c1", "c2")}
     rng = random.Random(5)
     kills, deadline = 0, time.monotonic() + 600
 
     def done() -> int:
         with cluster.c.db.session() as s:
-            return s.scalar(sa.select(sa.func.count()).select_from(Operation)
-                            .where(Operation.state.in_(operations.FINAL_STATES)))
+            return s.scalar(
+                sa.select(sa.func.count()).select_from(Operation).where(Operation.state.in_(operations.FINAL_STATES))
+            )
 
     # Chaos paced by progress, not by the clock (this machine's load varies a lot):
     # after every `step` completions, SIGKILL a random conductor and start it again.

@@ -8,6 +8,7 @@
   commit per step); the flow's end commits lazily; a step that finishes while
   another step of its flow is still running is written at once.
 """
+
 from __future__ import annotations
 
 import threading
@@ -74,8 +75,9 @@ class _ServerSideDeadlocks:
                     END IF;
                     RETURN NEW;
                 END $$""")
-            c.exec_driver_sql("CREATE TRIGGER test_deadlock BEFORE INSERT ON flow_log "
-                              "FOR EACH ROW EXECUTE FUNCTION test_deadlock()")
+            c.exec_driver_sql(
+                "CREATE TRIGGER test_deadlock BEFORE INSERT ON flow_log FOR EACH ROW EXECUTE FUNCTION test_deadlock()"
+            )
 
     def failed(self) -> int:
         with self.db.engine.connect() as c:
@@ -101,9 +103,11 @@ def _run_flow(backend: Backend, flow=None) -> str:
 
 def _log(db: Database, flow_uuid: str) -> list[tuple[str, str]]:
     with db.session() as s:
-        rows = s.execute(sa.select(FlowLogEntry.step, FlowLogEntry.state)
-                         .where(FlowLogEntry.flow_detail_uuid == flow_uuid)
-                         .order_by(FlowLogEntry.id)).all()
+        rows = s.execute(
+            sa.select(FlowLogEntry.step, FlowLogEntry.state)
+            .where(FlowLogEntry.flow_detail_uuid == flow_uuid)
+            .order_by(FlowLogEntry.id)
+        ).all()
     return [tuple(r) for r in rows]
 
 
@@ -111,7 +115,8 @@ def _three_steps_logged(flow_uuid: str, db: Database) -> None:
     assert _log(db, flow_uuid) == (
         [("(flow)", "RUNNING")]
         + [(f"t{i}", st) for i in range(3) for st in ("RUNNING", "SUCCESS")]
-        + [("(flow)", "SUCCESS")])
+        + [("(flow)", "SUCCESS")]
+    )
 
 
 def test_deadlocks_are_retried_inside_the_backend(url):
@@ -154,7 +159,8 @@ class _KillWriterConnections(task.Task):
                 "WHERE application_name = 'computeflow-flow-writes' "
                 # Only this database's: pytest-xdist runs other workers' conductors
                 # on the same server, and killing theirs fails their tests.
-                "AND datname = current_database()").scalar()
+                "AND datname = current_database()"
+            ).scalar()
         killer.dispose()
         assert killed >= 1
 
@@ -164,8 +170,8 @@ def test_postgresql_a_dropped_write_connection_is_replaced_and_the_batch_sent_ag
     db = Database(postgresql_url)
     backend = Backend(db.engine)
     flow = linear_flow.Flow("three").add(
-        Noop(name="t0"), _KillWriterConnections(name="t1", inject={"url": postgresql_url}),
-        Noop(name="t2"))
+        Noop(name="t0"), _KillWriterConnections(name="t1", inject={"url": postgresql_url}), Noop(name="t2")
+    )
     try:
         flow_uuid = _run_flow(backend, flow)
     finally:
@@ -182,8 +188,10 @@ def _refuse_new_connections(url: str, refuse: bool = True) -> None:
     admin = sa.create_engine(sa.make_url(url).set(database="postgres"), isolation_level="AUTOCOMMIT")
     with admin.connect() as c:
         c.exec_driver_sql(f"ALTER DATABASE {database} ALLOW_CONNECTIONS {'false' if refuse else 'true'}")
-        c.exec_driver_sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                          f"WHERE application_name = 'computeflow-flow-writes' AND datname = '{database}'")
+        c.exec_driver_sql(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            f"WHERE application_name = 'computeflow-flow-writes' AND datname = '{database}'"
+        )
     admin.dispose()
 
 
@@ -199,9 +207,22 @@ def test_postgresql_a_batch_that_cannot_get_a_connection_is_a_storage_failure(po
     db = Database(postgresql_url)
     backend = Backend(db.engine)
     flow_uuid = _run_flow(backend)
-    backend.memory.pending[flow_uuid] = [_Statements.insert_log_op(dict(
-        flow_detail_uuid=flow_uuid, atom_uuid=flow_uuid, step="t0", state="SUCCESS", attempt=1,
-        at=None, result=None, error=None, traceback=None, epoch=None))]
+    backend.memory.pending[flow_uuid] = [
+        _Statements.insert_log_op(
+            dict(
+                flow_detail_uuid=flow_uuid,
+                atom_uuid=flow_uuid,
+                step="t0",
+                state="SUCCESS",
+                attempt=1,
+                at=None,
+                result=None,
+                error=None,
+                traceback=None,
+                epoch=None,
+            )
+        )
+    ]
     _refuse_new_connections(postgresql_url)
     try:
         with pytest.raises(tf_exc.StorageFailure, match=f"Failed writing flow {flow_uuid}") as raised:
@@ -237,8 +258,9 @@ def _spy_batches(backend: Backend) -> list[tuple[str, list[str]]]:
     send = backend.batches.send
 
     def spy(pool, ops, fence=None):
-        states = [p.get("a_state") or f"flow {p['f_state']}" for name, p in ops
-                  if name in ("update_atom", "update_flow")]
+        states = [
+            p.get("a_state") or f"flow {p['f_state']}" for name, p in ops if name in ("update_atom", "update_flow")
+        ]
         sent.append(("lazy" if pool is backend.autocommit_lazy else "durable", states))
         return send(pool, ops, fence)
 
@@ -281,9 +303,15 @@ class _WaitForSibling(task.Task):
         try:
             for _ in range(200):
                 with reader.connect() as c:
-                    if c.execute(sa.select(sa.func.count()).select_from(FlowLogEntry).where(
-                            FlowLogEntry.flow_detail_uuid == flow_uuid, FlowLogEntry.step == "quick",
-                            FlowLogEntry.state == "SUCCESS")).scalar():
+                    if c.execute(
+                        sa.select(sa.func.count())
+                        .select_from(FlowLogEntry)
+                        .where(
+                            FlowLogEntry.flow_detail_uuid == flow_uuid,
+                            FlowLogEntry.step == "quick",
+                            FlowLogEntry.state == "SUCCESS",
+                        )
+                    ).scalar():
                         return
                 done.wait(0.05)  # polling the database, not waiting for time to pass
         finally:
@@ -300,7 +328,8 @@ def test_a_step_that_finishes_beside_a_running_one_is_written_at_once(url):
     book.add(fd)
     backend.get_connection().save_logbook(book)
     flow = unordered_flow.Flow("parallel").add(
-        Noop(name="quick"), _WaitForSibling(name="slow", inject={"url": url, "flow_uuid": flow_uuid}))
+        Noop(name="quick"), _WaitForSibling(name="slow", inject={"url": url, "flow_uuid": flow_uuid})
+    )
     try:
         engines.run(flow, flow_detail=fd, book=book, backend=backend, engine="parallel")
     finally:
@@ -329,8 +358,14 @@ def test_sqlite_syncs_each_step_and_lets_the_flow_end_ride_on_the_next_sync(sqli
         backend.close()
         db.dispose()
     full, normal = 2, 1
-    assert levels == [("RUNNING", full), ("SUCCESS", full), ("RUNNING", full),
-                      ("SUCCESS", full), ("RUNNING", full), ("SUCCESS", normal)]
+    assert levels == [
+        ("RUNNING", full),
+        ("SUCCESS", full),
+        ("RUNNING", full),
+        ("SUCCESS", full),
+        ("RUNNING", full),
+        ("SUCCESS", normal),
+    ]
 
 
 def test_a_write_that_fails_on_any_path_is_a_storage_failure(sqlite_url):
@@ -346,9 +381,22 @@ def test_a_write_that_fails_on_any_path_is_a_storage_failure(sqlite_url):
     db = Database(sqlite_url)
     backend = Backend(db.engine)
     flow_uuid = _run_flow(backend)
-    backend.memory.pending[flow_uuid] = [_Statements.insert_log_op(dict(
-        flow_detail_uuid=flow_uuid, atom_uuid=flow_uuid, step="t0", state="SUCCESS", attempt=1,
-        at=None, result=None, error=None, traceback=None, epoch=None))]
+    backend.memory.pending[flow_uuid] = [
+        _Statements.insert_log_op(
+            dict(
+                flow_detail_uuid=flow_uuid,
+                atom_uuid=flow_uuid,
+                step="t0",
+                state="SUCCESS",
+                attempt=1,
+                at=None,
+                result=None,
+                error=None,
+                traceback=None,
+                epoch=None,
+            )
+        )
+    ]
 
     def disk_error(conn, cursor, statement, params, context, executemany):
         raise sa_exc.OperationalError(statement, params, Exception("disk I/O error"))

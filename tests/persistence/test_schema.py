@@ -1,5 +1,6 @@
 """The schema: one alembic history (ours, in its own version table) that also
 creates taskflow's tables, with the parent_uuid indexes taskflow lacks."""
+
 import sqlalchemy as sa
 
 from persistence import schema
@@ -10,8 +11,18 @@ def test_schema_is_at_head_with_our_version_table(db_url):
     db = Database(db_url)
     insp = sa.inspect(db.engine)
     tables = set(insp.get_table_names())
-    assert {"computeflow_alembic_version", "logbooks", "flowdetails", "atomdetails",
-            "operations", "instances", "hosts", "claims", "flow_log", "secrets"} <= tables
+    assert {
+        "computeflow_alembic_version",
+        "logbooks",
+        "flowdetails",
+        "atomdetails",
+        "operations",
+        "instances",
+        "hosts",
+        "claims",
+        "flow_log",
+        "secrets",
+    } <= tables
     assert "alembic_version" not in tables  # left free for taskflow's own history
     assert schema.current_revision(db) == schema.head_revision()
     for table in ("flowdetails", "atomdetails"):
@@ -19,9 +30,13 @@ def test_schema_is_at_head_with_our_version_table(db_url):
         assert ("parent_uuid",) in indexed
     # The history's keyset pages: every index it walks ends in (created_at, id).
     indexed = {tuple(ix["column_names"]) for ix in insp.get_indexes("operations")}
-    assert {("created_at", "id"), ("state", "created_at", "id"),
-            ("kind", "created_at", "id"), ("instance_uuid", "created_at", "id"),
-            ("has_error", "created_at", "id")} <= indexed
+    assert {
+        ("created_at", "id"),
+        ("state", "created_at", "id"),
+        ("kind", "created_at", "id"),
+        ("instance_uuid", "created_at", "id"),
+        ("has_error", "created_at", "id"),
+    } <= indexed
     db.dispose()
 
 

@@ -1,5 +1,6 @@
 """A real `computeflow serve` subprocess over a database holding a failed and
 a succeeded spawn, both made through the CLI as an operator would."""
+
 from __future__ import annotations
 
 import contextlib
@@ -34,8 +35,9 @@ class Site:
     failed_op: str  # spawn of vm1, failed at FAIL_AT and reverted
     ok_op: str  # spawn of vm2, succeeded
 
-    def call(self, method: str, path: str, token: str | None = "reader", body=None,
-             raw: bytes | None = None) -> tuple[int, object]:
+    def call(
+        self, method: str, path: str, token: str | None = "reader", body=None, raw: bytes | None = None
+    ) -> tuple[int, object]:
         """(status, decoded JSON) of one API request; token: a role name, a literal, or None."""
         data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
         req = urllib.request.Request(self.base + path, data=data, method=method)
@@ -60,8 +62,11 @@ def serving(conf: Path, log: Path, deadline_s: float = 20) -> Iterator[str]:
     port = _free_port()
     with open(log, "w") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "conductor.cli", "--config-file", str(conf), "serve",
-             "--port", str(port)], stdout=out, stderr=subprocess.STDOUT, cwd=REPO)
+            [sys.executable, "-m", "conductor.cli", "--config-file", str(conf), "serve", "--port", str(port)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+        )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + deadline_s
@@ -73,8 +78,7 @@ def serving(conf: Path, log: Path, deadline_s: float = 20) -> Iterator[str]:
                     break
             except OSError:
                 if time.monotonic() > deadline:
-                    pytest.fail(f"computeflow serve did not answer in {deadline_s}s: "
-                                f"{log.read_text()}")
+                    pytest.fail(f"computeflow serve did not answer in {deadline_s}s: {log.read_text()}")
                 time.sleep(0.05)  # polling interval, not synchronisation
         yield base
     finally:
@@ -111,11 +115,9 @@ def site_on(db_url: str, tmp: Path, server_extra: str = "") -> Iterator[Site]:
     more configuration for the server only (it runs what the API submits)."""
     clean(db_url)
     state = tmp / "state"
-    failing = write_conf(tmp / "failing.conf", state, db_url,
-                         f"[fake]\nfaults = {FAIL_AT}:execute:fail\n")
+    failing = write_conf(tmp / "failing.conf", state, db_url, f"[fake]\nfaults = {FAIL_AT}:execute:fail\n")
     conf = write_conf(tmp / "computeflow.conf", state, db_url, WEB_CONF)
-    assert run_cli(conf, "hosts", "add", "h1", "--vcpus", "8", "--ram-mb", "16384",
-                   "--disk-gb", "200").returncode == 0
+    assert run_cli(conf, "hosts", "add", "h1", "--vcpus", "8", "--ram-mb", "16384", "--disk-gb", "200").returncode == 0
     failed_op = _spawn(failing, "vm1")
     ok_op = _spawn(conf, "vm2")
     log = tmp / "serve.log"
@@ -139,8 +141,7 @@ def site(request, tmp_path_factory) -> Iterator[Site]:
     if request.param == "sqlite":
         yield request.getfixturevalue("sqlite_site")
         return
-    with site_on(request.getfixturevalue(f"{request.param}_url"),
-                 tmp_path_factory.mktemp(f"web-{request.param}")) as s:
+    with site_on(request.getfixturevalue(f"{request.param}_url"), tmp_path_factory.mktemp(f"web-{request.param}")) as s:
         yield s
 
 
@@ -157,15 +158,21 @@ SCREENSHOTS = Path(os.environ.get("COMPUTEFLOW_TEST_ARTIFACTS", REPO / "test-art
 def browser(request):
     missing = [p for p in (CHROMIUM, CHROMEDRIVER) if not os.access(p, os.X_OK)]
     if missing:
-        _unreachable("headless browser", f"{', '.join(missing)} missing: scripts/web/install.sh "
-                     "installs Debian's chromium")
+        _unreachable(
+            "headless browser", f"{', '.join(missing)} missing: scripts/web/install.sh installs Debian's chromium"
+        )
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
     opts = webdriver.ChromeOptions()
     opts.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                "--window-size=1280,1000"):
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-dev-shm-usage",
+        "--disable-gpu",
+        "--window-size=1280,1000",
+    ):
         opts.add_argument(arg)
     driver = webdriver.Chrome(options=opts, service=Service(executable_path=CHROMEDRIVER))
     driver.set_page_load_timeout(15)
@@ -193,9 +200,11 @@ def login(driver, site: Site, role: str, page: str) -> None:
 
 #: The server's own spawns retry FAIL_AT every 0.3 s (a transient fault that
 #: never clears): each stays RUNNING until cancelled.
-SLOW = (f"[fake]\nfaults = {FAIL_AT}:execute:fail-transient-100000\n"
-        "[conductor]\nstep_retry_attempts = 200\nstep_retry_base_delay = 0.3\n"
-        "step_retry_max_delay = 0.3\n")
+SLOW = (
+    f"[fake]\nfaults = {FAIL_AT}:execute:fail-transient-100000\n"
+    "[conductor]\nstep_retry_attempts = 200\nstep_retry_base_delay = 0.3\n"
+    "step_retry_max_delay = 0.3\n"
+)
 
 
 @pytest.fixture(scope="package")

@@ -3,6 +3,7 @@ who may (401/403), when (409 with the reason), and what they do. Two spawns
 whose revert failed (FAILED, needing repair) are made by the CLI with a fault
 at `power_on`'s revert; the server itself runs with no fault, so its retry of
 the revert succeeds."""
+
 from __future__ import annotations
 
 import time
@@ -16,8 +17,12 @@ pytestmark = pytest.mark.integration
 
 
 def _failed_spawn(site: Site, name: str) -> str:
-    conf = write_conf(site.conf.parent / "revert-fails.conf", site.conf.parent / "state",
-                      site.db_url, f"[fake]\nfaults = {FAIL_AT}:execute:fail,power_on:revert:fail\n")
+    conf = write_conf(
+        site.conf.parent / "revert-fails.conf",
+        site.conf.parent / "state",
+        site.db_url,
+        f"[fake]\nfaults = {FAIL_AT}:execute:fail,power_on:revert:fail\n",
+    )
     res = run_cli(conf, "spawn", name, "--flavor", "m1.small", "--image", "cirros")
     op_id = res.stdout.split()[1]
     _, op = site.call("GET", f"/api/v1/operations/{op_id}")
@@ -59,11 +64,11 @@ def test_repair_actions_need_admin_and_a_failed_operation(slow_site: Site):
 def test_mark_reverted_records_the_manual_cleanup(slow_site: Site):
     site = slow_site
     op_id = _failed_spawn(site, "vmf2")
-    status, body = site.call("POST", f"/api/v1/operations/{op_id}/mark-reverted", token="admin",
-                             body={"note": 1})
+    status, body = site.call("POST", f"/api/v1/operations/{op_id}/mark-reverted", token="admin", body={"note": 1})
     assert status == 400
-    status, body = site.call("POST", f"/api/v1/operations/{op_id}/mark-reverted", token="admin",
-                             body={"note": "cleaned by hand"})
+    status, body = site.call(
+        "POST", f"/api/v1/operations/{op_id}/mark-reverted", token="admin", body={"note": "cleaned by hand"}
+    )
     assert status == 200 and body["state"] == "REVERTED", body
     assert any(lb["step"] == "power_on" for lb in body["left_behind"])
     status, body = site.call("POST", f"/api/v1/operations/{op_id}/mark-reverted", token="admin")
@@ -71,9 +76,7 @@ def test_mark_reverted_records_the_manual_cleanup(slow_site: Site):
 
 
 def test_resume_plan_is_refused_for_an_ended_operation(slow_site: Site):
-    status, body = slow_site.call(
-        "POST", f"/api/v1/operations/{slow_site.ok_op}/resume-plan", token="operator")
+    status, body = slow_site.call("POST", f"/api/v1/operations/{slow_site.ok_op}/resume-plan", token="operator")
     assert status == 409 and "nothing to resume" in body["error"]
-    status, body = slow_site.call(
-        "POST", f"/api/v1/operations/{slow_site.ok_op}/resume-plan", token="reader")
+    status, body = slow_site.call("POST", f"/api/v1/operations/{slow_site.ok_op}/resume-plan", token="reader")
     assert status == 403

@@ -1,4 +1,5 @@
 """The REST API of a real `computeflow serve`, on SQLite and PostgreSQL."""
+
 from __future__ import annotations
 
 import time
@@ -18,18 +19,17 @@ def _counts(site: Site) -> dict[str, int]:
     db = Database(site.db_url)
     try:
         with db.engine.connect() as c:
-            return {t: c.scalar(sa.text(f"SELECT COUNT(*) FROM {t}"))
-                    for t in ("operations", "instances", "secrets", "flow_log")} | {
-                "cancels": c.scalar(sa.text(
-                    "SELECT COUNT(*) FROM operations WHERE cancel_requested_by IS NOT NULL"))}
+            return {
+                t: c.scalar(sa.text(f"SELECT COUNT(*) FROM {t}"))
+                for t in ("operations", "instances", "secrets", "flow_log")
+            } | {"cancels": c.scalar(sa.text("SELECT COUNT(*) FROM operations WHERE cancel_requested_by IS NOT NULL"))}
     finally:
         db.dispose()
 
 
 def test_no_or_unknown_token_is_401(site: Site):
     for token in (None, "not-a-token"):
-        for path in ("/api/v1/operations", f"/api/v1/operations/{site.ok_op}", "/api/v1/hosts",
-                     "/api/v1/instances"):
+        for path in ("/api/v1/operations", f"/api/v1/operations/{site.ok_op}", "/api/v1/hosts", "/api/v1/instances"):
             status, body = site.call("GET", path, token=token)
             assert (status, sorted(body)) == (401, ["error"]), path
     assert site.call("GET", "/api/v1/operations", token="reader")[0] == 200
@@ -39,8 +39,7 @@ def test_reader_cannot_cancel_or_submit(site: Site):
     before = _counts(site)
     status, body = site.call("POST", f"/api/v1/operations/{site.ok_op}/cancel", token="reader")
     assert status == 403 and "operator" in body["error"]
-    status, body = site.call("POST", "/api/v1/operations", token="reader",
-                             body={"kind": "reboot", "instance": "vm2"})
+    status, body = site.call("POST", "/api/v1/operations", token="reader", body={"kind": "reboot", "instance": "vm2"})
     assert status == 403
     assert _counts(site) == before
     # An operator may ask; an ended operation has nothing to cancel: one clear 409.
@@ -76,29 +75,43 @@ def test_list_filters(site: Site):
     assert [h["name"] for h in body["hosts"]] == ["h1"]
 
 
-@pytest.mark.parametrize("method,path,body,status", [
-    ("GET", "/api/v1/operations?kind=nope", None, 400),
-    ("GET", "/api/v1/operations?state=DONE", None, 400),
-    ("GET", "/api/v1/operations?limit=0", None, 400),
-    ("GET", "/api/v1/operations?offset=50", None, 400),
-    ("GET", "/api/v1/operations?cursor=not-a-cursor", None, 400),
-    ("GET", "/api/v1/operations?since=yesterday", None, 400),
-    ("GET", "/api/v1/operations?colour=red", None, 400),
-    ("GET", "/api/v1/operations?host=nohost", None, 400),
-    ("GET", "/api/v1/operations/ffffffff-0000", None, 404),
-    ("POST", "/api/v1/operations/ffffffff-0000/cancel", None, 404),
-    ("POST", "/api/v1/operations", b"{not json", 400),
-    ("POST", "/api/v1/operations", [1, 2], 400),
-    ("POST", "/api/v1/operations", {"kind": "nope", "instance": "vm2"}, 400),
-    ("POST", "/api/v1/operations", {"kind": "reboot", "instance": "vm2", "parameters": {"x": 1}}, 400),
-    ("POST", "/api/v1/operations", {"kind": "reboot", "instance": "ghost"}, 404),
-    ("POST", "/api/v1/operations", {"kind": "unpause", "instance": "vm2"}, 409),
-    ("POST", "/api/v1/operations",
-     {"kind": "spawn", "instance": "vm2", "parameters": {"flavor": "m1.small", "image": "cirros"}}, 400),
-    ("POST", "/api/v1/operations",
-     {"kind": "spawn", "instance": "vm9", "parameters": {"flavor": "m1.nope", "image": "cirros",
-                                                         "admin_password": "pw-not-kept"}}, 400),
-])
+@pytest.mark.parametrize(
+    "method,path,body,status",
+    [
+        ("GET", "/api/v1/operations?kind=nope", None, 400),
+        ("GET", "/api/v1/operations?state=DONE", None, 400),
+        ("GET", "/api/v1/operations?limit=0", None, 400),
+        ("GET", "/api/v1/operations?offset=50", None, 400),
+        ("GET", "/api/v1/operations?cursor=not-a-cursor", None, 400),
+        ("GET", "/api/v1/operations?since=yesterday", None, 400),
+        ("GET", "/api/v1/operations?colour=red", None, 400),
+        ("GET", "/api/v1/operations?host=nohost", None, 400),
+        ("GET", "/api/v1/operations/ffffffff-0000", None, 404),
+        ("POST", "/api/v1/operations/ffffffff-0000/cancel", None, 404),
+        ("POST", "/api/v1/operations", b"{not json", 400),
+        ("POST", "/api/v1/operations", [1, 2], 400),
+        ("POST", "/api/v1/operations", {"kind": "nope", "instance": "vm2"}, 400),
+        ("POST", "/api/v1/operations", {"kind": "reboot", "instance": "vm2", "parameters": {"x": 1}}, 400),
+        ("POST", "/api/v1/operations", {"kind": "reboot", "instance": "ghost"}, 404),
+        ("POST", "/api/v1/operations", {"kind": "unpause", "instance": "vm2"}, 409),
+        (
+            "POST",
+            "/api/v1/operations",
+            {"kind": "spawn", "instance": "vm2", "parameters": {"flavor": "m1.small", "image": "cirros"}},
+            400,
+        ),
+        (
+            "POST",
+            "/api/v1/operations",
+            {
+                "kind": "spawn",
+                "instance": "vm9",
+                "parameters": {"flavor": "m1.nope", "image": "cirros", "admin_password": "pw-not-kept"},
+            },
+            400,
+        ),
+    ],
+)
 def test_bad_input_is_one_json_error_and_writes_nothing(site: Site, method, path, body, status):
     before = _counts(site)
     raw = body if isinstance(body, bytes) else None
@@ -134,8 +147,12 @@ def test_failed_spawn_shows_its_steps(site: Site):
 
 def test_operator_submits_and_secrets_stay_out_of_logs(site: Site):
     secret = "pw-Zebra-4711"
-    status, body = site.call("POST", "/api/v1/operations", token="operator", body={
-        "kind": "set_admin_password", "instance": "vm2", "parameters": {"password": secret}})
+    status, body = site.call(
+        "POST",
+        "/api/v1/operations",
+        token="operator",
+        body={"kind": "set_admin_password", "instance": "vm2", "parameters": {"password": secret}},
+    )
     assert status == 202, body
     deadline = time.monotonic() + 20
     while True:
@@ -155,10 +172,20 @@ def test_operator_submits_and_secrets_stay_out_of_logs(site: Site):
 def test_openapi_describes_the_api(site: Site):
     status, doc = site.call("GET", "/api/v1/openapi.json", token=None)
     assert status == 200 and doc["openapi"].startswith("3.")
-    assert {"/operations", "/operations/{op_id}", "/operations/{op_id}/cancel", "/instances",
-            "/hosts", "/operations/{op_id}/events", "/operations/{op_id}/retry-revert",
-            "/operations/{op_id}/mark-reverted", "/operations/{op_id}/resume-plan",
-            "/instances/{name}", "/inventory", "/reconcile"} <= set(doc["paths"])
+    assert {
+        "/operations",
+        "/operations/{op_id}",
+        "/operations/{op_id}/cancel",
+        "/instances",
+        "/hosts",
+        "/operations/{op_id}/events",
+        "/operations/{op_id}/retry-revert",
+        "/operations/{op_id}/mark-reverted",
+        "/operations/{op_id}/resume-plan",
+        "/instances/{name}",
+        "/inventory",
+        "/reconcile",
+    } <= set(doc["paths"])
 
 
 def _instance_kinds() -> list[str]:
@@ -168,13 +195,16 @@ def _instance_kinds() -> list[str]:
 
 
 @pytest.mark.parametrize("kind", _instance_kinds())
-def test_every_catalogue_operation_is_validated_before_anything_is_written(sqlite_site: Site,
-                                                                           kind: str):
+def test_every_catalogue_operation_is_validated_before_anything_is_written(sqlite_site: Site, kind: str):
     """Each kind reaches its own parameter check through the API: an unknown
     parameter is one 400 naming the kind, and nothing is written."""
     before = _counts(sqlite_site)
-    status, body = sqlite_site.call("POST", "/api/v1/operations", token="operator", body={
-        "kind": kind, "instance": "vm2", "parameters": {"bogus": 1}})
+    status, body = sqlite_site.call(
+        "POST",
+        "/api/v1/operations",
+        token="operator",
+        body={"kind": kind, "instance": "vm2", "parameters": {"bogus": 1}},
+    )
     assert (status, list(body)) == (400, ["error"]) and kind in body["error"], body
     assert _counts(sqlite_site) == before
 
@@ -182,11 +212,15 @@ def test_every_catalogue_operation_is_validated_before_anything_is_written(sqlit
 def test_secrets_never_in_a_url(sqlite_site: Site):
     before = _counts(sqlite_site)
     status, body = sqlite_site.call(
-        "POST", "/api/v1/operations?password=pw-in-url-1", token="operator",
-        body={"kind": "set_admin_password", "instance": "vm2", "parameters": {"password": "x"}})
+        "POST",
+        "/api/v1/operations?password=pw-in-url-1",
+        token="operator",
+        body={"kind": "set_admin_password", "instance": "vm2", "parameters": {"password": "x"}},
+    )
     assert status == 400 and "body" in body["error"] and "pw-in-url-1" not in body["error"]
-    status, body = sqlite_site.call("POST", "/api/v1/operations", token="operator", body={
-        "kind": "reconcile", "instance": "vm2"})
+    status, body = sqlite_site.call(
+        "POST", "/api/v1/operations", token="operator", body={"kind": "reconcile", "instance": "vm2"}
+    )
     assert status == 400 and list(body) == ["error"]
     assert _counts(sqlite_site) == before
     assert "pw-in-url-1" not in sqlite_site.log.read_text()

@@ -1,6 +1,7 @@
 """The dashboard in a real headless Chromium (Debian's chromium + chromedriver):
 log in with a token, open a failed spawn, see its failed step in the failure
 colour. Without the browser the test skips locally and fails under CI=true."""
+
 from __future__ import annotations
 
 import pytest
@@ -38,8 +39,10 @@ def test_login_then_failed_step_in_failure_colour(browser, sqlite_site: Site):
     bar = browser.find_element(By.CSS_SELECTOR, "#timeline rect.exec.failed")
     assert bar.value_of_css_property("fill") == "rgb(198, 40, 40)"
     # The flow graph: every planned step, the failed one red, the unrun one not coloured.
-    nodes = {g.get_attribute("data-step"): g.get_attribute("class").split()[1]
-             for g in browser.find_elements(By.CSS_SELECTOR, "#graph g.node")}
+    nodes = {
+        g.get_attribute("data-step"): g.get_attribute("class").split()[1]
+        for g in browser.find_elements(By.CSS_SELECTOR, "#graph g.node")
+    }
     assert nodes[FAIL_AT] == "failed" and nodes["mark_active"] == "pending"
     assert {c for s, c in nodes.items() if s not in (FAIL_AT, "mark_active")} == {"reverted"}
     node = browser.find_element(By.CSS_SELECTOR, f'#graph g.node[data-step="{FAIL_AT}"] rect')
@@ -54,5 +57,6 @@ def test_login_then_failed_step_in_failure_colour(browser, sqlite_site: Site):
     browser.find_element(By.CSS_SELECTOR, "#operations tbody td:nth-child(3) a").click()
     wait.until(ec.presence_of_element_located((By.ID, "instance")))
     assert "vm1" in browser.find_element(By.TAG_NAME, "h1").text
-    assert [a.get_attribute("href") for a in browser.find_elements(
-        By.CSS_SELECTOR, "#operations tbody td:first-child a")] == [page]
+    assert [
+        a.get_attribute("href") for a in browser.find_elements(By.CSS_SELECTOR, "#operations tbody td:first-child a")
+    ] == [page]

@@ -1,4 +1,5 @@
 """The browser's login cookie and CSRF rules, over plain HTTP (no browser)."""
+
 from __future__ import annotations
 
 import html
@@ -13,8 +14,14 @@ from tests.web.conftest import TOKENS, Site
 pytestmark = pytest.mark.integration
 
 
-def _request(site: Site, method: str, path: str, cookies: dict | None = None,
-             form: dict | None = None, headers: dict | None = None):
+def _request(
+    site: Site,
+    method: str,
+    path: str,
+    cookies: dict | None = None,
+    form: dict | None = None,
+    headers: dict | None = None,
+):
     u = urlsplit(site.base)
     conn = http.client.HTTPConnection(u.hostname, u.port, timeout=10)
     hdrs = dict(headers or {})
@@ -42,8 +49,9 @@ def _login_csrf(site: Site) -> dict[str, str]:
 
 def _login(site: Site, role: str) -> dict[str, str]:
     pre = _login_csrf(site)
-    resp, _ = _request(site, "POST", "/login", cookies=pre,
-                       form={"token": TOKENS[role], "next": "/operations", "csrf": pre["cf_csrf"]})
+    resp, _ = _request(
+        site, "POST", "/login", cookies=pre, form={"token": TOKENS[role], "next": "/operations", "csrf": pre["cf_csrf"]}
+    )
     assert resp.status == 303 and resp.getheader("location") == "/operations"
     set_cookies = resp.headers.get_all("set-cookie")
     token_cookie = next(c for c in set_cookies if c.startswith("cf_token="))
@@ -55,25 +63,30 @@ def test_login_sets_cookies_and_pages_need_them(sqlite_site: Site):
     resp, _ = _request(sqlite_site, "GET", "/operations")
     assert resp.status == 303 and resp.getheader("location").startswith("/login")
     pre = _login_csrf(sqlite_site)
-    resp, body = _request(sqlite_site, "POST", "/login", cookies=pre,
-                          form={"token": "wrong", "next": "/", "csrf": pre["cf_csrf"]})
+    resp, body = _request(
+        sqlite_site, "POST", "/login", cookies=pre, form={"token": "wrong", "next": "/", "csrf": pre["cf_csrf"]}
+    )
     assert resp.status == 401 and "unknown token" in body
     assert not [c for c in resp.headers.get_all("set-cookie") if c.startswith("cf_token")]
     # Login CSRF: a post from another site has no matching cookie and field.
     for cookies, form in (({}, {"csrf": pre["cf_csrf"]}), (pre, {}), (pre, {"csrf": "forged"})):
-        resp, body = _request(sqlite_site, "POST", "/login", cookies=cookies,
-                              form={"token": TOKENS["reader"], "next": "/"} | form)
+        resp, body = _request(
+            sqlite_site, "POST", "/login", cookies=cookies, form={"token": TOKENS["reader"], "next": "/"} | form
+        )
         assert resp.status == 403 and "log in again" in body
         assert not [c for c in resp.headers.get_all("set-cookie") if c.startswith("cf_token")]
     cookies = _login(sqlite_site, "reader")
     resp, body = _request(sqlite_site, "GET", "/operations", cookies=cookies)
     assert resp.status == 200 and sqlite_site.failed_op[:8] in body
-    resp, body = _request(sqlite_site, "GET", f"/api/v1/operations/{sqlite_site.failed_op}",
-                          cookies=cookies)
+    resp, body = _request(sqlite_site, "GET", f"/api/v1/operations/{sqlite_site.failed_op}", cookies=cookies)
     assert resp.status == 200  # the page's live refresh reads the API with the cookie
-    resp, _ = _request(sqlite_site, "POST", "/login", cookies=pre,
-                       form={"token": TOKENS["reader"], "next": "//evil.example/",
-                             "csrf": pre["cf_csrf"]})
+    resp, _ = _request(
+        sqlite_site,
+        "POST",
+        "/login",
+        cookies=pre,
+        form={"token": TOKENS["reader"], "next": "//evil.example/", "csrf": pre["cf_csrf"]},
+    )
     assert resp.getheader("location") == "/operations"  # never an open redirect
 
 
@@ -83,15 +96,18 @@ def test_browser_posts_need_the_csrf_token(sqlite_site: Site):
     for form in ({}, {"csrf": "forged"}):
         resp, body = _request(sqlite_site, "POST", path, cookies=cookies, form=form)
         assert resp.status == 403 and "CSRF" in body
-    resp, body = _request(sqlite_site, "POST", f"/api/v1/operations/{sqlite_site.ok_op}/cancel",
-                          cookies=cookies)
+    resp, body = _request(sqlite_site, "POST", f"/api/v1/operations/{sqlite_site.ok_op}/cancel", cookies=cookies)
     assert resp.status == 403 and "CSRF" in body
     # With the token the request gets through to the cancel itself (it has ended: 409).
-    resp, body = _request(sqlite_site, "POST", path, cookies=cookies,
-                          form={"csrf": cookies["cf_csrf"]})
+    resp, body = _request(sqlite_site, "POST", path, cookies=cookies, form={"csrf": cookies["cf_csrf"]})
     assert resp.status == 409 and "SUCCEEDED" in body and 'id="message"' in body  # a page
-    resp, body = _request(sqlite_site, "POST", f"/api/v1/operations/{sqlite_site.ok_op}/cancel",
-                          cookies=cookies, headers={"X-CSRF-Token": cookies["cf_csrf"]})
+    resp, body = _request(
+        sqlite_site,
+        "POST",
+        f"/api/v1/operations/{sqlite_site.ok_op}/cancel",
+        cookies=cookies,
+        headers={"X-CSRF-Token": cookies["cf_csrf"]},
+    )
     assert resp.status == 409
     # A reader with the right CSRF token is still only a reader.
     reader = _login(sqlite_site, "reader")

@@ -3,6 +3,7 @@ and an error text holding `<script>` show as text and never run, over plain
 HTTP and in the browser. Spawn refuses such a name, so the rows are written
 here directly (as an older version or another writer could have), and
 removed afterwards: the shared server's other tests do not see them."""
+
 from __future__ import annotations
 
 import uuid
@@ -24,10 +25,22 @@ def hostile(sqlite_site: Site):
     db = Database(sqlite_site.db_url)
     inst_uuid, op_id = str(uuid.uuid4()), str(uuid.uuid4())
     with db.session() as s:
-        s.add(Instance(uuid=inst_uuid, name=NAME, flavor="m1.small", image="cirros",
-                       vm_state="error", vifs=[], volumes=[]))
-        s.add(Operation(id=op_id, kind="reboot", instance_uuid=inst_uuid, parameters={},
-                        state="REVERTED", flow_version=1, error=ERROR))
+        s.add(
+            Instance(
+                uuid=inst_uuid, name=NAME, flavor="m1.small", image="cirros", vm_state="error", vifs=[], volumes=[]
+            )
+        )
+        s.add(
+            Operation(
+                id=op_id,
+                kind="reboot",
+                instance_uuid=inst_uuid,
+                parameters={},
+                state="REVERTED",
+                flow_version=1,
+                error=ERROR,
+            )
+        )
     try:
         yield inst_uuid, op_id
     finally:

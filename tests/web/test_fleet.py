@@ -1,6 +1,7 @@
 """Instances and hosts through a real server: an instance's page with its
 history, the hosts page with each driver's inventory next to the database,
 and reconcile (dry run: operator; apply: admin)."""
+
 from __future__ import annotations
 
 import pytest

@@ -4,6 +4,7 @@ its page refreshes itself (no reload) until it ends.
 The server's spawns retry `wait_running` every 0.3 s (a transient fault that
 never clears), so each stays RUNNING until cancelled; a cancel wakes the step
 between retries and the spawn reverts."""
+
 from __future__ import annotations
 
 import http.client
@@ -29,9 +30,12 @@ def _until(site: Site, op_id: str, states: tuple[str, ...], deadline_s: float = 
 
 
 def _submit_spawn(site: Site, name: str) -> str:
-    status, body = site.call("POST", "/api/v1/operations", token="operator", body={
-        "kind": "spawn", "instance": name,
-        "parameters": {"flavor": "m1.small", "image": "cirros"}})
+    status, body = site.call(
+        "POST",
+        "/api/v1/operations",
+        token="operator",
+        body={"kind": "spawn", "instance": name, "parameters": {"flavor": "m1.small", "image": "cirros"}},
+    )
     assert status == 202, body
     return body["id"]
 
@@ -54,8 +58,7 @@ def test_operator_cancels_a_running_operation(slow_site: Site):
     status, body = slow_site.call("POST", f"/api/v1/operations/{op_id}/cancel", token="reader")
     assert status == 403
     # What a resume would do (read only): its owner, this server, is alive.
-    status, plan = slow_site.call("POST", f"/api/v1/operations/{op_id}/resume-plan",
-                                  token="operator")
+    status, plan = slow_site.call("POST", f"/api/v1/operations/{op_id}/resume-plan", token="operator")
     assert status == 200 and plan["op_id"] == op_id and plan["owner_status"] == "alive", plan
     status, body = slow_site.call("POST", f"/api/v1/operations/{op_id}/cancel", token="operator")
     assert status == 202 and body["id"] == op_id, body
@@ -76,8 +79,7 @@ def test_events_stream_changes_then_ends(slow_site: Site):
     assert conn.getresponse().status == 401
     conn.close()
     conn = http.client.HTTPConnection(u.hostname, u.port, timeout=10)
-    conn.request("GET", f"/api/v1/operations/{op_id}/events",
-                 headers={"Authorization": f"Bearer {TOKENS['reader']}"})
+    conn.request("GET", f"/api/v1/operations/{op_id}/events", headers={"Authorization": f"Bearer {TOKENS['reader']}"})
     resp = conn.getresponse()
     assert resp.status == 200 and resp.getheader("content-type").startswith("text/event-stream")
     events = _events(resp)
@@ -127,29 +129,30 @@ def test_cancel_button_then_reverted_without_reload(browser, slow_site: Site):
 
     # The live part is replaced at every update: read it in one script call.
     def tries() -> int:
-        text = browser.execute_script(
-            f'return document.querySelector(\'tr[data-step="{FAIL_AT}"]\').textContent')
+        text = browser.execute_script(f"return document.querySelector('tr[data-step=\"{FAIL_AT}\"]').textContent")
         return int(text.split("(")[1].split()[0]) if "tries)" in text else 1
 
     def graph_classes() -> dict[str, str]:
         return browser.execute_script(
             "var o = {}; document.querySelectorAll('#graph g.node').forEach(function (g) {"
-            " o[g.dataset.step] = g.getAttribute('class').split(' ')[1]; }); return o;")
+            " o[g.dataset.step] = g.getAttribute('class').split(' ')[1]; }); return o;"
+        )
 
     seen = {st["step"]: st for st in first["steps"]}[FAIL_AT]["attempts"]
     WebDriverWait(browser, 10).until(lambda d: tries() > seen)  # updated while running
     assert graph_classes()[FAIL_AT] == "running"
     WebDriverWait(browser, 5, ignored_exceptions=[StaleElementReferenceException]).until(
-        lambda d: d.find_element(By.ID, "cancel").click() or True)
+        lambda d: d.find_element(By.ID, "cancel").click() or True
+    )
     alert = WebDriverWait(browser, 5).until(ec.alert_is_present())  # the confirmation
     assert "revert" in alert.text
     alert.accept()
     WebDriverWait(browser, 15, ignored_exceptions=[StaleElementReferenceException]).until(
-        lambda d: d.find_element(By.ID, "op-state").text == "REVERTED")
+        lambda d: d.find_element(By.ID, "op-state").text == "REVERTED"
+    )
     assert browser.execute_script("return window.notReloaded === true")
     assert not browser.find_elements(By.ID, "cancel")  # nothing left to cancel
     classes = set(graph_classes().values())
     assert "running" not in classes and "reverted" in classes
     op = _until(slow_site, op_id, ("REVERTED",))
     assert op["cancel_requested_by"].startswith("web (operator)")
-

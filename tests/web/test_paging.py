@@ -6,6 +6,7 @@ the browser.
 
 The rows are written here directly, in a year of their own (2001: the shared
 server's other tests filter on other times) and removed afterwards."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -34,23 +35,37 @@ class Rows:
         self.db = Database(site.db_url)
         self.ids: list[str] = []
 
-    def add(self, created: list[dt.datetime], error: str | None = None,
-            parameters: dict | None = None) -> list[str]:
+    def add(self, created: list[dt.datetime], error: str | None = None, parameters: dict | None = None) -> list[str]:
         ids = [str(uuid.uuid4()) for _ in created]
         with self.db.engine.begin() as c:
-            c.execute(sa.insert(Operation.__table__), [
-                dict(id=i, kind="reboot", parameters=parameters or {}, flow_version=1, created_at=at,
-                     state="FAILED" if error else "SUCCEEDED",
-                     error=None if error is None else f"{error} #{n}")
-                for n, (i, at) in enumerate(zip(ids, created, strict=True))])
+            c.execute(
+                sa.insert(Operation.__table__),
+                [
+                    dict(
+                        id=i,
+                        kind="reboot",
+                        parameters=parameters or {},
+                        flow_version=1,
+                        created_at=at,
+                        state="FAILED" if error else "SUCCEEDED",
+                        error=None if error is None else f"{error} #{n}",
+                    )
+                    for n, (i, at) in enumerate(zip(ids, created, strict=True))
+                ],
+            )
         self.ids += ids
         return ids
 
     def newest_first(self) -> list[str]:
         """Every row of ours, in the list's order: created_at then id, both descending."""
         with self.db.engine.connect() as c:
-            return list(c.scalars(sa.select(Operation.id).where(Operation.id.in_(self.ids))
-                                  .order_by(Operation.created_at.desc(), Operation.id.desc())))
+            return list(
+                c.scalars(
+                    sa.select(Operation.id)
+                    .where(Operation.id.in_(self.ids))
+                    .order_by(Operation.created_at.desc(), Operation.id.desc())
+                )
+            )
 
     def remove(self) -> None:
         with self.db.engine.begin() as c:
@@ -135,8 +150,7 @@ def test_error_search_pages_through_the_failed_operations(site: Site, rows: Rows
     assert _ids(_page(site, f"{WINDOW}&error=%25")) == []
 
 
-def test_a_host_or_error_search_reads_a_bounded_share_per_page(site: Site, rows: Rows,
-                                                                monkeypatch):
+def test_a_host_or_error_search_reads_a_bounded_share_per_page(site: Site, rows: Rows, monkeypatch):
     """A search whose rows are rare does not read the whole history in one
     request: each page reads SCAN_ROWS operations at most (4 here, called in
     this process against the site's database) and is `partial` when that
@@ -189,8 +203,15 @@ def test_a_bad_cursor_is_one_clear_400(sqlite_site: Site):
     finally:
         r.remove()
     assert good
-    for bad in ("nonsense", good[:-4], "W10", "eyJvIjoxfQ", "WyJvIiwibm90IGEgdGltZSIsIngiXQ",
-                "WyJ4IiwiMjAwMS0wMS0wMVQwMDowMDowMCIsIngiXQ", "%C3%A9"):
+    for bad in (
+        "nonsense",
+        good[:-4],
+        "W10",
+        "eyJvIjoxfQ",
+        "WyJvIiwibm90IGEgdGltZSIsIngiXQ",
+        "WyJ4IiwiMjAwMS0wMS0wMVQwMDowMDowMCIsIngiXQ",
+        "%C3%A9",
+    ):
         status, body = sqlite_site.call("GET", f"/api/v1/operations?cursor={bad}")
         assert status == 400 and list(body) == ["error"], (bad, body)
         assert body["error"].startswith("bad cursor") and "next, prev or last" in body["error"]
@@ -198,8 +219,7 @@ def test_a_bad_cursor_is_one_clear_400(sqlite_site: Site):
     status, body = sqlite_site.call("GET", "/api/v1/operations?offset=50")
     assert status == 400 and "cursor" in body["error"]
     # The page shows the same message in place of the list, with the filters form.
-    resp, html = _request(sqlite_site, "GET", "/operations?cursor=nonsense",
-                          cookies=_login(sqlite_site, "reader"))
+    resp, html = _request(sqlite_site, "GET", "/operations?cursor=nonsense", cookies=_login(sqlite_site, "reader"))
     assert resp.status == 200 and "bad cursor" in html and 'class="filters"' in html
 
 
@@ -221,8 +241,7 @@ def test_browser_pages_newer_older_oldest_newest(browser, sqlite_site: Site):
             return [a.get_attribute("href").rsplit("/", 1)[1] for a in links]
 
         def links() -> set[str]:
-            return {a.get_attribute("id") for a in browser.find_elements(By.CSS_SELECTOR,
-                                                                          "nav.pager a")}
+            return {a.get_attribute("id") for a in browser.find_elements(By.CSS_SELECTOR, "nav.pager a")}
 
         def follow(link: str) -> None:
             table = browser.find_element(By.ID, "operations")

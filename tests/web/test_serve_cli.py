@@ -1,5 +1,6 @@
 """`computeflow serve`'s command line: hashing a token, and a bad [web]
 tokens entry refused at start (exit 2, one line), before anything is bound."""
+
 from __future__ import annotations
 
 import hashlib
@@ -17,8 +18,9 @@ def test_hash_token_reads_stdin(tmp_path):
 
 
 def test_malformed_token_entry_is_one_line_exit_2(tmp_path):
-    conf = write_conf(tmp_path / "c.conf", tmp_path / "state", f"sqlite:///{tmp_path}/db.sqlite",
-                      "[web]\ntokens = superuser:abc\n")
+    conf = write_conf(
+        tmp_path / "c.conf", tmp_path / "state", f"sqlite:///{tmp_path}/db.sqlite", "[web]\ntokens = superuser:abc\n"
+    )
     res = run_cli(conf, "serve", "--port", "1", timeout=30)
     assert res.returncode == 2, res.stderr
     assert res.stderr.count("\n") == 1 and "ROLE:SHA256HEX" in res.stderr

@@ -4,6 +4,7 @@ What a tier needs and is missing (qemu-img; for real guests also the emulator,
 a running libvirtd and the built test guest) skips its tests locally; with
 CI=true it fails them, naming the script that provides it.
 """
+
 from __future__ import annotations
 
 import os
@@ -80,8 +81,9 @@ def make_conductor(tmp_path, sqlite_url) -> Iterator[Callable[..., Conductor]]:
 
     def make(extra: str, state_path: Path | None = None) -> Conductor:
         clean(sqlite_url)
-        conf_file = write_conf(tmp_path / f"computeflow-{len(made)}.conf",
-                               state_path or tmp_path / "state", sqlite_url, extra)
+        conf_file = write_conf(
+            tmp_path / f"computeflow-{len(made)}.conf", state_path or tmp_path / "state", sqlite_url, extra
+        )
         c = Conductor(config.load([str(conf_file)]))
         made.append(c)
         return c
@@ -103,11 +105,9 @@ def qemu_system(qemu_img) -> str:
     """qemu:///system answering, with the emulator installed."""
     if shutil.which("qemu-system-x86_64") is None or shutil.which("virsh") is None:
         missing("qemu-system-x86_64 or virsh not installed", f"{SCRIPTS}/install.sh")
-    probe = subprocess.run(["virsh", "-c", SYSTEM_URI, "version"], capture_output=True, text=True,
-                           timeout=30)
+    probe = subprocess.run(["virsh", "-c", SYSTEM_URI, "version"], capture_output=True, text=True, timeout=30)
     if probe.returncode != 0:
-        missing(f"libvirtd not answering at {SYSTEM_URI}: {probe.stderr.strip()}",
-                f"{SCRIPTS}/start_daemon.sh as root")
+        missing(f"libvirtd not answering at {SYSTEM_URI}: {probe.stderr.strip()}", f"{SCRIPTS}/start_daemon.sh as root")
     return SYSTEM_URI
 
 

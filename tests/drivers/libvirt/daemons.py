@@ -7,6 +7,7 @@ until the process is gone, then the project's own start script again.
 directory holds its pid file). Stopping a daemon leaves its QEMU processes
 running; a new daemon takes them over.
 """
+
 from __future__ import annotations
 
 import os
@@ -54,8 +55,7 @@ class Daemon:
 
 
 SYSTEM = Daemon("system", Path("/run/libvirtd.pid"), (str(SCRIPTS / "start_daemon.sh"),))
-SECOND = Daemon("second", Path(SECOND_DIR) / "libvirtd.pid",
-                (str(SCRIPTS / "start_second_daemon.sh"), SECOND_DIR))
+SECOND = Daemon("second", Path(SECOND_DIR) / "libvirtd.pid", (str(SCRIPTS / "start_second_daemon.sh"), SECOND_DIR))
 
 
 def qemu_pid(daemon: Daemon, instance_uuid: str) -> int:

@@ -16,6 +16,7 @@ running in parallel too, so the disks and the port are caught half made.
 On SQLite: the database is not what is under test here (the fake-driver
 matrix in tests/integration covers PostgreSQL).
 """
+
 from __future__ import annotations
 
 import os
@@ -39,11 +40,15 @@ from tests.flows.test_spawn import SPAWN_STEPS
 
 pytestmark = pytest.mark.integration
 
-EXECUTE_CASES = ([(s, "before") for s in SPAWN_STEPS]
-                 + [(s, "after") for s in ("create_swap_disk", "define_guest", "power_on",
-                                           "mark_active")])
-REVERT_CASES = [("define_guest", "before"), ("power_on", "after"), ("create_root_disk", "after"),
-                ("plug_vif_0", "after")]
+EXECUTE_CASES = [(s, "before") for s in SPAWN_STEPS] + [
+    (s, "after") for s in ("create_swap_disk", "define_guest", "power_on", "mark_active")
+]
+REVERT_CASES = [
+    ("define_guest", "before"),
+    ("power_on", "after"),
+    ("create_root_disk", "after"),
+    ("plug_vif_0", "after"),
+]
 
 
 @pytest.fixture
@@ -52,9 +57,11 @@ def confs(tmp_path, sqlite_url, qemu_system, test_guest, shared_tmp, host_name):
     database, with the libvirt host `host_name` (of its own: other tests share the daemon)."""
     clean(sqlite_url)
     kernel, initrd = test_guest
-    libvirt_section = (f"[libvirt]\nuri = {qemu_system}\ninstances_path = {shared_tmp}/instances\n"
-                       f"guest_kernel = {kernel}\nguest_initrd = {initrd}\n"
-                       "guest_cmdline = console=ttyS0 quiet\n")
+    libvirt_section = (
+        f"[libvirt]\nuri = {qemu_system}\ninstances_path = {shared_tmp}/instances\n"
+        f"guest_kernel = {kernel}\nguest_initrd = {initrd}\n"
+        "guest_cmdline = console=ttyS0 quiet\n"
+    )
     base = "compute_driver = libvirt\n"
     state = shared_tmp / "state"
 
@@ -82,8 +89,7 @@ def confs(tmp_path, sqlite_url, qemu_system, test_guest, shared_tmp, host_name):
 
 
 def _crash_then_resume(crash: Path, calm: Path) -> str:
-    died = run_cli(crash, "spawn", "vm1", "--flavor", "m1.small", "--image", "cirros",
-                   timeout=120)
+    died = run_cli(crash, "spawn", "vm1", "--flavor", "m1.small", "--image", "cirros", timeout=120)
     assert died.returncode == -signal.SIGKILL, (died.returncode, died.stdout, died.stderr)
     resumed = run_cli(calm, "resume", "--json", timeout=120)
     assert resumed.returncode in (0, 1), resumed.stderr
@@ -97,8 +103,7 @@ def _domains_with(instance_uuid: str) -> list[tuple[str, bool]]:
     """(name, running) of every domain on qemu:///system with that uuid, asked directly."""
     conn = libvirt.open(SYSTEM_URI)
     try:
-        return [(d.name(), bool(d.isActive())) for d in conn.listAllDomains(0)
-                if d.UUIDString() == instance_uuid]
+        return [(d.name(), bool(d.isActive())) for d in conn.listAllDomains(0) if d.UUIDString() == instance_uuid]
     finally:
         conn.close()
 
@@ -133,8 +138,9 @@ def _assert_converged(calm: Path, shared: Path, host: str, op_id: str, expect: s
             if expect == operations.SUCCEEDED:
                 assert domains == [(f"cf-{op.instance_uuid}", True)], domains
                 assert inv.guests == (op.instance_uuid,) and len(inv.ports) == 1, inv
-                assert _instance_files(host_dir) == [f"{op.instance_uuid}/{n}" for n in (
-                    "console.log", "disk.ephemeral", "disk.root", "disk.swap")]
+                assert _instance_files(host_dir) == [
+                    f"{op.instance_uuid}/{n}" for n in ("console.log", "disk.ephemeral", "disk.root", "disk.swap")
+                ]
                 # and the guest is really running: its console shows it booted
                 Console(drv, op.instance_uuid).wait_ticks_beyond(0, boots=1)
                 assert c.run(c.submit_destroy("vm1")).state == operations.SUCCEEDED
@@ -177,8 +183,7 @@ def test_a_killed_conductor_takes_its_disk_commands_with_it(tmp_path):
     )
     parent = subprocess.Popen([sys.executable, "-c", script], cwd=REPO)
     try:
-        child = int(poll(lambda: marker.exists() and marker.read_text().strip(), 30,
-                         "the command to start"))
+        child = int(poll(lambda: marker.exists() and marker.read_text().strip(), 30, "the command to start"))
         assert _alive(child)
         parent.kill()
         parent.wait(timeout=30)

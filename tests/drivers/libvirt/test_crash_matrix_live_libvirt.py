@@ -15,6 +15,7 @@ between qemu:///system -> second daemon and back. The cases are every step
 switch-over (the kills that leave the most to work out: a completed job with
 nothing recorded, a record with no cleanup).
 """
+
 from __future__ import annotations
 
 import shutil
@@ -30,7 +31,11 @@ from persistence import instances, operations
 from tests.conftest import clean, run_cli, write_conf
 from tests.drivers.libvirt.conftest import close_drivers, remove_owned_domains
 from tests.drivers.libvirt.test_live_migration import (  # noqa: F401 - fixtures
-    MIGRATE_S, assert_kept_running_on, second_daemon, system_shared)
+    MIGRATE_S,
+    assert_kept_running_on,
+    second_daemon,
+    system_shared,
+)
 from tests.drivers.libvirt.test_qemu_guests import BOOT_S, Console
 from tests.flows.test_live_migration import STEPS
 
@@ -48,16 +53,17 @@ def world(tmp_path_factory, sqlite_url, system_shared, second_daemon, test_guest
     shared.chmod(0o755)
     confs = tmp_path_factory.mktemp("crash-live")
     clean(sqlite_url)
-    libvirt_section = (f"[libvirt]\ninstances_path = {shared}/instances\nguest_kernel = {kernel}\n"
-                       f"guest_initrd = {initrd}\nguest_cmdline = console=ttyS0 quiet\n")
+    libvirt_section = (
+        f"[libvirt]\ninstances_path = {shared}/instances\nguest_kernel = {kernel}\n"
+        f"guest_initrd = {initrd}\nguest_cmdline = console=ttyS0 quiet\n"
+    )
     calm = write_conf(confs / "calm.conf", shared / "state", sqlite_url, libvirt_section)
     calm.write_text(calm.read_text().replace("boot_timeout = 5", f"boot_timeout = {BOOT_S}"))
     c = Conductor(config.load([str(calm)]))
     try:
         c.add_host("src", vcpus=2, ram_mb=4096, disk_gb=20, driver="libvirt", uri=system_shared)
         c.add_host("dst", vcpus=2, ram_mb=4096, disk_gb=20, driver="libvirt", uri=second_daemon)
-        status = c.run(c.submit_spawn(SpawnRequest(name="vm1", flavor="m1.tiny", image="cirros",
-                                                   host="src")))
+        status = c.run(c.submit_spawn(SpawnRequest(name="vm1", flavor="m1.tiny", image="cirros", host="src")))
         assert status.state == operations.SUCCEEDED, status.error
         yield c, calm, confs, libvirt_section, shared
     finally:
@@ -79,8 +85,12 @@ def test_conductor_killed_at_a_step_then_resumed(world, step, when):
     there = "dst" if here == "src" else "src"
     tick = Console(c.rt.driver_for(here), uuid).wait_ticks_beyond(1)
 
-    crash = write_conf(confs / "crash.conf", shared / "state", c.conf.database.connection,
-                       libvirt_section + f"[fake]\nfaults = {step}:execute:kill:{when}\n")
+    crash = write_conf(
+        confs / "crash.conf",
+        shared / "state",
+        c.conf.database.connection,
+        libvirt_section + f"[fake]\nfaults = {step}:execute:kill:{when}\n",
+    )
     died = run_cli(crash, "live-migration", "vm1", "--target-host", there, timeout=MIGRATE_S)
     assert died.returncode == -signal.SIGKILL, (died.returncode, died.stdout, died.stderr)
     resumed = run_cli(calm, "resume", timeout=MIGRATE_S)

@@ -19,6 +19,7 @@ waiting for its daemon, the guest's console.
   the restarted daemon cancels the job it finds (the guest runs on on the
   source), the repeated call starts the migration again and it completes.
 """
+
 from __future__ import annotations
 
 import signal
@@ -36,10 +37,22 @@ from persistence import flowlog, hosts, instances, operations
 from tests.drivers.libvirt.conftest import poll
 from tests.drivers.libvirt.daemons import SECOND, SYSTEM
 from tests.drivers.libvirt.test_live_migration import (  # noqa: F401 - fixtures
-    MIGRATE_S, SLOW_MIB_S, assert_kept_running_on, domain, make_pair, pair, progress_of,
-    second_daemon, system_shared)
-from tests.drivers.libvirt.test_qemu_guests import (BOOT_S, Console,  # noqa: F401 - fixture
-                                                    qemu_conductor, spawn_vm1)
+    MIGRATE_S,
+    SLOW_MIB_S,
+    assert_kept_running_on,
+    domain,
+    make_pair,
+    pair,
+    progress_of,
+    second_daemon,
+    system_shared,
+)
+from tests.drivers.libvirt.test_qemu_guests import (
+    BOOT_S,
+    Console,
+    qemu_conductor,  # noqa: F401 - fixture
+    spawn_vm1,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -111,13 +124,10 @@ def test_spawn_rides_out_a_daemon_restart(qemu_conductor, daemons_back):
     assert drv.get_info(instance_uuid).state is PowerState.RUNNING
     _holds_exactly(drv, instance_uuid)
     _audit_clean(c)
-    print(f"spawn across a restart of the system daemon: {took:.1f} s, of which the daemon's "
-          f"start {away:.1f} s")
+    print(f"spawn across a restart of the system daemon: {took:.1f} s, of which the daemon's start {away:.1f} s")
 
 
-def test_snapshot_rides_out_a_daemon_restart_while_the_guest_is_paused(qemu_conductor,
-                                                                       daemons_back,
-                                                                       monkeypatch):
+def test_snapshot_rides_out_a_daemon_restart_while_the_guest_is_paused(qemu_conductor, daemons_back, monkeypatch):
     c = qemu_conductor
     drv, instance_uuid = spawn_vm1(c)
     con = Console(drv, instance_uuid)
@@ -130,6 +140,7 @@ def test_snapshot_rides_out_a_daemon_restart_while_the_guest_is_paused(qemu_cond
             paused_at_copy.append(drv.get_info(instance_uuid).state)
             SYSTEM.stop()
         return real_export(*args, **kwargs)
+
     monkeypatch.setattr(libvirt_snapshot.disks, "export_flat", export_while_the_daemon_is_away)
     op_id = c.submit("snapshot", "vm1", image_name="vm1-snap")
     started = time.monotonic()
@@ -143,15 +154,13 @@ def test_snapshot_rides_out_a_daemon_restart_while_the_guest_is_paused(qemu_cond
     assert drv.get_info(instance_uuid).state is PowerState.RUNNING
     con.wait_ticks_beyond(tick)
     assert con.boots() == 1
-    assert libvirt_snapshot.PAUSE_MARKER not in {
-        r.detail for r in drv.host_report().resources if r.kind is Held.DISK}
+    assert libvirt_snapshot.PAUSE_MARKER not in {r.detail for r in drv.host_report().resources if r.kind is Held.DISK}
     with c.db.session() as s:
         image = hosts.get_image(s, "vm1-snap")
     assert image is not None and image.size_mb == 1024
     _holds_exactly(drv, instance_uuid)
     _audit_clean(c)
-    print(f"snapshot across a restart of the system daemon: {took:.1f} s, of which the "
-          f"daemon's start {away:.1f} s")
+    print(f"snapshot across a restart of the system daemon: {took:.1f} s, of which the daemon's start {away:.1f} s")
 
 
 def test_live_migration_rides_out_a_restart_of_the_source_daemon(pair, daemons_back):
@@ -179,9 +188,11 @@ def test_live_migration_rides_out_a_restart_of_the_source_daemon(pair, daemons_b
     t.join(MIGRATE_S)
     assert out["status"].state == operations.SUCCEEDED, out["status"].error
     assert progress_of(c, op_id)[-1] == "100%"
-    print(f"source daemon: stopped in {stopped:.1f} s, started in {away:.1f} s; the migration "
-          f"then finished in {time.monotonic() - t1:.1f} s; the guest was "
-          f"{'still' if on_source_after_restart else 'no longer'} on the source after the restart")
+    print(
+        f"source daemon: stopped in {stopped:.1f} s, started in {away:.1f} s; the migration "
+        f"then finished in {time.monotonic() - t1:.1f} s; the guest was "
+        f"{'still' if on_source_after_restart else 'no longer'} on the source after the restart"
+    )
     with c.db.session() as s:
         assert instances.get(s, uuid).host == "dst"
     assert_kept_running_on(c, uuid, "dst", tick)

@@ -17,6 +17,7 @@ A migration is made slow where a test needs to act while it runs (abort,
 a conductor killed mid-way) by capping the domain's migration bandwidth
 through libvirt, as a slow network would: no sleeps as synchronisation.
 """
+
 from __future__ import annotations
 
 import os
@@ -41,8 +42,7 @@ pytestmark = pytest.mark.integration
 
 SECOND_DIR = os.environ.get("COMPUTEFLOW_TEST_SECOND_DAEMON_DIR", "/var/tmp/computeflow-libvirt2")
 SECOND_URI = f"qemu+unix:///system?socket={SECOND_DIR}/sock/libvirt-sock"
-SHARED_SOCK_DIR = os.environ.get("COMPUTEFLOW_TEST_SYSTEM_SOCK_DIR",
-                                 "/var/tmp/computeflow-libvirt1/sock")
+SHARED_SOCK_DIR = os.environ.get("COMPUTEFLOW_TEST_SYSTEM_SOCK_DIR", "/var/tmp/computeflow-libvirt1/sock")
 #: qemu:///system under a name that means it in the second daemon's namespace too.
 SYSTEM_SHARED_URI = f"qemu+unix:///system?socket={SHARED_SOCK_DIR}/libvirt-sock"
 MIGRATE_S = 120
@@ -51,11 +51,12 @@ SLOW_MIB_S = 1  # a migration capped at this speed takes minutes: time to act on
 
 @pytest.fixture(scope="session")
 def second_daemon(qemu_system) -> str:
-    probe = subprocess.run(["virsh", "-c", SECOND_URI, "version"], capture_output=True,
-                           text=True, timeout=30)
+    probe = subprocess.run(["virsh", "-c", SECOND_URI, "version"], capture_output=True, text=True, timeout=30)
     if probe.returncode != 0:
-        missing(f"second libvirtd not answering at {SECOND_URI}: {probe.stderr.strip()}",
-                f"{SCRIPTS}/start_second_daemon.sh as root")
+        missing(
+            f"second libvirtd not answering at {SECOND_URI}: {probe.stderr.strip()}",
+            f"{SCRIPTS}/start_second_daemon.sh as root",
+        )
     return SECOND_URI
 
 
@@ -85,8 +86,9 @@ def make_pair(make_conductor, system_shared, second_daemon, test_guest, shared_t
     """make(cmdline, libvirt_conf): a conductor with hosts src (qemu:///system) and dst (the
     second daemon), vm1 on src printing ticks; returns (conductor, instance uuid, console on
     src, config file)."""
-    return lambda cmdline="", libvirt_conf="": _pair(make_conductor, system_shared, second_daemon,
-                                                     test_guest, shared_tmp, cmdline, libvirt_conf)
+    return lambda cmdline="", libvirt_conf="": _pair(
+        make_conductor, system_shared, second_daemon, test_guest, shared_tmp, cmdline, libvirt_conf
+    )
 
 
 @pytest.fixture
@@ -94,13 +96,13 @@ def pair(make_pair):
     return make_pair()
 
 
-def _pair(make_conductor, system_shared, second_daemon, test_guest, shared_tmp, cmdline: str,
-          libvirt_conf: str):
+def _pair(make_conductor, system_shared, second_daemon, test_guest, shared_tmp, cmdline: str, libvirt_conf: str):
     kernel, initrd = test_guest
     c = make_conductor(
         f"[libvirt]\ninstances_path = {shared_tmp}/instances\nguest_kernel = {kernel}\n"
-        f"guest_initrd = {initrd}\nguest_cmdline = console=ttyS0 quiet {cmdline}\n"
-        + libvirt_conf, state_path=shared_tmp / "state")
+        f"guest_initrd = {initrd}\nguest_cmdline = console=ttyS0 quiet {cmdline}\n" + libvirt_conf,
+        state_path=shared_tmp / "state",
+    )
     c.conf.set_override("boot_timeout", BOOT_S)
     c.add_host("src", vcpus=2, ram_mb=4096, disk_gb=20, driver="libvirt", uri=system_shared)
     c.add_host("dst", vcpus=2, ram_mb=4096, disk_gb=20, driver="libvirt", uri=second_daemon)
@@ -111,8 +113,7 @@ def _pair(make_conductor, system_shared, second_daemon, test_guest, shared_tmp, 
         uuid = operations.get(s, op_id).instance_uuid
     con = Console(c.rt.driver_for("src"), uuid)
     con.wait_ticks_beyond(1, boots=1)
-    conf_file = max(Path(c.conf.config_file[0]).parent.glob("computeflow-*.conf"),
-                    key=lambda p: p.stat().st_mtime)
+    conf_file = max(Path(c.conf.config_file[0]).parent.glob("computeflow-*.conf"), key=lambda p: p.stat().st_mtime)
     return c, uuid, con, conf_file
 
 
@@ -133,12 +134,14 @@ def assert_kept_running_on(c, uuid: str, host: str, tick_before: int, boots: int
     assert there.inventory().guests == () and there.inventory().disks == ()
     con = Console(here, uuid)
     try:
-        poll(lambda: con.boots() == boots and con.last_tick() > tick_before, MIGRATE_S,
-             f"ticks past {tick_before} on {host}'s console")
+        poll(
+            lambda: con.boots() == boots and con.last_tick() > tick_before,
+            MIGRATE_S,
+            f"ticks past {tick_before} on {host}'s console",
+        )
     except pytest.fail.Exception as e:  # say what the guest was doing
         dom = domain(c, host, uuid)
-        raise AssertionError(f"{e}; domain state on {host} {dom.state()}, console tail "
-                             f"{con.text()[-400:]!r}") from None
+        raise AssertionError(f"{e}; domain state on {host} {dom.state()}, console tail {con.text()[-400:]!r}") from None
     with c.db.session() as s:
         assert {(cl.host, cl.instance_uuid) for cl in claims.all_claims(s)} == {(host, uuid)}
 
@@ -183,8 +186,10 @@ def test_a_failing_destination_rolls_back_and_the_guest_runs_on(pair, second_dae
     # The destination daemon already has another domain of the guest's name: it refuses
     # the incoming migration.
     squatter = libvirt.open(second_daemon)
-    xml = (f"<domain type='qemu'><name>cf-{uuid}</name><memory unit='MiB'>64</memory>"
-           "<os><type arch='x86_64'>hvm</type></os></domain>")
+    xml = (
+        f"<domain type='qemu'><name>cf-{uuid}</name><memory unit='MiB'>64</memory>"
+        "<os><type arch='x86_64'>hvm</type></os></domain>"
+    )
     squatter.defineXML(xml)
     try:
         tick = con.wait_ticks_beyond(2)
@@ -225,14 +230,30 @@ def test_conductor_killed_mid_migration_resumes_by_waiting_for_the_job(pair):
     dom = domain(c, "src", uuid)
     dom.migrateSetMaxSpeed(SLOW_MIB_S, 0)
     tick = con.wait_ticks_beyond(2)
-    cli = subprocess.Popen([sys.executable, "-m", "conductor.cli", "--config-file", str(conf_file),
-                            "live-migration", "vm1", "--target-host", "dst"], cwd=REPO,
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    cli = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "conductor.cli",
+            "--config-file",
+            str(conf_file),
+            "live-migration",
+            "vm1",
+            "--target-host",
+            "dst",
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
+
         def op_id():
             with c.db.session() as s:
                 ops = [o for o in operations.listing(s, limit=5) if o.kind == "live_migration"]
             return ops[0].id if ops and progress_of(c, ops[0].id) else None
+
         migration = poll(op_id, MIGRATE_S, "the migration's first progress row")
     finally:
         cli.send_signal(signal.SIGKILL)
@@ -242,9 +263,13 @@ def test_conductor_killed_mid_migration_resumes_by_waiting_for_the_job(pair):
     # The job belongs to the source daemon: it goes on without the conductor.
     assert dom.jobInfo()[0] == libvirt.VIR_DOMAIN_JOB_UNBOUNDED
     dom.migrateSetMaxSpeed(8192, 0)  # the slow link recovers
-    resumed = subprocess.run([sys.executable, "-m", "conductor.cli", "--config-file",
-                              str(conf_file), "resume"], cwd=REPO, capture_output=True,
-                             text=True, timeout=MIGRATE_S)
+    resumed = subprocess.run(
+        [sys.executable, "-m", "conductor.cli", "--config-file", str(conf_file), "resume"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=MIGRATE_S,
+    )
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert f"{migration} live_migration SUCCEEDED" in resumed.stdout
     assert_kept_running_on_dst(c, uuid, tick)
@@ -290,10 +315,12 @@ def test_a_churning_guest_never_converges_and_post_copy_completes_it_across_a_cr
     goes on in the source daemon and `computeflow resume` waits for it and finishes
     forward; one guest, on dst, still counting. The downtime is printed (bench/README.md
     has it side by side with the downtime route)."""
-    c, uuid, con, conf_file = make_pair(f"computeflow.churn={CHURN_MIB}",
-                                        "live_migration_permit_post_copy = true\n")
-    poll(lambda: "computeflow-guest: churning" in con.text(), MIGRATE_S,
-         "the guest to churn (a test guest built before its churn mode? run build_guest.sh)")
+    c, uuid, con, conf_file = make_pair(f"computeflow.churn={CHURN_MIB}", "live_migration_permit_post_copy = true\n")
+    poll(
+        lambda: "computeflow-guest: churning" in con.text(),
+        MIGRATE_S,
+        "the guest to churn (a test guest built before its churn mode? run build_guest.sh)",
+    )
     tick = con.last_tick()
     dom = domain(c, "src", uuid)
     dom.migrateSetMaxSpeed(CHURN_LINK_MIB_S, 0)
@@ -303,20 +330,39 @@ def test_a_churning_guest_never_converges_and_post_copy_completes_it_across_a_cr
     completed: list[dict] = []  # the source's statistics of the finished job (downtime)
     conn = c.rt.driver_for("src")._host.get_connection()
     callbacks = [
-        conn.domainEventRegisterAny(dom, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE,
-                                    lambda _c, _d, ev, detail, _o: seen.append((ev, detail)), None),
-        conn.domainEventRegisterAny(dom, libvirt.VIR_DOMAIN_EVENT_ID_JOB_COMPLETED,
-                                    lambda _c, _d, stats, _o: completed.append(stats), None)]
+        conn.domainEventRegisterAny(
+            dom, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, lambda _c, _d, ev, detail, _o: seen.append((ev, detail)), None
+        ),
+        conn.domainEventRegisterAny(
+            dom, libvirt.VIR_DOMAIN_EVENT_ID_JOB_COMPLETED, lambda _c, _d, stats, _o: completed.append(stats), None
+        ),
+    ]
     post_copy = (libvirt.VIR_DOMAIN_EVENT_SUSPENDED, libvirt.VIR_DOMAIN_EVENT_SUSPENDED_POSTCOPY)
-    cli = subprocess.Popen([sys.executable, "-m", "conductor.cli", "--config-file", str(conf_file),
-                            "live-migration", "vm1", "--target-host", "dst"], cwd=REPO,
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    cli = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "conductor.cli",
+            "--config-file",
+            str(conf_file),
+            "live-migration",
+            "vm1",
+            "--target-host",
+            "dst",
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
+
         def iteration() -> int:
             try:
                 return dom.jobStats().get("memory_iteration", 0)
             except libvirt.libvirtError:
                 return 0
+
         # Bound: the passes after the first still leave more dirty memory than the allowed
         # downtime can send, so libvirt keeps iterating instead of switching over.
         poll(lambda: iteration() >= 3, MIGRATE_S, "pre-copy pass 3")
@@ -332,15 +378,22 @@ def test_a_churning_guest_never_converges_and_post_copy_completes_it_across_a_cr
         assert instances.get(s, uuid).host == "dst"
     assert dom.jobInfo()[0] == libvirt.VIR_DOMAIN_JOB_UNBOUNDED  # post-copy still running
     dom.migrateSetMaxSpeed(8192, libvirt.VIR_DOMAIN_MIGRATE_MAX_SPEED_POSTCOPY)
-    resumed = subprocess.run([sys.executable, "-m", "conductor.cli", "--config-file",
-                              str(conf_file), "resume"], cwd=REPO, capture_output=True,
-                             text=True, timeout=MIGRATE_S, check=False)
+    resumed = subprocess.run(
+        [sys.executable, "-m", "conductor.cli", "--config-file", str(conf_file), "resume"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=MIGRATE_S,
+        check=False,
+    )
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert "live_migration SUCCEEDED" in resumed.stdout, resumed.stdout
     assert_kept_running_on_dst(c, uuid, tick)
     stats = poll(lambda: completed, 30, "the source's job-completed event")[0]
     for callback in callbacks:
         conn.domainEventDeregisterAny(callback)
-    print(f"post-copy force-complete: downtime {stats.get('downtime')} ms after "
-          f"{stats.get('memory_iteration')} passes, {stats.get('memory_postcopy_requests')} "
-          f"pages requested by the destination, migration {stats.get('time_elapsed')} ms")
+    print(
+        f"post-copy force-complete: downtime {stats.get('downtime')} ms after "
+        f"{stats.get('memory_iteration')} passes, {stats.get('memory_postcopy_requests')} "
+        f"pages requested by the destination, migration {stats.get('time_elapsed')} ms"
+    )

@@ -15,6 +15,7 @@ where the database says, after each move.
   (its domain, disks, port) is reported and cleaned by `hosts set-up`, and a
   reconcile dry run then finds nothing.
 """
+
 from __future__ import annotations
 
 import os
@@ -32,7 +33,11 @@ from tests.drivers.libvirt.conftest import poll
 from tests.drivers.libvirt.daemons import SYSTEM, qemu_pid
 from tests.drivers.libvirt.test_daemon_faults import daemons_back  # noqa: F401 - fixture
 from tests.drivers.libvirt.test_live_migration import (  # noqa: F401 - fixtures
-    make_pair, pair, second_daemon, system_shared)
+    make_pair,
+    pair,
+    second_daemon,
+    system_shared,
+)
 from tests.drivers.libvirt.test_qemu_guests import Console
 
 pytestmark = pytest.mark.integration
@@ -42,8 +47,7 @@ def _cold_move(c, target: str, **params) -> float:
     """migrate (or, given a flavor, resize) + confirm_resize of vm1 to `target`; the
     seconds the move took."""
     started = time.monotonic()
-    status = c.run(c.submit("resize" if params else "migrate", "vm1", target_host=target,
-                            **params))
+    status = c.run(c.submit("resize" if params else "migrate", "vm1", target_host=target, **params))
     took = time.monotonic() - started
     assert status.state == operations.SUCCEEDED, status.error
     status = c.run(c.submit("confirm_resize", "vm1"))
@@ -75,14 +79,15 @@ def test_cold_migration_to_the_other_daemon_and_resize_back(pair):
     assert re.search(r"^computeflow-guest: ready disks=vda net=", con.text(), re.M), con.text()
     back = _cold_move(c, "src", flavor="m1.small")
     con = _runs_only_on(c, uuid, "src")
-    assert re.search(r"^computeflow-guest: ready disks=vda vdb vdc net=", con.text(), re.M), \
-        con.text()
+    assert re.search(r"^computeflow-guest: ready disks=vda vdb vdc net=", con.text(), re.M), con.text()
     with c.db.session() as s:
         assert instances.get(s, uuid).flavor == "m1.small"
     found = reconcile.audit(c)
     assert found.findings == [], [f.line() for f in found.findings]
-    print(f"cold migration src -> dst {there:.1f} s, resize dst -> src {back:.1f} s (the "
-          "operation, to the guest started on the destination; confirm not counted)")
+    print(
+        f"cold migration src -> dst {there:.1f} s, resize dst -> src {back:.1f} s (the "
+        "operation, to the guest started on the destination; confirm not counted)"
+    )
 
 
 def test_evacuate_a_host_whose_daemon_is_stopped(pair, daemons_back):

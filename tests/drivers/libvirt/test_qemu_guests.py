@@ -10,6 +10,7 @@ restart at 1 after every boot.
 Needs: scripts/libvirt/install.sh, build_guest.sh /var/tmp/computeflow-guest
 (or $COMPUTEFLOW_TEST_GUEST_DIR) and start_daemon.sh, run as root.
 """
+
 from __future__ import annotations
 
 import os
@@ -56,8 +57,10 @@ class Console:
 
     def wait_ticks_beyond(self, n: int, boots: int | None = None) -> int:
         """Poll until boot number `boots` (default: the current one) printed a tick above n."""
+
         def ready():
             return (boots is None or self.boots() == boots) and self.last_tick() > n
+
         poll(ready, BOOT_S, f"tick > {n}" + (f" in boot {boots}" if boots else ""), interval=0.2)
         return self.last_tick()
 
@@ -74,7 +77,8 @@ def qemu_conductor(make_conductor, qemu_system, test_guest, shared_tmp):
         f"[libvirt]\nuri = {qemu_system}\ninstances_path = {shared_tmp}/instances\n"
         f"guest_kernel = {kernel}\nguest_initrd = {initrd}\nguest_cmdline = console=ttyS0 quiet\n"
         "soft_reboot_timeout = 30\n",
-        state_path=shared_tmp / "state")
+        state_path=shared_tmp / "state",
+    )
     c.conf.set_override("boot_timeout", BOOT_S)
     c.add_host("qemu1", vcpus=2, ram_mb=4096, disk_gb=20, driver="libvirt", uri=qemu_system)
     return c
@@ -95,8 +99,9 @@ def spawn_vm1(c, flavor: str = "m1.tiny", ends: str = operations.SUCCEEDED):
 
 
 def virsh(*args: str) -> str:
-    return subprocess.run(["virsh", "-c", SYSTEM_URI, *args], capture_output=True, text=True,
-                          check=True, timeout=60).stdout
+    return subprocess.run(
+        ["virsh", "-c", SYSTEM_URI, *args], capture_output=True, text=True, check=True, timeout=60
+    ).stdout
 
 
 def test_guest_lifecycle_proved_by_its_console(qemu_conductor):
@@ -162,6 +167,7 @@ def test_guest_lifecycle_proved_by_its_console(qemu_conductor):
         with c.db.session() as s:
             inst = instances.get(s, instance_uuid)
             return (inst.vm_state, inst.power_state) == ("stopped", "shutdown")
+
     poll(recorded_stopped, BOOT_S, "the instance record to show the guest stopped")
 
     # Destroy: no domain, no disk, no port, no tap left.
@@ -216,8 +222,10 @@ def test_driver_reconnects_after_the_daemon_restarts(qemu_conductor):
     """libvirtd restarts under a running guest: the driver reconnects, the guest
     runs on, and its events still arrive."""
     if os.path.isdir("/run/systemd/system"):  # not the daemon scripts/libvirt/ starts
-        _unreachable("libvirtd restart", "libvirtd is systemd's here; this test restarts the "
-                     "daemon scripts/libvirt/start_daemon.sh runs")
+        _unreachable(
+            "libvirtd restart",
+            "libvirtd is systemd's here; this test restarts the daemon scripts/libvirt/start_daemon.sh runs",
+        )
     pid = _daemon_pid()
     assert pid is not None, "no libvirtd pid in /run/libvirtd.pid"
     c = qemu_conductor
@@ -235,8 +243,7 @@ def test_driver_reconnects_after_the_daemon_restarts(qemu_conductor):
     con.wait_ticks_beyond(con.last_tick())  # the guest never stopped
     assert con.boots() == 1
     run_op(c, "pause")
-    poll(lambda: any(e.power_state is PowerState.PAUSED for e in seen), 30,
-         "a lifecycle event on the new connection")
+    poll(lambda: any(e.power_state is PowerState.PAUSED for e in seen), 30, "a lifecycle event on the new connection")
     run_op(c, "unpause")
     assert c.run(c.submit_destroy("vm1")).state == operations.SUCCEEDED
     assert drv.inventory().empty
@@ -257,6 +264,7 @@ def test_a_killed_qemu_shows_the_instance_stopped_and_it_powers_on_again(qemu_co
         with c.db.session() as s:
             inst = instances.get(s, instance_uuid)
             return (inst.vm_state, inst.power_state) == ("stopped", "crashed")
+
     poll(recorded, BOOT_S, "the instance record to show the guest stopped, crashed")
     assert drv.get_info(instance_uuid).state is PowerState.CRASHED
     run_op(c, "power_on")

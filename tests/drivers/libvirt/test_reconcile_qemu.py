@@ -1,6 +1,7 @@
 """Reconciliation on qemu:///system with real QEMU guests: drift planted with
 virsh and by hand is found, the dry run changes nothing, --apply fixes every
 finding, and a domain computeflow did not make survives."""
+
 from __future__ import annotations
 
 import subprocess
@@ -22,8 +23,7 @@ pytestmark = pytest.mark.integration
 
 
 def virsh(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    return subprocess.run(["virsh", "-c", SYSTEM_URI, *args], capture_output=True, text=True,
-                          check=check, timeout=60)
+    return subprocess.run(["virsh", "-c", SYSTEM_URI, *args], capture_output=True, text=True, check=check, timeout=60)
 
 
 def _define(xml: str, where: Path) -> None:
@@ -60,8 +60,11 @@ def test_planted_drift_on_real_guests(qemu_conductor, shared_tmp):  # noqa: F811
         # A cf- domain with computeflow's marks, defined behind its back (a copy of vm1's).
         _define(virsh("dumpxml", f"cf-{vm1}").stdout.replace(vm1, ghost), shared_tmp)
         # A domain named like ours but made by someone else: no computeflow metadata.
-        _define(f"<domain type='qemu'><name>{foreign}</name><memory unit='MiB'>32</memory>"
-                "<vcpu>1</vcpu><os><type arch='x86_64'>hvm</type></os></domain>", shared_tmp)
+        _define(
+            f"<domain type='qemu'><name>{foreign}</name><memory unit='MiB'>32</memory>"
+            "<vcpu>1</vcpu><os><type arch='x86_64'>hvm</type></os></domain>",
+            shared_tmp,
+        )
         # An active instance whose domain an operator removed with virsh.
         virsh("destroy", f"cf-{vm2}")
         virsh("undefine", f"cf-{vm2}")
@@ -71,11 +74,25 @@ def test_planted_drift_on_real_guests(qemu_conductor, shared_tmp):  # noqa: F811
         drv.plug_vif(portless, Vif(str(uuid.uuid4()), "fa:16:3e:00:00:09"))
         # A claim whose operation ended long ago.
         with c.db.session() as s:
-            s.add(Claim(operation_id=str(uuid.uuid4()), host="qemu1",
-                        instance_uuid=str(uuid.uuid4()), vcpus=1, ram_mb=64, disk_gb=1))
-            s.execute(sa.update(Host).where(Host.name == "qemu1").values(
-                used_vcpus=Host.used_vcpus + 1, used_ram_mb=Host.used_ram_mb + 64,
-                used_disk_gb=Host.used_disk_gb + 1))
+            s.add(
+                Claim(
+                    operation_id=str(uuid.uuid4()),
+                    host="qemu1",
+                    instance_uuid=str(uuid.uuid4()),
+                    vcpus=1,
+                    ram_mb=64,
+                    disk_gb=1,
+                )
+            )
+            s.execute(
+                sa.update(Host)
+                .where(Host.name == "qemu1")
+                .values(
+                    used_vcpus=Host.used_vcpus + 1,
+                    used_ram_mb=Host.used_ram_mb + 64,
+                    used_disk_gb=Host.used_disk_gb + 1,
+                )
+            )
 
         before = _dump(c)
         found = reconcile.audit(c)

@@ -5,6 +5,7 @@ hosts do): the guest's disks move from `{instances_path}/A/{uuid}` to
 `.../B/{uuid}`, and the domain, whose uuid is the instance's, is defined on one
 side at a time. The real-guest version is tests/drivers/libvirt/test_resize_qemu.py.
 """
+
 from __future__ import annotations
 
 import os
@@ -54,7 +55,8 @@ def resized_to_b(a: LibvirtDriver, b: LibvirtDriver) -> None:
     write_pattern(a._disk_path(U1, DiskKind.ROOT))
     copied = a.migrate_disk_and_power_off(U1, b.host, BIGGER)
     assert [(d.kind, os.path.dirname(d.path), d.size_mb) for d in copied] == [
-        (DiskKind.ROOT, b._instance_dir(U1), 1024)]
+        (DiskKind.ROOT, b._instance_dir(U1), 1024)
+    ]
     b.plug_vif(U1, VIF)  # the flow's plug_vif step on the destination
     b.finish_migration(U1, copied, BIGGER, power_on=True)
 
@@ -71,9 +73,12 @@ def test_resize_to_another_host_then_confirm(pair):
     assert (info.state, info.vcpus, info.memory_mb) == (PowerState.RUNNING, 2, 768)
     config = b._host.find_guest(U1).config()
     assert (config.vcpus, config.memory_mb, config.metadata.host, config.metadata.flavor) == (
-        2, 768, b.host, "m1.resized")
-    assert [d.source for d in config.disks] == [b._disk_path(U1, DiskKind.ROOT),
-                                                b._disk_path(U1, DiskKind.SWAP)]
+        2,
+        768,
+        b.host,
+        "m1.resized",
+    )
+    assert [d.source for d in config.disks] == [b._disk_path(U1, DiskKind.ROOT), b._disk_path(U1, DiskKind.SWAP)]
     assert config.serial.path == b._console_path(U1)
     assert config.interfaces[0].mac == VIF.mac
     root = b._disk_path(U1, DiskKind.ROOT)

@@ -8,6 +8,7 @@ runs without `quiet`, so its console states how many CPUs it brought up and how
 much memory it has; with the `ready` line (its disks) and the tick counter that
 proves, on each side, whether the guest runs and with which size.
 """
+
 from __future__ import annotations
 
 import os
@@ -33,9 +34,14 @@ def qemu_pair(qemu_system, test_guest, shared_tmp, host_name):
     kernel, initrd = test_guest
     made = []
     for suffix in ("a", "b"):
-        d = LibvirtDriver(f"{host_name}{suffix}", qemu_system,
-                          instances_path=str(shared_tmp / "instances"),
-                          kernel=kernel, initrd=initrd, cmdline="console=ttyS0")
+        d = LibvirtDriver(
+            f"{host_name}{suffix}",
+            qemu_system,
+            instances_path=str(shared_tmp / "instances"),
+            kernel=kernel,
+            initrd=initrd,
+            cmdline="console=ttyS0",
+        )
         d.init_host()
         made.append(d)
     yield tuple(made)
@@ -62,8 +68,7 @@ class SizedConsole(Console):
         return int(found[-1]) if found else 0
 
     def disks(self) -> list[str]:
-        found = re.findall(r"^computeflow-guest: ready disks=(.*?) net=", self.last_boot_log(),
-                           re.M)
+        found = re.findall(r"^computeflow-guest: ready disks=(.*?) net=", self.last_boot_log(), re.M)
         return found[-1].split() if found else []
 
 
@@ -124,7 +129,8 @@ def two_host_conductor(make_conductor, qemu_system, test_guest, shared_tmp):
     c = make_conductor(
         f"[libvirt]\nuri = {qemu_system}\ninstances_path = {shared_tmp}/instances\n"
         f"guest_kernel = {kernel}\nguest_initrd = {initrd}\nguest_cmdline = console=ttyS0\n",
-        state_path=shared_tmp / "state")
+        state_path=shared_tmp / "state",
+    )
     c.conf.set_override("boot_timeout", 120)
     for name in ("qemu1", "qemu2"):
         c.add_host(name, vcpus=4, ram_mb=8192, disk_gb=100, driver="libvirt", uri=qemu_system)

@@ -6,6 +6,7 @@ whose root disk must read back bytes written into the original's root disk.
 Real-guest tier (integration): the same on qemu:///system; the source guest's
 console proves it ran on through the snapshot, the new guest's that it booted.
 """
+
 from __future__ import annotations
 
 import os
@@ -21,15 +22,18 @@ from drivers.libvirt.snapshot import PAUSE_MARKER
 from persistence import hosts, operations
 from tests.drivers.libvirt.conftest import TEST_URI
 from tests.drivers.libvirt.test_qemu_guests import (  # noqa: F401  (qemu_conductor: a fixture)
-    Console, qemu_conductor, run_op, virsh)
+    Console,
+    qemu_conductor,
+    run_op,
+    virsh,
+)
 from tests.drivers.libvirt.test_test_driver import U1, build, drv  # noqa: F401  (drv: a fixture)
 
 PATTERN = "0xc5"
 
 
 def qemu_io(path: str, command: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["qemu-io", "-f", "qcow2", "-c", command, path], capture_output=True,
-                          text=True, timeout=60)
+    return subprocess.run(["qemu-io", "-f", "qcow2", "-c", command, path], capture_output=True, text=True, timeout=60)
 
 
 def write_pattern(path: str) -> None:
@@ -50,8 +54,7 @@ def test_snapshot_of_a_running_guest_is_a_flat_qcow2_and_it_keeps_running(drv, t
     image = drv.snapshot(U1, target)
     found = disks.info(target)
     assert (found.format, found.backing_file) == ("qcow2", None)  # self-contained
-    assert (image.name, image.disk_format, image.size_mb, image.path) == (
-        "snap.qcow2", "qcow2", 1024, target)
+    assert (image.name, image.disk_format, image.size_mb, image.path) == ("snap.qcow2", "qcow2", 1024, target)
     assert holds_pattern(target)
     assert drv.get_info(U1).state is PowerState.RUNNING
     assert not os.path.exists(os.path.join(drv._instance_dir(U1), PAUSE_MARKER))
@@ -123,8 +126,7 @@ def _snapshot_then_spawn(c, host: str) -> tuple[str, str]:
     return u1, u2
 
 
-def test_snapshot_flow_then_spawn_from_it_on_test_driver(make_conductor, host_name, tmp_path,
-                                                         qemu_img):
+def test_snapshot_flow_then_spawn_from_it_on_test_driver(make_conductor, host_name, tmp_path, qemu_img):
     c = make_conductor(f"[libvirt]\nuri = {TEST_URI}\ninstances_path = {tmp_path}/instances\n")
     c.add_host(host_name, vcpus=8, ram_mb=8192, disk_gb=50, driver="libvirt", uri=TEST_URI)
     drv = c.rt.driver_for(host_name)
@@ -134,6 +136,7 @@ def test_snapshot_flow_then_spawn_from_it_on_test_driver(make_conductor, host_na
         if spec.name == "vm1":
             write_pattern(drv._disk_path(spec.instance_uuid, DiskKind.ROOT))
         real_build(spec)
+
     drv.define_guest = mark_root_then_define
     u1, u2 = _snapshot_then_spawn(c, host_name)
     assert holds_pattern(drv._disk_path(u2, DiskKind.ROOT))

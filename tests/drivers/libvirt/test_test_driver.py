@@ -8,6 +8,7 @@ named 'test' that computeflow must never count). Disks are real files made
 with qemu-img. Every implemented driver method, its idempotency, the domain
 XML, and computeflow's spawn, destroy and power flows on a libvirt host.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -25,13 +26,27 @@ import pytest
 
 from conductor.api import SpawnRequest
 from drivers import load_driver
-from drivers.base import (DiskKind, DiskSpec, Flavor, GuestSpec, Held, HeldResource, Image,
-                          PowerState, Vif)
-from drivers.errors import (ConnectionLost, DriverError, GuestNotFound, HypervisorUnavailable,
-                            ImageNotFound, InvalidGuestState, NotSupported, SoftRebootFailed)
+from drivers.base import DiskKind, DiskSpec, Flavor, GuestSpec, Held, HeldResource, Image, PowerState, Vif
+from drivers.errors import (
+    ConnectionLost,
+    DriverError,
+    GuestNotFound,
+    HypervisorUnavailable,
+    ImageNotFound,
+    InvalidGuestState,
+    NotSupported,
+    SoftRebootFailed,
+)
 from drivers.libvirt import disks
-from drivers.libvirt.config import (ConfigError, DiskConfig, DomainConfig, InstanceMetadata,
-                                    InterfaceConfig, OsConfig, SerialConfig)
+from drivers.libvirt.config import (
+    ConfigError,
+    DiskConfig,
+    DomainConfig,
+    InstanceMetadata,
+    InterfaceConfig,
+    OsConfig,
+    SerialConfig,
+)
 from drivers.libvirt.driver import LibvirtDriver
 from drivers.libvirt.host import HostCapabilities
 from flows import power
@@ -76,11 +91,18 @@ def conn():
 
 # -- domain XML ---------------------------------------------------------------
 FULL = DomainConfig(
-    type="qemu", name="cf-x", uuid=U1, title="vm1", memory_mb=128, vcpus=2,
+    type="qemu",
+    name="cf-x",
+    uuid=U1,
+    title="vm1",
+    memory_mb=128,
+    vcpus=2,
     os=OsConfig(kernel="/g/vmlinuz", initrd="/g/initrd.gz", cmdline="console=ttyS0"),
     disks=(DiskConfig("/i/disk.root", "vda"), DiskConfig("/i/disk.swap", "vdb", "raw")),
-    interfaces=(InterfaceConfig("network", "fa:16:3e:00:00:01", network="default"),
-                InterfaceConfig("ethernet", "fa:16:3e:00:00:02", target_dev="tap0123456789a")),
+    interfaces=(
+        InterfaceConfig("network", "fa:16:3e:00:00:01", network="default"),
+        InterfaceConfig("ethernet", "fa:16:3e:00:00:02", target_dev="tap0123456789a"),
+    ),
     serial=SerialConfig("/i/console.log"),
     metadata=InstanceMetadata("vm1", "h1", "m1.tiny"),
 )
@@ -112,7 +134,8 @@ def test_config_parses_what_libvirt_writes_back(drv):
         # tap of a network interface itself.
         assert parsed.os == dataclasses.replace(config.os, arch=parsed.os.arch, boot_dev="hd")
         assert parsed.interfaces[0] == dataclasses.replace(
-            config.interfaces[0], target_dev=parsed.interfaces[0].target_dev)
+            config.interfaces[0], target_dev=parsed.interfaces[0].target_dev
+        )
         assert parsed.replace(os=config.os, interfaces=config.interfaces) == config
         assert parsed.interfaces[1] == config.interfaces[1]
     finally:
@@ -122,12 +145,21 @@ def test_config_parses_what_libvirt_writes_back(drv):
 def test_metadata_parses_with_and_without_namespace():
     meta = InstanceMetadata("vm1", "h1", "m1.tiny")
     assert InstanceMetadata.from_xml(meta.to_xml()) == meta
-    assert InstanceMetadata.from_xml(
-        "<instance><name>vm1</name><host>h1</host><flavor>m1.tiny</flavor></instance>") == meta
+    assert (
+        InstanceMetadata.from_xml("<instance><name>vm1</name><host>h1</host><flavor>m1.tiny</flavor></instance>")
+        == meta
+    )
 
 
-@pytest.mark.parametrize("bad", ["<domain", "<network/>", "<domain><name>x</name></domain>",
-                                 f"<domain><name>x</name><uuid>{U1}</uuid><memory unit='parsec'>1</memory></domain>"])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "<domain",
+        "<network/>",
+        "<domain><name>x</name></domain>",
+        f"<domain><name>x</name><uuid>{U1}</uuid><memory unit='parsec'>1</memory></domain>",
+    ],
+)
 def test_config_rejects_what_is_not_a_domain(bad):
     with pytest.raises(ConfigError):
         DomainConfig.from_xml(bad)
@@ -158,9 +190,13 @@ def test_spawn_sequence_is_idempotent(drv):
 
 def test_undoing_twice_is_a_no_op(drv):
     build(drv)
-    for undo in (lambda: drv.power_off(U1), lambda: drv.undefine_guest(U1),
-                 lambda: drv.unplug_vif(U1, VIF.id), lambda: drv.delete_disk(U1, DiskKind.ROOT),
-                 lambda: drv.delete_instance_files(U1)):
+    for undo in (
+        lambda: drv.power_off(U1),
+        lambda: drv.undefine_guest(U1),
+        lambda: drv.unplug_vif(U1, VIF.id),
+        lambda: drv.delete_disk(U1, DiskKind.ROOT),
+        lambda: drv.delete_instance_files(U1),
+    ):
         undo()
         undo()
     inv = drv.inventory()
@@ -206,8 +242,7 @@ def test_host_report_attributes_what_it_can_prove_and_lists_the_rest_as_no_ones(
     Path(f"{root}/ports.json.1.2.tmp").touch()  # an interrupted write of the port records
     foreign = DomainConfig("test", f"cf-{drv.host}-by-hand", str(uuid.uuid4()), 64, 1)
     other_uuid = str(uuid.uuid4())
-    theirs = foreign.replace(name="cf-" + other_uuid, uuid=other_uuid,
-                             metadata=InstanceMetadata("vm2", "other-host"))
+    theirs = foreign.replace(name="cf-" + other_uuid, uuid=other_uuid, metadata=InstanceMetadata("vm2", "other-host"))
     planted = [conn.defineXML(c.to_xml()) for c in (foreign, theirs)]
     try:
         report = drv.host_report()
@@ -216,17 +251,20 @@ def test_host_report_attributes_what_it_can_prove_and_lists_the_rest_as_no_ones(
             dom.undefine()
     none = "not computeflow's"
     assert report.host == drv.host
-    assert sorted(report.resources, key=repr) == sorted([
-        HeldResource(Held.GUEST, U1, U1, PowerState.PAUSED, "cf-" + U1),
-        HeldResource(Held.DISK, drv._disk_path(U1, DiskKind.ROOT), U1, detail="disk.root"),
-        HeldResource(Held.PORT, VIF.id, U1, detail="default"),
-        HeldResource(Held.KEPT_COPY, kept, kept, detail=f"{root}/{kept}.resize"),
-        HeldResource(Held.INCOMING_COPY, incoming, incoming, detail=f"{root}/{incoming}"),
-        HeldResource(Held.DISK, f"{root}/{incoming}/domain.xml", incoming, detail="domain.xml"),
-        HeldResource(Held.GUEST, foreign.name, None, PowerState.SHUTDOWN, foreign.name),
-        HeldResource(Held.DISK, f"{root}/stray.img", None, detail=none),
-        HeldResource(Held.DISK, f"{root}/notauuid", None, detail=none),
-    ], key=repr)
+    assert sorted(report.resources, key=repr) == sorted(
+        [
+            HeldResource(Held.GUEST, U1, U1, PowerState.PAUSED, "cf-" + U1),
+            HeldResource(Held.DISK, drv._disk_path(U1, DiskKind.ROOT), U1, detail="disk.root"),
+            HeldResource(Held.PORT, VIF.id, U1, detail="default"),
+            HeldResource(Held.KEPT_COPY, kept, kept, detail=f"{root}/{kept}.resize"),
+            HeldResource(Held.INCOMING_COPY, incoming, incoming, detail=f"{root}/{incoming}"),
+            HeldResource(Held.DISK, f"{root}/{incoming}/domain.xml", incoming, detail="domain.xml"),
+            HeldResource(Held.GUEST, foreign.name, None, PowerState.SHUTDOWN, foreign.name),
+            HeldResource(Held.DISK, f"{root}/stray.img", None, detail=none),
+            HeldResource(Held.DISK, f"{root}/notauuid", None, detail=none),
+        ],
+        key=repr,
+    )
     assert os.path.exists(f"{root}/ports.json.lock")  # there, and not listed
 
 
@@ -241,8 +279,7 @@ def test_define_keeps_an_existing_domain(drv):
 def test_domain_is_named_tagged_and_wired_as_specified(drv):
     build(drv)
     config = drv._host.find_guest(U1).config()
-    assert (config.name, config.uuid, config.title, config.memory_mb, config.vcpus) == (
-        "cf-" + U1, U1, "vm1", 512, 1)
+    assert (config.name, config.uuid, config.title, config.memory_mb, config.vcpus) == ("cf-" + U1, U1, "vm1", 512, 1)
     assert config.metadata == InstanceMetadata("vm1", drv.host, "m1.tiny")
     assert config.disks == (DiskConfig(drv._disk_path(U1, DiskKind.ROOT), "vda", "qcow2"),)
     # test:///default has an active network named 'default': the vif joins it.
@@ -260,12 +297,17 @@ def test_vif_on_an_unknown_network_gets_its_own_tap(drv):
     assert json.loads(Path(drv.ports.path).read_text())[vif.id]["instance"] == U1
 
 
-@pytest.mark.parametrize("action,expected", [
-    ("pause", PowerState.PAUSED), ("suspend", PowerState.SUSPENDED),
-    ("power_off", PowerState.SHUTDOWN), ("soft_delete", PowerState.SHUTDOWN)])
+@pytest.mark.parametrize(
+    "action,expected",
+    [
+        ("pause", PowerState.PAUSED),
+        ("suspend", PowerState.SUSPENDED),
+        ("power_off", PowerState.SHUTDOWN),
+        ("soft_delete", PowerState.SHUTDOWN),
+    ],
+)
 def test_each_action_and_its_inverse_is_idempotent(drv, action, expected):
-    inverse = {"pause": "unpause", "suspend": "resume", "power_off": "power_on",
-               "soft_delete": "restore"}[action]
+    inverse = {"pause": "unpause", "suspend": "resume", "power_off": "power_on", "soft_delete": "restore"}[action]
     build(drv)
     for _ in range(2):
         getattr(drv, action)(U1)
@@ -298,6 +340,7 @@ def test_soft_reboot_of_a_guest_ignoring_acpi_fails(drv, monkeypatch):
     build(drv)
     drv.soft_reboot_timeout = 0.2
     from drivers.libvirt.guest import Guest
+
     monkeypatch.setattr(Guest, "shutdown", lambda self: None)  # the guest ignores the button
     with pytest.raises(SoftRebootFailed):
         drv.reboot(U1, hard=False)
@@ -319,9 +362,16 @@ def test_graceful_power_off_waits_for_the_guest(drv):
     assert drv.get_info(U1).state is PowerState.SHUTDOWN
 
 
-@pytest.mark.parametrize("action,state_setup", [
-    ("unpause", "power_off"), ("resume", "power_off"), ("pause", "power_off"),
-    ("suspend", "pause"), ("power_on", "pause")])
+@pytest.mark.parametrize(
+    "action,state_setup",
+    [
+        ("unpause", "power_off"),
+        ("resume", "power_off"),
+        ("pause", "power_off"),
+        ("suspend", "pause"),
+        ("power_on", "pause"),
+    ],
+)
 def test_actions_from_the_wrong_state_are_refused(drv, action, state_setup):
     build(drv)
     getattr(drv, state_setup)(U1)
@@ -345,8 +395,10 @@ def test_undefine_of_a_suspended_guest_drops_the_saved_state(drv):
     assert drv.inventory().guests == ()
 
 
-@pytest.mark.parametrize("call", ["get_info", "power_on", "power_off", "pause", "unpause", "suspend",
-                                  "resume", "get_console_output", "reboot"])
+@pytest.mark.parametrize(
+    "call",
+    ["get_info", "power_on", "power_off", "pause", "unpause", "suspend", "resume", "get_console_output", "reboot"],
+)
 def test_missing_guest_is_guest_not_found(drv, call):
     args = (True,) if call == "reboot" else ()
     with pytest.raises(GuestNotFound):
@@ -386,14 +438,19 @@ def test_root_disk_is_a_cow_overlay_of_the_cached_base(drv):
     disk = drv.create_disk(U1, DiskSpec(DiskKind.ROOT, 1024, IMAGE))
     info = disks.info(disk.path)
     assert (info.format, info.virtual_size, info.backing_file, info.backing_format) == (
-        "qcow2", 1024 * disks.MIB, base, "raw")
+        "qcow2",
+        1024 * disks.MIB,
+        base,
+        "raw",
+    )
     assert disk.backing_file == base and not disk.preallocated
     assert drv.get_instance_disk_info(U1) == [disk]
 
 
 def test_without_cow_and_with_preallocation(tmp_path, host_name, qemu_img):
-    d = LibvirtDriver(host_name, TEST_URI, instances_path=str(tmp_path), use_cow_images=False,
-                      preallocate_images="space")
+    d = LibvirtDriver(
+        host_name, TEST_URI, instances_path=str(tmp_path), use_cow_images=False, preallocate_images="space"
+    )
     try:
         d.ensure_base_image(IMAGE)
         disk = d.create_disk(U1, DiskSpec(DiskKind.ROOT, 64, IMAGE))
@@ -407,13 +464,11 @@ def test_without_cow_and_with_preallocation(tmp_path, host_name, qemu_img):
 
 
 def test_ephemeral_and_swap_disks_are_formatted(tmp_path, host_name, qemu_img):
-    d = LibvirtDriver(host_name, TEST_URI, instances_path=str(tmp_path),
-                      default_ephemeral_format="ext4")
+    d = LibvirtDriver(host_name, TEST_URI, instances_path=str(tmp_path), default_ephemeral_format="ext4")
     try:
         eph = d.create_disk(U1, DiskSpec(DiskKind.EPHEMERAL, 64))
         swap = d.create_disk(U1, DiskSpec(DiskKind.SWAP, 16))
-        for disk, magic_at, magic in ((eph, 1024 + 0x38, b"\x53\xef"),
-                                      (swap, 4096 - 10, b"SWAPSPACE2")):
+        for disk, magic_at, magic in ((eph, 1024 + 0x38, b"\x53\xef"), (swap, 4096 - 10, b"SWAPSPACE2")):
             raw = tmp_path / "check.raw"
             disks.run(["qemu-img", "convert", "-O", "raw", disk.path, str(raw)])
             with open(raw, "rb") as f:
@@ -445,8 +500,9 @@ def test_root_disk_smaller_than_its_image_is_refused(drv):
 def test_an_interrupted_create_leaves_no_file_under_the_final_name(drv, monkeypatch):
     path = drv._disk_path(U1, DiskKind.EPHEMERAL)
     os.makedirs(os.path.dirname(path))
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True).stdout.strip()
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    ).stdout.strip()
     stale = f"{path}.{dead}.1.tmp"  # what a process killed mid-create left
     open(stale, "w").close()
     real_run = disks.run
@@ -509,16 +565,20 @@ class _Error(libvirt.libvirtError):
         return self.domain
 
 
-@pytest.mark.parametrize("code,domain,expected", [
-    (libvirt.VIR_ERR_SYSTEM_ERROR, libvirt.VIR_FROM_RPC, ConnectionLost),
-    (libvirt.VIR_ERR_INTERNAL_ERROR, libvirt.VIR_FROM_RPC, ConnectionLost),
-    (libvirt.VIR_ERR_INVALID_CONN, libvirt.VIR_FROM_NONE, ConnectionLost),
-    (libvirt.VIR_ERR_NO_DOMAIN, libvirt.VIR_FROM_QEMU, GuestNotFound),
-    (libvirt.VIR_ERR_SYSTEM_ERROR, libvirt.VIR_FROM_QEMU, DriverError),  # e.g. a disk it cannot open
-    (libvirt.VIR_ERR_OPERATION_FAILED, libvirt.VIR_FROM_QEMU, DriverError),
-])
+@pytest.mark.parametrize(
+    "code,domain,expected",
+    [
+        (libvirt.VIR_ERR_SYSTEM_ERROR, libvirt.VIR_FROM_RPC, ConnectionLost),
+        (libvirt.VIR_ERR_INTERNAL_ERROR, libvirt.VIR_FROM_RPC, ConnectionLost),
+        (libvirt.VIR_ERR_INVALID_CONN, libvirt.VIR_FROM_NONE, ConnectionLost),
+        (libvirt.VIR_ERR_NO_DOMAIN, libvirt.VIR_FROM_QEMU, GuestNotFound),
+        (libvirt.VIR_ERR_SYSTEM_ERROR, libvirt.VIR_FROM_QEMU, DriverError),  # e.g. a disk it cannot open
+        (libvirt.VIR_ERR_OPERATION_FAILED, libvirt.VIR_FROM_QEMU, DriverError),
+    ],
+)
 def test_libvirt_errors_become_driver_errors(drv, monkeypatch, code, domain, expected):
     from drivers.libvirt.guest import Guest
+
     build(drv)
     drv.power_off(U1)
     drv.reconnect_timeout = 0  # a connection error is not waited out
@@ -526,6 +586,7 @@ def test_libvirt_errors_become_driver_errors(drv, monkeypatch, code, domain, exp
 
     def fail(self):
         raise _Error(code, domain)
+
     monkeypatch.setattr(Guest, "launch", fail)
     with pytest.raises(HypervisorUnavailable if expected is ConnectionLost else expected) as e:
         drv.power_on(U1)
@@ -542,6 +603,7 @@ def test_a_lost_connection_is_waited_out_and_the_call_repeated(drv, monkeypatch,
     from the start (power_on then finds the guest to start); a daemon that never comes
     back is ConnectionLost once reconnect_timeout has passed."""
     from drivers.libvirt.guest import Guest
+
     build(drv)
     drv.power_off(U1)
     real_launch, calls = Guest.launch, []
@@ -552,6 +614,7 @@ def test_a_lost_connection_is_waited_out_and_the_call_repeated(drv, monkeypatch,
             drv._host._conn.close()  # the daemon "restarts": this connection is dead
             raise _Error(libvirt.VIR_ERR_INTERNAL_ERROR, libvirt.VIR_FROM_RPC)
         real_launch(self)
+
     monkeypatch.setattr(Guest, "launch", launch_once_lost)
     reconnects = drv._host.reconnects
     drv.power_on(U1)
@@ -560,6 +623,7 @@ def test_a_lost_connection_is_waited_out_and_the_call_repeated(drv, monkeypatch,
 
     def never(self):
         raise _Error(libvirt.VIR_ERR_INTERNAL_ERROR, libvirt.VIR_FROM_RPC)
+
     monkeypatch.setattr(Guest, "pause", never)
     drv.reconnect_timeout = 1.2
     started = time.monotonic()
@@ -605,8 +669,10 @@ def test_unreachable_hypervisor_is_hypervisor_unavailable(tmp_path):
 # -- load_driver and options --------------------------------------------------
 def test_load_driver_takes_the_hosts_uri_then_the_option(tmp_path):
     from conductor import config
-    conf = config.load([], {(None, "state_path"): str(tmp_path), ("libvirt", "uri"): TEST_URI,
-                            ("libvirt", "guest_kernel"): "/k"})
+
+    conf = config.load(
+        [], {(None, "state_path"): str(tmp_path), ("libvirt", "uri"): TEST_URI, ("libvirt", "guest_kernel"): "/k"}
+    )
     d = load_driver(conf, "h1", "libvirt")
     assert (d.uri, d.kernel, d.root) == (TEST_URI, "/k", str(tmp_path / "instances" / "h1"))
     assert d.images.directory == str(tmp_path / "instances" / "_base")
@@ -617,12 +683,13 @@ def test_load_driver_takes_the_hosts_uri_then_the_option(tmp_path):
 
 
 def test_the_fake_driver_does_not_import_libvirt(tmp_path):
-    code = ("import sys; from conductor import config; import drivers; "
-            f"conf = config.load([], {{(None, 'state_path'): {str(tmp_path)!r}}}); "
-            "drivers.load_driver(conf, 'h1', 'fake'); "
-            "assert 'libvirt' not in sys.modules, 'libvirt imported'")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          cwd=REPO)
+    code = (
+        "import sys; from conductor import config; import drivers; "
+        f"conf = config.load([], {{(None, 'state_path'): {str(tmp_path)!r}}}); "
+        "drivers.load_driver(conf, 'h1', 'fake'); "
+        "assert 'libvirt' not in sys.modules, 'libvirt imported'"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert done.returncode == 0, done.stderr
 
 
@@ -659,9 +726,18 @@ def test_spawn_and_destroy_flows(conductor):
     assert set(os.listdir(drv.root)) <= {"ports.json", "ports.json.lock"}  # no instance directory
 
 
-SPAWN_STEPS = ["take_hold", "claim_resources", "ensure_base_image", "create_root_disk",
-               "plug_vif_0", "wait_vif_plugged", "define_guest", "power_on", "wait_running",
-               "mark_active"]
+SPAWN_STEPS = [
+    "take_hold",
+    "claim_resources",
+    "ensure_base_image",
+    "create_root_disk",
+    "plug_vif_0",
+    "wait_vif_plugged",
+    "define_guest",
+    "power_on",
+    "wait_running",
+    "mark_active",
+]
 
 
 @pytest.mark.parametrize("when", ["before", "after"])
@@ -701,5 +777,6 @@ def test_a_guest_stopping_by_itself_updates_the_record(conductor, conn):
         with conductor.db.session() as s:
             inst = instances.get(s, instance_uuid)
             return (inst.vm_state, inst.power_state) == ("stopped", "shutdown")
+
     poll(recorded, 10, "the instance record to show the guest stopped")
     assert conductor.run(conductor.submit("power_on", "vm1")).state == operations.SUCCEEDED
