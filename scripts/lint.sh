@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Static checks CI runs before the tests: ruff's lint rules and its formatter's
-# check (pyproject.toml, [tool.ruff]; `ruff format .` fixes the layout), mypy's type check ([tool.mypy]) and the import-cycle check
+# check (pyproject.toml, [tool.ruff]; `ruff format .` fixes the layout), mypy's
+# type check ([tool.mypy]) and the import-cycle check
 # (scripts/import_cycles.py). Needs scripts/setup.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
