@@ -62,6 +62,10 @@ class FaultPlan:
         self._faults = [Fault.parse(s) for s in specs if s.strip()]
         self._lock = threading.Lock()
         self.release_hangs = threading.Event()
+        #: Calls held by a `hang` fault right now: a test that changes the plan
+        #: while a step hangs waits for this, not for the step's RUNNING row
+        #: (written before the step's thread reaches the checkpoint).
+        self.hanging = 0
         self._transient_left: dict[Fault, int] = {}
 
     def __bool__(self) -> bool:
@@ -93,7 +97,13 @@ class FaultPlan:
             if fault.action == "kill":
                 os.kill(os.getpid(), signal.SIGKILL)
             if fault.action == "hang":
-                self.release_hangs.wait()
+                with self._lock:
+                    self.hanging += 1
+                try:
+                    self.release_hangs.wait()
+                finally:
+                    with self._lock:
+                        self.hanging -= 1
             if fault.action in ("fail", "fail-once"):
                 raise InjectedFault(step, phase)
         if transient:

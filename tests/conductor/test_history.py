@@ -119,7 +119,9 @@ def test_duration_and_times_are_shown_in_utc(conductor, conf_file):
     header, _, running, done = out.stdout.splitlines()
     assert "DURATION" in header.split()
     assert "2026-01-02 03:04:05Z" in done and re.search(r"\b1m30s\b", done), done
-    assert re.search(r"\b2m0[5-9]s \(running\)", running), running
+    # Measured when the CLI runs: 125 s or more, however slow the machine is.
+    shown = re.search(r"\b(\d+)m(\d\d)s \(running\)", running)
+    assert shown and 125 <= int(shown[1]) * 60 + int(shown[2]) < 185, running
     (row, _) = json.loads(run_cli(conf_file, "ops", "list", "--json").stdout)[::-1]
     assert row["instance_name"] == "web1" and row["duration_s"] == 90.0
 

@@ -179,7 +179,8 @@ def test_queued_spawn_waits_visibly_and_runs_when_the_slot_frees(tmp_path, db_ur
         first = c.submit_spawn(SpawnRequest(name="vm1", flavor="m1.tiny", image="cirros"))
         runs.append(threading.Thread(target=first.wait))
         runs[-1].start()
-        eventually(lambda: _reached(c, first, "define_guest"), 30, "the first spawn to hang")
+        eventually(lambda: c.rt.faults.hanging == 1, 30, "the first spawn to hang")
+        assert _reached(c, first, "define_guest")
         c.rt.faults.clear()  # the next spawn would not hang: only the slot holds it
         second = c.submit_spawn(SpawnRequest(name="vm2", flavor="m1.tiny", image="cirros"))
         runs.append(threading.Thread(target=second.wait))
