@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite on a fresh Debian 12 machine: installs what it needs,
-# starts the database servers, runs pytest: everything but the libvirt tiers in
-# parallel workers (pytest-xdist), then the libvirt tiers in one process.
+# starts the database servers, runs pytest: everything but the libvirt tiers on
+# the real daemons in parallel workers (pytest-xdist), then those in one process.
 # Extra arguments go to pytest (one process).
 #
 #   scripts/test.sh            everything (what CI runs)
@@ -37,13 +37,15 @@ if [ $# -gt 0 ]; then  # a chosen part: one process (it may name libvirt tests)
     .venv/bin/python -m pytest -q -p no:cacheprovider --durations=25 -m "not disruptive" "$@"
     rc=$?
 else
-    # Everything but the libvirt tiers in parallel workers; then the libvirt
-    # tiers in one process: they share two daemons, their host names and the
-    # test guest, and their TCG guests need the CPU.
+    # Everything but the libvirt tiers on the real daemons in parallel workers
+    # (the test:///default tier is in-process); then those tiers in one
+    # process: they share two daemons, their host names and the test guest,
+    # and their TCG guests need the CPU.
     .venv/bin/python -m pytest -q -p no:cacheprovider "${parallel[@]}" --durations=25 \
-        -m "not disruptive" --ignore=tests/drivers/libvirt
+        -m "not disruptive and not libvirt_daemons"
     rc=$?
-    .venv/bin/python -m pytest -q -p no:cacheprovider --durations=10 -m "not disruptive" tests/drivers/libvirt
+    .venv/bin/python -m pytest -q -p no:cacheprovider --durations=10 -m "libvirt_daemons and not disruptive" \
+        tests/drivers/libvirt
     rc2=$?; [ $rc -eq 0 ] && rc=$rc2
 fi
 # Last and alone: tests that restart PostgreSQL and Redis under running conductors.

@@ -29,6 +29,15 @@ SYSTEM_URI = "qemu:///system"
 GUEST_DIR = Path(os.environ.get("COMPUTEFLOW_TEST_GUEST_DIR", "/var/tmp/computeflow-guest"))
 
 
+def pytest_collection_modifyitems(config, items) -> None:
+    """Mark the tiers that use the real daemons (`integration` here):
+    scripts/test.sh runs them apart, in one process, and the test:///default
+    tier (in-process, no daemon) with the parallel rest of the suite."""
+    for item in items:
+        if item.nodeid.startswith("tests/drivers/libvirt/") and item.get_closest_marker("integration"):
+            item.add_marker(pytest.mark.libvirt_daemons)
+
+
 def missing(what: str, fix: str) -> None:
     msg = f"{what} (run {fix})"
     if IN_CI:
