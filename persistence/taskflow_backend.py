@@ -48,11 +48,13 @@ import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 from taskflow import exceptions as tf_exc, states
 from taskflow.persistence import models as tf_models
-from taskflow.persistence.backends import impl_sqlalchemy as stock
 from taskflow.persistence.backends.sqlalchemy import tables as tf_tables
 
+from persistence import stock_backend
 from persistence.models import FLOW_STEP, FlowLogEntry, Operation, utcnow
 from persistence.pg_batch import FENCED_SQLSTATE, BatchRenderer, Op
+
+stock: Any = stock_backend.load()  # taskflow's impl_sqlalchemy, its alembic migrations loaded on first use
 
 RESULT_SUMMARY_LIMIT = 300
 _INTERNAL_PREFIX = "_TaskFlow_"

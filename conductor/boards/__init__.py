@@ -19,22 +19,33 @@ taskflow. `open_board` picks the board `[conductor] jobboard` names.
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib import parse
 
 from oslo_config import cfg
-from taskflow import exceptions as tf_exc
-from taskflow.jobs.backends import impl_redis
-from taskflow.utils import misc
 
 from conductor.boards.base import JOB_NAME, Board, Claim, JobboardError
 from conductor.boards.embedded import EmbeddedBoard
-from conductor.boards.redis_board import RedisBoard
-from conductor.boards.taskflow_board import TaskflowBoard, close_quietly
 from persistence.session import Database
 
+if TYPE_CHECKING:
+    from conductor.boards.redis_board import RedisBoard
+    from conductor.boards.taskflow_board import TaskflowBoard
+
 __all__ = ["JOB_NAME", "Board", "Claim", "EmbeddedBoard", "JobboardError", "RedisBoard", "TaskflowBoard", "open_board"]
+
+# The server boards load their client libraries (redis alone ~0.1 s): they are
+# imported when a board of theirs is opened, not by every CLI command.
+_LAZY = {"RedisBoard": "conductor.boards.redis_board", "TaskflowBoard": "conductor.boards.taskflow_board"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 _SCHEMES = {"redis": None, "zookeeper": "kazoo", "etcd": "etcd3gw"}
 
@@ -55,6 +66,13 @@ def open_board(conf: cfg.ConfigOpts, who: str, db: Database) -> Board:
             f"[conductor] jobboard {scheme}:// needs the Python package "
             f"{module!r}, which is not installed (pip install {module})"
         )
+    from taskflow import exceptions as tf_exc
+    from taskflow.jobs.backends import impl_redis
+    from taskflow.utils import misc
+
+    from conductor.boards.redis_board import RedisBoard
+    from conductor.boards.taskflow_board import TaskflowBoard, close_quietly
+
     _, board_conf = misc.extract_driver_and_conf(url, "board")
     if scheme == "redis":
         board_conf.setdefault("socket_timeout", 5)

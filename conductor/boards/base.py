@@ -6,10 +6,11 @@ import abc
 import datetime as dt
 import threading
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from computeflow.errors import ComputeflowError
 from persistence.models import utcnow
+from persistence.notify import Receiver
 
 JOB_NAME = "computeflow-operation"
 
@@ -25,6 +26,19 @@ class Claim:
     op_id: str
     job: Any = None
     lost: threading.Event = field(default_factory=threading.Event)
+
+
+class WakeupSource(Protocol):
+    """What conductor/wakeups.py needs of a source of notices."""
+
+    @property
+    def carries(self) -> tuple[str, ...]:
+        """The channels (persistence.notify) it carries across processes."""
+
+    @property
+    def healthy(self) -> bool: ...
+
+    def close(self) -> None: ...
 
 
 class Board(abc.ABC):
@@ -69,6 +83,11 @@ class Board(abc.ABC):
     @abc.abstractmethod
     def waiting(self) -> list[tuple[str, bool]]:
         """(operation id, claimed) of every job on the board."""
+
+    def wakeup_source(self, receiver: Receiver) -> WakeupSource | None:
+        """This board's server's own notices of new and ended jobs, if it has
+        any (conductor/wakeups.py); the embedded board's come from the database."""
+        return None
 
     def close(self) -> None:  # noqa: B027 - optional: most boards hold nothing to close
         pass

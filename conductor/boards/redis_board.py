@@ -17,7 +17,8 @@ from taskflow.jobs import base as jobs_base
 from taskflow.jobs.backends import impl_redis
 
 from conductor.boards import taskflow_internals as internals
-from conductor.boards.base import JOB_NAME, Board, Claim, job_created, job_details
+from conductor.boards import sources
+from conductor.boards.base import JOB_NAME, Board, Claim, WakeupSource, job_created, job_details
 from conductor.boards.taskflow_board import TaskflowBoard, board_errors
 from persistence import notify
 from persistence.models import utcnow
@@ -44,6 +45,9 @@ class RedisBoard(TaskflowBoard):
     def client(self) -> Any:
         """The board's Redis client (taskflow makes a new one on each connect)."""
         return internals.redis_client(self.board)
+
+    def wakeup_source(self, receiver: notify.Receiver) -> WakeupSource | None:
+        return sources.RedisSource(self, receiver)
 
     def post_missing(self, ops: list[tuple[str, dt.datetime]]) -> None:
         Board.post_missing(self, ops)  # posting is idempotent here, one round trip each

@@ -28,7 +28,9 @@ from typing import Any
 from redis import exceptions as redis_exc
 from taskflow import exceptions as tf_exc
 
-from conductor.boards.base import JOB_NAME, Board, Claim, job_age, job_details
+from conductor.boards import sources
+from conductor.boards.base import JOB_NAME, Board, Claim, WakeupSource, job_age, job_details
+from persistence.notify import Receiver
 
 LOG = logging.getLogger(__name__)
 
@@ -119,6 +121,14 @@ class TaskflowBoard(Board):
     def waiting(self) -> list[tuple[str, bool]]:
         with board_errors():
             return [(j.details.get("operation_id"), j.state == "CLAIMED") for j in sorted(self._jobs(), key=job_age)]
+
+    def wakeup_source(self, receiver: Receiver) -> WakeupSource | None:
+        kind = self.board.__class__.__name__
+        if kind.startswith("Zookeeper"):
+            return sources.ZookeeperSource(self, receiver)
+        if kind.startswith("Etcd"):
+            return sources.EtcdSource(self, receiver)
+        return None
 
     def close(self) -> None:
         close_quietly(self.board)

@@ -16,6 +16,7 @@ import redis
 import sqlalchemy as sa
 
 from conductor import boards, config, wakeups
+from conductor.boards import sources
 from conductor.api import Conductor
 from conductor.service import ConductorService
 from persistence import notify, operations
@@ -130,7 +131,7 @@ def test_redis_notices_and_a_dropped_subscription(redis_url):
     board = _board(redis_url, "c1")
     w = wakeups.Wakeups(poll_interval=HOUR, safety_interval=HOUR)
     rec = Recorder(w)
-    src = wakeups.RedisSource(board, rec)
+    src = sources.RedisSource(board, rec)
     w.add_source(src)
     try:
         assert src.wait_connected(DEADLINE)
@@ -162,7 +163,7 @@ def test_zookeeper_and_etcd_watches_announce_new_jobs(request, kind):
     watched, poster = _board(url, "c1"), _board(url, "c2")  # as two conductors
     w = wakeups.Wakeups(poll_interval=HOUR, safety_interval=HOUR)
     rec = Recorder(w)
-    src = (wakeups.ZookeeperSource if kind == "zookeeper" else wakeups.EtcdSource)(watched, rec)
+    src = (sources.ZookeeperSource if kind == "zookeeper" else sources.EtcdSource)(watched, rec)
     w.add_source(src)
     try:
         eventually(lambda: src.healthy, DEADLINE, "the watch to start")

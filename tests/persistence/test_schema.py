@@ -57,3 +57,9 @@ def test_server_database_is_not_upgraded_behind_the_operators_back(tmp_path):
         schema.ensure_current(db, auto_upgrade=False)
     schema.ensure_current(db, auto_upgrade=True)
     assert schema.current_revision(db) == schema.head_revision()
+
+
+def test_the_head_revision_constant_is_alembics_head():
+    """`ensure_current` compares with HEAD_REVISION to skip loading alembic;
+    a new migration must bump it (or every command takes the slow path)."""
+    assert schema.HEAD_REVISION == schema.head_revision()
