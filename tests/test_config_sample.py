@@ -1,5 +1,6 @@
 """etc/computeflow.conf.sample is generated from the code and must be current."""
 
+import ast
 import subprocess
 import sys
 from pathlib import Path
@@ -43,26 +44,22 @@ def test_every_package_exposes_its_options():
     } <= names
 
 
+def _packages_loaded_by(module: str, packages: set[str]) -> list[str]:
+    """Which of `packages` a fresh interpreter has loaded after importing `module`."""
+    code = f"import sys, {module}; print(sorted({{m.split('.')[0] for m in sys.modules}} & {packages!r}))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    return ast.literal_eval(out.stdout)
+
+
 def test_options_import_no_client_library():
     """Options are collected without importing what reads them: a light
     `import conductor.ownership` pulls in no jobboard client and no taskflow."""
-    code = (
-        "import sys, conductor.ownership; "
-        "print(sorted(m for m in sys.modules if m.split('.')[0] in "
-        "('redis', 'kazoo', 'etcd3gw', 'taskflow', 'sqlalchemy')))"
-    )
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]", out.stdout
+    assert _packages_loaded_by("conductor.ownership", {"redis", "kazoo", "etcd3gw", "taskflow", "sqlalchemy"}) == []
 
 
 def test_a_cli_command_starts_without_jobboard_clients_or_alembic():
     """Every CLI call imports conductor.cli: the jobboard client libraries
     load with their board, alembic only to upgrade the schema (together
     ~0.25 s of each command's start, paid thousands of times by the tests)."""
-    code = (
-        "import sys, conductor.cli; "
-        "print(sorted({m.split('.')[0] for m in sys.modules} & "
-        "{'redis', 'kazoo', 'etcd3gw', 'alembic', 'mako', 'pygments'}))"
-    )
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]", out.stdout
+    loaded = _packages_loaded_by("conductor.cli", {"redis", "kazoo", "etcd3gw", "alembic", "mako", "pygments"})
+    assert loaded == []

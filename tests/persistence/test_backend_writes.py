@@ -101,6 +101,19 @@ def _run_flow(backend: Backend, flow=None) -> str:
     return fd.uuid
 
 
+def _flow_with_a_deferred_write(backend: Backend) -> str:
+    """A finished flow with one flow-log row still waiting in memory, as a
+    step's SUCCESS waits for the next step's RUNNING: the next read of the
+    flow must commit it first."""
+    from persistence.taskflow_backend import _Statements
+
+    flow_uuid = _run_flow(backend)
+    row = dict(flow_detail_uuid=flow_uuid, atom_uuid=flow_uuid, step="t0", state="SUCCESS", attempt=1)
+    row.update(at=None, result=None, error=None, traceback=None, epoch=None)
+    backend.memory.pending[flow_uuid] = [_Statements.insert_log_op(row)]
+    return flow_uuid
+
+
 def _log(db: Database, flow_uuid: str) -> list[tuple[str, str]]:
     with db.session() as s:
         rows = s.execute(
@@ -201,28 +214,10 @@ def test_postgresql_a_batch_that_cannot_get_a_connection_is_a_storage_failure(po
     (the operation reverted) instead of pausing it for another conductor."""
     from taskflow import exceptions as tf_exc
 
-    from persistence.taskflow_backend import _Statements
-
     clean(postgresql_url)
     db = Database(postgresql_url)
     backend = Backend(db.engine)
-    flow_uuid = _run_flow(backend)
-    backend.memory.pending[flow_uuid] = [
-        _Statements.insert_log_op(
-            dict(
-                flow_detail_uuid=flow_uuid,
-                atom_uuid=flow_uuid,
-                step="t0",
-                state="SUCCESS",
-                attempt=1,
-                at=None,
-                result=None,
-                error=None,
-                traceback=None,
-                epoch=None,
-            )
-        )
-    ]
+    flow_uuid = _flow_with_a_deferred_write(backend)
     _refuse_new_connections(postgresql_url)
     try:
         with pytest.raises(tf_exc.StorageFailure, match=f"Failed writing flow {flow_uuid}") as raised:
@@ -375,28 +370,10 @@ def test_a_write_that_fails_on_any_path_is_a_storage_failure(sqlite_url):
     record as the operation failing."""
     from taskflow import exceptions as tf_exc
 
-    from persistence.taskflow_backend import _Statements
-
     clean(sqlite_url)
     db = Database(sqlite_url)
     backend = Backend(db.engine)
-    flow_uuid = _run_flow(backend)
-    backend.memory.pending[flow_uuid] = [
-        _Statements.insert_log_op(
-            dict(
-                flow_detail_uuid=flow_uuid,
-                atom_uuid=flow_uuid,
-                step="t0",
-                state="SUCCESS",
-                attempt=1,
-                at=None,
-                result=None,
-                error=None,
-                traceback=None,
-                epoch=None,
-            )
-        )
-    ]
+    flow_uuid = _flow_with_a_deferred_write(backend)
 
     def disk_error(conn, cursor, statement, params, context, executemany):
         raise sa_exc.OperationalError(statement, params, Exception("disk I/O error"))
