@@ -61,7 +61,7 @@ from drivers.errors import (
     RootDiskTooSmall,
     SoftRebootFailed,
 )
-from drivers.libvirt import disks, resize, snapshot
+from drivers.libvirt import disks, layout, resize, snapshot
 from drivers.libvirt import migration
 from drivers.libvirt.config import DiskConfig, DomainConfig, InstanceMetadata, InterfaceConfig, OsConfig, SerialConfig
 from drivers.libvirt.guest import Guest
@@ -69,7 +69,6 @@ from drivers.libvirt.host import Host, is_connection_error
 from drivers.libvirt.ports import PortRecords
 
 DOMAIN_PREFIX = "cf-"
-CONSOLE_LOG = "console.log"
 MAX_CONSOLE_BYTES = 100 * 1024
 DEFAULT_CMDLINE = "console=ttyS0"
 _POLL_S = 0.1
@@ -279,8 +278,7 @@ class LibvirtDriver(base.ComputeDriver):
 
     # -- queries ------------------------------------------------------------
     def _owns(self, guest: Guest) -> bool:
-        meta = guest.instance_metadata()
-        return meta is not None and meta.host == self.host
+        return guest.owned_by(self.host)
 
     def _own_guests(self) -> list[Guest]:
         owned = []
@@ -294,13 +292,7 @@ class LibvirtDriver(base.ComputeDriver):
         return owned
 
     def _find(self, instance_uuid: str) -> Guest | None:
-        guest = self._host.find_guest(instance_uuid)
-        try:
-            return guest if guest is not None and self._owns(guest) else None
-        except libvirt.libvirtError as e:
-            if e.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
-                raise
-            return None  # gone since found (a migration that just completed, say)
+        return self._host.find_owned_guest(instance_uuid)
 
     def _guest(self, instance_uuid: str) -> Guest:
         guest = self._find(instance_uuid)
@@ -348,17 +340,13 @@ class LibvirtDriver(base.ComputeDriver):
 
     # -- files --------------------------------------------------------------
     def _instance_dir(self, instance_uuid: str) -> str:
-        try:
-            canonical = str(uuidlib.UUID(instance_uuid))
-        except ValueError:
-            raise GuestNotFound(instance_uuid) from None  # and never a path outside root
-        return os.path.join(self.root, canonical)
+        return layout.instance_dir(self.root, instance_uuid)
 
     def _disk_path(self, instance_uuid: str, kind: DiskKind) -> str:
-        return os.path.join(self._instance_dir(instance_uuid), f"disk.{kind.value}")
+        return layout.disk_path(self.root, instance_uuid, kind)
 
     def _console_path(self, instance_uuid: str) -> str:
-        return os.path.join(self._instance_dir(instance_uuid), CONSOLE_LOG)
+        return layout.console_path(self.root, instance_uuid)
 
     # -- spawn's pieces -----------------------------------------------------
     def ensure_base_image(self, image: Image) -> str:
