@@ -648,48 +648,54 @@ class LibvirtDriver(base.ComputeDriver):
     # -- live migration (drivers/libvirt/migration.py) ----------------------
     @_translated
     def check_can_live_migrate_destination(self, instance_uuid: str, block_migration: bool) -> dict:
-        return migration.check_destination(self, block_migration)
+        return migration.check_destination(self._host, self.root, block_migration)
 
     def check_can_live_migrate_destination_cleanup(self, dest_check: dict) -> None:
         """The destination check leaves nothing behind."""
 
     @_translated
     def check_can_live_migrate_source(self, instance_uuid: str, dest_check: dict) -> dict:
-        return migration.check_source(self, instance_uuid, dest_check)
+        guest = self._guest(instance_uuid)
+        return migration.check_source(
+            self._host, self.root, guest, instance_uuid, dest_check, permit_post_copy=self.permit_post_copy
+        )
 
     @_translated
     def pre_live_migration(self, instance_uuid: str, migrate_data: dict) -> dict:
-        return migration.pre_migration(self, instance_uuid, migrate_data)
+        return migration.pre_migration(self.root, self.ports, instance_uuid, migrate_data)
 
     @_translated
     def live_migration(self, instance_uuid: str, dest_host: str, migrate_data: dict, progress=None) -> None:
-        migration.migrate(self, instance_uuid, dest_host, migrate_data, progress)
+        migration.migrate(self._host, instance_uuid, dest_host, migrate_data, progress)
 
     @_translated
     def live_migration_abort(self, instance_uuid: str) -> None:
-        migration.abort(self, instance_uuid)
+        migration.abort(self._find(instance_uuid))
 
     @_translated
     def live_migration_force_complete(self, instance_uuid: str) -> None:
-        migration.force_complete(self, instance_uuid)
+        migration.force_complete(self._find(instance_uuid), permit_post_copy=self.permit_post_copy)
 
     def live_migration_force_complete_is_final(self, migrate_data: dict) -> bool:
         return migration.post_copy(migrate_data)
 
     @_translated
     def rollback_live_migration_at_destination(self, instance_uuid: str, destroy_disks: bool) -> None:
-        migration.rollback_at_destination(self, instance_uuid, destroy_disks)
+        migration.rollback_at_destination(self._find(instance_uuid), self.ports, instance_uuid)
+        if destroy_disks:
+            self.delete_instance_files(instance_uuid)
 
     def post_live_migration(self, instance_uuid: str, migrate_data: dict) -> None:
         """No volumes to disconnect: instance disks are files copied by the migration."""
 
     @_translated
     def post_live_migration_at_source(self, instance_uuid: str) -> None:
-        migration.post_at_source(self, instance_uuid)
+        migration.post_at_source(self._find(instance_uuid), self.ports, instance_uuid)
+        self.delete_instance_files(instance_uuid)
 
     @_translated
     def post_live_migration_at_destination(self, instance_uuid: str) -> None:
-        migration.post_at_destination(self, instance_uuid)
+        migration.post_at_destination(self._host, self._guest(instance_uuid), instance_uuid)
 
     # -- evacuate: is the dead host's storage this one's? ------------------------
     # Files only, no daemon: the source of an evacuation is down. Each host keeps its
