@@ -630,20 +630,34 @@ class LibvirtDriver(base.ComputeDriver):
     @_translated
     def migrate_disk_and_power_off(self, instance_uuid: str, dest_host: str, flavor: base.Flavor) -> list[Disk]:
         """Stop the guest and copy its disks to `{instances_path}/{dest_host}/{uuid}`."""
-        return resize.migrate_disk_and_power_off(self, instance_uuid, dest_host, flavor)
+        return resize.migrate_disk_and_power_off(self._host, self.root, self.ports, instance_uuid, dest_host, flavor)
 
     @_translated
     def finish_migration(self, instance_uuid: str, disks: list[Disk], flavor: base.Flavor, power_on: bool) -> None:
         """Define (and start) the guest here from the copied disks, at the new flavor."""
-        resize.finish_migration(self, instance_uuid, disks, flavor, power_on)
+        guest = resize.finish_migration(
+            self._host,
+            self.root,
+            instance_uuid,
+            disks,
+            flavor,
+            domain_type=self.domain_type,
+            boot=self._boot_config(),
+            preallocate=self.preallocate,
+            ephemeral_format=self.default_ephemeral_format,
+        )
+        if power_on and not guest.is_active():
+            self._launch(guest)
 
     @_translated
     def confirm_migration(self, instance_uuid: str) -> None:
-        resize.confirm_migration(self, instance_uuid)
+        resize.confirm_migration(self.host, self.root, self.ports, instance_uuid)
 
     @_translated
     def finish_revert_migration(self, instance_uuid: str, power_on: bool) -> None:
-        resize.finish_revert_migration(self, instance_uuid, power_on)
+        guest = resize.finish_revert_migration(self._host, self.root, self.ports, instance_uuid)
+        if power_on and not guest.is_active():
+            self._launch(guest)
 
     # -- live migration (drivers/libvirt/migration.py) ----------------------
     @_translated
