@@ -5,6 +5,7 @@
     config.py  domain XML as dataclasses that render and parse
     disks.py   base-image cache and instance disks (qemu-img)
     ports.py   the port records of a host
+    layout.py  where a host keeps an instance's files
     driver.py  LibvirtDriver, the ComputeDriver contract built from the above
 
 Importing this package does not import libvirt-python; its modules do.

@@ -61,7 +61,7 @@ from drivers.errors import (
     RootDiskTooSmall,
     SoftRebootFailed,
 )
-from drivers.libvirt import disks, resize, snapshot
+from drivers.libvirt import disks, layout, resize, snapshot
 from drivers.libvirt import migration
 from drivers.libvirt.config import DiskConfig, DomainConfig, InstanceMetadata, InterfaceConfig, OsConfig, SerialConfig
 from drivers.libvirt.guest import Guest
@@ -69,7 +69,6 @@ from drivers.libvirt.host import Host, is_connection_error
 from drivers.libvirt.ports import PortRecords
 
 DOMAIN_PREFIX = "cf-"
-CONSOLE_LOG = "console.log"
 MAX_CONSOLE_BYTES = 100 * 1024
 DEFAULT_CMDLINE = "console=ttyS0"
 _POLL_S = 0.1
@@ -279,8 +278,7 @@ class LibvirtDriver(base.ComputeDriver):
 
     # -- queries ------------------------------------------------------------
     def _owns(self, guest: Guest) -> bool:
-        meta = guest.instance_metadata()
-        return meta is not None and meta.host == self.host
+        return guest.owned_by(self.host)
 
     def _own_guests(self) -> list[Guest]:
         owned = []
@@ -294,13 +292,7 @@ class LibvirtDriver(base.ComputeDriver):
         return owned
 
     def _find(self, instance_uuid: str) -> Guest | None:
-        guest = self._host.find_guest(instance_uuid)
-        try:
-            return guest if guest is not None and self._owns(guest) else None
-        except libvirt.libvirtError as e:
-            if e.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
-                raise
-            return None  # gone since found (a migration that just completed, say)
+        return self._host.find_owned_guest(instance_uuid)
 
     def _guest(self, instance_uuid: str) -> Guest:
         guest = self._find(instance_uuid)
@@ -348,17 +340,13 @@ class LibvirtDriver(base.ComputeDriver):
 
     # -- files --------------------------------------------------------------
     def _instance_dir(self, instance_uuid: str) -> str:
-        try:
-            canonical = str(uuidlib.UUID(instance_uuid))
-        except ValueError:
-            raise GuestNotFound(instance_uuid) from None  # and never a path outside root
-        return os.path.join(self.root, canonical)
+        return layout.instance_dir(self.root, instance_uuid)
 
     def _disk_path(self, instance_uuid: str, kind: DiskKind) -> str:
-        return os.path.join(self._instance_dir(instance_uuid), f"disk.{kind.value}")
+        return layout.disk_path(self.root, instance_uuid, kind)
 
     def _console_path(self, instance_uuid: str) -> str:
-        return os.path.join(self._instance_dir(instance_uuid), CONSOLE_LOG)
+        return layout.console_path(self.root, instance_uuid)
 
     # -- spawn's pieces -----------------------------------------------------
     def ensure_base_image(self, image: Image) -> str:
@@ -642,66 +630,86 @@ class LibvirtDriver(base.ComputeDriver):
     @_translated
     def migrate_disk_and_power_off(self, instance_uuid: str, dest_host: str, flavor: base.Flavor) -> list[Disk]:
         """Stop the guest and copy its disks to `{instances_path}/{dest_host}/{uuid}`."""
-        return resize.migrate_disk_and_power_off(self, instance_uuid, dest_host, flavor)
+        return resize.migrate_disk_and_power_off(self._host, self.root, self.ports, instance_uuid, dest_host, flavor)
 
     @_translated
     def finish_migration(self, instance_uuid: str, disks: list[Disk], flavor: base.Flavor, power_on: bool) -> None:
         """Define (and start) the guest here from the copied disks, at the new flavor."""
-        resize.finish_migration(self, instance_uuid, disks, flavor, power_on)
+        guest = resize.finish_migration(
+            self._host,
+            self.root,
+            instance_uuid,
+            disks,
+            flavor,
+            domain_type=self.domain_type,
+            boot=self._boot_config(),
+            preallocate=self.preallocate,
+            ephemeral_format=self.default_ephemeral_format,
+        )
+        if power_on and not guest.is_active():
+            self._launch(guest)
 
     @_translated
     def confirm_migration(self, instance_uuid: str) -> None:
-        resize.confirm_migration(self, instance_uuid)
+        resize.confirm_migration(self.host, self.root, self.ports, instance_uuid)
 
     @_translated
     def finish_revert_migration(self, instance_uuid: str, power_on: bool) -> None:
-        resize.finish_revert_migration(self, instance_uuid, power_on)
+        guest = resize.finish_revert_migration(self._host, self.root, self.ports, instance_uuid)
+        if power_on and not guest.is_active():
+            self._launch(guest)
 
     # -- live migration (drivers/libvirt/migration.py) ----------------------
     @_translated
     def check_can_live_migrate_destination(self, instance_uuid: str, block_migration: bool) -> dict:
-        return migration.check_destination(self, block_migration)
+        return migration.check_destination(self._host, self.root, block_migration)
 
     def check_can_live_migrate_destination_cleanup(self, dest_check: dict) -> None:
         """The destination check leaves nothing behind."""
 
     @_translated
     def check_can_live_migrate_source(self, instance_uuid: str, dest_check: dict) -> dict:
-        return migration.check_source(self, instance_uuid, dest_check)
+        guest = self._guest(instance_uuid)
+        return migration.check_source(
+            self._host, self.root, guest, instance_uuid, dest_check, permit_post_copy=self.permit_post_copy
+        )
 
     @_translated
     def pre_live_migration(self, instance_uuid: str, migrate_data: dict) -> dict:
-        return migration.pre_migration(self, instance_uuid, migrate_data)
+        return migration.pre_migration(self.root, self.ports, instance_uuid, migrate_data)
 
     @_translated
     def live_migration(self, instance_uuid: str, dest_host: str, migrate_data: dict, progress=None) -> None:
-        migration.migrate(self, instance_uuid, dest_host, migrate_data, progress)
+        migration.migrate(self._host, instance_uuid, dest_host, migrate_data, progress)
 
     @_translated
     def live_migration_abort(self, instance_uuid: str) -> None:
-        migration.abort(self, instance_uuid)
+        migration.abort(self._find(instance_uuid))
 
     @_translated
     def live_migration_force_complete(self, instance_uuid: str) -> None:
-        migration.force_complete(self, instance_uuid)
+        migration.force_complete(self._find(instance_uuid), permit_post_copy=self.permit_post_copy)
 
     def live_migration_force_complete_is_final(self, migrate_data: dict) -> bool:
         return migration.post_copy(migrate_data)
 
     @_translated
     def rollback_live_migration_at_destination(self, instance_uuid: str, destroy_disks: bool) -> None:
-        migration.rollback_at_destination(self, instance_uuid, destroy_disks)
+        migration.rollback_at_destination(self._find(instance_uuid), self.ports, instance_uuid)
+        if destroy_disks:
+            self.delete_instance_files(instance_uuid)
 
     def post_live_migration(self, instance_uuid: str, migrate_data: dict) -> None:
         """No volumes to disconnect: instance disks are files copied by the migration."""
 
     @_translated
     def post_live_migration_at_source(self, instance_uuid: str) -> None:
-        migration.post_at_source(self, instance_uuid)
+        migration.post_at_source(self._find(instance_uuid), self.ports, instance_uuid)
+        self.delete_instance_files(instance_uuid)
 
     @_translated
     def post_live_migration_at_destination(self, instance_uuid: str) -> None:
-        migration.post_at_destination(self, instance_uuid)
+        migration.post_at_destination(self._host, self._guest(instance_uuid), instance_uuid)
 
     # -- evacuate: is the dead host's storage this one's? ------------------------
     # Files only, no daemon: the source of an evacuation is down. Each host keeps its

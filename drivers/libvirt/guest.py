@@ -39,6 +39,12 @@ class Guest:
     def name(self) -> str:
         return self._domain.name()
 
+    @property
+    def domain(self) -> libvirt.virDomain:
+        """The virDomain itself, for the calls this class does not wrap
+        (a live migration's job: migration.py)."""
+        return self._domain
+
     def __repr__(self) -> str:
         return f"Guest({self.name}, {self.uuid})"
 
@@ -63,6 +69,12 @@ class Guest:
             return InstanceMetadata.from_xml(text)
         except ConfigError:
             return None
+
+    def owned_by(self, host: str) -> bool:
+        """Whether computeflow's metadata names `host` as the guest's owner
+        (several computeflow hosts may share one daemon)."""
+        meta = self.instance_metadata()
+        return meta is not None and meta.host == host
 
     def is_active(self) -> bool:
         return bool(self._domain.isActive())

@@ -110,7 +110,9 @@ class Host:
     """
 
     def __init__(self, uri: str, host_name: str, on_lifecycle: Callable[[Guest, int, int], None] | None = None) -> None:
+        #: The daemon's URI (also what a source daemon migrates to).
         self.uri = uri
+        #: The computeflow host this connection serves: its guests' owner in their metadata.
         self.host_name = host_name
         self._on_lifecycle = on_lifecycle
         self._conn: libvirt.virConnect | None = None
@@ -300,6 +302,17 @@ class Host:
             if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
                 return None
             raise
+
+    def find_owned_guest(self, uuid: str) -> Guest | None:
+        """The guest of instance `uuid` if computeflow host `host_name` owns it;
+        None if there is none, it is not ours, or it vanished as we looked."""
+        guest = self.find_guest(uuid)
+        try:
+            return guest if guest is not None and guest.owned_by(self.host_name) else None
+        except libvirt.libvirtError as e:
+            if e.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
+                raise
+            return None  # gone since found (a migration that just completed, say)
 
     def define_guest(self, xml: str) -> Guest:
         return Guest(self.get_connection().defineXML(xml))

@@ -18,6 +18,11 @@ cannot be used twice at once).
 
 The destination URI is handed over in the migrate data (the destination
 driver's own URI): it must be reachable by the source *daemon*.
+
+The functions take what they work on (the Host connection, the instance's
+Guest, the host's root directory, its port records), not the driver: the
+driver's methods look the guest up and pass it on; `migrate` takes the Host,
+since it looks again as the guest leaves.
 """
 
 from __future__ import annotations
@@ -27,17 +32,15 @@ import re
 import threading
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import libvirt
 
 from drivers.base import DiskKind, PowerState
 from drivers.errors import DriverError, GuestNotFound, InvalidGuestState
-from drivers.libvirt import disks
+from drivers.libvirt import disks, layout
+from drivers.libvirt.guest import Guest
+from drivers.libvirt.host import Host
 from drivers.libvirt.ports import PortRecords
-
-if TYPE_CHECKING:
-    from drivers.libvirt.driver import LibvirtDriver
 
 FLAGS = (
     libvirt.VIR_MIGRATE_LIVE
@@ -53,17 +56,18 @@ POLL_S = 0.5
 FORCE_DOWNTIME_MS = 30_000
 
 
-def host_uuid(drv: LibvirtDriver) -> str:
-    caps = ET.fromstring(drv._host.get_connection().getCapabilities())
+def host_uuid(host: Host) -> str:
+    caps = ET.fromstring(host.get_connection().getCapabilities())
     return caps.findtext("host/uuid") or ""
 
 
-def check_destination(drv: LibvirtDriver, block_migration: bool) -> dict:
+def check_destination(host: Host, root: str, block_migration: bool) -> dict:
+    """What the source needs to know of this host (`root` is its {instances_path}/{host})."""
     return {
-        "dest_host": drv.host,
-        "dest_uri": drv.uri,
-        "dest_root": drv.root,
-        "dest_host_uuid": host_uuid(drv),
+        "dest_host": host.host_name,
+        "dest_uri": host.uri,
+        "dest_root": root,
+        "dest_host_uuid": host_uuid(host),
         "block_migration": block_migration,
     }
 
@@ -75,18 +79,22 @@ def post_copy(migrate_data: dict) -> bool:
     return bool(migrate_data.get("post_copy"))
 
 
-def check_source(drv: LibvirtDriver, instance_uuid: str, dest_check: dict) -> dict:
-    guest = drv._guest(instance_uuid)
+def check_source(
+    host: Host, root: str, guest: Guest, instance_uuid: str, dest_check: dict, *, permit_post_copy: bool
+) -> dict:
+    """The destination check plus this host, the guest's state and its disks.
+
+    `permit_post_copy` is this host's [libvirt] live_migration_permit_post_copy."""
     state = guest.power_state()
     if state not in (PowerState.RUNNING, PowerState.PAUSED):
         raise InvalidGuestState(instance_uuid, state.value, "live-migrate")
-    if dest_check["dest_host_uuid"] == host_uuid(drv):
+    if dest_check["dest_host_uuid"] == host_uuid(host):
         raise InvalidGuestState(
             instance_uuid, f"on the same libvirt daemon as host {dest_check['dest_host']}", "live-migrate"
         )
     found = []
     for kind in DiskKind:
-        path = drv._disk_path(instance_uuid, kind)
+        path = layout.disk_path(root, instance_uuid, kind)
         try:
             i = disks.info(path)
         except DriverError:
@@ -101,28 +109,29 @@ def check_source(drv: LibvirtDriver, instance_uuid: str, dest_check: dict) -> di
         )
     return {
         **dest_check,
-        "source_host": drv.host,
-        "source_uri": drv.uri,
-        "source_root": drv.root,
+        "source_host": host.host_name,
+        "source_uri": host.uri,
+        "source_root": root,
         "source_state": state.value,
         "disks": found,
-        "post_copy": drv.permit_post_copy,
+        "post_copy": permit_post_copy,
     }
 
 
-def pre_migration(drv: LibvirtDriver, instance_uuid: str, migrate_data: dict) -> dict:
-    """Empty disks of the same size and backing file, and the port records, here."""
+def pre_migration(root: str, ports: PortRecords, instance_uuid: str, migrate_data: dict) -> dict:
+    """Empty disks of the same size and backing file, and the port records, here
+    (under `root`, this host's {instances_path}/{host}, and in `ports`, its records)."""
     for d in migrate_data["disks"]:
-        path = drv._disk_path(instance_uuid, DiskKind(d["kind"]))
-        disks.make_dir(drv._instance_dir(instance_uuid))
+        path = layout.disk_path(root, instance_uuid, DiskKind(d["kind"]))
+        disks.make_dir(layout.instance_dir(root, instance_uuid))
         with disks.path_lock(path):
             if not os.path.exists(path):
                 disks.create_qcow2(path, d["size_mb"], backing=d["backing"], backing_format=d["backing_format"])
     src_ports = _peer_ports(migrate_data["source_root"])
-    with drv.ports.change() as ports:
+    with ports.change() as records:
         for vif, rec in src_ports.items():
             if rec.get("instance") == instance_uuid:
-                ports.setdefault(vif, dict(rec))
+                records.setdefault(vif, dict(rec))
     return migrate_data
 
 
@@ -177,10 +186,13 @@ def _percent(dom: libvirt.virDomain) -> int | None:
 
 
 def migrate(
-    drv: LibvirtDriver, instance_uuid: str, dest_host: str, migrate_data: dict, progress: Callable[[int], None] | None
+    host: Host, instance_uuid: str, dest_host: str, migrate_data: dict, progress: Callable[[int], None] | None
 ) -> None:
     """Migrate, or re-attach to the migration job the source still runs, or
-    recognise one that completed; report progress every POLL_S seconds."""
+    recognise one that completed; report progress every POLL_S seconds.
+
+    `host` is the source's connection: the guest is looked up there more than
+    once, as it leaves."""
     if "dest_uri" not in migrate_data:
         raise DriverError(
             f"cannot live-migrate instance {instance_uuid}: the migration data has no "
@@ -189,7 +201,7 @@ def migrate(
         )
     dest_conn = libvirt.open(migrate_data["dest_uri"])
     try:
-        guest = drv._find(instance_uuid)
+        guest = host.find_owned_guest(instance_uuid)
         if guest is None:
             moved = _dest_guest(instance_uuid, dest_conn)
             if moved is not None:  # done before (the step runs again after a crash)
@@ -197,14 +209,14 @@ def migrate(
                 return
             raise GuestNotFound(instance_uuid)
         try:
-            _run_or_watch(guest._domain, migrate_data, progress)
+            _run_or_watch(guest.domain, migrate_data, progress)
         except libvirt.libvirtError:
             # The job a killed conductor left may complete between our look at
             # the source and the next call on its domain, which is then gone:
             # the guest's whereabouts decide, not the error.
-            if not _arrived(drv, instance_uuid, dest_conn):
+            if not _arrived(host, instance_uuid, dest_conn):
                 raise
-        if _arrived(drv, instance_uuid, dest_conn):
+        if _arrived(host, instance_uuid, dest_conn):
             _unpause_if_left_paused(_dest_guest(instance_uuid, dest_conn), migrate_data)
             if progress is not None:
                 progress(100)
@@ -231,7 +243,7 @@ def _unpause_if_left_paused(dom: libvirt.virDomain | None, migrate_data: dict) -
         dom.resume()
 
 
-def _arrived(drv: LibvirtDriver, instance_uuid: str, dest_conn: libvirt.virConnect) -> bool:
+def _arrived(host: Host, instance_uuid: str, dest_conn: libvirt.virConnect) -> bool:
     """The guest runs on the destination and no longer on the source.
 
     The source daemon stops the source's QEMU before it undefines the domain:
@@ -241,7 +253,7 @@ def _arrived(drv: LibvirtDriver, instance_uuid: str, dest_conn: libvirt.virConne
     moved = _dest_guest(instance_uuid, dest_conn)
     if moved is None or not moved.isActive():
         return False
-    left = drv._find(instance_uuid)
+    left = host.find_owned_guest(instance_uuid)
     return left is None or not left.is_active()
 
 
@@ -284,25 +296,25 @@ def _run_or_watch(dom: libvirt.virDomain, migrate_data: dict, progress: Callable
         raise failure[0]
 
 
-def abort(drv: LibvirtDriver, instance_uuid: str) -> None:
-    guest = drv._find(instance_uuid)
-    if guest is not None and _job_running(guest._domain):
+def abort(guest: Guest | None) -> None:
+    """Cancel the migration job of the source's guest, if it (still) runs one."""
+    if guest is not None and _job_running(guest.domain):
         try:
-            guest._domain.abortJob()
+            guest.domain.abortJob()
         except libvirt.libvirtError as e:
             if e.get_error_code() != libvirt.VIR_ERR_OPERATION_INVALID:  # no job any more
                 raise
 
 
-def force_complete(drv: LibvirtDriver, instance_uuid: str) -> None:
+def force_complete(guest: Guest | None, *, permit_post_copy: bool) -> None:
     """Post-copy when the migration was started able to (the caller recorded the
     switch-over first: there is no way back), else a downtime large enough to switch
-    over at the next iteration."""
-    guest = drv._find(instance_uuid)
-    if guest is None or not _job_running(guest._domain):
+    over at the next iteration. `guest` is the source's; `permit_post_copy` its
+    host's [libvirt] live_migration_permit_post_copy."""
+    if guest is None or not _job_running(guest.domain):
         return
-    dom = guest._domain
-    if drv.permit_post_copy:
+    dom = guest.domain
+    if permit_post_copy:
         try:
             dom.migrateStartPostCopy(0)
             return
@@ -324,38 +336,36 @@ def _in_post_copy(dom: libvirt.virDomain) -> bool:
     )
 
 
-def rollback_at_destination(drv: LibvirtDriver, instance_uuid: str, destroy_disks: bool) -> None:
-    """Remove what pre_migration (or a failed incoming migration) left here."""
-    guest = drv._find(instance_uuid)
+def rollback_at_destination(guest: Guest | None, ports: PortRecords, instance_uuid: str) -> None:
+    """Remove the guest and port records pre_migration (or a failed incoming
+    migration) left here; the caller removes the disks if asked to."""
     if guest is not None:
         if guest.is_active():
             guest.poweroff()
         guest.undefine()
-    with drv.ports.change() as ports:
-        for vif in [v for v, p in ports.items() if p.get("instance") == instance_uuid]:
-            del ports[vif]
-    if destroy_disks:
-        drv.delete_instance_files(instance_uuid)
+    _drop_ports(ports, instance_uuid)
 
 
-def post_at_source(drv: LibvirtDriver, instance_uuid: str) -> None:
-    """The guest runs elsewhere: its definition (if any is left), files and ports go."""
-    guest = drv._find(instance_uuid)
+def post_at_source(guest: Guest | None, ports: PortRecords, instance_uuid: str) -> None:
+    """The guest runs elsewhere: its definition (if any is left) and port records
+    go; the caller then removes its files."""
     if guest is not None:
         if guest.is_active():
             raise InvalidGuestState(instance_uuid, "still running on the source", "clean up the migration source of")
         guest.undefine()
-    with drv.ports.change() as ports:
-        for vif in [v for v, p in ports.items() if p.get("instance") == instance_uuid]:
-            del ports[vif]
-    drv.delete_instance_files(instance_uuid)
+    _drop_ports(ports, instance_uuid)
 
 
-def post_at_destination(drv: LibvirtDriver, instance_uuid: str) -> None:
+def _drop_ports(ports: PortRecords, instance_uuid: str) -> None:
+    with ports.change() as records:
+        for vif in [v for v, p in records.items() if p.get("instance") == instance_uuid]:
+            del records[vif]
+
+
+def post_at_destination(host: Host, guest: Guest, instance_uuid: str) -> None:
     """The guest runs here and survives a restart of its daemon (persistent)."""
-    guest = drv._guest(instance_uuid)
-    dom = guest._domain
+    dom = guest.domain
     if not dom.isActive():
         raise InvalidGuestState(instance_uuid, guest.power_state().value, "finish the migration of")
     if not dom.isPersistent():
-        drv._host.define_guest(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_MIGRATABLE))
+        host.define_guest(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_MIGRATABLE))

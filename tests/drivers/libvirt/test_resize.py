@@ -66,8 +66,8 @@ def test_resize_to_another_host_then_confirm(pair):
     resized_to_b(a, b)
     # the source: no domain of its own, its files set aside for a revert, its port still recorded
     assert a.list_instance_uuids() == []
-    assert all(p.startswith(kept_dir(a, U1) + "/") for p in a.inventory().disks)
-    assert os.path.exists(os.path.join(kept_dir(a, U1), "disk.root"))
+    assert all(p.startswith(kept_dir(a.root, U1) + "/") for p in a.inventory().disks)
+    assert os.path.exists(os.path.join(kept_dir(a.root, U1), "disk.root"))
     # the destination: the new flavor's size, its own paths, the data
     info = b.get_info(U1)
     assert (info.state, info.vcpus, info.memory_mb) == (PowerState.RUNNING, 2, 768)
@@ -107,7 +107,7 @@ def test_revert_brings_the_guest_back_on_the_source(pair):
     assert a._host.find_guest(U1).config().metadata.host == a.host
     root = a._disk_path(U1, DiskKind.ROOT)
     assert disks.info(root).virtual_size == 1024 * disks.MIB and holds_pattern(root)
-    assert not os.path.exists(kept_dir(a, U1))
+    assert not os.path.exists(kept_dir(a.root, U1))
     assert sorted(os.listdir(a._instance_dir(U1))) == ["disk.root"]  # no domain.xml, no record
     assert list(a.inventory().ports) == [VIF.id]
     assert b.inventory().empty, b.inventory()
@@ -158,7 +158,7 @@ def test_finish_migration_never_replaces_another_hosts_domain(pair):
     a, b = pair
     build(a)
     copied = a.migrate_disk_and_power_off(U1, b.host, BIGGER)
-    a._host.define_guest(Path(kept_dir(a, U1), "domain.xml").read_text())
+    a._host.define_guest(Path(kept_dir(a.root, U1), "domain.xml").read_text())
     with pytest.raises(InvalidGuestState, match="still defined for another host"):
         b.finish_migration(U1, copied, BIGGER, power_on=True)
     assert a._host.find_guest(U1).config().metadata.host == a.host
@@ -170,7 +170,7 @@ def test_a_smaller_flavor_is_refused_before_anything_changes(pair):
     with pytest.raises(DiskCannotShrink, match="root disk is 1024 MB and the new flavor's is 0 MB"):
         a.migrate_disk_and_power_off(U1, b.host, Flavor("m1.nano", 1, 256, 0))
     assert a.get_info(U1).state is PowerState.RUNNING
-    assert not os.path.exists(kept_dir(a, U1)) and b.inventory().empty
+    assert not os.path.exists(kept_dir(a.root, U1)) and b.inventory().empty
 
 
 def test_bad_destination_and_missing_guest(pair):
@@ -195,11 +195,11 @@ def test_resize_in_place_then_revert(pair):
     copied = a.migrate_disk_and_power_off(U1, a.host, BIGGER)
     a.finish_migration(U1, copied, BIGGER, power_on=True)
     assert a.get_info(U1).vcpus == 2
-    assert os.path.isdir(kept_dir(a, U1)) and os.path.isdir(a._instance_dir(U1))
+    assert os.path.isdir(kept_dir(a.root, U1)) and os.path.isdir(a._instance_dir(U1))
     a.finish_revert_migration(U1, power_on=True)
     info = a.get_info(U1)
     assert (info.state, info.vcpus) == (PowerState.RUNNING, 1)
-    assert not os.path.exists(kept_dir(a, U1))
+    assert not os.path.exists(kept_dir(a.root, U1))
     assert disks.info(a._disk_path(U1, DiskKind.ROOT)).virtual_size == 1024 * disks.MIB
     assert list(a.inventory().ports) == [VIF.id]
 

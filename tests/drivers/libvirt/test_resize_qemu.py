@@ -83,8 +83,8 @@ def test_cold_resize_to_another_host_revert_then_confirm(qemu_pair):
     # migrate: the source stops (no more ticks), its files are set aside
     copied = a.migrate_disk_and_power_off(U1, b.host, BIGGER)
     assert a.list_instance_uuids() == []
-    assert os.path.exists(os.path.join(kept_dir(a, U1), "disk.root"))
-    kept_console = os.path.join(kept_dir(a, U1), "console.log")
+    assert os.path.exists(os.path.join(kept_dir(a.root, U1), "disk.root"))
+    kept_console = os.path.join(kept_dir(a.root, U1), "console.log")
     stopped = os.path.getsize(kept_console)
     observe(1.5)
     assert os.path.getsize(kept_console) == stopped  # nothing prints on A any more
