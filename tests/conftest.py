@@ -237,16 +237,6 @@ def board_url(request) -> str:
     return request.getfixturevalue(f"{request.param}_url")
 
 
-# -- the long tests first, so two workers end together --------------------------
-def pytest_collection_modifyitems(config, items) -> None:
-    """Integration tests (real processes, bursts of hundreds of operations:
-    seconds to minutes each) go first, the many short ones after: pytest-xdist
-    hands out tests in this order, and short ones at the end fill the gaps.
-    In path order the longest came last and one worker finished minutes
-    before the other. Order within each group is kept."""
-    items.sort(key=lambda item: 0 if item.get_closest_marker("integration") else 1)
-
-
 # -- how long the real-hypervisor tiers took (printed at the end of every run) --
 _LIBVIRT_TIERS = "tests/drivers/libvirt/"
 _tier_seconds: dict[str, float] = {}
