@@ -257,6 +257,22 @@ def pytest_terminal_summary(terminalreporter) -> None:
     for path, seconds in sorted(_tier_seconds.items()):
         terminalreporter.write_line(f"{seconds:8.1f}  {path}")
     terminalreporter.write_line(f"{sum(_tier_seconds.values()):8.1f}  total")
+    left = _domains_left_on_system_daemon()
+    if left:  # a run killed mid-test leaves them; later runs' hosts are named afresh
+        terminalreporter.write_line(f"domains left on qemu:///system: {' '.join(left)}", yellow=True)
+
+
+def _domains_left_on_system_daemon() -> list[str]:
+    """computeflow's (`cf-`) domain names still defined on qemu:///system."""
+    import subprocess
+
+    try:
+        out = subprocess.run(
+            ["virsh", "-c", "qemu:///system", "list", "--all", "--name"], capture_output=True, text=True, timeout=30
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    return [name for name in out.split() if name.startswith("cf-")]
 
 
 # -- a test that leaves a library's non-daemon thread behind must not hang the run --

@@ -124,7 +124,10 @@ def test_cold_resize_to_another_host_revert_then_confirm(qemu_pair):
 
 # -- end to end: the resize flow through the conductor ---------------------------------------
 @pytest.fixture
-def two_host_conductor(make_conductor, qemu_system, test_guest, shared_tmp):
+def two_host_conductor(make_conductor, qemu_system, test_guest, shared_tmp, host_name):
+    """A conductor with two libvirt hosts on the one daemon, named afresh per test
+    (`{host_name}-1`, `-2`): a guest some earlier, interrupted run left defined on
+    qemu:///system is no host's here, so it cannot show in their inventories."""
     kernel, initrd = test_guest
     c = make_conductor(
         f"[libvirt]\nuri = {qemu_system}\ninstances_path = {shared_tmp}/instances\n"
@@ -132,9 +135,10 @@ def two_host_conductor(make_conductor, qemu_system, test_guest, shared_tmp):
         state_path=shared_tmp / "state",
     )
     c.conf.set_override("boot_timeout", 120)
-    for name in ("qemu1", "qemu2"):
+    names = (f"{host_name}-1", f"{host_name}-2")
+    for name in names:
         c.add_host(name, vcpus=4, ram_mb=8192, disk_gb=100, driver="libvirt", uri=qemu_system)
-    return c
+    return c, names
 
 
 def _ok(c, kind: str, **params) -> None:
@@ -143,19 +147,19 @@ def _ok(c, kind: str, **params) -> None:
 
 
 def test_resize_flow_revert_then_confirm_on_real_guests(two_host_conductor):
-    """m1.tiny on qemu1 -> m1.medium on qemu2 (2 vCPUs, 4 GiB, three disks), reverted,
+    """m1.tiny on the first host -> m1.medium on the second (2 vCPUs, 4 GiB, three disks), reverted,
     then again and confirmed; each side's console says which size the guest runs at."""
-    c = two_host_conductor
-    op = c.submit_spawn(SpawnRequest(name="vm1", flavor="m1.tiny", image="cirros", host="qemu1"))
+    c, (first, second) = two_host_conductor
+    op = c.submit_spawn(SpawnRequest(name="vm1", flavor="m1.tiny", image="cirros", host=first))
     assert c.run(op).state == operations.SUCCEEDED
     u = c.status(op).instance_uuid
-    one, two = c.rt.driver_for("qemu1"), c.rt.driver_for("qemu2")
+    one, two = c.rt.driver_for(first), c.rt.driver_for(second)
     SizedConsole(one, u).wait_ticks_beyond(0, boots=1)
 
-    _ok(c, "resize", flavor="m1.medium", target_host="qemu2")
+    _ok(c, "resize", flavor="m1.medium", target_host=second)
     with c.db.session() as s:
         inst = instances.get(s, u)
-        assert (inst.vm_state, inst.host, inst.flavor) == ("resized", "qemu2", "m1.medium")
+        assert (inst.vm_state, inst.host, inst.flavor) == ("resized", second, "m1.medium")
     on_two = SizedConsole(two, u)
     on_two.wait_ticks_beyond(0, boots=1)
     assert (on_two.cpus(), on_two.disks()) == (2, ["vda", "vdb", "vdc"])
@@ -164,13 +168,13 @@ def test_resize_flow_revert_then_confirm_on_real_guests(two_host_conductor):
     _ok(c, "revert_resize")
     with c.db.session() as s:
         inst = instances.get(s, u)
-        assert (inst.vm_state, inst.host, inst.flavor) == ("active", "qemu1", "m1.tiny")
+        assert (inst.vm_state, inst.host, inst.flavor) == ("active", first, "m1.tiny")
     on_one = SizedConsole(one, u)
     on_one.wait_ticks_beyond(0, boots=2)
     assert (on_one.cpus(), on_one.disks()) == (1, ["vda"])
     assert two.inventory().empty, two.inventory()
 
-    _ok(c, "resize", flavor="m1.medium", target_host="qemu2")
+    _ok(c, "resize", flavor="m1.medium", target_host=second)
     _ok(c, "confirm_resize")
     SizedConsole(two, u).wait_ticks_beyond(0, boots=1)
     assert one.inventory().empty, one.inventory()
