@@ -85,7 +85,8 @@ class RedisBoard(TaskflowBoard):
         return [j for j, o in zip(jobs, owned, strict=True) if not o]
 
     def heartbeat(self, claim: Claim) -> bool:
-        """Extend our claim; after a Redis restart lost it, post and claim it again."""
+        """Extend our claim; if it is gone and nobody else holds it (it expired
+        before a late heartbeat, or a Redis restart lost it), post and claim it again."""
         job, ms = claim.job, int(self.expiry * 1000)
         with board_errors():
             if self._extend(keys=[job.owner_key], args=[self.who.encode(), ms]):
@@ -97,5 +98,8 @@ class RedisBoard(TaskflowBoard):
                 self.board.claim(job, self.who, expiry=self.expiry)
             except (tf_exc.UnclaimableJob, tf_exc.NotFound):
                 return False
-        LOG.warning("claim on operation %s had vanished (Redis restarted?); claimed again", claim.op_id)
+        LOG.warning(
+            "claim on operation %s had expired or vanished (a late heartbeat, or Redis restarted); claimed again",
+            claim.op_id,
+        )
         return True
