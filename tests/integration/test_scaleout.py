@@ -111,6 +111,22 @@ def any_board_cluster(tmp_path, postgresql_url, board_url):
     yield from _cluster(tmp_path, postgresql_url, board_url)
 
 
+def _explain(cl: Cluster, states: dict[str, str]) -> str:
+    """What an operation that did not succeed went through: its error, its
+    flow log (step, state, attempt, epoch, error) and the conductors' log lines
+    that name it, so a failure seen once in CI can be read, not guessed."""
+    lines = []
+    for op_id, state in states.items():
+        if state == operations.SUCCEEDED:
+            continue
+        lines.append(f"operation {op_id}: {state}, error {cl.op(op_id).error!r}")
+        for r in cl.rows(op_id):
+            lines.append(f"  {r.at:%H:%M:%S.%f} {r.step} {r.state} attempt {r.attempt} epoch {r.epoch} {r.error or ''}")
+        for log in sorted(cl.tmp.glob("*.log")):
+            lines += [f"  {log.stem}: {line}" for line in log.read_text().splitlines() if op_id in line]
+    return "\n".join(lines)
+
+
 def assert_consistent(cl: Cluster, op_ids: list[str], hosts: tuple[str, ...] | list[str] = ("h1",)) -> None:
     """Every operation succeeded once: one SUCCESS per step, an active
     instance without a hold, a claim each, a running guest each (on `hosts`)."""
@@ -121,7 +137,7 @@ def assert_consistent(cl: Cluster, op_ids: list[str], hosts: tuple[str, ...] | l
                 sa.select(Operation.id, Operation.state).where(Operation.id.in_([str(i) for i in op_ids]))
             ).all()
         )
-        assert set(states.values()) == {operations.SUCCEEDED}, states
+        assert set(states.values()) == {operations.SUCCEEDED}, _explain(cl, states)
         dup = s.execute(
             sa.select(FlowLogEntry.flow_detail_uuid, FlowLogEntry.step, sa.func.count())
             .where(FlowLogEntry.state == "SUCCESS")
