@@ -54,8 +54,11 @@ _LOST_PG_MESSAGES = (
 
 def connection_lost(e: BaseException) -> bool:
     """Whether `e` is the database being unreachable (restart, failover, a
-    dropped connection) rather than a fault of the statement: a write that
-    failed so may be done again once the server is back."""
+    dropped connection, no pooled connection free within the pool's timeout)
+    rather than a fault of the statement: a write that failed so may be done
+    again once the server is back."""
+    if isinstance(e, sa_exc.TimeoutError):
+        return True  # no pooled connection came free in time: nothing was sent
     if not isinstance(e, sa_exc.DBAPIError):
         return False
     if e.connection_invalidated:

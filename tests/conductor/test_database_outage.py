@@ -47,6 +47,20 @@ def test_a_bad_statement_is_not_an_outage(request, kind):
     assert not connection_lost(ValueError("server closed the connection"))
 
 
+def test_no_free_connection_in_the_pool_is_an_outage(postgresql_url):
+    """Every pooled connection busy past the pool's timeout (a starved
+    process with many operations in flight): the statement was never sent,
+    so it is ridden out like a dropped connection, not a step's failure."""
+    engine = sa.create_engine(postgresql_url, pool_size=1, max_overflow=0, pool_timeout=0.1)
+    try:
+        with engine.connect():
+            with pytest.raises(sa_exc.TimeoutError) as caught:
+                engine.connect()
+        assert connection_lost(caught.value)
+    finally:
+        engine.dispose()
+
+
 def _terminate_other_sessions(url: str) -> int:
     """What a PostgreSQL restart does to every pooled connection of the conductor."""
     engine = create_engine(url)
