@@ -39,9 +39,10 @@ def safe_url(url: str | sa.URL) -> str:
 
 # Errors that mean "the server is not there right now", not "the statement is
 # wrong": PostgreSQL's connection-exception (08) and operator-intervention (57P)
-# classes; MySQL/MariaDB client errors for a refused, gone or lost connection.
+# classes; MySQL/MariaDB client errors for a refused, gone or lost connection,
+# and the server's "too many connections".
 _LOST_SQLSTATE_PREFIXES = ("08", "57P")
-_LOST_MYSQL_ERRORS = frozenset({2003, 2006, 2013, 2055})
+_LOST_MYSQL_ERRORS = frozenset({1040, 2003, 2006, 2013, 2055})  # 1040: too many connections
 _LOST_PG_MESSAGES = (
     "server closed the connection",
     "connection refused",
@@ -49,6 +50,10 @@ _LOST_PG_MESSAGES = (
     "terminating connection",
     "the database system is",
     "connection already closed",
+    # The server is up but has no connection slot free (max_connections, or a
+    # role's or database's CONNECTION LIMIT): nothing was sent, try again later.
+    "too many clients",
+    "too many connections",
 )
 
 

@@ -30,6 +30,16 @@ fi
 psql -h 127.0.0.1 -U root -d test -c 'select 1' >/dev/null 2>&1 || {
     $SUDO -u postgres psql -qc "DO \$\$BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname='root') THEN CREATE ROLE root SUPERUSER LOGIN; END IF; END\$\$;"
     $SUDO -u postgres createdb -O root test 2>/dev/null || true; }
+# The tests run several conductor clusters at once (two pytest workers, up to
+# four conductor processes each, each up to 52 connections: docs/scale-out.md);
+# PostgreSQL's default of 100 connections refused some under load.
+PG_CONNECTIONS=400
+if [ "$(psql -h 127.0.0.1 -U root -d test -Atc 'show max_connections')" -lt $PG_CONNECTIONS ]; then
+    psql -h 127.0.0.1 -U root -d test -qc "ALTER SYSTEM SET max_connections = $PG_CONNECTIONS"
+    ver=$(ls /etc/postgresql | sort -n | tail -1)
+    $SUDO pg_ctlcluster --skip-systemctl-redirect "$ver" main restart
+    wait_port 5432
+fi
 
 if ! port_open 3306; then
     command -v mariadbd >/dev/null || apt_install mariadb-server

@@ -47,6 +47,24 @@ def test_a_bad_statement_is_not_an_outage(request, kind):
     assert not connection_lost(ValueError("server closed the connection"))
 
 
+def test_a_server_out_of_connection_slots_is_an_outage(postgresql_url):
+    """PostgreSQL refusing a connection for want of a slot (here a role's
+    CONNECTION LIMIT; max_connections says "too many clients") is an outage to
+    ride out: seen as a spawn REVERTED when a loaded test machine ran out."""
+    admin = create_engine(postgresql_url)
+    try:
+        with admin.begin() as conn:
+            conn.exec_driver_sql("DROP ROLE IF EXISTS cf_no_slots")
+            conn.exec_driver_sql("CREATE ROLE cf_no_slots LOGIN CONNECTION LIMIT 0")
+        refused = _error_of(sa.make_url(postgresql_url).set(username="cf_no_slots").render_as_string(False), "SELECT 1")
+        assert "too many connections" in str(refused)
+        assert connection_lost(refused)
+    finally:
+        with admin.begin() as conn:
+            conn.exec_driver_sql("DROP ROLE IF EXISTS cf_no_slots")
+        admin.dispose()
+
+
 def test_no_free_connection_in_the_pool_is_an_outage(postgresql_url):
     """Every pooled connection busy past the pool's timeout (a starved
     process with many operations in flight): the statement was never sent,
