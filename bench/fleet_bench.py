@@ -2,7 +2,8 @@
 
     .venv/bin/python bench/fleet_bench.py [--ops 1000] [--wait 20] [--conductors 1]
                                           [--ratio-ops 300] [--ratio-max-operations 100]
-                                          [--idle-samples 20]
+                                          [--ratio-wait SECONDS] [--idle-samples 20]
+                                          [--hosts N] [--sample-cpu DIR] [--pymalloc]
 
 Every spawn waits `--wait` seconds in `wait_for_vif_plugged` (the fake
 driver's latency model, `[fake] latency`), as a real spawn waits for its
@@ -52,7 +53,6 @@ from persistence.session import connection_bound  # noqa: E402
 PG_PORT = sa.make_url(PG).port or 5432
 
 
-BASE_THREADS = 5  # an idle conductor: main, heartbeat, drift watch, lease keeper, + 1 spare
 CLAIM_EXPIRY = 30  # the default; the heartbeat runs every third of it
 
 
@@ -63,8 +63,12 @@ class FleetBench(Bench):
         env = dict(os.environ)
         if not self.args.pymalloc:
             env["PYTHONMALLOC"] = "malloc"  # the documented deployment setting (docs/scale-out.md)
+        run = ["-m", "conductor.cli"]
+        if self.args.sample_cpu:  # bench/cpu_sampler.py writes where the CPU went at exit
+            env["CPU_SAMPLER_OUT"] = str(Path(self.args.sample_cpu) / f"{name}.txt")
+            run = [str(REPO / "bench" / "cpu_sampler.py"), "conductor.cli"]
         p = subprocess.Popen(
-            [sys.executable, "-m", "conductor.cli", "--config-file", str(self.conf(name, extra)), "conductor"],
+            [sys.executable, *run, "--config-file", str(self.conf(name, extra)), "conductor"],
             cwd=REPO,
             env=env,
             stdout=subprocess.DEVNULL,
@@ -76,6 +80,19 @@ class FleetBench(Bench):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.wait, self.max_operations = 0.0, None
+        #: Threads of each conductor once serving, before any operation: what "idle" means.
+        self.base_threads: dict[int, int] = {}
+
+    def reset(self) -> Conductor:
+        """A clean database, with enough fake hosts that the per-host build
+        limit (`[conductor] max_concurrent_builds`, default 10) lets a whole
+        burst run at once, as on a fleet (placement spreads spawns by free RAM)."""
+        c = super().reset()
+        with c.db.engine.begin() as conn:
+            conn.exec_driver_sql("DELETE FROM host_slots")
+        for i in range(2, self.args.hosts + 1):
+            c.add_host(f"h{i}", vcpus=100000, ram_mb=100000 * 1024, disk_gb=10**6)
+        return c
 
     def conf(self, name: str, extra: str = "") -> Path:
         path = self.tmp / f"{name}.conf"
@@ -120,6 +137,34 @@ def pg_sockets(pid: int) -> int:
     return count
 
 
+def rss_by_kind(pid: int) -> dict[str, int]:
+    """Resident kB of a process by kind of mapping (/proc/PID/smaps): the
+    brk heap, glibc's mmapped arenas and large blocks, thread stacks (8 MiB
+    mappings), files (code, libraries) and the rest."""
+    kinds: dict[str, int] = {}
+    kind = "other"
+    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+        fields = line.split()
+        if "-" in fields[0] and len(fields) >= 5 and not fields[0].endswith(":"):
+            lo, hi = (int(x, 16) for x in fields[0].split("-"))
+            path = fields[5] if len(fields) > 5 else ""
+            size_kb = (hi - lo) // 1024
+            kind = (
+                "files"
+                if path.startswith("/")
+                else "heap"
+                if path == "[heap]"
+                else "thread stacks"
+                if size_kb == 8192 and fields[1] == "rw-p"
+                else "other"
+                if path
+                else "anonymous (arenas, large blocks)"
+            )
+        elif fields[0] == "Rss:":
+            kinds[kind] = kinds.get(kind, 0) + int(fields[1])
+    return kinds
+
+
 class Sampler:
     """Samples every conductor's connections (and threads) until stopped."""
 
@@ -153,23 +198,25 @@ def start_settled(b: FleetBench, c: Conductor, names: list[str]) -> list:
     """Start conductors, let each run a first spawn (the imports and caches
     of a first operation are not the burst's), wait until they are idle."""
     procs = [b.start(n) for n in names]
-    for name in names:
+    for name, p in zip(names, procs, strict=True):
         log = b.tmp / f"{name}.log"
         wait_for(lambda log=log: log.exists() and "serving" in log.read_text(), 120, f"{name} to serve")
+        time.sleep(0.5)  # the wake-up listeners start just after the log line
+        b.base_threads[p.pid] = status(p.pid)["Threads"]
     warm = [
         c.submit_spawn(SpawnRequest(name=f"warm{i}", flavor="m1.tiny", image="cirros")) for i in range(2 * len(names))
     ]
     for op_id in warm:
         op_id.wait(timeout=600)
-    settle(procs)
+    settle(b, procs)
     return procs
 
 
-def settle(procs: list) -> None:
+def settle(b: FleetBench, procs: list) -> None:
     """Wait for the idle threads to end, then a heartbeat (which returns a
     burst's free memory, conductor/memory.py)."""
     for p in procs:
-        wait_for(lambda p=p: status(p.pid)["Threads"] <= BASE_THREADS, 300, "idle threads to end")
+        wait_for(lambda p=p: status(p.pid)["Threads"] <= b.base_threads[p.pid], 300, "idle threads to end")
     time.sleep(CLAIM_EXPIRY / 3 + 1)
 
 
@@ -181,12 +228,15 @@ def burst(b: FleetBench, n: int, k: int, wait: float, max_operations: int | None
         procs = start_settled(b, c, names)
         pids = [p.pid for p in procs]
         start = {pid: status(pid) for pid in pids}
+        maps = {pid: [rss_by_kind(pid)] for pid in pids}
         for p in procs:
             p.send_signal(signal.SIGSTOP)
         with c.db.session() as s:
             submitted = s.scalar(sa.select(sa.func.max(Operation.created_at)))
-        for i in range(n):
-            c.submit_spawn(SpawnRequest(name=f"vm{i}", flavor="m1.tiny", image="cirros"))
+        for i in range(n):  # spread by hand: placement at submit sees none of the burst yet
+            c.submit_spawn(
+                SpawnRequest(name=f"vm{i}", flavor="m1.tiny", image="cirros", host=f"h{i % b.args.hosts + 1}")
+            )
         with Sampler(pids) as sampler:
             for p in procs:
                 p.send_signal(signal.SIGCONT)
@@ -204,8 +254,10 @@ def burst(b: FleetBench, n: int, k: int, wait: float, max_operations: int | None
 
             wait_for(finished, 7200, f"{n} operations on {k} conductors")
         peak = {pid: status(pid)["VmHWM"] for pid in pids}
-        settle(procs)
+        settle(b, procs)
         after = {pid: status(pid)["VmRSS"] for pid in pids}
+        for pid in pids:
+            maps[pid].append(rss_by_kind(pid))
         with c.db.session() as s:
             rows = s.execute(
                 sa.select(Operation.started_at, Operation.finished_at, Operation.state).where(
@@ -227,6 +279,7 @@ def burst(b: FleetBench, n: int, k: int, wait: float, max_operations: int | None
         "rss": [(start[p]["VmRSS"] / 1024, peak[p] / 1024, after[p] / 1024) for p in pids],
         "conns": [sampler.peak_conns[p] for p in pids],
         "threads": [(start[p]["Threads"], sampler.peak_threads[p]) for p in pids],
+        "maps": [maps[p] for p in pids],
     }
 
 
@@ -288,38 +341,56 @@ def report_burst(r: dict, cpu: dict, wait: float, bound: int) -> None:
             f"({(after - s) / s * 100:+.1f}% vs start, target within 10%); threads {t0} -> peak {tmax}; "
             f"peak PostgreSQL connections {conns} (bound {bound})"
         )
+    for i, (before, after) in enumerate(r["maps"]):
+        grew = ", ".join(
+            f"{k} {before.get(k, 0) / 1024:.0f} -> {after.get(k, 0) / 1024:.0f}"
+            for k in sorted(set(before) | set(after))
+        )
+        print(f"  conductor {i}: resident MB by mapping, start -> after: {grew}")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--ops", type=int, default=1000, help="spawns in the burst")
     ap.add_argument("--wait", type=float, default=20.0, help="seconds each spawn waits")
-    ap.add_argument("--conductors", default="1", help="conductor counts for the burst, e.g. 1,3")
+    ap.add_argument("--conductors", default="1", help="conductor counts for the burst, e.g. 1,3 ('': none)")
     ap.add_argument("--ratio-ops", type=int, default=300, help="0: skip the 3-vs-1 ratio")
     ap.add_argument("--ratio-max-operations", type=int, default=100)
+    ap.add_argument("--ratio-wait", type=float, help="seconds each spawn of the ratio waits (default --wait)")
     ap.add_argument("--idle-samples", type=int, default=20, help="0: skip idle latency")
     ap.add_argument("--jobboard", choices=("redis",), default="redis")
+    ap.add_argument(
+        "--hosts", type=int, default=0, help="fake hosts (default: enough for the largest burst at 10 builds per host)"
+    )
+    ap.add_argument(
+        "--sample-cpu",
+        metavar="DIR",
+        help="run the conductors under bench/cpu_sampler.py, one report per conductor in DIR",
+    )
     ap.add_argument(
         "--pymalloc",
         action="store_true",
         help="run the conductors with Python's own allocator (no PYTHONMALLOC=malloc)",
     )
     args = ap.parse_args()
+    args.hosts = args.hosts or max(1, -(-max(args.ops, args.ratio_ops) // 10))
+    print(f"{args.hosts} fake hosts", flush=True)
     with scratch_database("cf_fleet", args.jobboard) as (name, db_url):
         with tempfile.TemporaryDirectory(prefix="cf-fleet-") as tmp:
             b = FleetBench(args, Path(tmp), db_url, name)
             bound = connection_bound(config.load([str(b.conf("probe"))]).database.pool_size, "postgresql")
             try:
-                for k in (int(x) for x in args.conductors.split(",")):
+                for k in (int(x) for x in args.conductors.split(",") if x.strip()):
                     cpu = burst(b, args.ops, k, 0.0)
                     print(f"  (CPU-only burst on {k}: {cpu['wall']:.1f} s)", flush=True)
                     report_burst(burst(b, args.ops, k, args.wait), cpu, args.wait, bound)
                 if args.ratio_ops:
                     m = args.ratio_max_operations
-                    one = burst(b, args.ratio_ops, 1, args.wait, m)
-                    three = burst(b, args.ratio_ops, 3, args.wait, m)
+                    wait = args.wait if args.ratio_wait is None else args.ratio_wait
+                    one = burst(b, args.ratio_ops, 1, wait, m)
+                    three = burst(b, args.ratio_ops, 3, wait, m)
                     print(
-                        f"\n3 vs 1 conductor, {args.ratio_ops} spawns x {args.wait:g} s wait, "
+                        f"\n3 vs 1 conductor, {args.ratio_ops} spawns x {wait:g} s wait, "
                         f"max_operations={m}: 1 conductor {one['wall']:.1f} s, 3 conductors "
                         f"{three['wall']:.1f} s -> {one['wall'] / three['wall']:.2f}x (target >= 2.7)"
                     )

@@ -25,7 +25,7 @@ from drivers import DRIVER_NAMES
 from drivers.base import ComputeDriver, LifecycleEvent
 from drivers.faults import FaultPlan
 from flows import catalog, placement, prepare, runtime
-from flows.elastic_pool import ElasticThreadPool
+from flows.step_pool import StepPool
 from flows.steps import attempts
 from conductor.logs import remember_secret as logs_secret
 from flows.errors import InstanceLocked, InvalidRequest, InvalidState, NotFound
@@ -85,9 +85,7 @@ class Conductor:
         self.rt.on_new_driver.append(self._listen_to)
         self.owner = conf.conductor.name or ownership.my_identity()
         self.lease_seconds = conf.conductor.lease_seconds
-        self._executor = ElasticThreadPool(
-            conf.conductor.workers, name="step", idle_seconds=conf.conductor.idle_thread_seconds
-        )
+        self._executor = StepPool(conf.conductor.workers, name="step", idle_seconds=conf.conductor.idle_thread_seconds)
         attempts.configure_call_threads(conf.conductor.idle_thread_seconds)
         self._leases = LeaseKeeper(self.rt, self.owner, self.lease_seconds).__enter__()
         self._board: boards.Board | None = None

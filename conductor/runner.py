@@ -264,6 +264,9 @@ class Runner:
         flow_state = engine.storage.get_flow_state()
         if flow_state not in (states.SUCCESS, states.REVERTED):
             error = _needs_repair_error(watch.cause or op.error, error)
+        # The flow has ended: stop renewing the lease before recording the
+        # outcome, which clears the owner (the keeper took that for a takeover).
+        self.leases.untrack(op.id)
         self._record_outcome(op.id, epoch, flow_state, error)
         return self._reload(op.id)
 

@@ -1,9 +1,9 @@
 """`computeflow conductor`: the long-running service that claims and runs jobs.
 
-One loop claims one job at a time (exactly one dispatch per claim) while fewer
-than `max_operations` run; each claimed operation runs on its own thread
-through the same Runner as the embedded mode. A heartbeat thread keeps every
-claim alive independently of how long a step takes; a claim found lost
+One loop claims jobs, up to CLAIM_BATCH per listing of the board (exactly
+one dispatch per claim), while fewer than `max_operations` run; each claimed
+operation runs on its own thread through the same Runner as the embedded mode.
+A heartbeat thread keeps every claim alive independently of how long a step takes; a claim found lost
 suspends that operation's engine (the database's fencing stops any write the
 engine still tries). Holding the claim is what entitles a conductor to take
 the operation over from a previous owner.
@@ -37,6 +37,14 @@ from persistence.errors import PersistenceError
 LOG = logging.getLogger(__name__)
 UNLOADABLE = "not loadable here:"  # the reason follows, so `ops list` shows it
 _DB_ERRORS = (tf_exc.StorageFailure, PersistenceError, sa_exc.SQLAlchemyError, OSError)
+#: Jobs claimed from one listing of the board, and operations of this
+#: process starting at once (claimed, flow not running yet): no new claims
+#: beyond that. A listing reads every job, so claiming one per listing made
+#: a 1,000-job burst quadratic; claiming the whole burst at once put 1,000
+#: flows on the CPU together, where the flow writes' pool (16 connections)
+#: left some waiting past its 30 s timeout. Starting is the costly part of
+#: a run; a started flow that waits costs nothing.
+CLAIM_BATCH = 32
 
 
 class _ServiceRunner(Runner):
@@ -54,6 +62,7 @@ class _ServiceRunner(Runner):
             if state == states.RUNNING:
                 engine = details["engine"]
                 self.service._engines[op_id] = engine
+                self.service._started(op_id)
                 claim = self.service._claims.get(op_id)
                 if self.service.stopping or (claim is not None and claim.lost.is_set()):
                     engine.suspend()
@@ -81,6 +90,8 @@ class ConductorService:
         self._wake = threading.Event()
         self.wakeups: wakeups.Wakeups | None = None  # opened by serve()
         self._claims: dict[str, Claim] = {}
+        #: Claimed operations whose flow is not running yet (see _claim_some).
+        self._starting: set[str] = set()
         self._engines: dict[str, object] = {}
         self._skip_until: dict[str, float] = {}
         #: Operations refused for a host slot (WaitingForHostSlot), with their tries.
@@ -133,7 +144,7 @@ class ConductorService:
                 if not self.board.embedded and now - last_reconcile > self.expiry / 2:
                     last_reconcile = now
                     self._reconcile()
-                if len(self._claims) < self.max_operations and self._claim_one():
+                if len(self._claims) < self.max_operations and len(self._starting) < CLAIM_BATCH and self._claim_some():
                     continue
             except Exception:  # the loop must outlive any outage: a dead loop strands its claims
                 LOG.exception("conductor loop error; retrying")
@@ -156,21 +167,29 @@ class ConductorService:
             interval = max(0.0, min(interval, min(retries) - time.monotonic()))
         return interval
 
-    def _claim_one(self) -> bool:
+    def _claim_some(self) -> bool:
+        """Claim up to CLAIM_BATCH jobs (within max_operations) and dispatch each."""
         now = time.monotonic()
         skip = set(self._claims) | {k for k, t in self._skip_until.items() if t > now}
+        room = min(CLAIM_BATCH - len(self._starting), self.max_operations - len(self._claims))
         try:
-            claim = self.board.claim_next(skip)
+            claims = self.board.claim_batch(skip, room)
         except (tf_exc.JobFailure, *_DB_ERRORS) as e:
             LOG.warning("cannot reach the jobboard or database: %s; retrying", e)
             self._stop.wait(min(self.expiry / 3, 2.0))
             return False
-        if claim is None:
-            return False
-        self._claims[claim.op_id] = claim
-        fut = self._pool.submit(self._work, claim)
-        fut.add_done_callback(lambda _f: self._wake.set())
-        return True
+        for claim in claims:
+            self._claims[claim.op_id] = claim
+            self._starting.add(claim.op_id)
+            fut = self._pool.submit(self._work, claim)
+            fut.add_done_callback(lambda _f: self._wake.set())
+        return bool(claims)
+
+    def _started(self, op_id: str) -> None:
+        """The operation's flow runs (or its run ended): room for another claim."""
+        if op_id in self._starting:
+            self._starting.discard(op_id)
+            self._wake.set()
 
     def _reconcile(self) -> None:
         """Post every active operation nobody holds (its job was lost with a
@@ -198,7 +217,15 @@ class ConductorService:
             memory.release_free_memory()
 
     def _beat(self) -> None:
-        for claim in list(self._claims.values()):
+        claims = list(self._claims.values())
+        try:
+            extended = self.board.extend_all(claims)
+        except Exception as e:  # noqa: BLE001 - then one by one, as below
+            LOG.warning("extending %d claims at once failed: %s", len(claims), e)
+            extended = [False] * len(claims)
+        for claim, done in zip(claims, extended, strict=True):
+            if done or self._claims.get(claim.op_id) is not claim:
+                continue  # extended; or ended meanwhile: its job is consumed, never claim it again
             try:
                 mine = self.board.heartbeat(claim)
             except Exception as e:  # unknown is not lost: keep running, fencing protects
@@ -234,6 +261,7 @@ class ConductorService:
             LOG.exception("operation %s: unexpected error; job released", claim.op_id)
             self._release(claim)
         finally:
+            self._started(claim.op_id)
             self._engines.pop(claim.op_id, None)
             self._claims.pop(claim.op_id, None)
             if claim.op_id not in self._slot_waiting:  # it ran (or could not): a slot may be free
@@ -258,7 +286,7 @@ class ConductorService:
             return
         if op.state in operations.FINAL_STATES:
             LOG.info("operation %s already ended %s: job consumed, nothing run", op.id, op.state)
-            self.board.consume(claim)
+            self._consume(claim)
             return
         reason = unloadable(op)
         if reason:
@@ -299,7 +327,7 @@ class ConductorService:
             return
         if final.state in operations.FINAL_STATES:
             LOG.info("operation %s %s", op.id, final.state)
-            self.board.consume(claim)
+            self._consume(claim)
         else:
             self._release(claim)
 
@@ -311,6 +339,12 @@ class ConductorService:
         self._slot_waiting[claim.op_id] = tries
         self._skip_until[claim.op_id] = time.monotonic() + min(self.poll * tries, self._slot_retry_cap)
         self._release(claim)
+
+    def _consume(self, claim: Claim) -> None:
+        """The operation ended: forget the claim first, so that a heartbeat
+        meanwhile does not take the consumed job for a lost one and post it again."""
+        self._claims.pop(claim.op_id, None)
+        self.board.consume(claim)
 
     def _release(self, claim: Claim) -> None:
         try:

@@ -13,8 +13,8 @@ is reached, the oldest waiting task gets the next free thread, so none
 starves. The standard ThreadPoolExecutor also grows on demand but never
 shrinks; taskflow's parallel engine accepts any `concurrent.futures.Executor`.
 
-It lives in flows/ because steps use it too (flows.steps.attempts runs each
-call under a deadline on one of its threads) and the conductor imports flows.
+It lives in flows/ because steps use it too (flows/step_pool.py, the pool
+steps run on, is one) and the conductor imports flows.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ LOG = logging.getLogger(__name__)
 P = ParamSpec("P")
 T = TypeVar("T")
 #: A submitted task: its future, the callable and its arguments.
-_Task = tuple["futures.Future[Any]", Callable[..., Any], tuple[Any, ...], dict[str, Any]]
+_Task = tuple["futures.Future[Any]", Callable[..., Any], tuple[Any, ...], dict[str, Any], contextvars.Context]
 
 
 class ElasticThreadPool(futures.Executor):
@@ -74,17 +74,23 @@ class ElasticThreadPool(futures.Executor):
     # -- Executor ---------------------------------------------------------------
     def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> futures.Future[T]:
         fut: futures.Future[T] = futures.Future()
+        new = None
         with self._cond:
             if self._shutdown:
                 raise RuntimeError(f"{self.name} pool is shut down: cannot submit")
             # The submitter's context variables travel with the task (the
             # active runtime, flows/runtime.py), as asyncio does for callbacks.
-            self._queue.append((fut, contextvars.copy_context().run, (fn, *args), kwargs))
+            self._queue.append((fut, fn, args, kwargs, contextvars.copy_context()))
             # Every idle thread will take one queued task; start a thread only
             # for a task that none of them will take.
             if len(self._queue) > self._idle and len(self._threads) < self.max_threads:
-                self._start_thread()
+                new = self._new_thread()
             self._cond.notify()
+        if new is not None:
+            # Started outside the lock: Thread.start() waits until the new
+            # thread runs, which under a busy GIL took milliseconds during
+            # which every submit and every finishing task queued on the lock.
+            new.start()
         return fut
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
@@ -97,19 +103,48 @@ class ElasticThreadPool(futures.Executor):
             self._cond.notify_all()
         if wait:
             for t in threads:
-                t.join()
+                if t.ident is not None:  # one being started by a submit sees the shutdown
+                    t.join()
 
     # -- the threads ------------------------------------------------------------
-    def _start_thread(self) -> None:
+    def _new_thread(self) -> threading.Thread:
+        """A thread counted as the pool's (under the lock); the caller starts it."""
         self._started += 1
         t = threading.Thread(target=self._serve, name=f"{self.name}-{self._started}", daemon=True)
         self._threads.add(t)
-        t.start()
+        return t
+
+    def _detach(self, thread: threading.Thread) -> None:
+        """`thread` no longer counts as one of the pool's: it ends once its
+        task returns (a subclass gives up on a task it cannot stop), and a
+        queued task gets a thread of its own meanwhile."""
+        new = None
+        with self._cond:
+            if thread not in self._threads:
+                return
+            self._threads.discard(thread)
+            if len(self._queue) > self._idle and len(self._threads) < self.max_threads:
+                new = self._new_thread()
+        if new is not None:
+            new.start()
+
+    def _run(
+        self, fut: futures.Future[Any], fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> None:
+        """Run one task and settle its future (a subclass adds what it needs)."""
+        try:
+            result = fn(*args, **kwargs)
+        except BaseException as e:  # noqa: BLE001 - handed to the caller, as ThreadPoolExecutor does
+            fut.set_exception(e)
+        else:
+            fut.set_result(result)
 
     def _serve(self) -> None:
         me = threading.current_thread()
         while True:
             with self._cond:
+                if me not in self._threads:  # detached while running its last task
+                    return
                 deadline = time.monotonic() + self.idle_seconds
                 while not self._queue and not self._shutdown:
                     remaining = deadline - time.monotonic()
@@ -121,13 +156,8 @@ class ElasticThreadPool(futures.Executor):
                 if not self._queue:  # idle too long, or shut down with nothing left
                     self._threads.discard(me)
                     return
-                fut, fn, args, kwargs = self._queue.popleft()
+                fut, fn, args, kwargs, ctx = self._queue.popleft()
             if not fut.set_running_or_notify_cancel():
                 continue
-            try:
-                result = fn(*args, **kwargs)
-            except BaseException as e:  # noqa: BLE001 - handed to the caller, as ThreadPoolExecutor does
-                fut.set_exception(e)
-            else:
-                fut.set_result(result)
-            del fut, fn, args, kwargs  # a finished task must not stay referenced while idle
+            ctx.run(self._run, fut, fn, args, kwargs)
+            del fut, fn, args, kwargs, ctx  # a finished task must not stay referenced while idle

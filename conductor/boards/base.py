@@ -57,9 +57,20 @@ class Board(abc.ABC):
     def claim_next(self, skip: set[str]) -> Claim | None:
         """Claim the oldest waiting operation not in `skip`, or None."""
 
+    def claim_batch(self, skip: set[str], limit: int) -> list[Claim]:
+        """Claim up to `limit` of the oldest waiting operations not in `skip`, oldest first."""
+        claim = self.claim_next(skip)
+        return [claim] if claim is not None else []
+
     @abc.abstractmethod
     def heartbeat(self, claim: Claim) -> bool:
         """Keep a claim alive; False when it is no longer ours."""
+
+    def extend_all(self, claims: list[Claim]) -> list[bool]:
+        """Keep many claims alive at once: per claim, True if it was extended
+        as ours; False means "not known to be", for `heartbeat` to decide
+        one by one. A board that cannot batch says False for all."""
+        return [False] * len(claims)
 
     @abc.abstractmethod
     def consume(self, claim: Claim) -> None:

@@ -5,8 +5,10 @@
   the expiry does not lose the claim;
 - jobs are offered oldest operation first (`created_at`, then the board's
   sequence); stock Redis listings come newest-first;
-- one claim at a time (`claim_next`): the service dispatches exactly one
-  operation per claim;
+- one dispatch per claim: `claim_next` claims one job, `claim_batch` up to N
+  from one listing (a listing reads every job: at 1,000 waiting, listing once
+  per claim cost the service loop 20 s of CPU for a burst); the service
+  dispatches each claim as one operation;
 - nothing is ever trashed: a job the conductor cannot load is released and
   reported on the operation (see conductor/service.py).
 
@@ -62,8 +64,15 @@ class TaskflowBoard(Board):
             return list(self.board.iterjobs(only_unclaimed=True, ensure_fresh=True))
 
     def claim_next(self, skip: set[str]) -> Claim | None:
+        claims = self.claim_batch(skip, 1)
+        return claims[0] if claims else None
+
+    def claim_batch(self, skip: set[str], limit: int) -> list[Claim]:
+        claims: list[Claim] = []
         jobs = [j for j in self._unclaimed() if j.details.get("operation_id") not in skip]
         for job in sorted(jobs, key=job_age):
+            if len(claims) >= limit:
+                break
             op_id = job.details.get("operation_id")
             if not isinstance(op_id, str):
                 LOG.warning("job %s names no operation (details %r): kept, not run", job.uuid, job.details)
@@ -76,8 +85,12 @@ class TaskflowBoard(Board):
                         self.board.claim(job, self.who)
             except (tf_exc.UnclaimableJob, tf_exc.NotFound):
                 continue  # another conductor was faster
-            return Claim(op_id, job)
-        return None
+            except tf_exc.JobFailure:
+                if not claims:
+                    raise
+                break  # the board went away: dispatch what is claimed already
+            claims.append(Claim(op_id, job))
+        return claims
 
     def heartbeat(self, claim: Claim) -> bool:
         with board_errors():

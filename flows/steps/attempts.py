@@ -1,11 +1,16 @@
 """How one step's work runs: under a deadline, and retried with exponential
 backoff when the driver says the error is transient.
 
-Deadline. A Python thread cannot be killed, so the work runs in a worker
-thread (reused; a daemon) and the step waits for it with a deadline. On
-timeout the step fails with `StepTimedOut` (taskflow then reverts) and the
-call is *abandoned*: it keeps running in this process until it returns by
-itself or the process exits. It may still complete its side effect after the step was declared
+Deadline. The work runs in the step's own thread; its deadline is an entry
+of one watchdog thread for the whole process (flows/watchdog.py), and a
+takeover of the operation (`terminate`) a callback of the lease keeper, so a
+waiting step costs one thread and no wake-ups. A Python thread cannot be
+killed: at the deadline the step fails with `StepTimedOut` (taskflow then
+reverts) and the call is *abandoned* (flows/step_pool.py): it keeps running
+in its thread, which leaves the step pool, until it returns by itself or the
+process exits. A step run outside a StepPool (a test's own engine) waits for
+a call thread instead, woken by the same watchdog. The abandoned call may
+still complete its side effect after the step was declared
 failed, so the revert of that same step first waits for the abandoned call
 (up to the revert's own deadline): the revert never races its execute. If the
 call is still running then, the revert fails too and the operation is left
@@ -48,10 +53,11 @@ from dataclasses import dataclass
 
 from taskflow import task
 
-from flows import runtime
+from flows import runtime, step_pool
 from flows.elastic_pool import ElasticThreadPool
 from flows.errors import OperationError
 from flows.steps import cancellation
+from flows.watchdog import Watchdog
 from persistence import operations, progress
 from persistence.session import connection_lost
 
@@ -98,6 +104,9 @@ class Policy:
 
 def run(step: task.Task, phase: str, op_id: str | None, work: Callable[[], object]) -> object:
     """Run one execute or revert of `step`: cancel check, deadline, retries."""
+    stand_in = step_pool.standing_in()
+    if stand_in is not None:  # the step was given up on (flows/step_pool.py): report that
+        raise stand_in
     run_ = cancellation.get(op_id)
     if phase == "execute":
         _check_cancel(run_, op_id)
@@ -144,20 +153,22 @@ def run(step: task.Task, phase: str, op_id: str | None, work: Callable[[], objec
                 raise
 
 
-#: Threads running step calls under a deadline. Reused while busy (handing
-#: work to an idle thread cost 0.13 ms per step where starting one cost
-#: 0.38 ms, at load average 10 on 2 cores) and ended when idle, so a burst of
-#: waiting steps gives its memory back. Daemon threads, because a hung call
-#: must never keep the process from exiting. No useful cap: an abandoned call
-#: holds its thread until it returns by itself, and a queued call would eat
-#: into its step's deadline; the step threads waiting on these are capped
-#: already ([conductor] workers).
+#: Every step deadline of the process: one thread, not one per waiting step.
+_DEADLINES = Watchdog("step-deadlines")
+
+#: Threads for calls under a deadline made outside a StepPool (a test's own
+#: engine, a serial engine): the call runs on one of these and the step
+#: waits for it. Daemon threads, because a hung call must never keep the
+#: process from exiting; no useful cap (an abandoned call holds its thread
+#: until it returns by itself). Steps run by a conductor never use them.
 _CALLS = ElasticThreadPool(2**31 - 1, name="step-call")
 
 
 def configure_call_threads(idle_seconds: float) -> None:
-    """How long an idle call thread lives ([conductor] idle_thread_seconds)."""
+    """How long an idle call thread, or the idle deadline thread, lives
+    ([conductor] idle_thread_seconds)."""
     _CALLS.idle_seconds = idle_seconds
+    _DEADLINES.idle_seconds = idle_seconds
 
 
 def _named(name: str, fn: Callable[[], None]) -> Callable[[], None]:
@@ -190,11 +201,78 @@ def _check_cancel(run_: cancellation.Run | None, op_id: str | None) -> None:
         LOG.warning("operation %s: cancel by %s ignored: its forward-only phase has started", op_id, run_.cancelled_by)
 
 
+class _Abandoned(Exception):
+    """Raised in a thread whose call returned after its step was failed for it
+    (deadline or takeover); the engine never sees it."""
+
+
 def _call(step: task.Task, phase: str, work: Callable[[], object], timeout: float, op_id: str | None = None) -> object:
     if not timeout:
         return work()
+    slot = step_pool.current()
+    if slot is None:
+        return _call_on_own_thread(step, phase, work, timeout, op_id)
+    run_ = cancellation.get(op_id)
+    thread_name = f"{step.name}-{phase}"
+
+    def give_up(error: BaseException, why: str) -> None:
+        if not slot.abandon(error):
+            return  # the call returned first
+        if phase == "execute":
+            step._abandoned_execute = slot.call_returned  # its revert waits for it
+        LOG.error(
+            "step %s %s: %s; the call is abandoned (still running in thread %s)", step.name, phase, why, thread_name
+        )
+        slot.report(error)
+
+    def deadline_passed() -> None:
+        give_up(StepTimedOut(step.name, phase, timeout), f"exceeded {timeout:g}s")
+
+    def taken_over() -> None:
+        assert run_ is not None
+        give_up(cancellation.TakenOver(run_.op_id, step.name), f"operation {run_.op_id} taken over")
+
+    slot.enter_call()
+    forget = _unless_lost(run_, taken_over, step.name, slot.leave_call)
+    deadline = _DEADLINES.add(time.monotonic() + timeout, deadline_passed)
+    me = threading.current_thread()
+    idle_name, me.name = me.name, thread_name
+    try:
+        result = work()
+    finally:
+        abandoned = slot.leave_call()
+        deadline.cancel()
+        forget()
+        me.name = idle_name
+    if abandoned is not None:
+        raise _Abandoned(f"step {step.name} {phase} returned after it was given up: {abandoned}")
+    return result
+
+
+def _unless_lost(
+    run_: cancellation.Run | None, callback: Callable[[], None], step: str, undo: Callable[[], object] = lambda: None
+) -> Callable[[], None]:
+    """Register `callback` for a takeover of the operation during the call;
+    the function that unregisters it. TakenOver (after `undo()`) if it was
+    taken already: the call is not made."""
+    if run_ is None:
+        return lambda: None
+    forget = run_.when_lost(callback)
+    if forget is None:
+        undo()
+        raise cancellation.TakenOver(run_.op_id, step)
+    return forget
+
+
+def _call_on_own_thread(
+    step: task.Task, phase: str, work: Callable[[], object], timeout: float, op_id: str | None
+) -> object:
+    """`work` on a call thread, waited for until it returns, its deadline
+    passes or the operation is taken over (no polling: each of them wakes
+    the step)."""
     box: dict[str, object] = {}
-    done = threading.Event()  # set when the call returned
+    returned = threading.Event()
+    wake = threading.Event()
 
     def target() -> None:
         try:
@@ -202,13 +280,25 @@ def _call(step: task.Task, phase: str, work: Callable[[], object], timeout: floa
         except BaseException as e:  # noqa: BLE001 - handed to the waiting step
             box["error"] = e
         finally:
-            done.set()
+            returned.set()
+            wake.set()
 
     thread_name = f"{step.name}-{phase}"
+    run_ = cancellation.get(op_id)
+    forget = _unless_lost(run_, wake.set, step.name)
     _CALLS.submit(_named(thread_name, target))
-    if not _wait_unless_taken_over(done, timeout, cancellation.get(op_id), step.name):
+    deadline = _DEADLINES.add(time.monotonic() + timeout, wake.set)
+    try:
+        wake.wait()
+    finally:
+        deadline.cancel()
+        forget()
+    if not returned.is_set():
+        if run_ is not None and run_.lost:
+            LOG.error("operation %s taken over while step %s ran; its call is abandoned", run_.op_id, step.name)
+            raise cancellation.TakenOver(run_.op_id, step.name)
         if phase == "execute":
-            step._abandoned_execute = done  # its revert waits for it
+            step._abandoned_execute = returned  # its revert waits for it
         LOG.error(
             "step %s %s exceeded %gs; the call is abandoned (still running in thread %s)",
             step.name,
@@ -220,27 +310,6 @@ def _call(step: task.Task, phase: str, work: Callable[[], object], timeout: floa
     if "error" in box:
         raise box["error"]  # type: ignore[misc]
     return box.get("result")
-
-
-#: How often a step waiting for its call looks whether its operation was taken over.
-_TAKEOVER_CHECK_EVERY = 1.0
-
-
-def _wait_unless_taken_over(done: threading.Event, timeout: float, run_: cancellation.Run | None, step: str) -> bool:
-    """Wait up to `timeout` for the call; False on timeout. If the operation is
-    taken from this process meanwhile (terminate), the call is abandoned at once."""
-    deadline = time.monotonic() + timeout
-    while True:
-        left = deadline - time.monotonic()
-        if run_ is None:
-            return done.wait(max(left, 0))
-        if done.wait(max(0, min(left, _TAKEOVER_CHECK_EVERY))):
-            return True
-        if run_.lost:
-            LOG.error("operation %s taken over while step %s ran; its call is abandoned", run_.op_id, step)
-            raise cancellation.TakenOver(run_.op_id, step)
-        if left <= _TAKEOVER_CHECK_EVERY:
-            return False
 
 
 def _await_abandoned_execute(step: task.Task, timeout: float) -> None:

@@ -15,6 +15,7 @@ to write their attempt rows only while this process still owns the operation.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from flows.errors import OperationError
@@ -56,6 +57,18 @@ class Run:
     lost: bool = False
     #: Set when a cancel arrives: a step sleeping between retries wakes up.
     wake: threading.Event = field(default_factory=threading.Event)
+    #: Called once when the operation is lost: steps waiting for a call give it up.
+    _on_lost: set[Callable[[], None]] = field(default_factory=set)
+
+    def when_lost(self, callback: Callable[[], None]) -> Callable[[], None] | None:
+        """Call `callback()` (on the lease keeper's thread) as soon as the
+        operation is taken from this process; returns the function that
+        unregisters it, or None if the operation is lost already."""
+        with _lock:
+            if self.lost:
+                return None
+            self._on_lost.add(callback)
+        return lambda: self._on_lost.discard(callback)
 
 
 _runs: dict[str, Run] = {}
@@ -94,11 +107,15 @@ def request(op_id: str, by: str) -> bool:
 
 def lose(op_id: str) -> bool:
     """Flag an operation running here as taken over; True if this call flagged it."""
-    run = _runs.get(op_id)
-    if run is None or run.lost:
-        return False
-    run.lost = True
+    with _lock:
+        run = _runs.get(op_id)
+        if run is None or run.lost:
+            return False
+        run.lost = True
+        callbacks, run._on_lost = list(run._on_lost), set()
     run.wake.set()
+    for callback in callbacks:
+        callback()
     return True
 
 

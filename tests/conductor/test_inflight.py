@@ -89,3 +89,50 @@ def test_hundreds_of_waiting_operations_are_in_flight_at_once_with_default_optio
             s.scalar(sa.select(sa.func.count()).select_from(Operation).where(Operation.state == operations.SUCCEEDED))
             == IN_FLIGHT
         )
+
+
+STRUCTURE_IN_FLIGHT = 40
+
+
+def test_a_waiting_step_costs_its_own_thread_and_a_deadline_entry_not_a_thread_waiting_on_it(held):
+    """The structural property the 1,000-in-flight figures rest on
+    (docs/scale-out.md): a step waiting in its driver call, under a deadline,
+    holds one thread, the one the call runs in. Its deadline is an entry of
+    the process's one watchdog; no call thread, no step thread parked beside
+    it (before: three threads per waiting spawn, the waiting one woken every
+    second). So a waiting operation is two threads: its engine's and its step's."""
+    from flows.steps import attempts
+
+    assert held.conf.conductor.step_timeout > 0  # the default deadline is what is under test
+    ids = [
+        held.submit_spawn(SpawnRequest(name=f"vm{i}", flavor="m1.tiny", image="cirros", host=f"h{i % HOSTS}"))
+        for i in range(STRUCTURE_IN_FLIGHT)
+    ]
+    svc = ConductorService(held, boards.open_board(held.conf, held.owner, held.db))
+    before = threading.active_count()
+    serving = threading.Thread(target=svc.serve)
+    serving.start()
+    try:
+        _until(lambda: _waiting(held) == STRUCTURE_IN_FLIGHT, 120, f"{STRUCTURE_IN_FLIGHT} operations to wait")
+        # Each waiting call runs in its step's own thread, renamed for the call.
+        names = [t.name for t in threading.enumerate()]
+        assert names.count(f"{WAIT_STEP}-execute") == STRUCTURE_IN_FLIGHT
+        assert not [n for n in names if n.startswith("step-call")]
+        assert attempts._DEADLINES.pending >= STRUCTURE_IN_FLIGHT
+        # Per waiting operation: its engine's thread and its step's, busy;
+        # beyond the two pools only the service's own few threads (loop,
+        # heartbeat, drift watch, wake-ups, the deadlines): none per call.
+        ops, steps = svc._pool, held._executor
+        busy = (ops.threads - ops.idle_threads, steps.threads - steps.idle_threads)
+        pooled = ops.threads + steps.threads
+        others = threading.active_count() - before - pooled
+        assert busy == (STRUCTURE_IN_FLIGHT, STRUCTURE_IN_FLIGHT)
+        assert others <= 8, sorted(set(names))
+        held.rt.faults.release_hangs.set()
+        for op_id in ids:
+            assert op_id.wait(timeout=120).state == operations.SUCCEEDED
+    finally:
+        svc.stop()
+        serving.join(60)
+    assert not serving.is_alive()
+    assert attempts._DEADLINES.pending == 0  # every deadline cancelled once its call returned

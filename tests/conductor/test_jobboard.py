@@ -53,6 +53,18 @@ def test_jobs_are_claimed_oldest_operation_first(board_url):
     assert board.claim_next(set()) is None  # all claimed: exactly one job per claim
 
 
+def test_a_batch_claims_the_oldest_jobs_from_one_listing_skipping_and_within_its_limit(board_url):
+    board, other = _board(board_url, "c1"), _board(board_url, "c2")
+    ids = [str(uuid.uuid4()) for _ in range(6)]
+    for age, op_id in reversed(list(enumerate(ids))):  # posted newest first
+        board.post(op_id, T0 + dt.timedelta(minutes=age))
+    first = board.claim_batch({ids[0]}, 3)
+    assert [c.op_id for c in first] == ids[1:4]  # oldest first, the skipped one left
+    assert [c.op_id for c in other.claim_batch(set(), 10)] == [ids[0], ids[4], ids[5]]
+    assert board.claim_batch(set(), 10) == []  # every job claimed exactly once
+    assert {op_id for op_id, claimed in board.waiting() if claimed} == set(ids)
+
+
 def test_posting_is_idempotent_per_operation(board_url):
     board = _board(board_url, "c1")
     op_id = str(uuid.uuid4())
@@ -87,6 +99,20 @@ def test_claim_expires_without_heartbeat_and_survives_with_it(request, kind, exp
     taken = eventually(lambda: b.claim_next(set()), 5 + 2 * expiry, "the claim to expire")
     assert taken.op_id == "op-1"
     assert a.heartbeat(claim) is False  # a's claim is b's now: a must stop
+
+
+def test_extend_all_extends_our_claims_in_one_go_and_not_the_others(redis_url):
+    a, b = _board(redis_url, "a", expiry=1), _board(redis_url, "b", expiry=1)
+    for i in range(3):
+        a.post(f"op-{i}", T0 + dt.timedelta(minutes=i))
+    mine = a.claim_batch(set(), 2)
+    theirs = b.claim_batch(set(), 1)
+    a.expiry = 60
+    assert a.extend_all([*mine, *theirs]) == [True, True, False]  # b's claim is not a's to extend
+    client, _ = _raw(redis_url)
+    assert all(client.pttl(c.job.owner_key) > 30_000 for c in mine)
+    assert 0 < client.pttl(theirs[0].job.owner_key) <= 1000
+    assert a.extend_all([]) == []
 
 
 def test_heartbeat_reposts_and_reclaims_after_redis_lost_everything(redis_url):
