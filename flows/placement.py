@@ -65,7 +65,12 @@ def check(s: Session, name: str, flavor: FlavorParams, move: Move | None = None)
 
 def choose(s: Session, flavor: FlavorParams, move: Move | None = None) -> str:
     """The up host with room and the most free RAM; for a move, another host
-    before its own (a resize in place doubles the instance's claim there)."""
+    before its own (a resize in place doubles the instance's claim there).
+
+    Free RAM counts the spawns already placed on a host that have not started
+    (they claim only when they run): without them a burst submitted at once
+    would all go to the one host that was emptiest before it. The fit itself
+    is checked against the claims alone; the claim step decides."""
     source = move.source if move is not None else None
     own_ok = move is None or move.same_host_ok
     every = hosts.list_hosts(s)
@@ -75,7 +80,8 @@ def choose(s: Session, flavor: FlavorParams, move: Move | None = None) -> str:
     if not candidates:
         but = "" if own_ok else f" but {source}"
         raise InsufficientCapacity("(any)", f"no host{but} has room for flavor {flavor['name']}")
-    return max(candidates, key=lambda h: (h.name != source, _free(h)[1])).name
+    pending = hosts.pending_spawn_ram_mb(s) if len(candidates) > 1 else {}
+    return max(candidates, key=lambda h: (h.name != source, _free(h)[1] - pending.get(h.name, 0))).name
 
 
 def place(s: Session, flavor: FlavorParams, requested: str | None, move: Move | None = None) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from persistence.models import Flavor, Host, Image
+from persistence.models import Flavor, Host, Image, Operation
 from persistence.session import changed
 
 
@@ -31,6 +31,20 @@ def get_host(s: Session, name: str) -> Host | None:
 
 def list_hosts(s: Session) -> list[Host]:
     return list(s.scalars(sa.select(Host).order_by(Host.name)))
+
+
+def pending_spawn_ram_mb(s: Session) -> dict[str, int]:
+    """RAM (MB) by host of the spawns placed there that have not started: they
+    hold no claim yet, so the hosts' used_* columns do not show them.
+
+    Read from the operations' own parameters (`host`, `flavor.ram_mb`) in SQL,
+    one grouped scan of the PENDING operations (ix_operations_state_created_id)."""
+    host = Operation.parameters["host"].as_string()
+    ram = Operation.parameters["flavor"]["ram_mb"].as_integer()
+    rows = s.execute(
+        sa.select(host, sa.func.sum(ram)).where(Operation.state == "PENDING", Operation.kind == "spawn").group_by(host)
+    ).all()
+    return {name: int(total) for name, total in rows if name is not None and total is not None}
 
 
 def down_names(s: Session) -> set[str]:

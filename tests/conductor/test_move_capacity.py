@@ -160,3 +160,26 @@ def test_many_operations_on_one_instance_at_once_one_holder(busy):
     with c.db.session() as s:
         assert instances.find_live(s, "vm0").held_by == winners[0]
     assert c.run(winners[0]).state == operations.SUCCEEDED
+
+
+def test_a_burst_of_spawns_without_a_host_is_spread_over_the_hosts(tmp_path, db_url):
+    """Spawns claim when they run, so placement also counts the spawns placed
+    on a host that have not started: a burst submitted at once goes round the
+    equal hosts (it all went to the first one), and a host already fuller gets
+    its share only once the others have caught up."""
+    c = Conductor(config.load([str(write_conf(tmp_path / "c.conf", tmp_path / "state", db_url))]))
+    try:
+        for name in ("h1", "h2", "h3"):
+            c.add_host(name, vcpus=64, ram_mb=8192, disk_gb=1000)
+        with c.db.session() as s:  # h3 already runs 2 GB of guests
+            assert claims.claim(s, "earlier-op", "h3", "earlier-instance", 4, 2048, 10)
+        placed = []
+        for i in range(12):  # m1.tiny: 512 MB each
+            op = c.submit_spawn(SpawnRequest(f"vm{i}", "m1.tiny", "cirros"))
+            with c.db.session() as s:
+                placed.append(operations.get(s, op.id).parameters["host"])
+        # h1 and h2 in turn until their pending spawns outweigh h3's claim
+        # (2 GB), then all three in turn; a tie goes to the first by name.
+        assert placed == ["h1", "h2"] * 5 + ["h3", "h1"]
+    finally:
+        c.close()
