@@ -1,11 +1,12 @@
 """The comparisons of a reconciliation: database against host reports.
 
-`conductor/reconcile.py`'s `audit` reads the database once (`read_db`) and
-asks each comparison here for its findings: unfinished operations whose owner
-is gone, each live instance against the hosts (guest, disk, ports, volumes,
-stray copies), what hosts hold for no live instance, and claims and usage
-counters. The policy they follow is in reconcile.py's docstring. They read
-nothing themselves and change nothing.
+`conductor/reconcile.py`'s `audit` reads the database's side once, in one
+session (`read_db`, here), and asks each comparison here for its findings:
+unfinished operations whose owner is gone, each live instance against the
+hosts (guest, disk, ports, volumes, stray copies), what hosts hold for no
+live instance, and claims and usage counters. The policy they follow is in
+reconcile.py's docstring. The comparisons read nothing further and change
+nothing.
 """
 
 from __future__ import annotations
