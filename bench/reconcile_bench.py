@@ -29,7 +29,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from conductor import config, reconcile
+from conductor import config, reconcile, reconcile_report
 from conductor.api import Conductor
 from drivers.base import DiskKind
 from persistence import claims, hosts, instances, operations, schema
@@ -154,7 +154,7 @@ def plant(c: Conductor, per_host: dict[str, list[str]], n: int) -> set[tuple]:
     return expected
 
 
-def check(result: reconcile.Audit, expected: set[tuple], n: int, host_names: list[str]) -> None:
+def check(result: reconcile_report.Audit, expected: set[tuple], n: int, host_names: list[str]) -> None:
     got = {(f.what, f.host, f.subject, f.action and f.action["action"]) for f in result.findings}
     assert len(result.findings) == len(expected) and got == expected, (
         f"unexpected: {sorted(got - expected)[:5]}, missed: {sorted(expected - got)[:5]}"
@@ -168,7 +168,7 @@ def check(result: reconcile.Audit, expected: set[tuple], n: int, host_names: lis
 
 def floor(c: Conductor, host_names: list[str]) -> None:
     """What the audit cannot avoid: its database reads (the same queries as
-    reconcile._read_db, with their ORM loading) and one report per host."""
+    reconcile_findings.read_db, with their ORM loading) and one report per host."""
     with c.db.session() as s:
         live = instances.list_live(s)
         s.execute(sa.select(Instance.uuid, Instance.name, Instance.vm_state)).all()

@@ -29,7 +29,7 @@ from flows.step_pool import StepPool
 from flows.steps import attempts
 from conductor.logs import remember_secret as logs_secret
 from flows.errors import InstanceLocked, InvalidRequest, InvalidState, NotFound
-from persistence import claims, events, hosts, instances, operations, schema
+from persistence import claims, events, hosts, instances, operations, operator_actions, schema
 from persistence.models import Operation, utcnow
 from persistence.secrets import SecretBox
 
@@ -293,7 +293,7 @@ class Conductor:
         for op in orphans:
             try:
                 done.append(recovery.resume_one(self, op.id, None, self.owner, on_event))
-            except (NotOwner, LostOwnership, operations.Refused):
+            except (NotOwner, LostOwnership, operator_actions.Refused):
                 continue  # another conductor has it, or it ended meanwhile
         for op_id in moves.auto_confirm(self):  # resizes past [conductor] resize_confirm_window
             done.append(OperationStatus.of(self.runner.run(op_id, on_event=on_event)))

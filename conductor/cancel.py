@@ -1,7 +1,7 @@
 """Cancelling an operation: which kinds may be cancelled, and the operator's
 entry point.
 
-The request is a record (persistence.operations.request_cancel): a pending
+The request is a record (persistence.operator_actions.request_cancel): a pending
 operation that no live conductor owns ends at once, without running a step;
 otherwise its owner's lease keeper sees the request at its next renewal and
 the operation's next step raises `Cancelled`, so taskflow reverts what was
@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 from conductor import ownership
 from flows import catalog
-from persistence import operations
+from persistence import operations, operator_actions
 
 
 def forward_only_kinds() -> set[str]:
@@ -37,14 +37,14 @@ def forward_only_kinds() -> set[str]:
     return {k.name for k in catalog.CATALOG.values() if k.forward_only}
 
 
-def request(s, op_id: str, by: str, dead_owners: tuple[str, ...] = ()) -> operations.CancelOutcome:
-    """Record a cancel (persistence.operations.request_cancel) under the
+def request(s, op_id: str, by: str, dead_owners: tuple[str, ...] = ()) -> operator_actions.CancelOutcome:
+    """Record a cancel (persistence.operator_actions.request_cancel) under the
     catalogue's rules for the operation's kind: forward-only kinds, and the
     step past which a kind only goes forward."""
     op = operations.get(s, op_id)
     if op is None:
-        raise operations.Refused(operations.not_found(s, op_id))
-    return operations.request_cancel(s, op.id, by, dead_owners=dead_owners, **cancel_policy(op.kind))
+        raise operator_actions.Refused(operations.not_found(s, op_id))
+    return operator_actions.request_cancel(s, op.id, by, dead_owners=dead_owners, **cancel_policy(op.kind))
 
 
 def cancel_policy(kind: str) -> dict:
@@ -71,7 +71,7 @@ def operator() -> str:
 
 @dataclass(frozen=True)
 class CancelResult:
-    outcome: operations.CancelOutcome
+    outcome: operator_actions.CancelOutcome
     #: The operation's state when we stopped looking (final if it ended).
     state: str
     error: str | None
@@ -83,7 +83,7 @@ class CancelResult:
 
 def cancel(conductor, op_id: str, by: str, *, wait: float = 0.0) -> CancelResult:
     """Cancel `op_id` (see the module docstring); wait up to `wait` seconds
-    for a live owner to finish reverting it. Raises operations.Refused."""
+    for a live owner to finish reverting it. Raises operator_actions.Refused."""
     from conductor.runner import LostOwnership, NotOwner  # the runner's stack only when needed
 
     with conductor.db.session() as s:
@@ -120,13 +120,13 @@ class TerminateResult:
 
 def terminate(conductor, op_id: str, by: str, on_event=None) -> TerminateResult:
     """Take `op_id` from its owner, whatever that owner's state, and end it
-    from this process (see the module docstring). Raises operations.Refused."""
+    from this process (see the module docstring). Raises operator_actions.Refused."""
     with conductor.db.session() as s:
         op = operations.get(s, op_id)
         if op is None:
-            raise operations.Refused(operations.not_found(s, op_id))
+            raise operator_actions.Refused(operations.not_found(s, op_id))
         if op.state in operations.FINAL_STATES:
-            raise operations.Refused(f"operation {op.id} already ended {op.state}: nothing to terminate")
+            raise operator_actions.Refused(f"operation {op.id} already ended {op.state}: nothing to terminate")
         forward = past_no_return(s, op)
         if not forward and op.cancel_requested_by is None:
             outcome = request(s, op.id, f"{by} (terminate)")
@@ -134,7 +134,7 @@ def terminate(conductor, op_id: str, by: str, on_event=None) -> TerminateResult:
                 return TerminateResult(
                     op.id, op.kind, op.owner, "revert", outcome.state, f"cancelled by {by} (terminate) before it ran"
                 )
-        former = operations.seize(s, op.id, conductor.owner, conductor.lease_seconds, by)
+        former = operator_actions.seize(s, op.id, conductor.owner, conductor.lease_seconds, by)
         op_id, kind = op.id, op.kind
     ended = conductor.runner.run(op_id, on_event=on_event)
     return TerminateResult(op_id, kind, former, "forward" if forward else "revert", ended.state, ended.error)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import threading
 
-from conductor import reconcile
+from conductor import reconcile, reconcile_report
 from conductor.config import ConfigError
 from persistence import events
 
@@ -28,7 +28,7 @@ _EVENT_LEN = 32  # instance_events.event
 
 #: The service resumes orphaned operations itself, through its jobboard claims
 #: (heartbeats, suspension at shutdown): the watch never does.
-APPLICABLE = tuple(k for k in reconcile.FIXABLE if k != "orphaned-operation")
+APPLICABLE = tuple(k for k in reconcile_report.FIXABLE if k != "orphaned-operation")
 
 
 def check_apply_kinds(apply_kinds: list[str]) -> None:
@@ -45,7 +45,7 @@ class DriftWatch:
     def __init__(self, conductor, interval: float, apply_kinds: list[str]) -> None:
         check_apply_kinds(apply_kinds)
         self.c, self.interval, self.apply_kinds = conductor, interval, frozenset(apply_kinds)
-        self._reported: dict[tuple, reconcile.Finding] = {}
+        self._reported: dict[tuple, reconcile_report.Finding] = {}
 
     def run(self, stop: threading.Event) -> None:
         """Audit every interval (the first one interval after start: a conductor
@@ -58,7 +58,7 @@ class DriftWatch:
             except Exception:  # an unreachable database or host must not end the watch
                 LOG.exception("periodic reconciliation failed; trying again in %ss", self.interval)
 
-    def pass_once(self, stop: threading.Event | None = None) -> list[reconcile.Finding]:
+    def pass_once(self, stop: threading.Event | None = None) -> list[reconcile_report.Finding]:
         """One audit: report what is new, say what is gone, fix what may be fixed
         (waiting for the fixes only until `stop` is set). Returns the new findings."""
         result = reconcile.audit(self.c)
@@ -72,7 +72,7 @@ class DriftWatch:
         self._reported = now
         chosen = [f for f in result.actionable if f.what in self.apply_kinds]
         if chosen:
-            done = reconcile.apply(self.c, reconcile.Audit(findings=chosen, hosts=result.hosts), stop)
+            done = reconcile.apply(self.c, reconcile_report.Audit(findings=chosen, hosts=result.hosts), stop)
             for a in done:
                 LOG.info(
                     "reconcile: %s %s %s%s",
@@ -83,7 +83,7 @@ class DriftWatch:
                 )
         return new
 
-    def _record_events(self, findings: list[reconcile.Finding]) -> None:
+    def _record_events(self, findings: list[reconcile_report.Finding]) -> None:
         named = [f for f in findings if f.instance_uuid]
         if not named:
             return
@@ -92,5 +92,5 @@ class DriftWatch:
                 events.record(s, f.instance_uuid, f.host or "-", f"drift:{f.what}"[:_EVENT_LEN], "nostate")
 
 
-def _key(f: reconcile.Finding) -> tuple:
+def _key(f: reconcile_report.Finding) -> tuple:
     return (f.what, f.host, f.subject, f.instance_uuid)

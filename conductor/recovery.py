@@ -32,7 +32,7 @@ from drivers.base import PowerState
 from drivers.errors import GuestNotFound
 from flows import catalog
 from flows.steps.base import GUEST_ABSENT, GUEST_DEFINED
-from persistence import operations
+from persistence import operations, operator_actions
 from persistence.models import TASKFLOW_TABLES, Operation, utcnow
 
 FORWARD, REVERT, NONE = "forward", "revert", "none"
@@ -99,9 +99,9 @@ def plans(conductor, op_id: str | None = None) -> list[ResumePlan]:
         if op_id is not None:
             op = operations.get(s, op_id)
             if op is None:
-                raise operations.Refused(operations.not_found(s, op_id))
+                raise operator_actions.Refused(operations.not_found(s, op_id))
             if op.state not in operations.ACTIVE_STATES:
-                raise operations.Refused(f"operation {op.id} already ended {op.state}: nothing to resume")
+                raise operator_actions.Refused(f"operation {op.id} already ended {op.state}: nothing to resume")
             ops = [op]
         else:
             ops = operations.resumable(s)
@@ -234,10 +234,10 @@ def resume_one(conductor, op_id: str, direction: str | None, by: str, on_event=N
     """Resume one operation, in `direction` if given (it must be safe)."""
     (p,) = plans(conductor, op_id)
     if p.direction == NONE:
-        raise operations.Refused(f"operation {p.op_id} is not resumable: {p.why}")
+        raise operator_actions.Refused(f"operation {p.op_id} is not resumable: {p.why}")
     chosen = direction or p.direction
     if chosen != p.direction and not p.choosable:
-        raise operations.Refused(f"operation {p.op_id} can only go {p.direction}: {p.why}")
+        raise operator_actions.Refused(f"operation {p.op_id} can only go {p.direction}: {p.why}")
     dead = (p.owner,) if p.owner and ownership.is_dead(p.owner) else ()
     if chosen == REVERT and p.choosable:  # not reverting yet: ask for it as a cancel
         with conductor.db.session() as s:

@@ -9,7 +9,7 @@ still held and the hypervisor may still hold disks, ports or a guest. Here:
 - `retry_revert`: after the cause is fixed, re-run the failed reverts and
   every earlier one. taskflow would mark a plain re-run REVERTED without
   reverting the earlier steps, so the failed atoms are first put back to
-  FAILURE (persistence.operations.reopen_for_revert) and the flow is then run
+  FAILURE (persistence.operator_actions.reopen_for_revert) and the flow is then run
   through the ordinary runner, which reverts it;
 - `mark_reverted`: record a manual cleanup (hold and claims released, the
   operation REVERTED, who and when in the flow log).
@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from oslo_utils import importutils
 from taskflow import flow as tf_flow
 
-from persistence import flowlog, operations
+from persistence import flowlog, operations, operator_actions
 from persistence.models import Operation
 
 #: Store keys that name a resource a step acts on.
@@ -67,7 +67,7 @@ class RepairItem:
 
 def needing_repair(conductor, limit: int = 50) -> list[RepairItem]:
     with conductor.db.session() as s:
-        ops = operations.needing_repair(s, limit)
+        ops = operator_actions.needing_repair(s, limit)
         return [RepairItem(op, left_behind(s, op)) for op in ops]
 
 
@@ -84,9 +84,9 @@ def left_behind(s, op: Operation) -> list[LeftBehind]:
 
 def retry_revert(conductor, op_id: str, by: str, on_event=None):
     """Re-run the failed reverts of a FAILED operation (see module docstring);
-    returns the operation's status after the run. Raises operations.Refused."""
+    returns the operation's status after the run. Raises operator_actions.Refused."""
     with conductor.db.session() as s:
-        op = operations.reopen_for_revert(s, op_id, conductor.owner, conductor.lease_seconds, by)
+        op = operator_actions.reopen_for_revert(s, op_id, conductor.owner, conductor.lease_seconds, by)
     return conductor.run(op.id, on_event=on_event)
 
 
@@ -95,7 +95,7 @@ def mark_reverted(conductor, op_id: str, by: str, note: str | None = None) -> Re
     with conductor.db.session() as s:
         op = operations.get(s, op_id)
         left = left_behind(s, op) if op is not None else []
-        op = operations.mark_reverted(s, op_id, by, note)
+        op = operator_actions.mark_reverted(s, op_id, by, note)
         return RepairItem(op, left)
 
 

@@ -26,7 +26,8 @@ from flows.steps import cancellation
 from persistence import host_slots, instances, operations
 from persistence.models import Operation
 from persistence.session import connection_lost
-from persistence.taskflow_backend import Backend, Fenced, failure_line
+from persistence.taskflow_backend import Backend, Fenced
+from persistence.taskflow_rows import failure_line
 
 LOG = logging.getLogger(__name__)
 

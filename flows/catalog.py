@@ -4,6 +4,12 @@ states it accepts (the state machine users meet when they are refused).
 The factory's import path is what taskflow stores in the flow detail; the
 version is stored on the operation. When a flow changes shape its VERSION is
 bumped, and an operation created by an older version is refused on resume.
+
+One module (~510 lines) on purpose: most of it is the one table `CATALOG`,
+read top to bottom as the list of what computeflow can do, with the few
+helpers that build and query its entries; split, a reader would look in
+several files for the one answer "which operations are there, and when is
+each refused".
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
     [take_hold] -> (forward-only, retried) action_1 -> ... -> action_n -> [release_hold]
 
-The plan (conductor/reconcile.py) groups actions by instance: the actions
+The plan (conductor/reconcile_repairs.py) groups actions by instance: the actions
 that change a live instance's record run under its hold, like any other
 operation on it, so reconciliation never races a resize or a reboot. Actions
 on resources of no live instance, and on records alone (claims, holds, usage

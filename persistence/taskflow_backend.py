@@ -28,10 +28,12 @@ the same transaction as the write, so a take-over either happens before the
 write (and the write is refused with `Fenced`) or waits for it. Every
 flow-log row records the epoch of its writer.
 
-One module (~630 lines) on purpose: the memo of what was written, the
-deferred writes, the write paths and the fencing are one invariant (a row is
-written once, under the right epoch, with its log row, before anything that
-depends on it); split, each part would need the others' private state.
+The rows and statements themselves (what a logbook, flow or atom becomes)
+are in `taskflow_rows`. The rest stays one module (~550 lines) on purpose:
+the memo of what was written, the deferred writes, the write paths and the
+fencing are one invariant (a row is written once, under the right epoch, with
+its log row, before anything that depends on it); split, each part would need
+the others' private state.
 """
 
 from __future__ import annotations
@@ -51,14 +53,12 @@ from taskflow.persistence import models as tf_models
 from taskflow.persistence.backends.sqlalchemy import tables as tf_tables
 
 from persistence import stock_backend
-from persistence.models import FLOW_STEP, FlowLogEntry, Operation, utcnow
+from persistence.models import FLOW_STEP, utcnow
 from persistence.pg_batch import FENCED_SQLSTATE, BatchRenderer, Op
+from persistence.taskflow_rows import FLOW_LOG, INTERNAL_PREFIX, Statements, log_row, significant_row
 
 stock: Any = stock_backend.load()  # taskflow's impl_sqlalchemy, its alembic migrations loaded on first use
 
-RESULT_SUMMARY_LIMIT = 300
-_INTERNAL_PREFIX = "_TaskFlow_"
-_PROGRESS_KEYS = frozenset({"progress", "progress_details"})
 _INTERRUPTED = frozenset({states.RUNNING, states.REVERTING})
 # Transitions that record work already done. They need not be durable before
 # anything happens in the world; they must be durable before anything that
@@ -83,8 +83,6 @@ _LAZY_STATES = _DEFERRABLE_ATOM_STATES
 # (the runner records the operation's outcome), which flushes it.
 _LAZY_FLOW_STATES = frozenset({states.SUCCESS, states.REVERTED})
 _FLOW_ENDED = frozenset({states.SUCCESS, states.REVERTED, states.FAILURE, states.REVERT_FAILURE})
-_LOG: sa.Table = FlowLogEntry.__table__  # type: ignore[assignment]  # declared models map Tables
-_OPS = Operation.__table__
 
 
 class Fenced(tf_exc.TaskFlowException):
@@ -100,28 +98,6 @@ class Fenced(tf_exc.TaskFlowException):
             "take-over; this conductor stops without writing"
         )
         self.flow_uuid, self.epoch = flow_uuid, epoch
-
-
-def summarize(value: object, limit: int = RESULT_SUMMARY_LIMIT) -> str | None:
-    if value is None:
-        return None
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def failure_line(failure: Any) -> str:  # a taskflow Failure
-    """`Type: message` of a taskflow Failure (iterating one yields its type names)."""
-    return f"{next(iter(failure), 'Error').rsplit('.', 1)[-1]}: {failure.exception_str}"
-
-
-def _significant(row: dict[str, Any]) -> dict[str, Any]:
-    """The row without progress bookkeeping: what is worth a write.
-
-    `meta` is always copied: taskflow updates an atom's meta in place, and a
-    remembered row that shared that dict would silently change with it.
-    """
-    meta = row.get("meta") or {}
-    return dict(row, meta={k: v for k, v in meta.items() if k not in _PROGRESS_KEYS})
 
 
 _TRANSIENT_ATTEMPTS = 5
@@ -180,7 +156,7 @@ class _Memory:
 
     def remember(self, flow_uuid: str, ad: tf_models.AtomDetail, attempts: int = 0) -> None:
         with self.lock:
-            self.atoms[ad.uuid] = _AtomMemo(flow_uuid, ad.state, attempts, _significant(ad.to_dict()))
+            self.atoms[ad.uuid] = _AtomMemo(flow_uuid, ad.state, attempts, significant_row(ad.to_dict()))
             self.flows.setdefault(flow_uuid, set()).add(ad.uuid)
 
     def flow_lock(self, flow_uuid: str) -> threading.Lock:
@@ -206,124 +182,6 @@ class _Memory:
                 self.atoms.pop(atom_uuid, None)
 
 
-class _Statements:
-    """The hot path's statements, built once: constructing a Core statement per
-    write (and computing its cache key) cost more than executing it."""
-
-    ATOM_COLUMNS = (
-        "failure",
-        "revert_failure",
-        "meta",
-        "name",
-        "results",
-        "revert_results",
-        "state",
-        "version",
-        "intention",
-    )
-    NEW_ATOM_COLUMNS = ("uuid", "parent_uuid", "atom_type", "created_at", *ATOM_COLUMNS)
-    LOG_COLUMNS = (
-        "flow_detail_uuid",
-        "atom_uuid",
-        "step",
-        "state",
-        "attempt",
-        "at",
-        "result",
-        "error",
-        "traceback",
-        "epoch",
-    )
-
-    #: Statements of every step transition, prepared once per connection (PostgreSQL).
-    PER_STEP = ("update_atom", "insert_log", "update_flow")
-    NEW_FLOW_COLUMNS = ("uuid", "parent_uuid", "name", "state", "meta", "created_at")
-    NEW_BOOK_COLUMNS = ("uuid", "name", "meta", "created_at", "updated_at")
-
-    def __init__(self, tables: Any) -> None:  # taskflow's tables namespace
-        atoms, flows = tables.atomdetails, tables.flowdetails
-        self.insert_book = sa.insert(tables.logbooks).inline()  # inline: no RETURNING
-        self.insert_flow = sa.insert(flows).inline()
-        self.update_atom = (
-            sa.update(atoms)
-            .where(atoms.c.uuid == sa.bindparam("a_uuid"))
-            .values(
-                {"updated_at": sa.bindparam("a_updated_at"), **{c: sa.bindparam(f"a_{c}") for c in self.ATOM_COLUMNS}}
-            )
-        )
-        self.insert_atom = sa.insert(atoms).inline()
-        self.insert_log = sa.insert(_LOG).inline().values({c: sa.bindparam(f"l_{c}") for c in self.LOG_COLUMNS})
-        self.update_flow = (
-            sa.update(flows)
-            .where(flows.c.uuid == sa.bindparam("f_uuid"))
-            .values(
-                state=sa.bindparam("f_state"),
-                meta=sa.bindparam("f_meta"),
-                name=sa.bindparam("f_name"),
-                updated_at=sa.bindparam("f_updated_at"),
-            )
-        )
-        # Inside a write transaction (SQLite, MariaDB): the operation's epoch,
-        # read under a share lock so that a concurrent take-over waits for the
-        # transaction (PostgreSQL: `computeflow_assert_epoch`, migration 0006).
-        self.epoch_is_current = (
-            sa.select(_OPS.c.id)
-            .where(_OPS.c.id == sa.bindparam("f_op"), _OPS.c.epoch == sa.bindparam("f_epoch"))
-            .with_for_update(read=True)
-        )
-
-    def for_batches(self) -> dict[str, tuple[sa.sql.ClauseElement, list[str] | None]]:
-        """What `pg_batch.BatchRenderer` compiles: each write statement and,
-        for the plain INSERT, the columns it binds."""
-        return {
-            "insert_book": (self.insert_book, list(self.NEW_BOOK_COLUMNS)),
-            "insert_flow": (self.insert_flow, list(self.NEW_FLOW_COLUMNS)),
-            "update_atom": (self.update_atom, None),
-            "insert_atom": (self.insert_atom, list(self.NEW_ATOM_COLUMNS)),
-            "insert_log": (self.insert_log, None),
-            "update_flow": (self.update_flow, None),
-        }
-
-    @classmethod
-    def update_atom_op(cls, row: dict[str, Any]) -> Op:
-        return "update_atom", {
-            "a_uuid": row["uuid"],
-            "a_updated_at": utcnow(),
-            **{f"a_{c}": row.get(c) for c in cls.ATOM_COLUMNS},
-        }
-
-    @classmethod
-    def insert_atom_op(cls, flow_uuid: str, ad: tf_models.AtomDetail) -> Op:
-        row = dict(ad.to_dict(), parent_uuid=flow_uuid, atom_type=tf_models.atom_detail_type(ad), created_at=utcnow())
-        return "insert_atom", {c: row.get(c) for c in cls.NEW_ATOM_COLUMNS}
-
-    @classmethod
-    def insert_book_ops(cls, book: tf_models.LogBook) -> list[Op]:
-        """A new logbook with its flows and their atoms."""
-        row = dict(book.to_dict(), created_at=book.created_at or utcnow())
-        ops: list[Op] = [("insert_book", {c: row.get(c) for c in cls.NEW_BOOK_COLUMNS})]
-        for fd in book:
-            row = dict(fd.to_dict(), parent_uuid=book.uuid, created_at=utcnow())
-            ops.append(("insert_flow", {c: row.get(c) for c in cls.NEW_FLOW_COLUMNS}))
-        for fd in book:  # after every flow: consecutive atom rows make one INSERT
-            ops.extend(cls.insert_atom_op(fd.uuid, ad) for ad in fd)
-        return ops
-
-    @classmethod
-    def insert_log_op(cls, log: dict[str, Any]) -> Op:
-        return "insert_log", {f"l_{c}": log.get(c) for c in cls.LOG_COLUMNS}
-
-    @staticmethod
-    def update_flow_op(fd: tf_models.FlowDetail) -> Op:
-        return "update_flow", {
-            "f_uuid": fd.uuid,
-            "f_state": fd.state,
-            "f_meta": fd.meta,
-            "f_name": fd.name,
-            "f_updated_at": utcnow(),
-        }
-
-
 class Backend(stock.SQLAlchemyBackend):
     """Backend bound to an existing engine, sharing one table set."""
 
@@ -332,14 +190,14 @@ class Backend(stock.SQLAlchemyBackend):
         self.tables = tf_tables.fetch(sa.MetaData())
         self.converter = stock._Alchemist(self.tables)
         self.memory = _Memory()
-        self.statements = _Statements(self.tables)
+        self.statements = Statements(self.tables)
         # PostgreSQL runs a multi-statement query as one implicit transaction,
         # so a write batch is one autocommitted round trip on a pool of its own.
         self.batches = None
         self.autocommit = self.autocommit_lazy = None
         if engine.dialect.name == "postgresql":
             self.batches = batches = BatchRenderer(
-                engine.dialect, self.statements.for_batches(), prepared=_Statements.PER_STEP
+                engine.dialect, self.statements.for_batches(), prepared=Statements.PER_STEP
             )
             self.autocommit = _autocommit_engine(engine)
             self.autocommit_lazy = _autocommit_engine(engine, synchronous_commit=False)
@@ -360,11 +218,11 @@ class Backend(stock.SQLAlchemyBackend):
         ops, memos = [], []
         for ad in flow_detail:
             memo = self.memory.atoms.get(ad.uuid)
-            if memo is None or ad.state not in _INTERRUPTED or ad.name.startswith(_INTERNAL_PREFIX):
+            if memo is None or ad.state not in _INTERRUPTED or ad.name.startswith(INTERNAL_PREFIX):
                 continue
             memos.append(memo)
             ops.append(
-                _Statements.insert_log_op(
+                Statements.insert_log_op(
                     dict(
                         flow_detail_uuid=flow_detail.uuid,
                         atom_uuid=ad.uuid,
@@ -453,7 +311,7 @@ class Connection(stock.Connection):
         for fd in book:
             self._backend.flush(fd.uuid)
         try:
-            self._execute(_Statements.insert_book_ops(book), None, lazy=False)
+            self._execute(Statements.insert_book_ops(book), None, lazy=False)
             saved = book
         except sa_exc.IntegrityError:
             saved = super().save_logbook(book)
@@ -488,9 +346,9 @@ class Connection(stock.Connection):
         with _storage_failure(f"Failed reading flow {fd.uuid}"), self._engine.connect() as conn:
             runs = dict(
                 conn.execute(
-                    sa.select(_LOG.c.atom_uuid, sa.func.count())
-                    .where(_LOG.c.flow_detail_uuid == fd.uuid, _LOG.c.state == states.RUNNING)
-                    .group_by(_LOG.c.atom_uuid)
+                    sa.select(FLOW_LOG.c.atom_uuid, sa.func.count())
+                    .where(FLOW_LOG.c.flow_detail_uuid == fd.uuid, FLOW_LOG.c.state == states.RUNNING)
+                    .group_by(FLOW_LOG.c.atom_uuid)
                 ).all()
             )
         self._memory.flow_states[fd.uuid] = fd.state
@@ -519,7 +377,7 @@ class Connection(stock.Connection):
         for ad in flow_detail:
             memo = self._memory.atoms.get(ad.uuid)
             if memo is None:
-                ops.append(_Statements.insert_atom_op(flow_detail.uuid, ad))
+                ops.append(Statements.insert_atom_op(flow_detail.uuid, ad))
                 new_atoms.append(ad)
                 continue
             change = self._atom_change(memo, ad)
@@ -529,7 +387,7 @@ class Connection(stock.Connection):
                 deferrable = deferrable and ad.state in _DEFERRABLE_ATOM_STATES
         if flow_detail.state and flow_detail.state != self._memory.flow_states.get(flow_detail.uuid):
             ops.append(
-                _Statements.insert_log_op(
+                Statements.insert_log_op(
                     dict(
                         flow_detail_uuid=flow_detail.uuid,
                         atom_uuid=flow_detail.uuid,
@@ -541,7 +399,7 @@ class Connection(stock.Connection):
                     )
                 )
             )
-        ops.append(_Statements.update_flow_op(flow_detail))  # last: its row count is the batch's
+        ops.append(Statements.update_flow_op(flow_detail))  # last: its row count is the batch's
         changed = self._write(flow_detail.uuid, ops, deferrable, lazy=flow_detail.state in _LAZY_FLOW_STATES)
         if changed == 0:
             raise tf_exc.NotFound(f"No flow details found with uuid '{flow_detail.uuid}'")
@@ -559,13 +417,13 @@ class Connection(stock.Connection):
         """The statements that bring the atom's row (and log) to `ad`, and how
         to update the memo once they are committed; None if nothing changed."""
         row = ad.to_dict()
-        significant = _significant(row)
+        significant = significant_row(row)
         if significant == memo.written:
             return None
         attempts, log = self._transition(memo, ad)
-        ops = [_Statements.update_atom_op(row)]
+        ops = [Statements.update_atom_op(row)]
         if log is not None:
-            ops.append(_Statements.insert_log_op(log))
+            ops.append(Statements.insert_log_op(log))
 
         def remember() -> None:
             memo.state, memo.attempts, memo.written = ad.state, attempts, significant
@@ -668,7 +526,7 @@ class Connection(stock.Connection):
         if ad.state == memo.state:
             return memo.attempts, None
         attempts = memo.attempts + 1 if ad.state == states.RUNNING else memo.attempts
-        return attempts, _log_row(memo.flow_uuid, ad, max(attempts, 1), self._memory.fences.get(memo.flow_uuid))
+        return attempts, log_row(memo.flow_uuid, ad, max(attempts, 1), self._memory.fences.get(memo.flow_uuid))
 
     def _update_atom_details_slowly(self, atom_detail: tf_models.AtomDetail) -> tf_models.AtomDetail:
         atoms = self._tables.atomdetails
@@ -683,41 +541,15 @@ class Connection(stock.Connection):
                 if existing.state != before:
                     runs = conn.execute(
                         sa.select(sa.func.count())
-                        .select_from(_LOG)
-                        .where(_LOG.c.atom_uuid == existing.uuid, _LOG.c.state == states.RUNNING)
+                        .select_from(FLOW_LOG)
+                        .where(FLOW_LOG.c.atom_uuid == existing.uuid, FLOW_LOG.c.state == states.RUNNING)
                     ).scalar_one()
                     attempt = runs + 1 if existing.state == states.RUNNING else max(runs, 1)
                     flow_uuid = row._mapping["parent_uuid"]
                     self._check_fence(conn, flow_uuid)
-                    log = _log_row(flow_uuid, existing, attempt, self._memory.fences.get(flow_uuid))
+                    log = log_row(flow_uuid, existing, attempt, self._memory.fences.get(flow_uuid))
                     if log is not None:
-                        conn.execute(sa.insert(_LOG).values(log))
+                        conn.execute(sa.insert(FLOW_LOG).values(log))
             return existing
         except sa_exc.SQLAlchemyError:
             tf_exc.raise_with_cause(tf_exc.StorageFailure, f"Failed updating atom details {atom_detail.uuid}")
-
-
-def _log_row(flow_uuid: str, ad: tf_models.AtomDetail, attempt: int, epoch: int | None = None) -> dict[str, Any] | None:
-    """The flow_log row for an atom's new state (None for taskflow's injector)."""
-    if ad.name.startswith(_INTERNAL_PREFIX):
-        return None  # taskflow's own injector atom holds the store, not a step
-    state = ad.state or states.PENDING
-    failure = ad.revert_failure if state == states.REVERT_FAILURE else ad.failure
-    error = traceback = result = None
-    if state in (states.FAILURE, states.REVERT_FAILURE) and failure is not None:
-        error = failure_line(failure)
-        traceback = failure.traceback_str
-    elif state == states.SUCCESS:
-        result = summarize(ad.results)
-    return dict(
-        flow_detail_uuid=flow_uuid,
-        atom_uuid=ad.uuid,
-        step=ad.name,
-        state=state,
-        attempt=attempt,
-        at=utcnow(),
-        result=result,
-        error=error,
-        traceback=traceback,
-        epoch=epoch,
-    )

@@ -8,7 +8,7 @@ before doing it, and the call into conductor/.
 | retry-revert  | admin    | FAILED          | computeflow ops retry-revert    |
 | mark-reverted | admin    | FAILED          | computeflow ops mark-reverted   |
 
-A refusal by conductor/ (operations.Refused) is a 409 with its message; what
+A refusal by conductor/ (operator_actions.Refused) is a 409 with its message; what
 runs a flow (retry-revert) is started in the server's runner threads after
 the state change is committed, and the answer is 202.
 """
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from conductor import cancel as cancel_mod
 from conductor import recovery, render, repair
-from persistence import operations
+from persistence import operations, operator_actions
 from web import auth
 from web.context import ApiError, WebState
 
@@ -54,13 +54,13 @@ def _by(role: str) -> str:
 
 
 def _refused(fn):
-    """operations.Refused -> 409 with its own message."""
+    """operator_actions.Refused -> 409 with its own message."""
 
     def wrapped(ws: WebState, op_id: str, role: str, body: dict) -> dict:
         op_id = _resolve(ws, op_id)
         try:
             return fn(ws, op_id, role, body)
-        except operations.Refused as e:
+        except operator_actions.Refused as e:
             raise ApiError(409, str(e)) from None
 
     return wrapped
@@ -85,7 +85,7 @@ def _resume_plan(ws: WebState, op_id: str, role: str, body: dict) -> dict:
 def _retry_revert(ws: WebState, op_id: str, role: str, body: dict) -> dict:
     c = ws.conductor()
     with c.db.session() as s:
-        op = operations.reopen_for_revert(s, op_id, c.owner, c.lease_seconds, _by(role))
+        op = operator_actions.reopen_for_revert(s, op_id, c.owner, c.lease_seconds, _by(role))
         op_id, state = op.id, op.state
     ws.runs.submit(run_logged, c, op_id)
     return {"id": op_id, "state": state}

@@ -17,19 +17,17 @@ own guests) are never listed, counted or touched.
 The driver runs on the hypervisor's machine: disks are created locally with
 qemu-img at the paths the domain XML names.
 
-One module (~700 lines) on purpose: it is the contract's method list, each a
+One module (~710 lines) on purpose: it is the contract's method list, each a
 short composition of host.py, guest.py, config.py, disks.py, ports.py and
-migration.py, where the libvirt work itself lives, plus `_translated`, the
-wrapper every method goes through (errors translated, a daemon restart waited
-out and the call repeated).
+migration.py, where the libvirt work itself lives; every method goes through
+`calls.translated` (errors translated, a daemon restart waited out and the
+call repeated). Split by operation, the parts would share the driver's
+private lookups (`_guest`, `_own_guests`, `_disk_path`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
-import inspect
-import logging
 import os
 import shutil
 import threading
@@ -53,86 +51,25 @@ from drivers.base import (
     Vif,
 )
 from drivers.errors import (
-    ConnectionLost,
     DriverError,
     GuestNotFound,
-    HypervisorUnavailable,
     InvalidGuestState,
     RootDiskTooSmall,
     SoftRebootFailed,
 )
 from drivers.libvirt import disks, layout, resize, snapshot
 from drivers.libvirt import migration
+from drivers.libvirt.calls import translated
 from drivers.libvirt.config import DiskConfig, DomainConfig, InstanceMetadata, InterfaceConfig, OsConfig, SerialConfig
 from drivers.libvirt.guest import Guest
-from drivers.libvirt.host import Host, is_connection_error
+from drivers.libvirt.host import Host
 from drivers.libvirt.ports import PortRecords
 
 DOMAIN_PREFIX = "cf-"
 MAX_CONSOLE_BYTES = 100 * 1024
 DEFAULT_CMDLINE = "console=ttyS0"
 _POLL_S = 0.1
-#: Pause before a call is repeated after a lost connection came back.
-_REPEAT_PAUSE_S = 0.5
-LOG = logging.getLogger(__name__)
 _IGNORED_EVENTS = frozenset({libvirt.VIR_DOMAIN_EVENT_DEFINED, libvirt.VIR_DOMAIN_EVENT_UNDEFINED})
-
-
-def _translated(method=None, *, repeatable: bool = True):
-    """Turn libvirtError into computeflow's driver errors, riding out a daemon restart.
-
-    A lost connection (the daemon restarted or crashed; or, for a call that
-    makes the daemon talk to another one, that one went away) is waited out:
-    the driver reconnects every half second, up to `reconnect_timeout`
-    seconds, then makes the call again from the start. That is safe because
-    every call here is written to be repeated, as a step's retry repeats it:
-    each first looks at what the daemon and the disk hold (a guest already
-    running is not started again; a migration job still running is watched,
-    not started twice). A `repeatable=False` call is not repeated. If the
-    daemon does not come back (or was never reached by this driver: a wrong
-    URI is reported at once), ConnectionLost (HypervisorUnavailable, transient)
-    goes to the step. A vanished domain is GuestNotFound; any other failure
-    a DriverError carrying libvirt's message.
-    """
-    if method is None:
-        return functools.partial(_translated, repeatable=repeatable)
-    has_uuid = "instance_uuid" in inspect.signature(method).parameters
-
-    @functools.wraps(method)
-    def wrapper(self: LibvirtDriver, *args, **kwargs):
-        deadline = None
-        while True:
-            try:
-                return method(self, *args, **kwargs)
-            except libvirt.libvirtError as e:
-                if not is_connection_error(e):
-                    instance_uuid = kwargs.get("instance_uuid", args[0] if has_uuid and args else None)
-                    if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN and instance_uuid:
-                        raise GuestNotFound(instance_uuid) from None
-                    raise DriverError(f"libvirt on {self.host}: {e}") from None
-                self._host.connection_failed()
-                lost: HypervisorUnavailable = ConnectionLost(self.host, str(e))
-            except ConnectionLost as e:
-                lost = e
-            if not repeatable or self._host.closed or not self._host.ever_connected:
-                raise lost from None  # a daemon never reached is likely a wrong URI: say so now
-            if deadline is None:
-                deadline = time.monotonic() + self.reconnect_timeout
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise lost from None
-            LOG.warning(
-                "%s on %s: %s; waiting up to %.0fs for the daemon, then repeating the call",
-                method.__name__,
-                self.host,
-                lost,
-                left,
-            )
-            if not self._host.wait_until_reachable(deadline):
-                raise lost from None
-            threading.Event().wait(_REPEAT_PAUSE_S)  # a peer's error comes back at once
-
-    return wrapper
 
 
 class LibvirtDriver(base.ComputeDriver):
@@ -177,7 +114,7 @@ class LibvirtDriver(base.ComputeDriver):
         self._domain_type: str | None = None
 
     # -- host ---------------------------------------------------------------
-    @_translated
+    @translated
     def init_host(self) -> None:
         disks.make_dir(self.root)
         self._domain_type = self._host.domain_type(self.virt_type)
@@ -192,7 +129,7 @@ class LibvirtDriver(base.ComputeDriver):
         assert self._domain_type is not None  # init_host found it or raised
         return self._domain_type
 
-    @_translated
+    @translated
     def get_available_resource(self) -> HostResources:
         cpus, ram_mb, hypervisor, version = self._host.resources()
         disks.make_dir(self.root)
@@ -205,7 +142,7 @@ class LibvirtDriver(base.ComputeDriver):
             hypervisor_version=version,
         )
 
-    @_translated
+    @translated
     def inventory(self) -> Inventory:
         return Inventory(
             guests=tuple(sorted(g.uuid for g in self._own_guests())),
@@ -214,7 +151,7 @@ class LibvirtDriver(base.ComputeDriver):
             base_images=tuple(self.images.list()),
         )
 
-    @_translated
+    @translated
     def host_report(self) -> base.HostReport:
         """Own guests with their power state; `cf-` domains without computeflow's
         metadata (someone else's, listed with no instance); the files under this
@@ -300,15 +237,15 @@ class LibvirtDriver(base.ComputeDriver):
             raise GuestNotFound(instance_uuid)
         return guest
 
-    @_translated
+    @translated
     def get_info(self, instance_uuid: str) -> GuestInfo:
         return self._guest(instance_uuid).info()
 
-    @_translated
+    @translated
     def list_instance_uuids(self) -> list[str]:
         return sorted(g.uuid for g in self._own_guests())
 
-    @_translated
+    @translated
     def get_console_output(self, instance_uuid: str) -> str:
         """The tail (up to 100 KiB) of the guest's serial console file."""
         self._guest(instance_uuid)
@@ -457,7 +394,7 @@ class LibvirtDriver(base.ComputeDriver):
             pause.wait(_POLL_S)
         return True
 
-    @_translated
+    @translated
     def define_guest(self, spec: GuestSpec) -> None:
         """Define the domain; if one with the instance's uuid exists, keep it."""
         existing = self._host.find_guest(spec.instance_uuid)
@@ -496,7 +433,7 @@ class LibvirtDriver(base.ComputeDriver):
             return InterfaceConfig("network", vif.mac, network=vif.network)
         return InterfaceConfig("ethernet", vif.mac, target_dev=_tap_name(vif.id))
 
-    @_translated
+    @translated
     def undefine_guest(self, instance_uuid: str) -> None:
         """Remove the definition (and its console log); it must be stopped."""
         guest = self._find(instance_uuid)
@@ -516,7 +453,7 @@ class LibvirtDriver(base.ComputeDriver):
             raise InvalidGuestState(instance_uuid, state.value, action)
         return state
 
-    @_translated
+    @translated
     def power_on(self, instance_uuid: str) -> None:
         guest = self._guest(instance_uuid)
         state = self._require(
@@ -537,7 +474,7 @@ class LibvirtDriver(base.ComputeDriver):
             if e.get_error_code() != libvirt.VIR_ERR_OPERATION_INVALID or not guest.is_active():
                 raise
 
-    @_translated
+    @translated
     def power_off(self, instance_uuid: str, timeout: float = 0) -> None:
         """Ask the guest to shut down and wait up to `timeout` s, then pull the plug."""
         guest = self._guest(instance_uuid)
@@ -559,7 +496,7 @@ class LibvirtDriver(base.ComputeDriver):
             pause.wait(_POLL_S)
         return True
 
-    @_translated(repeatable=False)  # repeated after it took effect, it would boot twice
+    @translated(repeatable=False)  # repeated after it took effect, it would boot twice
     def reboot(self, instance_uuid: str, hard: bool) -> None:
         """Soft: ACPI shutdown, then start again; SoftRebootFailed if the guest
         is not off within soft_reboot_timeout. Hard: from any state, a fresh boot."""
@@ -583,19 +520,19 @@ class LibvirtDriver(base.ComputeDriver):
     def restore(self, instance_uuid: str) -> None:
         self.power_on(instance_uuid)
 
-    @_translated
+    @translated
     def pause(self, instance_uuid: str) -> None:
         guest = self._guest(instance_uuid)
         if self._require(instance_uuid, guest, "pause", {PowerState.RUNNING, PowerState.PAUSED}) is PowerState.RUNNING:
             guest.pause()
 
-    @_translated
+    @translated
     def unpause(self, instance_uuid: str) -> None:
         guest = self._guest(instance_uuid)
         if self._require(instance_uuid, guest, "unpause", {PowerState.RUNNING, PowerState.PAUSED}) is PowerState.PAUSED:
             guest.unpause()
 
-    @_translated
+    @translated
     def suspend(self, instance_uuid: str) -> None:
         """Save the guest's RAM to the daemon's managed-save file and stop it."""
         guest = self._guest(instance_uuid)
@@ -605,7 +542,7 @@ class LibvirtDriver(base.ComputeDriver):
         ):
             guest.save_to_host()
 
-    @_translated
+    @translated
     def resume(self, instance_uuid: str) -> None:
         guest = self._guest(instance_uuid)
         if (
@@ -615,7 +552,7 @@ class LibvirtDriver(base.ComputeDriver):
             self._launch(guest)
 
     # -- snapshot (snapshot.py) ----------------------------------------------
-    @_translated
+    @translated
     def snapshot(self, instance_uuid: str, image_path: str) -> Image:
         """The root disk, flattened to a qcow2 at `image_path`; a running guest is
         paused for the copy (see snapshot.py)."""
@@ -627,12 +564,12 @@ class LibvirtDriver(base.ComputeDriver):
         )
 
     # -- cold resize and migration (resize.py) -------------------------------
-    @_translated
+    @translated
     def migrate_disk_and_power_off(self, instance_uuid: str, dest_host: str, flavor: base.Flavor) -> list[Disk]:
         """Stop the guest and copy its disks to `{instances_path}/{dest_host}/{uuid}`."""
         return resize.migrate_disk_and_power_off(self._host, self.root, self.ports, instance_uuid, dest_host, flavor)
 
-    @_translated
+    @translated
     def finish_migration(self, instance_uuid: str, disks: list[Disk], flavor: base.Flavor, power_on: bool) -> None:
         """Define (and start) the guest here from the copied disks, at the new flavor."""
         guest = resize.finish_migration(
@@ -649,51 +586,51 @@ class LibvirtDriver(base.ComputeDriver):
         if power_on and not guest.is_active():
             self._launch(guest)
 
-    @_translated
+    @translated
     def confirm_migration(self, instance_uuid: str) -> None:
         resize.confirm_migration(self.host, self.root, self.ports, instance_uuid)
 
-    @_translated
+    @translated
     def finish_revert_migration(self, instance_uuid: str, power_on: bool) -> None:
         guest = resize.finish_revert_migration(self._host, self.root, self.ports, instance_uuid)
         if power_on and not guest.is_active():
             self._launch(guest)
 
     # -- live migration (drivers/libvirt/migration.py) ----------------------
-    @_translated
+    @translated
     def check_can_live_migrate_destination(self, instance_uuid: str, block_migration: bool) -> dict:
         return migration.check_destination(self._host, self.root, block_migration)
 
     def check_can_live_migrate_destination_cleanup(self, dest_check: dict) -> None:
         """The destination check leaves nothing behind."""
 
-    @_translated
+    @translated
     def check_can_live_migrate_source(self, instance_uuid: str, dest_check: dict) -> dict:
         guest = self._guest(instance_uuid)
         return migration.check_source(
             self._host, self.root, guest, instance_uuid, dest_check, permit_post_copy=self.permit_post_copy
         )
 
-    @_translated
+    @translated
     def pre_live_migration(self, instance_uuid: str, migrate_data: dict) -> dict:
         return migration.pre_migration(self.root, self.ports, instance_uuid, migrate_data)
 
-    @_translated
+    @translated
     def live_migration(self, instance_uuid: str, dest_host: str, migrate_data: dict, progress=None) -> None:
         migration.migrate(self._host, instance_uuid, dest_host, migrate_data, progress)
 
-    @_translated
+    @translated
     def live_migration_abort(self, instance_uuid: str) -> None:
         migration.abort(self._find(instance_uuid))
 
-    @_translated
+    @translated
     def live_migration_force_complete(self, instance_uuid: str) -> None:
         migration.force_complete(self._find(instance_uuid), permit_post_copy=self.permit_post_copy)
 
     def live_migration_force_complete_is_final(self, migrate_data: dict) -> bool:
         return migration.post_copy(migrate_data)
 
-    @_translated
+    @translated
     def rollback_live_migration_at_destination(self, instance_uuid: str, destroy_disks: bool) -> None:
         migration.rollback_at_destination(self._find(instance_uuid), self.ports, instance_uuid)
         if destroy_disks:
@@ -702,12 +639,12 @@ class LibvirtDriver(base.ComputeDriver):
     def post_live_migration(self, instance_uuid: str, migrate_data: dict) -> None:
         """No volumes to disconnect: instance disks are files copied by the migration."""
 
-    @_translated
+    @translated
     def post_live_migration_at_source(self, instance_uuid: str) -> None:
         migration.post_at_source(self._find(instance_uuid), self.ports, instance_uuid)
         self.delete_instance_files(instance_uuid)
 
-    @_translated
+    @translated
     def post_live_migration_at_destination(self, instance_uuid: str) -> None:
         migration.post_at_destination(self._host, self._guest(instance_uuid), instance_uuid)
 

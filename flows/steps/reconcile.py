@@ -262,7 +262,7 @@ class ReleaseHeldInstance(Step):
             instances.release_hold(s, instance_uuid, operation_id, task_state=None)
 
 
-#: Action name -> step class; the plan (conductor/reconcile.py) names these.
+#: Action name -> step class; the plan (conductor/reconcile_repairs.py) names these.
 ACTIONS: dict[str, type[ReconcileStep]] = {
     "remove_from_host": RemoveFromHost,
     "unplug_port": UnplugPort,

@@ -18,7 +18,7 @@ from conductor import cancel, config
 from conductor.api import Conductor, SpawnRequest
 from conductor.runner import LeaseKeeper
 from flows.steps import cancellation
-from persistence import flowlog, operations
+from persistence import flowlog, operations, operator_actions
 from persistence.models import FlowLogEntry, Instance, Operation, Secret, utcnow
 from tests.conftest import REPO, run_cli, write_conf
 from tests.flows.test_spawn import assert_fully_reverted, spawn
@@ -87,7 +87,7 @@ def test_lease_keeper_flags_cancel_requests_of_the_operations_it_renews(conducto
         keeper.track(op_id)
         assert cancellation.get(op_id).cancelled_by is None
         with conductor.db.session() as s:
-            operations.request_cancel(s, op_id, "alice@test")
+            operator_actions.request_cancel(s, op_id, "alice@test")
         deadline = time.monotonic() + 10
         while cancellation.get(op_id).cancelled_by is None:
             assert time.monotonic() < deadline, "the keeper never flagged the request"
@@ -100,9 +100,9 @@ def test_lease_keeper_flags_cancel_requests_of_the_operations_it_renews(conducto
 
 def test_ended_operation_cannot_be_cancelled(conductor):
     op_id, _ = spawn(conductor)
-    with pytest.raises(operations.Refused, match="already ended SUCCEEDED"):
+    with pytest.raises(operator_actions.Refused, match="already ended SUCCEEDED"):
         cancel.cancel(conductor, op_id, "alice@test")
-    with pytest.raises(operations.Refused, match="unknown operation"):
+    with pytest.raises(operator_actions.Refused, match="unknown operation"):
         cancel.cancel(conductor, "no-such-op", "alice@test")
 
 
@@ -110,7 +110,7 @@ def test_running_destroy_is_forward_only(conductor):
     spawn(conductor)
     op_id = conductor.submit_destroy("vm1")
     _set(conductor, op_id, state=operations.RUNNING)
-    with pytest.raises(operations.Refused, match="forward-only and already running"):
+    with pytest.raises(operator_actions.Refused, match="forward-only and already running"):
         cancel.cancel(conductor, op_id, "alice@test")
     with conductor.db.session() as s:
         assert operations.get(s, op_id).cancel_requested_by is None
@@ -128,7 +128,7 @@ def test_running_confirm_or_revert_of_a_resize_is_forward_only(conductor, kind):
     )
     op_id = conductor.submit(kind, "vm1")
     _set(conductor, op_id, state=operations.RUNNING)
-    with pytest.raises(operations.Refused, match="forward-only and already running"):
+    with pytest.raises(operator_actions.Refused, match="forward-only and already running"):
         cancel.cancel(conductor, op_id, "alice@test")
     _set(conductor, op_id, state=operations.PENDING)
     assert conductor.run(op_id).state == operations.SUCCEEDED
@@ -265,6 +265,6 @@ def test_cancel_flagged_inside_a_forward_only_phase_is_ignored(conductor, caplog
     assert "cancel by alice@test ignored: its forward-only phase has started" in caplog.text
     assert conductor.rt.driver_for("h1").inventory().empty
     with conductor.db.session() as s:
-        with pytest.raises(operations.Refused, match="already ended"):
-            operations.request_cancel(s, op_id, "alice@test")
+        with pytest.raises(operator_actions.Refused, match="already ended"):
+            operator_actions.request_cancel(s, op_id, "alice@test")
         assert operations.forward_phase_started(s, op_id, "retry_destroy_forward")

@@ -11,7 +11,7 @@ import threading
 import pytest
 import sqlalchemy as sa
 
-from conductor import config, drift_watch, reconcile
+from conductor import config, drift_watch, reconcile, reconcile_report
 from conductor.api import SpawnRequest
 from conductor.drift_watch import DriftWatch
 from persistence import events, instances, operations
@@ -82,7 +82,7 @@ def test_a_failed_audit_is_logged_and_the_watch_goes_on(monkeypatch, caplog):
         audits.append(c)
         if len(audits) == 1:
             raise RuntimeError("database unreachable")
-        return reconcile.Audit()
+        return reconcile_report.Audit()
 
     monkeypatch.setattr(drift_watch.reconcile, "audit", audit)
     ticks = _Ticks(2)

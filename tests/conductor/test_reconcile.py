@@ -12,7 +12,7 @@ import uuid
 import pytest
 import sqlalchemy as sa
 
-from conductor import config, reconcile
+from conductor import config, reconcile, reconcile_report
 from conductor.api import Conductor, SpawnRequest
 from drivers.base import Vif
 from persistence import instances, operations
@@ -77,7 +77,7 @@ def _plant(c: Conductor) -> dict[str, str]:
     return {"web": web, "db1": db1}
 
 
-def _kinds(result: reconcile.Audit) -> list[tuple[str, str | None]]:
+def _kinds(result: reconcile_report.Audit) -> list[tuple[str, str | None]]:
     return sorted((f.what, f.host) for f in result.findings)
 
 

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 
 from conductor import config, repair
 from conductor.api import Conductor
-from persistence import operations
+from persistence import operations, operator_actions
 from persistence.models import Claim, FlowLogEntry, Host, Instance
 from tests.conftest import run_cli, write_conf
 from tests.flows.test_spawn import assert_fully_reverted, spawn
@@ -34,7 +34,7 @@ def _annotations(c: Conductor, op_id: str) -> list[FlowLogEntry]:
             sa.select(FlowLogEntry).where(
                 FlowLogEntry.flow_detail_uuid == op_id,
                 FlowLogEntry.step == "(flow)",
-                FlowLogEntry.state.in_((operations.REVERT_RETRIED, operations.MARKED_REVERTED)),
+                FlowLogEntry.state.in_((operator_actions.REVERT_RETRIED, operator_actions.MARKED_REVERTED)),
             )
         ).all()
 
@@ -64,7 +64,7 @@ def test_retry_revert_after_the_fix_reverts_every_earlier_step(conductor):
     assert "injected failure at step power_on" in status.error  # the original cause stays
     assert_fully_reverted(conductor, op_id)  # disks, ports, claim, hold: all undone
     (note,) = _annotations(conductor, op_id)
-    assert note.state == operations.REVERT_RETRIED and "alice@test" in note.result
+    assert note.state == operator_actions.REVERT_RETRIED and "alice@test" in note.result
     assert repair.needing_repair(conductor) == []
 
 
@@ -90,7 +90,7 @@ def test_mark_reverted_records_a_manual_cleanup(conductor):
         assert s.scalar(sa.select(sa.func.count()).select_from(Claim)) == 0
         assert s.get(Host, "h1").used_vcpus == 0
     (note,) = _annotations(conductor, op_id)
-    assert note.state == operations.MARKED_REVERTED
+    assert note.state == operator_actions.MARKED_REVERTED
     assert "bob@test" in note.result and "virsh" in note.result
     # Only a record: what is on the hypervisor is the operator's to clean.
     assert conductor.rt.driver_for("h1").inventory().guests
@@ -99,11 +99,11 @@ def test_mark_reverted_records_a_manual_cleanup(conductor):
 def test_repair_refuses_operations_that_did_not_fail(conductor):
     op_id, state = spawn(conductor)
     assert state == operations.SUCCEEDED
-    with pytest.raises(operations.Refused, match="not FAILED"):
+    with pytest.raises(operator_actions.Refused, match="not FAILED"):
         repair.retry_revert(conductor, op_id, "x")
-    with pytest.raises(operations.Refused, match="not FAILED"):
+    with pytest.raises(operator_actions.Refused, match="not FAILED"):
         repair.mark_reverted(conductor, op_id, "x")
-    with pytest.raises(operations.Refused, match="unknown operation"):
+    with pytest.raises(operator_actions.Refused, match="unknown operation"):
         repair.retry_revert(conductor, "nope-nope", "x")
 
 

@@ -8,7 +8,7 @@ import hashlib
 import json
 import signal
 
-from drivers.fake import HostStateFile
+from drivers.fake_state import HostStateFile
 from tests.conductor.test_secrets import full_dump
 from tests.conftest import run_cli, write_conf
 

@@ -9,7 +9,7 @@ import signal
 
 import sqlalchemy as sa
 
-from drivers.fake import HostStateFile
+from drivers.fake_state import HostStateFile
 from persistence.session import Database
 from tests.conftest import run_cli, write_conf
 

@@ -17,7 +17,7 @@ from conductor import config
 from conductor.api import Conductor
 from flows.steps.attempts import Policy
 from flows.steps.guest import PowerOn
-from persistence import flowlog, operations
+from persistence import flowlog, operations, operator_actions
 from persistence.models import FlowLogEntry
 from tests.conftest import write_conf
 from tests.flows.test_spawn import assert_fully_reverted, spawn
@@ -135,7 +135,7 @@ def test_call_still_hung_at_revert_leaves_it_for_an_operator(fast, monkeypatch):
     assert status.state == operations.FAILED
     with fast.db.session() as s:
         (power_on,) = [st for st in flowlog.summarize(flowlog.entries(s, op_id)) if st.step == "power_on"]
-        assert operations.failed_reverts(s, operations.get(s, op_id)) == ["power_on"]
+        assert operator_actions.failed_reverts(s, operations.get(s, op_id)) == ["power_on"]
     assert power_on.state == "REVERT_FAILURE" and "still running" in power_on.error
     # The step did not wait forever: the abandoned call is still there, hung.
     assert any(t.name == "power_on-execute" and t.is_alive() for t in threading.enumerate())

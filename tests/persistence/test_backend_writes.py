@@ -105,12 +105,12 @@ def _flow_with_a_deferred_write(backend: Backend) -> str:
     """A finished flow with one flow-log row still waiting in memory, as a
     step's SUCCESS waits for the next step's RUNNING: the next read of the
     flow must commit it first."""
-    from persistence.taskflow_backend import _Statements
+    from persistence.taskflow_rows import Statements
 
     flow_uuid = _run_flow(backend)
     row = dict(flow_detail_uuid=flow_uuid, atom_uuid=flow_uuid, step="t0", state="SUCCESS", attempt=1)
     row.update(at=None, result=None, error=None, traceback=None, epoch=None)
-    backend.memory.pending[flow_uuid] = [_Statements.insert_log_op(row)]
+    backend.memory.pending[flow_uuid] = [Statements.insert_log_op(row)]
     return flow_uuid
 
 

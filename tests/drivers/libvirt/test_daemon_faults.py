@@ -2,7 +2,7 @@
 
 The daemon is stopped (SIGTERM, as its scripts stop it) while an operation is
 in flight, the driver's next call finds the connection dead and waits for the
-daemon (drivers/libvirt/driver.py, [libvirt] reconnect_timeout), the test sees
+daemon (drivers/libvirt/calls.py, [libvirt] reconnect_timeout), the test sees
 it waiting (`Host.waiting`) and starts the daemon again with the project's
 script; the call is then made again from the start and the operation
 finishes. Afterwards nothing is left over: the hosts' reports hold exactly the
