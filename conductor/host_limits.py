@@ -160,12 +160,14 @@ class SlotGate:
             host_slots.take(s, op.id, needs)
 
     def release(self, db: Database, op_id: str, owner: str) -> None:
+        """Leave the operation's slots once its run is over, and wake this
+        process's waiters: also when its outcome's transaction took them
+        already (Runner._finish), as it does for every operation that ended."""
         with db.session() as s:
-            removed = host_slots.release(s, op_id, owner)
-        if removed:
-            with self._released:
-                self._generation += 1
-                self._released.notify_all()
+            host_slots.release(s, op_id, owner)
+        with self._released:
+            self._generation += 1
+            self._released.notify_all()
 
     def generation(self) -> int:
         """A counter of releases in this process (compare before and after a wait)."""

@@ -314,6 +314,9 @@ class Runner:
         with self.rt.db.session() as s:
             if not operations.mark(s, op_id, state, owner=self.owner, epoch=epoch, error=error):
                 raise Fenced(op_id, epoch)  # taken over: the new owner records the outcome
+            # Its host slots go with its outcome: nobody sees it ended and still
+            # holding them (a waiter woken by the outcome finds the slot free).
+            host_slots.release(s, op_id, self.owner)
             self.rt.secrets.purge(s, op_id)
             if state == operations.FAILED:
                 # It keeps its hold (nothing else may touch what the failed revert

@@ -171,6 +171,28 @@ def test_line_is_first_come_first_served_and_a_lapsed_slot_is_reclaimed(db_url):
 
 
 # -- a conductor ----------------------------------------------------------------------
+def test_an_operation_seen_ended_holds_no_slot(tmp_path, db_url, monkeypatch):
+    """The slots leave in the outcome's own transaction: whoever sees the
+    operation SUCCEEDED (a waiter, a test, another process) finds them free,
+    not only once the run's last clean-up has come (under load, a test saw a
+    SUCCEEDED spawn still holding its slot)."""
+    c = _conductor(tmp_path, db_url, "max_concurrent_builds = 1\n")
+    seen: list[tuple[str, list[tuple]]] = []
+    real = host_limits.SlotGate.release
+
+    def release_after_looking(gate, db, op_id, owner):  # the run's clean-up, once it ended
+        seen.append((_op(c, op_id).state, _slot_rows(c)))
+        real(gate, db, op_id, owner)
+
+    monkeypatch.setattr(host_limits.SlotGate, "release", release_after_looking)
+    try:
+        op = c.submit_spawn(SpawnRequest(name="vm1", flavor="m1.tiny", image="cirros"))
+        assert op.wait(timeout=60).state == operations.SUCCEEDED
+        assert seen == [(operations.SUCCEEDED, [])]
+    finally:
+        c.close()
+
+
 def test_queued_spawn_waits_visibly_and_runs_when_the_slot_frees(tmp_path, db_url):
     c = _conductor(tmp_path, db_url, "max_concurrent_builds = 1\n")
     runs: list[threading.Thread] = []
