@@ -6,6 +6,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from persistence.models import Flavor, Host, Image, Operation
+from persistence.operations import PENDING
 from persistence.session import changed
 
 
@@ -42,7 +43,7 @@ def pending_spawn_ram_mb(s: Session) -> dict[str, int]:
     host = Operation.parameters["host"].as_string()
     ram = Operation.parameters["flavor"]["ram_mb"].as_integer()
     rows = s.execute(
-        sa.select(host, sa.func.sum(ram)).where(Operation.state == "PENDING", Operation.kind == "spawn").group_by(host)
+        sa.select(host, sa.func.sum(ram)).where(Operation.state == PENDING, Operation.kind == "spawn").group_by(host)
     ).all()
     return {name: int(total) for name, total in rows if name is not None and total is not None}
 
