@@ -133,7 +133,6 @@ def report(tag):
     libc.malloc_trim(0)
     lo, hi = heap_range()
     res = resident_pages(lo, hi)
-    types = known_types()
     out = {"tag": tag, "rss_kb": rss(), "collected": c, "heap": [lo, hi], "smaps": smaps_kinds()}
     mi = libc.mallinfo2()
     out["mallinfo2"] = {n: getattr(mi, n) for n, _ in MI2._fields_}
@@ -169,6 +168,12 @@ def report(tag):
                 p += 1
         a = nxt
     out["walk_end"] = a
+    # Only now the map of type addresses: made before the walk, its thousands of
+    # address-sized int keys (a dict of ints and strings, which the collector
+    # does not track) and the freed ints of its `seen` set (fast bins keep a
+    # freed chunk's in-use bit and its type pointer) filled the heap's holes
+    # and were counted as the burst's survivors (session 10's "pointer-sized ints").
+    types = known_types()
     out["nchunks"] = n
     out["pages_total"] = len(res)
     out["pages_resident"] = sum(res)

@@ -21,6 +21,7 @@ from conductor import config
 from conductor.api import Conductor
 from persistence import schema
 from persistence.session import Database
+from tests import cli_zygote
 
 REPO = Path(__file__).resolve().parent.parent
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -152,15 +153,9 @@ def conductor(conf_file) -> Iterator[Conductor]:
 
 
 def run_cli(conf: Path, *args: str, stdin: str | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
-    """Run `computeflow` in a real subprocess (as an operator would)."""
-    return subprocess.run(
-        [sys.executable, "-m", "conductor.cli", "--config-file", str(conf), *args],
-        capture_output=True,
-        text=True,
-        input=stdin,
-        timeout=timeout,
-        cwd=REPO,
-    )
+    """Run `computeflow` in a real process of its own (as an operator would), forked from
+    this worker's pre-imported zygote (tests/cli_zygote.py says why)."""
+    return cli_zygote.run(["--config-file", str(conf), *args], stdin=stdin, timeout=timeout)
 
 
 REDIS = os.environ.get("COMPUTEFLOW_TEST_REDIS", "redis://127.0.0.1:6379")
