@@ -233,6 +233,21 @@ def board_url(request) -> str:
 
 
 # -- how long the real-hypervisor tiers took (printed at the end of every run) --
+# -- the inner loop (`scripts/test.sh --quick`) needs no server -------------------
+_SERVER_FIXTURES = {"postgresql_url", "mysql_url", "redis_url", "zookeeper_url", "etcd_url"}
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """With COMPUTEFLOW_TEST_QUICK=1, leave out every test that uses a server
+    through a fixture (the servers parametrized by id are left out by -k)."""
+    if os.environ.get("COMPUTEFLOW_TEST_QUICK") != "1":
+        return
+    kept = [item for item in items if not _SERVER_FIXTURES & set(getattr(item, "fixturenames", ()))]
+    if len(kept) < len(items):
+        config.hook.pytest_deselected(items=[item for item in items if item not in kept])
+        items[:] = kept
+
+
 _LIBVIRT_TIERS = "tests/drivers/libvirt/"
 _tier_seconds: dict[str, float] = {}
 

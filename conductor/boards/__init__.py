@@ -47,6 +47,9 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+# Seconds to reach a ZooKeeper server at start (taskflow's default), or less
+# when claims expire sooner: a server slower than that to answer is no use.
+_ZOOKEEPER_CONNECT_TIMEOUT = 10.0
 _SCHEMES = {"redis": None, "zookeeper": "kazoo", "etcd": "etcd3gw"}
 
 
@@ -83,7 +86,10 @@ def open_board(conf: cfg.ConfigOpts, who: str, db: Database) -> Board:
 
         board = backends.fetch("computeflow", _server_conf(scheme, url, board_conf, conf.conductor.claim_expiry))
     try:
-        board.connect()
+        if scheme == "zookeeper":  # kazoo retries an unreachable server for the whole timeout
+            board.connect(timeout=min(_ZOOKEEPER_CONNECT_TIMEOUT, float(conf.conductor.claim_expiry)))
+        else:
+            board.connect()
     except (tf_exc.JobFailure, tf_exc.TaskFlowException, OSError) as e:
         close_quietly(board)  # a ZooKeeper client would go on retrying in its threads
         raise JobboardError(f"[conductor] jobboard {url}: cannot connect: {e}") from None

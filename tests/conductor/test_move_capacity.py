@@ -106,6 +106,7 @@ def test_threads_migrating_everything_at_once_fill_the_host_exactly(busy):
     assert_consistent(c)
 
 
+@pytest.mark.integration  # conductor processes of its own
 def test_processes_migrating_everything_at_once_fill_the_host_exactly(busy):
     c, conf_file = busy
     with Sampler(c) as sampler:
