@@ -261,6 +261,30 @@ def report(tag):
         json.dump(out, f, indent=1, default=str)
 
 
+_baseline = []
+
+
+def traced(tag):
+    """With MEMPROBE_TRACEMALLOC=1: Python allocations still alive since the
+    first dump, by where they were made (TAG.traced.txt). Tracing starts at
+    the first dump; its own memory is not in that dump's figures."""
+    import tracemalloc
+
+    if not _baseline:
+        tracemalloc.start(25)
+        _baseline.append(tracemalloc.take_snapshot())
+        return
+    gc.collect()
+    stats = tracemalloc.take_snapshot().compare_to(_baseline[0], "traceback")
+    with open(os.path.join(DIR, tag + ".traced.txt"), "w") as f:
+        f.write(
+            f"total {sum(st.size_diff for st in stats) / 1e6:.2f} MB, {sum(st.count_diff for st in stats)} blocks\n"
+        )
+        for st in stats[:40]:
+            f.write(f"\n{st.size_diff / 1e3:.0f} KB {st.count_diff:+d} blocks\n")
+            f.write("\n".join(st.traceback.format(limit=25)) + "\n")
+
+
 def watch():
     done = set()
     while True:
@@ -270,6 +294,8 @@ def watch():
                 done.add(name)
                 try:
                     report(name[5:])
+                    if os.environ.get("MEMPROBE_TRACEMALLOC"):
+                        traced(name[5:])
                 except Exception as e:
                     open(os.path.join(DIR, name[5:] + ".err"), "w").write(repr(e))
 

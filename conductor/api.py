@@ -121,6 +121,12 @@ class Conductor:
                 LOG.warning("operation %s recorded but not posted (%s); a conductor will post it", op_id, e)
         return OperationHandle(op_id, self)
 
+    def release_idle_connections(self) -> None:
+        """After a burst: the database connections the pools kept for it go
+        back to the server, and their client-side buffers to the allocator."""
+        self.db.release_idle_connections()
+        self.runner.backend.release_idle_connections()
+
     def close(self) -> None:
         if self._wakeups is not None:
             self._wakeups.close()

@@ -209,11 +209,13 @@ class ConductorService:
 
     def _release_memory_after_burst(self) -> None:
         """Once nothing runs and the idle threads have ended, hand what the
-        last burst freed back to the system (conductor/memory.py)."""
+        last burst freed back to the system (conductor/memory.py), and the
+        database connections its pools kept for it back to the server."""
         if self._claims or self._pool.threads or self.c._executor.threads:
             self._ran_since_release = True
         elif self._ran_since_release:
             self._ran_since_release = False
+            self.c.release_idle_connections()
             memory.release_free_memory()
 
     def _beat(self) -> None:

@@ -207,6 +207,12 @@ class Backend(stock.SQLAlchemyBackend):
     def get_connection(self) -> Connection:
         return Connection(self, upgrade_lock=self._upgrade_lock)
 
+    def release_idle_connections(self) -> None:
+        """Close the write pools' idle connections (they reopen on demand)."""
+        for pool in (self.autocommit, self.autocommit_lazy):
+            if pool is not None:
+                pool.dispose()
+
     def log_interrupted_atoms(self, flow_detail: tf_models.FlowDetail) -> None:
         """Before resuming a flow: log each step that was RUNNING or REVERTING
         when its last owner stopped as starting a new attempt.

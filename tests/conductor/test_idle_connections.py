@@ -1,0 +1,58 @@
+"""After a burst the pools give their idle database connections back: the
+server's connection slots are shared by every conductor, and each connection
+holds client buffers in the conductor's heap (docs/scale-out.md)."""
+
+from __future__ import annotations
+
+import threading
+
+import sqlalchemy as sa
+
+from conductor import config
+from conductor.api import Conductor, SpawnRequest
+from persistence import operations
+from tests.conftest import clean, write_conf
+
+
+def _others_connected(url: str) -> int:
+    """Connections to the test database but this probe's own."""
+    engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            return conn.scalar(
+                sa.text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND pid <> pg_backend_pid()"
+                )
+            )
+    finally:
+        engine.dispose()
+
+
+def test_idle_connections_go_back_to_the_server_and_come_again_on_demand(tmp_path, postgresql_url):
+    clean(postgresql_url)
+    c = Conductor(config.load([str(write_conf(tmp_path / "c.conf", tmp_path / "state", postgresql_url))]))
+    try:
+        c.add_host("h1", vcpus=64, ram_mb=10**6, disk_gb=10**4)
+        handles = [c.submit_spawn(SpawnRequest(name=f"vm{i}", flavor="m1.tiny", image="cirros")) for i in range(8)]
+        runs = [threading.Thread(target=c.run, args=(h.id,)) for h in handles]
+        for t in runs:
+            t.start()
+        for t in runs:
+            t.join()
+        assert {c.status(h.id).state for h in handles} == {operations.SUCCEEDED}
+        pools = [c.db.engine.pool] + [e.pool for e in (c.runner.backend.autocommit, c.runner.backend.autocommit_lazy)]
+        kept = sum(p.checkedin() for p in pools)
+        assert kept > 2, "the burst should have left the pools holding connections"
+        before = _others_connected(postgresql_url)
+
+        c.release_idle_connections()
+
+        pools = [c.db.engine.pool] + [e.pool for e in (c.runner.backend.autocommit, c.runner.backend.autocommit_lazy)]
+        assert sum(p.checkedin() for p in pools) == 0
+        assert _others_connected(postgresql_url) <= before - kept
+        # and the next operation connects again
+        h = c.submit_spawn(SpawnRequest(name="after", flavor="m1.tiny", image="cirros"))
+        assert c.run(h.id).state == operations.SUCCEEDED
+    finally:
+        c.close()
