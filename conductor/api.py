@@ -124,7 +124,7 @@ class Conductor:
     def release_idle_connections(self) -> None:
         """After a burst: the database connections the pools kept for it go
         back to the server, and their client-side buffers to the allocator."""
-        self.db.release_idle_connections()
+        self.db.dispose()
         self.runner.backend.release_idle_connections()
 
     def close(self) -> None:

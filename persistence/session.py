@@ -190,11 +190,9 @@ class Database:
             yield s
 
     def dispose(self) -> None:
-        self.engine.dispose()
-
-    def release_idle_connections(self) -> None:
         """Close the pool's idle connections; the ones in use close when they
-        come back. The next session connects afresh (milliseconds)."""
+        come back. The database stays usable: the next session connects
+        afresh (milliseconds)."""
         self.engine.dispose()
 
 

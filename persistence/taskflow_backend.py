@@ -264,9 +264,7 @@ class Backend(stock.SQLAlchemyBackend):
 
     def close(self) -> None:
         super().close()
-        for pool in (self.autocommit, self.autocommit_lazy):
-            if pool is not None:
-                pool.dispose()
+        self.release_idle_connections()
 
 
 def _autocommit_engine(engine: sa.Engine, synchronous_commit: bool = True) -> sa.Engine:

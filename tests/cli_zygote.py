@@ -31,6 +31,7 @@ import ctypes
 import importlib
 import json
 import os
+import runpy
 import signal
 import socket
 import subprocess
@@ -124,8 +125,6 @@ def _run_command(request: dict, fds: list[int]) -> None:
         conductor = sys.modules["conductor"]
         if hasattr(conductor, "cli"):
             delattr(conductor, "cli")
-        import runpy
-
         try:
             runpy.run_module("conductor.cli", run_name="__main__", alter_sys=True)
             code = 0
@@ -159,8 +158,9 @@ class _Zygote:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._proc: subprocess.Popen | None = None
-        self._dir = tempfile.mkdtemp(prefix="cf-zygote-")
-        self.path = os.path.join(self._dir, "sock")
+        self._dir = tempfile.TemporaryDirectory(prefix="cf-zygote-")
+        self.path = os.path.join(self._dir.name, "sock")
+        atexit.register(self.stop)
 
     def ensure(self) -> None:
         with self._lock:
@@ -179,7 +179,6 @@ class _Zygote:
             line = self._proc.stdout.readline()
             if line.strip() != "ready":
                 raise RuntimeError(f"the CLI zygote did not start (exit {self._proc.wait()})")
-            atexit.register(self.stop)
 
     def stop(self) -> None:
         if self._proc is not None and self._proc.poll() is None:
@@ -190,9 +189,7 @@ class _Zygote:
 _ZYGOTE = _Zygote()
 
 
-def run(
-    args: list[str], *, stdin: str | None, timeout: float, cwd: Path = REPO, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess:
+def run(args: list[str], *, stdin: str | None, timeout: float) -> subprocess.CompletedProcess:
     """`subprocess.run([python, -m, conductor.cli, *args], capture_output=True, text=True)`, forked."""
     if os.environ.get("COMPUTEFLOW_TEST_CLI") == "exec":
         return subprocess.run(
@@ -202,15 +199,14 @@ def run(
             input=stdin,
             stdin=None if stdin is not None else subprocess.DEVNULL,
             timeout=timeout,
-            cwd=cwd,
-            env=env,
+            cwd=REPO,
         )
     _ZYGOTE.ensure()
     with tempfile.TemporaryFile() as inp, tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         if stdin is not None:
             inp.write(stdin.encode())
             inp.seek(0)
-        request = {"args": list(args), "cwd": str(cwd), "env": dict(os.environ if env is None else env)}
+        request = {"args": list(args), "cwd": str(REPO), "env": dict(os.environ)}
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.connect(_ZYGOTE.path)
             socket.send_fds(sock, [json.dumps(request).encode()], [inp.fileno(), out.fileno(), err.fileno()])

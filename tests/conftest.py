@@ -232,7 +232,6 @@ def board_url(request) -> str:
     return request.getfixturevalue(f"{request.param}_url")
 
 
-# -- how long the real-hypervisor tiers took (printed at the end of every run) --
 # -- the inner loop (`scripts/test.sh --quick`) needs no server -------------------
 _SERVER_FIXTURES = {"postgresql_url", "mysql_url", "redis_url", "zookeeper_url", "etcd_url"}
 
@@ -242,12 +241,15 @@ def pytest_collection_modifyitems(config, items) -> None:
     through a fixture (the servers parametrized by id are left out by -k)."""
     if os.environ.get("COMPUTEFLOW_TEST_QUICK") != "1":
         return
-    kept = [item for item in items if not _SERVER_FIXTURES & set(getattr(item, "fixturenames", ()))]
-    if len(kept) < len(items):
-        config.hook.pytest_deselected(items=[item for item in items if item not in kept])
+    kept, left_out = [], []
+    for item in items:
+        (left_out if _SERVER_FIXTURES & set(getattr(item, "fixturenames", ())) else kept).append(item)
+    if left_out:
+        config.hook.pytest_deselected(items=left_out)
         items[:] = kept
 
 
+# -- how long the real-hypervisor tiers took (printed at the end of every run) --
 _LIBVIRT_TIERS = "tests/drivers/libvirt/"
 _tier_seconds: dict[str, float] = {}
 
