@@ -265,24 +265,29 @@ _baseline = []
 
 
 def traced(tag):
-    """With MEMPROBE_TRACEMALLOC=1: Python allocations still alive since the
-    first dump, by where they were made (TAG.traced.txt). Tracing starts at
-    the first dump; its own memory is not in that dump's figures."""
+    """With MEMPROBE_TRACEMALLOC=N: Python allocations still alive since the
+    first dump, by where they were made, N frames deep (TAG.traced.txt).
+    Tracing starts at the first dump; its own memory is not in that dump's
+    figures. It slows the burst several times over: keep N small (5)."""
     import tracemalloc
 
     if not _baseline:
-        tracemalloc.start(25)
+        tracemalloc.start(max(1, int(os.environ["MEMPROBE_TRACEMALLOC"])))
         _baseline.append(tracemalloc.take_snapshot())
         return
     gc.collect()
-    stats = tracemalloc.take_snapshot().compare_to(_baseline[0], "traceback")
+    snapshot = tracemalloc.take_snapshot()
+    stats = snapshot.compare_to(_baseline[0], "traceback")
     with open(os.path.join(DIR, tag + ".traced.txt"), "w") as f:
         f.write(
             f"total {sum(st.size_diff for st in stats) / 1e6:.2f} MB, {sum(st.count_diff for st in stats)} blocks\n"
         )
+        f.write("\nby file:\n")
+        for st in snapshot.compare_to(_baseline[0], "filename")[:25]:
+            f.write(f"  {st.size_diff / 1e3:8.0f} KB {st.count_diff:+7d} {st.traceback[0].filename}\n")
         for st in stats[:40]:
             f.write(f"\n{st.size_diff / 1e3:.0f} KB {st.count_diff:+d} blocks\n")
-            f.write("\n".join(st.traceback.format(limit=25)) + "\n")
+            f.write("\n".join(st.traceback.format()) + "\n")
 
 
 def watch():
