@@ -73,6 +73,39 @@ def dump(tag):
     return json.loads((out / f"{tag}.json").read_text())
 
 
+def open_files(pid):
+    """The conductor's open file descriptors: sockets (database, board) and others."""
+    kinds = {}
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        kind = target.split(":")[0] if ":" in target else "file"
+        kinds[kind] = kinds.get(kind, 0) + 1
+    ss = subprocess.run(["ss", "-tnpH"], capture_output=True, text=True).stdout
+    pg_ports = []
+    for line in ss.splitlines():
+        if f"pid={pid}," in line:
+            port = "tcp to " + line.split()[4].rsplit(":", 1)[1]
+            kinds[port] = kinds.get(port, 0) + 1
+            if port == "tcp to 5432":
+                pg_ports.append(int(line.split()[3].rsplit(":", 1)[1]))
+    if pg_ports:  # which of the conductor's pools hold them, and doing what
+        with c.db.session() as s:
+            rows = s.execute(
+                sa.text(
+                    "SELECT application_name, state, left(query, 60) FROM pg_stat_activity "
+                    "WHERE client_port = ANY(:ports)"
+                ),
+                {"ports": pg_ports},
+            ).all()
+        for row in rows:
+            key = "pg " + " | ".join(str(x) for x in row)
+            kinds[key] = kinds.get(key, 0) + 1
+    return kinds
+
+
 def show(d):
     m = d["mallinfo2"]
     maps = ", ".join(f"{k}:{v // 1024}" for k, v in sorted(d["smaps"].items()) if v > 512)
@@ -94,6 +127,7 @@ with scratch_database("cf_memprobe", "redis") as (name, db_url):
             procs = start_settled(b, c, ["m0"])
             pid = procs[0].pid
             show(dump("start"))
+            print("  open files at the start:", open_files(pid), flush=True)
             for k in range(a.bursts):
                 procs[0].send_signal(signal.SIGSTOP)
                 with c.db.session() as s:
@@ -122,6 +156,7 @@ with scratch_database("cf_memprobe", "redis") as (name, db_url):
                 )
                 settle(b, procs)
                 show(dump(f"after{k}"))
+                print(f"  open files after burst {k}:", open_files(pid), flush=True)
             b.stop_all()
         finally:
             c.close()

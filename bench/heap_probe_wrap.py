@@ -128,12 +128,27 @@ def rss():
             return int(line.split()[1])
 
 
+def service_state():
+    """Whether the conductor's service saw itself idle: what
+    `_release_memory_after_burst` looks at."""
+    for o in gc.get_objects():
+        if type(o).__name__ == "ConductorService":
+            return {
+                "claims": len(o._claims),
+                "operation_threads": o._pool.threads,
+                "executor_threads": o.c._executor.threads,
+                "ran_since_release": o._ran_since_release,
+            }
+    return None
+
+
 def report(tag):
+    service = service_state()
     c = gc.collect()
     libc.malloc_trim(0)
     lo, hi = heap_range()
     res = resident_pages(lo, hi)
-    out = {"tag": tag, "rss_kb": rss(), "collected": c, "heap": [lo, hi], "smaps": smaps_kinds()}
+    out = {"tag": tag, "service": service, "rss_kb": rss(), "collected": c, "heap": [lo, hi], "smaps": smaps_kinds()}
     mi = libc.mallinfo2()
     out["mallinfo2"] = {n: getattr(mi, n) for n, _ in MI2._fields_}
     # walk, storing into mmap-backed arrays (no malloc while walking the heap)

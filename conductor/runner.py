@@ -148,13 +148,16 @@ class Runner:
         executor: futures.Executor,
         leases: LeaseKeeper,
         slots: SlotGate | None = None,
+        backend: Backend | None = None,
     ) -> None:
         self.rt = rt
         self.owner = owner
         self.lease_seconds = lease_seconds
         self.executor = executor
         self.leases = leases
-        self.backend = Backend(rt.db.engine)
+        #: Share one per process: its write pools are the process's flow-write
+        #: connections, which an idle conductor closes (Conductor.release_idle_connections).
+        self.backend = backend or Backend(rt.db.engine)
         #: Per-host limits; share one per process so that a release wakes its waiters.
         self.slots = slots or SlotGate(HostLimits.from_conf(rt.conf), lease_seconds)
 

@@ -107,6 +107,7 @@ class ConductorService:
             executor=conductor._executor,
             leases=conductor._leases,
             slots=conductor.runner.slots,
+            backend=conductor.runner.backend,
             service=self,
         )
 
@@ -179,6 +180,7 @@ class ConductorService:
             self._stop.wait(min(self.expiry / 3, 2.0))
             return False
         for claim in claims:
+            self._ran_since_release = True  # set here, not sampled: a burst may fit between two heartbeats
             self._claims[claim.op_id] = claim
             self._starting.add(claim.op_id)
             fut = self._pool.submit(self._work, claim)
@@ -212,8 +214,8 @@ class ConductorService:
         last burst freed back to the system (conductor/memory.py), and the
         database connections its pools kept for it back to the server."""
         if self._claims or self._pool.threads or self.c._executor.threads:
-            self._ran_since_release = True
-        elif self._ran_since_release:
+            return
+        if self._ran_since_release:
             self._ran_since_release = False
             self.c.release_idle_connections()
             memory.release_free_memory()

@@ -56,3 +56,46 @@ def test_idle_connections_go_back_to_the_server_and_come_again_on_demand(tmp_pat
         assert c.run(h.id).state == operations.SUCCEEDED
     finally:
         c.close()
+
+
+def _flow_write_connections(url: str) -> int:
+    """Open connections of the flow-write pools (persistence/taskflow_backend.py names them)."""
+    engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            return conn.scalar(
+                sa.text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND application_name = 'computeflow-flow-writes'"
+                )
+            )
+    finally:
+        engine.dispose()
+
+
+def test_an_idle_service_closes_the_flow_write_connections_of_its_burst(tmp_path, postgresql_url, redis_url):
+    """The service's runner writes through the conductor's backend, so the
+    release after a burst reaches the connections its flows wrote on (it had
+    a backend of its own, whose pools nothing closed)."""
+    from conductor import boards
+    from conductor.service import ConductorService
+    from tests.conductor.test_jobboard import eventually
+
+    clean(postgresql_url)
+    extra = f"jobboard = {redis_url}\nclaim_expiry = 3\nidle_thread_seconds = 0.2\nmax_operations = 8\n"
+    c = Conductor(config.load([str(write_conf(tmp_path / "c.conf", tmp_path / "state", postgresql_url, extra))]))
+    c.add_host("h1", vcpus=64, ram_mb=10**6, disk_gb=10**4)
+    svc = ConductorService(c, boards.open_board(c.conf, c.owner, c.db))
+    serving = threading.Thread(target=svc.serve)
+    serving.start()
+    try:
+        handles = [c.submit_spawn(SpawnRequest(name=f"vm{i}", flavor="m1.tiny", image="cirros")) for i in range(8)]
+        assert {h.wait(timeout=60).state for h in handles} == {operations.SUCCEEDED}
+        eventually(lambda: _flow_write_connections(postgresql_url) == 0, 30, "the flow-write connections to close")
+        assert svc.runner.backend is c.runner.backend
+        h = c.submit_spawn(SpawnRequest(name="after", flavor="m1.tiny", image="cirros"))
+        assert h.wait(timeout=60).state == operations.SUCCEEDED
+    finally:
+        svc.stop()
+        serving.join(30)
+        c.close()
