@@ -52,7 +52,8 @@ class P(FleetBench):
                 str(fb.REPO / "bench" / "heap_probe_wrap.py"),
                 "conductor.cli",
                 "--config-file",
-                str(self.conf(name, extra)),
+                # what it probes is the memory a burst leaves: no restart in place
+                str(self.conf(name, extra + "[conductor]\nrecycle_rss_growth = 0\n")),
                 "conductor",
             ],
             cwd=fb.REPO,

@@ -433,10 +433,13 @@ def cmd_reconcile(args) -> int:
 
 
 def cmd_conductor(args) -> int:
-    from conductor import service  # the service's imports are only needed here
+    from conductor import memory, service  # the service's imports are only needed here
 
     with conductor_of(args) as c:
-        return service.serve(c)
+        status = service.serve(c, may_recycle=True)
+    if status == service.EXIT_RECYCLE:
+        memory.restart_in_place()  # returns only if exec failed: exit 75, the supervisor restarts it
+    return status
 
 
 def cmd_serve(args) -> int:

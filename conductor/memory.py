@@ -24,6 +24,8 @@ import ctypes
 import ctypes.util
 import gc
 import logging
+import os
+import signal
 import sys
 
 LOG = logging.getLogger(__name__)
@@ -66,3 +68,49 @@ def release_free_memory() -> None:
     if libc is not None:
         libc.malloc_trim(0)
     LOG.debug("collected %d objects and returned free heap pages to the system", collected)
+
+
+def resident_mb() -> float | None:
+    """This process's resident memory (MB), or None off Linux."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+#: Signals held back across `restart_in_place`; the new image's service
+#: unblocks them once its handlers are in place (`unblock_stop_signals`).
+STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+
+
+def restart_in_place() -> None:
+    """Replace this process's image with the same command, started afresh.
+
+    The last remedy for what `release_free_memory` cannot return: pages kept
+    resident by a few small survivors each, scattered over the heap the burst
+    grew (worker recycling, as gunicorn's max_requests or uWSGI's
+    reload-on-rss do). The pid, and so the owner identity (host, pid, start
+    time), stay. A stop signal arriving from here until the new service has
+    its handlers stays pending (the signal mask survives exec), so it stops
+    the new process gracefully instead of killing it half started."""
+    block_stop_signals()
+    argv = [sys.executable, *sys.orig_argv[1:]]
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        os.execv(argv[0], argv)
+    except OSError as e:
+        print(f"computeflow: cannot restart in place ({e}); exiting for the supervisor to restart", file=sys.stderr)
+
+
+def block_stop_signals() -> None:
+    """Hold SIGTERM/SIGINT pending (the mask survives exec)."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+
+
+def unblock_stop_signals() -> None:
+    """After the stop handlers are installed: deliver any stop signal held
+    back by `restart_in_place` (a no-op in a process started afresh)."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)

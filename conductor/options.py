@@ -44,6 +44,17 @@ conductor_opts = [
         min=0.1,
         help="Seconds an idle step or operation thread lives before it ends, so that memory returns after a burst.",
     ),
+    cfg.FloatOpt(
+        "recycle_rss_growth",
+        default=10.0,
+        min=0.0,
+        help="Percent. When a `computeflow conductor` process, idle after a burst "
+        "and having returned its free memory, still holds this much more "
+        "resident memory than at its first idle moment, it restarts itself in "
+        "place: nothing is in flight, the pid and owner identity stay, and the "
+        "memory the allocator could not return (pages pinned by a few small "
+        "survivors, not a leak) goes back to the system. 0: never.",
+    ),
     cfg.BoolOpt(
         "auto_upgrade",
         default=True,

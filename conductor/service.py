@@ -80,8 +80,16 @@ class _ServiceRunner(Runner):
         super()._record_outcome(op_id, *rest)
 
 
+#: `serve`'s exit status when the service stopped to restart itself in place
+#: (`recycle_rss_growth`); a process that cannot exec exits with it, and a
+#: supervisor restarts it.
+EXIT_RECYCLE = 75
+
+
 class ConductorService:
-    def __init__(self, conductor: Conductor, board: Board) -> None:
+    def __init__(self, conductor: Conductor, board: Board, *, may_recycle: bool = False) -> None:
+        """`may_recycle`: this service is its process (the `conductor`
+        command), so it may ask to be restarted in place (EXIT_RECYCLE)."""
         opts = conductor.conf.conductor
         self.c, self.board, self.who = conductor, board, conductor.owner
         self.max_operations, self.expiry = opts.max_operations, opts.claim_expiry
@@ -98,6 +106,10 @@ class ConductorService:
         self._slot_waiting: dict[str, int] = {}
         self._slot_retry_cap = min(2.0, conductor.lease_seconds / 4)
         self._ran_since_release = False
+        self._recycle_growth = opts.recycle_rss_growth if may_recycle else 0.0
+        #: Resident MB at the first idle moment after work (the recycling reference).
+        self._idle_rss: float | None = None
+        self.recycle_requested = False
         self._pool = ElasticThreadPool(self.max_operations, name="operation", idle_seconds=opts.idle_thread_seconds)
         self.drift = DriftWatch(conductor, opts.reconcile_interval, opts.reconcile_apply)
         self.runner = _ServiceRunner(
@@ -120,11 +132,17 @@ class ConductorService:
         self._stop.set()
         self._wake.set()
 
+    def _stop_signal(self, *_signal) -> None:
+        """SIGTERM/SIGINT: stop for good, even if a restart was on its way."""
+        self.recycle_requested = False
+        self.stop()
+
     # -- the loop ------------------------------------------------------------
     def serve(self) -> int:
         if threading.current_thread() is threading.main_thread():  # tests serve from a thread
-            signal.signal(signal.SIGTERM, self.stop)
-            signal.signal(signal.SIGINT, self.stop)
+            signal.signal(signal.SIGTERM, self._stop_signal)
+            signal.signal(signal.SIGINT, self._stop_signal)
+            memory.unblock_stop_signals()
         self.wakeups = wakeups.open_wakeups(self.c.conf, self.c.db, self.board)
         self.wakeups.on_jobs(self._wake)  # a notice ends the wait below at once
         beat = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
@@ -154,7 +172,9 @@ class ConductorService:
         self._shutdown()
         beat.join()
         watch.join()
-        return 0
+        if self.recycle_requested and threading.current_thread() is threading.main_thread():
+            memory.block_stop_signals()  # from here a stop signal waits for the restarted process
+        return EXIT_RECYCLE if self.recycle_requested else 0
 
     def _next_look(self) -> float:
         """Until a notice, the safety-net poll, or the retry of a job waiting
@@ -219,6 +239,30 @@ class ConductorService:
             self._ran_since_release = False
             self.c.release_idle_connections()
             memory.release_free_memory()
+            self._recycle_if_grown()
+
+    def _recycle_if_grown(self) -> None:
+        """Stop to be restarted in place when the memory the release could
+        not return exceeds `recycle_rss_growth` (conductor/memory.py says why)."""
+        rss = memory.resident_mb() if self._recycle_growth > 0 else None
+        if rss is None:
+            return
+        if self._idle_rss is None:
+            self._idle_rss = rss
+            LOG.info(
+                "first idle moment with %.0f MB resident (recycle_rss_growth = %g%% over it)", rss, self._recycle_growth
+            )
+        elif rss > self._idle_rss * (1 + self._recycle_growth / 100) and not self.stopping:
+            LOG.info(
+                "idle after a burst with %.0f MB resident, %.0f%% over %.0f MB at its first idle moment "
+                "(recycle_rss_growth = %g): restarting in place",
+                rss,
+                100 * (rss / self._idle_rss - 1),
+                self._idle_rss,
+                self._recycle_growth,
+            )
+            self.recycle_requested = True
+            self.stop()
 
     def _beat(self) -> None:
         claims = list(self._claims.values())
@@ -374,8 +418,8 @@ def unloadable(op: operations.Operation) -> str | None:
     return None
 
 
-def serve(conductor: Conductor) -> int:
+def serve(conductor: Conductor, *, may_recycle: bool = False) -> int:
     check_apply_kinds(conductor.conf.conductor.reconcile_apply)  # before anything is opened
     memory.limit_arenas()  # before the burst's threads exist
     board = boards.open_board(conductor.conf, conductor.owner, conductor.db)
-    return ConductorService(conductor, board).serve()
+    return ConductorService(conductor, board, may_recycle=may_recycle).serve()

@@ -120,6 +120,7 @@ def _run_command(request: dict, fds: list[int]) -> None:
         os.environ.clear()
         os.environ.update(request["env"])
         sys.argv = [str(REPO / "conductor" / "cli.py"), *request["args"]]
+        sys.orig_argv = [sys.executable, "-m", "conductor.cli", *request["args"]]  # what a restart in place runs
         # As under `python -m`: cli.py runs as __main__ only, not also as conductor.cli.
         sys.modules.pop("conductor.cli", None)
         conductor = sys.modules["conductor"]

@@ -246,3 +246,25 @@ def test_many_operations_while_conductors_are_killed_and_restarted(cluster):
     assert kills >= 3
     assert cluster.c.board.waiting() == [] or eventually(lambda: cluster.c.board.waiting() == [], 30)
     assert_consistent(cluster, op_ids)
+
+
+def test_idle_conductor_past_its_memory_growth_restarts_in_place_and_serves_on(cluster):
+    """`recycle_rss_growth`: idle after a burst and still above its first idle
+    RSS by more than the limit, the process restarts itself in place (same
+    pid, nothing in flight), serves the next operation, and a SIGTERM still
+    stops it with status 0."""
+    extra = "recycle_rss_growth = 0.001\nidle_thread_seconds = 0.2\n" + SLOW_VIF.format(t=1)
+    a = cluster.start("a", extra)
+    warm = cluster.c.submit_spawn(SpawnRequest(name="warm", flavor="m1.tiny", image="cirros"))
+    assert warm.wait(timeout=60).state == operations.SUCCEEDED
+    eventually(lambda: "first idle moment with" in cluster.log("a"), 30, "the first idle RSS")
+    assert "restarting in place" not in cluster.log("a")  # the first idle moment is the reference
+    burst = [cluster.c.submit_spawn(SpawnRequest(name=f"vm{i}", flavor="m1.tiny", image="cirros")) for i in range(40)]
+    assert {h.wait(timeout=120).state for h in burst} == {operations.SUCCEEDED}
+    eventually(lambda: cluster.log("a").count("serving (") == 2, 60, "a to restart in place and serve again")
+    assert a.poll() is None  # the same process: exec keeps the pid
+    after = cluster.c.submit_spawn(SpawnRequest(name="after", flavor="m1.tiny", image="cirros"))
+    assert after.wait(timeout=60).state == operations.SUCCEEDED
+    a.send_signal(signal.SIGTERM)
+    assert a.wait(timeout=60) == 0
+    assert_consistent(cluster, [str(h) for h in [warm, *burst, after]])
