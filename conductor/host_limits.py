@@ -160,11 +160,15 @@ class SlotGate:
             host_slots.take(s, op.id, needs)
 
     def release(self, db: Database, op_id: str, owner: str) -> None:
-        """Leave the operation's slots once its run is over, and wake this
-        process's waiters: also when its outcome's transaction took them
-        already (Runner._finish), as it does for every operation that ended."""
+        """Leave the operation's slots when its run stopped without an outcome
+        (lost database, taken over, stopped), and wake this process's waiters."""
         with db.session() as s:
             host_slots.release(s, op_id, owner)
+        self.announce_release()
+
+    def announce_release(self) -> None:
+        """Wake this process's waiters: an operation's outcome's transaction
+        left its slots (Runner._finish), no second transaction needed."""
         with self._released:
             self._generation += 1
             self._released.notify_all()

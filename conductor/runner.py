@@ -168,9 +168,12 @@ class Runner:
         kind = catalog.CATALOG.get(op.kind)
         self.leases.track(op_id, kind.no_return_step if kind else None)
         self.backend.fence(op_id, epoch)
+        ended = False  # its outcome's transaction left its slots (Runner._finish)
         try:
             with runtime.active(self.rt):  # this conductor's, in every step thread
-                return self._run_owned(op, epoch, on_event)
+                final = self._run_owned(op, epoch, on_event)
+            ended = True
+            return final
         except Exception as e:
             if _fenced(e) is None:
                 raise
@@ -179,7 +182,9 @@ class Runner:
         finally:
             self.backend.unfence(op_id)
             self.leases.untrack(op_id)
-            if needs:
+            if needs and ended:
+                self.slots.announce_release()
+            elif needs:
                 self._release_slots(op_id)
 
     def _take(self, op_id: str, dead_owners: tuple[str, ...]) -> tuple[int, Operation, list]:

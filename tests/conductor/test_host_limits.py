@@ -175,20 +175,26 @@ def test_an_operation_seen_ended_holds_no_slot(tmp_path, db_url, monkeypatch):
     """The slots leave in the outcome's own transaction: whoever sees the
     operation SUCCEEDED (a waiter, a test, another process) finds them free,
     not only once the run's last clean-up has come (under load, a test saw a
-    SUCCEEDED spawn still holding its slot)."""
+    SUCCEEDED spawn still holding its slot). That clean-up then only wakes
+    this process's waiters: no second transaction per operation."""
     c = _conductor(tmp_path, db_url, "max_concurrent_builds = 1\n")
-    seen: list[tuple[str, list[tuple]]] = []
-    real = host_limits.SlotGate.release
+    seen: list[tuple[list[str], list[tuple]]] = []
+    released: list[str] = []
+    real = host_limits.SlotGate.announce_release
 
-    def release_after_looking(gate, db, op_id, owner):  # the run's clean-up, once it ended
-        seen.append((_op(c, op_id).state, _slot_rows(c)))
-        real(gate, db, op_id, owner)
+    def announce_after_looking(gate):  # the run's clean-up, once it ended
+        with c.db.session() as s:
+            states = list(s.scalars(sa.select(Operation.state)))
+        seen.append((states, _slot_rows(c)))
+        real(gate)
 
-    monkeypatch.setattr(host_limits.SlotGate, "release", release_after_looking)
+    monkeypatch.setattr(host_limits.SlotGate, "announce_release", announce_after_looking)
+    monkeypatch.setattr(host_limits.SlotGate, "release", lambda gate, db, op_id, owner: released.append(op_id))
     try:
         op = c.submit_spawn(SpawnRequest(name="vm1", flavor="m1.tiny", image="cirros"))
         assert op.wait(timeout=60).state == operations.SUCCEEDED
-        assert seen == [(operations.SUCCEEDED, [])]
+        assert seen == [([operations.SUCCEEDED], [])]
+        assert released == []
     finally:
         c.close()
 
