@@ -99,14 +99,13 @@ class LeaseKeeper:
         if self._thread:
             self._thread.join()
 
-    def track(self, op_id: str, no_return_step: str | None = None) -> None:
-        # One read per run, not per step: the epoch this run took (for fenced
-        # retry rows) and a cancel requested before it started.
-        with self.rt.db.session() as s:
-            epoch, cancelled_by = operations.run_context(s, op_id) or (None, None)
-        cancellation.enter(op_id, self.owner, epoch, cancelled_by, no_return_step)
+    def track(self, op: Operation, epoch: int, no_return_step: str | None = None) -> None:
+        """Renew `op`'s lease from now on. `op` as read in the transaction that
+        took it at `epoch` (for fenced retry rows): a cancel requested before
+        then stops it at its first step, one after is read at the next renewal."""
+        cancellation.enter(op.id, self.owner, epoch, op.cancel_requested_by, no_return_step)
         with self._lock:
-            self._running.add(op_id)
+            self._running.add(op.id)
 
     def untrack(self, op_id: str) -> None:
         with self._lock:
@@ -166,7 +165,7 @@ class Runner:
         WaitingForHostSlot when a per-host limit keeps it waiting in line."""
         epoch, op, needs = self._take(op_id, dead_owners)
         kind = catalog.CATALOG.get(op.kind)
-        self.leases.track(op_id, kind.no_return_step if kind else None)
+        self.leases.track(op, epoch, kind.no_return_step if kind else None)
         self.backend.fence(op_id, epoch)
         ended = False  # its outcome's transaction left its slots (Runner._finish)
         try:
@@ -189,7 +188,8 @@ class Runner:
 
     def _take(self, op_id: str, dead_owners: tuple[str, ...]) -> tuple[int, Operation, list]:
         """Ownership and, in the same transaction, the host slots the operation
-        needs: no one sees it owned without its slots, or holding slots unowned."""
+        needs (no one sees it owned without its slots, or holding slots
+        unowned) and, for a first run, its RUNNING state."""
         needs: list[host_slots.Need] = []
         waits: list[host_slots.Wait] = []
         epoch = None
@@ -201,6 +201,10 @@ class Runner:
                     epoch = operations.take_ownership(s, op_id, self.owner, self.lease_seconds, dead_owners)
                     if epoch is not None:
                         self.slots.take(s, op, needs)
+                        if op.state == operations.PENDING:  # its run starts: no transaction of its own
+                            operations.mark(
+                                s, op_id, operations.RUNNING, owner=self.owner, epoch=epoch, flow_detail_uuid=op_id
+                            )
                         s.refresh(op)
         except host_slots.SlotRace as race:
             waits = [race.wait]
@@ -250,11 +254,6 @@ class Runner:
         engine.atom_notifier.register(notifier.Notifier.ANY, watch)
         if on_event is not None:
             engine.atom_notifier.register(notifier.Notifier.ANY, _atom_listener(op.id, on_event))
-        with self.rt.db.session() as s:
-            if op.state == operations.PENDING:
-                operations.mark(
-                    s, op.id, operations.RUNNING, owner=self.owner, epoch=epoch, flow_detail_uuid=flow_detail.uuid
-                )
         self.backend.log_interrupted_atoms(flow_detail)
         error = None
         try:

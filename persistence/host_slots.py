@@ -104,34 +104,30 @@ def request(s: Session, op_id: str, queued_at: dt.datetime, needs: list[Need], g
                 continue  # already ours (a resumed or taken-over run)
         line = (HostSlot.host == need.host, HostSlot.category == need.category)
         held = (
-            s.scalar(
-                sa.select(sa.func.count())
-                .select_from(HostSlot)
-                .where(*line, HostSlot.slot.is_not(None), HostSlot.operation_id != op_id, _held_by_live_owner(now))
-            )
-            or 0
+            sa.select(sa.func.count())
+            .select_from(HostSlot)
+            .where(*line, HostSlot.slot.is_not(None), HostSlot.operation_id != op_id, _held_by_live_owner(now))
         )
         ahead = (
-            s.scalar(
-                sa.select(sa.func.count())
-                .select_from(HostSlot)
-                .where(
-                    *line,
-                    HostSlot.slot.is_(None),
-                    HostSlot.asked_at >= fresh,
-                    sa.or_(
-                        HostSlot.queued_at < queued_at,
-                        sa.and_(HostSlot.queued_at == queued_at, HostSlot.operation_id < op_id),
-                    ),
-                    sa.exists().where(
-                        Operation.id == HostSlot.operation_id,
-                        Operation.state.in_(_ACTIVE),
-                        Operation.cancel_requested_by.is_(None),
-                    ),
-                )
+            sa.select(sa.func.count())
+            .select_from(HostSlot)
+            .where(
+                *line,
+                HostSlot.slot.is_(None),
+                HostSlot.asked_at >= fresh,
+                sa.or_(
+                    HostSlot.queued_at < queued_at,
+                    sa.and_(HostSlot.queued_at == queued_at, HostSlot.operation_id < op_id),
+                ),
+                sa.exists().where(
+                    Operation.id == HostSlot.operation_id,
+                    Operation.state.in_(_ACTIVE),
+                    Operation.cancel_requested_by.is_(None),
+                ),
             )
-            or 0
         )
+        # Both counts in one round trip: an idle submission's path to its first step.
+        held, ahead = s.execute(sa.select(held.scalar_subquery(), ahead.scalar_subquery())).one()
         if held + ahead >= need.limit:
             waits.append(Wait(need.host, need.category, need.limit, held, ahead))
     return waits
@@ -144,16 +140,14 @@ def take(s: Session, op_id: str, needs: list[Need]) -> None:
     now = utcnow()
     for need in needs:
         line = (HostSlot.host == need.host, HostSlot.category == need.category)
-        mine = s.get(HostSlot, (op_id, need.host, need.category))
-        if mine is not None and mine.slot is not None:
-            continue
-        used: dict[int, bool] = {
-            number: live
-            for number, live in s.execute(
-                sa.select(HostSlot.slot, _held_by_live_owner(now)).where(*line, HostSlot.slot.is_not(None))
+        numbered = s.execute(
+            sa.select(HostSlot.operation_id, HostSlot.slot, _held_by_live_owner(now)).where(
+                *line, HostSlot.slot.is_not(None)
             )
-            if number is not None
-        }
+        ).all()
+        if any(holder == op_id for holder, _, _ in numbered):
+            continue  # already ours (a resumed or taken-over run)
+        used: dict[int, bool] = {number: live for _, number, live in numbered if number is not None}
         free = [n for n in range(need.limit) if n not in used]
         if free:
             number = free[0]

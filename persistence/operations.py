@@ -94,16 +94,15 @@ def take_ownership(
         Operation.lease_expires_at < now,
         Operation.owner.in_(dead_owners) if dead_owners else sa.false(),
     )
-    taken = (
-        changed(
-            s,
-            sa.update(Operation)
-            .where(Operation.id == op_id, Operation.state.in_(ACTIVE_STATES), free)
-            .values(owner=owner, lease_expires_at=now + dt.timedelta(seconds=lease_seconds), epoch=Operation.epoch + 1),
-        )
-        == 1
+    take = (
+        sa.update(Operation)
+        .where(Operation.id == op_id, Operation.state.in_(ACTIVE_STATES), free)
+        .values(owner=owner, lease_expires_at=now + dt.timedelta(seconds=lease_seconds), epoch=Operation.epoch + 1)
+        .execution_options(synchronize_session=False)
     )
-    if not taken:
+    if s.get_bind().dialect.update_returning:  # PostgreSQL, SQLite: one round trip
+        return s.scalar(take.returning(Operation.epoch))
+    if changed(s, take) != 1:
         return None
     # Our own row, updated in this transaction: no one can change it before commit.
     return s.scalar(sa.select(Operation.epoch).where(Operation.id == op_id))
@@ -220,12 +219,6 @@ def still_owned(s: Session, owner: str, op_ids: list[str]) -> dict[str, str | No
             )
         ).all()
     )
-
-
-def run_context(s: Session, op_id: str) -> tuple[int, str | None] | None:
-    """(epoch, cancel requested by) of an operation, read when a run starts."""
-    row = s.execute(sa.select(Operation.epoch, Operation.cancel_requested_by).where(Operation.id == op_id)).first()
-    return (row[0], row[1]) if row else None
 
 
 def log_attempt(

@@ -83,8 +83,10 @@ def test_lease_keeper_flags_cancel_requests_of_the_operations_it_renews(conducto
     op_id = _submit(conductor)
     keeper = LeaseKeeper(conductor.rt, "keeper-test:1:1", lease_seconds=0.3)
     _set(conductor, op_id, owner="keeper-test:1:1", state=operations.RUNNING)
+    with conductor.db.session() as s:
+        op = operations.get(s, op_id)
     with keeper:
-        keeper.track(op_id)
+        keeper.track(op, op.epoch)
         assert cancellation.get(op_id).cancelled_by is None
         with conductor.db.session() as s:
             operator_actions.request_cancel(s, op_id, "alice@test")
