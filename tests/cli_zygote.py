@@ -27,11 +27,11 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import ctypes
 import importlib
 import json
 import os
 import runpy
+import select
 import signal
 import socket
 import subprocess
@@ -61,14 +61,11 @@ PRELOAD = (
     "redis",
     "alembic.command",
 )
-_PR_SET_PDEATHSIG = 1
 
 
 # -- the zygote ----------------------------------------------------------------
 def serve(path: str) -> None:
     """Import the CLI, then fork one command per connection, forever."""
-    libc = ctypes.CDLL(None)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)  # dies with its pytest worker
     for name in PRELOAD:
         importlib.import_module(name)
     if threading.active_count() != 1:  # a fork copies one thread: the others' locks would stay held
@@ -79,6 +76,12 @@ def serve(path: str) -> None:
     listener.listen(64)
     print("ready", flush=True)
     while True:
+        # Its stdin is a pipe only its pytest worker writes to: at EOF that worker
+        # has ended, however it ended, and so does the zygote. (PR_SET_PDEATHSIG
+        # would follow the worker's thread that started it, not the process.)
+        readable, _, _ = select.select([listener, sys.stdin], [], [])
+        if sys.stdin in readable:
+            return
         conn, _ = listener.accept()
         try:
             msg, fds, _flags, _addr = socket.recv_fds(conn, 1 << 20, 3)
@@ -172,7 +175,7 @@ class _Zygote:
             self._proc = subprocess.Popen(
                 [sys.executable, "-c", f"from tests.cli_zygote import serve; serve({self.path!r})"],
                 cwd=REPO,
-                stdin=subprocess.DEVNULL,
+                stdin=subprocess.PIPE,  # closed when this process ends: the zygote then exits
                 stdout=subprocess.PIPE,
                 text=True,
             )
