@@ -30,7 +30,7 @@ _HAS_GUEST = frozenset({"active", "stopped", "paused", "suspended", "rescued", "
 
 
 @dataclass(frozen=True)
-class _Db:
+class DbSnapshot:
     """The database's side, read in one session."""
 
     live: dict[str, Instance]
@@ -41,7 +41,10 @@ class _Db:
     host_rows: list
 
 
-def read_db(conductor, host: str | None) -> _Db:
+def read_db(conductor, host: str | None) -> DbSnapshot:
+    """Everything the comparisons need from the database, in one session and
+    detached from it: the hypervisors are asked afterwards, without a
+    transaction held open across their calls."""
     with conductor.db.session() as s:
         live = {i.uuid: i for i in instances.list_live(s)}
         names = {u: (n, v) for u, n, v in s.execute(sa.select(Instance.uuid, Instance.name, Instance.vm_state))}
@@ -57,10 +60,10 @@ def read_db(conductor, host: str | None) -> _Db:
         host_rows = hosts.list_hosts(s)
         for obj in [*live.values(), *active, *all_claims, *host_rows]:
             s.expunge(obj)
-    return _Db(live, names, active, op_states, all_claims, host_rows)
+    return DbSnapshot(live, names, active, op_states, all_claims, host_rows)
 
 
-def busy_instances(db: _Db) -> dict[str, str]:
+def busy_instances(db: DbSnapshot) -> dict[str, str]:
     """uuid -> why reconciliation leaves it alone (an operation owns it)."""
     busy = {
         op.instance_uuid: f"operation {op.id} ({op.kind}) is {op.state}" for op in db.active_ops if op.instance_uuid
@@ -76,7 +79,7 @@ def busy_instances(db: _Db) -> dict[str, str]:
     return busy
 
 
-def operation_findings(db: _Db) -> list[Finding]:
+def operation_findings(db: DbSnapshot) -> list[Finding]:
     now = utcnow()
     found = []
     for op in db.active_ops:
@@ -106,7 +109,7 @@ def _ago(now: dt.datetime, then: dt.datetime) -> str:
 
 
 def instance_findings(
-    inst: Instance, indexed: dict[str, dict[str | None, list[HeldResource]]], busy: str | None, db: _Db
+    inst: Instance, indexed: dict[str, dict[str | None, list[HeldResource]]], busy: str | None, db: DbSnapshot
 ) -> list[Finding]:
     """Where the database places a live instance against where its things are."""
     held = {h: by[inst.uuid] for h, by in indexed.items() if inst.uuid in by}
@@ -379,7 +382,7 @@ def _volume_findings(inst: Instance, host: str, rs: list[HeldResource], act) -> 
 
 
 def orphan_findings(
-    indexed: dict[str, dict[str | None, list[HeldResource]]], db: _Db, busy: dict[str, str]
+    indexed: dict[str, dict[str | None, list[HeldResource]]], db: DbSnapshot, busy: dict[str, str]
 ) -> list[Finding]:
     """What hosts hold for no live instance (or for no instance computeflow made)."""
     found = []
@@ -419,7 +422,7 @@ def orphan_findings(
     return found
 
 
-def record_findings(db: _Db, host: str | None) -> list[Finding]:
+def record_findings(db: DbSnapshot, host: str | None) -> list[Finding]:
     """Claims, and usage counters against the claims."""
     found = []
     sums: dict[str, list[int]] = {}

@@ -548,10 +548,6 @@ class FakeDriver(base.ComputeDriver):
     live_migration_step_pct = 25
     live_migration_poll_s = 0.02
 
-    def _peer(self, host: str) -> HostStateFile:
-        """The state file of another fake host (all share one state_dir)."""
-        return HostStateFile(os.path.dirname(self.state.path), host)
-
     def _requests(self) -> dict[str, str]:
         """Abort / force-complete requests for migrations this process runs."""
         return self.__dict__.setdefault("_migration_requests", {})
@@ -572,7 +568,7 @@ class FakeDriver(base.ComputeDriver):
 
     def pre_live_migration(self, instance_uuid: str, migrate_data: dict) -> dict:
         """Make the instance's disks (over this host's base images) and ports here."""
-        src = self._peer(migrate_data["source_host"]).read()
+        src = self._host_state(migrate_data["source_host"]).read()
         with self.state.change() as s:
             for d in [d for d in src["disks"].values() if d["instance"] == instance_uuid]:
                 rec = dict(d)
@@ -586,7 +582,7 @@ class FakeDriver(base.ComputeDriver):
         return migrate_data
 
     def live_migration(self, instance_uuid: str, dest_host: str, migrate_data: dict, progress=None) -> None:
-        dest = self._peer(dest_host)
+        dest = self._host_state(dest_host)
         if instance_uuid in dest.read()["guests"]:
             self._leave_source(instance_uuid)  # switched over already (maybe before a kill)
             return

@@ -203,6 +203,24 @@ def failed_reverts(s: Session, op: Operation) -> list[str]:
     )
 
 
+def _failed_operation(s: Session, op_id: str, otherwise: str) -> Operation:
+    """The operation, refused unless it is FAILED (`otherwise` says why that matters)."""
+    op = get(s, op_id)
+    if op is None:
+        raise Refused(not_found(s, op_id))
+    if op.state != FAILED:
+        raise Refused(f"operation {op.id} is {op.state}, not FAILED: {otherwise}")
+    return op
+
+
+def _leave_failed(s: Session, op: Operation, **values: object) -> None:
+    """Set `values` on the operation only if it is still FAILED: two operators
+    acting at once, the second is refused instead of undoing the first."""
+    moved = changed(s, sa.update(Operation).where(Operation.id == op.id, Operation.state == FAILED).values(**values))
+    if moved != 1:
+        raise Refused(f"operation {op.id} changed meanwhile (another operator?): look again")
+
+
 def reopen_for_revert(s: Session, op_id: str, owner: str, lease_seconds: float, by: str) -> Operation:
     """Make a FAILED operation's failed reverts runnable again, in one transaction.
 
@@ -213,11 +231,7 @@ def reopen_for_revert(s: Session, op_id: str, owner: str, lease_seconds: float, 
     it then reverts the failed steps and every earlier one, through the same
     runner (leases, fencing, flow log) as any other run.
     """
-    op = get(s, op_id)
-    if op is None:
-        raise Refused(not_found(s, op_id))
-    if op.state != FAILED:
-        raise Refused(f"operation {op.id} is {op.state}, not FAILED: nothing to retry")
+    op = _failed_operation(s, op_id, "nothing to retry")
     fd_uuid = op.flow_detail_uuid or op.id
     if not failed_reverts(s, op):
         raise Refused(
@@ -225,21 +239,14 @@ def reopen_for_revert(s: Session, op_id: str, owner: str, lease_seconds: float, 
             "cleaning up by hand, record it with `computeflow ops mark-reverted`"
         )
     now = utcnow()
-    if (
-        changed(
-            s,
-            sa.update(Operation)
-            .where(Operation.id == op.id, Operation.state == FAILED)
-            .values(
-                state=REVERTING,
-                owner=owner,
-                finished_at=None,
-                lease_expires_at=now + dt.timedelta(seconds=lease_seconds),
-            ),
-        )
-        != 1
-    ):
-        raise Refused(f"operation {op.id} changed meanwhile (another operator?): look again")
+    _leave_failed(
+        s,
+        op,
+        state=REVERTING,
+        owner=owner,
+        finished_at=None,
+        lease_expires_at=now + dt.timedelta(seconds=lease_seconds),
+    )
     ad, fd = TASKFLOW_TABLES.atomdetails, TASKFLOW_TABLES.flowdetails
     s.execute(
         sa.update(ad)
@@ -256,29 +263,11 @@ def reopen_for_revert(s: Session, op_id: str, owner: str, lease_seconds: float, 
 def mark_reverted(s: Session, op_id: str, by: str, note: str | None = None) -> Operation:
     """Record that an operator cleaned up a FAILED operation by hand: release
     its hold and claims, end it REVERTED, and say who and when in the flow log."""
-    op = get(s, op_id)
-    if op is None:
-        raise Refused(not_found(s, op_id))
-    if op.state != FAILED:
-        raise Refused(f"operation {op.id} is {op.state}, not FAILED: only a failed operation is marked reverted")
+    op = _failed_operation(s, op_id, "only a failed operation is marked reverted")
     now = utcnow()
     text = f"cleaned up by hand, recorded by {by} at {now.isoformat(timespec='seconds')}Z"
-    if (
-        changed(
-            s,
-            sa.update(Operation)
-            .where(Operation.id == op.id, Operation.state == FAILED)
-            .values(
-                state=REVERTED,
-                finished_at=now,
-                owner=None,
-                lease_expires_at=None,
-                error=f"{op.error or 'failed'}; {text}",
-            ),
-        )
-        != 1
-    ):
-        raise Refused(f"operation {op.id} changed meanwhile (another operator?): look again")
+    error = f"{op.error or 'failed'}; {text}"
+    _leave_failed(s, op, state=REVERTED, finished_at=now, owner=None, lease_expires_at=None, error=error)
     if op.instance_uuid:
         instances.release_hold(s, op.instance_uuid, op.id, task_state=None, vm_state=VmState.ERROR)
     for c in s.scalars(sa.select(Claim).where(Claim.operation_id == op.id)).all():

@@ -123,6 +123,12 @@ class LibvirtDriver(base.ComputeDriver):
         self._host.close()
 
     @property
+    def daemon(self) -> Host:
+        """This host's libvirtd connection: for tools and tests that read a
+        guest's definition or the connection's state, not for flows."""
+        return self._host
+
+    @property
     def domain_type(self) -> str:
         if self._domain_type is None:
             self.init_host()

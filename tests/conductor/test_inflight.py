@@ -3,6 +3,7 @@ flight, and waiting steps hold no database connection."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Iterator
@@ -61,29 +62,43 @@ def _connections(c: Conductor) -> int:
         return s.scalar(sa.text("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"))
 
 
-def test_hundreds_of_waiting_operations_are_in_flight_at_once_with_default_options(held):
-    assert held.conf.conductor.max_operations >= 1000  # the defaults under test
-    assert held.conf.conductor.max_concurrent_builds * HOSTS >= IN_FLIGHT
+@contextlib.contextmanager
+def _serving(c: Conductor, count: int) -> Iterator[tuple[list, ConductorService, int]]:
+    """`count` spawns spread over the hosts, then a service running them; on
+    leaving, the service stopped and its thread ended. Yields the operations,
+    the service and the number of threads before it started serving."""
     ids = [
-        held.submit_spawn(SpawnRequest(name=f"vm{i}", flavor="m1.tiny", image="cirros", host=f"h{i % HOSTS}"))
-        for i in range(IN_FLIGHT)
+        c.submit_spawn(SpawnRequest(name=f"vm{i}", flavor="m1.tiny", image="cirros", host=f"h{i % HOSTS}"))
+        for i in range(count)
     ]
-    svc = ConductorService(held, boards.open_board(held.conf, held.owner, held.db))
+    svc = ConductorService(c, boards.open_board(c.conf, c.owner, c.db))
+    before = threading.active_count()
     serving = threading.Thread(target=svc.serve)
     serving.start()
     try:
+        yield ids, svc, before
+    finally:
+        svc.stop()
+        serving.join(60)
+    assert not serving.is_alive()
+
+
+def _release_and_expect_success(c: Conductor, ids: list, timeout: float) -> None:
+    c.rt.faults.release_hangs.set()
+    for op_id in ids:
+        assert op_id.wait(timeout=timeout).state == operations.SUCCEEDED
+
+
+def test_hundreds_of_waiting_operations_are_in_flight_at_once_with_default_options(held):
+    assert held.conf.conductor.max_operations >= 1000  # the defaults under test
+    assert held.conf.conductor.max_concurrent_builds * HOSTS >= IN_FLIGHT
+    with _serving(held, IN_FLIGHT) as (ids, _, _):
         # Every operation reaches its wait while none can get past it: all are in flight at once.
         _until(lambda: _waiting(held) == IN_FLIGHT, 240, f"{IN_FLIGHT} operations to wait")
         # A waiting step holds no pooled connection; the process stays within its pools.
         assert held.db.engine.pool.checkedout() <= 1  # at most the loop's own claim query
         assert _connections(held) <= connection_bound(held.conf.database.pool_size, "postgresql")
-        held.rt.faults.release_hangs.set()
-        for op_id in ids:
-            assert op_id.wait(timeout=240).state == operations.SUCCEEDED
-    finally:
-        svc.stop()
-        serving.join(60)
-    assert not serving.is_alive()
+        _release_and_expect_success(held, ids, 240)
     with held.db.session() as s:
         assert (
             s.scalar(sa.select(sa.func.count()).select_from(Operation).where(Operation.state == operations.SUCCEEDED))
@@ -104,15 +119,7 @@ def test_a_waiting_step_costs_its_own_thread_and_a_deadline_entry_not_a_thread_w
     from flows.steps import attempts
 
     assert held.conf.conductor.step_timeout > 0  # the default deadline is what is under test
-    ids = [
-        held.submit_spawn(SpawnRequest(name=f"vm{i}", flavor="m1.tiny", image="cirros", host=f"h{i % HOSTS}"))
-        for i in range(STRUCTURE_IN_FLIGHT)
-    ]
-    svc = ConductorService(held, boards.open_board(held.conf, held.owner, held.db))
-    before = threading.active_count()
-    serving = threading.Thread(target=svc.serve)
-    serving.start()
-    try:
+    with _serving(held, STRUCTURE_IN_FLIGHT) as (ids, svc, before):
         _until(lambda: _waiting(held) == STRUCTURE_IN_FLIGHT, 120, f"{STRUCTURE_IN_FLIGHT} operations to wait")
         # Each waiting call runs in its step's own thread, renamed for the call.
         names = [t.name for t in threading.enumerate()]
@@ -128,11 +135,5 @@ def test_a_waiting_step_costs_its_own_thread_and_a_deadline_entry_not_a_thread_w
         others = threading.active_count() - before - pooled
         assert busy == (STRUCTURE_IN_FLIGHT, STRUCTURE_IN_FLIGHT)
         assert others <= 8, sorted(set(names))
-        held.rt.faults.release_hangs.set()
-        for op_id in ids:
-            assert op_id.wait(timeout=120).state == operations.SUCCEEDED
-    finally:
-        svc.stop()
-        serving.join(60)
-    assert not serving.is_alive()
+        _release_and_expect_success(held, ids, 120)
     assert attempts._DEADLINES.pending == 0  # every deadline cancelled once its call returned

@@ -31,6 +31,7 @@ import sqlalchemy as sa
 
 from conductor import config
 from conductor.api import Conductor
+from drivers.libvirt import layout
 from persistence import instances, operations
 from persistence.models import Operation
 from tests.conftest import REPO, clean, run_cli, write_conf
@@ -149,7 +150,7 @@ def _assert_converged(calm: Path, shared: Path, host: str, op_id: str, expect: s
                 assert domains == [], domains
                 assert inv.empty and not inv.volumes, inv
                 assert _instance_files(host_dir) == []
-                assert not os.path.exists(drv._instance_dir(op.instance_uuid))
+                assert not os.path.exists(layout.instance_dir(drv.root, op.instance_uuid))
         finally:
             for drv in list(c.rt._drivers.values()):
                 drv.cleanup_host()

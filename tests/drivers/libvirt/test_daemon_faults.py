@@ -82,7 +82,7 @@ def _step_states(c, op_id: str, step: str) -> list[str]:
 
 def _restart_while_waited_for(daemon, drv) -> float:
     """The daemon is down and a call of `drv` waits for it: start it; seconds it was away."""
-    poll(lambda: drv._host.waiting > 0, RESTART_S, f"a call on {drv.host} to wait for its daemon")
+    poll(lambda: drv.daemon.waiting > 0, RESTART_S, f"a call on {drv.host} to wait for its daemon")
     started = time.monotonic()
     daemon.start()
     return time.monotonic() - started
@@ -105,7 +105,7 @@ def test_spawn_rides_out_a_daemon_restart(qemu_conductor, daemons_back):
     c = qemu_conductor
     drv = c.rt.driver_for("qemu1")
     drv.init_host()  # connected once: the driver knows the daemon
-    reconnects = drv._host.reconnects
+    reconnects = drv.daemon.reconnects
     c.rt.faults.arm("power_on:execute:hang:before")
     op_id = c.submit_spawn(SpawnRequest(name="vm1", flavor="m1.tiny", image="cirros"))
     started = time.monotonic()
@@ -117,7 +117,7 @@ def test_spawn_rides_out_a_daemon_restart(qemu_conductor, daemons_back):
     t.join(RESTART_S)
     took = time.monotonic() - started
     assert out["status"].state == operations.SUCCEEDED, out["status"].error
-    assert drv._host.reconnects > reconnects
+    assert drv.daemon.reconnects > reconnects
     with c.db.session() as s:
         instance_uuid = operations.get(s, op_id).instance_uuid
     Console(drv, instance_uuid).wait_ticks_beyond(1, boots=1)

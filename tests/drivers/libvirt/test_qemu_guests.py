@@ -24,6 +24,7 @@ import pytest
 
 from conductor.api import SpawnRequest
 from drivers.base import PowerState
+from drivers.libvirt import layout
 from persistence import instances, operations
 from tests.conftest import _unreachable
 from tests.drivers.libvirt.conftest import SCRIPTS, SYSTEM_URI, poll
@@ -110,7 +111,7 @@ def test_guest_lifecycle_proved_by_its_console(qemu_conductor):
     con = Console(drv, instance_uuid)
     assert drv.inventory().guests == (instance_uuid,)
     assert drv.get_info(instance_uuid).state is PowerState.RUNNING
-    config = drv._host.find_guest(instance_uuid).config()
+    config = drv.daemon.find_guest(instance_uuid).config()
     assert config.type == "qemu" and config.os.kernel.endswith("vmlinuz")
     assert f"<uuid>{instance_uuid}</uuid>" in virsh("dumpxml", instance_uuid)
 
@@ -171,7 +172,7 @@ def test_guest_lifecycle_proved_by_its_console(qemu_conductor):
     poll(recorded_stopped, BOOT_S, "the instance record to show the guest stopped")
 
     # Destroy: no domain, no disk, no port, no tap left.
-    instance_dir = drv._instance_dir(instance_uuid)
+    instance_dir = layout.instance_dir(drv.root, instance_uuid)
     assert os.path.exists(instance_dir)
     assert c.run(c.submit_destroy("vm1")).state == operations.SUCCEEDED
     assert drv.inventory().empty, drv.inventory()
@@ -191,7 +192,7 @@ def test_every_disk_and_the_nic_reach_the_guest(qemu_conductor):
     assert ready, con.text()
     assert ready.group(1).split() == ["vda", "vdb", "vdc"]
     assert "eth0" in ready.group(2).split()
-    (nic,) = drv._host.find_guest(instance_uuid).config().interfaces
+    (nic,) = drv.daemon.find_guest(instance_uuid).config().interfaces
     assert nic.type == "ethernet" and Path(f"/sys/class/net/{nic.target_dev}").exists()
     assert c.run(c.submit_destroy("vm1")).state == operations.SUCCEEDED
     assert not Path(f"/sys/class/net/{nic.target_dev}").exists()  # libvirt removed the tap
@@ -205,7 +206,7 @@ def test_failed_spawn_leaves_nothing_behind(qemu_conductor):
     drv, instance_uuid = spawn_vm1(c, ends=operations.REVERTED)
     assert drv.inventory().empty, drv.inventory()
     assert instance_uuid not in virsh("list", "--all", "--uuid")
-    assert not os.path.exists(drv._instance_dir(instance_uuid))
+    assert not os.path.exists(layout.instance_dir(drv.root, instance_uuid))
 
 
 def _daemon_pid() -> int | None:

@@ -17,7 +17,7 @@ import pytest
 from conductor.api import SpawnRequest
 from drivers.base import DiskKind, PowerState
 from drivers.errors import GuestNotFound, InvalidGuestState
-from drivers.libvirt import disks
+from drivers.libvirt import disks, layout
 from drivers.libvirt.snapshot import PAUSE_MARKER
 from persistence import hosts, operations
 from tests.drivers.libvirt.conftest import TEST_URI
@@ -49,7 +49,7 @@ def holds_pattern(path: str) -> bool:
 # -- the driver call on test:///default ---------------------------------------------------
 def test_snapshot_of_a_running_guest_is_a_flat_qcow2_and_it_keeps_running(drv, tmp_path):
     build(drv)
-    write_pattern(drv._disk_path(U1, DiskKind.ROOT))
+    write_pattern(layout.disk_path(drv.root, U1, DiskKind.ROOT))
     target = str(tmp_path / "store" / "snap.qcow2")
     image = drv.snapshot(U1, target)
     found = disks.info(target)
@@ -57,7 +57,7 @@ def test_snapshot_of_a_running_guest_is_a_flat_qcow2_and_it_keeps_running(drv, t
     assert (image.name, image.disk_format, image.size_mb, image.path) == ("snap.qcow2", "qcow2", 1024, target)
     assert holds_pattern(target)
     assert drv.get_info(U1).state is PowerState.RUNNING
-    assert not os.path.exists(os.path.join(drv._instance_dir(U1), PAUSE_MARKER))
+    assert not os.path.exists(os.path.join(layout.instance_dir(drv.root, U1), PAUSE_MARKER))
     assert not [n for n in os.listdir(tmp_path / "store") if n.endswith(".tmp")]
 
 
@@ -83,11 +83,11 @@ def test_an_attempt_that_died_holding_the_pause_is_finished_by_the_next(drv, tmp
     store.mkdir()
     target = store / "snap.qcow2"
     (store / "snap.qcow2.999999999.1.tmp").write_bytes(b"half")  # of a dead process
-    open(os.path.join(drv._instance_dir(U1), PAUSE_MARKER), "w").close()
+    open(os.path.join(layout.instance_dir(drv.root, U1), PAUSE_MARKER), "w").close()
     drv.pause(U1)
     drv.snapshot(U1, str(target))
     assert drv.get_info(U1).state is PowerState.RUNNING
-    assert not os.path.exists(os.path.join(drv._instance_dir(U1), PAUSE_MARKER))
+    assert not os.path.exists(os.path.join(layout.instance_dir(drv.root, U1), PAUSE_MARKER))
     assert sorted(os.listdir(store)) == ["snap.qcow2"]
     # and again: same result, nothing paused
     drv.snapshot(U1, str(target))
@@ -98,7 +98,7 @@ def test_snapshot_refuses_a_missing_guest_or_root_disk(drv, tmp_path):
     with pytest.raises(GuestNotFound):
         drv.snapshot(U1, str(tmp_path / "x.qcow2"))
     build(drv)
-    os.unlink(drv._disk_path(U1, DiskKind.ROOT))
+    os.unlink(layout.disk_path(drv.root, U1, DiskKind.ROOT))
     with pytest.raises(InvalidGuestState, match="without a root disk"):
         drv.snapshot(U1, str(tmp_path / "x.qcow2"))
     assert drv.get_info(U1).state is PowerState.RUNNING
@@ -119,7 +119,7 @@ def _snapshot_then_spawn(c, host: str) -> tuple[str, str]:
     status = c.run(op2)
     assert status.state == operations.SUCCEEDED, status.error
     u2 = c.status(op2).instance_uuid
-    root2 = drv._disk_path(u2, DiskKind.ROOT)
+    root2 = layout.disk_path(drv.root, u2, DiskKind.ROOT)
     with c.db.session() as s:
         image = hosts.get_image(s, "vm1-snap")
     assert disks.info(root2).backing_file == drv.images.path(image)  # over the cached snapshot
@@ -134,12 +134,12 @@ def test_snapshot_flow_then_spawn_from_it_on_test_driver(make_conductor, host_na
 
     def mark_root_then_define(spec):  # data written into vm1's disk before it first runs
         if spec.name == "vm1":
-            write_pattern(drv._disk_path(spec.instance_uuid, DiskKind.ROOT))
+            write_pattern(layout.disk_path(drv.root, spec.instance_uuid, DiskKind.ROOT))
         real_build(spec)
 
     drv.define_guest = mark_root_then_define
     u1, u2 = _snapshot_then_spawn(c, host_name)
-    assert holds_pattern(drv._disk_path(u2, DiskKind.ROOT))
+    assert holds_pattern(layout.disk_path(drv.root, u2, DiskKind.ROOT))
     assert sorted(drv.inventory().guests) == sorted([u1, u2])
     assert all(drv.get_info(u).state is PowerState.RUNNING for u in (u1, u2))
 
@@ -156,7 +156,7 @@ def test_snapshot_of_a_running_guest_boots_as_a_new_guest(qemu_conductor):
     assert c.run(op).state == operations.SUCCEEDED
     u1 = c.status(op).instance_uuid
     run_op(c, "power_off")
-    write_pattern(drv._disk_path(u1, DiskKind.ROOT))
+    write_pattern(layout.disk_path(drv.root, u1, DiskKind.ROOT))
     run_op(c, "power_on")
     con1 = Console(drv, u1)
     tick = con1.wait_ticks_beyond(1)
@@ -178,7 +178,7 @@ def test_snapshot_of_a_running_guest_boots_as_a_new_guest(qemu_conductor):
     u2 = c.status(op2).instance_uuid
     Console(drv, u2).wait_ticks_beyond(1, boots=1)
     assert f"<uuid>{u2}</uuid>" in virsh("dumpxml", u2)
-    root2 = drv._disk_path(u2, DiskKind.ROOT)
+    root2 = layout.disk_path(drv.root, u2, DiskKind.ROOT)
     assert disks.info(root2).backing_file == drv.images.path(image)
     run_op2 = c.submit("power_off", "vm2")
     assert c.run(run_op2).state == operations.SUCCEEDED

@@ -37,7 +37,7 @@ from drivers.errors import (
     NotSupported,
     SoftRebootFailed,
 )
-from drivers.libvirt import disks
+from drivers.libvirt import disks, layout
 from drivers.libvirt.config import (
     ConfigError,
     DiskConfig,
@@ -127,7 +127,7 @@ def test_rendered_xml_has_what_this_libvirt_needs():
 def test_config_parses_what_libvirt_writes_back(drv):
     """libvirt adds defaults, aliases and addresses; what we wrote parses back the same."""
     config = FULL.replace(type="test", name="cf-" + U2, uuid=U2)
-    dom = drv._host.get_connection().defineXML(config.to_xml())
+    dom = drv.daemon.get_connection().defineXML(config.to_xml())
     try:
         parsed = DomainConfig.from_xml(dom.XMLDesc(0))
         # The test driver fills in an arch and a boot device, and names the
@@ -182,7 +182,7 @@ def test_spawn_sequence_is_idempotent(drv):
     build(drv)
     first = drv.inventory()
     assert first.guests == (U1,) and first.ports == (VIF.id,) and first.base_images == ("cirros",)
-    assert first.disks == (drv._disk_path(U1, DiskKind.ROOT),)
+    assert first.disks == (layout.disk_path(drv.root, U1, DiskKind.ROOT),)
     build(drv)  # every step again: nothing new, nothing broken
     assert drv.inventory() == first
     assert drv.get_info(U1).state is PowerState.RUNNING
@@ -201,7 +201,7 @@ def test_undoing_twice_is_a_no_op(drv):
         undo()
     inv = drv.inventory()
     assert inv.empty, inv
-    assert not os.path.exists(drv._instance_dir(U1))
+    assert not os.path.exists(layout.instance_dir(drv.root, U1))
 
 
 def test_inventory_counts_only_this_hosts_guests(drv, tmp_path, conn):
@@ -254,7 +254,7 @@ def test_host_report_attributes_what_it_can_prove_and_lists_the_rest_as_no_ones(
     assert sorted(report.resources, key=repr) == sorted(
         [
             HeldResource(Held.GUEST, U1, U1, PowerState.PAUSED, "cf-" + U1),
-            HeldResource(Held.DISK, drv._disk_path(U1, DiskKind.ROOT), U1, detail="disk.root"),
+            HeldResource(Held.DISK, layout.disk_path(drv.root, U1, DiskKind.ROOT), U1, detail="disk.root"),
             HeldResource(Held.PORT, VIF.id, U1, detail="default"),
             HeldResource(Held.KEPT_COPY, kept, kept, detail=f"{root}/{kept}.resize"),
             HeldResource(Held.INCOMING_COPY, incoming, incoming, detail=f"{root}/{incoming}"),
@@ -270,21 +270,21 @@ def test_host_report_attributes_what_it_can_prove_and_lists_the_rest_as_no_ones(
 
 def test_define_keeps_an_existing_domain(drv):
     build(drv)
-    before = drv._host.find_guest(U1).config()
+    before = drv.daemon.find_guest(U1).config()
     other = GuestSpec(U1, "renamed", Flavor("m1.big", 4, 4096, 1), (), ())
     drv.define_guest(other)
-    assert drv._host.find_guest(U1).config() == before
+    assert drv.daemon.find_guest(U1).config() == before
 
 
 def test_domain_is_named_tagged_and_wired_as_specified(drv):
     build(drv)
-    config = drv._host.find_guest(U1).config()
+    config = drv.daemon.find_guest(U1).config()
     assert (config.name, config.uuid, config.title, config.memory_mb, config.vcpus) == ("cf-" + U1, U1, "vm1", 512, 1)
     assert config.metadata == InstanceMetadata("vm1", drv.host, "m1.tiny")
-    assert config.disks == (DiskConfig(drv._disk_path(U1, DiskKind.ROOT), "vda", "qcow2"),)
+    assert config.disks == (DiskConfig(layout.disk_path(drv.root, U1, DiskKind.ROOT), "vda", "qcow2"),)
     # test:///default has an active network named 'default': the vif joins it.
     assert [(i.type, i.mac, i.network) for i in config.interfaces] == [("network", VIF.mac, "default")]
-    assert config.serial == SerialConfig(drv._console_path(U1))
+    assert config.serial == SerialConfig(layout.console_path(drv.root, U1))
     assert config.os.boot_dev == "hd" and config.os.kernel is None
 
 
@@ -292,7 +292,7 @@ def test_vif_on_an_unknown_network_gets_its_own_tap(drv):
     vif = Vif("0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d", "fa:16:3e:00:00:09", network="nowhere")
     drv.plug_vif(U1, vif)
     drv.define_guest(GuestSpec(U1, "vm1", FLAVOR, (), (vif,)))
-    (nic,) = drv._host.find_guest(U1).config().interfaces
+    (nic,) = drv.daemon.find_guest(U1).config().interfaces
     assert (nic.type, nic.target_dev) == ("ethernet", "tap0a1b2c3d-4e")
     assert json.loads(Path(drv.ports.path).read_text())[vif.id]["instance"] == U1
 
@@ -333,7 +333,7 @@ def test_hard_reboot_works_from_any_state_soft_only_when_running(drv):
     drv.suspend(U1)
     drv.reboot(U1, hard=True)
     assert drv.get_info(U1).state is PowerState.RUNNING
-    assert not drv._host.find_guest(U1).has_managed_save()  # a hard reboot boots afresh
+    assert not drv.daemon.find_guest(U1).has_managed_save()  # a hard reboot boots afresh
 
 
 def test_soft_reboot_of_a_guest_ignoring_acpi_fails(drv, monkeypatch):
@@ -418,7 +418,7 @@ def test_live_migration_without_the_destinations_data_is_a_clear_error(drv):
 def test_console_output_is_the_console_files_tail(drv):
     build(drv)
     assert drv.get_console_output(U1) == ""  # the test driver writes no console
-    with open(drv._console_path(U1), "wb") as f:
+    with open(layout.console_path(drv.root, U1), "wb") as f:
         f.write(b"x" * 200_000 + b"\ntick 1\n")
     out = drv.get_console_output(U1)
     assert out.endswith("tick 1\n") and len(out) == 100 * 1024
@@ -498,7 +498,7 @@ def test_root_disk_smaller_than_its_image_is_refused(drv):
 
 
 def test_an_interrupted_create_leaves_no_file_under_the_final_name(drv, monkeypatch):
-    path = drv._disk_path(U1, DiskKind.EPHEMERAL)
+    path = layout.disk_path(drv.root, U1, DiskKind.EPHEMERAL)
     os.makedirs(os.path.dirname(path))
     dead = subprocess.run(
         [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
@@ -523,7 +523,7 @@ def test_an_existing_disk_of_another_size_is_not_overwritten(drv):
     drv.create_disk(U1, DiskSpec(DiskKind.SWAP, 16))
     with pytest.raises(InvalidGuestState, match="different swap disk"):
         drv.create_disk(U1, DiskSpec(DiskKind.SWAP, 32))
-    assert disks.info(drv._disk_path(U1, DiskKind.SWAP)).virtual_size == 16 * disks.MIB
+    assert disks.info(layout.disk_path(drv.root, U1, DiskKind.SWAP)).virtual_size == 16 * disks.MIB
 
 
 def test_instance_paths_stay_under_the_host_directory(drv):
@@ -534,7 +534,7 @@ def test_instance_paths_stay_under_the_host_directory(drv):
 # -- the connection and events ------------------------------------------------
 def test_a_dead_connection_is_reopened(drv):
     build(drv)
-    drv._host.get_connection().close()  # as when the daemon goes away
+    drv.daemon.get_connection().close()  # as when the daemon goes away
     assert drv.get_info(U1).state is PowerState.RUNNING
 
 
@@ -582,7 +582,7 @@ def test_libvirt_errors_become_driver_errors(drv, monkeypatch, code, domain, exp
     build(drv)
     drv.power_off(U1)
     drv.reconnect_timeout = 0  # a connection error is not waited out
-    conn = drv._host.get_connection()
+    conn = drv.daemon.get_connection()
 
     def fail(self):
         raise _Error(code, domain)
@@ -592,7 +592,7 @@ def test_libvirt_errors_become_driver_errors(drv, monkeypatch, code, domain, exp
         drv.power_on(U1)
     assert type(e.value) is expected and not isinstance(e.value, libvirt.libvirtError)
     # A connection that is still alive is kept: the error was about another one.
-    assert drv._host._conn is conn
+    assert drv.daemon._conn is conn
     monkeypatch.undo()
     drv.power_on(U1)
     assert drv.get_info(U1).state is PowerState.RUNNING
@@ -611,14 +611,14 @@ def test_a_lost_connection_is_waited_out_and_the_call_repeated(drv, monkeypatch,
     def launch_once_lost(self):
         calls.append(self.uuid)
         if len(calls) == 1:
-            drv._host._conn.close()  # the daemon "restarts": this connection is dead
+            drv.daemon._conn.close()  # the daemon "restarts": this connection is dead
             raise _Error(libvirt.VIR_ERR_INTERNAL_ERROR, libvirt.VIR_FROM_RPC)
         real_launch(self)
 
     monkeypatch.setattr(Guest, "launch", launch_once_lost)
-    reconnects = drv._host.reconnects
+    reconnects = drv.daemon.reconnects
     drv.power_on(U1)
-    assert calls == [U1, U1] and drv._host.reconnects == reconnects + 1
+    assert calls == [U1, U1] and drv.daemon.reconnects == reconnects + 1
     assert drv.get_info(U1).state is PowerState.RUNNING
 
     def never(self):
