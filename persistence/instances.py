@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import sqlalchemy as sa
@@ -38,7 +39,16 @@ def get(s: Session, uuid: str) -> Instance | None:
 def find_live(s: Session, name_or_uuid: str) -> Instance | None:
     """A live (not deleted) instance by name, or any instance by uuid."""
     inst = s.scalars(sa.select(Instance).where(Instance.name == name_or_uuid, Instance.live_marker == "")).first()
-    return inst or s.get(Instance, name_or_uuid)
+    if inst is not None or not _is_uuid(name_or_uuid):
+        return inst  # a name that is no uuid needs no second look (every submission asks)
+    return s.get(Instance, name_or_uuid)
+
+
+def _is_uuid(text: str) -> bool:
+    try:
+        return str(uuid.UUID(text)) == text
+    except ValueError:
+        return False
 
 
 def ever_named(s: Session, name_or_uuid: str) -> bool:

@@ -54,3 +54,39 @@ def test_indexed_step_names_match_their_pattern():
     assert catalog.kinds_with_step("power_on_guest") == ["power_on"]
     assert "power_on" not in catalog.kinds_with_step("power_on")
     assert all(re.fullmatch(r"[a-z_]+(_N)?", p) for k in catalog.CATALOG.values() for p in k.steps)
+
+
+def _mappings(kind: catalog.OperationKind) -> list[tuple]:
+    module, fn = kind.factory.rsplit(".", 1)
+    flow = getattr(importlib.import_module(module), fn)(
+        operation=kind.name,
+        flavor=FLAVOR,
+        vifs=VIFS,
+        host="h1",
+        end_state=["active", "running"],
+        shared_storage=False,
+        power_on=True,
+        holds_instance=True,
+        actions=[{"action": a, "host": "h1"} for a in ACTIONS],
+    )
+    return [
+        (a.name, dict(a.rebind), list(a.requires), list(a.optional), dict(a.revert_rebind), list(a.revert_optional))
+        for a in _atoms(flow)
+    ]
+
+
+@sqlite_only
+def test_remembered_argument_mappings_are_taskflows_own(conductor, monkeypatch):
+    """Step remembers taskflow's argument mapping per class (flows/steps/base.py):
+    every flow's steps bind exactly what taskflow's own code binds, and taskflow
+    still asks through the method remembered (a taskflow upgrade that stops
+    calling it fails here, rather than silently building flows slower)."""
+    from flows.steps import base
+
+    base._ARG_MAPPINGS.clear()
+    remembered = {kind: _mappings(catalog.get(kind)) for kind in catalog.CATALOG}
+    assert base._ARG_MAPPINGS, "taskflow no longer calls Atom._build_arg_mapping"
+    again = {kind: _mappings(catalog.get(kind)) for kind in catalog.CATALOG}  # from the memo
+    monkeypatch.delattr(base.Step, "_build_arg_mapping")  # taskflow's own, read afresh
+    stock = {kind: _mappings(catalog.get(kind)) for kind in catalog.CATALOG}
+    assert remembered == again == stock
