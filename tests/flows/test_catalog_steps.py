@@ -17,24 +17,28 @@ FLAVOR = {"name": "m", "vcpus": 1, "ram_mb": 64, "root_gb": 1, "ephemeral_gb": 1
 VIFS = [{"id": f"p{i}", "mac": f"fa:16:3e:00:00:0{i}", "network": "default"} for i in range(3)]
 
 
+def _build(kind: catalog.OperationKind, *, shared: bool = False, power_on: bool = True, repeat: int = 1):
+    """The kind's flow, built from parameters that fit every factory."""
+    module, fn = kind.factory.rsplit(".", 1)
+    return getattr(importlib.import_module(module), fn)(
+        operation=kind.name,
+        flavor=FLAVOR,
+        vifs=VIFS,
+        host="h1",
+        end_state=["active", "running"],
+        shared_storage=shared,
+        power_on=power_on,
+        holds_instance=True,
+        actions=[{"action": a, "host": "h1"} for a in ACTIONS] * repeat,
+    )
+
+
 def built_step_names(kind: catalog.OperationKind) -> set[str]:
     """Every step name of the kind's flow, over the shapes its parameters give it."""
-    module, fn = kind.factory.rsplit(".", 1)
-    build = getattr(importlib.import_module(module), fn)
     names = set()
     for shared in (True, False):
         for power_on in (True, False):
-            flow = build(
-                operation=kind.name,
-                flavor=FLAVOR,
-                vifs=VIFS,
-                host="h1",
-                end_state=["active", "running"],
-                shared_storage=shared,
-                power_on=power_on,
-                holds_instance=True,
-                actions=[{"action": a, "host": "h1"} for a in ACTIONS] * 3,
-            )
+            flow = _build(kind, shared=shared, power_on=power_on, repeat=3)
             names |= {atom.name for atom in _atoms(flow)}
     return names
 
@@ -57,18 +61,7 @@ def test_indexed_step_names_match_their_pattern():
 
 
 def _mappings(kind: catalog.OperationKind) -> list[tuple]:
-    module, fn = kind.factory.rsplit(".", 1)
-    flow = getattr(importlib.import_module(module), fn)(
-        operation=kind.name,
-        flavor=FLAVOR,
-        vifs=VIFS,
-        host="h1",
-        end_state=["active", "running"],
-        shared_storage=False,
-        power_on=True,
-        holds_instance=True,
-        actions=[{"action": a, "host": "h1"} for a in ACTIONS],
-    )
+    flow = _build(kind)
     return [
         (a.name, dict(a.rebind), list(a.requires), list(a.optional), dict(a.revert_rebind), list(a.revert_optional))
         for a in _atoms(flow)
