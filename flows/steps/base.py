@@ -102,7 +102,7 @@ class Step(task.Task):
         """taskflow's argument mapping (Atom._build_arg_mapping), remembered per
         step class and arguments: taskflow reads the method's signature anew
         for each execute and revert of each step built, most of the time a
-        flow takes to build (~2 ms of a spawn's way to its first step). A
+        flow takes to build (1.16 -> 0.19 ms for a spawn's flow). A
         copy each time: taskflow keeps them as the atom's own."""
         inject = sorted(self.inject) if self.inject else None  # taskflow leaves injected names out
         key = (type(self), executor.__name__, repr((requires, rebind, auto_extract, ignore_list, inject)))
