@@ -163,14 +163,14 @@ class Runner:
     def run(self, op_id: str, *, dead_owners: tuple[str, ...] = (), on_event: EventSink | None = None) -> Operation:
         """Run (or resume) an operation; returns its final record.
         WaitingForHostSlot when a per-host limit keeps it waiting in line."""
-        epoch, op, needs = self._take(op_id, dead_owners)
+        epoch, op, needs, fresh = self._take(op_id, dead_owners)
         kind = catalog.CATALOG.get(op.kind)
         self.leases.track(op, epoch, kind.no_return_step if kind else None)
         self.backend.fence(op_id, epoch)
         ended = False  # its outcome's transaction left its slots (Runner._finish)
         try:
             with runtime.active(self.rt):  # this conductor's, in every step thread
-                final = self._run_owned(op, epoch, on_event)
+                final = self._run_owned(op, epoch, on_event, fresh)
             ended = True
             return final
         except Exception as e:
@@ -186,33 +186,32 @@ class Runner:
             elif needs:
                 self._release_slots(op_id)
 
-    def _take(self, op_id: str, dead_owners: tuple[str, ...]) -> tuple[int, Operation, list]:
+    def _take(self, op_id: str, dead_owners: tuple[str, ...]) -> tuple[int, Operation, list, bool]:
         """Ownership and, in the same transaction, the host slots the operation
         needs (no one sees it owned without its slots, or holding slots
-        unowned) and, for a first run, its RUNNING state."""
+        unowned) and, for a first run, its RUNNING state. Also whether it was
+        PENDING when read: it never ran, so it has no flow detail yet."""
         needs: list[host_slots.Need] = []
         waits: list[host_slots.Wait] = []
         epoch = None
+        fresh = False
         try:
             with self.rt.db.session() as s:
                 op = operations.get(s, op_id)
                 needs, waits = self.slots.request(s, op) if op is not None else ([], [])
+                fresh = op is not None and op.state == operations.PENDING
                 if not waits:  # else commit only the place in line
-                    epoch = operations.take_ownership(s, op_id, self.owner, self.lease_seconds, dead_owners)
+                    # A first run starts here: RUNNING in the same statement; `op` is refreshed by it.
+                    epoch = operations.take_ownership(s, op_id, self.owner, self.lease_seconds, dead_owners, start=True)
                     if epoch is not None:
                         self.slots.take(s, op, needs)
-                        if op.state == operations.PENDING:  # its run starts: no transaction of its own
-                            operations.mark(
-                                s, op_id, operations.RUNNING, owner=self.owner, epoch=epoch, flow_detail_uuid=op_id
-                            )
-                        s.refresh(op)
         except host_slots.SlotRace as race:
             waits = [race.wait]
         if waits:
             raise WaitingForHostSlot(op_id, waits)
         if epoch is None:
             raise NotOwner(op_id)
-        return epoch, op, needs
+        return epoch, op, needs, fresh
 
     def _release_slots(self, op_id: str) -> None:
         try:
@@ -222,7 +221,7 @@ class Runner:
                 "operation %s: releasing its host slots failed (%s); they are reclaimed once its lease lapses", op_id, e
             )
 
-    def _run_owned(self, op: Operation, epoch: int, on_event: EventSink | None) -> Operation:
+    def _run_owned(self, op: Operation, epoch: int, on_event: EventSink | None, fresh: bool = False) -> Operation:
         kind = catalog.get(op.kind)
         if op.flow_version != kind.version:
             err = FlowVersionGone(op.id, op.kind, op.flow_version, kind.version)
@@ -230,7 +229,7 @@ class Runner:
             self._finish(op.id, epoch, operations.FAILED, str(err))
             return self._reload(op.id)
 
-        flow_detail, book = self._flow_detail(op, kind)
+        flow_detail, book = self._flow_detail(op, kind, fresh=fresh)
         if flow_detail.state in (states.SUCCESS, states.REVERTED, states.FAILURE, states.REVERT_FAILURE):
             # Ended before the outcome was recorded (crash in between). Running it
             # again would reset it and execute every step anew: record instead.
@@ -281,14 +280,19 @@ class Runner:
     def _store(self, op: Operation) -> dict:
         return {"operation_id": op.id, **op.parameters}
 
-    def _flow_detail(self, op: Operation, kind: catalog.OperationKind):
-        """The flow detail of this operation, created atomically with its factory."""
+    def _flow_detail(self, op: Operation, kind: catalog.OperationKind, *, fresh: bool = False):
+        """The flow detail of this operation, created atomically with its factory.
+
+        fresh: the operation never ran, so it is created without looking for
+        it first (one round trip fewer); one found after all is the one used.
+        """
         conn = self.backend.get_connection()
-        try:
-            book = conn.get_logbook(op.id)
-            return book.find(op.id), book
-        except tf_exc.NotFound:
-            pass
+        if not fresh:
+            try:
+                book = conn.get_logbook(op.id)
+                return book.find(op.id), book
+            except tf_exc.NotFound:
+                pass
         book = tf_models.LogBook(f"operation-{op.id}", uuid=op.id)
         flow_detail = tf_models.FlowDetail(op.kind, uuid=op.id)
         flow_detail.meta = {
@@ -296,8 +300,10 @@ class Runner:
             "flow_version": kind.version,
         }
         book.add(flow_detail)
-        conn.save_logbook(book)
-        return flow_detail, book
+        if conn.add_logbook(book):
+            return flow_detail, book
+        book = conn.get_logbook(op.id)  # it existed: another run of it created it
+        return book.find(op.id), book
 
     def _flow_listener(self, op_id: str, epoch: int):
         """Flow-level transitions. Nothing to record here (taskflow 6.5 announces

@@ -79,13 +79,22 @@ def not_found(s: Session, op_id: str) -> str:
 
 
 def take_ownership(
-    s: Session, op_id: str, owner: str, lease_seconds: float, dead_owners: tuple[str, ...] = ()
+    s: Session,
+    op_id: str,
+    owner: str,
+    lease_seconds: float,
+    dead_owners: tuple[str, ...] = (),
+    *,
+    start: bool = False,
 ) -> int | None:
     """Become the owner if the operation is free, ours, expired, or its owner is
     dead; returns the new ownership epoch (None: not taken).
 
     Every take bumps the epoch, so writes fenced on the previous one (a paused
     or partitioned former owner) are refused from the moment this commits.
+    With `start`, a PENDING operation becomes RUNNING in the same statement
+    (its run starts now). The operation's object in `s`, if loaded, is
+    refreshed by the same round trip (PostgreSQL, SQLite) or one more (MariaDB).
     """
     now = utcnow()
     free = sa.or_(
@@ -94,18 +103,35 @@ def take_ownership(
         Operation.lease_expires_at < now,
         Operation.owner.in_(dead_owners) if dead_owners else sa.false(),
     )
+    values: list[tuple[Any, Any]] = []
+    if start:
+        # Before `state`: MariaDB evaluates SET left to right, each seeing the
+        # assignments before it (SQL's own rule, every other database's, is the old row).
+        first = Operation.state == PENDING
+        values += [
+            (Operation.started_at, sa.case((first, now), else_=Operation.started_at)),
+            (Operation.flow_detail_uuid, sa.case((first, Operation.id), else_=Operation.flow_detail_uuid)),
+            (Operation.state, sa.case((first, RUNNING), else_=Operation.state)),
+        ]
+    values += [
+        (Operation.owner, owner),
+        (Operation.lease_expires_at, now + dt.timedelta(seconds=lease_seconds)),
+        (Operation.epoch, Operation.epoch + 1),
+    ]
     take = (
         sa.update(Operation)
         .where(Operation.id == op_id, Operation.state.in_(ACTIVE_STATES), free)
-        .values(owner=owner, lease_expires_at=now + dt.timedelta(seconds=lease_seconds), epoch=Operation.epoch + 1)
+        .ordered_values(*values)
         .execution_options(synchronize_session=False)
     )
     if s.get_bind().dialect.update_returning:  # PostgreSQL, SQLite: one round trip
-        return s.scalar(take.returning(Operation.epoch))
+        taken = s.scalar(take.returning(Operation).execution_options(populate_existing=True))
+        return None if taken is None else taken.epoch
     if changed(s, take) != 1:
         return None
     # Our own row, updated in this transaction: no one can change it before commit.
-    return s.scalar(sa.select(Operation.epoch).where(Operation.id == op_id))
+    reread = sa.select(Operation).where(Operation.id == op_id).execution_options(populate_existing=True)
+    return s.scalars(reread).one().epoch
 
 
 def renew_leases(s: Session, owner: str, op_ids: list[str], lease_seconds: float) -> None:

@@ -312,20 +312,32 @@ class Connection(stock.Connection):
         """A new logbook is inserted blindly, flows and atoms with it, in one
         transaction (one round trip on PostgreSQL); only if it exists already
         does taskflow's read-and-merge path run."""
+        if self.add_logbook(book):
+            return book
+        saved = super().save_logbook(book)
+        self._remember_saved(saved)
+        return saved
+
+    def add_logbook(self, book: tf_models.LogBook) -> bool:
+        """Insert a new logbook with its flows and atoms in one transaction;
+        False, with nothing written, if a logbook with its uuid exists (unlike
+        `save_logbook`, never merged into it: the stored one is what counts)."""
         for fd in book:
             self._backend.flush(fd.uuid)
         try:
             self._execute(Statements.insert_book_ops(book), None, lazy=False)
-            saved = book
         except sa_exc.IntegrityError:
-            saved = super().save_logbook(book)
+            return False
         except sa_exc.SQLAlchemyError:
             tf_exc.raise_with_cause(tf_exc.StorageFailure, f"Failed saving logbook '{book.uuid}'")
-        for fd in saved:
+        self._remember_saved(book)
+        return True
+
+    def _remember_saved(self, book: tf_models.LogBook) -> None:
+        for fd in book:
             self._memory.flow_states[fd.uuid] = fd.state
             for ad in fd:
                 self._memory.remember(fd.uuid, ad)
-        return saved
 
     def get_logbook(self, book_uuid: str, lazy: bool = False) -> tf_models.LogBook:
         book = super().get_logbook(book_uuid, lazy=lazy)

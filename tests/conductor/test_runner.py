@@ -125,3 +125,49 @@ def test_concurrent_claims_never_overcommit(conductor):
         h = s.get(Host, "h1")
         assert h.used_vcpus == 15 <= h.vcpus
         assert len(claims.all_claims(s)) == 5
+
+
+def test_taking_a_pending_operation_starts_it_in_the_same_statement(conductor):
+    """On every database (MariaDB evaluates SET left to right): the take makes a
+    PENDING operation RUNNING with its start time and flow detail, refreshes the
+    session's copy, and leaves both alone on a later take."""
+    op_id = conductor.submit_spawn(SpawnRequest(name="vm1", flavor="m1.tiny", image="cirros"))
+    with conductor.db.session() as s:
+        op = operations.get(s, op_id)
+        epoch = operations.take_ownership(s, op_id, conductor.owner, 30, start=True)
+        assert epoch is not None
+        assert (op.state, op.owner, op.epoch, op.flow_detail_uuid) == (
+            operations.RUNNING,
+            conductor.owner,
+            epoch,
+            op_id,
+        )
+        started = op.started_at
+        assert started is not None
+    with conductor.db.session() as s:
+        s.execute(sa.update(Operation).where(Operation.id == op_id).values(state=operations.REVERTING))
+    with conductor.db.session() as s:
+        again = operations.take_ownership(s, op_id, conductor.owner, 30, start=True)
+        op = operations.get(s, op_id)
+        assert again == epoch + 1
+        assert (op.state, op.started_at) == (operations.REVERTING, started)
+
+
+def test_a_first_run_uses_the_flow_detail_it_finds(conductor):
+    """A PENDING operation is created its flow detail without a lookup; if one
+    exists after all (an older version's crash between the two), that one runs:
+    here it had ended REVERTED, so nothing runs again."""
+    conductor.rt.faults.arm("power_on:execute:fail")
+    op_id, state = spawn(conductor)
+    assert state == operations.REVERTED
+    conductor.rt.faults.clear()
+    logged = _flow_log_count(conductor, op_id)
+    with conductor.db.session() as s:
+        s.execute(
+            sa.update(Operation)
+            .where(Operation.id == op_id)
+            .values(state=operations.PENDING, owner=None, lease_expires_at=None, started_at=None, finished_at=None)
+        )
+    assert conductor.run(op_id).state == operations.REVERTED
+    assert _flow_log_count(conductor, op_id) == logged
+    assert conductor.rt.driver_for("h1").inventory().empty
