@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session
 
 from flows import catalog
 from persistence import host_slots, operations
-from persistence.host_slots import Need, Wait
+from persistence.host_slots import Need
 from persistence.models import Operation
 from persistence.session import Database
 
@@ -147,17 +147,17 @@ class SlotGate:
         self._released = threading.Condition()
         self._generation = 0
 
-    def request(self, s: Session, op: Operation) -> tuple[list[Need], list[Wait]]:
-        """The slots `op` needs, and those it cannot have now (its place in line is kept)."""
+    def request(self, s: Session, op: Operation) -> host_slots.Ask:
+        """The slots `op` needs; `.waits`: those it cannot have now (its place in line is kept)."""
         needs = self.limits.needs(op)
         if not needs:
-            return needs, []
-        return needs, host_slots.request(s, op.id, op.created_at, needs, self.grace)
+            return host_slots.Ask()
+        return host_slots.request(s, op.id, op.created_at, needs, self.grace)
 
     @staticmethod
-    def take(s: Session, op: Operation, needs: list[Need]) -> None:
-        if needs:
-            host_slots.take(s, op.id, needs)
+    def take(s: Session, op: Operation, ask: host_slots.Ask) -> None:
+        if ask:
+            host_slots.take(s, op.id, ask)
 
     def release(self, db: Database, op_id: str, owner: str) -> None:
         """Leave the operation's slots when its run stopped without an outcome

@@ -163,7 +163,7 @@ class Runner:
     def run(self, op_id: str, *, dead_owners: tuple[str, ...] = (), on_event: EventSink | None = None) -> Operation:
         """Run (or resume) an operation; returns its final record.
         WaitingForHostSlot when a per-host limit keeps it waiting in line."""
-        epoch, op, needs, fresh = self._take(op_id, dead_owners)
+        epoch, op, limited, fresh = self._take(op_id, dead_owners)
         kind = catalog.CATALOG.get(op.kind)
         self.leases.track(op, epoch, kind.no_return_step if kind else None)
         self.backend.fence(op_id, epoch)
@@ -181,37 +181,38 @@ class Runner:
         finally:
             self.backend.unfence(op_id)
             self.leases.untrack(op_id)
-            if needs and ended:
+            if limited and ended:
                 self.slots.announce_release()
-            elif needs:
+            elif limited:
                 self._release_slots(op_id)
 
-    def _take(self, op_id: str, dead_owners: tuple[str, ...]) -> tuple[int, Operation, list, bool]:
+    def _take(self, op_id: str, dead_owners: tuple[str, ...]) -> tuple[int, Operation, bool, bool]:
         """Ownership and, in the same transaction, the host slots the operation
         needs (no one sees it owned without its slots, or holding slots
-        unowned) and, for a first run, its RUNNING state. Also whether it was
-        PENDING when read: it never ran, so it has no flow detail yet."""
-        needs: list[host_slots.Need] = []
-        waits: list[host_slots.Wait] = []
+        unowned) and, for a first run, its RUNNING state. Returns the epoch,
+        the operation, whether it needs slots, and whether it was PENDING when
+        read (it never ran, so it has no flow detail yet)."""
+        ask = host_slots.Ask()
         epoch = None
         fresh = False
         try:
             with self.rt.db.session() as s:
                 op = operations.get(s, op_id)
-                needs, waits = self.slots.request(s, op) if op is not None else ([], [])
-                fresh = op is not None and op.state == operations.PENDING
-                if not waits:  # else commit only the place in line
+                if op is not None:
+                    ask = self.slots.request(s, op)
+                    fresh = op.state == operations.PENDING
+                if not ask.waits:  # else commit only the place in line
                     # A first run starts here: RUNNING in the same statement; `op` is refreshed by it.
                     epoch = operations.take_ownership(s, op_id, self.owner, self.lease_seconds, dead_owners, start=True)
                     if epoch is not None:
-                        self.slots.take(s, op, needs)
+                        self.slots.take(s, op, ask)
         except host_slots.SlotRace as race:
-            waits = [race.wait]
-        if waits:
-            raise WaitingForHostSlot(op_id, waits)
+            ask.waits = [race.wait]
+        if ask.waits:
+            raise WaitingForHostSlot(op_id, ask.waits)
         if epoch is None:
             raise NotOwner(op_id)
-        return epoch, op, needs, fresh
+        return epoch, op, bool(ask), fresh
 
     def _release_slots(self, op_id: str) -> None:
         try:

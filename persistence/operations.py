@@ -11,6 +11,7 @@ operator's repair) is in `operator_actions`.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from typing import Any
 
 import sqlalchemy as sa
@@ -97,11 +98,36 @@ def take_ownership(
     refreshed by the same round trip (PostgreSQL, SQLite) or one more (MariaDB).
     """
     now = utcnow()
+    returning = s.get_bind().dialect.update_returning  # PostgreSQL, SQLite: one round trip
+    params = {
+        "op_id": op_id,
+        "owner": owner,
+        "now": now,
+        "lease_until": now + dt.timedelta(seconds=lease_seconds),
+        "dead": list(dead_owners),
+    }
+    take = _take_statement(start, bool(dead_owners), returning)
+    if returning:
+        taken = s.scalar(take, params)
+        return None if taken is None else taken.epoch
+    if changed(s, take, params) != 1:
+        return None
+    # Our own row, updated in this transaction: no one can change it before commit.
+    reread = sa.select(Operation).where(Operation.id == op_id).execution_options(populate_existing=True)
+    return s.scalars(reread).one().epoch
+
+
+@functools.cache
+def _take_statement(start: bool, with_dead: bool, returning: bool) -> sa.Update:
+    """take_ownership's UPDATE, built once per variant (building it costs more
+    Python than the server spends running it)."""
+    now = sa.bindparam("now", type_=Operation.started_at.type)  # typed: it is also a CASE's result
+    owner = sa.bindparam("owner", type_=Operation.owner.type)
     free = sa.or_(
         Operation.owner.is_(None),
         Operation.owner == owner,
         Operation.lease_expires_at < now,
-        Operation.owner.in_(dead_owners) if dead_owners else sa.false(),
+        Operation.owner.in_(sa.bindparam("dead", expanding=True)) if with_dead else sa.false(),
     )
     values: list[tuple[Any, Any]] = []
     if start:
@@ -115,23 +141,16 @@ def take_ownership(
         ]
     values += [
         (Operation.owner, owner),
-        (Operation.lease_expires_at, now + dt.timedelta(seconds=lease_seconds)),
+        (Operation.lease_expires_at, sa.bindparam("lease_until", type_=Operation.lease_expires_at.type)),
         (Operation.epoch, Operation.epoch + 1),
     ]
     take = (
         sa.update(Operation)
-        .where(Operation.id == op_id, Operation.state.in_(ACTIVE_STATES), free)
+        .where(Operation.id == sa.bindparam("op_id"), Operation.state.in_(ACTIVE_STATES), free)
         .ordered_values(*values)
         .execution_options(synchronize_session=False)
     )
-    if s.get_bind().dialect.update_returning:  # PostgreSQL, SQLite: one round trip
-        taken = s.scalar(take.returning(Operation).execution_options(populate_existing=True))
-        return None if taken is None else taken.epoch
-    if changed(s, take) != 1:
-        return None
-    # Our own row, updated in this transaction: no one can change it before commit.
-    reread = sa.select(Operation).where(Operation.id == op_id).execution_options(populate_existing=True)
-    return s.scalars(reread).one().epoch
+    return take.returning(Operation).execution_options(populate_existing=True) if returning else take
 
 
 def renew_leases(s: Session, owner: str, op_ids: list[str], lease_seconds: float) -> None:

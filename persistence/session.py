@@ -21,10 +21,10 @@ from persistence import notify
 from persistence.errors import DatabaseMissing, DatabaseUnreachable
 
 
-def changed(s: Session, statement: sa.Executable) -> int:
+def changed(s: Session, statement: sa.Executable, params: dict[str, Any] | None = None) -> int:
     """Rows an UPDATE or DELETE changed: how a guarded write tells whether its
     guard held (a compare-and-set that matched no row lost the race)."""
-    result = s.execute(statement)
+    result = s.execute(statement, params)
     assert isinstance(result, CursorResult)
     return result.rowcount
 

@@ -129,11 +129,11 @@ def _try(db: Database, op_id: str, limit: int) -> list:
     need = [Need("h1", "builds", limit)]
     with db.session() as s:
         op = s.get(Operation, op_id)
-        waits = host_slots.request(s, op_id, op.created_at, need, grace=30)
-        if not waits:
+        ask = host_slots.request(s, op_id, op.created_at, need, grace=30)
+        if not ask.waits:
             assert operations.take_ownership(s, op_id, "me", 30) is not None
-            host_slots.take(s, op_id, need)
-    return waits
+            host_slots.take(s, op_id, ask)
+    return ask.waits
 
 
 def test_line_is_first_come_first_served_and_a_lapsed_slot_is_reclaimed(db_url):
