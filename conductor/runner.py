@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from concurrent import futures
 from taskflow import engines, exceptions as tf_exc, states
 from taskflow.persistence import models as tf_models
+from sqlalchemy.orm import Session
 from taskflow.types import notifier
 
 from conductor.host_limits import HostLimits, SlotGate
@@ -43,6 +44,9 @@ class StepEvent:
 
 
 EventSink = Callable[[StepEvent], None]
+#: Asked in a run's first transaction, with the operation read there (None: no
+#: such operation): the owners the run may take over from; raises to not run it.
+Admit = Callable[[Session, Operation | None], tuple[str, ...]]
 
 
 class NotOwner(Exception):
@@ -160,10 +164,19 @@ class Runner:
         #: Per-host limits; share one per process so that a release wakes its waiters.
         self.slots = slots or SlotGate(HostLimits.from_conf(rt.conf), lease_seconds)
 
-    def run(self, op_id: str, *, dead_owners: tuple[str, ...] = (), on_event: EventSink | None = None) -> Operation:
+    def run(
+        self,
+        op_id: str,
+        *,
+        dead_owners: tuple[str, ...] = (),
+        on_event: EventSink | None = None,
+        admit: Admit | None = None,
+    ) -> Operation:
         """Run (or resume) an operation; returns its final record.
-        WaitingForHostSlot when a per-host limit keeps it waiting in line."""
-        epoch, op, limited, fresh = self._take(op_id, dead_owners)
+        WaitingForHostSlot when a per-host limit keeps it waiting in line.
+        `admit` decides, on the row the run reads anyway, whom it may take
+        over from or that it must not run (the conductor service's checks)."""
+        epoch, op, limited, fresh = self._take(op_id, dead_owners, admit)
         kind = catalog.CATALOG.get(op.kind)
         self.leases.track(op, epoch, kind.no_return_step if kind else None)
         self.backend.fence(op_id, epoch)
@@ -186,7 +199,9 @@ class Runner:
             elif limited:
                 self._release_slots(op_id)
 
-    def _take(self, op_id: str, dead_owners: tuple[str, ...]) -> tuple[int, Operation, bool, bool]:
+    def _take(
+        self, op_id: str, dead_owners: tuple[str, ...], admit: Admit | None = None
+    ) -> tuple[int, Operation, bool, bool]:
         """Ownership and, in the same transaction, the host slots the operation
         needs (no one sees it owned without its slots, or holding slots
         unowned) and, for a first run, its RUNNING state. Returns the epoch,
@@ -198,6 +213,8 @@ class Runner:
         try:
             with self.rt.db.session() as s:
                 op = operations.get(s, op_id)
+                if admit is not None:
+                    dead_owners = admit(s, op)
                 if op is not None:
                     ask = self.slots.request(s, op)
                     fresh = op.state == operations.PENDING

@@ -22,6 +22,7 @@ import threading
 import time
 
 from sqlalchemy import exc as sa_exc
+from sqlalchemy.orm import Session
 from taskflow import exceptions as tf_exc, states
 
 from conductor import boards, memory, ownership, wakeups
@@ -320,64 +321,65 @@ class ConductorService:
         if self.stopping:
             self._release(claim)
             return
+        op_id = claim.op_id
         try:
-            with self.c.db.session() as s:
-                op = s.get(operations.Operation, claim.op_id)
-        except _DB_ERRORS as e:
-            LOG.warning("operation %s: database unreachable (%s); job released", claim.op_id, e)
+            final = self.runner.run(op_id, admit=self._admit)
+        except _Missing:
+            LOG.warning("job names operation %s, which does not exist: kept, not run", op_id)
+            self._skip_until[op_id] = float("inf")
             self._release(claim)
             return
-        if op is None:
-            LOG.warning("job names operation %s, which does not exist: kept, not run", claim.op_id)
-            self._skip_until[claim.op_id] = float("inf")
-            self._release(claim)
-            return
-        if op.state in operations.FINAL_STATES:
-            LOG.info("operation %s already ended %s: job consumed, nothing run", op.id, op.state)
+        except _Ended as e:
+            LOG.info("operation %s already ended %s: job consumed, nothing run", op_id, e.state)
             self._consume(claim)
             return
-        reason = unloadable(op)
-        if reason:
-            text = f"{UNLOADABLE} {reason} (job kept on the jobboard; conductor {self.who})"
-            LOG.error("operation %s %s", op.id, text)
+        except _Unloadable as e:
+            text = f"{UNLOADABLE} {e.reason} (job kept on the jobboard; conductor {self.who})"
+            LOG.error("operation %s %s", op_id, text)
             with self.c.db.session() as s:
-                operations.mark_unloadable(s, op.id, text)
-            self._skip_until[op.id] = time.monotonic() + 10 * self.expiry
+                operations.mark_unloadable(s, op_id, text)
+            self._skip_until[op_id] = time.monotonic() + 10 * self.expiry
             self._release(claim)
             return
-        if op.error and op.error.startswith(UNLOADABLE):
-            with self.c.db.session() as s:
-                operations.mark_unloadable(s, op.id, None)
-        self._run(claim, op, slot_tries)
-
-    def _run(self, claim: Claim, op: operations.Operation, slot_tries: int = 0) -> None:
-        # Holding the claim entitles us to take over from the previous owner;
-        # without a jobboard only a provably dead owner is taken over.
-        prev = op.owner if op.owner and op.owner != self.who else None
-        dead = (prev,) if prev and (not self.board.embedded or ownership.is_dead(prev)) else ()
-        try:
-            final = self.runner.run(op.id, dead_owners=dead)
         except WaitingForHostSlot as e:
             self._wait_for_slot(claim, e, slot_tries + 1)
             return
         except NotOwner:
-            LOG.info("operation %s is owned elsewhere; job released", op.id)
-            self._skip_until[op.id] = time.monotonic() + self.expiry
+            LOG.info("operation %s is owned elsewhere; job released", op_id)
+            self._skip_until[op_id] = time.monotonic() + self.expiry
             self._release(claim)
             return
         except LostOwnership as e:
-            LOG.warning("operation %s: %s; another conductor has it", op.id, e)
+            LOG.warning("operation %s: %s; another conductor has it", op_id, e)
             self._release(claim)
             return
         except _DB_ERRORS as e:
-            LOG.warning("operation %s paused: database unreachable (%s); job released", op.id, e)
+            LOG.warning("operation %s paused: database unreachable (%s); job released", op_id, e)
             self._release(claim)
             return
         if final.state in operations.FINAL_STATES:
-            LOG.info("operation %s %s", op.id, final.state)
+            LOG.info("operation %s %s", op_id, final.state)
             self._consume(claim)
         else:
             self._release(claim)
+
+    def _admit(self, s: Session, op: operations.Operation | None) -> tuple[str, ...]:
+        """The service's checks of a claimed job, on the row its run reads
+        first (no transaction of their own): raises _Missing, _Ended or
+        _Unloadable; else the previous owner, if the run may take it over."""
+        if op is None:
+            raise _Missing()
+        if op.state in operations.FINAL_STATES:
+            raise _Ended(op.state)
+        reason = unloadable(op)
+        if reason:
+            raise _Unloadable(reason)
+        if op.error and op.error.startswith(UNLOADABLE):
+            operations.mark_unloadable(s, op.id, None)  # loadable here: the report is stale
+        # Holding the claim entitles us to take over from the previous owner;
+        # without a jobboard only a provably dead owner is taken over.
+        prev = op.owner if op.owner and op.owner != self.who else None
+        return (prev,) if prev and (not self.board.embedded or ownership.is_dead(prev)) else ()
 
     def _wait_for_slot(self, claim: Claim, e: WaitingForHostSlot, tries: int) -> None:
         """Give the job back; try it again soon, at once when a run of this
@@ -399,6 +401,26 @@ class ConductorService:
             self.board.release(claim)
         except tf_exc.JobFailure as e:
             LOG.warning("releasing operation %s failed (its claim expires anyway): %s", claim.op_id, e)
+
+
+class _Missing(Exception):
+    """The claimed job names no operation."""
+
+
+class _Ended(Exception):
+    """The claimed job's operation has ended: nothing to run."""
+
+    def __init__(self, state: str) -> None:
+        super().__init__(state)
+        self.state = state
+
+
+class _Unloadable(Exception):
+    """This conductor cannot run the operation's flow (see `unloadable`)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 def unloadable(op: operations.Operation) -> str | None:
