@@ -123,6 +123,16 @@ jobboard_opts = [
         "CPU-bound bursts over several conductors sooner.",
     ),
     cfg.FloatOpt(
+        "admission_lag_ms",
+        default=20.0,
+        min=0,
+        help="While it runs operations, a conductor claims more only when a 1 ms "
+        "sleep of its own returns less than this late: the lateness grows with the "
+        "step work ready to run in the process, so a burst waits on the jobboard "
+        "instead of slowing every operation already in flight "
+        "(conductor/admission.py). 0: claim whenever there is room.",
+    ),
+    cfg.FloatOpt(
         "poll_interval",
         default=0.5,
         min=0.01,

@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session
 from taskflow import exceptions as tf_exc, states
 
 from conductor import boards, memory, ownership, wakeups
+from conductor.admission import Admission
 from conductor.api import Conductor
 from conductor.drift_watch import DriftWatch, check_apply_kinds
 from conductor.boards import Board, Claim
@@ -46,6 +47,8 @@ _DB_ERRORS = (tf_exc.StorageFailure, PersistenceError, sa_exc.SQLAlchemyError, O
 #: left some waiting past its 30 s timeout. Starting is the costly part of
 #: a run; a started flow that waits costs nothing.
 CLAIM_BATCH = 32
+#: Seconds before looking again when the process's CPU is behind (conductor/admission.py).
+ADMISSION_RETRY = 0.02
 
 
 class _ServiceRunner(Runner):
@@ -95,6 +98,7 @@ class ConductorService:
         self.c, self.board, self.who = conductor, board, conductor.owner
         self.max_operations, self.expiry = opts.max_operations, opts.claim_expiry
         self.poll = opts.poll_interval  # first retry of a job waiting for a host slot
+        self.admission = Admission(opts.admission_lag_ms / 1000)
         self._stop = threading.Event()
         self._wake = threading.Event()
         self.wakeups: wakeups.Wakeups | None = None  # opened by serve()
@@ -164,8 +168,12 @@ class ConductorService:
                 if not self.board.embedded and now - last_reconcile > self.expiry / 2:
                     last_reconcile = now
                     self._reconcile()
-                if len(self._claims) < self.max_operations and len(self._starting) < CLAIM_BATCH and self._claim_some():
-                    continue
+                if len(self._claims) < self.max_operations and len(self._starting) < CLAIM_BATCH:
+                    if not self.admission.has_room(busy=bool(self._claims)):
+                        self._stop.wait(ADMISSION_RETRY)  # the CPU is behind: the jobs wait on the board
+                        continue
+                    if self._claim_some():
+                        continue
             except Exception:  # the loop must outlive any outage: a dead loop strands its claims
                 LOG.exception("conductor loop error; retrying")
                 self._stop.wait(min(self.expiry / 3, 2.0))

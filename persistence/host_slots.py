@@ -82,8 +82,9 @@ class _Line:
     """What `request` read of one line, for `take` in the same transaction."""
 
     need: Need
-    #: This operation's row on the line: None (never asked), or its slot (None: in line).
+    #: Whether this operation has a row on the line (it asked before).
     asked: bool
+    #: The number it holds there (None: it waits in line, or never asked).
     slot: int | None
     #: Numbers held by other operations on the line -> whether under a live lease.
     others: dict[int, bool]
