@@ -14,9 +14,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from concurrent import futures
+from sqlalchemy.orm import Session
 from taskflow import engines, exceptions as tf_exc, states
 from taskflow.persistence import models as tf_models
-from sqlalchemy.orm import Session
 from taskflow.types import notifier
 
 from conductor.host_limits import HostLimits, SlotGate

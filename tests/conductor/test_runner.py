@@ -33,21 +33,26 @@ def test_older_flow_version_is_refused_not_run(conductor, monkeypatch):
     assert conductor.rt.driver_for("h1").inventory().empty
 
 
-def test_flow_that_already_reverted_is_recorded_not_rerun(conductor):
+def _reverted_spawn(conductor, **then: object) -> tuple[str, int]:
+    """A spawn that failed and reverted, its row then set to `then`; returns
+    its id and how many flow-log rows it has."""
     conductor.rt.faults.arm("power_on:execute:fail")
     op_id, state = spawn(conductor)
     assert state == operations.REVERTED
     conductor.rt.faults.clear()
-    logged = _flow_log_count(conductor, op_id)
-    # The conductor "died" after the revert, before recording the outcome.
     with conductor.db.session() as s:
-        s.execute(
-            sa.update(Operation)
-            .where(Operation.id == op_id)
-            .values(
-                state=operations.REVERTING, owner="elsewhere:1:1", lease_expires_at=utcnow() - dt.timedelta(seconds=1)
-            )
-        )
+        s.execute(sa.update(Operation).where(Operation.id == op_id).values(**then))
+    return op_id, _flow_log_count(conductor, op_id)
+
+
+def test_flow_that_already_reverted_is_recorded_not_rerun(conductor):
+    # The conductor "died" after the revert, before recording the outcome.
+    op_id, logged = _reverted_spawn(
+        conductor,
+        state=operations.REVERTING,
+        owner="elsewhere:1:1",
+        lease_expires_at=utcnow() - dt.timedelta(seconds=1),
+    )
     (resumed,) = conductor.resume()
     assert resumed.state == operations.REVERTED
     assert _flow_log_count(conductor, op_id) == logged  # not one step ran again
@@ -154,20 +159,12 @@ def test_taking_a_pending_operation_starts_it_in_the_same_statement(conductor):
 
 
 def test_a_first_run_uses_the_flow_detail_it_finds(conductor):
-    """A PENDING operation is created its flow detail without a lookup; if one
+    """A PENDING operation's flow detail is created without a lookup; if one
     exists after all (an older version's crash between the two), that one runs:
     here it had ended REVERTED, so nothing runs again."""
-    conductor.rt.faults.arm("power_on:execute:fail")
-    op_id, state = spawn(conductor)
-    assert state == operations.REVERTED
-    conductor.rt.faults.clear()
-    logged = _flow_log_count(conductor, op_id)
-    with conductor.db.session() as s:
-        s.execute(
-            sa.update(Operation)
-            .where(Operation.id == op_id)
-            .values(state=operations.PENDING, owner=None, lease_expires_at=None, started_at=None, finished_at=None)
-        )
+    op_id, logged = _reverted_spawn(
+        conductor, state=operations.PENDING, owner=None, lease_expires_at=None, started_at=None, finished_at=None
+    )
     assert conductor.run(op_id).state == operations.REVERTED
     assert _flow_log_count(conductor, op_id) == logged
     assert conductor.rt.driver_for("h1").inventory().empty
