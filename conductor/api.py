@@ -123,8 +123,9 @@ class Conductor:
 
     def release_idle_connections(self) -> None:
         """After a burst: the database connections the pools kept for it go
-        back to the server, and their client-side buffers to the allocator."""
-        self.db.dispose()
+        back to the server, and their client-side buffers to the allocator,
+        but one per pool, open for the next operation."""
+        self.db.release_idle_connections()
         self.runner.backend.release_idle_connections()
 
     def close(self) -> None:

@@ -154,20 +154,20 @@ class ConductorService:
         beat.start()
         watch = threading.Thread(target=self.drift.run, args=(self._stop,), name="drift-watch", daemon=True)
         watch.start()
+        housekeeping = [beat, watch]
+        if not self.board.embedded:
+            repost = threading.Thread(target=self._reconcile_loop, name="board-reconcile", daemon=True)
+            repost.start()
+            housekeeping.append(repost)
         LOG.info(
             "conductor %s serving (%s, up to %d operations)",
             self.who,
             "embedded" if self.board.embedded else self.c.conf.conductor.jobboard,
             self.max_operations,
         )
-        last_reconcile = 0.0
         while not self.stopping:
             self._wake.clear()
             try:
-                now = time.monotonic()
-                if not self.board.embedded and now - last_reconcile > self.expiry / 2:
-                    last_reconcile = now
-                    self._reconcile()
                 if len(self._claims) < self.max_operations and len(self._starting) < CLAIM_BATCH:
                     if not self.admission.has_room(busy=bool(self._claims)):
                         self._stop.wait(ADMISSION_RETRY)  # the CPU is behind: the jobs wait on the board
@@ -179,8 +179,8 @@ class ConductorService:
                 self._stop.wait(min(self.expiry / 3, 2.0))
             self._wake.wait(self._next_look())
         self._shutdown()
-        beat.join()
-        watch.join()
+        for thread in housekeeping:
+            thread.join()
         if self.recycle_requested and threading.current_thread() is threading.main_thread():
             memory.block_stop_signals()  # from here a stop signal waits for the restarted process
         return EXIT_RECYCLE if self.recycle_requested else 0
@@ -222,15 +222,32 @@ class ConductorService:
             self._starting.discard(op_id)
             self._wake.set()
 
+    def _reconcile_loop(self) -> None:
+        """Reconcile the jobboard at start and every claim_expiry / 2. On a
+        thread of its own: in the claim loop it ran at the first wake-up
+        after a quiet spell, so the operation that woke the loop waited for
+        its query before being claimed."""
+        while True:
+            try:
+                self._reconcile()
+            except Exception:  # the thread must outlive any surprise, as the loop does
+                LOG.exception("reconciling the jobboard failed; retrying")
+            if self._stop.wait(self.expiry / 2):
+                return
+
     def _reconcile(self) -> None:
         """Post every active operation nobody holds (its job was lost with a
         Redis restart, or its submitter died before posting)."""
         try:
             with self.c.db.session() as s:
                 unowned = operations.unowned(s)
-            self.board.post_missing([(op_id, created) for op_id, created in unowned if op_id not in self._claims])
+            missing = [(op_id, created) for op_id, created in unowned if op_id not in self._claims]
+            self.board.post_missing(missing)
         except (tf_exc.JobFailure, *_DB_ERRORS) as e:
             LOG.warning("reconciling the jobboard failed: %s", e)
+            return
+        if missing:
+            self._wake.set()  # not every board announces a post
 
     def _heartbeat_loop(self) -> None:
         while not self._stop.wait(self.expiry / 3):

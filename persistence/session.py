@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -124,7 +126,7 @@ def create_engine(url: str, *, pool_size: int = 10, connect_timeout: int = 5, cr
     except sa_exc.ArgumentError as e:
         raise DatabaseUnreachable("<unparsable database URL>", str(e)) from None
     backend = parsed.get_backend_name()
-    kwargs: dict[str, Any] = {"pool_pre_ping": True}
+    kwargs: dict[str, Any] = {"pool_pre_ping": True, "pool_use_lifo": True}
     if backend == "sqlite":
         path = sqlite_file(url)
         if path is not None:
@@ -150,7 +152,7 @@ def create_engine(url: str, *, pool_size: int = 10, connect_timeout: int = 5, cr
     else:
         raise DatabaseUnreachable(safe_url(url), f"unsupported database type {backend!r}")
     try:
-        engine = sa.create_engine(parsed, **kwargs)
+        engine = count_open_connections(sa.create_engine(parsed, **kwargs))
     except (sa_exc.ArgumentError, ImportError) as e:
         raise DatabaseUnreachable(safe_url(url), str(e)) from None
     if backend == "sqlite":
@@ -195,6 +197,62 @@ class Database:
         afresh (milliseconds)."""
         self.engine.dispose()
 
+    def release_idle_connections(self) -> None:
+        """After a burst: close the idle connections but the one used last (release_idle)."""
+        release_idle(self.engine)
+
+
+class _OpenConnections:
+    """How many DBAPI connections a pool holds open, counted from its events
+    (a pool knows how many it lends, not how many of the ones it keeps are
+    open)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._lock = threading.Lock()
+        self.count = 0
+        # Listeners on the pool carry over to the pool that dispose() makes.
+        event.listen(engine.pool, "connect", lambda *_: self._add(1))
+        event.listen(engine.pool, "close", lambda *_: self._add(-1))
+        event.listen(engine.pool, "close_detached", lambda *_: self._add(-1))
+
+    def _add(self, n: int) -> None:
+        with self._lock:
+            self.count += n
+
+
+_OPEN: weakref.WeakKeyDictionary[Engine, _OpenConnections] = weakref.WeakKeyDictionary()
+
+
+def count_open_connections(engine: Engine) -> Engine:
+    """Let release_idle keep this engine's most recently used connection."""
+    _OPEN[engine] = _OpenConnections(engine)
+    return engine
+
+
+def release_idle(engine: Engine, keep: int = 1) -> None:
+    """Close the pool's idle connections but the `keep` used last.
+
+    A quiet process then holds one connection per pool instead of a burst's
+    worth, and the operation that ends its quiet neither waits for a
+    connection to be made (~4 ms on PostgreSQL, more for a pool that prepares
+    statements on connect) nor meets a server process with cold caches
+    (~1.5 ms more). The pool lends last in, first out, so the connections
+    kept are the warm ones and the next checkouts get them; the ones closed
+    leave empty places below, filled on demand.
+    """
+    pool, opened = engine.pool, _OPEN.get(engine)
+    if opened is None or not isinstance(pool, sa.pool.QueuePool):
+        engine.dispose()
+        return
+    taken = []
+    try:
+        for _ in range(opened.count - pool.checkedout()):  # each checkout takes the newest first
+            taken.append(pool.connect())
+    finally:
+        for i, conn in reversed(list(enumerate(taken))):  # the kept ones go back last, on top
+            if i >= keep:
+                conn.detach()  # closed for real by close(); its place stays, empty
+            conn.close()
 
 def connection_bound(pool_size: int, dialect: str) -> int:
     """Most connections one process opens to a server database: its session

@@ -55,6 +55,7 @@ from taskflow.persistence.backends.sqlalchemy import tables as tf_tables
 from persistence import stock_backend
 from persistence.models import FLOW_STEP, utcnow
 from persistence.pg_batch import FENCED_SQLSTATE, BatchRenderer, Op
+from persistence.session import count_open_connections, release_idle
 from persistence.taskflow_rows import FLOW_LOG, INTERNAL_PREFIX, Statements, log_row, significant_row
 
 stock: Any = stock_backend.load()  # taskflow's impl_sqlalchemy, its alembic migrations loaded on first use
@@ -208,10 +209,11 @@ class Backend(stock.SQLAlchemyBackend):
         return Connection(self, upgrade_lock=self._upgrade_lock)
 
     def release_idle_connections(self) -> None:
-        """Close the write pools' idle connections (they reopen on demand)."""
+        """After a burst: close the write pools' idle connections but one
+        each, its statements prepared (persistence.session.release_idle)."""
         for pool in (self.autocommit, self.autocommit_lazy):
             if pool is not None:
-                pool.dispose()
+                release_idle(pool)
 
     def log_interrupted_atoms(self, flow_detail: tf_models.FlowDetail) -> None:
         """Before resuming a flow: log each step that was RUNNING or REVERTING
@@ -264,7 +266,9 @@ class Backend(stock.SQLAlchemyBackend):
 
     def close(self) -> None:
         super().close()
-        self.release_idle_connections()
+        for pool in (self.autocommit, self.autocommit_lazy):
+            if pool is not None:
+                pool.dispose()
 
 
 def _autocommit_engine(engine: sa.Engine, synchronous_commit: bool = True) -> sa.Engine:
@@ -282,13 +286,16 @@ def _autocommit_engine(engine: sa.Engine, synchronous_commit: bool = True) -> sa
     connect_args = {"application_name": "computeflow-flow-writes"}
     if not synchronous_commit:
         connect_args["options"] = "-c synchronous_commit=off"
-    return sa.create_engine(
-        engine.url,
-        isolation_level="AUTOCOMMIT",
-        pool_pre_ping=False,
-        pool_size=4,
-        max_overflow=12,
-        connect_args=connect_args,
+    return count_open_connections(
+        sa.create_engine(
+            engine.url,
+            isolation_level="AUTOCOMMIT",
+            pool_pre_ping=False,
+            pool_use_lifo=True,  # the connection kept after a burst is the one lent next (release_idle)
+            pool_size=4,
+            max_overflow=12,
+            connect_args=connect_args,
+        )
     )
 
 
