@@ -254,6 +254,7 @@ def release_idle(engine: Engine, keep: int = 1) -> None:
                 conn.detach()  # closed for real by close(); its place stays, empty
             conn.close()
 
+
 def connection_bound(pool_size: int, dialect: str) -> int:
     """Most connections one process opens to a server database: its session
     pool (pool_size + as many overflow) and the flow writes' two autocommit
