@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import threading
 from typing import Any
 
 from taskflow import exceptions as tf_exc
@@ -25,6 +26,9 @@ from persistence.models import utcnow
 
 LOG = logging.getLogger(__name__)
 
+#: Job sequence numbers reserved per round trip (RedisBoard._next_sequence).
+SEQUENCE_BLOCK = 1000
+
 # Compare-and-extend: a claim's expiry is extended only while we own it.
 _EXTEND_IF_OWNER = """
 if redis.call("get", KEYS[1]) == ARGV[1] then
@@ -38,6 +42,8 @@ class RedisBoard(TaskflowBoard):
     def __init__(self, board: impl_redis.RedisJobBoard, who: str, claim_expiry: float) -> None:
         super().__init__(board, who, claim_expiry)
         self._extend = self.client.register_script(_EXTEND_IF_OWNER)
+        self._sequence_lock = threading.Lock()
+        self._sequence_next = self._sequence_end = 0  # the block reserved: [next, end)
         # Pub/sub channels of the wake-ups (conductor/wakeups.py), in the board's namespace.
         self.channels = {name: board.join(name) for name in notify.CHANNELS}
 
@@ -53,12 +59,29 @@ class RedisBoard(TaskflowBoard):
         Board.post_missing(self, ops)  # posting is idempotent here, one round trip each
 
     def post(self, op_id: str, created_at: dt.datetime) -> None:
+        """One round trip: the listing and its announcement pipelined, the
+        job's sequence number from a block this process reserved."""
         b = self.board
         posting = jobs_base.format_posting(op_id, JOB_NAME, created_on=utcnow(), details=job_details(op_id, created_at))
         with board_errors():
-            posting["sequence"] = self.client.incr(b.sequence_key)
-            self.client.hsetnx(b.listings_key, op_id.encode(), internals.redis_encode(b, posting))
-            self.client.publish(self.channels[notify.JOBS], op_id)
+            posting["sequence"] = self._next_sequence()
+            pipe = self.client.pipeline(transaction=False)
+            pipe.hsetnx(b.listings_key, op_id.encode(), internals.redis_encode(b, posting))
+            pipe.publish(self.channels[notify.JOBS], op_id)
+            pipe.execute()
+
+    def _next_sequence(self) -> int:
+        """A job sequence number unique on the board: taskflow takes one per
+        post from a counter (a round trip each); this takes SEQUENCE_BLOCK at
+        a time. Numbers then follow posting order within a process only,
+        which nothing relies on: jobs are claimed oldest operation first
+        (base.job_age), the sequence only breaks ties."""
+        with self._sequence_lock:
+            if self._sequence_next >= self._sequence_end:
+                self._sequence_end = int(self.client.incrby(self.board.sequence_key, SEQUENCE_BLOCK)) + 1
+                self._sequence_next = self._sequence_end - SEQUENCE_BLOCK
+            self._sequence_next += 1
+            return self._sequence_next - 1
 
     def consume(self, claim: Claim) -> None:
         super().consume(claim)
