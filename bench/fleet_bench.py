@@ -3,6 +3,7 @@
     .venv/bin/python bench/fleet_bench.py [--ops 1000] [--wait 20] [--conductors 1]
                                           [--ratio-ops 300] [--ratio-max-operations 100]
                                           [--ratio-wait SECONDS] [--idle-samples 20]
+                                          [--quiet-samples 5]
                                           [--hosts N] [--sample-cpu DIR] [--pymalloc]
 
 Every spawn waits `--wait` seconds in `wait_for_vif_plugged` (the fake
@@ -24,7 +25,10 @@ Redis, as bench/scaleout_bench.py, whose helpers this reuses).
    waves; throughput of 3 conductors against 1.
 3. Idle latency (one spawn at a time, no waiting): submit -> first step
    RUNNING and submit -> operation done, through one idle conductor against
-   the in-process runner.
+   the in-process runner; and through the conductor after a quiet spell
+   (--quiet-samples, each once the conductor's idle threads ended and a
+   heartbeat released what its last run held), as an operator's occasional
+   submission meets it.
 """
 
 from __future__ import annotations
@@ -310,14 +314,14 @@ def _pct(values: list[float], q: float) -> float:
 
 
 # -- idle latency ---------------------------------------------------------------
-def latencies(c: Conductor, run_here: bool, samples: int) -> tuple[list[float], list[float]]:
+def latencies(c: Conductor, run_here: bool, samples: int, prefix: str = "") -> tuple[list[float], list[float]]:
     """(submit -> first step RUNNING, submit -> done) in ms, one spawn at a time."""
     first, done = [], []
     for i in range(samples):
         t0 = time.time()
         before = dt.datetime.now(dt.UTC).replace(tzinfo=None)  # the flow log's clock (naive UTC)
         op_id = c.submit_spawn(
-            SpawnRequest(name=f"idle{'h' if run_here else 'c'}{i}", flavor="m1.tiny", image="cirros")
+            SpawnRequest(name=f"idle{prefix}{'h' if run_here else 'c'}{i}", flavor="m1.tiny", image="cirros")
         )
         (c.run(op_id) if run_here else op_id.wait(timeout=60))
         t1 = time.time()
@@ -332,12 +336,22 @@ def latencies(c: Conductor, run_here: bool, samples: int) -> tuple[list[float], 
     return first, done
 
 
-def idle_latency(b: FleetBench, samples: int) -> dict:
+def idle_latency(b: FleetBench, samples: int, quiet_samples: int) -> dict:
+    """Back to back through a conductor, then each after a quiet spell (the
+    conductor's idle threads ended and its heartbeat released what its last
+    run held: threads, connections but one per pool, free memory), then back
+    to back in-process."""
     b.wait, b.max_operations = 0.0, None
     c = b.reset()
     try:
-        start_settled(b, c, ["idle"])
+        procs = start_settled(b, c, ["idle"])
         via_conductor = latencies(c, False, samples)
+        quiet: tuple[list[float], list[float]] = ([], [])
+        for i in range(quiet_samples):
+            settle(b, procs)
+            first, done = latencies(c, False, 1, prefix=f"q{i}")
+            quiet[0].extend(first)
+            quiet[1].extend(done)
         b.stop_all()
     finally:
         c.close()
@@ -346,7 +360,10 @@ def idle_latency(b: FleetBench, samples: int) -> dict:
         here = latencies(local, True, samples)
     finally:
         local.close()
-    return {"conductor": via_conductor, "in-process": here}
+    rows = {"conductor": via_conductor, "in-process": here}
+    if quiet_samples:
+        rows["conductor after a quiet spell"] = quiet
+    return rows
 
 
 # -- report ----------------------------------------------------------------------
@@ -385,6 +402,12 @@ def main() -> None:
     ap.add_argument("--ratio-max-operations", type=int, default=100)
     ap.add_argument("--ratio-wait", type=float, help="seconds each spawn of the ratio waits (default --wait)")
     ap.add_argument("--idle-samples", type=int, default=20, help="0: skip idle latency")
+    ap.add_argument(
+        "--quiet-samples",
+        type=int,
+        default=5,
+        help="idle spawns through the conductor each after a quiet spell (~17 s each; 0: none)",
+    )
     ap.add_argument("--jobboard", choices=("redis",), default="redis")
     ap.add_argument(
         "--hosts", type=int, default=0, help="fake hosts (default: enough for the largest burst at 10 builds per host)"
@@ -422,11 +445,14 @@ def main() -> None:
                         f"{three['wall']:.1f} s -> {one['wall'] / three['wall']:.2f}x (target >= 2.7)"
                     )
                 if args.idle_samples:
-                    lat = idle_latency(b, args.idle_samples)
-                    print(f"\nidle latency, {args.idle_samples} spawns one at a time (ms, p50 / max)")
+                    lat = idle_latency(b, args.idle_samples, args.quiet_samples)
+                    print(
+                        f"\nidle latency, {args.idle_samples} spawns one at a time, then {args.quiet_samples} "
+                        "each after a quiet spell (ms, p50 / max)"
+                    )
                     for who, (first, done) in lat.items():
                         print(
-                            f"  {who:>10}: submit -> first step {statistics.median(first):6.1f} / "
+                            f"  {who:>29}: submit -> first step {statistics.median(first):6.1f} / "
                             f"{max(first):6.1f}   submit -> done {statistics.median(done):6.1f} / "
                             f"{max(done):6.1f}"
                         )
