@@ -8,6 +8,7 @@ parallel engine's threads wait for each other instead of failing.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import threading
 import weakref
@@ -21,6 +22,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from persistence import notify
 from persistence.errors import DatabaseMissing, DatabaseUnreachable
+
+LOG = logging.getLogger(__name__)
 
 
 def changed(s: Session, statement: sa.Executable, params: dict[str, Any] | None = None) -> int:
@@ -248,6 +251,8 @@ def release_idle(engine: Engine, keep: int = 1) -> None:
     try:
         for _ in range(opened.count - pool.checkedout()):  # each checkout takes the newest first
             taken.append(pool.connect())
+    except Exception as e:  # noqa: BLE001 - best effort: the server is away; what was taken still goes back
+        LOG.info("releasing idle database connections stopped early: %s", e)
     finally:
         for i, conn in reversed(list(enumerate(taken))):  # the kept ones go back last, on top
             if i >= keep:

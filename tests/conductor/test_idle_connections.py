@@ -12,6 +12,7 @@ import sqlalchemy as sa
 from conductor import config
 from conductor.api import Conductor, SpawnRequest
 from persistence import operations
+from persistence.session import create_engine, release_idle
 from tests.conftest import clean, write_conf
 
 
@@ -106,3 +107,36 @@ def test_an_idle_service_closes_the_flow_write_connections_of_its_burst(tmp_path
         svc.stop()
         serving.join(30)
         c.close()
+
+
+def test_a_release_while_the_server_refuses_us_does_not_raise(postgresql_url):
+    """The heartbeat thread releases; an exception there would end it (and
+    with it every claim's renewal). Its kept connections dropped and new
+    ones refused, as in a database outage: the release gives up quietly, and
+    the pool connects again once the server lets it."""
+    role = "cf_release_probe"
+    admin = create_engine(postgresql_url)
+    with admin.begin() as conn:
+        conn.exec_driver_sql(f"DROP ROLE IF EXISTS {role}")
+        conn.exec_driver_sql(f"CREATE ROLE {role} LOGIN")
+    engine = create_engine(sa.make_url(postgresql_url).set(username=role).render_as_string(hide_password=False))
+    try:
+        taken = [engine.connect() for _ in range(3)]
+        for conn in taken:
+            conn.close()  # three open and idle
+        with admin.begin() as conn:
+            conn.exec_driver_sql(f"ALTER ROLE {role} NOLOGIN")
+            conn.exec_driver_sql(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{role}'")
+
+        release_idle(engine)
+
+        with admin.begin() as conn:
+            conn.exec_driver_sql(f"ALTER ROLE {role} LOGIN")
+        with engine.connect() as conn:
+            assert conn.scalar(sa.text("SELECT 1")) == 1
+    finally:
+        engine.dispose()
+        with admin.begin() as conn:
+            conn.exec_driver_sql(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{role}'")
+            conn.exec_driver_sql(f"DROP ROLE IF EXISTS {role}")
+        admin.dispose()
