@@ -232,16 +232,16 @@ def count_open_connections(engine: Engine) -> Engine:
     return engine
 
 
-def release_idle(engine: Engine, keep: int = 1) -> None:
-    """Close the pool's idle connections but the `keep` used last.
+def release_idle(engine: Engine) -> None:
+    """Close the pool's idle connections but the one used last.
 
     A quiet process then holds one connection per pool instead of a burst's
     worth, and the operation that ends its quiet neither waits for a
     connection to be made (~4 ms on PostgreSQL, more for a pool that prepares
     statements on connect) nor meets a server process with cold caches
-    (~1.5 ms more). The pool lends last in, first out, so the connections
-    kept are the warm ones and the next checkouts get them; the ones closed
-    leave empty places below, filled on demand.
+    (~1.5 ms more). The pool lends last in, first out, so the connection kept
+    is the warm one and the next checkout gets it; the ones closed leave
+    empty places below, filled on demand.
     """
     pool, opened = engine.pool, _OPEN.get(engine)
     if opened is None or not isinstance(pool, sa.pool.QueuePool):
@@ -254,10 +254,11 @@ def release_idle(engine: Engine, keep: int = 1) -> None:
     except Exception as e:  # noqa: BLE001 - best effort: the server is away; what was taken still goes back
         LOG.info("releasing idle database connections stopped early: %s", e)
     finally:
-        for i, conn in reversed(list(enumerate(taken))):  # the kept ones go back last, on top
-            if i >= keep:
-                conn.detach()  # closed for real by close(); its place stays, empty
+        for conn in taken[1:]:
+            conn.detach()  # closed for real by close(); its place stays, empty
             conn.close()
+        if taken:
+            taken[0].close()  # the warm one goes back last, on top
 
 
 def connection_bound(pool_size: int, dialect: str) -> int:

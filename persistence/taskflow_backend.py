@@ -208,12 +208,15 @@ class Backend(stock.SQLAlchemyBackend):
     def get_connection(self) -> Connection:
         return Connection(self, upgrade_lock=self._upgrade_lock)
 
+    def _write_pools(self) -> list[sa.Engine]:
+        """The autocommit pools of the write batches (PostgreSQL only)."""
+        return [pool for pool in (self.autocommit, self.autocommit_lazy) if pool is not None]
+
     def release_idle_connections(self) -> None:
         """After a burst: close the write pools' idle connections but one
         each, its statements prepared (persistence.session.release_idle)."""
-        for pool in (self.autocommit, self.autocommit_lazy):
-            if pool is not None:
-                release_idle(pool)
+        for pool in self._write_pools():
+            release_idle(pool)
 
     def log_interrupted_atoms(self, flow_detail: tf_models.FlowDetail) -> None:
         """Before resuming a flow: log each step that was RUNNING or REVERTING
@@ -266,9 +269,8 @@ class Backend(stock.SQLAlchemyBackend):
 
     def close(self) -> None:
         super().close()
-        for pool in (self.autocommit, self.autocommit_lazy):
-            if pool is not None:
-                pool.dispose()
+        for pool in self._write_pools():
+            pool.dispose()
 
 
 def _autocommit_engine(engine: sa.Engine, synchronous_commit: bool = True) -> sa.Engine:
